@@ -1,0 +1,1 @@
+"""Board side: trainer, onboard inference, codec use, outbox, link, service."""

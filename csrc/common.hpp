@@ -1,0 +1,37 @@
+// Shared vocabulary of the kernels: argument errors and a non-owning view of an array.
+// Kernels know arrays, not Python: bindings translate InvalidArgument to ValueError.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace orbitfl {
+
+// A bad value or shape reaching a kernel. Bindings map it to Python's ValueError.
+class InvalidArgument : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// Raised when an input contains NaN or Inf where the kernel cannot give them a meaning.
+class NonFinite : public InvalidArgument {
+ public:
+  using InvalidArgument::InvalidArgument;
+};
+
+template <typename T>
+struct Span {
+  T* data = nullptr;
+  std::size_t size = 0;
+  T& operator[](std::size_t i) const { return data[i]; }
+  T* begin() const { return data; }
+  T* end() const { return data + size; }
+};
+
+inline void require(bool ok, const std::string& message) {
+  if (!ok) throw InvalidArgument(message);
+}
+
+}  // namespace orbitfl

@@ -1,0 +1,5 @@
+#include "check.hpp"
+
+TEST_CASE("placeholder") { CHECK(true); }
+
+TEST_MAIN()

@@ -1,0 +1,1 @@
+"""Ground-station side: server, strategies, model store, service."""

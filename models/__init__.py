@@ -1,0 +1,1 @@
+"""Model zoo: ONNX graphs, training artifacts, TFLite export."""

@@ -1,0 +1,10 @@
+"""orbitfl: federated learning for intermittently connected edge boards."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("orbitfl")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,149 @@
+"""Typed stubs for orbitfl._core, the C++17 compression kernels.
+
+This file is the contract between the kernels (csrc/), their NumPy reference
+(orbitfl.kernels.reference, same names and semantics) and the codec pipeline.
+
+Conventions for every kernel:
+- float inputs are float32 and C-contiguous, of any shape (read as flat); any other dtype is a
+  TypeError, a non-contiguous array a ValueError. Inputs are never copied.
+- bad values (bits out of range, k > n, wrong lengths, NaN/Inf where a kernel cannot give them a
+  meaning) raise ValueError with a message naming the argument.
+- the GIL is released while computing, so kernels may be called from several threads at once.
+- bit packing is LSB-first: symbol i occupies bits [i*b, (i+1)*b) of the little-endian bit stream.
+- deterministic kernels give bit-identical output on x86-64 and aarch64 and in the NumPy
+  reference; stochastic rounding draws from a counter-based generator keyed by (seed, index),
+  so it is reproducible too.
+"""
+
+import numpy as np
+from numpy.typing import NDArray
+
+__version__: str
+simd: str  # "neon", "sse2" or "scalar": the path the hot loops were built with
+
+F32 = NDArray[np.float32]
+U8 = NDArray[np.uint8]
+U16 = NDArray[np.uint16]
+U32 = NDArray[np.uint32]
+
+# ---------------------------------------------------------------------------------------------
+# Bit packing
+# ---------------------------------------------------------------------------------------------
+def pack_bits(symbols: U8, bits: int) -> U8:
+    """Pack uint8 symbols (each < 2**bits, bits in 1..8) densely; len = ceil(n*bits/8)."""
+
+def unpack_bits(packed: U8, n: int, bits: int) -> U8:
+    """Inverse of pack_bits; ValueError if packed is shorter than ceil(n*bits/8)."""
+
+# ---------------------------------------------------------------------------------------------
+# Uniform quantization, one (lo, step) per bucket (QSGD-style buckets)
+# ---------------------------------------------------------------------------------------------
+def quantize(
+    x: F32, bits: int, bucket: int = 512, stochastic: bool = False, seed: int = 0
+) -> tuple[U8, F32, F32]:
+    """Quantize x to 2**bits levels per bucket of `bucket` consecutive values.
+
+    Returns (packed, lo, step): lo[j] = min of bucket j, step[j] = (max - min) / (2**bits - 1)
+    (0 for a constant bucket), packed = pack_bits(q, bits) with q = round((x - lo) / step),
+    nearest (ties to even) or stochastic. bits in 1..8, bucket >= 1. NaN/Inf in x: ValueError.
+    """
+
+def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 512) -> F32:
+    """x_hat[i] = lo[j] + q[i] * step[j], j = i // bucket."""
+
+# ---------------------------------------------------------------------------------------------
+# Casts (IEEE-faithful: NaN/Inf preserved, overflow -> Inf, round to nearest even)
+# ---------------------------------------------------------------------------------------------
+def to_float16(x: F32) -> U16:
+    """float32 -> IEEE binary16 bit patterns (same as numpy's astype(float16).view(uint16))."""
+
+def from_float16(h: U16) -> F32: ...
+def to_bfloat16(x: F32) -> U16:
+    """float32 -> bfloat16 bit patterns, round to nearest even; NaN stays a (quiet) NaN."""
+
+def from_bfloat16(h: U16) -> F32: ...
+
+# ---------------------------------------------------------------------------------------------
+# Top-k sparsification with error feedback
+# ---------------------------------------------------------------------------------------------
+def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
+    """Keep the k entries of largest |acc|, acc = x + residual (or x).
+
+    Returns (indices ascending, values acc[indices]). Ties in |acc| go to the lower index.
+    If residual is given (float32, C-contiguous, writable, same size as x) it is updated in place
+    to acc with the kept entries zeroed: the error the caller feeds back next round.
+    0 <= k <= x.size; NaN/Inf in x or residual: ValueError.
+    """
+
+def delta_encode_indices(indices: U32) -> U8:
+    """Strictly ascending indices -> LEB128 varints of the gaps (first gap from -1)."""
+
+def delta_decode_indices(buf: U8, k: int) -> U32:
+    """Inverse of delta_encode_indices; ValueError on a truncated or overlong buffer."""
+
+# ---------------------------------------------------------------------------------------------
+# Sign compression and error-feedback sign (1 bit per value plus one scale)
+# ---------------------------------------------------------------------------------------------
+def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
+    """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
+
+    If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
+    """
+
+def sign_decode(packed: U8, n: int, scale: float) -> F32: ...
+
+# ---------------------------------------------------------------------------------------------
+# Loss-aware quantization (Hou & Kwok, LAQ), the per-tensor step of SpaceDML's adaptive
+# loss-aware quantization. Levels: bits == 1 -> {-1, +1}; bits >= 2 -> L = 2**bits - 1 levels
+# -1 + 2j/(L-1), j = 0..L-1 (symmetric, with 0). x_hat = alpha * level[code].
+# ---------------------------------------------------------------------------------------------
+def laq_quantize(
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
+) -> tuple[U8, float, float]:
+    """Fit alpha and codes minimising sum d * (x - alpha * level[code])**2, alternating
+    codes = nearest level of x / alpha and alpha = sum(d x b) / sum(d b^2) until |d alpha| < tol.
+
+    d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
+    Returns (packed codes, alpha, weighted error sum d * (x - x_hat)**2). bits in 1..8.
+    """
+
+def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32: ...
+
+# ---------------------------------------------------------------------------------------------
+# 1-D k-means (parameter clustering / weight sharing, coreset codec)
+# ---------------------------------------------------------------------------------------------
+def kmeans1d(
+    x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0
+) -> tuple[F32, U8, float]:
+    """Cluster the values of x into k groups (1 <= k <= 256, k <= x.size unless x is empty).
+
+    method: "optimal" (exact DP over sorted values), "hist" (exact DP over a fine histogram,
+    then Lloyd refinement on the raw values: near-optimal and fast; the default), "lloyd"
+    (k-means++ seeding, then Lloyd). Returns (centroids ascending, length k; labels uint8;
+    sse as a float). NaN/Inf: ValueError.
+    """
+
+def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
+    """Label each value with its nearest centroid (centroids ascending, 1..256 of them;
+    ties to the lower id); returns (labels, sse)."""
+
+# ---------------------------------------------------------------------------------------------
+# Gradient compression via centroid (GCC)
+# ---------------------------------------------------------------------------------------------
+def gcc_encode(
+    x: F32,
+    k: int = 16,
+    rho: float = 0.5,
+    residual: F32 | None = None,
+    iters: int = 20,
+    seed: int = 0,
+) -> tuple[F32, U8, U8, F32]:
+    """acc = x + residual; 1-D k-means of acc into k centroids; the floor(rho * n) values nearest
+    their centroid (ties to the lower index) are replaced by its id, the rest travel exactly.
+
+    Returns (centroids, mask = pack_bits(replaced, 1), ids = pack_bits(id of each replaced value
+    in index order, ceil(log2 k) bits, at least 1), exact = the other values in index order).
+    If residual is given it is updated in place to acc - decoded (error feedback).
+    """
+
+def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32: ...

@@ -1,0 +1,1 @@
+"""Codec pipeline: named, composable compression recipes over the kernels."""

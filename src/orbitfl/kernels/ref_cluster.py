@@ -1,0 +1,3 @@
+"""NumPy reference: 1-D k-means, GCC centroid compression, loss-aware quantization."""
+
+__all__: list[str] = []
