@@ -186,7 +186,8 @@ def quantize(
     mn = np.minimum.reduceat(v, starts)
     mx = np.maximum.reduceat(v, starts)
     with np.errstate(over="ignore"):
-        rng = mx - mn
+        # + 0 turns a -0.0 range (-0.0 - +0.0) into +0.0: zeros' signs depend on min()'s order.
+        rng = (mx - mn) + np.float32(0)
     if not np.isfinite(rng).all():
         raise ValueError("x: a bucket's range max - min overflows float32")
     levels = np.float32((1 << b) - 1)
@@ -392,12 +393,12 @@ def sign_decode(packed: U8, n: int, scale: float) -> F32:
     """x[i] = +scale if bit i is set else -scale (scale rounded to float32)."""
     p = _array("packed", packed, np.uint8)
     count = _count("n", n)
-    sc = float(scale)
-    if not np.isfinite(sc):
-        raise ValueError("scale must be finite")
+    with np.errstate(over="ignore"):
+        s32 = np.float32(float(scale))
     need = packed_size(count, 1)
     if p.size < need:
         raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at 1 bit")
-    s32 = np.float32(sc)
+    if not np.isfinite(s32):
+        raise ValueError("scale must be finite (as a float32)")
     bits = _unpack(p, count, 1)
     return np.where(bits.astype(bool), s32, -s32).astype(np.float32)
