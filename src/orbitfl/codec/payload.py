@@ -271,7 +271,7 @@ def _record_from_wire(
     if (
         not isinstance(shape, list)
         or len(shape) > limits.max_ndim
-        or not all(type(s) is int and 0 <= s <= limits.max_values for s in shape)
+        or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape)
     ):
         raise ValueError(
             f"{where}.shape must be a list of at most {limits.max_ndim} sizes >= 0, got {shape!r}"

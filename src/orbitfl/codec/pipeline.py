@@ -133,8 +133,8 @@ class Pipeline:
         for name, x in tensors.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(f"tensor names must be non-empty strings, got {name!r}")
-            if not isinstance(x, np.ndarray) or x.dtype != np.float32:
-                got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+            if not isinstance(x, np.ndarray | np.float32) or x.dtype != np.float32:
+                got = x.dtype if isinstance(x, np.ndarray | np.generic) else type(x).__name__
                 raise TypeError(f"tensor {name!r} must be a float32 numpy array, got {got}")
             flat[name] = np.ascontiguousarray(x).reshape(-1)
             chains[name] = self.chain_for(name, x.size)
@@ -177,7 +177,7 @@ class Pipeline:
             d = None if curvature is None else curvature.get(name)
             if d is None:
                 raise ValueError(f"tensor {name!r}: {chain.float_stages[0].name} needs curvature[{name!r}]")
-            if not isinstance(d, np.ndarray) or d.dtype != np.float32:
+            if not isinstance(d, np.ndarray | np.float32) or d.dtype != np.float32:
                 raise TypeError(f"curvature[{name!r}] must be a float32 numpy array")
             if d.size != flat[name].size:
                 raise ValueError(f"curvature[{name!r}] has {d.size} values, the tensor {flat[name].size}")
