@@ -196,6 +196,10 @@ void quantize(const float* x, std::size_t n, int bits, std::size_t bucket, bool 
     const float range = (mx - mn) + 0.0f;
     if (!is_finite_bits(range)) throw InvalidArgument("x: a bucket's range max - min overflows float32");
     const float lo_j = mn + 0.0f, step_j = range / levels;
+    // The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
+    if (!is_finite_bits(lo_j + levels * step_j)) {
+      throw InvalidArgument("x: a bucket's top level lo + (2**bits - 1) * step overflows float32");
+    }
     lo[j] = lo_j;
     step[j] = step_j;
     const float inv = 1.0f / step_j;

@@ -24,7 +24,8 @@ def bucket_stats(x: np.ndarray, bucket: int) -> tuple[np.ndarray, np.ndarray]:
 def rounding_slack(x: np.ndarray, lo: np.ndarray, rg: np.ndarray) -> np.ndarray:
     # A few float32 roundings (x - lo, the scaling, q * step, lo + ...) on top of the exact bound,
     # plus the smallest subnormals for steps that underflow.
-    return 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + 4 * 2.0**-149
+    slack: np.ndarray = 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + 4 * 2.0**-149
+    return slack
 
 
 # --- bit packing ----------------------------------------------------------------------------------
@@ -213,6 +214,7 @@ def test_quantize_a_million_values(kern: ModuleType) -> None:
         (lambda k: k.quantize(np.array([-np.inf] * 20, F32), 4), ValueError),
         (lambda k: k.quantize(np.array([1.0] * 40 + [np.nan], F32), 4, 64), ValueError),
         (lambda k: k.quantize(np.array([3e38, -3e38], F32), 4), ValueError),  # range overflows
+        (lambda k: k.quantize(np.array([3.4028235e38, 0], F32), 5), ValueError),  # top level does
         (lambda k: k.quantize(np.zeros(4, F32), 0), ValueError),
         (lambda k: k.quantize(np.zeros(4, F32), 9), ValueError),
         (lambda k: k.quantize(np.zeros(4, F32), 4, 0), ValueError),
