@@ -25,103 +25,123 @@ inline bool is_finite_bits(float v) {
 
 // Min and max of x[0..m), m >= 1; throws NonFinite on NaN/Inf. Which zero (+0/-0) comes out is
 // unspecified (it depends on the order of comparisons); callers normalise it.
+// Four independent accumulators per quantity hide the latency of min/max, the loop's bottleneck.
+// Inf shows up in the min or max; NaN (which min/max may drop) is caught by an unordered compare.
 void min_max(const float* x, std::size_t m, float& mn_out, float& mx_out) {
   std::size_t i = 0;
   float mn = x[0], mx = x[0];
-  bool bad = false;
+  bool nan = false;
 #if defined(ORBITFL_SSE2)
-  if (m >= 4) {
-    __m128 vmn = _mm_set1_ps(x[0]), vmx = vmn;
-    const __m128i expo = _mm_set1_epi32(0x7F800000);
-    __m128i vbad = _mm_setzero_si128();
-    for (; i + 4 <= m; i += 4) {
-      __m128 v = _mm_loadu_ps(x + i);
-      vmn = _mm_min_ps(vmn, v);
-      vmx = _mm_max_ps(vmx, v);
-      vbad = _mm_or_si128(vbad, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(v), expo), expo));
+  if (m >= 16) {
+    __m128 n0 = _mm_set1_ps(x[0]), n1 = n0, n2 = n0, n3 = n0;
+    __m128 x0 = n0, x1 = n0, x2 = n0, x3 = n0;
+    __m128 un = _mm_setzero_ps();
+    for (; i + 16 <= m; i += 16) {
+      const __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
+      const __m128 c = _mm_loadu_ps(x + i + 8), d = _mm_loadu_ps(x + i + 12);
+      n0 = _mm_min_ps(n0, a); n1 = _mm_min_ps(n1, b); n2 = _mm_min_ps(n2, c); n3 = _mm_min_ps(n3, d);
+      x0 = _mm_max_ps(x0, a); x1 = _mm_max_ps(x1, b); x2 = _mm_max_ps(x2, c); x3 = _mm_max_ps(x3, d);
+      un = _mm_or_ps(un, _mm_or_ps(_mm_cmpunord_ps(a, b), _mm_cmpunord_ps(c, d)));
     }
     alignas(16) float a[4], b[4];
-    _mm_store_ps(a, vmn);
-    _mm_store_ps(b, vmx);
+    _mm_store_ps(a, _mm_min_ps(_mm_min_ps(n0, n1), _mm_min_ps(n2, n3)));
+    _mm_store_ps(b, _mm_max_ps(_mm_max_ps(x0, x1), _mm_max_ps(x2, x3)));
     for (int k = 0; k < 4; ++k) {
       mn = std::min(mn, a[k]);
       mx = std::max(mx, b[k]);
     }
-    bad = _mm_movemask_epi8(vbad) != 0;
+    nan = _mm_movemask_ps(un) != 0;
   }
 #elif defined(ORBITFL_NEON)
-  if (m >= 4) {
-    float32x4_t vmn = vdupq_n_f32(x[0]), vmx = vmn;
-    const uint32x4_t expo = vdupq_n_u32(0x7F800000u);
-    uint32x4_t vbad = vdupq_n_u32(0);
-    for (; i + 4 <= m; i += 4) {
-      float32x4_t v = vld1q_f32(x + i);
-      vmn = vminq_f32(vmn, v);
-      vmx = vmaxq_f32(vmx, v);
-      vbad = vorrq_u32(vbad, vceqq_u32(vandq_u32(vreinterpretq_u32_f32(v), expo), expo));
+  if (m >= 16) {
+    float32x4_t n0 = vdupq_n_f32(x[0]), n1 = n0, n2 = n0, n3 = n0;
+    float32x4_t x0 = n0, x1 = n0, x2 = n0, x3 = n0;
+    uint32x4_t ord = vdupq_n_u32(0xFFFFFFFFu);
+    for (; i + 16 <= m; i += 16) {
+      const float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
+      const float32x4_t c = vld1q_f32(x + i + 8), d = vld1q_f32(x + i + 12);
+      n0 = vminq_f32(n0, a); n1 = vminq_f32(n1, b); n2 = vminq_f32(n2, c); n3 = vminq_f32(n3, d);
+      x0 = vmaxq_f32(x0, a); x1 = vmaxq_f32(x1, b); x2 = vmaxq_f32(x2, c); x3 = vmaxq_f32(x3, d);
+      // x == x is false only for NaN.
+      ord = vandq_u32(ord, vandq_u32(vandq_u32(vceqq_f32(a, a), vceqq_f32(b, b)),
+                                     vandq_u32(vceqq_f32(c, c), vceqq_f32(d, d))));
     }
-    mn = std::min(mn, vminvq_f32(vmn));
-    mx = std::max(mx, vmaxvq_f32(vmx));
-    bad = vmaxvq_u32(vbad) != 0;
+    mn = std::min(mn, vminvq_f32(vminq_f32(vminq_f32(n0, n1), vminq_f32(n2, n3))));
+    mx = std::max(mx, vmaxvq_f32(vmaxq_f32(vmaxq_f32(x0, x1), vmaxq_f32(x2, x3))));
+    nan = vminvq_u32(ord) == 0;
   }
 #endif
   for (; i < m; ++i) {
-    bad |= !is_finite_bits(x[i]);
+    nan |= x[i] != x[i];
     mn = std::min(mn, x[i]);
     mx = std::max(mx, x[i]);
   }
-  if (bad) throw NonFinite("x contains NaN or Inf");
+  if (nan || !is_finite_bits(mn) || !is_finite_bits(mx)) throw NonFinite("x contains NaN or Inf");
   mn_out = mn;
   mx_out = mx;
 }
 
-inline std::uint8_t round_code(float x, float lo, float step, float levels) {
-  float t = (x - lo) / step;
-  t = std::min(t, levels);
-  return static_cast<std::uint8_t>(std::nearbyint(t));  // default rounding: nearest, ties to even
+// t = (x - lo) * inv with inv = 1 / step rounded to float32 (a multiply instead of a divide per
+// value: the divide was the hot loop's bottleneck); when 1 / step overflows (a subnormal step) the
+// bucket divides instead: kMul = false. The NumPy reference applies the same rule.
+template <bool kMul>
+inline float scaled(float d, float step, float inv) {
+  if constexpr (kMul) {
+    (void)step;
+    return d * inv;
+  } else {
+    (void)inv;
+    return d / step;
+  }
 }
 
-// Deterministic codes of x[0..m) for one bucket, step > 0.
-void codes_nearest(const float* x, std::size_t m, float lo, float step, float levels, std::uint8_t* q) {
+template <bool kMul>
+void codes_nearest_t(const float* x, std::size_t m, float lo, float step, float inv, float levels,
+                     std::uint8_t* q) {
   std::size_t i = 0;
 #if defined(ORBITFL_SSE2)
-  const __m128 vlo = _mm_set1_ps(lo), vstep = _mm_set1_ps(step), vl = _mm_set1_ps(levels);
+  const __m128 vlo = _mm_set1_ps(lo), vl = _mm_set1_ps(levels);
+  const __m128 vf = _mm_set1_ps(kMul ? inv : step);
+  auto t = [&](const float* p) {
+    const __m128 d = _mm_sub_ps(_mm_loadu_ps(p), vlo);
+    return _mm_min_ps(kMul ? _mm_mul_ps(d, vf) : _mm_div_ps(d, vf), vl);
+  };
   for (; i + 16 <= m; i += 16) {
-    __m128 t0 = _mm_min_ps(_mm_div_ps(_mm_sub_ps(_mm_loadu_ps(x + i), vlo), vstep), vl);
-    __m128 t1 = _mm_min_ps(_mm_div_ps(_mm_sub_ps(_mm_loadu_ps(x + i + 4), vlo), vstep), vl);
-    __m128 t2 = _mm_min_ps(_mm_div_ps(_mm_sub_ps(_mm_loadu_ps(x + i + 8), vlo), vstep), vl);
-    __m128 t3 = _mm_min_ps(_mm_div_ps(_mm_sub_ps(_mm_loadu_ps(x + i + 12), vlo), vstep), vl);
     // cvtps2dq rounds with MXCSR's mode: nearest, ties to even, like nearbyint.
-    __m128i c01 = _mm_packs_epi32(_mm_cvtps_epi32(t0), _mm_cvtps_epi32(t1));
-    __m128i c23 = _mm_packs_epi32(_mm_cvtps_epi32(t2), _mm_cvtps_epi32(t3));
+    const __m128i c01 = _mm_packs_epi32(_mm_cvtps_epi32(t(x + i)), _mm_cvtps_epi32(t(x + i + 4)));
+    const __m128i c23 = _mm_packs_epi32(_mm_cvtps_epi32(t(x + i + 8)), _mm_cvtps_epi32(t(x + i + 12)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm_packus_epi16(c01, c23));
   }
 #elif defined(ORBITFL_NEON)
-  const float32x4_t vlo = vdupq_n_f32(lo), vstep = vdupq_n_f32(step), vl = vdupq_n_f32(levels);
-  for (; i + 16 <= m; i += 16) {
-    float32x4_t t0 = vminq_f32(vdivq_f32(vsubq_f32(vld1q_f32(x + i), vlo), vstep), vl);
-    float32x4_t t1 = vminq_f32(vdivq_f32(vsubq_f32(vld1q_f32(x + i + 4), vlo), vstep), vl);
-    float32x4_t t2 = vminq_f32(vdivq_f32(vsubq_f32(vld1q_f32(x + i + 8), vlo), vstep), vl);
-    float32x4_t t3 = vminq_f32(vdivq_f32(vsubq_f32(vld1q_f32(x + i + 12), vlo), vstep), vl);
+  const float32x4_t vlo = vdupq_n_f32(lo), vl = vdupq_n_f32(levels);
+  const float32x4_t vf = vdupq_n_f32(kMul ? inv : step);
+  auto c = [&](const float* p) {
+    const float32x4_t d = vsubq_f32(vld1q_f32(p), vlo);
     // vcvtn: round to nearest, ties to even.
-    uint16x8_t c01 = vcombine_u16(vqmovun_s32(vcvtnq_s32_f32(t0)), vqmovun_s32(vcvtnq_s32_f32(t1)));
-    uint16x8_t c23 = vcombine_u16(vqmovun_s32(vcvtnq_s32_f32(t2)), vqmovun_s32(vcvtnq_s32_f32(t3)));
+    return vqmovun_s32(vcvtnq_s32_f32(vminq_f32(kMul ? vmulq_f32(d, vf) : vdivq_f32(d, vf), vl)));
+  };
+  for (; i + 16 <= m; i += 16) {
+    const uint16x8_t c01 = vcombine_u16(c(x + i), c(x + i + 4));
+    const uint16x8_t c23 = vcombine_u16(c(x + i + 8), c(x + i + 12));
     vst1q_u8(q + i, vcombine_u8(vqmovn_u16(c01), vqmovn_u16(c23)));
   }
 #endif
-  for (; i < m; ++i) q[i] = round_code(x[i], lo, step, levels);
+  for (; i < m; ++i) {
+    const float t = std::min(scaled<kMul>(x[i] - lo, step, inv), levels);
+    q[i] = static_cast<std::uint8_t>(std::nearbyint(t));  // default rounding: nearest, ties to even
+  }
 }
 
 // Stochastic codes: floor(t) + 1 with probability frac(t), drawn from (seed, global index).
-void codes_stochastic(const float* x, std::size_t m, float lo, float step, float levels,
-                      std::uint64_t key, std::uint64_t first_index, std::uint8_t* q) {
+template <bool kMul>
+void codes_stochastic_t(const float* x, std::size_t m, float lo, float step, float inv, float levels,
+                        std::uint64_t key, std::uint64_t first_index, std::uint8_t* q) {
   for (std::size_t i = 0; i < m; ++i) {
-    float t = std::min((x[i] - lo) / step, levels);
-    float fl = std::floor(t);
-    float frac = t - fl;  // exact
-    float u = rng_unit_float(rng_draw(key, first_index + i));
-    float c = std::min(fl + (u < frac ? 1.0f : 0.0f), levels);
-    q[i] = static_cast<std::uint8_t>(c);
+    const float t = std::min(scaled<kMul>(x[i] - lo, step, inv), levels);
+    const float fl = std::floor(t);
+    const float frac = t - fl;  // exact
+    const float u = rng_unit_float(rng_draw(key, first_index + i));
+    q[i] = static_cast<std::uint8_t>(std::min(fl + (u < frac ? 1.0f : 0.0f), levels));
   }
 }
 
@@ -176,17 +196,29 @@ void quantize(const float* x, std::size_t n, int bits, std::size_t bucket, bool 
     const float range = (mx - mn) + 0.0f;
     if (!is_finite_bits(range)) throw InvalidArgument("x: a bucket's range max - min overflows float32");
     const float lo_j = mn + 0.0f, step_j = range / levels;
+    // The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
+    if (!is_finite_bits(lo_j + levels * step_j)) {
+      throw InvalidArgument("x: a bucket's top level lo + (2**bits - 1) * step overflows float32");
+    }
     lo[j] = lo_j;
     step[j] = step_j;
+    const float inv = 1.0f / step_j;
+    const bool mul = is_finite_bits(inv);
     for (std::size_t done = 0; done < m;) {
       const std::size_t take = std::min(m - done, kStage - fill);
       std::uint8_t* q = stage + fill;
       if (step_j == 0.0f) {
         std::memset(q, 0, take);  // a constant bucket (or one whose step underflows)
       } else if (stochastic) {
-        codes_stochastic(x + s + done, take, lo_j, step_j, levels, key, s + done, q);
+        if (mul) {
+          codes_stochastic_t<true>(x + s + done, take, lo_j, step_j, inv, levels, key, s + done, q);
+        } else {
+          codes_stochastic_t<false>(x + s + done, take, lo_j, step_j, inv, levels, key, s + done, q);
+        }
+      } else if (mul) {
+        codes_nearest_t<true>(x + s + done, take, lo_j, step_j, inv, levels, q);
       } else {
-        codes_nearest(x + s + done, take, lo_j, step_j, levels, q);
+        codes_nearest_t<false>(x + s + done, take, lo_j, step_j, inv, levels, q);
       }
       fill += take;
       done += take;

@@ -13,8 +13,10 @@ constexpr std::size_t bucket_count(std::size_t n, std::size_t bucket) {
 
 // x[0..n) -> packed[0 .. packed_size(n, bits)), lo and step[0 .. bucket_count(n, bucket)).
 // lo[j] = min of bucket j (+0.0 for a zero), step[j] = (max - min) / (2**bits - 1) in float32;
-// q = round((x - lo) / step) to nearest even, or stochastically with the counter-based generator
-// keyed by (seed, element index); q = 0 where step == 0; q clamped to 2**bits - 1.
+// t = (x - lo) * inv with inv = 1 / step rounded to float32, or (x - lo) / step where 1 / step
+// overflows (subnormal step); t clamped to 2**bits - 1; q = t rounded to nearest even, or
+// stochastically (floor(t) + [u < frac(t)], u from the counter-based generator keyed by
+// (seed, element index)); q = 0 where step == 0.
 // Throws InvalidArgument for bits outside 1..8 or bucket == 0, NonFinite for NaN/Inf in x, and
 // InvalidArgument when a bucket's max - min overflows float32.
 void quantize(const float* x, std::size_t n, int bits, std::size_t bucket, bool stochastic,

@@ -194,12 +194,23 @@ def quantize(
     # + 0 turns a -0.0 minimum into +0.0, so lo does not depend on which zero min() met first.
     lo = (mn + np.float32(0)).astype(np.float32)
     step = (rng / levels).astype(np.float32)
+    with np.errstate(over="ignore"):
+        top = lo + levels * step
+    if not np.isfinite(top).all():
+        # The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
+        raise ValueError("x: a bucket's top level lo + (2**bits - 1) * step overflows float32")
     lo_e = np.repeat(lo, bk)[:n]
     step_e = np.repeat(step, bk)[:n]
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = (np.float32(1) / step).astype(np.float32)
+    inv_e = np.repeat(inv, bk)[:n]
+    mul = np.isfinite(inv_e)
     d = v - lo_e
     t = np.zeros(n, np.float32)
-    # A constant bucket (or one whose step underflows to 0) quantizes to q = 0.
-    np.divide(d, step_e, out=t, where=step_e != 0)
+    # A multiply by 1/step (what the C++ hot loop does); a subnormal step, whose reciprocal
+    # overflows, divides instead; a constant bucket (or one whose step underflows to 0) gives q = 0.
+    np.multiply(d, inv_e, out=t, where=mul)
+    np.divide(d, step_e, out=t, where=~mul & (step_e != 0))
     t = np.minimum(t, levels)
     if stochastic:
         fl = np.floor(t)
