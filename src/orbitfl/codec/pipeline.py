@@ -274,8 +274,8 @@ class Pipeline:
                 {n: flat[n] for n in names},
                 {n: curv[n] for n in names},
                 max(0, kernel_budget),
-                choices=choices,
-                backend=self.kern,
+                backend=self.backend,
+                **({} if choices is None else {"choices": choices}),
             )
             trial_res: dict[str, F32] = {}
             out = dict(records)

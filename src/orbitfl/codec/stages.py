@@ -415,24 +415,26 @@ class Laq(FloatStage):
 
 def _choices(v: str) -> str | None:
     try:
-        bits = [int(b) for b in v.split("/")]
+        bits = [int(b) for b in v.split("/")] if v else []
     except ValueError:
-        return "must be bit widths separated by '/', e.g. 1/2/4/8"
-    return None if bits and all(1 <= b <= 8 for b in bits) else "must be bit widths in 1..8"
+        return "must be bit widths separated by '/', e.g. 0/2/4/8"
+    return None if (all(0 <= b <= 8 for b in bits) and any(bits)) or not v else "must be bit widths in 0..8"
 
 
 @register("alq")
 class Alq(Laq):
     """SpaceDML's adaptive loss-aware quantization: LAQ per tensor with the bit width chosen across
     tensors (ALQ-style, least loss-important bits dropped first) so the payload fits the
-    ``budget_bytes`` given to encode; a tensor given 0 bits is not sent."""
+    ``budget_bytes`` given to encode. ``choices`` lists the allowed widths (default 0..8); a tensor
+    given 0 bits is not sent."""
 
-    params = (Param("choices", str, "1/2/3/4/8", positional=True, check=_choices),)
+    params = (Param("choices", str, "", positional=True, check=_choices),)
     meta_schema: ClassVar[Mapping[str, type]] = {"alpha": float, "bits": int}
 
     @property
-    def choices(self) -> tuple[int, ...]:
-        return tuple(sorted({int(b) for b in self.args["choices"].split("/")}))
+    def choices(self) -> tuple[int, ...] | None:
+        text = self.args["choices"]
+        return tuple(sorted({int(b) for b in text.split("/")})) if text else None
 
     def _bits(self, meta: Meta) -> int:
         return int(meta["bits"])
