@@ -264,10 +264,13 @@ def _bin(x: F32, lo: float, hi: float, nbins: int) -> _Bins:
 
 
 def _labels(v: F64, c: F32) -> I64:
-    """Nearest centroid, ties to the lower id: the number of midpoints strictly below v."""
+    """Nearest centroid, ties to the lower id: the number of midpoints strictly below v, moved to
+    the first of equal centroids."""
     c64 = c.astype(np.float64)
     mids = 0.5 * (c64[:-1] + c64[1:])
-    return np.searchsorted(mids, v, side="left")
+    first = np.searchsorted(c, c, side="left")
+    lab: I64 = first[np.searchsorted(mids, v, side="left")]
+    return lab
 
 
 def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
@@ -329,7 +332,7 @@ def _kmeanspp(x: F32, k: int, seed: int) -> F32:
         chosen.append(xd[i])
         diff = xd - xd[i]
         d2 = np.minimum(d2, diff * diff)
-    c = np.array(chosen, np.float32)
+    c = np.array(chosen, np.float32) + np.float32(0.0)  # -0.0 -> +0.0 before sorting
     return np.sort(np.concatenate((c, np.full(k - c.size, c[-1], np.float32))))
 
 
