@@ -21,14 +21,18 @@ REF = backend("numpy")
 
 def grads(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return (rng.laplace(0, 1e-3, n) + rng.choice([-5e-3, 0, 5e-3], n)).astype(np.float32)
+    g: np.ndarray = (rng.laplace(0, 1e-3, n) + rng.choice([-5e-3, 0, 5e-3], n)).astype(np.float32)
+    return g
 
 
 def unpack_mask(kern: ModuleType, mask: np.ndarray, n: int) -> np.ndarray:
-    return kern.unpack_bits(mask, n, 1).astype(bool)
+    m: np.ndarray = kern.unpack_bits(mask, n, 1).astype(bool)
+    return m
 
 
-@pytest.mark.parametrize(("n", "k", "rho"), [(1000, 16, 0.5), (4097, 4, 0.9), (513, 256, 0.25), (100, 2, 1.0)])
+@pytest.mark.parametrize(
+    ("n", "k", "rho"), [(1000, 16, 0.5), (4097, 4, 0.9), (513, 256, 0.25), (100, 2, 1.0)]
+)
 def test_encoding_contract(kern: ModuleType, n: int, k: int, rho: float) -> None:
     x = grads(n, n)
     residual = grads(n, n + 1) * 0.1
@@ -133,8 +137,8 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         t.start()
     for t in threads:
         t.join()
-    for g, w in zip(got, want):
-        assert all(a.tobytes() == b.tobytes() for a, b in zip(g, w))
+    for g, w in zip(got, want, strict=True):
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(g, w, strict=True))
 
 
 @settings(max_examples=120, deadline=None)
@@ -152,7 +156,7 @@ def test_cpp_and_numpy_agree_bit_for_bit(
     r2 = None if r1 is None else r1.copy()
     a = CPP.gcc_encode(x, k, rho, r1, 10, 7, method)
     b = REF.gcc_encode(x, k, rho, r2, 10, 7, method)
-    assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b))
+    assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
     if r1 is not None and r2 is not None:
         assert r1.tobytes() == r2.tobytes()
     assert CPP.gcc_decode(*a, x.size).tobytes() == REF.gcc_decode(*a, x.size).tobytes()
@@ -181,7 +185,10 @@ C_, M_, I_, E_ = ENC
         (lambda k: k.gcc_encode(X, 16, 0.5, None, 5, 0, "best"), ValueError),
         (lambda k: k.gcc_encode(np.array([1, np.nan], np.float32)), ValueError),
         (lambda k: k.gcc_encode(X, 4, 0.5, np.full(64, np.inf, np.float32)), ValueError),
-        (lambda k: k.gcc_encode(np.full(4, 3e38, np.float32), 2, 0.5, np.full(4, 3e38, np.float32)), ValueError),
+        (
+            lambda k: k.gcc_encode(np.full(4, 3e38, np.float32), 2, 0.5, np.full(4, 3e38, np.float32)),
+            ValueError,
+        ),
         (lambda k: k.gcc_decode(C_, M_[:3], I_, E_, 64), ValueError),
         (lambda k: k.gcc_decode(C_, M_, I_[:2], E_, 64), ValueError),
         (lambda k: k.gcc_decode(C_, M_, I_, E_[:-1], 64), ValueError),

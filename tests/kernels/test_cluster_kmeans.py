@@ -25,7 +25,9 @@ def brute_force_sse(x: np.ndarray, k: int) -> float:
     best = np.inf
     for cuts in itertools.combinations(range(1, s.size), k - 1):
         b = [0, *cuts, s.size]
-        best = min(best, sum(float(((s[lo:hi] - s[lo:hi].mean()) ** 2).sum()) for lo, hi in itertools.pairwise(b)))
+        best = min(
+            best, sum(float(((s[lo:hi] - s[lo:hi].mean()) ** 2).sum()) for lo, hi in itertools.pairwise(b))
+        )
     return best
 
 
@@ -76,8 +78,11 @@ def test_optimal_equals_brute_force_on_tiny_inputs(kern: ModuleType, seed: int) 
 
 def test_hist_within_small_factor_of_optimal_and_lloyd_never_below(kern: ModuleType) -> None:
     rng = np.random.default_rng(7)
-    for x in (rng.normal(size=20_000).astype(np.float32), clustered(rng, 20_000, 40),
-              rng.standard_cauchy(20_000).astype(np.float32)):
+    for x in (
+        rng.normal(size=20_000).astype(np.float32),
+        clustered(rng, 20_000, 40),
+        rng.standard_cauchy(20_000).astype(np.float32),
+    ):
         for k in (2, 16, 64):
             opt = kern.kmeans1d(x, k, "optimal")[2]
             hist = kern.kmeans1d(x, k, "hist")[2]
@@ -127,7 +132,7 @@ def test_empty_single_and_all_equal(kern: ModuleType, method: str) -> None:
 def test_huge_and_tiny_magnitudes(kern: ModuleType, method: str, scale: float) -> None:
     rng = np.random.default_rng(5)
     x = (clustered(rng, 3000, 5).astype(np.float64) * scale / 50).astype(np.float32)
-    x[:3] = [np.float32(scale), -np.float32(scale), 0]
+    x[:3] = np.array([scale, -scale, 0], np.float32)
     c, labels, sse = kern.kmeans1d(x, 8, method)
     check_result(x, 8, c, labels, sse)
     assert np.isfinite(sse) and np.isfinite(c).all()
@@ -189,7 +194,7 @@ def test_multi_dimensional_input_is_read_flat(kern: ModuleType, method: str) -> 
 def test_concurrent_calls_give_the_sequential_results() -> None:
     rng = np.random.default_rng(9)
     inputs = [rng.normal(size=200_000).astype(np.float32) * (i + 1) for i in range(6)]
-    want = [CPP.kmeans1d(x, 32, m)[0] for x, m in zip(inputs, itertools.cycle(METHODS[1:]))]
+    want = [CPP.kmeans1d(x, 32, m)[0] for x, m in zip(inputs, itertools.cycle(METHODS[1:]), strict=False)]
     got: list[Any] = [None] * len(inputs)
 
     def work(i: int) -> None:
@@ -200,7 +205,7 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         t.start()
     for t in threads:
         t.join()
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from types import ModuleType
 from typing import Any
@@ -22,7 +23,8 @@ def levels(bits: int) -> np.ndarray:
     if bits == 1:
         return np.array([-1.0, 1.0])
     nlev = 2**bits - 1
-    return -1.0 + 2.0 * np.arange(nlev) / (nlev - 1)
+    lev: np.ndarray = -1.0 + 2.0 * np.arange(nlev) / (nlev - 1)
+    return lev
 
 
 def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +56,7 @@ def test_alpha_is_the_weighted_least_squares_fixed_point(kern: ModuleType, bits:
 
 def test_one_bit_is_the_closed_form(kern: ModuleType) -> None:
     x, d = data(10_001, 3)
-    packed, alpha, err = kern.laq_quantize(x, d, 1)
+    packed, alpha, _ = kern.laq_quantize(x, d, 1)
     x64, d64 = x.astype(np.float64), d.astype(np.float64)
     want = float((d64 * np.abs(x64)).sum() / d64.sum())
     assert alpha == float(np.float32(want)) or alpha == pytest.approx(want, rel=1e-7)
@@ -64,7 +66,7 @@ def test_one_bit_is_the_closed_form(kern: ModuleType) -> None:
 def test_error_decreases_with_bits(kern: ModuleType) -> None:
     x, d = data(20_000, 4)
     errs = [kern.laq_quantize(x, d, b)[2] for b in range(1, 9)]
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert all(a > b for a, b in itertools.pairwise(errs)), errs
     total = float((d.astype(np.float64) * x.astype(np.float64) ** 2).sum())
     assert errs[0] < total  # one bit already beats sending nothing
 
@@ -117,7 +119,7 @@ def test_huge_and_tiny_magnitudes(kern: ModuleType, scale: float) -> None:
 
 def test_one_million_values(kern: ModuleType) -> None:
     x, d = data(1_000_000, 6)
-    packed, alpha, err = kern.laq_quantize(x, d, 4)
+    packed, alpha, _ = kern.laq_quantize(x, d, 4)
     assert packed.size == 500_000
     xhat = kern.laq_dequantize(packed, x.size, 4, alpha)
     rel = np.linalg.norm(x - xhat) / np.linalg.norm(x)
@@ -137,26 +139,35 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         t.start()
     for t in threads:
         t.join()
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g[0].tobytes() == w[0].tobytes() and g[1:] == w[1:]
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    x=hnp.arrays(np.float32, st.integers(0, 400), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)),
+    x=hnp.arrays(
+        np.float32, st.integers(0, 400), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)
+    ),
     bits=st.integers(1, 8),
     tol=st.sampled_from([0.0, 1e-9, 1e-6, 1e-2]),
     data_=st.data(),
 )
 def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, bits: int, tol: float, data_: st.DataObject) -> None:
-    d = data_.draw(hnp.arrays(np.float32, x.size, elements=st.floats(float(np.float32(1e-20)), float(np.float32(1e20)), width=32)))
+    d = data_.draw(
+        hnp.arrays(
+            np.float32,
+            x.size,
+            elements=st.floats(float(np.float32(1e-20)), float(np.float32(1e20)), width=32),
+        )
+    )
     a = CPP.laq_quantize(x, d, bits, 100, tol)
     b = REF.laq_quantize(x, d, bits, 100, tol)
     assert a[0].tobytes() == b[0].tobytes()
     assert a[1] == b[1] and a[2] == b[2]
-    assert CPP.laq_dequantize(a[0], x.size, bits, a[1]).tobytes() == REF.laq_dequantize(
-        a[0], x.size, bits, a[1]
-    ).tobytes()
+    assert (
+        CPP.laq_dequantize(a[0], x.size, bits, a[1]).tobytes()
+        == REF.laq_dequantize(a[0], x.size, bits, a[1]).tobytes()
+    )
 
 
 X = np.ones(8, np.float32)
