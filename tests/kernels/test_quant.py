@@ -201,9 +201,31 @@ def test_stochastic_rounding_is_reproducible_and_seeded(kern: ModuleType) -> Non
     assert big[0].size == a[0].size
 
 
-def test_quantize_a_million_values(kern: ModuleType) -> None:
+def test_a_million_values(kern: ModuleType) -> None:
     x = np.random.default_rng(3).standard_normal(1_000_000).astype(F32)
     check_quantize(kern, x, 4, 512, False)
+    residual = np.zeros_like(x)
+    idx, vals = kern.topk(x, 10_000, residual)
+    assert np.abs(vals).min() >= np.abs(residual).max()
+    np.testing.assert_array_equal(kern.delta_decode_indices(kern.delta_encode_indices(idx), idx.size), idx)
+    packed, scale = kern.sign_encode(x)
+    assert kern.unpack_bits(packed, x.size, 1).sum() == (x >= 0).sum()
+    assert scale == pytest.approx(float(np.abs(x.astype(np.float64)).mean()), rel=1e-6)
+    np.testing.assert_array_equal(kern.from_float16(kern.to_float16(x)), x.astype(np.float16).astype(F32))
+
+
+def test_huge_n_with_a_short_buffer_is_a_value_error(kern: ModuleType) -> None:
+    # Checked before anything of size n is allocated.
+    p = np.zeros(4, np.uint8)
+    one = np.zeros(1, F32)
+    with pytest.raises(ValueError):
+        kern.unpack_bits(p, 2**40, 4)
+    with pytest.raises(ValueError):
+        kern.dequantize(p, one, one, 2**40, 4, 2**41)
+    with pytest.raises(ValueError):
+        kern.sign_decode(p, 2**40, 1.0)
+    with pytest.raises(ValueError):
+        kern.delta_decode_indices(p, 2**40)
 
 
 @pytest.mark.parametrize(
@@ -352,12 +374,17 @@ def test_topk_picks_largest_magnitudes_ties_to_lower_index(kern: ModuleType) -> 
 
 def test_topk_matches_a_full_sort(kern: ModuleType) -> None:
     rng = np.random.default_rng(4)
-    x = rng.integers(-50, 50, 20_000).astype(F32)  # many ties
-    for k in (1, 10, 777, 19_999):
-        idx, vals = kern.topk(x, k)
-        order = np.lexsort((np.arange(x.size), -np.abs(x)))
-        np.testing.assert_array_equal(idx, np.sort(order[:k]))
-        np.testing.assert_array_equal(vals, x[idx])
+    ties = rng.integers(-50, 50, 20_000).astype(F32)
+    sign = rng.choice([-1, 1], 20_000).astype(F32)
+    # magnitudes that differ only in their lowest mantissa bits (same exponent, one top bin)
+    close = (F32(1) + rng.integers(0, 3000, 20_000).astype(F32) * F32(2**-23)) * sign
+    subnormal = rng.integers(0, 2000, 20_000).astype(np.uint32).view(F32) * sign
+    for x in (ties, close.astype(F32), subnormal):
+        for k in (1, 10, 777, 19_999):
+            idx, vals = kern.topk(x, k)
+            order = np.lexsort((np.arange(x.size), -np.abs(x)))
+            np.testing.assert_array_equal(idx, np.sort(order[:k]))
+            np.testing.assert_array_equal(vals, x[idx])
 
 
 def test_topk_error_feedback(kern: ModuleType) -> None:
