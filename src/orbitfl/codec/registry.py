@@ -118,7 +118,8 @@ class Stage:
                 if v != p.default:
                     parts.append(p.name if v else f"{p.name}=0")
             elif p.positional:
-                parts.append(_fmt(v))
+                if v != "" or p.default != "":  # an empty default means "the kernel's default"
+                    parts.append(_fmt(v))
             elif v != p.default:
                 parts.append(f"{p.name}={_fmt(v)}")
         text = self.name + (":" + ",".join(parts) if parts else "")
