@@ -290,8 +290,12 @@ def run(
 
 
 HEADER = (
-    f"{'recipe':<40} {'ratio':>7} {'bits/p':>7} {'rel.err':>9} {'enc GB/s':>9} {'dec GB/s':>9} "
+    f"{'recipe':<40} {'ratio':>7} {'bits/p':>7} {'H0 b/p':>7} {'rel.err':>9} {'enc GB/s':>9} {'dec GB/s':>9} "
     f"{'numpy enc':>9} {'memcpy':>7}"
+)
+LEGEND = (
+    "bits/p: payload bits per parameter; H0 b/p: the order-0 entropy of the symbols before zstd, per "
+    "parameter; rel.err: ||x - x_hat|| / ||x||; numpy enc: the NumPy reference backend"
 )
 
 
@@ -306,6 +310,10 @@ def format_row(r: Mapping[str, Any]) -> str:
             f"SSE ratio {r['sse'] / r['sklearn_sse']:.4f}"
         )
     return (
-        f"{r['recipe']:<40} {r['ratio']:7.2f} {r['bits_per_param']:7.3f} {r['rel_error']:9.2e} "
+        f"{r['recipe']:<40} {r['ratio']:7.2f} {r['bits_per_param']:7.3f} {_h0(r):>7} {r['rel_error']:9.2e} "
         f"{r['encode_gbps']:9.3f} {r['decode_gbps']:9.3f} {r['ref_encode_gbps']:9.3f} {r['memcpy_gbps']:7.2f}"
     )
+
+
+def _h0(r: Mapping[str, Any]) -> str:
+    return f"{8 * r['entropy_bytes'] / r['values']:7.3f}" if "entropy_bytes" in r else "-"

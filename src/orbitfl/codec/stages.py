@@ -146,7 +146,7 @@ class Quant(FloatStage):
         bits, bucket = self.args["bits"], self.args["bucket"]
         nb = -(-n // bucket)
         return [
-            Field("packed", "u1", packed_size(n, bits), symbol_bits=bits),
+            Field("packed", "u1", packed_size(n, bits), symbol_bits=bits, symbols=n),
             Field("lo", "<f4", nb, finite=True),
             Field("step", "<f4", nb, finite=True),
         ], 0
@@ -187,7 +187,7 @@ class Sign(FloatStage):
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         _need(meta, "scale", 0.0, 3.4e38)
-        return [Field("packed", "u1", packed_size(n, 1), symbol_bits=1)], 0
+        return [Field("packed", "u1", packed_size(n, 1), symbol_bits=1, symbols=n)], 0
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
@@ -270,8 +270,8 @@ class Gcc(FloatStage):
         b = index_bits(k)
         return [
             Field("centroids", "<f4", k, finite=True),
-            Field("mask", "u1", packed_size(n, 1), symbol_bits=1),
-            Field("ids", "u1", packed_size(n - m, b), symbol_bits=b),
+            Field("mask", "u1", packed_size(n, 1), symbol_bits=1, symbols=n),
+            Field("ids", "u1", packed_size(n - m, b), symbol_bits=b, symbols=n - m),
         ], m
 
     def decode(
@@ -346,7 +346,7 @@ class Coreset(FloatStage):
             "8": Field("codebook", "u1", k),
         }[cb]
         b = index_bits(k)
-        return [book, Field("labels", "u1", packed_size(n, b), symbol_bits=b)], 0
+        return [book, Field("labels", "u1", packed_size(n, b), symbol_bits=b, symbols=n)], 0
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
@@ -404,7 +404,7 @@ class Laq(FloatStage):
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         _need(meta, "alpha", -3.4e38, 3.4e38)
         b = self._bits(meta)
-        return [Field("packed", "u1", packed_size(n, b), symbol_bits=b)], 0
+        return [Field("packed", "u1", packed_size(n, b), symbol_bits=b, symbols=n)], 0
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
