@@ -251,6 +251,7 @@ class Gcc(FloatStage):
         Param("k", int, 16, positional=True, check=in_range(1, 256)),
         Param("rho", float, 0.5, check=in_range(0.0, 1.0)),
         Param("iters", int, 20, check=in_range(1, 1000)),
+        Param("method", str, "hist", check=one_of("hist", "optimal", "lloyd")),
     )
     terminal = False
     kernel_ef = True
@@ -259,10 +260,11 @@ class Gcc(FloatStage):
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         k = min(self.args["k"], x.size)
+        a = self.args
         cents, mask, ids, exact = ctx.kern.gcc_encode(
-            x, k, self.args["rho"], ctx.residual, self.args["iters"], ctx.seed
+            x, k, a["rho"], ctx.residual, a["iters"], ctx.seed, method=a["method"]
         )
-        return Encoded({"k": k, "m": int(exact.size)}, [cents, mask, ids], exact)
+        return Encoded({"k": int(cents.size), "m": int(exact.size)}, [cents, mask, ids], exact)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         k = _need(meta, "k", 1, 256)
