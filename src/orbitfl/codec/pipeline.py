@@ -274,10 +274,15 @@ class Pipeline:
             dummy[n] = TensorRecord(chains[n], shapes[n], [{"alpha": 0.1, "bits": 8}], [b""])
         framing = Payload(dummy).nbytes + 3 * len(names) - OVERHEAD_BYTES * len(names)
         kernel_budget = budget_bytes - framing
+        # With error feedback the bits go where x + residual (what will be sent) needs them.
+        alloc_x: dict[str, F32] = {}
+        for n in names:
+            old = state.residuals.get(n) if chains[n].ef else None
+            alloc_x[n] = flat[n] + old if old is not None and old.size == flat[n].size else flat[n]
         for _ in range(4):
             choices = chains[names[0]].float_stages[0].choices  # type: ignore[attr-defined]
             bits = allocate_bits(
-                {n: flat[n] for n in names},
+                alloc_x,
                 {n: curv[n] for n in names},
                 max(0, kernel_budget),
                 backend=self.backend,
@@ -292,10 +297,7 @@ class Pipeline:
                         n, flat[n], shapes[n], chains[n], state, curv[n], b, trial_res
                     )
                 elif chains[n].ef:  # not sent: the whole input waits in the residual
-                    old = state.residuals.get(n)
-                    trial_res[n] = (
-                        flat[n] + old if old is not None and old.size == flat[n].size else flat[n].copy()
-                    )
+                    trial_res[n] = alloc_x[n].copy()
             size = Payload(out).nbytes
             if size <= budget_bytes:
                 new_res.update(trial_res)
