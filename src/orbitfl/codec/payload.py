@@ -99,6 +99,10 @@ class TensorRecord:
     def nbytes_raw(self) -> int:
         return sum(len(b) for b in self.raw)
 
+    def __repr__(self) -> str:  # never dump megabytes of array bytes into a log line
+        stored = len(self.zdata) if self.zdata is not None else self.nbytes_raw
+        return f"TensorRecord({self.chain.text!r}, shape={self.shape}, {stored} B)"
+
     def to_wire(self, chain_index: int) -> dict[str, Any]:
         d: dict[str, Any] = {
             "c": chain_index,
@@ -119,6 +123,9 @@ class Payload:
 
     records: dict[str, TensorRecord]
     _nbytes: int | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return f"Payload({len(self.records)} tensors, {self.n_values} values, {self.nbytes} B)"
 
     @property
     def names(self) -> list[str]:
