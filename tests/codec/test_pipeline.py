@@ -338,6 +338,7 @@ RECIPES = [
     "efsign",
     "topk:0.3+ef|quant:4|zstd",
     "gcc:4",
+    "gcc:4|quant:8|zstd",
     "kmeans:4",
     "coreset:8,codebook=8",
 ]
