@@ -143,7 +143,7 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         assert g[0].tobytes() == w[0].tobytes() and g[1:] == w[1:]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(
     x=hnp.arrays(
         np.float32, st.integers(0, 400), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -209,7 +209,7 @@ def test_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> Non
         call(kern)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(
     x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
     bad=st.sampled_from([np.nan, np.inf, -np.inf]),
