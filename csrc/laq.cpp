@@ -48,7 +48,9 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
   for (std::size_t i = 0; i < n; ++i) {
     if (!std::isfinite(d[i])) throw NonFinite("d contains NaN or Inf");
   }
-  for (std::size_t i = 0; i < n; ++i) require(d[i] > 0.0f, "d must be > 0 everywhere");
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!(d[i] > 0.0f)) throw InvalidArgument("d must be > 0 everywhere");
+  }
   if (n == 0) return {0.0, 0.0};
   const std::vector<double> lev = levels(bits);
   const std::uint8_t zero_code = bits == 1 ? 1 : static_cast<std::uint8_t>(((1 << bits) - 2) / 2);
