@@ -43,7 +43,7 @@ def _calibration_inputs(graph: Graph, calibration: Any) -> dict[str, NDArray[np.
         want = graph.tensors[name].shape
         if arr.ndim != len(want) or any(w is not None and w != d for w, d in zip(want[1:], arr.shape[1:],
                                                                                     strict=True)):
-            shown = tuple("N" if d is None else d for d in want)
+            shown = "(" + ", ".join("N" if d is None else str(d) for d in want) + ")"
             raise ValueError(
                 f"calibration samples for {name!r} have shape {arr.shape}, the model input is {shown}"
             )
