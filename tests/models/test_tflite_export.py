@@ -6,6 +6,9 @@ one point of the float model. Weights are trained here with ONNX Runtime on-devi
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,11 @@ from orbitfl.models.tflite import UnsupportedOpError, build_graph, export_tflite
 from orbitfl.ort_import import onnxruntime, training_api, training_artifacts  # noqa: E402
 
 FLOAT_TOL = 1e-5
+ROOT = Path(__file__).resolve().parents[2]
+# tflite-runtime 2.14 needs numpy<2: it lives in a second environment that tools/dev.py creates.
+TFLITE_PYTHON = Path(
+    os.environ.get("ORBITFL_TFLITE_RUNTIME_PYTHON", str(ROOT / ".venv-tflite" / "bin" / "python"))
+)
 
 
 def ort_run(model: Any, x: np.ndarray) -> np.ndarray:
@@ -313,3 +321,81 @@ def test_bad_mode_and_calibration_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         export_tflite(tmp_path / "junk.onnx", tmp_path / "x.tflite")
+
+
+# --- tflite-runtime, in the second environment ------------------------------------------------
+
+_SCRIPT = r"""
+import importlib.util, json, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("orbitfl_inference", sys.argv[1])
+inference = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = inference
+spec.loader.exec_module(inference)
+cases = json.loads(sys.argv[2])
+report = {"numpy": np.__version__, "available": inference.available_runtimes(), "runtimes": []}
+for files in cases.values():
+    m = inference.OnboardModel(files["model"], runtime="tflite-runtime")
+    np.save(files["out"], m.predict(np.load(files["x"])))
+    report["runtimes"].append(m.runtime)
+print(json.dumps(report))
+"""
+
+
+def _output_step(path: Path) -> float:
+    """The quantization step of the int8 tensor feeding the final DEQUANTIZE."""
+    import tflite
+
+    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    sg = m.Subgraphs(0)
+    last = sg.Operators(sg.OperatorsLength() - 1)
+    return float(sg.Tensors(last.Inputs(0)).Quantization().Scale(0))
+
+
+def test_tflite_runtime_in_numpy1_environment_matches(
+    tmp_path: Path, trained: dict[str, Any], digits: dict[str, np.ndarray]
+) -> None:
+    """orbitfl's own agent/inference.py, loaded in the numpy<2 environment, runs the same files."""
+    if not TFLITE_PYTHON.exists():
+        pytest.skip(f"no tflite-runtime environment at {TFLITE_PYTHON} (tools/dev.py test creates it)")
+    from orbitfl.agent import inference
+
+    cases: dict[str, dict[str, str]] = {}
+    expected: dict[str, np.ndarray] = {}
+    models = {name: (spec, w) for name, (spec, w) in trained.items()}
+    models["spectral-cnn"] = (zoo.build("spectral-cnn"), {})
+    for name, (spec, weights) in models.items():
+        if name == "spectral-cnn":
+            x = np.random.default_rng(6).random((64, *spec.input_shape), dtype=np.float32)
+            calib = np.random.default_rng(7).random((200, *spec.input_shape), dtype=np.float32)
+        else:
+            x = digits["x_test"].reshape(-1, *spec.input_shape)
+            calib = digits["x_train"][:300].reshape(-1, *spec.input_shape)
+        for mode in ("float", "int8"):
+            key = f"{name}-{mode}"
+            path = export_tflite(spec.model, tmp_path / f"{key}.tflite", weights=weights or None, mode=mode,
+                                 calibration=calib if mode == "int8" else None)
+            np.save(tmp_path / f"{key}.x.npy", x)
+            cases[key] = {"model": str(path), "x": str(tmp_path / f"{key}.x.npy"),
+                          "out": str(tmp_path / f"{key}.out.npy")}
+            expected[key] = (ort_run(zoo.with_weights(spec.model, weights) if weights else spec.model, x)
+                             if mode == "float" else litert(path, x))
+    proc = subprocess.run(
+        [str(TFLITE_PYTHON), "-c", _SCRIPT, inference.__file__, json.dumps(cases)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["numpy"].startswith("1.") and report["available"] == ["tflite-runtime"]
+    assert set(report["runtimes"]) == {"tflite-runtime"}
+    for key, want in expected.items():
+        got = np.load(cases[key]["out"])
+        assert got.shape == want.shape
+        if key.endswith("float"):  # against ONNX Runtime
+            np.testing.assert_allclose(got, want, rtol=FLOAT_TOL, atol=FLOAT_TOL, err_msg=key)
+        else:  # against LiteRT on the same int8 file: the integer kernels may differ by one output step
+            assert np.abs(got - want).max() <= 1.01 * _output_step(Path(cases[key]["model"])), key
+    for name in trained:  # int8 in tflite-runtime within one point of float in ONNX Runtime
+        acc_float = (expected[f"{name}-float"].argmax(1) == digits["y_test"]).mean()
+        acc_int8 = (np.load(cases[f"{name}-int8"]["out"]).argmax(1) == digits["y_test"]).mean()
+        assert abs(acc_float - acc_int8) <= 0.01, (name, acc_float, acc_int8)
