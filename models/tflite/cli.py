@@ -31,6 +31,9 @@ def add_export_tflite_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="full-integer int8 model (float input/output); needs --calibration-data")
     p.add_argument("--per-tensor", action="store_true",
                    help="one weight scale per tensor instead of per output channel (with --int8)")
+    p.add_argument("--weight-quantizer", choices=("laq", "maxabs"), default="laq",
+                   help="int8 weight scales: laq (least squared error, orbitfl's LAQ kernel; default) or "
+                   "maxabs (max|w|/127)")
     p.add_argument("--calibration-data", metavar="digits|FILE.npy",
                    help="representative inputs for the int8 activation ranges: 'digits' (training split "
                    "of scikit-learn's digits) or an .npy of samples shaped like the model input")
@@ -113,7 +116,8 @@ def run_export_tflite(args: argparse.Namespace) -> int:
             else None
         )
         out = export_tflite(model, args.out, weights=weights, mode="int8" if args.int8 else "float",
-                            per_channel=not args.per_tensor, calibration=calibration)
+                            per_channel=not args.per_tensor, calibration=calibration,
+                            weight_quantizer=args.weight_quantizer)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from orbitfl.models.tflite.graph import Graph
 from orbitfl.models.tflite.lower import lower
-from orbitfl.models.tflite.quantize import WeightQuantizer, calibrate, maxabs_quantizer, quantize_graph
+from orbitfl.models.tflite.quantize import WEIGHT_QUANTIZERS, calibrate, quantize_graph
 from orbitfl.models.tflite.writer import serialize
 
 MODES = ("float", "int8")
@@ -69,13 +69,17 @@ def build_graph(
     mode: str = "float",
     per_channel: bool = True,
     calibration: Any = None,
-    quantizer: WeightQuantizer = maxabs_quantizer,
+    weight_quantizer: str = "laq",
 ) -> Graph:
     """The exporter graph export_tflite would write (for inspection and tests)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "float" and calibration is not None:
         raise ValueError("calibration data is only used by mode='int8'")
+    if weight_quantizer not in WEIGHT_QUANTIZERS:
+        raise ValueError(
+            f"weight_quantizer must be one of {', '.join(WEIGHT_QUANTIZERS)}, got {weight_quantizer!r}"
+        )
     if mode == "int8" and calibration is None:
         raise ValueError("mode='int8' needs calibration inputs (a few hundred representative samples)")
     graph = lower(onnx_model, weights)
@@ -83,7 +87,8 @@ def build_graph(
         samples = _calibration_inputs(graph, calibration)
         fixed = {n: graph.tensors[n].shape[0] for n in graph.inputs}
         batch = next(iter(fixed.values())) or 256
-        quantize_graph(graph, calibrate(graph, samples, batch=batch), per_channel, quantizer)
+        ranges = calibrate(graph, samples, batch=batch)
+        quantize_graph(graph, ranges, per_channel, WEIGHT_QUANTIZERS[weight_quantizer])
     return graph
 
 
@@ -95,6 +100,7 @@ def export_tflite(
     mode: str = "float",
     per_channel: bool = True,
     calibration: Any = None,
+    weight_quantizer: str = "laq",
 ) -> Path:
     """Write `onnx_model` (a ModelProto or .onnx path) as a .tflite file; returns its path.
 
@@ -102,11 +108,14 @@ def export_tflite(
     mode: "float" (float32 throughout) or "int8" (int8 weights and activations, float input and
     output). int8 needs `calibration`: representative inputs (an array shaped like the model
     input, or name -> array), whose ranges set the activation scales. per_channel: one weight
-    scale per output channel (else one per tensor).
+    scale per output channel (else one per tensor). weight_quantizer: "laq" (orbitfl's
+    loss-aware quantizer fits each scale to the least squared error; the default) or "maxabs"
+    (scale = max|w| / 127, the TensorFlow converter's rule).
     The file is written atomically: a crash leaves either the old file or the new one.
     """
     graph = build_graph(
-        onnx_model, weights=weights, mode=mode, per_channel=per_channel, calibration=calibration
+        onnx_model, weights=weights, mode=mode, per_channel=per_channel, calibration=calibration,
+        weight_quantizer=weight_quantizer,
     )
     data = serialize(graph, description=f"orbitfl {mode} export")
     out = Path(out_path)

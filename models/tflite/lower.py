@@ -1,7 +1,8 @@
 """Lower an inference ONNX graph (NCHW) to the exporter's TFLite-level graph (NHWC).
 
 Supported ONNX operators: Gemm, MatMul, Conv (1-D and 2-D, group 1), MaxPool, Relu, Flatten,
-Reshape, Softmax, Add, plus the no-ops Identity and Dropout and Constant. Anything else raises
+Reshape, Softmax, Add, Mul, Slice (constant bounds, step 1), plus the no-ops Identity and Dropout
+and Constant — enough for every model of the zoo, the moe included. Anything else raises
 :class:`UnsupportedOpError` naming the operator and node.
 
 Layout: ONNX convolutions are channels-first, TFLite's channels-last. Tensors that feed a
@@ -26,10 +27,9 @@ from numpy.typing import NDArray
 from orbitfl.models.tflite.graph import Graph, Op, Shape, UnsupportedOpError
 
 SUPPORTED_OPS = (
-    "Add", "Constant", "Conv", "Dropout", "Flatten", "Gemm", "Identity", "MatMul", "MaxPool",
-    "Relu", "Reshape", "Softmax",
+    "Add", "Constant", "Conv", "Dropout", "Flatten", "Gemm", "Identity", "MatMul", "MaxPool", "Mul",
+    "Relu", "Reshape", "Slice", "Softmax",
 )
-_FUSABLE_INTO = {"Gemm", "Conv", "MatMul", "Add"}
 
 PLAIN = "plain"
 CL = "cl"
@@ -401,10 +401,12 @@ class _Lowering:
         act, out_name = self._fused_relu(node)
         self._fc(node, x, b.T, None, node.input[1], "", act, out_name)
 
-    def _lower_add(self, node: Any) -> None:
+    def _lower_binary(self, node: Any, code: str) -> None:
+        """Add / Mul (commutative, numpy broadcasting) as TFLite ADD / MUL."""
+        fold = {"ADD": np.add, "MUL": np.multiply}[code]
         a_name, b_name = node.input[0], node.input[1]
         if a_name in self.consts and b_name in self.consts:
-            self.consts[node.output[0]] = self.consts[a_name] + self.consts[b_name]
+            self.consts[node.output[0]] = fold(self.consts[a_name], self.consts[b_name])
             return
         if a_name in self.consts:
             a_name, b_name = b_name, a_name
@@ -415,21 +417,56 @@ class _Lowering:
             out_shape = _broadcast(a.shape, c.shape)
             if out_shape != a.shape:
                 raise UnsupportedOpError(
-                    f"Add node {node.name!r}: the constant operand would enlarge the tensor"
+                    f"{node.op_type} node {node.name!r}: the constant operand would enlarge the tensor"
                 )
             if a.layout == CL:
                 full = c.reshape((1,) * (len(a.shape) - c.ndim) + c.shape)
                 c = full.transpose(0, 2, 3, 1) if full.ndim == 4 else full.transpose(0, 2, 1)[:, None, :, :]
             c_t = self.g.const(b_name, np.ascontiguousarray(c))
-            out = self._emit("ADD", [a.name, c_t], out_name, _tfl_shape(out_shape, a.layout), activation=act)
+            out = self._emit(code, [a.name, c_t], out_name, _tfl_shape(out_shape, a.layout), activation=act)
             self.env[out_name] = _Value(out, a.layout, out_shape)
             return
         b = self._value(b_name, node)
         out_shape = _broadcast(a.shape, b.shape)
         if a.layout != b.layout or a.shape != b.shape:
             a, b = self.to_plain(a), self.to_plain(b)
-        out = self._emit("ADD", [a.name, b.name], out_name, _tfl_shape(out_shape, a.layout), activation=act)
+        out = self._emit(code, [a.name, b.name], out_name, _tfl_shape(out_shape, a.layout), activation=act)
         self.env[out_name] = _Value(out, a.layout, out_shape)
+
+    def _lower_slice(self, node: Any) -> None:
+        x = self.to_plain(self._value(node.input[0], node))
+        rank = len(x.shape)
+        starts = [int(v) for v in self._const(node.input[1], node, "starts").reshape(-1)]
+        ends = [int(v) for v in self._const(node.input[2], node, "ends").reshape(-1)]
+        axes = (
+            [int(v) for v in self._const(node.input[3], node, "axes").reshape(-1)]
+            if len(node.input) > 3 and node.input[3]
+            else list(range(len(starts)))
+        )
+        steps = (
+            [int(v) for v in self._const(node.input[4], node, "steps").reshape(-1)]
+            if len(node.input) > 4 and node.input[4]
+            else [1] * len(starts)
+        )
+        if any(st != 1 for st in steps):
+            raise UnsupportedOpError(f"Slice node {node.name!r}: steps other than 1")
+        begin, size = [0] * rank, [-1] * rank
+        shape = list(x.shape)
+        for axis, start, end in zip(axes, starts, ends, strict=True):
+            axis = axis + rank if axis < 0 else axis
+            dim = x.shape[axis]
+            if dim is None:
+                raise UnsupportedOpError(f"Slice node {node.name!r}: slicing the dynamic axis {axis}")
+            lo = min(max(start + dim if start < 0 else start, 0), dim)
+            hi = min(max(end + dim if end < 0 else end, 0), dim)
+            if hi <= lo:
+                raise UnsupportedOpError(f"Slice node {node.name!r}: empty slice on axis {axis}")
+            begin[axis], size[axis], shape[axis] = lo, hi - lo, hi - lo
+        begin_t = self.g.const(f"{node.output[0]}/begin", np.asarray(begin, dtype=np.int32))
+        size_t = self.g.const(f"{node.output[0]}/size", np.asarray(size, dtype=np.int32))
+        out_shape: Shape = tuple(shape)
+        out = self._emit("SLICE", [x.name, begin_t, size_t], node.output[0], out_shape)
+        self.env[node.output[0]] = _Value(out, PLAIN, out_shape)
 
     def _lower_softmax(self, node: Any, attrs: dict[str, Any]) -> None:
         x = self._value(node.input[0], node)
@@ -517,8 +554,10 @@ class _Lowering:
                 x = self._value(node.input[0], node)
                 out = self._emit("RELU", [x.name], node.output[0], _tfl_shape(x.shape, x.layout))
                 self.env[node.output[0]] = _Value(out, x.layout, x.shape)
-            elif op == "Add":
-                self._lower_add(node)
+            elif op in ("Add", "Mul"):
+                self._lower_binary(node, op.upper())
+            elif op == "Slice":
+                self._lower_slice(node)
             elif op == "Softmax":
                 self._lower_softmax(node, attrs)
             elif op == "Flatten":

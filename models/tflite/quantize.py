@@ -1,11 +1,11 @@
 """Full-integer (int8) quantization of the exporter graph, as the TFLite int8 kernels require it.
 
 - weights: int8, symmetric (zero point 0, codes in [-127, 127]), one scale per tensor or per
-  output channel (quantized dimension 0);
+  output channel (quantized dimension 0), fitted by orbitfl's LAQ kernel (or max|w| / 127);
 - activations: int8, asymmetric, scale and zero point from the range seen on calibration inputs
   (always including 0, so that zero padding and ReLU are exact);
 - biases: int32 with scale = input scale * weight scale (per channel when the weight is);
-- operators that only move values (RESHAPE, TRANSPOSE, MAX_POOL_2D, PAD) keep their input's
+- operators that only move values (RESHAPE, TRANSPOSE, MAX_POOL_2D, PAD, SLICE) keep their input's
   parameters, SOFTMAX outputs use scale 1/256 and zero point -128: the kernels reject anything else;
 - the model keeps float input and output: a QUANTIZE op after each input and a DEQUANTIZE op
   before each output.
@@ -26,7 +26,7 @@ I8 = NDArray[np.int8]
 # A weight quantizer maps a float32 vector to (int8 codes in [-127, 127], scale > 0).
 WeightQuantizer = Callable[[F32], tuple[I8, float]]
 
-_PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "PAD"}
+_PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "PAD", "SLICE"}
 _SOFTMAX_SCALE = 1.0 / 256.0
 _SOFTMAX_ZERO = -128
 
@@ -39,8 +39,29 @@ def maxabs_quantizer(x: F32) -> tuple[I8, float]:
     return codes, scale
 
 
+def laq_quantizer(x: F32) -> tuple[I8, float]:
+    """Symmetric int8 from orbitfl's own loss-aware quantizer (the C++ `laq_quantize` kernel).
+
+    At 8 bits LAQ's levels are alpha * (j - 127) / 127, j = 0..254: exactly TFLite's symmetric
+    int8 weight grid with scale alpha / 127. With unit curvature weights it fits alpha to the least
+    squared error instead of taking max|x|, so one outlier no longer coarsens every other step.
+    """
+    from orbitfl.kernels import backend
+
+    kern = backend("cpp")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    packed, alpha, _ = kern.laq_quantize(x, np.ones_like(x), 8)
+    if not alpha > 0.0:
+        return np.zeros(x.shape, np.int8), 1.0  # an all-zero row: any positive scale is exact
+    codes = kern.unpack_bits(packed, x.size, 8).astype(np.int16) - 127
+    return codes.astype(np.int8), float(alpha) / 127.0
+
+
+WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {"laq": laq_quantizer, "maxabs": maxabs_quantizer}
+
+
 def quantize_weights(
-    w: F32, per_channel: bool, quantizer: WeightQuantizer = maxabs_quantizer
+    w: F32, per_channel: bool, quantizer: WeightQuantizer = laq_quantizer
 ) -> tuple[I8, F32]:
     """int8 codes (shape of w) and scales (one per row of axis 0, or one) for a weight tensor."""
     if not per_channel:
@@ -87,7 +108,7 @@ def quantize_graph(
     graph: Graph,
     ranges: Mapping[str, tuple[float, float]],
     per_channel: bool = True,
-    quantizer: WeightQuantizer = maxabs_quantizer,
+    quantizer: WeightQuantizer = laq_quantizer,
 ) -> None:
     """Turn the float graph into an int8 graph in place (float inputs and outputs kept)."""
     for name in graph.inputs:
@@ -107,7 +128,7 @@ def quantize_graph(
         out.dtype = "int8"
         if op.code in ("FULLY_CONNECTED", "CONV_2D"):
             _quantize_dense(graph, op, per_channel, quantizer)
-        elif op.code == "ADD":
+        elif op.code in ("ADD", "MUL"):
             for name in op.inputs:
                 t = graph.tensors[name]
                 if t.data is not None:

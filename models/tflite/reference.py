@@ -79,6 +79,14 @@ def _op(op: Op, args: list[Any]) -> Arr:
         return _act(args[0], "RELU")
     if op.code == "ADD":
         return _act(args[0] + args[1], o["activation"])
+    if op.code == "MUL":
+        return _act(args[0] * args[1], o["activation"])
+    if op.code == "SLICE":
+        x, begin, size = args
+        pairs = zip(begin.tolist(), size.tolist(), strict=True)
+        idx = tuple(slice(b, None if n < 0 else b + n) for b, n in pairs)
+        out_slice: Arr = x[idx]
+        return out_slice
     if op.code == "SOFTMAX":
         z = args[0] * o["beta"]
         z = np.exp(z - z.max(axis=-1, keepdims=True))

@@ -26,7 +26,7 @@ _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 # the lowest version that has the int8 kernel.
 _INT8_VERSIONS = {
     "FULLY_CONNECTED": 4, "CONV_2D": 3, "MAX_POOL_2D": 2, "SOFTMAX": 2, "ADD": 2, "TRANSPOSE": 2,
-    "RELU": 2, "PAD": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "RESHAPE": 1,
+    "RELU": 2, "PAD": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "RESHAPE": 1, "MUL": 2, "SLICE": 2,
 }
 
 
@@ -90,9 +90,14 @@ def _options(b: Any, tfl: Any, op: Op) -> tuple[int, int]:
         tfl.AddOptionsStart(b)
         tfl.AddOptionsAddFusedActivationFunction(b, _activation(tfl, o["activation"]))
         return tfl.BuiltinOptions.AddOptions, tfl.AddOptionsEnd(b)
+    if op.code == "MUL":
+        tfl.MulOptionsStart(b)
+        tfl.MulOptionsAddFusedActivationFunction(b, _activation(tfl, o["activation"]))
+        return tfl.BuiltinOptions.MulOptions, tfl.MulOptionsEnd(b)
     empty = {
         "TRANSPOSE": ("TransposeOptions", tfl.TransposeOptionsStart, tfl.TransposeOptionsEnd),
         "PAD": ("PadOptions", tfl.PadOptionsStart, tfl.PadOptionsEnd),
+        "SLICE": ("SliceOptions", tfl.SliceOptionsStart, tfl.SliceOptionsEnd),
         "QUANTIZE": ("QuantizeOptions", tfl.QuantizeOptionsStart, tfl.QuantizeOptionsEnd),
         "DEQUANTIZE": ("DequantizeOptions", tfl.DequantizeOptionsStart, tfl.DequantizeOptionsEnd),
     }

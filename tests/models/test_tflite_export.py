@@ -101,6 +101,7 @@ def litert(path: Path, x: np.ndarray) -> np.ndarray:
 ZOO_CASES = [
     ("mlp", {}), ("mlp", {"input": "8x8"}), ("lenet-s", {}), ("lenet-s", {"input": "28x28"}),
     ("spectral-cnn", {}), ("spectral-cnn", {"classes": 5}),
+    ("moe", {}), ("moe", {"input": "8x8", "experts": 2}),
 ]
 
 
@@ -184,9 +185,11 @@ def test_flatten_after_conv_keeps_onnx_channel_order(tmp_path: Path) -> None:
 # --- int8 ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("weight_quantizer", ["laq", "maxabs"])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
 def test_int8_accuracy_within_one_point_of_float_on_digits(
-    tmp_path: Path, trained: dict[str, Any], digits: dict[str, np.ndarray], per_channel: bool
+    tmp_path: Path, trained: dict[str, Any], digits: dict[str, np.ndarray], per_channel: bool,
+    weight_quantizer: str,
 ) -> None:
     for name, (spec, weights) in trained.items():
         shape = spec.input_shape
@@ -194,7 +197,7 @@ def test_int8_accuracy_within_one_point_of_float_on_digits(
         calib = digits["x_train"][:400].reshape(-1, *shape)
         f32 = export_tflite(spec.model, tmp_path / f"{name}.f32.tflite", weights=weights)
         i8 = export_tflite(spec.model, tmp_path / f"{name}.i8.tflite", weights=weights, mode="int8",
-                           per_channel=per_channel, calibration=calib)
+                           per_channel=per_channel, calibration=calib, weight_quantizer=weight_quantizer)
         acc_f = float((litert(f32, x_test).argmax(1) == digits["y_test"]).mean())
         acc_q = float((litert(i8, x_test).argmax(1) == digits["y_test"]).mean())
         assert acc_f >= 0.93, f"{name}: float model undertrained ({acc_f:.3f})"
@@ -222,6 +225,31 @@ def test_int8_model_is_integer_inside_with_tflite_scale_rules(tmp_path: Path, tr
             src, dst = t[op.inputs[0]].quant, t[op.outputs[0]].quant
             assert src is not None and dst is not None
             assert src.scale[0] == dst.scale[0] and src.zero_point[0] == dst.zero_point[0]
+
+
+def test_int8_weights_come_from_the_laq_kernel(
+    trained: dict[str, Any], digits: dict[str, np.ndarray]
+) -> None:
+    """Codes and scales are orbitfl._core.laq_quantize's, and fit better than max|w|/127."""
+    from orbitfl.models.tflite.quantize import maxabs_quantizer, quantize_weights
+
+    from orbitfl import _core
+
+    spec, weights = trained["lenet-s"]
+    calib = digits["x_train"][:100].reshape(-1, *spec.input_shape)
+    graph = build_graph(spec.model, weights=weights, mode="int8", calibration=calib)
+    w = weights["fc1.weight"]
+    q = graph.tensors["fc1.weight"]
+    assert q.data is not None and q.quant is not None
+    for row in (0, 7, len(w) - 1):
+        packed, alpha, _ = _core.laq_quantize(w[row].copy(), np.ones_like(w[row]), 8)
+        np.testing.assert_array_equal(q.data[row], _core.unpack_bits(packed, w.shape[1], 8).astype(int) - 127)
+        assert q.quant.scale[row] == np.float32(alpha / 127)
+    laq_codes, laq_scales = q.data, q.quant.scale
+    max_codes, max_scales = quantize_weights(w, True, maxabs_quantizer)
+    err_laq = ((laq_codes * laq_scales[:, None] - w) ** 2).sum(axis=1)
+    err_max = ((max_codes * max_scales[:, None] - w) ** 2).sum(axis=1)
+    assert (err_laq <= err_max * (1 + 1e-5)).all() and err_laq.sum() < err_max.sum()
 
 
 # --- the file itself ----------------------------------------------------------------------------
