@@ -76,7 +76,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     for module in EXTENSIONS:
-        if importlib.util.find_spec(module) is not None:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is not there either
+            found = False
+        if found:
             importlib.import_module(module).register(sub)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
 
