@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from orbitfl.models.manifest import check_weights
 
 # Opset 17 and IR 8: what onnxruntime-training 1.19 builds gradients for and what older and newer
 # runtimes (stock ONNX Runtime on ARM boards) all load.
@@ -99,8 +100,13 @@ class _Builder:
         y = self.tmp(prefix)
         self.nodes.append(
             helper.make_node(
-                "Conv", [x, w, b], [y], name=prefix, kernel_shape=list(kernel),
-                pads=[pads[0], pads[1], pads[0], pads[1]], strides=[1, 1],
+                "Conv",
+                [x, w, b],
+                [y],
+                name=prefix,
+                kernel_shape=list(kernel),
+                pads=[pads[0], pads[1], pads[0], pads[1]],
+                strides=[1, 1],
             )
         )
         return y
@@ -146,7 +152,10 @@ def _positive(name: str, value: int) -> int:
 
 
 def build_mlp(
-    *, input: str | Sequence[int] | int | None = None, hidden: Sequence[int] = (128,), classes: int = 10,
+    *,
+    input: str | Sequence[int] | int | None = None,
+    hidden: Sequence[int] = (128,),
+    classes: int = 10,
     seed: int = 0,
 ) -> ModelSpec:
     """Fully connected net, default 64-128-10 (digits). Layers are ``fc1``, ``fc2``, ..."""
@@ -165,26 +174,42 @@ def build_mlp(
         if not last:
             x = b.op("Relu", [x], "relu")
     model = b.finish("mlp", dims, classes)
-    return ModelSpec("mlp", model, dims, "classification", classes,
-                     options={"input": "x".join(map(str, dims)), "hidden": widths, "classes": classes})
+    return ModelSpec(
+        "mlp",
+        model,
+        dims,
+        "classification",
+        classes,
+        options={"input": "x".join(map(str, dims)), "hidden": widths, "classes": classes},
+    )
 
 
 def build_lenet_s(
-    *, input: str | Sequence[int] | int | None = None, channels: Sequence[int] = (6, 16),
-    fc: Sequence[int] = (120, 84), classes: int = 10, seed: int = 0,
+    *,
+    input: str | Sequence[int] | int | None = None,
+    channels: Sequence[int] | None = None,
+    fc: Sequence[int] = (120, 84),
+    classes: int = 10,
+    seed: int = 0,
 ) -> ModelSpec:
     """The small LeNet SpaceDML trains: two conv+ReLU+2x2-max-pool blocks, then three dense layers.
 
-    28x28 input uses 5x5 kernels (classic LeNet-5 geometry, 16*5*5 features into ``fc1``); 8x8
-    input (digits) uses 3x3 'same' kernels so two poolings still leave a 2x2 map.
+    28x28 input uses 5x5 kernels and 6/16 channels (classic LeNet-5 geometry, 16*5*5 features into
+    ``fc1``). 8x8 input (digits) uses 3x3 'same' kernels so two poolings still leave a 2x2 map, and
+    16/32 channels: with 6/16 the 64 features left after pooling cap digits test accuracy near 97 %,
+    with 16/32 it reaches about 98 % in 20 epochs.
     """
     dims = _parse_input(input, (8, 8))
     if len(dims) == 1 and math.isqrt(dims[0]) ** 2 == dims[0]:
         dims = (math.isqrt(dims[0]),) * 2
     if len(dims) != 2 or dims[0] != dims[1] or dims[0] < 8:
-        raise ValueError(f"lenet-s takes a square single-channel image of at least 8x8 (e.g. 8x8, 28x28), "
-                         f"got {'x'.join(map(str, dims))}")
+        raise ValueError(
+            f"lenet-s takes a square single-channel image of at least 8x8 (e.g. 8x8, 28x28), "
+            f"got {'x'.join(map(str, dims))}"
+        )
     side = dims[0]
+    if channels is None:
+        channels = (6, 16) if side >= 28 else (16, 32)
     c1, c2 = (_positive("channels", c) for c in channels)
     classes = _positive("classes", classes)
     if side >= 28:
@@ -210,13 +235,25 @@ def build_lenet_s(
         if not last:
             x = b.op("Relu", [x], "relu")
     model = b.finish("lenet-s", (1, side, side), classes)
-    return ModelSpec("lenet-s", model, (1, side, side), "classification", classes,
-                     options={"input": f"{side}x{side}", "channels": [c1, c2], "classes": classes})
+    return ModelSpec(
+        "lenet-s",
+        model,
+        (1, side, side),
+        "classification",
+        classes,
+        options={"input": f"{side}x{side}", "channels": [c1, c2], "classes": classes},
+    )
 
 
 def build_spectral_cnn(
-    *, input: str | Sequence[int] | int | None = None, channels: Sequence[int] = (8, 16), kernel: int = 5,
-    hidden: int = 32, outputs: int | None = None, classes: int | None = None, seed: int = 0,
+    *,
+    input: str | Sequence[int] | int | None = None,
+    channels: Sequence[int] = (8, 16),
+    kernel: int = 5,
+    hidden: int = 32,
+    outputs: int | None = None,
+    classes: int | None = None,
+    seed: int = 0,
 ) -> ModelSpec:
     """A 1-D convolutional net over one pixel's spectrum, written as 2-D Conv with a 1xK kernel so
     the TFLite exporter needs no separate Conv1D path. Input ``[batch, 1, 1, bands]``.
@@ -248,13 +285,29 @@ def build_spectral_cnn(
     x = b.op("Relu", [x], "relu")
     b.gemm(x, "fc2", hidden, n_out, out=OUTPUT)
     model = b.finish("spectral-cnn", (1, 1, bands), n_out)
-    return ModelSpec("spectral-cnn", model, (1, 1, bands), task, n_out,
-                     options={"input": str(bands), "channels": [c1, c2], "kernel": kernel, "hidden": hidden,
-                              "outputs": n_out, "task": task})
+    return ModelSpec(
+        "spectral-cnn",
+        model,
+        (1, 1, bands),
+        task,
+        n_out,
+        options={
+            "input": str(bands),
+            "channels": [c1, c2],
+            "kernel": kernel,
+            "hidden": hidden,
+            "outputs": n_out,
+            "task": task,
+        },
+    )
 
 
 def build_moe(
-    *, input: str | Sequence[int] | int | None = None, experts: int = 4, hidden: int = 32, classes: int = 10,
+    *,
+    input: str | Sequence[int] | int | None = None,
+    experts: int = 4,
+    hidden: int = 32,
+    classes: int = 10,
     seed: int = 0,
 ) -> ModelSpec:
     """Mixture of experts for EMS-FL: a linear router with softmax gates and ``experts`` small MLPs
@@ -290,9 +343,15 @@ def build_moe(
             total = term
         groups[p] = [f"{p}.fc1.weight", f"{p}.fc1.bias", f"{p}.fc2.weight", f"{p}.fc2.bias"]
     model = b.finish("moe", dims, classes)
-    return ModelSpec("moe", model, dims, "classification", classes, groups=groups,
-                     options={"input": "x".join(map(str, dims)), "experts": n_exp, "hidden": hidden,
-                              "classes": classes})
+    return ModelSpec(
+        "moe",
+        model,
+        dims,
+        "classification",
+        classes,
+        groups=groups,
+        options={"input": "x".join(map(str, dims)), "experts": n_exp, "hidden": hidden, "classes": classes},
+    )
 
 
 BUILDERS: dict[str, Callable[..., ModelSpec]] = {
@@ -308,8 +367,10 @@ def build(name: str, **options: Any) -> ModelSpec:
     """Build a zoo model by name; options are the builder's keyword arguments (None = default)."""
     builder = BUILDERS.get(name)
     if builder is None:
-        raise ValueError(f"unknown model {name!r}; the zoo has: {', '.join(MODEL_NAMES)} "
-                         f"(or give the path of your own .onnx file)")
+        raise ValueError(
+            f"unknown model {name!r}; the zoo has: {', '.join(MODEL_NAMES)} "
+            f"(or give the path of your own .onnx file)"
+        )
     given = {k: v for k, v in options.items() if v is not None}
     try:
         return builder(**given)
@@ -335,20 +396,24 @@ def load_user_model(path: str | Path, *, task: Task | None = None) -> ModelSpec:
     init_names = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise ValueError(f"{p}: orbitfl needs exactly one data input and one output, found inputs "
-                         f"{[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}")
+        raise ValueError(
+            f"{p}: orbitfl needs exactly one data input and one output, found inputs "
+            f"{[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}"
+        )
     if not parameter_names(model):
         raise ValueError(f"{p}: the model has no float32 initializers, so nothing to train")
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim]
-    out_dims = [d.dim_value if d.HasField("dim_value") else -1
-                for d in model.graph.output[0].type.tensor_type.shape.dim]
+    out_dims = [
+        d.dim_value if d.HasField("dim_value") else -1
+        for d in model.graph.output[0].type.tensor_type.shape.dim
+    ]
     per_sample = tuple(shape[1:])
     if any(d <= 0 for d in per_sample):
-        raise ValueError(f"{p}: input {inputs[0].name!r} must have fixed sizes after the batch "
-                         f"dimension, got {shape}")
+        raise ValueError(
+            f"{p}: input {inputs[0].name!r} must have fixed sizes after the batch dimension, got {shape}"
+        )
     num_out = out_dims[-1] if out_dims and out_dims[-1] > 0 else 0
-    return ModelSpec(p.stem, model, per_sample, task or "classification", num_out,
-                     options={"path": str(p)})
+    return ModelSpec(p.stem, model, per_sample, task or "classification", num_out, options={"path": str(p)})
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -360,37 +425,19 @@ def parameter_names(model: onnx.ModelProto) -> list[str]:
 
 
 def get_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t).astype(np.float32, copy=True)
-            for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
-
-
-def check_weights(
-    expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, Any], *, partial: bool = True
-) -> None:
-    """Refuse unknown names (ValueError), non-float32 arrays (TypeError) and wrong shapes
-    (ValueError), each error naming the parameter. ``partial=False`` also requires every name."""
-    for name, arr in weights.items():
-        if name not in expected:
-            raise ValueError(f"unknown parameter {name!r}; the model has: {', '.join(expected)}")
-        if not isinstance(arr, np.ndarray):
-            raise TypeError(f"parameter {name!r}: expected a numpy.ndarray, got {type(arr).__name__}")
-        if arr.dtype != np.float32:
-            raise TypeError(f"parameter {name!r}: expected dtype float32, got {arr.dtype}")
-        if tuple(arr.shape) != tuple(expected[name]):
-            raise ValueError(
-                f"parameter {name!r}: expected shape {tuple(expected[name])}, got {tuple(arr.shape)}"
-            )
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"parameter {name!r}: contains NaN or infinity")
-    if not partial:
-        missing = [n for n in expected if n not in weights]
-        if missing:
-            raise ValueError(f"missing parameters: {', '.join(missing)}")
+    return {
+        t.name: numpy_helper.to_array(t).astype(np.float32, copy=True)
+        for t in model.graph.initializer
+        if t.data_type == TensorProto.FLOAT
+    }
 
 
 def parameter_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    return {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer
-            if t.data_type == TensorProto.FLOAT}
+    return {
+        t.name: tuple(int(d) for d in t.dims)
+        for t in model.graph.initializer
+        if t.data_type == TensorProto.FLOAT
+    }
 
 
 def with_weights(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
