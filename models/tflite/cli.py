@@ -1,6 +1,6 @@
 """``orbitfl model export-tflite``: write trained weights as a float32 or int8 .tflite file.
 
-Hooked into the ``model`` group with :func:`add_export_tflite_parser`.
+The ``model`` group (orbitfl.models.cli) picks this module up and calls :func:`register`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def add_export_tflite_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="use at most N calibration samples (default 500)")
     p.set_defaults(func=run_export_tflite)
     return p
+
+
+def register(subparsers: Any) -> None:
+    """Add ``export-tflite`` to the ``orbitfl model`` subcommands."""
+    add_export_tflite_parser(subparsers)
 
 
 def _input_shape(model: Any) -> tuple[int | None, ...]:
