@@ -505,15 +505,17 @@ class _Lowering:
         if -1 in dims:
             i = dims.index(-1)
             rest = [d for j, d in enumerate(dims) if j != i]
-            if None in x.shape or None in rest:
-                if None in rest:
-                    raise UnsupportedOpError(
-                        f"Reshape node {node.name!r}: two dynamic dimensions in {target}"
-                    )
-                dims[i] = None
+            in_static = int(np.prod([d for d in x.shape if d is not None]))
+            out_static = int(np.prod([d for d in rest if d is not None]))
+            in_dynamic, out_dynamic = x.shape.count(None), rest.count(None)
+            if in_dynamic == out_dynamic and in_static % out_static == 0:
+                dims[i] = in_static // out_static  # the batch is carried over by a 0 entry
+            elif in_dynamic == 1 and out_dynamic == 0:
+                dims[i] = None  # the -1 absorbs the batch
             else:
-                total = int(np.prod([d for d in x.shape if d is not None]))
-                dims[i] = total // int(np.prod([d for d in rest if d is not None]))
+                raise UnsupportedOpError(
+                    f"Reshape node {node.name!r}: cannot resolve {target} for input shape {x.shape}"
+                )
         out_shape: Shape = tuple(dims)
         out = self._reshape(x.name, out_shape, node.output[0])
         self.env[node.output[0]] = _Value(out, PLAIN, out_shape)

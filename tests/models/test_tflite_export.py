@@ -165,7 +165,32 @@ def test_float_export_of_1d_conv_odd_padding_matmul_add_softmax(tmp_path: Path) 
     graph = build_graph(model)
     assert "PAD" in [op.code for op in graph.ops]
     path = export_tflite(model, tmp_path / "c1d.tflite")
-    np.testing.assert_allclose(litert(path, x), ort_run(model, x), rtol=FLOAT_TOL, atol=FLOAT_TOL)
+    want = ort_run(model, x)
+    np.testing.assert_allclose(litert(path, x), want, rtol=FLOAT_TOL, atol=FLOAT_TOL)
+    # the same graph in int8 (PAD pads with the zero point, SOFTMAX has its fixed output scale)
+    calib = np.random.default_rng(3).normal(size=(300, 3, 32)).astype(np.float32)
+    q = export_tflite(model, tmp_path / "c1d.i8.tflite", mode="int8", calibration=calib)
+    assert np.abs(litert(q, x) - want).max() < 0.05
+
+
+def test_reshape_and_fixed_batch(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "to2d"], ["r"]),  # [0, -1]: copy the batch, flatten the rest
+        helper.make_node("Gemm", ["r", "fc", "fcb"], ["h"], transB=1, alpha=0.5, beta=2.0),
+        helper.make_node("Reshape", ["h", "to3d"], ["y"]),
+    ]
+    inits = {"w": _rand(2, 1, 3, 3), "b": _rand(2), "to2d": np.array([0, -1], np.int64),
+             "fc": _rand(6, 2 * 5 * 5), "fcb": _rand(6), "to3d": np.array([-1, 2, 3], np.int64)}
+    x = np.random.default_rng(4).normal(size=(5, 1, 5, 5)).astype(np.float32)
+    dynamic = _model(nodes, inits, ["N", 1, 5, 5], ["N", 2, 3])
+    np.testing.assert_allclose(litert(export_tflite(dynamic, tmp_path / "d.tflite"), x), ort_run(dynamic, x),
+                               rtol=FLOAT_TOL, atol=FLOAT_TOL)
+    fixed = _model(nodes, inits, [1, 1, 5, 5], [1, 2, 3])  # batch 1: OnboardModel runs sample by sample
+    path = export_tflite(fixed, tmp_path / "f.tflite")
+    assert OnboardModel(path).inputs[0].shape == (1, 1, 5, 5)
+    want = np.concatenate([ort_run(fixed, x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(litert(path, x), want, rtol=FLOAT_TOL, atol=FLOAT_TOL)
 
 
 def test_flatten_after_conv_keeps_onnx_channel_order(tmp_path: Path) -> None:
