@@ -136,9 +136,10 @@ class _Lowering:
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )
-        nodes = list(model.graph.node)
+        # One list of node objects for the whole pass: fusion marks consumers to skip by identity.
+        self.nodes = list(model.graph.node)
         self.consumers: dict[str, list[Any]] = {}
-        for node in nodes:
+        for node in self.nodes:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {o.name for o in model.graph.output}
@@ -534,7 +535,7 @@ class _Lowering:
             self.env[inp.name] = _Value(inp.name, PLAIN, shape)
         if not self.g.inputs:
             raise ValueError("the ONNX model has no graph input")
-        for node in self.model.graph.node:
+        for node in self.nodes:
             if id(node) in self.skip:
                 continue
             if node.domain not in ("", "ai.onnx"):
