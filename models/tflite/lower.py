@@ -44,7 +44,12 @@ class _Value:
 
 def load_onnx(model: Any) -> Any:
     """A ModelProto from a ModelProto or a path to an .onnx file."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(
+            "the TFLite exporter reads ONNX models: pip install 'orbitfl[train]' (onnx)"
+        ) from None
 
     if isinstance(model, onnx.ModelProto):
         return model

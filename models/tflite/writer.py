@@ -123,8 +123,14 @@ def _quantization(b: Any, tfl: Any, t: Tensor) -> int:
 
 def serialize(graph: Graph, description: str = "orbitfl export") -> bytes:
     """The .tflite bytes of `graph` (one subgraph)."""
-    import flatbuffers
-    import tflite as tfl
+    try:
+        import flatbuffers
+        import tflite as tfl
+    except ImportError as exc:
+        raise ImportError(
+            f"writing .tflite files needs flatbuffers and the tflite schema package ({exc.name} is "
+            "missing): pip install 'orbitfl[litert]'"
+        ) from None
 
     b = flatbuffers.Builder(1024)
     names = list(graph.tensors)
