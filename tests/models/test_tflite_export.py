@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from orbitfl.agent.inference import OnboardModel  # noqa: E402
 from orbitfl.models import zoo  # noqa: E402
 from orbitfl.models.tflite import UnsupportedOpError, build_graph, export_tflite  # noqa: E402
+from orbitfl.models.tflite.reference import evaluate  # noqa: E402
 
 from orbitfl.ort_import import onnxruntime, training_api, training_artifacts  # noqa: E402
 
@@ -115,6 +116,9 @@ def test_float_export_of_every_zoo_model_matches_onnxruntime(
     got, want = litert(path, x), ort_run(spec.model, x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=FLOAT_TOL, atol=FLOAT_TOL)
+    # the NumPy evaluator that calibrates int8 ranges computes the same graph
+    graph = build_graph(spec.model)
+    np.testing.assert_allclose(evaluate(graph, {"input": x})["output"], want, rtol=FLOAT_TOL, atol=FLOAT_TOL)
 
 
 def test_float_export_with_trained_weights_matches_onnxruntime(
