@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from orbitfl.models import zoo
+
 from orbitfl.ort_import import onnxruntime
 
 TFLITE_OPS = {"Gemm", "Relu", "Conv", "MaxPool", "Flatten", "Reshape", "Softmax", "Add", "MatMul"}
@@ -56,13 +56,24 @@ def test_parameter_names_are_stable_and_meaningful() -> None:
     assert zoo.build("mlp").parameter_names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     lenet = zoo.build("lenet-s", input="28x28")
     assert zoo.parameter_shapes(lenet.model) == {
-        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5), "conv2.bias": (16,),
-        "fc1.weight": (120, 400), "fc1.bias": (120,), "fc2.weight": (84, 120), "fc2.bias": (84,),
-        "fc3.weight": (10, 84), "fc3.bias": (10,),
+        "conv1.weight": (6, 1, 5, 5),
+        "conv1.bias": (6,),
+        "conv2.weight": (16, 6, 5, 5),
+        "conv2.bias": (16,),
+        "fc1.weight": (120, 400),
+        "fc1.bias": (120,),
+        "fc2.weight": (84, 120),
+        "fc2.bias": (84,),
+        "fc3.weight": (10, 84),
+        "fc3.bias": (10,),
     }
     moe = zoo.build("moe", experts=3)
-    assert moe.groups["expert.2"] == ["expert.2.fc1.weight", "expert.2.fc1.bias", "expert.2.fc2.weight",
-                                      "expert.2.fc2.bias"]
+    assert moe.groups["expert.2"] == [
+        "expert.2.fc1.weight",
+        "expert.2.fc1.bias",
+        "expert.2.fc2.weight",
+        "expert.2.fc2.bias",
+    ]
     assert set(moe.parameter_names) == {n for g in moe.groups.values() for n in g}
     # Same seed, same weights; another seed, other weights.
     a, b, c = (zoo.get_weights(zoo.build("mlp", seed=s).model) for s in (1, 1, 2))
