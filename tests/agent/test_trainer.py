@@ -99,36 +99,36 @@ def test_weights_round_trip_and_bad_weights_are_refused(tmp_path: Path, digits: 
     )
 
     good = t.get_weights()
-    with pytest.raises(ValueError, match="unknown parameter 'fc3.weight'"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'fc3.weight'"):
         t.set_weights({"fc3.weight": good["fc2.weight"]})
     with pytest.raises(TypeError, match=r"'fc1.weight'.*float32.*float64"):
         t.set_weights({"fc1.weight": good["fc1.weight"].astype(np.float64)})
     with pytest.raises(ValueError, match=r"'fc2.bias'.*\(10,\).*\(11,\)"):
         t.set_weights({"fc2.bias": np.zeros(11, np.float32)})
-    with pytest.raises(TypeError, match="'fc2.bias'.*numpy.ndarray.*list"):
+    with pytest.raises(TypeError, match=r"'fc2.bias'.*numpy.ndarray.*list"):
         t.set_weights({"fc2.bias": [0.0] * 10})  # type: ignore[dict-item]
     # all-or-nothing: a valid entry next to a bad one is not applied
     with pytest.raises(ValueError):
         t.set_weights({"fc1.bias": np.zeros(128, np.float32), "fc2.bias": np.zeros(3, np.float32)})
     assert np.array_equal(t.get_weights()["fc1.bias"], good["fc1.bias"])
-    with pytest.raises(ValueError, match="unknown parameter 'nope'"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'nope'"):
         t.get_weights(["nope"])
 
 
 def test_bad_training_data_is_refused(tmp_path: Path, digits: Dataset) -> None:
     t = OrtTrainer(build(tmp_path, "mlp"))
     x, y = digits.x_train[:40], digits.y_train[:40]
-    with pytest.raises(TypeError, match="integer class labels"):
+    with pytest.raises(TypeError, match=r"integer class labels"):
         t.train(x, y.astype(np.float32))
-    with pytest.raises(ValueError, match="labels in 0..9"):
+    with pytest.raises(ValueError, match=r"labels in 0..9"):
         t.train(x, y + 10)
     with pytest.raises(ValueError, match=r"shape \[N, 64\]"):
         t.train(x[:, :50], y)
-    with pytest.raises(ValueError, match="40 samples but y has 39"):
+    with pytest.raises(ValueError, match=r"40 samples but y has 39"):
         t.train(x, y[:39])
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match=r"floating-point"):
         t.train(x.astype(np.int32), y)
-    with pytest.raises(ValueError, match="epochs"):
+    with pytest.raises(ValueError, match=r"epochs"):
         t.train(x, y, epochs=0)
 
 
@@ -181,14 +181,14 @@ def test_save_restore_and_corrupted_checkpoints(tmp_path: Path, digits: Dataset)
     ]:
         bad = tmp_path / f"{label}.ckpt"
         bad.write_bytes(bytes(damaged))
-        with pytest.raises(CheckpointError, match="corrupted|truncated|not an orbitfl checkpoint"):
+        with pytest.raises(CheckpointError, match=r"corrupted|truncated|not an orbitfl checkpoint"):
             t.restore(bad)
         assert all(np.array_equal(t.get_weights()[k], current[k]) for k in current), label
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match=r"cannot read"):
         t.restore(tmp_path / "missing.ckpt")
     # a valid checkpoint of another model is refused too
     other = OrtTrainer(build(tmp_path / "art2", "mlp", hidden=[16]))
-    with pytest.raises(CheckpointError, match="different model"):
+    with pytest.raises(CheckpointError, match=r"different model"):
         other.restore(ck)
 
 
@@ -202,7 +202,7 @@ def test_corrupted_checkpoint_in_a_checkpoint_dir_is_refused_not_ignored(
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="corrupted"):
+    with pytest.raises(CheckpointError, match=r"corrupted"):
         OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=1, checkpoint_dir=tmp_path / "ck")
 
 

@@ -28,8 +28,9 @@ from orbitfl.agent.ort_trainer import CHECKPOINT_NAME, OrtTrainer
 
 EPOCHS, SEED = 4, 5
 
-CHILD = textwrap.dedent(
-    """
+CHILD = (
+    textwrap.dedent(
+        """
     import json, sys, time
     import numpy as np
     from orbitfl.agent.ort_trainer import OrtTrainer
@@ -43,12 +44,14 @@ CHILD = textwrap.dedent(
         if slow == "1":  # give the parent time to kill us somewhere inside an epoch
             time.sleep(0.004)
 
-    m = t.train(d.x_train, d.y_train, epochs=%d, seed=%d, checkpoint_dir=ck, checkpoint_every=5,
+    m = t.train(d.x_train, d.y_train, epochs=EPOCHS, seed=SEED, checkpoint_dir=ck, checkpoint_every=5,
                 on_batch=on_batch)
     np.savez(out, **t.get_weights())
     print(json.dumps({"resumed_from": m.resumed_from, "batches": m.batches}))
     """
-    % (EPOCHS, SEED)
+    )
+    .replace("EPOCHS", str(EPOCHS))
+    .replace("SEED", str(SEED))
 )
 
 

@@ -52,7 +52,7 @@ def test_only_named_parameters_get_gradients(tmp_path: Path) -> None:
 def test_nonexistent_trainable_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no parameter matches 'fc7.weight'.*fc1.weight"):
         artifacts.build_artifacts(zoo.build("mlp"), tmp_path, trainable=["fc7.weight"])
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adam'"):
         artifacts.build_artifacts(zoo.build("mlp"), tmp_path, optimizer="adam")
     assert not (tmp_path / "manifest.json").exists()
 
