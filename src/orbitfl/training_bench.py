@@ -8,7 +8,8 @@ artifacts are prepared by the parent and handed over as files, so neither worker
 or onnx, as on a board. The PyTorch worker is the only code in orbitfl that imports torch; it runs
 only here, only when torch is installed, and never in the runtime.
 
-Rows (``--json``): model, backend, sec_per_epoch (median over epochs after the first), peak_rss_mib,
+Rows (``--json``): model, backend, sec_per_epoch (median over epochs after the first),
+min_sec_per_epoch (the fastest, least disturbed by other load), peak_rss_mib,
 accuracy (digits test set after the last epoch), epochs, threads, import_sec.
 """
 
@@ -130,9 +131,11 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{model}: no PyTorch figures to compare (torch is not installed)")
             continue
         speed = t["sec_per_epoch"] / o["sec_per_epoch"]
+        best = t["min_sec_per_epoch"] / o["min_sec_per_epoch"]
         rss = o["peak_rss_mib"] / t["peak_rss_mib"]
         lines.append(
-            f"{model}: ORT {speed:.1f}x faster per epoch (target >= {TARGET_SPEEDUP:.0f}x: "
+            f"{model}: ORT {speed:.1f}x faster per epoch (fastest epochs {best:.1f}x; "
+            f"target >= {TARGET_SPEEDUP:.0f}x: "
             f"{'met' if speed >= TARGET_SPEEDUP else 'NOT met'}), peak RSS {rss:.2f} of PyTorch "
             f"(target <= {TARGET_RSS_RATIO}: {'met' if rss <= TARGET_RSS_RATIO else 'NOT met'})"
         )
@@ -185,6 +188,8 @@ def _result(
     steady = times[1:] if len(times) > 1 else times  # the first epoch pays one-time allocation
     return {
         "sec_per_epoch": statistics.median(steady),
+        # The fastest epoch is the least disturbed by other processes on a shared machine.
+        "min_sec_per_epoch": min(steady),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
         "accuracy": accuracy,
         "epochs": epochs,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-
-from orbitfl.cli import main
 from orbitfl.models import artifacts, zoo
 from orbitfl.models.manifest import FILES, read_manifest
+
+from orbitfl.cli import main
 from orbitfl.ort_import import OrtUnavailableError, training_api
 
 try:
@@ -34,7 +34,9 @@ def test_build_writes_every_artifact(tmp_path: Path, name: str) -> None:
     assert manifest.loss == ("mse" if name == "spectral-cnn" else "ce")
     # The training graph takes the data, the target and every parameter.
     inputs = graph_inputs(tmp_path / name / FILES["training"])
-    assert inputs[:2] == ["input", "target" if name == "spectral-cnn" else "labels"] and set(spec.parameter_names) <= set(inputs)
+    assert inputs[:2] == ["input", "target" if name == "spectral-cnn" else "labels"] and set(
+        spec.parameter_names
+    ) <= set(inputs)
     assert not list(tmp_path.joinpath(name).glob(".build-*"))
 
 
@@ -50,15 +52,31 @@ def test_only_named_parameters_get_gradients(tmp_path: Path) -> None:
 def test_nonexistent_trainable_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no parameter matches 'fc7.weight'.*fc1.weight"):
         artifacts.build_artifacts(zoo.build("mlp"), tmp_path, trainable=["fc7.weight"])
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adam'"):
         artifacts.build_artifacts(zoo.build("mlp"), tmp_path, optimizer="adam")
     assert not (tmp_path / "manifest.json").exists()
 
 
 def test_cli_build_list_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "lenet"
-    assert main(["model", "build", "lenet-s", "--out", str(out), "--input", "28x28", "--trainable", "fc3",
-                 "--optimizer", "sgd"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "build",
+                "lenet-s",
+                "--out",
+                str(out),
+                "--input",
+                "28x28",
+                "--trainable",
+                "fc3",
+                "--optimizer",
+                "sgd",
+            ]
+        )
+        == 0
+    )
     m = read_manifest(out)
     assert m.input_shape == (1, 28, 28) and m.trainable == ["fc3.weight", "fc3.bias"] and m.optimizer == "sgd"
     assert "2 trainable, 8 frozen" in capsys.readouterr().out

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from orbitfl.models import zoo
+
 from orbitfl.ort_import import onnxruntime
 
 TFLITE_OPS = {"Gemm", "Relu", "Conv", "MaxPool", "Flatten", "Reshape", "Softmax", "Add", "MatMul"}
@@ -56,13 +56,24 @@ def test_parameter_names_are_stable_and_meaningful() -> None:
     assert zoo.build("mlp").parameter_names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     lenet = zoo.build("lenet-s", input="28x28")
     assert zoo.parameter_shapes(lenet.model) == {
-        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5), "conv2.bias": (16,),
-        "fc1.weight": (120, 400), "fc1.bias": (120,), "fc2.weight": (84, 120), "fc2.bias": (84,),
-        "fc3.weight": (10, 84), "fc3.bias": (10,),
+        "conv1.weight": (6, 1, 5, 5),
+        "conv1.bias": (6,),
+        "conv2.weight": (16, 6, 5, 5),
+        "conv2.bias": (16,),
+        "fc1.weight": (120, 400),
+        "fc1.bias": (120,),
+        "fc2.weight": (84, 120),
+        "fc2.bias": (84,),
+        "fc3.weight": (10, 84),
+        "fc3.bias": (10,),
     }
     moe = zoo.build("moe", experts=3)
-    assert moe.groups["expert.2"] == ["expert.2.fc1.weight", "expert.2.fc1.bias", "expert.2.fc2.weight",
-                                      "expert.2.fc2.bias"]
+    assert moe.groups["expert.2"] == [
+        "expert.2.fc1.weight",
+        "expert.2.fc1.bias",
+        "expert.2.fc2.weight",
+        "expert.2.fc2.bias",
+    ]
     assert set(moe.parameter_names) == {n for g in moe.groups.values() for n in g}
     # Same seed, same weights; another seed, other weights.
     a, b, c = (zoo.get_weights(zoo.build("mlp", seed=s).model) for s in (1, 1, 2))
@@ -120,13 +131,13 @@ def test_bad_options_are_refused(name: str, options: dict[str, object], match: s
 def test_weight_checks_name_the_parameter() -> None:
     spec = zoo.build("mlp")
     w = zoo.get_weights(spec.model)
-    with pytest.raises(ValueError, match="unknown parameter 'fc9.weight'"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'fc9.weight'"):
         zoo.with_weights(spec.model, {"fc9.weight": w["fc1.weight"]})
     with pytest.raises(TypeError, match=r"'fc1.bias'.*float32.*float64"):
         zoo.with_weights(spec.model, {"fc1.bias": w["fc1.bias"].astype(np.float64)})
     with pytest.raises(ValueError, match=r"'fc2.weight'.*\(10, 128\).*\(128, 10\)"):
         zoo.with_weights(spec.model, {"fc2.weight": w["fc2.weight"].T.copy()})
-    with pytest.raises(ValueError, match="'fc2.bias'.*NaN"):
+    with pytest.raises(ValueError, match=r"'fc2.bias'.*NaN"):
         zoo.with_weights(spec.model, {"fc2.bias": np.full(10, np.nan, np.float32)})
 
 
@@ -136,7 +147,7 @@ def test_select_parameters_by_name_glob_and_prefix() -> None:
     assert zoo.select_parameters(names, ["router.bias"]) == ["router.bias"]
     assert zoo.select_parameters(names, ["expert.1"]) == [n for n in names if n.startswith("expert.1.")]
     assert zoo.select_parameters(names, ["expert.*.fc2.bias"]) == [f"expert.{i}.fc2.bias" for i in range(3)]
-    with pytest.raises(ValueError, match="no parameter matches 'expert.7'"):
+    with pytest.raises(ValueError, match=r"no parameter matches 'expert.7'"):
         zoo.select_parameters(names, ["expert.0", "expert.7"])
     spec = zoo.build("moe", experts=3)
     assert zoo.expert_parameters(spec, [2]) == spec.groups["expert.2"]
@@ -151,7 +162,7 @@ def test_user_model_is_loaded_with_its_parameters(tmp_path: Path) -> None:
     assert spec.parameter_names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     assert spec.input_shape == (64,) and spec.num_outputs == 10
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a valid ONNX model"):
+    with pytest.raises(ValueError, match=r"not a valid ONNX model"):
         zoo.load_user_model(tmp_path / "junk.onnx")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match=r"does not exist"):
         zoo.load_user_model(tmp_path / "missing.onnx")
