@@ -289,3 +289,20 @@ def test_cli_train_reports_accuracy_and_refuses_mismatched_data(
     assert "integer class labels" in capsys.readouterr().err
     assert main(["model", "train", str(tmp_path / "nowhere")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_stop_on_the_last_batch_of_an_epoch_ends_the_call_there(tmp_path: Path, digits: Dataset) -> None:
+    art = build(tmp_path / "art", "mlp")
+    per_epoch = -(-len(digits.x_train) // 32)
+    first = OrtTrainer(art).train(
+        digits.x_train,
+        digits.y_train,
+        epochs=3,
+        checkpoint_dir=tmp_path / "ck",
+        on_batch=lambda e, b: b == per_epoch,
+    )
+    assert first.batches == per_epoch and len(first.history) == 1
+    rest = OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=3, checkpoint_dir=tmp_path / "ck")
+    assert rest.resumed_from == (1, 0) and rest.batches == 2 * per_epoch and len(rest.history) == 3
+    capped = OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=3, max_batches=per_epoch + 4)
+    assert capped.batches == per_epoch + 4 and capped.epochs == pytest.approx(1 + 4 / per_epoch)
