@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orbitfl.agent.trainer import CheckpointError, Trainer
-from orbitfl.models import artifacts, zoo
 
-from orbitfl.data import Dataset, load_digits
 from orbitfl.ort_import import OrtUnavailableError, training_api
 
 try:
@@ -19,6 +16,10 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
     pytest.skip(str(exc), allow_module_level=True)
 
 from orbitfl.agent.ort_trainer import OrtTrainer
+from orbitfl.agent.trainer import CheckpointError, Trainer
+from orbitfl.models import artifacts, zoo
+
+from orbitfl.data import Dataset, load_digits
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orbitfl.agent.trainer import CheckpointError, read_checkpoint_file
-from orbitfl.models import artifacts, zoo
 
-from orbitfl.data import load_digits
 from orbitfl.ort_import import OrtUnavailableError, training_api
 
 try:
@@ -25,6 +22,10 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
     pytest.skip(str(exc), allow_module_level=True)
 
 from orbitfl.agent.ort_trainer import CHECKPOINT_NAME, OrtTrainer
+from orbitfl.agent.trainer import CheckpointError, read_checkpoint_file
+from orbitfl.models import artifacts, zoo
+
+from orbitfl.data import load_digits
 
 EPOCHS, SEED = 4, 5
 
