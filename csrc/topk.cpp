@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -19,47 +19,88 @@ void check_finite(const float* a, std::size_t n, const char* name) {
 
 }  // namespace
 
+namespace {
+
+// |v| as its bit pattern: for non-negative floats the unsigned order of the bits is the order
+// of the values, and +0/-0 both become 0.
+inline std::uint32_t mag_bits(float v) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u & 0x7FFFFFFFu;
+}
+
+// acc[i], recomputed wherever needed (same float add each time) instead of stored: no n-sized
+// temporary.
+struct Acc {
+  const float* x;
+  const float* r;
+  float operator()(std::size_t i) const { return r ? x[i] + r[i] : x[i]; }
+};
+
+}  // namespace
+
 void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::uint32_t* idx,
           float* vals) {
   require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
   check_finite(x, n, "x");
-  std::vector<float> acc_buf;
-  const float* acc = x;
-  if (residual) {
-    check_finite(residual, n, "residual");
-    acc_buf.resize(n);
-    for (std::size_t i = 0; i < n; ++i) acc_buf[i] = x[i] + residual[i];
-    check_finite(acc_buf.data(), n, "x + residual (overflow)");
-    acc = acc_buf.data();
-  }
-  std::size_t taken = 0;
-  if (k == n) {
-    for (std::size_t i = 0; i < n; ++i) idx[i] = static_cast<std::uint32_t>(i);
-    taken = n;
-  } else if (k > 0) {
-    // Threshold selection instead of a full sort: T = the k-th largest magnitude; take every
-    // entry above T and, in index order, as many equal to T as still fit (ties to lower index).
-    std::vector<float> mag(n);
-    for (std::size_t i = 0; i < n; ++i) mag[i] = std::fabs(acc[i]);
-    std::nth_element(mag.begin(), mag.begin() + static_cast<std::ptrdiff_t>(k - 1), mag.end(),
-                     std::greater<float>());
-    const float t = mag[k - 1];
-    std::size_t above = 0;
-    for (std::size_t i = 0; i < n; ++i) above += std::fabs(acc[i]) > t;
-    std::size_t ties = k - above;
-    for (std::size_t i = 0; i < n && taken < k; ++i) {
-      const float a = std::fabs(acc[i]);
-      if (a > t || (a == t && ties > 0)) {
-        if (!(a > t)) --ties;
-        idx[taken++] = static_cast<std::uint32_t>(i);
+  if (residual) check_finite(residual, n, "residual");
+  const Acc acc{x, residual};
+  // Radix selection of T = the k-th largest |acc| over its 31 magnitude bits, 11 + 10 + 10 at a
+  // time (histograms small enough for L1): each pass narrows the prefix of T. Selection is exact,
+  // so the result is the same as a full sort with ties to the lower index. The first pass also
+  // checks that acc does not overflow, before anything is written.
+  std::uint32_t prefix = 0, mask = 0;
+  std::size_t need = k;  // how many entries equal to the final T are taken
+  if (k > 0 && k < n) {
+    static constexpr int kShift[3] = {20, 10, 0};
+    static constexpr int kWidth[3] = {11, 10, 10};
+    std::vector<std::size_t> hist(std::size_t{1} << 11);
+    for (int pass = 0; pass < 3; ++pass) {
+      const int shift = kShift[pass];
+      const std::uint32_t bins = 1u << kWidth[pass];
+      std::fill(hist.begin(), hist.begin() + bins, 0);
+      if (pass == 0) {
+        bool bad = false;
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::uint32_t u = mag_bits(acc(i));
+          bad |= u >= 0x7F800000u;
+          ++hist[u >> shift];
+        }
+        if (bad) throw NonFinite("x + residual overflows float32");
+      } else {
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::uint32_t u = mag_bits(acc(i));
+          if ((u & mask) == prefix) ++hist[(u >> shift) & (bins - 1)];
+        }
       }
+      std::size_t above = 0;
+      std::uint32_t b = bins - 1;
+      while (above + hist[b] < need) above += hist[b--];
+      need -= above;
+      prefix |= b << shift;
+      mask |= (bins - 1) << shift;
+    }
+  } else if (residual) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (mag_bits(acc(i)) >= 0x7F800000u) throw NonFinite("x + residual overflows float32");
     }
   }
-  for (std::size_t j = 0; j < taken; ++j) vals[j] = acc[idx[j]];
-  if (residual) {
-    for (std::size_t i = 0; i < n; ++i) residual[i] = acc[i];
-    for (std::size_t j = 0; j < taken; ++j) residual[idx[j]] = 0.0f;
+  // One pass writes the kept entries and the new residual. k == n keeps all, k == 0 none.
+  const std::uint32_t t = k == n ? 0 : (k == 0 ? 0xFFFFFFFFu : prefix);
+  if (k == n) need = 0;
+  std::size_t taken = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float a = acc(i);
+    const std::uint32_t u = mag_bits(a);
+    const bool keep = k == n || u > t || (u == t && need > 0);
+    if (keep) {
+      if (u == t && k != n) --need;
+      idx[taken] = static_cast<std::uint32_t>(i);
+      vals[taken] = a;
+      ++taken;
+    }
+    if (residual) residual[i] = keep ? 0.0f : a;
   }
 }
 

@@ -374,12 +374,17 @@ def test_topk_picks_largest_magnitudes_ties_to_lower_index(kern: ModuleType) -> 
 
 def test_topk_matches_a_full_sort(kern: ModuleType) -> None:
     rng = np.random.default_rng(4)
-    x = rng.integers(-50, 50, 20_000).astype(F32)  # many ties
-    for k in (1, 10, 777, 19_999):
-        idx, vals = kern.topk(x, k)
-        order = np.lexsort((np.arange(x.size), -np.abs(x)))
-        np.testing.assert_array_equal(idx, np.sort(order[:k]))
-        np.testing.assert_array_equal(vals, x[idx])
+    ties = rng.integers(-50, 50, 20_000).astype(F32)
+    sign = rng.choice([-1, 1], 20_000).astype(F32)
+    # magnitudes that differ only in their lowest mantissa bits (same exponent, one top bin)
+    close = (F32(1) + rng.integers(0, 3000, 20_000).astype(F32) * F32(2**-23)) * sign
+    subnormal = rng.integers(0, 2000, 20_000).astype(np.uint32).view(F32) * sign
+    for x in (ties, close.astype(F32), subnormal):
+        for k in (1, 10, 777, 19_999):
+            idx, vals = kern.topk(x, k)
+            order = np.lexsort((np.arange(x.size), -np.abs(x)))
+            np.testing.assert_array_equal(idx, np.sort(order[:k]))
+            np.testing.assert_array_equal(vals, x[idx])
 
 
 def test_topk_error_feedback(kern: ModuleType) -> None:
