@@ -112,7 +112,12 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
   const std::vector<double> lev = levels(bits);
   const std::uint8_t zero_code = bits == 1 ? 1 : static_cast<std::uint8_t>(((1 << bits) - 2) / 2);
   double alpha = 0.0;
-  for (std::size_t i = 0; i < n; ++i) alpha = std::fmax(alpha, std::fabs(static_cast<double>(x[i])));
+  // A compare, not std::fmax: GCC 12.2 for aarch64 dies with an internal compiler error when it
+  // vectorises an fmax reduction over doubles. x is finite here, so the result is the same.
+  for (std::size_t i = 0; i < n; ++i) {
+    const double a = std::fabs(static_cast<double>(x[i]));
+    alpha = a > alpha ? a : alpha;
+  }
   if (alpha > 0.0 && bits == 1) {
     // codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
     double num = 0.0, den = 0.0;
