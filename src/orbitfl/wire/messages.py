@@ -461,20 +461,22 @@ def encode(msg: Message) -> bytes:
 
 
 def peek_id(frame: bytes) -> str | None:
-    """Best effort: the id of a frame that failed to decode, so its NACK can name it."""
+    """Best effort: the id of a frame that failed to decode, so its NACK can name it. Skips other
+    fields without materialising them, so an oversize field does not hide the id."""
     try:
-        d = msgpack.unpackb(
-            frame,
-            raw=False,
-            max_bin_len=0,
-            max_str_len=MAX_ID_LEN,
-            max_array_len=0,
-            max_map_len=64,
-            max_ext_len=0,
+        u = msgpack.Unpacker(
+            raw=False, max_bin_len=0, max_str_len=MAX_ID_LEN, max_array_len=0, max_map_len=0, max_ext_len=0
         )
-    except Exception:
+        u.feed(frame)
+        for _ in range(min(u.read_map_header(), 64)):
+            key = u.unpack()
+            if key == "id":
+                value = u.unpack()
+                return value if isinstance(value, str) else None
+            u.skip()
+    except Exception:  # garbage: no id to name
         return None
-    return _ref(d) if isinstance(d, dict) else None
+    return None
 
 
 def decode(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
