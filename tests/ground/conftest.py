@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
+
 from orbitfl.wire import Ack, Action, Hello, MessageReceived, Nack, Send, Update, decode, encode
 from orbitfl.wire.payload import encode_payload
 
@@ -20,8 +20,16 @@ def hello(agent: str, n: int = 1, version: int | None = None) -> bytes:
     return encode(Hello(f"{agent}:h{n}", agent, "test", version, {}))
 
 
-def update_frame(agent: str, n: int, value: float = 1.0, samples: int = 10, base: int = 0, rnd: int = 1,
-                 tensors: dict[str, Any] | None = None, payload: dict[str, Any] | None = None) -> bytes:
+def update_frame(
+    agent: str,
+    n: int,
+    value: float = 1.0,
+    samples: int = 10,
+    base: int = 0,
+    rnd: int = 1,
+    tensors: dict[str, Any] | None = None,
+    payload: dict[str, Any] | None = None,
+) -> bytes:
     t = tensors if tensors is not None else {k: np.full(v.shape, value, np.float32) for k, v in MODEL.items()}
     p = payload if payload is not None else encode_payload("fp32", t)
     return encode(Update(f"{agent}:{n}", f"r{rnd}/{agent}", rnd, base, samples, {"loss": 1.0}, p))

@@ -25,7 +25,9 @@ from orbitfl.wire.tensors import tensor_to_wire
 
 
 def counted(actions: list[Any], reason: str) -> bool:
-    return any(isinstance(a, Count) and a.name == "refused" and ("reason", reason) in a.labels for a in actions)
+    return any(
+        isinstance(a, Count) and a.name == "refused" and ("reason", reason) in a.labels for a in actions
+    )
 
 
 def bad_frames(kit: Any) -> list[tuple[str, bytes, Reason]]:
@@ -38,12 +40,21 @@ def bad_frames(kit: Any) -> list[tuple[str, bytes, Reason]]:
     nan = dict(good, w=good["w"].copy())
     nan["w"][0, 0] = np.nan
     inf = dict(good, b=np.array([0, 0, np.inf, 0], np.float32))
-    raw_bad_dtype = {"codec": "fp32", "tensors": {**{k: tensor_to_wire(v) for k, v in good.items()},
-                                                   "w": tensor_to_wire(good["w"].astype(np.float64))}}
+    raw_bad_dtype = {
+        "codec": "fp32",
+        "tensors": {
+            **{k: tensor_to_wire(v) for k, v in good.items()},
+            "w": tensor_to_wire(good["w"].astype(np.float64)),
+        },
+    }
     return [
         ("malformed msgpack", b"\xc1\x00garbage", Reason.MALFORMED),
         ("unknown type", msgpack.packb({"v": 1, "type": "EXPLOIT", "id": "a1:x"}), Reason.UNKNOWN_TYPE),
-        ("wrong protocol version", msgpack.packb({"v": 2, "type": "UPDATE", "id": "a1:x"}), Reason.BAD_VERSION),
+        (
+            "wrong protocol version",
+            msgpack.packb({"v": 2, "type": "UPDATE", "id": "a1:x"}),
+            Reason.BAD_VERSION,
+        ),
         ("oversize frame", upd(90, tensors={"w": np.zeros((300, 300), np.float32)}), Reason.OVERSIZE),
         ("wrong dtype", upd(91, payload=raw_bad_dtype), Reason.BAD_DTYPE),
         ("wrong shape", upd(92, tensors=dict(good, w=np.ones((4, 8), np.float32))), Reason.BAD_SHAPE),

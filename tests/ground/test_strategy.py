@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from orbitfl.ground.strategy import FedAvg, make_strategy
 
 RNG = np.random.default_rng(2)
 
 
 def test_streaming_fedavg_equals_batch_weighted_mean() -> None:
-    g = {"w": RNG.standard_normal((20, 10)).astype(np.float32), "b": RNG.standard_normal(10).astype(np.float32)}
+    g = {
+        "w": RNG.standard_normal((20, 10)).astype(np.float32),
+        "b": RNG.standard_normal(10).astype(np.float32),
+    }
     deltas = [{k: RNG.standard_normal(v.shape).astype(np.float32) for k, v in g.items()} for _ in range(7)]
     samples = [int(s) for s in RNG.integers(1, 500, size=7)]
     s = FedAvg()

@@ -108,7 +108,10 @@ def refused(frame: bytes, limits: Limits | None = None) -> WireError:
     [
         (b"\xc1\xc1\xc1", Reason.MALFORMED),  # 0xc1 is never used in msgpack
         (b"\x92\x01", Reason.MALFORMED),  # truncated array
-        (frame_of({"v": 1, "type": "ACK", "id": "g:1", "ref": "x"}) + b"\x00", Reason.MALFORMED),  # extra data
+        (
+            frame_of({"v": 1, "type": "ACK", "id": "g:1", "ref": "x"}) + b"\x00",
+            Reason.MALFORMED,
+        ),  # extra data
         (msgpack.packb([1, 2, 3]), Reason.MALFORMED),
         (frame_of({"v": 99, "type": "HELLO", "id": "a:1"}), Reason.BAD_VERSION),
         (frame_of({"type": "HELLO", "id": "a:1"}), Reason.BAD_VERSION),
@@ -119,22 +122,47 @@ def refused(frame: bytes, limits: Limits | None = None) -> WireError:
         (frame_of({"v": 1, "type": "HELLO", "id": "a:1", "agent_id": "a:b", "software": "x"}), Reason.SCHEMA),
         (
             frame_of(
-                {"v": 1, "type": "UPDATE", "id": "a:1", "task_id": "t", "round": 1, "base_version": 0,
-                 "samples": 0, "payload": {}}
+                {
+                    "v": 1,
+                    "type": "UPDATE",
+                    "id": "a:1",
+                    "task_id": "t",
+                    "round": 1,
+                    "base_version": 0,
+                    "samples": 0,
+                    "payload": {},
+                }
             ),
             Reason.SCHEMA,
         ),
         (
             frame_of(
-                {"v": 1, "type": "UPDATE", "id": "a:1", "task_id": "t", "round": 1, "base_version": 0,
-                 "samples": 3, "metrics": {"loss": float("nan")}, "payload": {}}
+                {
+                    "v": 1,
+                    "type": "UPDATE",
+                    "id": "a:1",
+                    "task_id": "t",
+                    "round": 1,
+                    "base_version": 0,
+                    "samples": 3,
+                    "metrics": {"loss": float("nan")},
+                    "payload": {},
+                }
             ),
             Reason.SCHEMA,
         ),
         (
             frame_of(
-                {"v": 1, "type": "CHUNK", "id": "a:1", "transfer": "t", "offset": 90, "total": 100,
-                 "sha256": SHA, "data": b"x" * 20}
+                {
+                    "v": 1,
+                    "type": "CHUNK",
+                    "id": "a:1",
+                    "transfer": "t",
+                    "offset": 90,
+                    "total": 100,
+                    "sha256": SHA,
+                    "data": b"x" * 20,
+                }
             ),
             Reason.SCHEMA,
         ),
