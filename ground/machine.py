@@ -368,6 +368,9 @@ class GroundMachine:
                 f"{self.cfg.max_staleness}",
                 msg.id,
             )
+        task = self.store.task(msg.task_id)
+        if task is not None and task[2] is not None and now > task[2]:
+            raise WireError(Reason.STALE, f"task {msg.task_id!r} expired (task_ttl policy)", msg.id)
         if self.store.contributed(p.agent_id, self.round):
             raise WireError(
                 Reason.STALE, f"agent {p.agent_id!r} already contributed to round {self.round}", msg.id

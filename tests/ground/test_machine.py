@@ -243,3 +243,12 @@ def test_pipeline_payload_without_codec_is_refused_not_crashed(kit: Any) -> None
     (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1, payload=p)))
     assert n.reason in (Reason.BAD_PAYLOAD.value, Reason.SCHEMA.value)
     assert kit.acks(g.rx("a1", kit.update_frame("a1", 2, payload=encode_payload("fp32", kit.MODEL))))
+
+
+def test_tasks_expire_only_by_explicit_policy(kit: Any) -> None:
+    g = kit.ground(task_ttl=100.0, round_seconds=10**6)
+    g.rx("a1", kit.hello("a1"), now=0.0)  # task r1/a1 issued at t=0, expires at t=100
+    g.rx("a2", kit.hello("a2"), now=0.0)
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1), now=101.0))
+    assert n.reason == Reason.STALE.value and "expired" in n.text
+    assert kit.acks(g.rx("a2", kit.update_frame("a2", 1), now=99.0))
