@@ -250,3 +250,25 @@ def test_bad_agent_config() -> None:
     for bad in ("", "a:b", "x" * 200):
         with pytest.raises(ValueError):
             AgentConfig(bad)
+
+
+def test_compressed_recipe_with_error_feedback_state_kept_across_restart(tmp_path: Path) -> None:
+    recipe = "topk:0.05+ef | quant:8 | zstd"
+    p = Pair(tmp_path, recipe=recipe, min_updates=1)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(0.5)
+    (u,) = [f for f in p.uplink_frames if isinstance(f, Update)]  # small enough to go whole
+    stored = p.a.outbox.get(f"codec_state/{recipe}")
+    assert stored is not None  # the residual that produced the queued update is durable with it
+    residual = p.a.codec_state[recipe].residuals["w"].copy()
+    assert np.abs(residual).sum() > 0  # top-k left most of the delta in the residual
+    p.pump()
+    assert p.g.strategy.updates == 0 and p.g.version == 1  # round 1 closed with the update
+    p.restart_agent()
+    p.agent(p.a.handle(LinkUp(), 10.0))
+    p.pump(10.0)
+    assert p.trainings
+    state = p.a._codec_state(recipe, [])
+    np.testing.assert_array_equal(state.residuals["w"], residual)
+    assert len(encode(u)) < sum(v.nbytes for v in MODEL.values()) / 10  # vs the float32 update
