@@ -295,3 +295,33 @@ def test_bad_compressed_updates_are_refused(kit: Any, tensors: dict[str, Any], r
     (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1, payload=payload)))
     assert n.reason == reason.value, n
     assert g.m.strategy.updates == 0
+
+
+def test_ingest_memory_is_o_model_not_o_updates(tmp_path: Any) -> None:
+    import tracemalloc
+
+    from orbitfl.ground.machine import GroundConfig, GroundMachine
+    from orbitfl.ground.store import GroundStore
+
+    from orbitfl.wire import Hello, MessageReceived, Update
+
+    model = {"w": np.zeros((250, 400), np.float32)}  # 100k parameters, 400 kB
+    nbytes = model["w"].nbytes
+    payload = encode_payload("fp32", {"w": np.full((250, 400), 0.5, np.float32)})
+
+    def peak(n: int, root: Any) -> int:
+        tracemalloc.start()
+        m = GroundMachine(GroundStore(root), GroundConfig(min_updates=10**6, checkpoint_every=8), model)
+        for i in range(n):
+            a = f"a{i}"
+            m.handle(MessageReceived(a, encode(Hello(f"{a}:h", a, "t", 0, {}))), 0.0)
+            m.handle(MessageReceived(a, encode(Update(f"{a}:1", f"r1/{a}", 1, 0, 1, {}, payload))), 0.0)
+        assert m.strategy.updates == n
+        p = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        m.store.close()
+        return p
+
+    small, large = peak(10, tmp_path / "s"), peak(60, tmp_path / "l")
+    assert large < 1.3 * small, (small, large)
+    assert large < 12 * nbytes, large / nbytes
