@@ -10,6 +10,7 @@ send it; an ACK removes it. Link loss pauses transfers; nothing is dropped becau
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,10 +181,11 @@ class AgentMachine:
         try:
             msg = decode(frame, self.cfg.limits)
             if isinstance(msg, Task):
-                self._on_task(msg, now, out)
+                self._with_ref(msg.id, lambda: self._on_task(msg, now, out))
             elif isinstance(msg, Model):
                 assert msg.model is not None
-                self._install(msg.model, now, out)
+                model = msg.model
+                self._with_ref(msg.id, lambda: self._install(model, now, out))
             elif isinstance(msg, Ack):
                 self._on_ack(msg.ref, msg.duplicate, now, out)
             elif isinstance(msg, Nack):
@@ -192,7 +194,11 @@ class AgentMachine:
                 try:
                     ack, whole = self.reasm.accept(GROUND, msg, now, self._id)
                 except WireError as err:
-                    self._send(ChunkAck(self._id(), msg.transfer, 0), now, out)
+                    self._send(
+                        ChunkAck(self._id(), msg.transfer, self.reasm.next_offset(GROUND, msg.transfer)),
+                        now,
+                        out,
+                    )
                     raise WireError(err.reason, err.text, msg.transfer) from None
                 self._send(ack, now, out)
                 if whole is not None:
@@ -215,6 +221,14 @@ class AgentMachine:
             out.append(Log("WARNING", f"refused frame from ground (id {err.ref!r}): {err}"))
             if self.linked:
                 self._send(Nack(self._id(), err.ref, err.reason.value, err.text), now, out)
+
+    @staticmethod
+    def _with_ref(ref: str, step: Callable[[], object]) -> None:
+        """Run ``step``; a refusal inside it names ``ref`` so the ground knows what was refused."""
+        try:
+            step()
+        except WireError as err:
+            raise WireError(err.reason, err.text, err.ref or ref) from None
 
     def _install(self, blob: ModelBlob, now: float, out: list[Action]) -> bool:
         """Rebuild, verify and durably keep a global model; tell the service to use it."""

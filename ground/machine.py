@@ -308,6 +308,7 @@ class GroundMachine:
             elif isinstance(msg, Nack):
                 out.append(Log("WARNING", f"{peer!r} refused {msg.ref!r}: {msg.reason}: {msg.text}"))
                 out.append(Count("nacks_received", (("reason", msg.reason),)))
+                self._on_model_refused(peer, msg, now, out)
             elif isinstance(msg, Ack):
                 pass
             else:
@@ -330,11 +331,27 @@ class GroundMachine:
         out.append(Gauge("agents_known", len(self.store.agents())))
         self._offer_task(peer, p, now, out)
 
+    def _on_model_refused(self, peer: str, msg: Nack, now: float, out: list[Action]) -> None:
+        """The agent could not use a task's or model's weights (e.g. a delta against a version it no
+        longer holds, because our record of its version was stale): send the model whole, once.
+        A second refusal waits for the agent's next HELLO, so a broken agent cannot make us loop."""
+        p = self.peers.get(peer)
+        prefix = f"{self.cfg.ground_id}:"
+        if p is None or msg.ref is None or not msg.ref.startswith((prefix + "task.", prefix + "model.")):
+            return
+        if p.model_version is not None:
+            p.model_version = None
+            self._offer_task(peer, p, now, out)
+
     def _on_chunk(self, peer: str, c: Chunk, now: float, out: list[Action]) -> None:
+        if peer not in self.peers:
+            raise WireError(Reason.NOT_REGISTERED, "send HELLO before CHUNK", c.transfer)
         try:
             ack, whole = self.reasm.accept(peer, c, now, self._id)
         except WireError as err:
-            out.append(self._send(peer, ChunkAck(self._id(), c.transfer, 0)))
+            out.append(
+                self._send(peer, ChunkAck(self._id(), c.transfer, self.reasm.next_offset(peer, c.transfer)))
+            )
             raise WireError(err.reason, err.text, c.transfer) from None
         out.append(self._send(peer, ack))
         if whole is not None:

@@ -113,9 +113,14 @@ class Reassembler:
     transfer, so a resend starts clean.
     """
 
-    def __init__(self, max_total_bytes: int, max_transfers_per_peer: int = 4) -> None:
+    def __init__(
+        self, max_total_bytes: int, max_transfers_per_peer: int = 4, max_held_bytes: int | None = None
+    ) -> None:
         self.max_total_bytes = max_total_bytes
         self.max_per_peer = max_transfers_per_peer
+        # Bytes held across all peers: beyond it new chunks are refused (BUSY) until some complete.
+        self.max_held_bytes = max_held_bytes if max_held_bytes is not None else 2 * max_total_bytes
+        self._held = 0
         self.transfers: dict[tuple[str, str], Inbound] = {}
 
     def accept(
@@ -131,7 +136,7 @@ class Reassembler:
         t = self.transfers.get(key)
         if t is not None and (t.total != c.total or t.sha256 != c.sha256):
             # Another version of the same transfer id: the sender's view wins, start over.
-            del self.transfers[key]
+            self._forget(key)
             t = None
         if t is None:
             if sum(1 for p, _ in self.transfers if p == peer) >= self.max_per_peer:
@@ -140,12 +145,18 @@ class Reassembler:
             self.transfers[key] = t
         t.last_seen = now
         if c.offset <= t.next_offset < c.offset + len(c.data):
-            t.buf += c.data[t.next_offset - c.offset :]
+            piece = c.data[t.next_offset - c.offset :]
+            if self._held + len(piece) > self.max_held_bytes:
+                raise WireError(
+                    Reason.BUSY, f"holding {self._held} bytes of unfinished transfers; try later", c.id
+                )
+            t.buf += piece
+            self._held += len(piece)
         # else: a duplicate (already held) or a gap (ahead of us); either way answer where we are.
         ack = encode(ChunkAck(next_id(), c.transfer, t.next_offset))
         if t.next_offset < t.total:
             return ack, None
-        del self.transfers[key]
+        self._forget(key)
         frame = bytes(t.buf)
         if hashlib.sha256(frame).digest() != t.sha256:
             raise WireError(
@@ -156,10 +167,20 @@ class Reassembler:
             )
         return ack, frame
 
+    def next_offset(self, peer: str, transfer: str) -> int:
+        """Where ``transfer`` from ``peer`` stands (0 if unknown): what to answer after a refusal."""
+        t = self.transfers.get((peer, transfer))
+        return 0 if t is None else t.next_offset
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        t = self.transfers.pop(key, None)
+        if t is not None:
+            self._held -= len(t.buf)
+
     def _evict_oldest(self, peer: str) -> None:
         mine = [(t.last_seen, k) for k, t in self.transfers.items() if k[0] == peer]
         if mine:
-            del self.transfers[min(mine)[1]]
+            self._forget(min(mine)[1])
 
     def held_bytes(self) -> int:
         return sum(len(t.buf) for t in self.transfers.values())

@@ -325,3 +325,30 @@ def test_ingest_memory_is_o_model_not_o_updates(tmp_path: Any) -> None:
     small, large = peak(10, tmp_path / "s"), peak(60, tmp_path / "l")
     assert large < 1.3 * small, (small, large)
     assert large < 12 * nbytes, large / nbytes
+
+
+def test_agent_refusing_a_delta_gets_the_whole_model_once(kit: Any) -> None:
+    from orbitfl.wire import Nack as NackMsg
+
+    g = kit.ground(min_updates=1)
+    g.rx("a1", kit.hello("a1"))
+    g.rx("a1", kit.update_frame("a1", 1))  # -> v1
+    (t,) = [m for m in kit.sent(g.rx("a1", kit.hello("a1", 2, version=0))) if isinstance(m, Task)]
+    assert t.model is not None and t.model.encoding == "xor"
+    refusal = encode(NackMsg("a1:b1.5", t.id, Reason.BAD_PAYLOAD.value, "I do not hold v0"))
+    (t2,) = [m for m in kit.sent(g.rx("a1", refusal)) if isinstance(m, Task)]
+    assert t2.model is not None and t2.model.encoding == "full"
+    assert not [
+        m
+        for m in kit.sent(g.rx("a1", encode(NackMsg("a1:b1.6", t2.id, "checksum", "x"))))
+        if isinstance(m, Task)
+    ]  # no loop
+
+
+def test_chunks_before_hello_are_refused(kit: Any) -> None:
+    from orbitfl.transfer import Outbound
+
+    g = kit.ground()
+    f = Outbound("a1:1", b"x" * 5000, chunk_bytes=1000).next_chunks(lambda: "a1:b1.1")[0]
+    (n,) = kit.nacks(g.rx("a1", f))
+    assert n.reason == Reason.NOT_REGISTERED.value

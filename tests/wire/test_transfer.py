@@ -128,3 +128,16 @@ def test_outbound_validates_its_arguments() -> None:
     with pytest.raises(ValueError):
         Outbound("a:1", b"x", chunk_bytes=0)
     assert decode(Outbound("a:1", b"xyz", chunk_bytes=2).next_chunks(next_id)[0]).TYPE == "CHUNK"
+
+
+def test_receiver_bounds_the_bytes_it_holds_across_transfers() -> None:
+    rx = Reassembler(max_total_bytes=10_000, max_held_bytes=2500)
+    a = Outbound("a:1", os.urandom(5000), chunk_bytes=1000, window=2)
+    b = Outbound("b:1", os.urandom(5000), chunk_bytes=1000, window=1)
+    for f in a.next_chunks(next_id):
+        rx.accept("a", decode_as(f, Chunk), 0.0, next_id)
+    assert rx.held_bytes() == 2000
+    with pytest.raises(WireError) as ei:
+        rx.accept("b", decode_as(b.next_chunks(next_id)[0], Chunk), 0.0, next_id)
+    assert ei.value.reason is Reason.BUSY
+    assert rx.next_offset("a", "a:1") == 2000 and rx.next_offset("b", "b:1") == 0
