@@ -272,3 +272,24 @@ def test_compressed_recipe_with_error_feedback_state_kept_across_restart(tmp_pat
     state = p.a._codec_state(recipe, [])
     np.testing.assert_array_equal(state.residuals["w"], residual)
     assert len(encode(u)) < sum(v.nbytes for v in MODEL.values()) / 10  # vs the float32 update
+
+
+def test_mutated_frames_from_the_ground_never_raise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    p = Pair(tmp_path, chunk_bytes=1 << 20)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))  # HELLO
+    (task_frame,) = p.to_agent  # TASK with the whole model, in one frame
+    p.to_agent.clear()
+    for _ in range(300):
+        b = bytearray(task_frame)
+        for i in rng.integers(0, len(b), size=int(rng.integers(1, 6))):
+            b[i] = int(rng.integers(256))
+        if rng.random() < 0.3:
+            b = b[: int(rng.integers(1, len(b)))]
+        p.agent(p.a.handle(MessageReceived(GROUND, bytes(b)), 1.0))  # must not raise
+    p.agent(p.a.handle(MessageReceived(GROUND, task_frame), 2.0))
+    assert p.a.version == 0 and p.trainings  # a task was taken (perhaps a still-valid mutant)
+    for k, v in p.g.global_model.items():  # and the model is the ground's, bit for bit (digest)
+        assert p.a.weights[k].tobytes() == v.tobytes()
+    assert sum(p.a.refused.values()) > 100

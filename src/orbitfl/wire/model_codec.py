@@ -23,6 +23,7 @@ from orbitfl.wire.messages import ModelBlob
 from orbitfl.wire.tensors import DTYPES, TensorDict
 
 ZSTD_LEVEL = 3
+MAX_TENSOR_BYTES = 1 << 30  # a shape claiming more is refused before anything is allocated
 
 
 def model_digest(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
@@ -93,6 +94,8 @@ def decode_model(blob: ModelBlob, base: Mapping[str, npt.NDArray[Any]] | None = 
             raise WireError(Reason.BAD_SHAPE, f"{where}: bad shape {shape!r}")
         dt = np.dtype(str(dtype)).newbyteorder("<")
         nbytes = math.prod(shape) * dt.itemsize
+        if nbytes > MAX_TENSOR_BYTES:
+            raise WireError(Reason.OVERSIZE, f"{where}: {nbytes} bytes exceeds {MAX_TENSOR_BYTES} per tensor")
         if blob.compression == "zstd":
             try:
                 # max_output_size bounds what a hostile frame can make us allocate.
