@@ -118,6 +118,7 @@ class GroundMachine:
         self.peers: dict[str, _Peer] = {}  # link peer -> agent
         self.reasm = Reassembler(config.max_transfer_bytes)
         self.outbound: dict[tuple[str, str], Outbound] = {}
+        self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
         self.refused: dict[str, int] = {}
         self.accepted = 0
         self.duplicates = 0
@@ -191,23 +192,29 @@ class GroundMachine:
         return Send(peer, frame)
 
     def _send_big(self, peer: str, msg: Message, now: float, out: list[Action]) -> None:
-        """Send directly, or as a resumable chunked transfer when larger than a chunk."""
+        """Send directly, or as a resumable chunked transfer when larger than a chunk.
+
+        A transfer already under way for the same message id is resumed as it is (its frame is
+        kept), so the agent's partial copy stays valid across contacts; ids of TASK and MODEL name
+        their content (round, agent, base version), so the same id means the same model bytes.
+        """
+        key = (peer, msg.id)
+        ob = self.outbound.get(key)
+        if ob is not None:
+            ob.pause()
+            ob.last_progress = now
+            self._pump(peer, ob, out)
+            return
         frame = encode(msg)
         if len(frame) <= self.cfg.chunk_bytes:
             self.bytes_out += len(frame)
             out.append(Send(peer, frame))
             return
-        key = (peer, msg.id)
-        ob = self.outbound.get(key)
-        if ob is None or ob.frame != frame:
-            ob = Outbound(msg.id, frame, self.cfg.chunk_bytes, self.cfg.window, last_progress=now)
-            # one downlink transfer per peer at a time: a newer one replaces an unfinished older one
-            for k in [k for k in self.outbound if k[0] == peer]:
-                del self.outbound[k]
-            self.outbound[key] = ob
-        else:
-            ob.pause()
-            ob.last_progress = now
+        # one downlink transfer per peer at a time: a newer one replaces an unfinished older one
+        for k in [k for k in self.outbound if k[0] == peer]:
+            del self.outbound[k]
+        ob = Outbound(msg.id, frame, self.cfg.chunk_bytes, self.cfg.window, last_progress=now)
+        self.outbound[key] = ob
         self._pump(peer, ob, out)
 
     def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
@@ -216,6 +223,15 @@ class GroundMachine:
             out.append(Send(peer, f))
 
     def _model_blob(self, held: int | None) -> ModelBlob:
+        key = (self.version, held)
+        blob = self._blobs.get(key)
+        if blob is None:
+            if len(self._blobs) >= 8 or any(v != self.version for v, _ in self._blobs):
+                self._blobs.clear()  # keep only a few blobs of the current version
+            blob = self._blobs[key] = self._make_blob(held)
+        return blob
+
+    def _make_blob(self, held: int | None) -> ModelBlob:
         base = None if held is None or held == self.version else self.store.load_model(held)
         if base is None or {k: (tuple(v.shape), v.dtype.name) for k, v in base.items()} != self.spec:
             return encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)

@@ -293,3 +293,30 @@ def test_mutated_frames_from_the_ground_never_raise(tmp_path: Path) -> None:
     for k, v in p.g.global_model.items():  # and the model is the ground's, bit for bit (digest)
         assert p.a.weights[k].tobytes() == v.tobytes()
     assert sum(p.a.refused.values()) > 100
+
+
+def test_model_download_cut_mid_transfer_resumes_in_next_contact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    p = Pair(tmp_path, min_updates=1)
+    p.g.global_model = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in MODEL.items()}
+    p.g.store.save_model(0, p.g.global_model, 0.0)  # incompressible weights: the TASK needs chunks
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))  # HELLO -> TASK in chunks
+    first = [decode(f) for f in p.to_agent]
+    assert first and all(isinstance(c, Chunk) for c in first)
+    for _ in range(4):  # a few chunks arrive and are confirmed, then the contact ends
+        p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), 1.0))
+        while p.to_ground:
+            p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 1.0))
+    held = next(iter(p.a.reasm.transfers.values())).next_offset
+    assert held > 0
+    p.cut(2.0)
+    p.agent(p.a.handle(LinkUp(), 4000.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 4000.0))  # HELLO again
+    resumed = [decode(f) for f in p.to_agent]
+    assert resumed and all(isinstance(c, Chunk) and c.transfer == first[0].transfer for c in resumed)
+    assert min(c.offset for c in resumed) == held  # the ground resumes exactly where the agent stands
+    p.pump(4000.0)
+    assert p.a.version == 0 and p.trainings
+    for k, v in p.g.global_model.items():
+        assert p.a.weights[k].tobytes() == v.tobytes()
