@@ -6,8 +6,6 @@ import itertools
 import os
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from orbitfl.transfer import Outbound, Reassembler
 from orbitfl.wire import Chunk, ChunkAck, Reason, WireError, decode, decode_as
@@ -145,20 +143,18 @@ def test_receiver_bounds_the_bytes_it_holds_across_transfers() -> None:
     assert rx.next_offset("a", "a:1") == 2000 and rx.next_offset("b", "b:1") == 0
 
 
-@settings(database=None, max_examples=150, deadline=None)
-@given(
-    size=st.integers(1, 9000),
-    chunk=st.integers(100, 2000),
-    window=st.integers(1, 5),
-    seed=st.integers(0, 2**32 - 1),
-    loss=st.floats(0.0, 0.6),
-)
-def test_lossy_reordering_link_with_contact_cuts_always_delivers_the_exact_frame(
-    size: int, chunk: int, window: int, seed: int, loss: float
-) -> None:
+@pytest.mark.parametrize("seed", range(150))
+def test_lossy_reordering_link_with_contact_cuts_always_delivers_the_exact_frame(seed: int) -> None:
+    """Random sizes, chunk sizes, windows and loss rates (seeded, so a failure replays)."""
     import random
 
     rnd = random.Random(seed)
+    size, chunk, window, loss = (
+        rnd.randint(1, 9000),
+        rnd.randint(100, 2000),
+        rnd.randint(1, 5),
+        rnd.uniform(0, 0.6),
+    )
     frame = rnd.randbytes(size)
     ob = Outbound("a:1", frame, chunk_bytes=chunk, window=window)
     rx = Reassembler(max_total_bytes=1 << 20)
