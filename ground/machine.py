@@ -116,7 +116,9 @@ class GroundMachine:
         self._boot = store.next_boot()
         self._ids = itertools.count(1)
         self.peers: dict[str, _Peer] = {}  # link peer -> agent
-        self.reasm = Reassembler(config.max_transfer_bytes)
+        # Partial uploads are spooled next to the store, so a ground restart does not make agents
+        # start their uploads over.
+        self.reasm = Reassembler(config.max_transfer_bytes, spool_dir=store.root / "spool")
         self.outbound: dict[tuple[str, str], Outbound] = {}
         self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
         self.refused: dict[str, int] = {}
