@@ -182,6 +182,30 @@ class GroundStore:
         tensors, _ = unpack_tensors((self.root / "models" / str(row[0])).read_bytes())
         return tensors
 
+    def save_step(
+        self, version: int, step: Mapping[str, Any], residual: Mapping[str, npt.NDArray[Any]]
+    ) -> None:
+        """The compressed delta that made ``version`` from the one before, and the residual the
+        codec left (fed into the next step). Written before the round's closing transaction."""
+        data: bytes = msgpack.packb(dict(step), use_bin_type=True)
+        atomic_write(self.root / "models" / f"d{version:06d}.msgpack", data, sync=self.durable)
+        atomic_write(
+            self.root / "models" / f"r{version:06d}.msgpack", tensor_writer(residual), sync=self.durable
+        )
+
+    def load_step(self, version: int) -> dict[str, Any] | None:
+        path = self.root / "models" / f"d{version:06d}.msgpack"
+        if not path.exists() or self.load_model(version) is None:  # only steps of committed versions
+            return None
+        d = msgpack.unpackb(path.read_bytes(), raw=False, max_ext_len=0)
+        return d if isinstance(d, dict) else None
+
+    def load_residual(self, version: int) -> TensorDict | None:
+        path = self.root / "models" / f"r{version:06d}.msgpack"
+        if not path.exists() or self.load_model(version) is None:
+            return None
+        return unpack_tensors(path.read_bytes())[0]
+
     def latest_version(self) -> int | None:
         row = self.db.execute("SELECT MAX(version) FROM models").fetchone()
         return None if row[0] is None else int(row[0])

@@ -65,7 +65,9 @@ def loss(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((x @ w["w"] + w["b"][0] - y) ** 2))
 
 
-def run_federation(root: Path, durable: bool) -> dict[str, np.ndarray]:
+def run_federation(
+    root: Path, durable: bool, downlink: str | None = None
+) -> tuple[dict[str, np.ndarray], int]:
     rng = np.random.default_rng(7)
     init = {"w": np.zeros(DIM, np.float32), "b": np.zeros(1, np.float32)}
     gcfg = GroundConfig(
@@ -76,6 +78,7 @@ def run_federation(root: Path, durable: bool) -> dict[str, np.ndarray]:
         chunk_bytes=96,
         window=2,
         retransmit_seconds=20.0,
+        downlink_recipe=downlink,
     )
     ground = GroundMachine(GroundStore(root / "ground", durable=durable), gcfg, init)
     boards: dict[str, Board] = {}
@@ -171,13 +174,13 @@ def run_federation(root: Path, durable: bool) -> dict[str, np.ndarray]:
     # nothing left behind on the boards: every update was ACKed or refused with a reason
     for b in boards.values():
         assert b.machine.outbox.pending() == 0 or not b.linked
-    return dict(final)
+    return dict(final), ground.bytes_out
 
 
 def test_federation_converges_through_contact_gaps_and_a_ground_crash(tmp_path: Path) -> None:
-    final = run_federation(tmp_path / "durable", durable=True)
+    final, _ = run_federation(tmp_path / "durable", durable=True)
     # The same code on the same virtual clock is deterministic: the fsync-free mode that the
     # simulator uses gives the very same model, bit for bit.
-    fast = run_federation(tmp_path / "fast", durable=False)
+    fast, _ = run_federation(tmp_path / "fast", durable=False)
     for k in final:
         assert final[k].tobytes() == fast[k].tobytes()
