@@ -100,15 +100,20 @@ class GroundSection:
 
 @dataclass(frozen=True)
 class FederationSection:
-    model: str = field(default="mlp", metadata=_m())
-    strategy: str = field(default="fedavg", metadata=_m())
-    codec: str = field(default="topk:0.05+ef | quant:8 | zstd", metadata=_m())
+    model: str = field(default="mlp", metadata=_m())  # a zoo model name
+    model_seed: int = field(default=0, metadata=_m())  # seeds the initial global weights
+    strategy: str = field(default="fedavg", metadata=_m(_one_of("fedavg")))
+    codec: str = field(default="fp32", metadata=_m())  # the recipe agents encode updates with
     rounds: int = field(default=0, metadata=_m(_at_least(0)))  # 0: run until stopped
-    min_updates: int = field(default=1, metadata=_m(_at_least(1)))
-    round_deadline_s: float = field(default=60.0, metadata=_m(_positive))
-    seed: int = field(default=0, metadata=_m())
-    # rounds between evaluations on held-out data; 0: never
-    eval_every: int = field(default=1, metadata=_m(_at_least(0)))
+    min_updates: int = field(default=2, metadata=_m(_at_least(1)))
+    round_deadline_s: float = field(default=600.0, metadata=_m(_positive))
+    min_updates_at_deadline: int = field(default=1, metadata=_m(_at_least(1)))
+    max_staleness: int = field(default=1, metadata=_m(_at_least(0)))
+    task_ttl_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: tasks never expire
+    retransmit_s: float = field(default=30.0, metadata=_m(_positive))
+    # Held-out data the ground scores each new global model on ("" = no evaluation).
+    eval_dataset: str = field(default="", metadata=_m(_one_of("", "digits", "mnist1d")))
+    data_seed: int = field(default=0, metadata=_m())
 
 
 @dataclass(frozen=True)
@@ -119,11 +124,14 @@ class AgentSection:
     insecure: bool = field(default=False, metadata=_m())
     secret_key: Path | None = field(default=None, metadata=_m(path=True))
     ground_key: Path | None = field(default=None, metadata=_m(path=True))
+    # Resend the outbox head when the ground has not answered it for this long while linked.
+    retransmit_s: float = field(default=30.0, metadata=_m(_positive))
 
 
 @dataclass(frozen=True)
 class DataSection:
     dataset: str = field(default="digits", metadata=_m(_one_of("digits", "mnist1d")))
+    split: str = field(default="dirichlet", metadata=_m(_one_of("dirichlet", "iid", "shards")))
     partition: int = field(default=0, metadata=_m(_at_least(0)))
     num_partitions: int = field(default=1, metadata=_m(_at_least(1)))
     alpha: float = field(default=0.5, metadata=_m(_positive))  # Dirichlet concentration (non-IID)
@@ -132,15 +140,27 @@ class DataSection:
 
 @dataclass(frozen=True)
 class TrainSection:
+    model: str = field(default="mlp", metadata=_m())  # must match the ground's federation.model
+    optimizer: str = field(default="adamw", metadata=_m(_one_of("adamw", "sgd")))
     epochs: int = field(default=1, metadata=_m(_at_least(1)))
     batch_size: int = field(default=32, metadata=_m(_at_least(1)))
-    lr: float = field(default=0.05, metadata=_m(_positive))
+    lr: float = field(default=0.01, metadata=_m(_positive))
+    max_batches: int = field(default=0, metadata=_m(_at_least(0)))  # 0: whole epochs
 
 
 @dataclass(frozen=True)
 class InferenceSection:
     export_tflite: bool = field(default=False, metadata=_m())
     int8: bool = field(default=False, metadata=_m())
+
+
+@dataclass(frozen=True)
+class OutageSection:
+    """Simulated loss of contact (demo and tests): the link is cut for ``down_s`` every ``every_s``."""
+
+    every_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: no outages
+    down_s: float = field(default=0.0, metadata=_m(_non_negative))
+    seed: int = field(default=0, metadata=_m())
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,7 @@ class AgentConfig:
     data: DataSection
     train: TrainSection
     inference: InferenceSection
+    outages: OutageSection
     link: LinkSettings
     source: Path | None = None
 
@@ -277,7 +298,7 @@ def parse_ground(
 def parse_agent(
     doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
 ) -> AgentConfig:
-    _check_sections(doc, {"agent", "data", "train", "inference", "link"}, prefix)
+    _check_sections(doc, {"agent", "data", "train", "inference", "link", "outages"}, prefix)
     if "agent" not in doc:
         raise ConfigError(f"{prefix}[agent]: required section is missing")
     agent = _section(AgentSection, doc.get("agent"), "agent", base, prefix)
@@ -300,6 +321,7 @@ def parse_agent(
         data=data,
         train=_section(TrainSection, doc.get("train"), "train", base, prefix),
         inference=_section(InferenceSection, doc.get("inference"), "inference", base, prefix),
+        outages=_section(OutageSection, doc.get("outages"), "outages", base, prefix),
         link=link,
         source=source,
     )

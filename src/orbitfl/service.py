@@ -7,11 +7,22 @@ call is a no-op, so the daemons run the same way from a shell.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from types import FrameType
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One log line per event on stderr (journald adds the time and unit under systemd)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 class Notifier:
