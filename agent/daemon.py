@@ -149,12 +149,13 @@ class AgentDaemon:
         )
         o = cfg.outages
         self._outage_rng = random.Random(o.seed)
-        self._next_outage = self.mono() + self._outage_gap() if o.every_s > 0 else None
+        self._next_outage = self.mono() + self._outage_gap() if o.up_s > 0 and o.down_s > 0 else None
         self._next_tick = 0.0
+        self._paced: list[tuple[float, TrainingDone | TrainingFailed]] = []
 
     def _outage_gap(self) -> float:
-        every = self.cfg.outages.every_s
-        return self._outage_rng.uniform(0.5 * every, 1.5 * every)
+        up = self.cfg.outages.up_s
+        return self._outage_rng.uniform(0.5 * up, 1.5 * up)
 
     def _feed(self, event: Event) -> None:
         pending: list[Event] = [event]
@@ -164,7 +165,13 @@ class AgentDaemon:
                 if isinstance(a, Send):
                     self.link.send(a.frame)  # while down it fails; the outbox keeps the update
                 elif isinstance(a, StartTraining):
-                    pending.append(self._train(a))
+                    started = self.mono()
+                    result = self._train(a)
+                    pace = self.cfg.train.pace_s
+                    if pace > 0:
+                        self._paced.append((started + pace, result))
+                    else:
+                        pending.append(result)
                 elif isinstance(a, ApplyModel):
                     try:
                         self.learner.apply(a)
@@ -209,6 +216,10 @@ class AgentDaemon:
             elif isinstance(ev, Received):
                 self._feed(MessageReceived(GROUND, ev.frame))
         now = self.mono()
+        due = [r for t, r in self._paced if t <= now]
+        self._paced = [(t, r) for t, r in self._paced if t > now]
+        for result in due:
+            self._feed(result)
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             self._feed(Tick())

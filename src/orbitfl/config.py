@@ -146,6 +146,9 @@ class TrainSection:
     batch_size: int = field(default=32, metadata=_m(_at_least(1)))
     lr: float = field(default=0.01, metadata=_m(_positive))
     max_batches: int = field(default=0, metadata=_m(_at_least(0)))  # 0: whole epochs
+    # Report a finished job no sooner than this after it started, as a slower board would
+    # (demo and tests); the loop keeps serving the link meanwhile. 0: report at once.
+    pace_s: float = field(default=0.0, metadata=_m(_non_negative))
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,10 @@ class InferenceSection:
 
 @dataclass(frozen=True)
 class OutageSection:
-    """Simulated loss of contact (demo and tests): the link is cut for ``down_s`` every ``every_s``."""
+    """Simulated contact windows (demo and tests): after about ``up_s`` of contact the link is cut
+    for ``down_s``, again and again, with a random phase per agent."""
 
-    every_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: no outages
+    up_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: no outages
     down_s: float = field(default=0.0, metadata=_m(_non_negative))
     seed: int = field(default=0, metadata=_m())
 
