@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from orbitfl.agent.outbox import Outbox, OutboxItem
 
 from orbitfl import __version__
@@ -54,7 +55,7 @@ from orbitfl.wire.messages import (
     make_id,
 )
 from orbitfl.wire.model_codec import decode_model
-from orbitfl.wire.payload import encode_payload
+from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict
 
 # The ground will refuse these again on a resend: drop the update instead of retrying forever.
@@ -116,7 +117,7 @@ class AgentMachine:
         self._upload_id: str | None = None
         self._upload_sent_at: float | None = None
         self.reasm = Reassembler(config.max_transfer_bytes, max_transfers_per_peer=2)
-        self.codec_state: dict[str, Any] = {}  # per-recipe codec state (e.g. error feedback); in memory
+        self.codec_state: dict[str, Any] = {}  # recipe -> codec state (error feedback), kept in the outbox
         self._last_sent = 0.0
         self.refused: dict[str, int] = {}
         self.bytes_out = 0
@@ -262,8 +263,8 @@ class AgentMachine:
                 Log("WARNING", f"training result for {ev.task_id!r} is not for the current task; ignored")
             )
             return
-        state = self.codec_state.setdefault(task.recipe, {})
         try:
+            state = self._codec_state(task.recipe, out)
             payload = encode_payload(task.recipe, ev.delta, state)
         except (ValueError, TypeError, WireError) as exc:
             self.task, self.training = None, False
@@ -280,12 +281,31 @@ class AgentMachine:
                 )
             )
 
-        uid = self.outbox.put(task.task_id, frame, now)
+        kv = {}
+        if state is not None:
+            kv[f"codec_state/{task.recipe}"] = msgpack.packb(codec_state_to_dict(state), use_bin_type=True)
+        uid = self.outbox.put(task.task_id, frame, now, kv)
         self.task, self.training = None, False
         out.append(Count("updates_queued"))
         out.append(Log("INFO", f"update {uid} for {task.task_id!r} is in the outbox"))
         if self.upload is None:
             self._start_upload(now, out, resume=False)
+
+    def _codec_state(self, recipe: str, out: list[Action]) -> Any:
+        """The codec state of ``recipe``: in memory, else as stored with the last update, else new."""
+        if recipe in self.codec_state:
+            return self.codec_state[recipe]
+        state = new_codec_state(recipe)
+        blob = self.outbox.get(f"codec_state/{recipe}")
+        if state is not None and blob is not None:
+            try:
+                state = codec_state_from_dict(msgpack.unpackb(blob, raw=False, max_ext_len=0))
+            except (ValueError, TypeError) as exc:
+                out.append(
+                    Log("WARNING", f"stored codec state of {recipe!r} unreadable ({exc}); starting fresh")
+                )
+        self.codec_state[recipe] = state
+        return state
 
     def _start_upload(self, now: float, out: list[Action], resume: bool) -> None:
         """Send (or resume sending) the outbox head."""

@@ -74,9 +74,16 @@ class Outbox:
 
     # --- updates ----------------------------------------------------------------------------------
 
-    def put(self, task_id: str, make_frame: Callable[[int], tuple[str, bytes]], now: float) -> str:
+    def put(
+        self,
+        task_id: str,
+        make_frame: Callable[[int], tuple[str, bytes]],
+        now: float,
+        kv: Mapping[str, bytes] | None = None,
+    ) -> str:
         """Store a new update. ``make_frame(counter) -> (update_id, frame)`` builds it with the next
-        counter value; counter and row commit together."""
+        counter value; counter, row and ``kv`` (e.g. the codec's error-feedback state that produced
+        this update) commit together, so a crash never leaves one without the other."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             counter = int(self.get("counter") or b"0") + 1
@@ -88,6 +95,8 @@ class Outbox:
                 "INSERT INTO outbox(update_id, task_id, frame, created_at) VALUES(?, ?, ?, ?)",
                 (update_id, task_id, frame, now),
             )
+            for key, value in (kv or {}).items():
+                self.set(key, value)
         return update_id
 
     def head(self) -> OutboxItem | None:

@@ -135,6 +135,7 @@ class GroundMachine:
         assert global_ is not None
         self.global_model: TensorDict = global_
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
+        self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
         self._recover()
 
     # --- recovery ---------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class GroundMachine:
         for row in self.store.logged(cur.round, self._seq):
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
-            self.strategy.accumulate(decode_payload(msg.payload), row.samples, row.staleness)
+            self.strategy.accumulate(decode_payload(msg.payload, self.shapes), row.samples, row.staleness)
             self._seq = row.seq
             self._since_ckpt += 1
         for aid in (a.agent_id for a in self.store.agents()):
@@ -368,12 +369,15 @@ class GroundMachine:
                 f"{self.cfg.max_staleness}",
                 msg.id,
             )
+        task = self.store.task(msg.task_id)
+        if task is not None and task[2] is not None and now > task[2]:
+            raise WireError(Reason.STALE, f"task {msg.task_id!r} expired (task_ttl policy)", msg.id)
         if self.store.contributed(p.agent_id, self.round):
             raise WireError(
                 Reason.STALE, f"agent {p.agent_id!r} already contributed to round {self.round}", msg.id
             )
         try:
-            delta = decode_payload(msg.payload)
+            delta = decode_payload(msg.payload, self.shapes)
             check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None

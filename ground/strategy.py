@@ -16,6 +16,8 @@ import numpy.typing as npt
 
 from orbitfl.wire.tensors import TensorDict
 
+BLOCK = 1 << 15  # elements per accumulation block (256 KiB of float64 scratch)
+
 
 class Strategy(ABC):
     """The interface the ground machine drives. Deltas are ``w_local - w_base`` per tensor."""
@@ -34,7 +36,8 @@ class Strategy(ABC):
 
     @abstractmethod
     def finalize(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> TensorDict:
-        """The next global model from the accumulated updates."""
+        """The next global model from the accumulated updates. May consume the partial sums:
+        call ``reset`` before accumulating again."""
 
     @abstractmethod
     def state(self) -> tuple[TensorDict, dict[str, float]]:
@@ -72,44 +75,61 @@ class FedAvg(Strategy):
         self.server_lr = server_lr
         self._sum: dict[str, npt.NDArray[np.float64]] = {}
         self._weight: dict[str, float] = {}
-        self._scratch: dict[str, npt.NDArray[np.float64]] = {}
+        self._scratch = np.empty(BLOCK, np.float64)
         self._n = 0
+        self._finalized = False
 
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
         self._sum = {k: np.zeros(np.shape(v), np.float64) for k, v in global_weights.items()}
         self._weight = dict.fromkeys(global_weights, 0.0)
-        self._scratch = {}
         self._n = 0
+        self._finalized = False
 
     def accumulate(self, delta: Mapping[str, npt.NDArray[Any]], samples: int, staleness: int = 0) -> None:
         if samples <= 0:
             raise ValueError(f"samples must be > 0, got {samples}")
+        self._check_open()
         w = float(samples) * self.staleness_decay ** max(staleness, 0)
         for name, d in delta.items():
             acc = self._sum.get(name)
             if acc is None:
                 raise KeyError(f"tensor {name!r} is not in the model")
-            # One reusable float64 scratch per tensor: no per-update allocation of model size.
-            s = self._scratch.get(name)
-            if s is None:
-                s = self._scratch[name] = np.empty_like(acc)
-            np.multiply(d, w, out=s, dtype=np.float64)
-            np.add(acc, s, out=acc)
+            if d.shape != acc.shape:
+                raise ValueError(f"tensor {name!r} has shape {d.shape}, the model has {acc.shape}")
+            # Block by block through one small float64 scratch: no temporary of model size per
+            # update, and the block stays in cache between the multiply and the add.
+            flat_d, flat_acc = d.reshape(-1), acc.reshape(-1)
+            for lo in range(0, flat_d.size, BLOCK):
+                hi = min(lo + BLOCK, flat_d.size)
+                s = self._scratch[: hi - lo]
+                np.multiply(flat_d[lo:hi], w, out=s, dtype=np.float64)
+                np.add(flat_acc[lo:hi], s, out=flat_acc[lo:hi])
             self._weight[name] += w
         self._n += 1
 
     def finalize(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> TensorDict:
+        """The next global model. Works in place on the sums (no model-size temporaries), so the
+        strategy must be ``reset`` before it accumulates again."""
+        self._check_open()
         out: TensorDict = {}
         for name, g in global_weights.items():
             wsum = self._weight.get(name, 0.0)
             if wsum == 0.0:
                 out[name] = np.array(g, copy=True)
                 continue
-            mean = self._sum[name] / wsum
-            out[name] = (np.asarray(g, np.float64) + self.server_lr * mean).astype(g.dtype)
+            acc = self._sum[name]
+            acc *= self.server_lr / wsum
+            acc += g
+            out[name] = acc.astype(g.dtype)
+        self._finalized = True
         return out
 
+    def _check_open(self) -> None:
+        if self._finalized:
+            raise RuntimeError("FedAvg.finalize consumed the sums; call reset first")
+
     def state(self) -> tuple[TensorDict, dict[str, float]]:
+        self._check_open()
         scalars = {f"w/{k}": v for k, v in self._weight.items()}
         scalars["n"] = float(self._n)
         return dict(self._sum), scalars

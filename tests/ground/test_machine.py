@@ -243,3 +243,55 @@ def test_pipeline_payload_without_codec_is_refused_not_crashed(kit: Any) -> None
     (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1, payload=p)))
     assert n.reason in (Reason.BAD_PAYLOAD.value, Reason.SCHEMA.value)
     assert kit.acks(g.rx("a1", kit.update_frame("a1", 2, payload=encode_payload("fp32", kit.MODEL))))
+
+
+def test_tasks_expire_only_by_explicit_policy(kit: Any) -> None:
+    g = kit.ground(task_ttl=100.0, round_seconds=10**6)
+    g.rx("a1", kit.hello("a1"), now=0.0)  # task r1/a1 issued at t=0, expires at t=100
+    g.rx("a2", kit.hello("a2"), now=0.0)
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1), now=101.0))
+    assert n.reason == Reason.STALE.value and "expired" in n.text
+    assert kit.acks(g.rx("a2", kit.update_frame("a2", 1), now=99.0))
+
+
+RECIPE = "topk:0.25+ef | quant:8 | zstd"
+
+
+def test_compressed_update_is_decoded_and_accumulated(kit: Any) -> None:
+    from orbitfl.codec import Payload, Pipeline
+
+    g = kit.ground(recipe=RECIPE)
+    g.rx("a1", kit.hello("a1"))
+    rng = np.random.default_rng(5)
+    t = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in kit.MODEL.items()}
+    pipe = Pipeline.parse(RECIPE)
+    payload = encode_payload(RECIPE, t, pipe.new_state())
+    assert payload["codec"] == "pipeline"
+    assert kit.acks(g.rx("a1", kit.update_frame("a1", 1, payload=payload, samples=4)))
+    want = pipe.decode(Payload.from_wire(payload["body"]))
+    new = g.m.strategy.finalize(g.m.global_model)
+    for k in want:
+        np.testing.assert_allclose(new[k], want[k], rtol=1e-6, atol=1e-7)
+    assert g.reopen().strategy.updates == 1  # replayed from the log through the codec
+
+
+@pytest.mark.parametrize(
+    ("tensors", "reason"),
+    [
+        ({"w": np.ones((4, 8), np.float32), "b": np.ones(4, np.float32)}, Reason.BAD_SHAPE),
+        (
+            {"w": np.ones((8, 4), np.float32), "b": np.ones(4, np.float32), "zz": np.ones(2, np.float32)},
+            Reason.UNKNOWN_TENSOR,
+        ),
+        ({"w": np.ones((8, 4), np.float32)}, Reason.MISSING_TENSOR),
+    ],
+)
+def test_bad_compressed_updates_are_refused(kit: Any, tensors: dict[str, Any], reason: Reason) -> None:
+    from orbitfl.codec import Pipeline
+
+    g = kit.ground(recipe=RECIPE)
+    g.rx("a1", kit.hello("a1"))
+    payload = encode_payload(RECIPE, tensors, Pipeline.parse(RECIPE).new_state())
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1, payload=payload)))
+    assert n.reason == reason.value, n
+    assert g.m.strategy.updates == 0
