@@ -133,6 +133,8 @@ class AgentDaemon:
                 agent_id=a.name,
                 heartbeat_seconds=max(5.0, lk.heartbeat_s * 5),
                 retransmit_seconds=a.retransmit_s,
+                chunk_bytes=lk.chunk_bytes,
+                window=lk.window,
             ),
         )
         self.learner = learner or Learner(cfg)

@@ -106,6 +106,8 @@ class GroundDaemon:
             recipe=fed.codec,
             task_ttl=fed.task_ttl_s or None,
             retransmit_seconds=fed.retransmit_s,
+            chunk_bytes=cfg.link.chunk_bytes,
+            window=cfg.link.window,
         )
         self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())

@@ -86,6 +86,9 @@ class LinkSettings:
     backoff_initial_s: float = field(default=0.5, metadata=_m(_positive))
     backoff_max_s: float = field(default=30.0, metadata=_m(_positive))
     max_msg_size: int = field(default=16 * 1024 * 1024, metadata=_m(_at_least(1024)))
+    # Payloads larger than a chunk travel as resumable chunks, ``window`` of them in flight.
+    chunk_bytes: int = field(default=256 * 1024, metadata=_m(_at_least(256)))
+    window: int = field(default=8, metadata=_m(_at_least(1)))
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,11 @@ def _check_sections(doc: Mapping[str, Any], allowed: set[str], prefix: str) -> N
 
 
 def _check_link(link: LinkSettings, prefix: str) -> None:
+    if link.chunk_bytes + 4096 > link.max_msg_size:
+        raise ConfigError(
+            f"{prefix}link.chunk_bytes: a chunk and its header must fit link.max_msg_size "
+            f"({link.max_msg_size}), got {link.chunk_bytes}"
+        )
     if link.backoff_max_s < link.backoff_initial_s:
         raise ConfigError(
             f"{prefix}link.backoff_max_s: must be >= link.backoff_initial_s ({link.backoff_initial_s}), "
