@@ -154,7 +154,8 @@ class Cluster:
             for name, p in self.procs.items():
                 if p.poll() is not None and p.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM):
                     pytest.fail(
-                        f"{name} exited with {p.returncode} while waiting for {what}:\n{self.log(name)[-3000:]}"
+                        f"{name} exited with {p.returncode} while waiting for {what}:\n"
+                        + self.log(name)[-3000:]
                     )
             time.sleep(0.1)
         logs = "\n".join(f"--- {n}\n{self.log(n)[-2000:]}" for n in self.procs)

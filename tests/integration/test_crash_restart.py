@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from orbitfl.agent.outbox import Outbox
 
 pytestmark = pytest.mark.integration

@@ -100,7 +100,11 @@ def test_a_good_agent_config_loads(tmp_path: Path) -> None:
             r"link\.backoff_max_s: must be >= link\.backoff_initial_s",
         ),
         ("[link]", "[lnk]", r"\[lnk\]: unknown section"),
-        ("heartbeat_s = 0.5", "max_msg_size = 8192\nchunk_bytes = 8000", r"link\.chunk_bytes: a chunk and its header"),
+        (
+            "heartbeat_s = 0.5",
+            "max_msg_size = 8192\nchunk_bytes = 8000",
+            r"link\.chunk_bytes: a chunk and its header",
+        ),
         ('state_dir = "state"', 'state_dir = ""', r"ground\.state_dir: must be a non-empty path"),
         ("[federation]", "federation = 3\n[x]", r"\[federation\]: must be a table|\[x\]: unknown section"),
     ],
