@@ -241,7 +241,8 @@ class AgentDaemon:
         self.notifier.ready(f"dialing {self.cfg.agent.ground}")
         try:
             while not self.shutdown.requested:
-                self.step(TICK_S)
+                due = self.notifier.watchdog_due_in(self.mono())
+                self.step(TICK_S if due is None else min(TICK_S, due))
         finally:
             self.notifier.stopping()
             self.close()

@@ -231,7 +231,8 @@ class GroundDaemon:
         self.notifier.ready(f"serving on {self.link.endpoint}")
         try:
             while not self.shutdown.requested:
-                self.step(TICK_S)
+                due = self.notifier.watchdog_due_in(self.mono())
+                self.step(TICK_S if due is None else min(TICK_S, due))
         finally:
             self.notifier.stopping()
             self.close()
