@@ -33,7 +33,7 @@ from orbitfl.agent.trainer import (
     read_checkpoint_file,
     write_checkpoint_file,
 )
-from orbitfl.models.artifacts import FILES, Manifest, read_manifest
+from orbitfl.models.manifest import FILES, Manifest, check_weights, read_manifest
 
 from orbitfl.ort_import import onnxruntime, training_api
 
@@ -132,8 +132,6 @@ class OrtTrainer(Trainer):
         return {n: np.array(self._state.parameters[n].data, dtype=np.float32, copy=True) for n in wanted}
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        from orbitfl.models.zoo import check_weights
-
         check_weights(self.manifest.parameters, weights)  # all validated before any is written
         for name, arr in weights.items():
             self._state.parameters[name].data = np.ascontiguousarray(arr)

@@ -35,22 +35,30 @@ inline std::size_t count_below(const double* a, std::size_t len, double v) {
   return static_cast<std::size_t>(base - a) + (*base < v ? 1 : 0);
 }
 
-// Decision boundaries of ascending centroids: value v gets label count_below(mids, k-1, v).
-void midpoints(const float* c, int k, std::vector<double>& mids) {
-  mids.resize(static_cast<std::size_t>(k - 1));
-  for (int j = 0; j + 1 < k; ++j) {
-    mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+// Nearest of ascending centroids, ties to the lower id: v lies above count_below(mids, v) of the
+// midpoints; among equal centroids the first one takes the value.
+struct Labeler {
+  std::vector<double> mids;
+  std::vector<std::uint8_t> first;  // first[j] = lowest id whose centroid equals c[j]
+
+  void reset(const float* c, int k) {
+    mids.resize(static_cast<std::size_t>(k - 1));
+    first.resize(static_cast<std::size_t>(k));
+    for (int j = 0; j + 1 < k; ++j) {
+      mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+    }
+    for (int j = 0; j < k; ++j) first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
   }
-}
+  std::size_t operator()(double v) const { return first[count_below(mids.data(), mids.size(), v)]; }
+};
 
 double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
-  std::vector<double> mids;
-  midpoints(c, k, mids);
-  const std::size_t m = mids.size();
+  Labeler label;
+  label.reset(c, k);
   double sse = 0.0;
   for (std::size_t i = 0; i < n; ++i) {
     double v = static_cast<double>(x[i]);
-    std::size_t l = count_below(mids.data(), m, v);
+    std::size_t l = label(v);
     labels[i] = static_cast<std::uint8_t>(l);
     double e = v - static_cast<double>(c[l]);
     sse += e * e;
@@ -223,19 +231,18 @@ Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
 // the same label adds its (count, sum) in one step; the values of bins straddling a boundary are
 // labelled one by one. Same result as per-value Lloyd; sums run in bin order, index order within.
 void lloyd(const float* x, const Bins& b, float* c, int k, int iters) {
-  std::vector<double> mids, sums(static_cast<std::size_t>(k)), counts(static_cast<std::size_t>(k));
+  Labeler label;
+  std::vector<double> sums(static_cast<std::size_t>(k)), counts(static_cast<std::size_t>(k));
   std::vector<float> next(static_cast<std::size_t>(k));
   const std::size_t nb = b.cnt.size();
   for (int it = 0; it < iters; ++it) {
-    midpoints(c, k, mids);
-    const double* md = mids.data();
-    const std::size_t m = mids.size();
+    label.reset(c, k);
     std::fill(sums.begin(), sums.end(), 0.0);
     std::fill(counts.begin(), counts.end(), 0.0);
     for (std::size_t t = 0; t < nb; ++t) {
       if (b.cnt[t] == 0) continue;
-      std::size_t l0 = count_below(md, m, static_cast<double>(b.vmin[t]));
-      std::size_t l1 = count_below(md, m, static_cast<double>(b.vmax[t]));
+      std::size_t l0 = label(static_cast<double>(b.vmin[t]));
+      std::size_t l1 = label(static_cast<double>(b.vmax[t]));
       if (l0 == l1) {
         sums[l0] += b.s1[t];
         counts[l0] += static_cast<double>(b.cnt[t]);
@@ -243,7 +250,7 @@ void lloyd(const float* x, const Bins& b, float* c, int k, int iters) {
       }
       for (std::size_t p = b.start[t]; p < b.start[t + 1]; ++p) {
         double v = static_cast<double>(x[b.order[p]]);
-        std::size_t l = count_below(md, m, v);
+        std::size_t l = label(v);
         sums[l] += v - b.shift;
         counts[l] += 1.0;
       }
@@ -274,7 +281,7 @@ void kmeanspp(const float* x, std::size_t n, int k, std::uint64_t seed, float* c
     d2[i] = diff * diff;
   }
   int chosen = 1;
-  c[0] = x[first];
+  c[0] = x[first] + 0.0f;  // -0.0 -> +0.0: the sort below must not see both
   for (int t = 1; t < k; ++t) {
     double total = 0.0;
     for (std::size_t i = 0; i < n; ++i) total += d2[i];
@@ -297,7 +304,7 @@ void kmeanspp(const float* x, std::size_t n, int k, std::uint64_t seed, float* c
         }
       }
     }
-    c[chosen++] = x[pick];
+    c[chosen++] = x[pick] + 0.0f;
     double v = static_cast<double>(x[pick]);
     for (std::size_t i = 0; i < n; ++i) {
       double diff = static_cast<double>(x[i]) - v;

@@ -19,91 +19,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from orbitfl.models import zoo
+from orbitfl.models.manifest import FILES, LOSSES, MANIFEST, OPTIMIZERS, Manifest
 
 from orbitfl.ort_import import training_artifacts
-
-MANIFEST = "manifest.json"
-FORMAT = "orbitfl-artifacts/1"
-Optimizer = Literal["adamw", "sgd"]
-Loss = Literal["ce", "mse"]
-OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-LOSSES: tuple[str, ...] = ("ce", "mse")
-FILES = {
-    "inference": "inference.onnx",
-    "training": "training_model.onnx",
-    "eval": "eval_model.onnx",
-    "optimizer": "optimizer_model.onnx",
-    "checkpoint": "checkpoint",
-}
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What the trainer reads about an artifact directory."""
-
-    model: str
-    options: dict[str, Any]
-    input_shape: tuple[int, ...]
-    task: str
-    num_outputs: int
-    loss: str
-    optimizer: str
-    parameters: dict[str, tuple[int, ...]]
-    trainable: list[str]
-    groups: dict[str, list[str]]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "model": self.model,
-            "options": self.options,
-            "input_shape": list(self.input_shape),
-            "task": self.task,
-            "num_outputs": self.num_outputs,
-            "loss": self.loss,
-            "optimizer": self.optimizer,
-            "parameters": {k: list(v) for k, v in self.parameters.items()},
-            "trainable": self.trainable,
-            "groups": self.groups,
-            "files": FILES,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("format") != FORMAT:
-            raise ValueError(
-                f"not an orbitfl artifact manifest (format {data.get('format')!r}, expected {FORMAT!r})"
-            )
-        return cls(
-            model=str(data["model"]),
-            options=dict(data["options"]),
-            input_shape=tuple(int(d) for d in data["input_shape"]),
-            task=str(data["task"]),
-            num_outputs=int(data["num_outputs"]),
-            loss=str(data["loss"]),
-            optimizer=str(data["optimizer"]),
-            parameters={k: tuple(int(d) for d in v) for k, v in data["parameters"].items()},
-            trainable=[str(n) for n in data["trainable"]],
-            groups={k: [str(n) for n in v] for k, v in data.get("groups", {}).items()},
-        )
-
-
-def read_manifest(directory: str | Path) -> Manifest:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise ValueError(
-            f"{directory}: no {MANIFEST}; build artifacts with `orbitfl model build NAME --out DIR`"
-        )
-    try:
-        data = json.loads(path.read_text())
-        return Manifest.from_json(data)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: malformed manifest ({exc})") from None
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from orbitfl.models.manifest import check_weights
 
 # Opset 17 and IR 8: what onnxruntime-training 1.19 builds gradients for and what older and newer
 # runtimes (stock ONNX Runtime on ARM boards) all load.
@@ -186,15 +187,17 @@ def build_mlp(
 def build_lenet_s(
     *,
     input: str | Sequence[int] | int | None = None,
-    channels: Sequence[int] = (6, 16),
+    channels: Sequence[int] | None = None,
     fc: Sequence[int] = (120, 84),
     classes: int = 10,
     seed: int = 0,
 ) -> ModelSpec:
     """The small LeNet SpaceDML trains: two conv+ReLU+2x2-max-pool blocks, then three dense layers.
 
-    28x28 input uses 5x5 kernels (classic LeNet-5 geometry, 16*5*5 features into ``fc1``); 8x8
-    input (digits) uses 3x3 'same' kernels so two poolings still leave a 2x2 map.
+    28x28 input uses 5x5 kernels and 6/16 channels (classic LeNet-5 geometry, 16*5*5 features into
+    ``fc1``). 8x8 input (digits) uses 3x3 'same' kernels so two poolings still leave a 2x2 map, and
+    16/32 channels: with 6/16 the 64 features left after pooling cap digits test accuracy near 97 %,
+    with 16/32 it reaches about 98 % in 20 epochs.
     """
     dims = _parse_input(input, (8, 8))
     if len(dims) == 1 and math.isqrt(dims[0]) ** 2 == dims[0]:
@@ -205,6 +208,8 @@ def build_lenet_s(
             f"got {'x'.join(map(str, dims))}"
         )
     side = dims[0]
+    if channels is None:
+        channels = (6, 16) if side >= 28 else (16, 32)
     c1, c2 = (_positive("channels", c) for c in channels)
     classes = _positive("classes", classes)
     if side >= 28:
@@ -425,30 +430,6 @@ def get_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         for t in model.graph.initializer
         if t.data_type == TensorProto.FLOAT
     }
-
-
-def check_weights(
-    expected: Mapping[str, tuple[int, ...]], weights: Mapping[str, Any], *, partial: bool = True
-) -> None:
-    """Refuse unknown names (ValueError), non-float32 arrays (TypeError) and wrong shapes
-    (ValueError), each error naming the parameter. ``partial=False`` also requires every name."""
-    for name, arr in weights.items():
-        if name not in expected:
-            raise ValueError(f"unknown parameter {name!r}; the model has: {', '.join(expected)}")
-        if not isinstance(arr, np.ndarray):
-            raise TypeError(f"parameter {name!r}: expected a numpy.ndarray, got {type(arr).__name__}")
-        if arr.dtype != np.float32:
-            raise TypeError(f"parameter {name!r}: expected dtype float32, got {arr.dtype}")
-        if tuple(arr.shape) != tuple(expected[name]):
-            raise ValueError(
-                f"parameter {name!r}: expected shape {tuple(expected[name])}, got {tuple(arr.shape)}"
-            )
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"parameter {name!r}: contains NaN or infinity")
-    if not partial:
-        missing = [n for n in expected if n not in weights]
-        if missing:
-            raise ValueError(f"missing parameters: {', '.join(missing)}")
 
 
 def parameter_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:

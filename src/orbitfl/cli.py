@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ground": ("orbitfl.ground.daemon", "the ground station daemon"),
     "agent": ("orbitfl.agent.daemon", "the agent daemon that runs on a board"),
     "demo": ("orbitfl.demo", "a ground and N agents as local processes: accuracy against bytes"),
+    "model": ("orbitfl.models.cli", "model zoo: build ONNX Runtime training artifacts, train, export"),
+    "bench": ("orbitfl.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
 }
 
 

@@ -13,6 +13,7 @@ model's input); labels as int64.
 from __future__ import annotations
 
 import gzip
+import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +76,13 @@ def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> Dataset:
     args = get_dataset_args()
     args.num_samples = int(num_samples)
     args.seed = int(seed)
-    data = make_dataset(args)
+    # make_dataset reseeds the global numpy and random generators; give the caller's state back.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
     return Dataset(
         "mnist1d",
         np.asarray(data["x"], dtype=np.float32),

@@ -212,9 +212,9 @@ def _sorted_centroids(x: F32, k: int, exact: bool) -> F32:
             )
         g = -(-u // q)
         chunk = np.arange(u) // g
-        cnt = np.bincount(chunk, weights=cnt)
-        s1 = np.bincount(chunk, weights=s1)
-        s2 = np.bincount(chunk, weights=s2)
+        cnt = np.bincount(chunk, weights=cnt).astype(np.float64, copy=False)
+        s1 = np.bincount(chunk, weights=s1).astype(np.float64, copy=False)
+        s2 = np.bincount(chunk, weights=s2).astype(np.float64, copy=False)
     return _dp_centroids(cnt, s1, s2, k, shift)
 
 
@@ -254,8 +254,8 @@ def _bin(x: F32, lo: float, hi: float, nbins: int) -> _Bins:
         shift=shift,
         d=d,
         cnt=cnt,
-        s1=np.bincount(b, weights=d, minlength=nbins),
-        s2=np.bincount(b, weights=d * d, minlength=nbins),
+        s1=np.bincount(b, weights=d, minlength=nbins).astype(np.float64, copy=False),
+        s2=np.bincount(b, weights=d * d, minlength=nbins).astype(np.float64, copy=False),
         vmin=vmin,
         vmax=vmax,
         order=np.argsort(b, kind="stable"),
@@ -264,10 +264,13 @@ def _bin(x: F32, lo: float, hi: float, nbins: int) -> _Bins:
 
 
 def _labels(v: F64, c: F32) -> I64:
-    """Nearest centroid, ties to the lower id: the number of midpoints strictly below v."""
+    """Nearest centroid, ties to the lower id: the number of midpoints strictly below v, moved to
+    the first of equal centroids."""
     c64 = c.astype(np.float64)
     mids = 0.5 * (c64[:-1] + c64[1:])
-    return np.searchsorted(mids, v, side="left")
+    first = np.searchsorted(c, c, side="left")
+    lab: I64 = first[np.searchsorted(mids, v, side="left")]
+    return lab
 
 
 def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
@@ -329,7 +332,7 @@ def _kmeanspp(x: F32, k: int, seed: int) -> F32:
         chosen.append(xd[i])
         diff = xd - xd[i]
         d2 = np.minimum(d2, diff * diff)
-    c = np.array(chosen, np.float32)
+    c = np.array(chosen, np.float32) + np.float32(0.0)  # -0.0 -> +0.0 before sorting
     return np.sort(np.concatenate((c, np.full(k - c.size, c[-1], np.float32))))
 
 
@@ -450,10 +453,7 @@ def laq_quantize(
             if delta <= tl * alpha:
                 break
     alpha_f = float(np.float32(alpha))
-    if alpha_f > 0.0:
-        codes = _nearest(xd, alpha_f, b)
-    else:
-        codes = np.full(n, zero_code, np.int64)
+    codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
     e = xd - xhat
     err = _seqsum(dd * (e * e))
@@ -546,7 +546,9 @@ def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
     if nrep and c.size == 0:
         raise ValueError("mask marks replaced values but centroids is empty")
     if ex.size != nn - nrep:
-        raise ValueError(f"exact must have {nn - nrep} values (n minus the mask's {nrep} ones), got {ex.size}")
+        raise ValueError(
+            f"exact must have {nn - nrep} values (n minus the mask's {nrep} ones), got {ex.size}"
+        )
     bits = id_bits(max(c.size, 1))
     need = (nrep * bits + 7) // 8
     if ib.size < need:

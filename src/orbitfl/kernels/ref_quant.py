@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# The kernels of orbitfl._core, nothing else: `reference` re-exports exactly these. Helpers other
+# references share (rng_u64, packed_size) are imported by name.
 __all__ = [
     "delta_decode_indices",
     "delta_encode_indices",
@@ -21,7 +23,6 @@ __all__ = [
     "from_float16",
     "pack_bits",
     "quantize",
-    "rng_u64",
     "sign_decode",
     "sign_encode",
     "to_bfloat16",
