@@ -8,8 +8,10 @@ Runtimes, in the order tried: ``litert`` (``ai-edge-litert``, works with numpy 2
 inside ``Interpreter()``, so it is only used with numpy < 2). Force one with the ``runtime``
 argument or the ``ORBITFL_TFLITE_RUNTIME`` environment variable.
 
-This module needs only numpy and a runtime, so that a board can carry it without the rest of
-orbitfl's dependencies (no ONNX, no flatbuffers).
+This module (with its file check, :mod:`orbitfl.agent.tflite_check`) needs only numpy and a
+runtime, so that a board can carry it without the rest of orbitfl's dependencies (no ONNX, no
+flatbuffers). Every file is checked before a runtime sees it: tflite-runtime does not verify
+flatbuffers and crashes (SIGSEGV) on a damaged one.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from orbitfl.agent.tflite_check import TFLiteFormatError, check_tflite
 
 RUNTIMES = ("litert", "tflite-runtime")
 ENV_VAR = "ORBITFL_TFLITE_RUNTIME"
 _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 _PACKAGES = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime (with numpy<2)"}
-_IDENTIFIER = b"TFL3"
 
 
 class RuntimeUnavailableError(ImportError):
@@ -108,17 +110,17 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     )
 
 
-def _check_file(path: Path) -> None:
+def _read_checked(path: Path) -> bytes:
     if not path.exists():
         raise FileNotFoundError(f"TFLite model not found: {path}")
     if not path.is_file():
         raise InvalidModelError(f"{path} is not a file")
-    with path.open("rb") as f:
-        head = f.read(8)
-    if len(head) < 8 or head[4:8] != _IDENTIFIER:
-        raise InvalidModelError(
-            f"{path} is not a TFLite model (no {_IDENTIFIER.decode()} file identifier at byte 4)"
-        )
+    data = path.read_bytes()
+    try:
+        check_tflite(data)
+    except TFLiteFormatError as exc:
+        raise InvalidModelError(f"{path} is not a valid TFLite model: {exc}") from None
+    return data
 
 
 def _show(shape: Sequence[int | None]) -> str:
@@ -132,12 +134,13 @@ class OnboardModel:
         self, path: str | os.PathLike[str], *, runtime: str | None = None, num_threads: int = 1
     ) -> None:
         self.path = Path(path)
-        _check_file(self.path)
+        # the interpreter gets the very bytes that were checked, not the path again
+        self._content = _read_checked(self.path)
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         self.runtime, interpreter_cls = _pick_runtime(runtime)
         try:
-            self._interp = interpreter_cls(model_path=str(self.path), num_threads=num_threads)
+            self._interp = interpreter_cls(model_content=self._content, num_threads=num_threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise InvalidModelError(

@@ -60,25 +60,45 @@ def test_a_valid_payload_passes_and_checks_shapes_against_the_model() -> None:
         (lambda d: d.update(extra=1), "unknown keys"),
         (lambda d: d.update(chains="quant:4"), "payload.chains"),
         (lambda d: d["chains"].__setitem__(0, "nope:1"), "payload.chains[0]"),
-        (lambda d: d["chains"].__setitem__(0, "quant:3"), "conv.weight'].quant.packed: 108 bytes, expected 81"),
+        (
+            lambda d: d["chains"].__setitem__(0, "quant:3"),
+            "conv.weight'].quant.packed: 108 bytes, expected 81",
+        ),
         (lambda d: d.update(tensors=[]), "payload.tensors must be a map"),
         (lambda d: d["tensors"]["fc.weight"].update(c=5), "fc.weight'].c"),
         (lambda d: d["tensors"]["fc.weight"].update(c=True), "fc.weight'].c"),
         (lambda d: d["tensors"]["fc.weight"].update(dtype="float64"), "dtype"),
-        (lambda d: d["tensors"]["fc.weight"].update(shape=[64, 49]), "quant.packed: 1536 bytes, expected 1568"),
+        (
+            lambda d: d["tensors"]["fc.weight"].update(shape=[64, 49]),
+            "quant.packed: 1536 bytes, expected 1568",
+        ),
         (lambda d: d["tensors"]["fc.weight"].update(shape=[-1]), "shape"),
         (lambda d: d["tensors"]["fc.weight"].update(shape="64x48"), "shape"),
         (lambda d: d["tensors"]["fc.weight"].update(shape=[1] * 9), "shape"),
         (lambda d: d["tensors"]["fc.weight"].update(meta=[{"k": 1}]), "unknown key 'k'"),
         (lambda d: d["tensors"]["fc.weight"].update(meta=[]), "meta has 0 entries"),
         (lambda d: d["tensors"]["fc.weight"]["data"].pop(), "data must be a list of 3"),
-        (lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(0, "text"), "data[0] (quant.packed) must be bytes"),
+        (
+            lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(0, "text"),
+            "data[0] (quant.packed) must be bytes",
+        ),
         (lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(0, b"\0" * 7), "quant.packed: 7 bytes"),
-        (lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(1, struct.pack("<6f", *[float("nan")] * 6)),
-         "quant.lo: NaN or Inf"),
-        (lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(2, struct.pack("<6f", *[float("inf")] * 6)),
-         "quant.step: NaN or Inf"),
-        (lambda d: d["tensors"]["fc.weight"].update(z=b"x"), "compressed data for a chain without a byte stage"),
+        (
+            lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(
+                1, struct.pack("<6f", *[float("nan")] * 6)
+            ),
+            "quant.lo: NaN or Inf",
+        ),
+        (
+            lambda d: d["tensors"]["fc.weight"]["data"].__setitem__(
+                2, struct.pack("<6f", *[float("inf")] * 6)
+            ),
+            "quant.step: NaN or Inf",
+        ),
+        (
+            lambda d: d["tensors"]["fc.weight"].update(z=b"x"),
+            "compressed data for a chain without a byte stage",
+        ),
         (lambda d: d["tensors"]["fc.weight"].update(bogus=1), "unknown keys"),
         (lambda d: d["tensors"].update({"": d["tensors"]["fc.bias"]}), "tensor name"),
     ],
@@ -110,7 +130,7 @@ def test_corrupt_content_is_caught_at_decode(backend: str) -> None:
     d = wire("topk:0.1", backend)
     rec = d["tensors"]["fc.weight"]
     rec["data"][0] = b"\xff" * (len(rec["data"][0]) - 1) + b"\x7f"  # gaps past the end of the tensor
-    with pytest.raises(ValueError, match="fc.weight"):
+    with pytest.raises(ValueError, match=r"fc\.weight"):
         pipe.decode(Payload.from_wire(d))
 
 
@@ -170,7 +190,9 @@ def test_truncated_and_non_msgpack_bytes_are_refused() -> None:
 @settings(max_examples=150, deadline=None, database=None)
 @given(data=st.data())
 def test_random_corruption_never_escapes_as_anything_but_value_error(be: str, data: st.DataObject) -> None:
-    recipe = data.draw(st.sampled_from(["quant:4|zstd", "topk:0.2+ef|quant:8", "efsign", "fp16", "fp32|zstd"]))
+    recipe = data.draw(
+        st.sampled_from(["quant:4|zstd", "topk:0.2+ef|quant:8", "efsign", "fp16", "fp32|zstd"])
+    )
     pipe = Pipeline.parse(recipe, be)
     raw = bytearray(pipe.encode(layers(), pipe.new_state()).to_bytes())
     for _ in range(data.draw(st.integers(1, 4))):
@@ -181,3 +203,16 @@ def test_random_corruption_never_escapes_as_anything_but_value_error(be: str, da
     except ValueError:
         return
     assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_repr_is_short() -> None:
+    payload = Pipeline.parse("fp32").encode({"x": np.zeros(100_000, np.float32)})
+    assert repr(payload) == f"Payload(1 tensors, 100000 values, {payload.nbytes} B)"
+    assert len(repr(payload.records["x"])) < 100
+
+
+def test_tuples_from_use_list_false_are_accepted() -> None:
+    data = Pipeline.parse("topk:0.2+ef|quant:4|zstd").encode(layers(), Pipeline.parse("efsign").new_state())
+    d = msgpack.unpackb(data.to_bytes(), use_list=False)
+    out = Pipeline.parse("fp32").decode(Payload.from_wire(d))
+    assert out["fc.weight"].shape == (64, 48)

@@ -20,7 +20,9 @@ F32 = NDArray[np.float32]
 LOSSLESS = ["fp32", "zstd", "fp32|zstd", "fp32|zstd:19"]
 
 
-def roundtrip(pipe: Pipeline, tensors: dict[str, F32], state: CodecState | None = None, **kw: object) -> dict[str, F32]:
+def roundtrip(
+    pipe: Pipeline, tensors: dict[str, F32], state: CodecState | None = None, **kw: object
+) -> dict[str, F32]:
     payload = pipe.encode(tensors, state if state is not None else pipe.new_state(), **kw)  # type: ignore[arg-type]
     back = Payload.from_bytes(payload.to_bytes())
     assert back.nbytes == payload.nbytes
@@ -41,7 +43,10 @@ def test_lossless_recipes_round_trip_exactly(backend: str, recipe: str) -> None:
 
 def test_zstd_shrinks_compressible_tensors(backend: str) -> None:
     t = {"z": np.zeros(10_000, np.float32)}
-    assert Pipeline.parse("zstd", backend).encode(t).nbytes < Pipeline.parse("fp32", backend).encode(t).nbytes / 50
+    assert (
+        Pipeline.parse("zstd", backend).encode(t).nbytes
+        < Pipeline.parse("fp32", backend).encode(t).nbytes / 50
+    )
 
 
 def test_half_precision_error_bounds(backend: str) -> None:
@@ -69,8 +74,14 @@ def _bucket_steps(x: F32, bits: int, bucket: int) -> F32:
 
 @pytest.mark.parametrize(
     ("recipe", "bits", "bucket", "steps"),
-    [("quant:8", 8, 512, 0.5), ("quant:4,bucket=64", 4, 64, 0.5), ("quant:2|zstd", 2, 512, 0.5),
-     ("quant:4,bucket=256,stochastic", 4, 256, 1.0), ("qsgd:4", 4, 512, 1.0), ("qsgd:1", 1, 512, 1.0)],
+    [
+        ("quant:8", 8, 512, 0.5),
+        ("quant:4,bucket=64", 4, 64, 0.5),
+        ("quant:2|zstd", 2, 512, 0.5),
+        ("quant:4,bucket=256,stochastic", 4, 256, 1.0),
+        ("qsgd:4", 4, 512, 1.0),
+        ("qsgd:1", 1, 512, 1.0),
+    ],
 )
 def test_uniform_quantization_error_within_half_or_one_step(
     backend: str, recipe: str, bits: int, bucket: int, steps: float
@@ -135,7 +146,9 @@ def test_gcc_replaces_the_most_replaceable_values_by_centroids(backend: str) -> 
     assert rel_error(x, out.reshape(x.shape)) < 0.2
 
 
-@pytest.mark.parametrize("recipe", ["kmeans:16", "coreset:16", "coreset:16,codebook=8", "kmeans:4,method=optimal"])
+@pytest.mark.parametrize(
+    "recipe", ["kmeans:16", "coreset:16", "coreset:16,codebook=8", "kmeans:4,method=optimal"]
+)
 def test_weight_sharing_sends_each_value_as_its_nearest_codebook_entry(backend: str, recipe: str) -> None:
     x = layers()["fc.weight"]
     out = roundtrip(Pipeline.parse(recipe, backend), {"x": x})["x"].ravel()
@@ -176,7 +189,12 @@ def test_laq_needs_curvature(backend: str) -> None:
 
 @pytest.mark.parametrize(
     ("recipe", "rounds", "frac"),
-    [("topk:0.02+ef", 150, 0.2), ("topk:0.02+ef|quant:4|zstd", 150, 0.2), ("efsign", 100, 0.1), ("gcc:4", 60, 0.1)],
+    [
+        ("topk:0.02+ef", 150, 0.2),
+        ("topk:0.02+ef|quant:4|zstd", 150, 0.2),
+        ("efsign", 100, 0.1),
+        ("gcc:4", 60, 0.1),
+    ],
 )
 def test_error_feedback_makes_the_sum_of_decoded_track_the_sum_of_inputs(
     backend: str, recipe: str, rounds: int, frac: float
@@ -267,7 +285,7 @@ def test_per_tensor_overrides_send_biases_exactly(backend: str) -> None:
 def test_wrong_input_types(backend: str) -> None:
     pipe = Pipeline.parse("quant:8", backend)
     with pytest.raises(TypeError, match="float32"):
-        pipe.encode({"x": np.ones(3)})
+        pipe.encode({"x": np.ones(3)})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         pipe.encode({"x": [1.0, 2.0]})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
@@ -276,6 +294,8 @@ def test_wrong_input_types(backend: str) -> None:
         pipe.encode({"x": np.array([1.0, np.nan], np.float32)})
     with pytest.raises(ValueError, match="NaN"):
         Pipeline.parse("fp32", backend).encode({"x": np.array([np.inf], np.float32)})
+    with pytest.raises(ValueError, match="chars"):
+        pipe.encode({"x" * 600: np.ones(3, np.float32)})
 
 
 def test_many_tensors_and_non_contiguous_input(backend: str) -> None:
@@ -291,13 +311,37 @@ def test_many_tensors_and_non_contiguous_input(backend: str) -> None:
 
 def test_backends_agree_bit_for_bit() -> None:
     t = layers()
-    for recipe in ["quant:4", "qsgd:3", "fp16", "bf16", "topk:0.1+ef|quant:8", "efsign", "kmeans:8,method=optimal"]:
-        enc = [Pipeline.parse(recipe, b).encode(t, Pipeline.parse(recipe, b).new_state()).to_bytes() for b in BACKENDS]
+    for recipe in [
+        "quant:4",
+        "qsgd:3",
+        "fp16",
+        "bf16",
+        "topk:0.1+ef|quant:8",
+        "efsign",
+        "kmeans:8,method=optimal",
+    ]:
+        enc = [
+            Pipeline.parse(recipe, b).encode(t, Pipeline.parse(recipe, b).new_state()).to_bytes()
+            for b in BACKENDS
+        ]
         assert enc[0] == enc[1], recipe
 
 
-RECIPES = ["fp32", "fp32|zstd", "fp16", "bf16", "quant:3", "qsgd:4", "sign", "efsign", "topk:0.3+ef|quant:4|zstd",
-           "gcc:4", "kmeans:4", "coreset:8,codebook=8"]
+RECIPES = [
+    "fp32",
+    "fp32|zstd",
+    "fp16",
+    "bf16",
+    "quant:3",
+    "qsgd:4",
+    "sign",
+    "efsign",
+    "topk:0.3+ef|quant:4|zstd",
+    "gcc:4",
+    "gcc:4|quant:8|zstd",
+    "kmeans:4",
+    "coreset:8,codebook=8",
+]
 
 
 @pytest.mark.parametrize("be", BACKENDS)
@@ -309,12 +353,31 @@ RECIPES = ["fp32", "fp32|zstd", "fp16", "bf16", "quant:3", "qsgd:4", "sign", "ef
     seed=st.integers(0, 2**16),
     const=st.booleans(),
 )
-def test_any_shape_round_trips(be: str, shape: tuple[int, ...], recipe: str, scale: float, seed: int, const: bool) -> None:
+def test_any_shape_round_trips(
+    be: str, shape: tuple[int, ...], recipe: str, scale: float, seed: int, const: bool
+) -> None:
     rng = np.random.default_rng(seed)
     x = (np.full(shape, scale) if const else rng.normal(size=shape) * scale).astype(np.float32)
     pipe = Pipeline.parse(recipe, be)
     out = roundtrip(pipe, {"x": x, "s": np.array(scale, np.float32)}, pipe.new_state())
     assert out["x"].shape == x.shape and out["x"].dtype == np.float32
     assert np.isfinite(out["x"]).all()
-    if pipe.recipe.default.lossless or const and recipe.startswith(("quant", "qsgd")):
+    if pipe.recipe.default.lossless or (const and recipe.startswith(("quant", "qsgd"))):
         np.testing.assert_array_equal(out["x"], x)
+
+
+def test_alq_with_error_feedback_keeps_what_it_did_not_send(backend: str) -> None:
+    t = layers()
+    d = _curvature(t)
+    pipe = Pipeline.parse("alq:0/1/2+ef", backend)
+    state = pipe.new_state()
+    budget = Pipeline.parse("fp32", backend).encode(t).nbytes // 30
+    sent = {n: np.zeros(x.size) for n, x in t.items()}
+    got = {n: np.zeros(x.size) for n, x in t.items()}
+    for _ in range(4):
+        out = pipe.decode(pipe.encode(t, state, curvature=d, budget_bytes=budget))
+        for n, x in t.items():
+            sent[n] += x.ravel()
+            got[n] += out[n].ravel() if n in out else 0.0
+    for n in t:
+        np.testing.assert_allclose(sent[n] - got[n], state.residuals[n], atol=1e-5)

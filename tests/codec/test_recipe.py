@@ -26,7 +26,8 @@ from orbitfl.codec import REGISTRY, parse_chain, parse_recipe
         ("kmeans:16", "kmeans:16"),
         ("coreset:16,codebook=8", "coreset:16,codebook=8"),
         ("laq:3", "laq:3"),
-        ("alq", "alq:1/2/3/4/8"),
+        ("alq", "alq"),
+        ("alq:0/2/4", "alq:0/2/4"),
         ("bf16|zstd:1", "bf16|zstd:1"),
     ],
 )
@@ -76,7 +77,7 @@ def test_overrides_pick_the_first_matching_chain() -> None:
         ("zstd:0", "must be in 1..19"),
         ("quant:4||zstd", "empty stage"),
         ("coreset:16,codebook=4", "must be one of"),
-        ("alq:2/9", "bit widths in 1..8"),
+        ("alq:2/9", "bit widths in 0..8"),
         ("quant:4; bias", "SELECTOR=CHAIN"),
         ("quant:4; <x=fp32", "whole number"),
         ("quant:4; *.bias=nope", "unknown codec stage"),
