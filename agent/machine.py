@@ -10,6 +10,7 @@ send it; an ACK removes it. Link loss pauses transfers; nothing is dropped becau
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ from orbitfl.wire.messages import (
 from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict
+
+# Upload progress is stored at least this often (and at link down): a crash costs at most this much.
+OFFSET_SAVE_BYTES = 1 << 20
 
 # The ground will refuse these again on a resend: drop the update instead of retrying forever.
 PERMANENT = frozenset(
@@ -114,6 +118,7 @@ class AgentMachine:
         self.training = False
         self.linked = False
         self.upload: Outbound | None = None  # chunked upload of the outbox head
+        self._saved_offset = 0  # the upload's confirmed offset as last stored in the outbox
         self._upload_id: str | None = None
         self._upload_sent_at: float | None = None
         self.reasm = Reassembler(config.max_transfer_bytes, max_transfers_per_peer=2)
@@ -153,6 +158,7 @@ class AgentMachine:
             self.linked = False
             if self.upload is not None:
                 self.upload.pause()
+                self._save_offset()
             self._upload_sent_at = None
         elif isinstance(event, MessageReceived):
             self._on_frame(event.frame, now, out)
@@ -180,10 +186,11 @@ class AgentMachine:
         try:
             msg = decode(frame, self.cfg.limits)
             if isinstance(msg, Task):
-                self._on_task(msg, now, out)
+                self._with_ref(msg.id, lambda: self._on_task(msg, now, out))
             elif isinstance(msg, Model):
                 assert msg.model is not None
-                self._install(msg.model, now, out)
+                model = msg.model
+                self._with_ref(msg.id, lambda: self._install(model, now, out))
             elif isinstance(msg, Ack):
                 self._on_ack(msg.ref, msg.duplicate, now, out)
             elif isinstance(msg, Nack):
@@ -192,7 +199,11 @@ class AgentMachine:
                 try:
                     ack, whole = self.reasm.accept(GROUND, msg, now, self._id)
                 except WireError as err:
-                    self._send(ChunkAck(self._id(), msg.transfer, 0), now, out)
+                    self._send(
+                        ChunkAck(self._id(), msg.transfer, self.reasm.next_offset(GROUND, msg.transfer)),
+                        now,
+                        out,
+                    )
                     raise WireError(err.reason, err.text, msg.transfer) from None
                 self._send(ack, now, out)
                 if whole is not None:
@@ -200,7 +211,8 @@ class AgentMachine:
             elif isinstance(msg, ChunkAck):
                 if self.upload is not None and msg.transfer == self.upload.transfer:
                     self.upload.on_ack(msg, now)
-                    self.outbox.set_offset(msg.transfer, self.upload.acked)
+                    if self.upload.acked - self._saved_offset >= OFFSET_SAVE_BYTES or self.upload.done:
+                        self._save_offset()
                     self._upload_sent_at = now
                     if self.linked:
                         for f in self.upload.next_chunks(self._id):
@@ -216,17 +228,25 @@ class AgentMachine:
             if self.linked:
                 self._send(Nack(self._id(), err.ref, err.reason.value, err.text), now, out)
 
+    @staticmethod
+    def _with_ref(ref: str, step: Callable[[], object]) -> None:
+        """Run ``step``; a refusal inside it names ``ref`` so the ground knows what was refused."""
+        try:
+            step()
+        except WireError as err:
+            raise WireError(err.reason, err.text, err.ref or ref) from None
+
     def _install(self, blob: ModelBlob, now: float, out: list[Action]) -> bool:
         """Rebuild, verify and durably keep a global model; tell the service to use it."""
         if blob.version == self.version:
             return True
-        if blob.encoding == "xor" and blob.base_version != self.version:
+        if blob.encoding in ("xor", "codec") and blob.base_version != self.version:
             raise WireError(
                 Reason.BAD_PAYLOAD,
                 f"model v{blob.version} is a delta from v{blob.base_version}; "
                 f"this agent holds v{self.version}",
             )
-        weights = decode_model(blob, self.weights if blob.encoding == "xor" else None)
+        weights = decode_model(blob, None if blob.encoding == "full" else self.weights)
         self.outbox.save_model(blob.version, weights)
         self.version, self.weights = blob.version, weights
         out.append(ApplyModel(blob.version, weights))
@@ -332,7 +352,13 @@ class AgentMachine:
         for f in self.upload.next_chunks(self._id):
             self._send(f, now, out)
 
+    def _save_offset(self) -> None:
+        if self.upload is not None and self.upload.acked != self._saved_offset:
+            self.outbox.set_offset(self.upload.transfer, self.upload.acked)
+            self._saved_offset = self.upload.acked
+
     def _outbound(self, item: OutboxItem) -> Outbound:
+        self._saved_offset = item.acked_offset
         return Outbound(
             item.update_id, item.frame, self.cfg.chunk_bytes, self.cfg.window, acked=item.acked_offset
         )
@@ -371,4 +397,5 @@ class AgentMachine:
         elif msg.reason == Reason.CHECKSUM.value and self.upload is not None:
             self.upload.acked = self.upload.sent = 0
             self.outbox.set_offset(msg.ref, 0)
+            self._saved_offset = 0
             self._start_upload(now, out, resume=True)

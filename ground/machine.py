@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+import numpy as np
 import numpy.typing as npt
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategy import FedAvg, Strategy
@@ -55,8 +57,8 @@ from orbitfl.wire.messages import (
     encode,
     id_sender,
 )
-from orbitfl.wire.model_codec import encode_model
-from orbitfl.wire.payload import decode_payload
+from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
+from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state, pipeline
 from orbitfl.wire.tensors import TensorDict, check_against_model
 
 
@@ -78,6 +80,13 @@ class GroundConfig:
     max_transfer_bytes: int = 512 << 20
     compress_downlink: bool = True
     limits: Limits = DEFAULT_LIMITS
+    # The link names each peer by what it proved (the allow-listed Curve key's name). Requiring the
+    # HELLO's agent_id to equal it stops one authenticated board from speaking as another.
+    bind_agent_to_peer: bool = True
+    # None: new versions go down whole or as a lossless XOR delta. A codec recipe (e.g.
+    # "quant:8 | zstd"): each new version is made exactly representable as the previous one plus
+    # the recipe's decoded delta, and agents receive that compressed delta (see _compress_step).
+    downlink_recipe: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -88,8 +97,17 @@ class GroundConfig:
             raise ValueError(f"rounds must be >= 1 or None, got {self.rounds}")
         if self.max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
+        if self.downlink_recipe in ("fp32", ""):
+            self.downlink_recipe = None
+        if self.downlink_recipe is not None:
+            pipeline(self.downlink_recipe)  # a recipe the codec cannot parse fails here, by name
         if not self.ground_id or ":" in self.ground_id:
             raise ValueError("ground_id must be non-empty and contain no ':'")
+
+
+def _blob_bytes(blob: ModelBlob) -> int:
+    n: int = len(msgpack.packb(blob.to_wire(), use_bin_type=True))
+    return n
 
 
 @dataclass
@@ -116,8 +134,11 @@ class GroundMachine:
         self._boot = store.next_boot()
         self._ids = itertools.count(1)
         self.peers: dict[str, _Peer] = {}  # link peer -> agent
-        self.reasm = Reassembler(config.max_transfer_bytes)
+        # Partial uploads are spooled next to the store, so a ground restart does not make agents
+        # start their uploads over.
+        self.reasm = Reassembler(config.max_transfer_bytes, spool_dir=store.root / "spool")
         self.outbound: dict[tuple[str, str], Outbound] = {}
+        self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
         self.refused: dict[str, int] = {}
         self.accepted = 0
         self.duplicates = 0
@@ -191,23 +212,29 @@ class GroundMachine:
         return Send(peer, frame)
 
     def _send_big(self, peer: str, msg: Message, now: float, out: list[Action]) -> None:
-        """Send directly, or as a resumable chunked transfer when larger than a chunk."""
+        """Send directly, or as a resumable chunked transfer when larger than a chunk.
+
+        A transfer already under way for the same message id is resumed as it is (its frame is
+        kept), so the agent's partial copy stays valid across contacts; ids of TASK and MODEL name
+        their content (round, agent, base version), so the same id means the same model bytes.
+        """
+        key = (peer, msg.id)
+        ob = self.outbound.get(key)
+        if ob is not None:
+            ob.pause()
+            ob.last_progress = now
+            self._pump(peer, ob, out)
+            return
         frame = encode(msg)
         if len(frame) <= self.cfg.chunk_bytes:
             self.bytes_out += len(frame)
             out.append(Send(peer, frame))
             return
-        key = (peer, msg.id)
-        ob = self.outbound.get(key)
-        if ob is None or ob.frame != frame:
-            ob = Outbound(msg.id, frame, self.cfg.chunk_bytes, self.cfg.window, last_progress=now)
-            # one downlink transfer per peer at a time: a newer one replaces an unfinished older one
-            for k in [k for k in self.outbound if k[0] == peer]:
-                del self.outbound[k]
-            self.outbound[key] = ob
-        else:
-            ob.pause()
-            ob.last_progress = now
+        # one downlink transfer per peer at a time: a newer one replaces an unfinished older one
+        for k in [k for k in self.outbound if k[0] == peer]:
+            del self.outbound[k]
+        ob = Outbound(msg.id, frame, self.cfg.chunk_bytes, self.cfg.window, last_progress=now)
+        self.outbound[key] = ob
         self._pump(peer, ob, out)
 
     def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
@@ -216,7 +243,24 @@ class GroundMachine:
             out.append(Send(peer, f))
 
     def _model_blob(self, held: int | None) -> ModelBlob:
+        key = (self.version, held)
+        blob = self._blobs.get(key)
+        if blob is None:
+            if len(self._blobs) >= 8 or any(v != self.version for v, _ in self._blobs):
+                self._blobs.clear()  # keep only a few blobs of the current version
+            blob = self._blobs[key] = self._make_blob(held)
+        return blob
+
+    def _make_blob(self, held: int | None) -> ModelBlob:
         base = None if held is None or held == self.version else self.store.load_model(held)
+        if base is not None and held is not None and self.cfg.downlink_recipe is not None:
+            steps = [self.store.load_step(v) for v in range(held + 1, self.version + 1)]
+            full = encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
+            if all(st is not None for st in steps):
+                chain = encode_codec_chain(self.version, self.global_model, held, [st for st in steps if st])
+                if _blob_bytes(chain) < _blob_bytes(full):
+                    return chain
+            return full
         if base is None or {k: (tuple(v.shape), v.dtype.name) for k, v in base.items()} != self.spec:
             return encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
         return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
@@ -308,6 +352,7 @@ class GroundMachine:
             elif isinstance(msg, Nack):
                 out.append(Log("WARNING", f"{peer!r} refused {msg.ref!r}: {msg.reason}: {msg.text}"))
                 out.append(Count("nacks_received", (("reason", msg.reason),)))
+                self._on_model_refused(peer, msg, now, out)
             elif isinstance(msg, Ack):
                 pass
             else:
@@ -320,6 +365,10 @@ class GroundMachine:
             raise WireError(
                 Reason.BAD_ID, f"HELLO id {msg.id!r} is not '<agent_id>:<n>' for {msg.agent_id!r}", msg.id
             )
+        if self.cfg.bind_agent_to_peer and msg.agent_id != peer:
+            raise WireError(
+                Reason.BAD_ID, f"HELLO agent_id {msg.agent_id!r} is not this peer's name {peer!r}", msg.id
+            )
         for other, q in list(self.peers.items()):
             if q.agent_id == msg.agent_id and other != peer:
                 del self.peers[other]  # the agent reconnected under a new routing id
@@ -330,11 +379,27 @@ class GroundMachine:
         out.append(Gauge("agents_known", len(self.store.agents())))
         self._offer_task(peer, p, now, out)
 
+    def _on_model_refused(self, peer: str, msg: Nack, now: float, out: list[Action]) -> None:
+        """The agent could not use a task's or model's weights (e.g. a delta against a version it no
+        longer holds, because our record of its version was stale): send the model whole, once.
+        A second refusal waits for the agent's next HELLO, so a broken agent cannot make us loop."""
+        p = self.peers.get(peer)
+        prefix = f"{self.cfg.ground_id}:"
+        if p is None or msg.ref is None or not msg.ref.startswith((prefix + "task.", prefix + "model.")):
+            return
+        if p.model_version is not None:
+            p.model_version = None
+            self._offer_task(peer, p, now, out)
+
     def _on_chunk(self, peer: str, c: Chunk, now: float, out: list[Action]) -> None:
+        if peer not in self.peers:
+            raise WireError(Reason.NOT_REGISTERED, "send HELLO before CHUNK", c.transfer)
         try:
             ack, whole = self.reasm.accept(peer, c, now, self._id)
         except WireError as err:
-            out.append(self._send(peer, ChunkAck(self._id(), c.transfer, 0)))
+            out.append(
+                self._send(peer, ChunkAck(self._id(), c.transfer, self.reasm.next_offset(peer, c.transfer)))
+            )
             raise WireError(err.reason, err.text, c.transfer) from None
         out.append(self._send(peer, ack))
         if whole is not None:
@@ -416,11 +481,33 @@ class GroundMachine:
                 ob.last_progress = now
                 self._pump(peer, ob, out)
 
+    def _compress_step(self, new: TensorDict, new_version: int) -> TensorDict:
+        """Make the next version exactly ``old + decode(encode(new - old + residual))``.
+
+        The ground adopts what the compressed delta decodes to (keeping the part the codec lost as
+        a residual for the next round, i.e. error feedback on the server), so an agent holding the
+        old version rebuilds the new one bit for bit from the same compressed step.
+        """
+        recipe = self.cfg.downlink_recipe
+        assert recipe is not None
+        old = self.global_model
+        res = self.store.load_residual(self.version) or {}
+        delta = {
+            k: np.subtract(new[k], old[k], dtype=np.float32) + res.get(k, np.zeros_like(old[k])) for k in old
+        }
+        step = encode_payload(recipe, delta, new_codec_state(recipe))
+        exact = apply_step(old, step)
+        residual = {k: delta[k] - np.subtract(exact[k], old[k], dtype=np.float32) for k in old}
+        self.store.save_step(new_version, step, residual)
+        return exact
+
     def _close_round(self, now: float, out: list[Action]) -> None:
         n, samples, nbytes = self.store.round_stats(self.round)
         new = self.strategy.finalize(self.global_model)
         closed = self.round
         new_version = self.version + 1
+        if self.cfg.downlink_recipe is not None:
+            new = self._compress_step(new, new_version)
         last = self.cfg.rounds is not None and self.store.rounds_closed() + 1 >= self.cfg.rounds
         next_round = None if last else closed + 1
         next_deadline = None if last else now + self.cfg.round_seconds

@@ -272,3 +272,110 @@ def test_compressed_recipe_with_error_feedback_state_kept_across_restart(tmp_pat
     state = p.a._codec_state(recipe, [])
     np.testing.assert_array_equal(state.residuals["w"], residual)
     assert len(encode(u)) < sum(v.nbytes for v in MODEL.values()) / 10  # vs the float32 update
+
+
+def test_mutated_frames_from_the_ground_never_raise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    p = Pair(tmp_path, chunk_bytes=1 << 20)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))  # HELLO
+    (task_frame,) = p.to_agent  # TASK with the whole model, in one frame
+    p.to_agent.clear()
+    for _ in range(300):
+        b = bytearray(task_frame)
+        for i in rng.integers(0, len(b), size=int(rng.integers(1, 6))):
+            b[i] = int(rng.integers(256))
+        if rng.random() < 0.3:
+            b = b[: int(rng.integers(1, len(b)))]
+        p.agent(p.a.handle(MessageReceived(GROUND, bytes(b)), 1.0))  # must not raise
+    p.agent(p.a.handle(MessageReceived(GROUND, task_frame), 2.0))
+    assert p.a.version == 0 and p.trainings  # a task was taken (perhaps a still-valid mutant)
+    for k, v in p.g.global_model.items():  # and the model is the ground's, bit for bit (digest)
+        assert p.a.weights[k].tobytes() == v.tobytes()
+    assert sum(p.a.refused.values()) > 100
+
+
+def test_model_download_cut_mid_transfer_resumes_in_next_contact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    p = Pair(tmp_path, min_updates=1)
+    p.g.global_model = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in MODEL.items()}
+    p.g.store.save_model(0, p.g.global_model, 0.0)  # incompressible weights: the TASK needs chunks
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))  # HELLO -> TASK in chunks
+    first = [decode(f) for f in p.to_agent]
+    assert first and all(isinstance(c, Chunk) for c in first)
+    for _ in range(4):  # a few chunks arrive and are confirmed, then the contact ends
+        p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), 1.0))
+        while p.to_ground:
+            p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 1.0))
+    held = next(iter(p.a.reasm.transfers.values())).next_offset
+    assert held > 0
+    p.cut(2.0)
+    p.agent(p.a.handle(LinkUp(), 4000.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 4000.0))  # HELLO again
+    resumed = [decode(f) for f in p.to_agent]
+    assert resumed and all(isinstance(c, Chunk) and c.transfer == first[0].transfer for c in resumed)
+    assert min(c.offset for c in resumed) == held  # the ground resumes exactly where the agent stands
+    p.pump(4000.0)
+    assert p.a.version == 0 and p.trainings
+    for k, v in p.g.global_model.items():
+        assert p.a.weights[k].tobytes() == v.tobytes()
+
+
+def test_agent_killed_mid_upload_restarts_and_completes_once(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.pump(max_frames=2)  # part of the upload is through; then the board dies (no LinkDown)
+    p.restart_agent()
+    assert p.a.outbox.pending() == 1
+    p.agent(p.a.handle(LinkUp(), 50.0))
+    p.pump(50.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1 and p.g.accepted == 1
+
+
+def test_ground_restart_keeps_partial_upload_in_its_spool(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.uplink_frames.clear()
+    p.pump(max_frames=3)  # three chunks reach the ground, then it is killed
+    p.restart_ground()
+    p.agent(p.a.handle(LinkDown(), 1.0))
+    p.agent(p.a.handle(LinkUp(), 2.0))
+    p.pump(2.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1
+    assert len({f.transfer for f in p.uplink_frames if isinstance(f, Chunk)}) == 1
+    sent = sum(len(f.data) for f in p.uplink_frames if isinstance(f, Chunk))
+    total = next(f.total for f in p.uplink_frames if isinstance(f, Chunk))
+    assert sent < total + 3 * CHUNK  # the spooled chunks were not all sent again
+    assert not any((tmp_path / "g" / "spool").iterdir())  # spool cleaned after completion
+
+
+def test_agent_follows_a_compressed_downlink_bit_for_bit(tmp_path: Path) -> None:
+    from orbitfl.wire import Task
+
+    p = Pair(tmp_path, min_updates=1, downlink_recipe="quant:8 | zstd", chunk_bytes=1 << 20)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    encodings = []
+    rng = np.random.default_rng(9)
+    for r in range(3):
+        t = p.trainings.pop(0)
+        delta = {k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in t.weights.items()}
+        p.agent(p.a.handle(TrainingDone(t.task.task_id, delta, 5), float(r)))
+        while p.to_ground or p.to_agent:
+            while p.to_ground:
+                p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), float(r)))
+            for f in list(p.to_agent):
+                m = decode(f)
+                if isinstance(m, Task) and m.model is not None:
+                    encodings.append(m.model.encoding)
+            while p.to_agent:
+                p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), float(r)))
+        assert p.a.version == p.g.version == r + 1
+        for k, v in p.g.global_model.items():
+            assert p.a.weights[k].tobytes() == v.tobytes()
+    assert encodings == ["codec", "codec", "codec"]

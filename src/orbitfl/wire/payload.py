@@ -83,7 +83,13 @@ def decode_payload(d: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] |
         pipe = pipeline(recipe)
         payload = Payload.from_wire(body, expect=shapes)
         out = pipe.decode(payload)
+    except WireError:
+        raise
     except (ValueError, TypeError, KeyError) as exc:
         reason = Reason.BAD_SHAPE if "shape" in str(exc) else Reason.BAD_PAYLOAD
         raise WireError(reason, f"UPDATE.payload ({recipe}): {exc}") from None
+    except Exception as exc:  # hostile bytes must never take the ground down, whatever the codec does
+        raise WireError(
+            Reason.BAD_PAYLOAD, f"UPDATE.payload ({recipe}): {type(exc).__name__}: {exc}"
+        ) from None
     return {str(k): np.asarray(v) for k, v in out.items()}
