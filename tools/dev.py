@@ -95,7 +95,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
     setup(job)
     if job == "demo":
-        run([str(BIN / "orbitfl"), "codec", "bench"])
+        # float32 FedAvg first, then the default codec, side by side: the ratio is the point.
+        run([str(BIN / "orbitfl"), "demo", "--compare", "--report", "out/demo/report.json"])
         return 0
     tflite_runtime_env()
     cpp_tests()
