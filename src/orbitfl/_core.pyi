@@ -5,7 +5,7 @@ This file is the contract between the kernels (csrc/), their NumPy reference
 
 Conventions for every kernel:
 - float inputs are float32 and C-contiguous, of any shape (read as flat); any other dtype is a
-  TypeError, a non-contiguous or misaligned array a ValueError. Inputs are never copied.
+  TypeError, a non-contiguous array a ValueError. Inputs are never copied.
 - bad values (bits out of range, k > n, wrong lengths, NaN/Inf where a kernel cannot give them a
   meaning) raise ValueError with a message naming the argument.
 - the GIL is released while computing, so kernels may be called from several threads at once.
@@ -29,6 +29,8 @@ U32 = NDArray[np.uint32]
 # ---------------------------------------------------------------------------------------------
 # Bit packing
 # ---------------------------------------------------------------------------------------------
+# The quantization family (to unpack_bits ... sign_decode) also refuses misaligned views
+# (np.frombuffer at an odd offset) with ValueError.
 def pack_bits(symbols: U8, bits: int) -> U8:
     """Pack uint8 symbols (each < 2**bits, bits in 1..8) densely; len = ceil(n*bits/8)."""
 
