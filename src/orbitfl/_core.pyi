@@ -29,6 +29,8 @@ U32 = NDArray[np.uint32]
 # ---------------------------------------------------------------------------------------------
 # Bit packing
 # ---------------------------------------------------------------------------------------------
+# The kernels from here to sign_decode also refuse misaligned views
+# (np.frombuffer at an odd offset) with ValueError.
 def pack_bits(symbols: U8, bits: int) -> U8:
     """Pack uint8 symbols (each < 2**bits, bits in 1..8) densely; len = ceil(n*bits/8)."""
 
@@ -86,7 +88,8 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     Returns (indices ascending, values acc[indices]). Ties in |acc| go to the lower index.
     If residual is given (float32, C-contiguous, writable, same size as x) it is updated in place
     to acc with the kept entries zeroed: the error the caller feeds back next round.
-    0 <= k <= x.size; NaN/Inf in x or residual: ValueError.
+    0 <= k <= x.size; NaN/Inf in x or residual, or x + residual overflowing: ValueError (the
+    residual is left untouched).
     """
 
 def delta_encode_indices(indices: U32) -> U8:

@@ -151,6 +151,14 @@ def test_quantize_constant_and_single_buckets_are_exact(kern: ModuleType) -> Non
     np.testing.assert_array_equal(kern.dequantize(packed, lo, step, 100, 2, 1), y)
 
 
+def test_bucket_larger_than_x(kern: ModuleType) -> None:
+    x = np.array([1.0, -2.0, 4.0], F32)
+    packed, lo, step = kern.quantize(x, 3, 2**40)
+    assert lo.tolist() == [-2.0] and step.tolist() == [float(F32(6.0) / F32(7.0))]
+    x_hat = kern.dequantize(packed, lo, step, 3, 3, 2**40)
+    assert np.abs(x_hat - x).max() <= 3.0 / 7.0 + 1e-6
+
+
 def test_quantize_zero_min_is_positive_zero(kern: ModuleType) -> None:
     _, lo, step = kern.quantize(np.array([-0.0, 0.0, -0.0, 0.0], F32), 4, 4)
     assert np.signbit(lo).tolist() == [False] and np.signbit(step).tolist() == [False]
@@ -212,6 +220,27 @@ def test_a_million_values(kern: ModuleType) -> None:
     assert kern.unpack_bits(packed, x.size, 1).sum() == (x >= 0).sum()
     assert scale == pytest.approx(float(np.abs(x.astype(np.float64)).mean()), rel=1e-6)
     np.testing.assert_array_equal(kern.from_float16(kern.to_float16(x)), x.astype(np.float16).astype(F32))
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    x = np.arange(64, dtype=F32)
+    with pytest.raises(ValueError, match="aligned"):
+        kern.quantize(misaligned(x), 4)
+    with pytest.raises(ValueError, match="aligned"):
+        kern.topk(x, 3, misaligned(x))
+    with pytest.raises(ValueError, match="aligned"):
+        kern.from_float16(misaligned(np.zeros(8, np.uint16)))
+    with pytest.raises(ValueError, match="aligned"):
+        kern.delta_encode_indices(misaligned(np.arange(4, dtype=np.uint32)))
+    # uint8 buffers have no alignment to break
+    packed = kern.pack_bits(np.ones(8, np.uint8), 1)
+    assert kern.unpack_bits(np.frombuffer(b"\0" + packed.tobytes(), np.uint8, offset=1), 8, 1).sum() == 8
 
 
 def test_huge_n_with_a_short_buffer_is_a_value_error(kern: ModuleType) -> None:
