@@ -12,7 +12,7 @@ import tempfile
 
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="orbitfl-hypothesis-"))
 
-from hypothesis import settings  # noqa: E402  (must follow the storage directory)
+from hypothesis import settings  # imported after the storage directory is set
 
 settings.register_profile("orbitfl", database=None, deadline=None)
 settings.load_profile("orbitfl")

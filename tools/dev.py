@@ -36,7 +36,7 @@ def run(cmd: list[str], **kwargs: object) -> None:
 
 
 def setup(job: str) -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036  (this script runs under whatever python3 the system has)
         sys.exit(f"orbitfl needs Python >= 3.10; this is {sys.version.split()[0]}")
     if not shutil.which("c++") and not shutil.which("g++") and not shutil.which("clang++"):
         sys.exit("no C++ compiler found: install one with C++17 support (Debian/Ubuntu: apt-get install g++)")
