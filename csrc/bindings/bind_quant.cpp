@@ -1,8 +1,361 @@
-// Placeholder: filled in by the kernel work of issue 2.
+// Bindings of the quantization family: bit packing, uniform quantization, casts, top-k, sign.
+// Arguments are validated and outputs allocated under the GIL; kernels run with it released and
+// read the caller's arrays in place (no conversion, no copy).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "bitpack.hpp"
+#include "common.hpp"
+#include "halfcast.hpp"
+#include "quantize.hpp"
+#include "sign.hpp"
+#include "topk.hpp"
 
 namespace py = pybind11;
 
 namespace orbitfl::bindings {
-void register_quant(py::module_& m) { (void)m; }
+namespace {
+
+std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
+
+// The array behind `obj`, if it is a C-contiguous ndarray of exactly dtype T: a wrong dtype is a
+// TypeError (never a silent conversion), a strided view a ValueError.
+template <typename T>
+py::array checked(py::handle obj, const char* name) {
+  const py::dtype want = py::dtype::of<T>();
+  const std::string want_name = py::str(want);
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + want_name + ", got " +
+                         type_name(obj));
+  }
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().equal(want)) {
+    throw py::type_error(std::string(name) + " must have dtype " + want_name + ", got " +
+                         std::string(py::str(a.dtype())));
+  }
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  return a;
+}
+
+// A residual the kernel updates in place: float32, C-contiguous, writable, same size as x.
+float* residual_ptr(py::handle obj, std::size_t n) {
+  if (obj.is_none()) return nullptr;
+  py::array r = checked<float>(obj, "residual");
+  if (static_cast<std::size_t>(r.size()) != n) {
+    throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
+                          std::to_string(r.size()));
+  }
+  if (!r.writeable()) throw py::value_error("residual must be writable (it is updated in place)");
+  return static_cast<float*>(r.mutable_data());
+}
+
+void check_bits_arg(int bits) {
+  if (bits < 1 || bits > 8) throw py::value_error("bits must be in 1..8, got " + std::to_string(bits));
+}
+
+std::size_t count_arg(long long v, const char* name) {
+  if (v < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(v));
+  return static_cast<std::size_t>(v);
+}
+
+std::size_t bucket_arg(long long v) {
+  if (v < 1) throw py::value_error("bucket must be >= 1, got " + std::to_string(v));
+  return static_cast<std::size_t>(v);
+}
+
+std::uint64_t seed_arg(py::handle h) {
+  PyObject* idx = PyNumber_Index(h.ptr());
+  if (!idx) {
+    PyErr_Clear();
+    throw py::type_error("seed must be an int, got " + type_name(h));
+  }
+  auto o = py::reinterpret_steal<py::object>(idx);
+  unsigned long long v = PyLong_AsUnsignedLongLong(o.ptr());
+  if (v == std::numeric_limits<unsigned long long>::max() && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::value_error("seed must be in 0..2**64-1, got " + std::string(py::str(o)));
+  }
+  return v;
+}
+
+template <typename T>
+const T* cdata(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* wdata(py::array_t<T>& a) {
+  return a.mutable_data();
+}
+
+}  // namespace
+
+void register_quant(py::module_& m) {
+  m.def(
+      "pack_bits",
+      [](py::object symbols, int bits) {
+        py::array s = checked<std::uint8_t>(symbols, "symbols");
+        check_bits_arg(bits);
+        const auto n = static_cast<std::size_t>(s.size());
+        py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(packed_size(n, bits)));
+        const std::uint8_t* sp = cdata<std::uint8_t>(s);
+        std::uint8_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          pack_bits(sp, n, bits, op);
+        }
+        return out;
+      },
+      py::arg("symbols"), py::arg("bits"));
+
+  m.def(
+      "unpack_bits",
+      [](py::object packed, long long n, int bits) {
+        py::array p = checked<std::uint8_t>(packed, "packed");
+        const std::size_t count = count_arg(n, "n");
+        check_bits_arg(bits);
+        const auto len = static_cast<std::size_t>(p.size());
+        if (len < packed_size(count, bits)) {
+          throw py::value_error("packed has " + std::to_string(len) + " bytes, " +
+                                std::to_string(packed_size(count, bits)) + " needed for n=" +
+                                std::to_string(count) + " at " + std::to_string(bits) + " bits");
+        }
+        py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(count));
+        const std::uint8_t* pp = cdata<std::uint8_t>(p);
+        std::uint8_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          unpack_bits(pp, len, count, bits, op);
+        }
+        return out;
+      },
+      py::arg("packed"), py::arg("n"), py::arg("bits"));
+
+  m.def(
+      "quantize",
+      [](py::object x, int bits, long long bucket, bool stochastic, py::object seed) {
+        py::array a = checked<float>(x, "x");
+        check_bits_arg(bits);
+        const std::size_t bk = bucket_arg(bucket);
+        const std::uint64_t s = seed_arg(seed);
+        const auto n = static_cast<std::size_t>(a.size());
+        const auto nb = static_cast<py::ssize_t>(bucket_count(n, bk));
+        py::array_t<std::uint8_t> packed(static_cast<py::ssize_t>(packed_size(n, bits)));
+        py::array_t<float> lo(nb), step(nb);
+        const float* xp = cdata<float>(a);
+        std::uint8_t* pp = wdata(packed);
+        float* lp = wdata(lo);
+        float* sp = wdata(step);
+        {
+          py::gil_scoped_release release;
+          quantize(xp, n, bits, bk, stochastic, s, pp, lp, sp);
+        }
+        return py::make_tuple(packed, lo, step);
+      },
+      py::arg("x"), py::arg("bits"), py::arg("bucket") = 512, py::arg("stochastic") = false,
+      py::arg("seed") = 0);
+
+  m.def(
+      "dequantize",
+      [](py::object packed, py::object lo, py::object step, long long n, int bits, long long bucket) {
+        py::array p = checked<std::uint8_t>(packed, "packed");
+        py::array l = checked<float>(lo, "lo");
+        py::array s = checked<float>(step, "step");
+        const std::size_t count = count_arg(n, "n");
+        check_bits_arg(bits);
+        const std::size_t bk = bucket_arg(bucket);
+        const std::size_t nb = bucket_count(count, bk);
+        if (static_cast<std::size_t>(l.size()) != nb || static_cast<std::size_t>(s.size()) != nb) {
+          throw py::value_error("lo and step must have ceil(n/bucket) = " + std::to_string(nb) +
+                                " entries, got " + std::to_string(l.size()) + " and " +
+                                std::to_string(s.size()));
+        }
+        py::array_t<float> out(static_cast<py::ssize_t>(count));
+        const std::uint8_t* pp = cdata<std::uint8_t>(p);
+        const float* lp = cdata<float>(l);
+        const float* sp = cdata<float>(s);
+        float* op = wdata(out);
+        const auto len = static_cast<std::size_t>(p.size());
+        {
+          py::gil_scoped_release release;
+          dequantize(pp, len, lp, sp, nb, count, bits, bk, op);
+        }
+        return out;
+      },
+      py::arg("packed"), py::arg("lo"), py::arg("step"), py::arg("n"), py::arg("bits"),
+      py::arg("bucket") = 512);
+
+  m.def(
+      "to_float16",
+      [](py::object x) {
+        py::array a = checked<float>(x, "x");
+        const auto n = static_cast<std::size_t>(a.size());
+        py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(n));
+        const float* xp = cdata<float>(a);
+        std::uint16_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          to_float16(xp, n, op);
+        }
+        return out;
+      },
+      py::arg("x"));
+
+  m.def(
+      "from_float16",
+      [](py::object h) {
+        py::array a = checked<std::uint16_t>(h, "h");
+        const auto n = static_cast<std::size_t>(a.size());
+        py::array_t<float> out(static_cast<py::ssize_t>(n));
+        const std::uint16_t* hp = cdata<std::uint16_t>(a);
+        float* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          from_float16(hp, n, op);
+        }
+        return out;
+      },
+      py::arg("h"));
+
+  m.def(
+      "to_bfloat16",
+      [](py::object x) {
+        py::array a = checked<float>(x, "x");
+        const auto n = static_cast<std::size_t>(a.size());
+        py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(n));
+        const float* xp = cdata<float>(a);
+        std::uint16_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          to_bfloat16(xp, n, op);
+        }
+        return out;
+      },
+      py::arg("x"));
+
+  m.def(
+      "from_bfloat16",
+      [](py::object h) {
+        py::array a = checked<std::uint16_t>(h, "h");
+        const auto n = static_cast<std::size_t>(a.size());
+        py::array_t<float> out(static_cast<py::ssize_t>(n));
+        const std::uint16_t* hp = cdata<std::uint16_t>(a);
+        float* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          from_bfloat16(hp, n, op);
+        }
+        return out;
+      },
+      py::arg("h"));
+
+  m.def(
+      "topk",
+      [](py::object x, long long k, py::object residual) {
+        py::array a = checked<float>(x, "x");
+        const auto n = static_cast<std::size_t>(a.size());
+        if (k < 0 || static_cast<std::size_t>(k) > n) {
+          throw py::value_error("k must be in 0..x.size (" + std::to_string(n) + "), got " +
+                                std::to_string(k));
+        }
+        float* rp = residual_ptr(residual, n);
+        const auto kk = static_cast<std::size_t>(k);
+        py::array_t<std::uint32_t> idx(static_cast<py::ssize_t>(kk));
+        py::array_t<float> vals(static_cast<py::ssize_t>(kk));
+        const float* xp = cdata<float>(a);
+        std::uint32_t* ip = wdata(idx);
+        float* vp = wdata(vals);
+        {
+          py::gil_scoped_release release;
+          topk(xp, rp, n, kk, ip, vp);
+        }
+        return py::make_tuple(idx, vals);
+      },
+      py::arg("x"), py::arg("k"), py::arg("residual") = py::none());
+
+  m.def(
+      "delta_encode_indices",
+      [](py::object indices) {
+        py::array a = checked<std::uint32_t>(indices, "indices");
+        const auto k = static_cast<std::size_t>(a.size());
+        const std::uint32_t* ip = cdata<std::uint32_t>(a);
+        std::size_t size;
+        {
+          py::gil_scoped_release release;
+          size = delta_encoded_size(ip, k);
+        }
+        py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(size));
+        std::uint8_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          delta_encode_indices(ip, k, op);
+        }
+        return out;
+      },
+      py::arg("indices"));
+
+  m.def(
+      "delta_decode_indices",
+      [](py::object buf, long long k) {
+        py::array b = checked<std::uint8_t>(buf, "buf");
+        const std::size_t kk = count_arg(k, "k");
+        // Each index takes at least one byte: a k beyond the buffer is truncation, caught before
+        // allocating k outputs.
+        const auto len = static_cast<std::size_t>(b.size());
+        if (kk > len) {
+          throw py::value_error("buf is truncated: " + std::to_string(len) + " bytes cannot hold " +
+                                std::to_string(kk) + " varints");
+        }
+        py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(kk));
+        const std::uint8_t* bp = cdata<std::uint8_t>(b);
+        std::uint32_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          delta_decode_indices(bp, len, kk, op);
+        }
+        return out;
+      },
+      py::arg("buf"), py::arg("k"));
+
+  m.def(
+      "sign_encode",
+      [](py::object x, py::object residual) {
+        py::array a = checked<float>(x, "x");
+        const auto n = static_cast<std::size_t>(a.size());
+        float* rp = residual_ptr(residual, n);
+        py::array_t<std::uint8_t> packed(static_cast<py::ssize_t>(packed_size(n, 1)));
+        const float* xp = cdata<float>(a);
+        std::uint8_t* pp = wdata(packed);
+        float scale;
+        {
+          py::gil_scoped_release release;
+          scale = sign_encode(xp, rp, n, pp);
+        }
+        return py::make_tuple(packed, static_cast<double>(scale));
+      },
+      py::arg("x"), py::arg("residual") = py::none());
+
+  m.def(
+      "sign_decode",
+      [](py::object packed, long long n, double scale) {
+        py::array p = checked<std::uint8_t>(packed, "packed");
+        const std::size_t count = count_arg(n, "n");
+        const auto s32 = static_cast<float>(scale);
+        py::array_t<float> out(static_cast<py::ssize_t>(count));
+        const std::uint8_t* pp = cdata<std::uint8_t>(p);
+        float* op = wdata(out);
+        const auto len = static_cast<std::size_t>(p.size());
+        {
+          py::gil_scoped_release release;
+          sign_decode(pp, len, count, s32, op);
+        }
+        return out;
+      },
+      py::arg("packed"), py::arg("n"), py::arg("scale"));
+}
+
 }  // namespace orbitfl::bindings

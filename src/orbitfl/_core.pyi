@@ -43,25 +43,38 @@ def quantize(
 ) -> tuple[U8, F32, F32]:
     """Quantize x to 2**bits levels per bucket of `bucket` consecutive values.
 
-    Returns (packed, lo, step): lo[j] = min of bucket j, step[j] = (max - min) / (2**bits - 1)
-    (0 for a constant bucket), packed = pack_bits(q, bits) with q = round((x - lo) / step),
-    nearest (ties to even) or stochastic. bits in 1..8, bucket >= 1. NaN/Inf in x: ValueError.
+    Returns (packed, lo, step): lo[j] = min of bucket j (+0.0 for a zero), step[j] =
+    (max - min) / (2**bits - 1) in float32 (0 for a constant bucket), packed = pack_bits(q, bits)
+    with t = min((x - lo) * inv, 2**bits - 1), inv = float32(1 / step) (a divide by step instead
+    where 1 / step overflows, i.e. a subnormal step), q = t rounded to nearest (ties to even), or
+    stochastic: floor(t) + (u < t - floor(t)) with u = (draw >> 40) * 2**-24 and draw =
+    mix64(mix64(seed) + (i + 1) * 0x9E3779B97F4A7C15) (splitmix64's mix, i the element index,
+    mod 2**64); q = 0 where step == 0. bits in 1..8, bucket >= 1, 0 <= seed < 2**64.
+    NaN/Inf in x, or a bucket whose max - min overflows float32: ValueError.
     """
 
 def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 512) -> F32:
-    """x_hat[i] = lo[j] + q[i] * step[j], j = i // bucket."""
+    """x_hat[i] = lo[j] + q[i] * step[j], j = i // bucket (float32, product rounded first).
+
+    lo and step: ceil(n / bucket) finite values, step >= 0; packed at least ceil(n*bits/8) bytes.
+    """
 
 # ---------------------------------------------------------------------------------------------
 # Casts (IEEE-faithful: NaN/Inf preserved, overflow -> Inf, round to nearest even)
 # ---------------------------------------------------------------------------------------------
 def to_float16(x: F32) -> U16:
-    """float32 -> IEEE binary16 bit patterns (same as numpy's astype(float16).view(uint16))."""
+    """float32 -> IEEE binary16 bit patterns (same as numpy's astype(float16).view(uint16)).
 
-def from_float16(h: U16) -> F32: ...
+    NaN -> quiet NaN keeping the sign and the top payload bits. Casts return flat arrays.
+    """
+
+def from_float16(h: U16) -> F32:
+    """Exact; a NaN comes back quiet (payload kept)."""
 def to_bfloat16(x: F32) -> U16:
     """float32 -> bfloat16 bit patterns, round to nearest even; NaN stays a (quiet) NaN."""
 
-def from_bfloat16(h: U16) -> F32: ...
+def from_bfloat16(h: U16) -> F32:
+    """Exact (h << 16); a NaN comes back quiet."""
 
 # ---------------------------------------------------------------------------------------------
 # Top-k sparsification with error feedback
@@ -79,7 +92,9 @@ def delta_encode_indices(indices: U32) -> U8:
     """Strictly ascending indices -> LEB128 varints of the gaps (first gap from -1)."""
 
 def delta_decode_indices(buf: U8, k: int) -> U32:
-    """Inverse of delta_encode_indices; ValueError on a truncated or overlong buffer."""
+    """Inverse of delta_encode_indices; ValueError on a truncated or overlong buffer (bytes left
+    after k varints), a varint over 5 bytes or with a trailing zero group, a zero gap, or an index
+    beyond uint32."""
 
 # ---------------------------------------------------------------------------------------------
 # Sign compression and error-feedback sign (1 bit per value plus one scale)
@@ -87,10 +102,13 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
 def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
 
+    scale = float32(left-to-right float64 sum of |acc| / n), 0.0 for an empty x.
     If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
+    NaN/Inf in x or residual, or x + residual overflowing: ValueError.
     """
 
-def sign_decode(packed: U8, n: int, scale: float) -> F32: ...
+def sign_decode(packed: U8, n: int, scale: float) -> F32:
+    """x[i] = +scale if bit i is set else -scale, scale rounded to float32 (must stay finite)."""
 
 # ---------------------------------------------------------------------------------------------
 # Loss-aware quantization (Hou & Kwok, LAQ), the per-tensor step of SpaceDML's adaptive

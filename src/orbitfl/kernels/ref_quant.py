@@ -1,3 +1,410 @@
-"""NumPy reference: bit packing, uniform quantization, casts, top-k, sign."""
+"""NumPy reference: bit packing, uniform quantization, casts, top-k, sign.
 
-__all__: list[str] = []
+Same names, arguments, results and errors as the C++ kernels in orbitfl._core (see _core.pyi).
+Float arithmetic is written in the order the C++ uses, one float32 rounding per operation, so the
+deterministic kernels agree bit for bit; stochastic rounding uses the same counter-based generator.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "delta_decode_indices",
+    "delta_encode_indices",
+    "dequantize",
+    "from_bfloat16",
+    "from_float16",
+    "pack_bits",
+    "quantize",
+    "rng_u64",
+    "sign_decode",
+    "sign_encode",
+    "to_bfloat16",
+    "to_float16",
+    "topk",
+    "unpack_bits",
+]
+
+F32 = NDArray[np.float32]
+U8 = NDArray[np.uint8]
+U16 = NDArray[np.uint16]
+U32 = NDArray[np.uint32]
+U64 = NDArray[np.uint64]
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+# --- argument checks (the C++ bindings raise the same types with the same wording) -----------------
+def _array(name: str, a: Any, dtype: type[np.generic]) -> NDArray[Any]:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return a.reshape(-1)
+
+
+def _int(name: str, v: Any) -> int:
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+
+
+def _bits(bits: Any) -> int:
+    b = _int("bits", bits)
+    if not 1 <= b <= 8:
+        raise ValueError(f"bits must be in 1..8, got {b}")
+    return b
+
+
+def _count(name: str, v: Any) -> int:
+    n = _int(name, v)
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return n
+
+
+def _finite(name: str, a: F32) -> None:
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _residual(residual: Any, n: int) -> F32 | None:
+    if residual is None:
+        return None
+    r = _array("residual", residual, np.float32)
+    if r.size != n:
+        raise ValueError(f"residual must have the size of x ({n}), got {r.size}")
+    if not residual.flags.writeable:
+        raise ValueError("residual must be writable (it is updated in place)")
+    _finite("residual", r)
+    return r
+
+
+def _accumulate(x: F32, r: F32 | None) -> F32:
+    if r is None:
+        return x
+    with np.errstate(over="ignore"):
+        acc = x + r
+    if acc.size and not np.isfinite(acc).all():
+        raise ValueError("x + residual overflows float32")
+    return acc
+
+
+# --- bit packing ------------------------------------------------------------------------------------
+def packed_size(n: int, bits: int) -> int:
+    return (n * bits + 7) // 8
+
+
+def _pack(q: U8, bits: int) -> U8:
+    # LSB-first: symbol i occupies bits [i*bits, (i+1)*bits) of a little-endian bit stream.
+    planes = (q[:, None] >> np.arange(bits, dtype=np.uint8)) & np.uint8(1)
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def _unpack(packed: U8, n: int, bits: int) -> U8:
+    flat = np.unpackbits(packed[: packed_size(n, bits)], count=n * bits, bitorder="little")
+    weights = (np.uint8(1) << np.arange(bits, dtype=np.uint8)).astype(np.uint8)
+    out: U8 = (flat.reshape(n, bits) * weights).sum(axis=1, dtype=np.uint8)
+    return out
+
+
+def pack_bits(symbols: U8, bits: int) -> U8:
+    """Pack uint8 symbols (each < 2**bits, bits in 1..8) densely; len = ceil(n*bits/8)."""
+    s = _array("symbols", symbols, np.uint8)
+    b = _bits(bits)
+    if s.size and int(s.max()) >> b:
+        raise ValueError(f"symbols must be < 2**bits = {1 << b}, got {int(s.max())}")
+    return _pack(s, b)
+
+
+def unpack_bits(packed: U8, n: int, bits: int) -> U8:
+    """Inverse of pack_bits; ValueError if packed is shorter than ceil(n*bits/8)."""
+    p = _array("packed", packed, np.uint8)
+    count = _count("n", n)
+    b = _bits(bits)
+    need = packed_size(count, b)
+    if p.size < need:
+        raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at {b} bits")
+    return _unpack(p, count, b)
+
+
+# --- counter-based generator --------------------------------------------------------------------------
+def _mix64_int(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _mix64(z: U64) -> U64:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def rng_u64(seed: int, index: U64) -> U64:
+    """Draw number `index` of stream `seed`: mix64(mix64(seed) + (index + 1) * golden), mod 2**64.
+
+    The splitmix64 finaliser of a Weyl sequence; csrc/rng.hpp computes the same in C++.
+    """
+    key = np.uint64(_mix64_int(seed & _MASK64))
+    return _mix64(key + (index.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+
+
+def _seed(seed: Any) -> int:
+    s = _int("seed", seed)
+    if not 0 <= s <= _MASK64:
+        raise ValueError(f"seed must be in 0..2**64-1, got {s}")
+    return s
+
+
+# --- uniform quantization -----------------------------------------------------------------------------
+def quantize(
+    x: F32, bits: int, bucket: int = 512, stochastic: bool = False, seed: int = 0
+) -> tuple[U8, F32, F32]:
+    """Quantize x to 2**bits levels per bucket of `bucket` consecutive values (see _core.pyi)."""
+    v = _array("x", x, np.float32)
+    b = _bits(bits)
+    bk = _int("bucket", bucket)
+    if bk < 1:
+        raise ValueError(f"bucket must be >= 1, got {bk}")
+    s = _seed(seed)
+    _finite("x", v)
+    n = v.size
+    if n == 0:
+        empty = np.zeros(0, np.float32)
+        return np.zeros(0, np.uint8), empty, empty.copy()
+    starts = np.arange(0, n, bk)
+    mn = np.minimum.reduceat(v, starts)
+    mx = np.maximum.reduceat(v, starts)
+    with np.errstate(over="ignore"):
+        # + 0 turns a -0.0 range (-0.0 - +0.0) into +0.0: zeros' signs depend on min()'s order.
+        rng = (mx - mn) + np.float32(0)
+    if not np.isfinite(rng).all():
+        raise ValueError("x: a bucket's range max - min overflows float32")
+    levels = np.float32((1 << b) - 1)
+    # + 0 turns a -0.0 minimum into +0.0, so lo does not depend on which zero min() met first.
+    lo = (mn + np.float32(0)).astype(np.float32)
+    step = (rng / levels).astype(np.float32)
+    lo_e = np.repeat(lo, bk)[:n]
+    step_e = np.repeat(step, bk)[:n]
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = (np.float32(1) / step).astype(np.float32)
+    inv_e = np.repeat(inv, bk)[:n]
+    mul = np.isfinite(inv_e)
+    d = v - lo_e
+    t = np.zeros(n, np.float32)
+    # A multiply by 1/step (what the C++ hot loop does); a subnormal step, whose reciprocal
+    # overflows, divides instead; a constant bucket (or one whose step underflows to 0) gives q = 0.
+    np.multiply(d, inv_e, out=t, where=mul)
+    np.divide(d, step_e, out=t, where=~mul & (step_e != 0))
+    t = np.minimum(t, levels)
+    if stochastic:
+        fl = np.floor(t)
+        frac = t - fl
+        r = rng_u64(s, np.arange(n, dtype=np.uint64))
+        u = (r >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+        q = np.minimum(fl + (u < frac).astype(np.float32), levels)
+    else:
+        q = np.rint(t)
+    return _pack(q.astype(np.uint8), b), lo, step
+
+
+def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 512) -> F32:
+    """x_hat[i] = lo[j] + q[i] * step[j], j = i // bucket."""
+    p = _array("packed", packed, np.uint8)
+    lo_v = _array("lo", lo, np.float32)
+    step_v = _array("step", step, np.float32)
+    count = _count("n", n)
+    b = _bits(bits)
+    bk = _int("bucket", bucket)
+    if bk < 1:
+        raise ValueError(f"bucket must be >= 1, got {bk}")
+    nb = -(-count // bk)
+    if lo_v.size != nb or step_v.size != nb:
+        raise ValueError(
+            f"lo and step must have ceil(n/bucket) = {nb} entries, got {lo_v.size} and {step_v.size}"
+        )
+    _finite("lo", lo_v)
+    _finite("step", step_v)
+    if nb and (step_v < 0).any():
+        raise ValueError("step must be >= 0")
+    need = packed_size(count, b)
+    if p.size < need:
+        raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at {b} bits")
+    q = _unpack(p, count, b).astype(np.float32)
+    x_hat: F32 = np.repeat(lo_v, bk)[:count] + q * np.repeat(step_v, bk)[:count]
+    return x_hat
+
+
+# --- casts ----------------------------------------------------------------------------------------------
+def to_float16(x: F32) -> U16:
+    """float32 -> IEEE binary16 bit patterns, round to nearest even; NaN -> quiet NaN (sign and top
+    payload bits kept), overflow -> Inf."""
+    f = _array("x", x, np.float32).view(np.uint32)
+    sign = ((f >> np.uint32(16)) & np.uint32(0x8000)).astype(np.uint32)
+    a = f & np.uint32(0x7FFFFFFF)
+    out = np.empty(f.size, np.uint32)
+    nan = a > np.uint32(0x7F800000)
+    big = (a >= np.uint32(0x477FF000)) & ~nan  # rounds to >= 65520 -> Inf
+    small = a < np.uint32(0x38800000)  # below the smallest normal half 2**-14
+    normal = ~(nan | big | small)
+    out[nan] = np.uint32(0x7E00) | ((a[nan] >> np.uint32(13)) & np.uint32(0x3FF))
+    out[big] = np.uint32(0x7C00)
+    an = a[normal]
+    # Rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even.
+    odd = (an >> np.uint32(13)) & np.uint32(1)
+    out[normal] = (an - np.uint32((127 - 15) << 23) + np.uint32(0xFFF) + odd) >> np.uint32(13)
+    # Subnormal halves: value * 2**24 rounded to an integer, by float arithmetic on the exact
+    # magic 0.5: adding it aligns the binary point so the FPU rounds to nearest even for us.
+    sub = a[small].view(np.float32) + np.float32(0.5)
+    out[small] = sub.view(np.uint32) - np.uint32(0x3F000000)
+    return (out | sign).astype(np.uint16)
+
+
+def from_float16(h: U16) -> F32:
+    """IEEE binary16 bit patterns -> float32 (exact); NaN -> quiet NaN with its payload."""
+    v = _array("h", h, np.uint16)
+    out = v.view(np.float16).astype(np.float32)
+    nan = (v & np.uint16(0x7C00)) == np.uint16(0x7C00)
+    nan &= (v & np.uint16(0x3FF)) != 0
+    if nan.any():
+        bits = out.view(np.uint32)
+        hv = v[nan].astype(np.uint32)
+        bits[nan] = (
+            ((hv & np.uint32(0x8000)) << np.uint32(16))
+            | np.uint32(0x7FC00000)
+            | ((hv & np.uint32(0x3FF)) << np.uint32(13))
+        )
+    return out
+
+
+def to_bfloat16(x: F32) -> U16:
+    """float32 -> bfloat16 bit patterns, round to nearest even; NaN stays a (quiet) NaN."""
+    f = _array("x", x, np.float32).view(np.uint32)
+    nan = (f & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    with np.errstate(over="ignore"):
+        rounded = (f + np.uint32(0x7FFF) + ((f >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    out = np.where(nan, (f >> np.uint32(16)) | np.uint32(0x0040), rounded)
+    return out.astype(np.uint16)
+
+
+def from_bfloat16(h: U16) -> F32:
+    """bfloat16 bit patterns -> float32 (exact); NaN -> quiet NaN."""
+    v = _array("h", h, np.uint16).astype(np.uint32)
+    bits = v << np.uint32(16)
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    bits[nan] |= np.uint32(0x00400000)
+    return bits.view(np.float32)
+
+
+# --- top-k ------------------------------------------------------------------------------------------------
+def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
+    """Keep the k entries of largest |acc|, acc = x + residual (or x); see _core.pyi."""
+    v = _array("x", x, np.float32)
+    kk = _int("k", k)
+    if not 0 <= kk <= v.size:
+        raise ValueError(f"k must be in 0..x.size ({v.size}), got {kk}")
+    r = _residual(residual, v.size)
+    _finite("x", v)
+    acc = _accumulate(v, r)
+    # A stable sort of -|acc| puts equal magnitudes in index order: ties go to the lower index.
+    order = np.argsort(-np.abs(acc), kind="stable")
+    idx = np.sort(order[:kk]).astype(np.uint32)
+    vals = acc[idx].astype(np.float32)
+    if r is not None:
+        r[...] = acc
+        r[idx] = np.float32(0)
+    return idx, vals
+
+
+def delta_encode_indices(indices: U32) -> U8:
+    """Strictly ascending indices -> LEB128 varints of the gaps (first gap from -1)."""
+    idx = _array("indices", indices, np.uint32).astype(np.int64)
+    if idx.size == 0:
+        return np.zeros(0, np.uint8)
+    gaps = np.diff(idx, prepend=-1)
+    if (gaps <= 0).any():
+        raise ValueError("indices must be strictly ascending")
+    # Gaps are below 2**33, so at most 5 groups of 7 bits; group j is emitted if gap >= 2**(7j).
+    groups = (gaps[:, None] >> (7 * np.arange(5, dtype=np.int64))) & 0x7F
+    emitted = gaps[:, None] >= (np.int64(1) << (7 * np.arange(5, dtype=np.int64)))
+    emitted[:, 0] = True
+    more = np.zeros_like(emitted)
+    more[:, :4] = emitted[:, 1:]
+    bytes_ = (groups | (more.astype(np.int64) << 7))[emitted]
+    return bytes_.astype(np.uint8)
+
+
+def delta_decode_indices(buf: U8, k: int) -> U32:
+    """Inverse of delta_encode_indices; ValueError on a truncated or overlong buffer."""
+    b = _array("buf", buf, np.uint8)
+    kk = _count("k", k)
+    ends = np.flatnonzero(b < 0x80)  # the last byte of each varint has no continuation bit
+    if ends.size < kk:
+        raise ValueError(f"buf is truncated: {ends.size} complete varints, {kk} expected")
+    used = int(ends[kk - 1]) + 1 if kk else 0
+    if used != b.size:
+        raise ValueError(f"buf is overlong: {b.size - used} bytes after {kk} varints")
+    if kk == 0:
+        return np.zeros(0, np.uint32)
+    ends = ends[:kk]
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if (lengths > 5).any():
+        raise ValueError("buf holds a varint longer than 5 bytes")
+    if ((lengths > 1) & (b[ends] == 0)).any():
+        raise ValueError("buf holds a non-canonical varint (trailing zero group)")
+    pos = np.arange(b.size) - np.repeat(starts, lengths)
+    vals = (b.astype(np.int64) & 0x7F) << (7 * pos)
+    gaps = np.add.reduceat(vals, starts)
+    if (gaps == 0).any():
+        raise ValueError("buf holds a zero gap: indices must be strictly ascending")
+    idx = np.cumsum(gaps) - 1
+    if idx[-1] > 0xFFFFFFFF:
+        raise ValueError("buf decodes to an index beyond uint32")
+    return idx.astype(np.uint32)
+
+
+# --- sign -----------------------------------------------------------------------------------------------
+def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
+    """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
+
+    The mean is a sequential float64 sum of |acc| divided by n, rounded to float32.
+    If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
+    """
+    v = _array("x", x, np.float32)
+    r = _residual(residual, v.size)
+    _finite("x", v)
+    acc = _accumulate(v, r)
+    n = acc.size
+    # cumsum adds strictly left to right (sum() is pairwise), which is the order the C++ uses.
+    total = float(np.cumsum(np.abs(acc), dtype=np.float64)[-1]) if n else 0.0
+    scale = np.float32(total / n) if n else np.float32(0)
+    positive = acc >= 0
+    if r is not None:
+        r[...] = acc - np.where(positive, scale, -scale).astype(np.float32)
+    return _pack(positive.astype(np.uint8), 1), float(scale)
+
+
+def sign_decode(packed: U8, n: int, scale: float) -> F32:
+    """x[i] = +scale if bit i is set else -scale (scale rounded to float32)."""
+    p = _array("packed", packed, np.uint8)
+    count = _count("n", n)
+    with np.errstate(over="ignore"):
+        s32 = np.float32(float(scale))
+    need = packed_size(count, 1)
+    if p.size < need:
+        raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at 1 bit")
+    if not np.isfinite(s32):
+        raise ValueError("scale must be finite (as a float32)")
+    bits = _unpack(p, count, 1)
+    return np.where(bits.astype(bool), s32, -s32).astype(np.float32)
