@@ -133,15 +133,64 @@ void codes_nearest_t(const float* x, std::size_t m, float lo, float step, float 
 }
 
 // Stochastic codes: floor(t) + 1 with probability frac(t), drawn from (seed, global index).
+// t >= 0, so floor(t) is a truncating conversion (no libm call on baseline x86-64). The 24-bit
+// draws are made first, in a loop of independent 64-bit mixes the CPU overlaps, then compared.
 template <bool kMul>
 void codes_stochastic_t(const float* x, std::size_t m, float lo, float step, float inv, float levels,
                         std::uint64_t key, std::uint64_t first_index, std::uint8_t* q) {
-  for (std::size_t i = 0; i < m; ++i) {
-    const float t = std::min(scaled<kMul>(x[i] - lo, step, inv), levels);
-    const float fl = std::floor(t);
-    const float frac = t - fl;  // exact
-    const float u = rng_unit_float(rng_draw(key, first_index + i));
-    q[i] = static_cast<std::uint8_t>(std::min(fl + (u < frac ? 1.0f : 0.0f), levels));
+  constexpr std::size_t kChunk = 256;
+  alignas(16) std::int32_t u24[kChunk];
+  for (std::size_t c = 0; c < m; c += kChunk) {
+    const std::size_t len = std::min(kChunk, m - c);
+    for (std::size_t i = 0; i < len; ++i) {
+      u24[i] = static_cast<std::int32_t>(rng_draw(key, first_index + c + i) >> 40);
+    }
+    const float* xc = x + c;
+    std::uint8_t* qc = q + c;
+    std::size_t i = 0;
+#if defined(ORBITFL_SSE2)
+    const __m128 vlo = _mm_set1_ps(lo), vl = _mm_set1_ps(levels), one = _mm_set1_ps(1.0f);
+    const __m128 vf = _mm_set1_ps(kMul ? inv : step), unit = _mm_set1_ps(0x1p-24f);
+    auto code = [&](std::size_t k) {
+      const __m128 d = _mm_sub_ps(_mm_loadu_ps(xc + k), vlo);
+      const __m128 t = _mm_min_ps(kMul ? _mm_mul_ps(d, vf) : _mm_div_ps(d, vf), vl);
+      const __m128 fl = _mm_cvtepi32_ps(_mm_cvttps_epi32(t));
+      const __m128 frac = _mm_sub_ps(t, fl);
+      const __m128 u = _mm_mul_ps(_mm_cvtepi32_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(u24 + k))), unit);
+      const __m128 c = _mm_min_ps(_mm_add_ps(fl, _mm_and_ps(_mm_cmplt_ps(u, frac), one)), vl);
+      return _mm_cvttps_epi32(c);
+    };
+    for (; i + 16 <= len; i += 16) {
+      const __m128i c01 = _mm_packs_epi32(code(i), code(i + 4));
+      const __m128i c23 = _mm_packs_epi32(code(i + 8), code(i + 12));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qc + i), _mm_packus_epi16(c01, c23));
+    }
+#elif defined(ORBITFL_NEON)
+    const float32x4_t vlo = vdupq_n_f32(lo), vl = vdupq_n_f32(levels), one = vdupq_n_f32(1.0f);
+    const float32x4_t vf = vdupq_n_f32(kMul ? inv : step), unit = vdupq_n_f32(0x1p-24f);
+    auto code = [&](std::size_t k) {
+      const float32x4_t d = vsubq_f32(vld1q_f32(xc + k), vlo);
+      const float32x4_t t = vminq_f32(kMul ? vmulq_f32(d, vf) : vdivq_f32(d, vf), vl);
+      const float32x4_t fl = vcvtq_f32_s32(vcvtq_s32_f32(t));  // truncation = floor for t >= 0
+      const float32x4_t frac = vsubq_f32(t, fl);
+      const float32x4_t u = vmulq_f32(vcvtq_f32_s32(vld1q_s32(u24 + k)), unit);
+      const uint32x4_t lt = vcltq_f32(u, frac);
+      const float32x4_t inc = vreinterpretq_f32_u32(vandq_u32(lt, vreinterpretq_u32_f32(one)));
+      return vqmovun_s32(vcvtq_s32_f32(vminq_f32(vaddq_f32(fl, inc), vl)));
+    };
+    for (; i + 16 <= len; i += 16) {
+      const uint16x8_t c01 = vcombine_u16(code(i), code(i + 4));
+      const uint16x8_t c23 = vcombine_u16(code(i + 8), code(i + 12));
+      vst1q_u8(qc + i, vcombine_u8(vqmovn_u16(c01), vqmovn_u16(c23)));
+    }
+#endif
+    for (; i < len; ++i) {
+      const float t = std::min(scaled<kMul>(xc[i] - lo, step, inv), levels);
+      const float fl = static_cast<float>(static_cast<std::int32_t>(t));
+      const float frac = t - fl;  // exact
+      const float u = static_cast<float>(u24[i]) * 0x1p-24f;
+      qc[i] = static_cast<std::uint8_t>(std::min(fl + (u < frac ? 1.0f : 0.0f), levels));
+    }
   }
 }
 
@@ -196,6 +245,10 @@ void quantize(const float* x, std::size_t n, int bits, std::size_t bucket, bool 
     const float range = (mx - mn) + 0.0f;
     if (!is_finite_bits(range)) throw InvalidArgument("x: a bucket's range max - min overflows float32");
     const float lo_j = mn + 0.0f, step_j = range / levels;
+    // The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
+    if (!is_finite_bits(lo_j + levels * step_j)) {
+      throw InvalidArgument("x: a bucket's top level lo + (2**bits - 1) * step overflows float32");
+    }
     lo[j] = lo_j;
     step[j] = step_j;
     const float inv = 1.0f / step_j;

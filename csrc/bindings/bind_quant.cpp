@@ -82,6 +82,16 @@ std::uint64_t seed_arg(py::handle h) {
   return v;
 }
 
+// Checked before allocating the output, so a huge n with a short buffer is a ValueError, not an
+// attempt to allocate n outputs.
+void check_packed_len(std::size_t len, std::size_t n, int bits) {
+  if (len < packed_size(n, bits)) {
+    throw py::value_error("packed has " + std::to_string(len) + " bytes, " +
+                          std::to_string(packed_size(n, bits)) + " needed for n=" + std::to_string(n) +
+                          " at " + std::to_string(bits) + " bit" + (bits > 1 ? "s" : ""));
+  }
+}
+
 template <typename T>
 const T* cdata(const py::array& a) {
   return static_cast<const T*>(a.data());
@@ -119,11 +129,7 @@ void register_quant(py::module_& m) {
         const std::size_t count = count_arg(n, "n");
         check_bits_arg(bits);
         const auto len = static_cast<std::size_t>(p.size());
-        if (len < packed_size(count, bits)) {
-          throw py::value_error("packed has " + std::to_string(len) + " bytes, " +
-                                std::to_string(packed_size(count, bits)) + " needed for n=" +
-                                std::to_string(count) + " at " + std::to_string(bits) + " bits");
-        }
+        check_packed_len(len, count, bits);
         py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(count));
         const std::uint8_t* pp = cdata<std::uint8_t>(p);
         std::uint8_t* op = wdata(out);
@@ -174,12 +180,13 @@ void register_quant(py::module_& m) {
                                 " entries, got " + std::to_string(l.size()) + " and " +
                                 std::to_string(s.size()));
         }
+        const auto len = static_cast<std::size_t>(p.size());
+        check_packed_len(len, count, bits);
         py::array_t<float> out(static_cast<py::ssize_t>(count));
         const std::uint8_t* pp = cdata<std::uint8_t>(p);
         const float* lp = cdata<float>(l);
         const float* sp = cdata<float>(s);
         float* op = wdata(out);
-        const auto len = static_cast<std::size_t>(p.size());
         {
           py::gil_scoped_release release;
           dequantize(pp, len, lp, sp, nb, count, bits, bk, op);
@@ -345,10 +352,11 @@ void register_quant(py::module_& m) {
         py::array p = checked<std::uint8_t>(packed, "packed");
         const std::size_t count = count_arg(n, "n");
         const auto s32 = static_cast<float>(scale);
+        const auto len = static_cast<std::size_t>(p.size());
+        check_packed_len(len, count, 1);
         py::array_t<float> out(static_cast<py::ssize_t>(count));
         const std::uint8_t* pp = cdata<std::uint8_t>(p);
         float* op = wdata(out);
-        const auto len = static_cast<std::size_t>(p.size());
         {
           py::gil_scoped_release release;
           sign_decode(pp, len, count, s32, op);

@@ -50,7 +50,8 @@ def quantize(
     stochastic: floor(t) + (u < t - floor(t)) with u = (draw >> 40) * 2**-24 and draw =
     mix64(mix64(seed) + (i + 1) * 0x9E3779B97F4A7C15) (splitmix64's mix, i the element index,
     mod 2**64); q = 0 where step == 0. bits in 1..8, bucket >= 1, 0 <= seed < 2**64.
-    NaN/Inf in x, or a bucket whose max - min overflows float32: ValueError.
+    NaN/Inf in x, or a bucket whose max - min or top level lo + (2**bits - 1) * step
+    overflows float32 (only values near +-3.4e38): ValueError.
     """
 
 def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 512) -> F32:

@@ -24,7 +24,8 @@ def bucket_stats(x: np.ndarray, bucket: int) -> tuple[np.ndarray, np.ndarray]:
 def rounding_slack(x: np.ndarray, lo: np.ndarray, rg: np.ndarray) -> np.ndarray:
     # A few float32 roundings (x - lo, the scaling, q * step, lo + ...) on top of the exact bound,
     # plus the smallest subnormals for steps that underflow.
-    return 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + 4 * 2.0**-149
+    slack: np.ndarray = 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + 4 * 2.0**-149
+    return slack
 
 
 # --- bit packing ----------------------------------------------------------------------------------
@@ -200,9 +201,31 @@ def test_stochastic_rounding_is_reproducible_and_seeded(kern: ModuleType) -> Non
     assert big[0].size == a[0].size
 
 
-def test_quantize_a_million_values(kern: ModuleType) -> None:
+def test_a_million_values(kern: ModuleType) -> None:
     x = np.random.default_rng(3).standard_normal(1_000_000).astype(F32)
     check_quantize(kern, x, 4, 512, False)
+    residual = np.zeros_like(x)
+    idx, vals = kern.topk(x, 10_000, residual)
+    assert np.abs(vals).min() >= np.abs(residual).max()
+    np.testing.assert_array_equal(kern.delta_decode_indices(kern.delta_encode_indices(idx), idx.size), idx)
+    packed, scale = kern.sign_encode(x)
+    assert kern.unpack_bits(packed, x.size, 1).sum() == (x >= 0).sum()
+    assert scale == pytest.approx(float(np.abs(x.astype(np.float64)).mean()), rel=1e-6)
+    np.testing.assert_array_equal(kern.from_float16(kern.to_float16(x)), x.astype(np.float16).astype(F32))
+
+
+def test_huge_n_with_a_short_buffer_is_a_value_error(kern: ModuleType) -> None:
+    # Checked before anything of size n is allocated.
+    p = np.zeros(4, np.uint8)
+    one = np.zeros(1, F32)
+    with pytest.raises(ValueError):
+        kern.unpack_bits(p, 2**40, 4)
+    with pytest.raises(ValueError):
+        kern.dequantize(p, one, one, 2**40, 4, 2**41)
+    with pytest.raises(ValueError):
+        kern.sign_decode(p, 2**40, 1.0)
+    with pytest.raises(ValueError):
+        kern.delta_decode_indices(p, 2**40)
 
 
 @pytest.mark.parametrize(
@@ -213,6 +236,7 @@ def test_quantize_a_million_values(kern: ModuleType) -> None:
         (lambda k: k.quantize(np.array([-np.inf] * 20, F32), 4), ValueError),
         (lambda k: k.quantize(np.array([1.0] * 40 + [np.nan], F32), 4, 64), ValueError),
         (lambda k: k.quantize(np.array([3e38, -3e38], F32), 4), ValueError),  # range overflows
+        (lambda k: k.quantize(np.array([3.4028235e38, 0], F32), 5), ValueError),  # top level does
         (lambda k: k.quantize(np.zeros(4, F32), 0), ValueError),
         (lambda k: k.quantize(np.zeros(4, F32), 9), ValueError),
         (lambda k: k.quantize(np.zeros(4, F32), 4, 0), ValueError),

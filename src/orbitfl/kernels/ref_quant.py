@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# The kernels of orbitfl._core, nothing else: `reference` re-exports exactly these. Helpers other
+# references share (rng_u64, packed_size) are imported by name.
 __all__ = [
     "delta_decode_indices",
     "delta_encode_indices",
@@ -21,7 +23,6 @@ __all__ = [
     "from_float16",
     "pack_bits",
     "quantize",
-    "rng_u64",
     "sign_decode",
     "sign_encode",
     "to_bfloat16",
@@ -194,6 +195,11 @@ def quantize(
     # + 0 turns a -0.0 minimum into +0.0, so lo does not depend on which zero min() met first.
     lo = (mn + np.float32(0)).astype(np.float32)
     step = (rng / levels).astype(np.float32)
+    with np.errstate(over="ignore"):
+        top = lo + levels * step
+    if not np.isfinite(top).all():
+        # The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
+        raise ValueError("x: a bucket's top level lo + (2**bits - 1) * step overflows float32")
     lo_e = np.repeat(lo, bk)[:n]
     step_e = np.repeat(step, bk)[:n]
     with np.errstate(divide="ignore", over="ignore"):
