@@ -9,6 +9,7 @@ aarch64 root are a cache in build/cross/ (git-ignored), shared with the script.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -33,25 +34,26 @@ cross = _load_cross()
 
 
 def _not_ready() -> str | None:
+    if os.environ.get("ORBITFL_CROSS") == "0":
+        return "aarch64 run turned off (ORBITFL_CROSS=0)"
     try:
         need = cross.missing_packages()
     except cross.Missing as exc:
         return str(exc)
     if need:
-        return f"Debian packages missing ({cross.apt_command(need)})"
-    if not cross.rootfs_ready():
-        return f"no aarch64 root in {cross.rootfs()}"
-    if not (cross.site_dir() / ".orbitfl-wheels.json").exists():
-        return f"no aarch64 wheels in {cross.site_dir()}"
-    return None
+        missing = f"Debian packages missing ({cross.apt_command(need)})"
+    elif not cross.rootfs_ready():
+        missing = f"no aarch64 root in {cross.rootfs()}"
+    elif not (cross.site_dir() / ".orbitfl-wheels.json").exists():
+        missing = f"no aarch64 wheels in {cross.site_dir()}"
+    else:
+        return None
+    return (f"aarch64 run not provisioned: {missing}; run `python3 tools/cross/aarch64.py setup` "
+            "(as root it installs the packages) or `ORBITFL_CROSS=1 python3 tools/dev.py test`")
 
 
 _reason = _not_ready()
-needs_cross = pytest.mark.skipif(
-    _reason is not None,
-    reason=f"aarch64 run not provisioned: {_reason}; run `python3 tools/cross/aarch64.py setup` "
-    "(root installs the packages) or `ORBITFL_CROSS=1 python3 tools/dev.py test`",
-)
+needs_cross = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 
 EM_AARCH64 = 183  # ELF e_machine of AArch64
 
