@@ -55,15 +55,6 @@ def _not_ready() -> str | None:
 _reason = _not_ready()
 needs_cross = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 
-EM_AARCH64 = 183  # ELF e_machine of AArch64
-
-
-def _elf_machine(path: Path) -> int:
-    header = path.read_bytes()[:20]
-    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
-    return int.from_bytes(header[18:20], "little")
-
-
 @pytest.fixture(scope="module")
 def built() -> Path:
     """Cross-build the C++ tests and orbitfl._core, and lay out the aarch64 package tree."""
@@ -77,7 +68,7 @@ def test_cpp_tests_pass_under_qemu(built: Path) -> None:
     assert tests, f"no C++ test binaries in {built}"
     for exe in tests:
         # An x86-64 binary would run without qemu and prove nothing about aarch64.
-        assert _elf_machine(exe) == EM_AARCH64, f"{exe.name} is not an aarch64 binary"
+        assert cross.elf_machine(exe) == cross.EM_AARCH64, f"{exe.name} is not an aarch64 binary"
     res = subprocess.run([cross.host_tool("ctest"), "--test-dir", str(built), "--output-on-failure"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -90,7 +81,7 @@ def test_cpp_tests_pass_under_qemu(built: Path) -> None:
 @needs_cross
 def test_core_module_is_the_aarch64_neon_build(built: Path) -> None:
     cores = list((Path(cross.package_tree()) / "orbitfl").glob("_core.*.so"))
-    assert len(cores) == 1 and _elf_machine(cores[0]) == EM_AARCH64, cores
+    assert len(cores) == 1 and cross.elf_machine(cores[0]) == cross.EM_AARCH64, cores
     res = cross.emulated_python(
         ["-c", "import platform, orbitfl._core as c; print(platform.machine(), c.simd)"],
         capture_output=True, text=True,
