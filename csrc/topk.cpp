@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -11,11 +11,37 @@
 namespace orbitfl {
 namespace {
 
-void check_finite(const float* a, std::size_t n, const char* name) {
+// NaN/Inf in x or the residual always makes acc non-finite, so one flag over acc detects every
+// bad input; only then are the inputs scanned again to name the culprit.
+[[noreturn]] void throw_nonfinite(const float* x, const float* r, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(a[i])) throw NonFinite(std::string(name) + " contains NaN or Inf");
+    if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
   }
+  for (std::size_t i = 0; r && i < n; ++i) {
+    if (!std::isfinite(r[i])) throw NonFinite("residual contains NaN or Inf");
+  }
+  throw NonFinite("x + residual overflows float32");
 }
+
+}  // namespace
+
+namespace {
+
+// |v| as its bit pattern: for non-negative floats the unsigned order of the bits is the order
+// of the values, and +0/-0 both become 0.
+inline std::uint32_t mag_bits(float v) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u & 0x7FFFFFFFu;
+}
+
+// acc[i], recomputed wherever needed (same float add each time) instead of stored: no n-sized
+// temporary.
+struct Acc {
+  const float* x;
+  const float* r;
+  float operator()(std::size_t i) const { return r ? x[i] + r[i] : x[i]; }
+};
 
 }  // namespace
 
@@ -23,43 +49,70 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
           float* vals) {
   require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
-  check_finite(x, n, "x");
-  std::vector<float> acc_buf;
-  const float* acc = x;
-  if (residual) {
-    check_finite(residual, n, "residual");
-    acc_buf.resize(n);
-    for (std::size_t i = 0; i < n; ++i) acc_buf[i] = x[i] + residual[i];
-    check_finite(acc_buf.data(), n, "x + residual (overflow)");
-    acc = acc_buf.data();
-  }
-  std::size_t taken = 0;
-  if (k == n) {
-    for (std::size_t i = 0; i < n; ++i) idx[i] = static_cast<std::uint32_t>(i);
-    taken = n;
-  } else if (k > 0) {
-    // Threshold selection instead of a full sort: T = the k-th largest magnitude; take every
-    // entry above T and, in index order, as many equal to T as still fit (ties to lower index).
-    std::vector<float> mag(n);
-    for (std::size_t i = 0; i < n; ++i) mag[i] = std::fabs(acc[i]);
-    std::nth_element(mag.begin(), mag.begin() + static_cast<std::ptrdiff_t>(k - 1), mag.end(),
-                     std::greater<float>());
-    const float t = mag[k - 1];
-    std::size_t above = 0;
-    for (std::size_t i = 0; i < n; ++i) above += std::fabs(acc[i]) > t;
-    std::size_t ties = k - above;
-    for (std::size_t i = 0; i < n && taken < k; ++i) {
-      const float a = std::fabs(acc[i]);
-      if (a > t || (a == t && ties > 0)) {
-        if (!(a > t)) --ties;
-        idx[taken++] = static_cast<std::uint32_t>(i);
-      }
+  const Acc acc{x, residual};
+  // Radix selection of T = the k-th largest |acc| over its 31 magnitude bits: an 11-bit
+  // histogram of all values finds T's top bits; the magnitudes in that bin (their number is
+  // known) are gathered without branches, and two 10-bit histograms over just those finish T.
+  // Selection is exact, so the result equals a full sort with ties to the lower index. The first
+  // pass also checks that acc is finite (so x and the residual are), before anything is written.
+  std::uint32_t t = 0;   // the threshold magnitude (bits)
+  std::size_t need = 0;  // how many entries equal to t are taken, in index order
+  if (k > 0 && k < n) {
+    std::vector<std::size_t> hist(std::size_t{1} << 11);
+    std::uint32_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t u = mag_bits(acc(i));
+      bad |= u >= 0x7F800000u;
+      ++hist[u >> 20];  // a NaN's bin is still in range; it is refused just below
     }
+    if (bad) throw_nonfinite(x, residual, n);
+    need = k;
+    // The bin, from the top, where the count reaches `need`; `need` becomes the rank inside it.
+    auto descend = [&need, &hist](std::uint32_t bins) {
+      std::size_t above = 0;
+      std::uint32_t b = bins - 1;
+      while (above + hist[b] < need) above += hist[b--];
+      need -= above;
+      return b;
+    };
+    const std::uint32_t top = descend(1u << 11);
+    std::vector<std::uint32_t> cand(hist[top] + 1);
+    std::size_t c = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t u = mag_bits(acc(i));
+      cand[c] = u;
+      c += (u >> 20) == top;
+    }
+    cand.resize(c);
+    std::fill(hist.begin(), hist.begin() + 1024, 0);
+    for (const std::uint32_t u : cand) ++hist[(u >> 10) & 1023u];
+    const std::uint32_t mid = descend(1024);
+    std::fill(hist.begin(), hist.begin() + 1024, 0);
+    for (const std::uint32_t u : cand) {
+      if (((u >> 10) & 1023u) == mid) ++hist[u & 1023u];
+    }
+    const std::uint32_t low = descend(1024);
+    t = (top << 20) | (mid << 10) | low;
+  } else {
+    std::uint32_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) bad |= mag_bits(acc(i)) >= 0x7F800000u;
+    if (bad) throw_nonfinite(x, residual, n);
+    t = k == n ? 0 : 0xFFFFFFFFu;  // keep all (no magnitude is below 0) or none
+    need = 0;
   }
-  for (std::size_t j = 0; j < taken; ++j) vals[j] = acc[idx[j]];
-  if (residual) {
-    for (std::size_t i = 0; i < n; ++i) residual[i] = acc[i];
-    for (std::size_t j = 0; j < taken; ++j) residual[idx[j]] = 0.0f;
+  // One pass writes the kept entries and the new residual. k == n keeps all, k == 0 none.
+  std::size_t taken = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float a = acc(i);
+    const std::uint32_t u = mag_bits(a);
+    const bool keep = k == n || u > t || (u == t && need > 0);
+    if (keep) {
+      if (u == t && k != n) --need;
+      idx[taken] = static_cast<std::uint32_t>(i);
+      vals[taken] = a;
+      ++taken;
+    }
+    if (residual) residual[i] = keep ? 0.0f : a;
   }
 }
 

@@ -86,7 +86,8 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     Returns (indices ascending, values acc[indices]). Ties in |acc| go to the lower index.
     If residual is given (float32, C-contiguous, writable, same size as x) it is updated in place
     to acc with the kept entries zeroed: the error the caller feeds back next round.
-    0 <= k <= x.size; NaN/Inf in x or residual: ValueError.
+    0 <= k <= x.size; NaN/Inf in x or residual, or x + residual overflowing: ValueError (the
+    residual is left untouched).
     """
 
 def delta_encode_indices(indices: U32) -> U8:
@@ -103,7 +104,8 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
 def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
 
-    scale = float32(left-to-right float64 sum of |acc| / n), 0.0 for an empty x.
+    scale = float32(S / n), 0.0 for an empty x, S the float64 sum of |acc| in a fixed order: eight
+    lanes (index mod 8) each summed left to right, then ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
     If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
     NaN/Inf in x or residual, or x + residual overflowing: ValueError.
     """

@@ -21,10 +21,10 @@ def bucket_stats(x: np.ndarray, bucket: int) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(mn, bucket)[: x.size], np.repeat(rg, bucket)[: x.size]
 
 
-def rounding_slack(x: np.ndarray, lo: np.ndarray, rg: np.ndarray) -> np.ndarray:
+def rounding_slack(x: np.ndarray, lo: np.ndarray, rg: np.ndarray, levels: int) -> np.ndarray:
     # A few float32 roundings (x - lo, the scaling, q * step, lo + ...) on top of the exact bound,
-    # plus the smallest subnormals for steps that underflow.
-    slack: np.ndarray = 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + 4 * 2.0**-149
+    # plus step's own rounding in the subnormal range (half a unit of 2**-149 per level).
+    slack: np.ndarray = 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + (levels + 4) * 2.0**-149
     return slack
 
 
@@ -100,7 +100,7 @@ def check_quantize(kern: ModuleType, x: np.ndarray, bits: int, bucket: int, stoc
     np.testing.assert_allclose(step.astype(np.float64), rg[::bucket] / levels, rtol=4 * EPS, atol=2.0**-149)
     step_e = np.repeat(step.astype(np.float64), bucket)[:n]
     err = np.abs(x.ravel().astype(np.float64) - x_hat.astype(np.float64))
-    slack = rounding_slack(x.ravel(), mn, rg)
+    slack = rounding_slack(x.ravel(), mn, rg, levels)
     zero_step = step_e == 0  # the range underflowed: q = 0, error <= range
     if stochastic:
         assert (err[~zero_step] < step_e[~zero_step] + slack[~zero_step]).all()
@@ -149,6 +149,14 @@ def test_quantize_constant_and_single_buckets_are_exact(kern: ModuleType) -> Non
     y = np.random.default_rng(1).standard_normal(100).astype(F32)
     packed, lo, step = kern.quantize(y, 2, 1)  # bucket 1: every value is its own minimum
     np.testing.assert_array_equal(kern.dequantize(packed, lo, step, 100, 2, 1), y)
+
+
+def test_bucket_larger_than_x(kern: ModuleType) -> None:
+    x = np.array([1.0, -2.0, 4.0], F32)
+    packed, lo, step = kern.quantize(x, 3, 2**40)
+    assert lo.tolist() == [-2.0] and step.tolist() == [float(F32(6.0) / F32(7.0))]
+    x_hat = kern.dequantize(packed, lo, step, 3, 3, 2**40)
+    assert np.abs(x_hat - x).max() <= 3.0 / 7.0 + 1e-6
 
 
 def test_quantize_zero_min_is_positive_zero(kern: ModuleType) -> None:
@@ -374,12 +382,17 @@ def test_topk_picks_largest_magnitudes_ties_to_lower_index(kern: ModuleType) -> 
 
 def test_topk_matches_a_full_sort(kern: ModuleType) -> None:
     rng = np.random.default_rng(4)
-    x = rng.integers(-50, 50, 20_000).astype(F32)  # many ties
-    for k in (1, 10, 777, 19_999):
-        idx, vals = kern.topk(x, k)
-        order = np.lexsort((np.arange(x.size), -np.abs(x)))
-        np.testing.assert_array_equal(idx, np.sort(order[:k]))
-        np.testing.assert_array_equal(vals, x[idx])
+    ties = rng.integers(-50, 50, 20_000).astype(F32)
+    sign = rng.choice([-1, 1], 20_000).astype(F32)
+    # magnitudes that differ only in their lowest mantissa bits (same exponent, one top bin)
+    close = (F32(1) + rng.integers(0, 3000, 20_000).astype(F32) * F32(2**-23)) * sign
+    subnormal = rng.integers(0, 2000, 20_000).astype(np.uint32).view(F32) * sign
+    for x in (ties, close.astype(F32), subnormal):
+        for k in (1, 10, 777, 19_999):
+            idx, vals = kern.topk(x, k)
+            order = np.lexsort((np.arange(x.size), -np.abs(x)))
+            np.testing.assert_array_equal(idx, np.sort(order[:k]))
+            np.testing.assert_array_equal(vals, x[idx])
 
 
 def test_topk_error_feedback(kern: ModuleType) -> None:

@@ -200,11 +200,11 @@ def quantize(
     if not np.isfinite(top).all():
         # The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
         raise ValueError("x: a bucket's top level lo + (2**bits - 1) * step overflows float32")
-    lo_e = np.repeat(lo, bk)[:n]
-    step_e = np.repeat(step, bk)[:n]
+    j = np.arange(n) // bk  # bucket of each value
+    lo_e, step_e = lo[j], step[j]
     with np.errstate(divide="ignore", over="ignore"):
         inv = (np.float32(1) / step).astype(np.float32)
-    inv_e = np.repeat(inv, bk)[:n]
+    inv_e = inv[j]
     mul = np.isfinite(inv_e)
     d = v - lo_e
     t = np.zeros(n, np.float32)
@@ -247,7 +247,8 @@ def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 
     if p.size < need:
         raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at {b} bits")
     q = _unpack(p, count, b).astype(np.float32)
-    x_hat: F32 = np.repeat(lo_v, bk)[:count] + q * np.repeat(step_v, bk)[:count]
+    j = np.arange(count) // bk
+    x_hat: F32 = lo_v[j] + q * step_v[j]
     return x_hat
 
 
@@ -381,10 +382,22 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
 
 
 # --- sign -----------------------------------------------------------------------------------------------
+def _lane_sum(a: F32) -> float:
+    """Float64 sum in the C++ order: eight lanes (i mod 8) each added left to right, then a tree.
+
+    cumsum down the columns is a strictly sequential accumulate (sum() would be pairwise); the
+    zero padding leaves every lane sum unchanged.
+    """
+    padded = np.zeros(-(-a.size // 8) * 8, np.float64)
+    padded[: a.size] = a
+    lane = np.cumsum(padded.reshape(-1, 8), axis=0)[-1]
+    return float(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])))
+
+
 def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
 
-    The mean is a sequential float64 sum of |acc| divided by n, rounded to float32.
+    The mean is _lane_sum(|acc|) / n rounded to float32 (the C++ summation order).
     If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
     """
     v = _array("x", x, np.float32)
@@ -392,9 +405,7 @@ def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     _finite("x", v)
     acc = _accumulate(v, r)
     n = acc.size
-    # cumsum adds strictly left to right (sum() is pairwise), which is the order the C++ uses.
-    total = float(np.cumsum(np.abs(acc), dtype=np.float64)[-1]) if n else 0.0
-    scale = np.float32(total / n) if n else np.float32(0)
+    scale = np.float32(_lane_sum(np.abs(acc)) / n) if n else np.float32(0)
     positive = acc >= 0
     if r is not None:
         r[...] = acc - np.where(positive, scale, -scale).astype(np.float32)
