@@ -187,13 +187,13 @@ void sorted_centroids(const float* x, std::size_t n, int k, bool exact, float* o
 }
 
 // Values on a uniform grid over [lo, hi], with each bin's count, sums of x - shift and value
-// range, and the value indices grouped by bin (index order within a bin).
+// range, and the values grouped by bin (index order within a bin).
 struct Bins {
   double shift = 0.0;
   std::vector<std::int64_t> cnt;
   std::vector<double> s1, s2;
   std::vector<float> vmin, vmax;
-  std::vector<std::uint32_t> order;
+  std::vector<float> values;  // x grouped by bin, index order within a bin: contiguous reads
   std::vector<std::size_t> start;
 };
 
@@ -222,15 +222,15 @@ Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
   b.start.assign(nb + 1, 0);
   for (std::size_t t = 0; t < nb; ++t) b.start[t + 1] = b.start[t] + static_cast<std::size_t>(b.cnt[t]);
   std::vector<std::size_t> fill(b.start.begin(), b.start.end() - 1);
-  b.order.resize(n);
-  for (std::size_t i = 0; i < n; ++i) b.order[fill[bin[i]]++] = static_cast<std::uint32_t>(i);
+  b.values.resize(n);
+  for (std::size_t i = 0; i < n; ++i) b.values[fill[bin[i]]++] = x[i];
   return b;
 }
 
 // Lloyd on the raw values until no centroid moves. A bin whose smallest and largest value get
 // the same label adds its (count, sum) in one step; the values of bins straddling a boundary are
 // labelled one by one. Same result as per-value Lloyd; sums run in bin order, index order within.
-void lloyd(const float* x, const Bins& b, float* c, int k, int iters) {
+void lloyd(const Bins& b, float* c, int k, int iters) {
   Labeler label;
   std::vector<double> sums(static_cast<std::size_t>(k)), counts(static_cast<std::size_t>(k));
   std::vector<float> next(static_cast<std::size_t>(k));
@@ -249,7 +249,7 @@ void lloyd(const float* x, const Bins& b, float* c, int k, int iters) {
         continue;
       }
       for (std::size_t p = b.start[t]; p < b.start[t + 1]; ++p) {
-        double v = static_cast<double>(x[b.order[p]]);
+        double v = static_cast<double>(b.values[p]);
         std::size_t l = label(v);
         sums[l] += v - b.shift;
         counts[l] += 1.0;
@@ -364,7 +364,7 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
         sorted_centroids(x, n, k, false, centroids);
       }
     }
-    lloyd(x, b, centroids, k, iters);
+    lloyd(b, centroids, k, iters);
   }
   return assign(x, n, centroids, k, labels);
 }
@@ -372,7 +372,9 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
 void check_centroids(const float* centroids, int k) {
   require(k >= 1 && k <= kKMeansMaxK, "centroids must have 1..256 entries, got " + std::to_string(k));
   check_finite(centroids, static_cast<std::size_t>(k), "centroids");
-  for (int j = 1; j < k; ++j) require(!(centroids[j] < centroids[j - 1]), "centroids must be ascending");
+  for (int j = 1; j < k; ++j) {
+    if (centroids[j] < centroids[j - 1]) throw InvalidArgument("centroids must be ascending");
+  }
 }
 
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,

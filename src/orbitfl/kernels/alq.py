@@ -67,7 +67,9 @@ def _tensors(x: Mapping[str, F32], d: Mapping[str, F32]) -> list[str]:
     for name in x:
         for what, a in (("x", x[name]), ("d", d[name])):
             if not isinstance(a, np.ndarray):
-                raise TypeError(f"{what}[{name!r}] must be a numpy.ndarray of float32, got {type(a).__name__}")
+                raise TypeError(
+                    f"{what}[{name!r}] must be a numpy.ndarray of float32, got {type(a).__name__}"
+                )
             if a.dtype != np.float32:
                 raise TypeError(f"{what}[{name!r}] must have dtype float32, got {a.dtype}")
         if x[name].shape != d[name].shape:

@@ -212,9 +212,9 @@ def _sorted_centroids(x: F32, k: int, exact: bool) -> F32:
             )
         g = -(-u // q)
         chunk = np.arange(u) // g
-        cnt = np.bincount(chunk, weights=cnt)
-        s1 = np.bincount(chunk, weights=s1)
-        s2 = np.bincount(chunk, weights=s2)
+        cnt = np.bincount(chunk, weights=cnt).astype(np.float64, copy=False)
+        s1 = np.bincount(chunk, weights=s1).astype(np.float64, copy=False)
+        s2 = np.bincount(chunk, weights=s2).astype(np.float64, copy=False)
     return _dp_centroids(cnt, s1, s2, k, shift)
 
 
@@ -254,8 +254,8 @@ def _bin(x: F32, lo: float, hi: float, nbins: int) -> _Bins:
         shift=shift,
         d=d,
         cnt=cnt,
-        s1=np.bincount(b, weights=d, minlength=nbins),
-        s2=np.bincount(b, weights=d * d, minlength=nbins),
+        s1=np.bincount(b, weights=d, minlength=nbins).astype(np.float64, copy=False),
+        s2=np.bincount(b, weights=d * d, minlength=nbins).astype(np.float64, copy=False),
         vmin=vmin,
         vmax=vmax,
         order=np.argsort(b, kind="stable"),
@@ -407,6 +407,35 @@ def _nearest(xd: F64, alpha: float, bits: int) -> I64:
     return np.clip(np.rint(u), 0.0, float(nlev - 1)).astype(np.int64)
 
 
+def _fit_alpha(xf: F32, dd: F64, bits: int, lev: F64, alpha: float, max_iter: int, tol: float) -> float:
+    """The alternation for bits >= 2 over values sorted once (by value, then index).
+
+    The code is monotone in x, so the codes of one step are L-1 step positions and the per-level
+    sums of d*x and d come from prefix sums: O(L log n) per step in the C++.
+    """
+    order = np.argsort(xf, kind="stable")
+    xs = xf[order].astype(np.float64)
+    ds = dd[order]
+    pdx = np.concatenate(([0.0], np.cumsum(ds * xs)))
+    pd = np.concatenate(([0.0], np.cumsum(ds)))
+    n = xs.size
+    steps = np.arange(1, lev.size)
+    for _ in range(max_iter):
+        bound = np.concatenate(([0], np.searchsorted(_nearest(xs, alpha, bits), steps, side="left"), [n]))
+        num = _seqsum(lev * (pdx[bound[1:]] - pdx[bound[:-1]]))
+        den = _seqsum((lev * lev) * (pd[bound[1:]] - pd[bound[:-1]]))
+        if den == 0.0:
+            break
+        new = num / den
+        if not new > 0.0:
+            break  # only rounding of the prefix sums could get here; keep alpha
+        delta = abs(new - alpha)
+        alpha = new
+        if delta <= tol * alpha:
+            break
+    return alpha
+
+
 def _laq_bits(bits: Any) -> int:
     b = _int("bits", bits)
     if not 1 <= b <= 8:
@@ -441,22 +470,13 @@ def laq_quantize(
     xd = xf.astype(np.float64)
     dd = df.astype(np.float64)
     alpha = float(np.abs(xd).max())
-    if alpha > 0.0:
-        for _ in range(mi):
-            lb = lev[_nearest(xd, alpha, b)]
-            den = _seqsum(dd * (lb * lb))
-            if den == 0.0:
-                break
-            new = _seqsum(dd * (xd * lb)) / den
-            delta = abs(new - alpha)
-            alpha = new
-            if delta <= tl * alpha:
-                break
+    if alpha > 0.0 and b == 1:
+        # codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
+        alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
+    elif alpha > 0.0:
+        alpha = _fit_alpha(xf, dd, b, lev, alpha, mi, tl)
     alpha_f = float(np.float32(alpha))
-    if alpha_f > 0.0:
-        codes = _nearest(xd, alpha_f, b)
-    else:
-        codes = np.full(n, zero_code, np.int64)
+    codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
     e = xd - xhat
     err = _seqsum(dd * (e * e))
@@ -549,7 +569,9 @@ def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
     if nrep and c.size == 0:
         raise ValueError("mask marks replaced values but centroids is empty")
     if ex.size != nn - nrep:
-        raise ValueError(f"exact must have {nn - nrep} values (n minus the mask's {nrep} ones), got {ex.size}")
+        raise ValueError(
+            f"exact must have {nn - nrep} values (n minus the mask's {nrep} ones), got {ex.size}"
+        )
     bits = id_bits(max(c.size, 1))
     need = (nrep * bits + 7) // 8
     if ib.size < need:
