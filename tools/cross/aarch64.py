@@ -429,9 +429,46 @@ def build() -> None:
 # --------------------------------------------------------------------------------------------
 # Tests under emulation
 # --------------------------------------------------------------------------------------------
+# Disjoint halves of the kernel suite (complementary -k expressions) for two emulated processes:
+# qemu-user runs each guest on one host thread, so two processes use both cores.
+SUITE_HALVES = (["-k", "numpy"], ["-k", "not numpy"])
+
+
+def kernel_suite(timeout: float = 1800) -> tuple[bool, str]:
+    """Run tests/kernels under the emulated Python, split in two concurrent halves.
+
+    Returns (every half passed and ran tests, the combined output)."""
+    if not (package_tree() / "orbitfl").is_dir():
+        raise Missing(f"no aarch64 package tree in {package_tree()}: run `{Path(__file__).name} build` first")
+    base = [*qemu(rootfs()), str(target_python()), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            *DEFAULT_PYTEST_ARGS]
+    for half in SUITE_HALVES:
+        print("+", " ".join([*base, *half]), "&", file=sys.stderr, flush=True)
+    procs = [subprocess.Popen([*base, *half], cwd=ROOT, env=emulated_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for half in SUITE_HALVES]
+    outputs, ok = [], True
+    for proc, half in zip(procs, SUITE_HALVES, strict=True):
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        ran = re.search(r"\b[1-9]\d* passed", out) is not None
+        ok = ok and proc.returncode == 0 and ran
+        outputs.append(f"--- tests/kernels {' '.join(half)} (exit {proc.returncode})\n{out}")
+    return ok, "\n".join(outputs)
+
+
 def pytest(args: Sequence[str]) -> None:
+    if not args:
+        ok, out = kernel_suite()
+        print(out, flush=True)
+        if not ok:
+            raise SystemExit("[aarch64] the kernel suite failed under emulation")
+        return
     # -p no:cacheprovider: the emulated run must not leave a .pytest_cache in the repo.
-    emulated_python(["-m", "pytest", "-p", "no:cacheprovider", *(args or DEFAULT_PYTEST_ARGS)])
+    emulated_python(["-m", "pytest", "-p", "no:cacheprovider", *args])
 
 
 def digests_native(python: str, backend: str = "cpp") -> dict[str, str]:
