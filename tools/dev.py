@@ -87,6 +87,20 @@ def cpp_tests() -> None:
     run([str(BIN / "ctest"), "--test-dir", str(build), "--output-on-failure"])
 
 
+def cross_setup() -> None:
+    """Provision the aarch64 run (tests/cross, docs/aarch64.md) in CI or when ORBITFL_CROSS=1.
+
+    tests/cross runs in the same two cases (and skips, saying why, otherwise): it adds minutes of
+    emulation, which CI must pay but a developer's quick run need not. ORBITFL_CROSS=0 turns it off.
+    """
+    asked = os.environ.get("ORBITFL_CROSS", "")
+    if asked == "0" or (asked != "1" and os.environ.get("CI", "").lower() != "true"):
+        return
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "cross" / "aarch64.py"), "setup"], cwd=ROOT)
+    if res.returncode and asked == "1":
+        sys.exit(res.returncode)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in EXTRAS:
         print(__doc__)
@@ -100,6 +114,7 @@ def main(argv: list[str]) -> int:
         return 0
     tflite_runtime_env()
     cpp_tests()
+    cross_setup()
     run([str(BIN / "pytest"), "-q"])
     return 0
 
