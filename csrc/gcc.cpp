@@ -1,2 +1,131 @@
-// Placeholder: filled in by the kernel work of issue 2.
+// GCC centroid compression. orbitfl/kernels/ref_cluster.py (gcc_encode/gcc_decode) is the same in
+// NumPy; keep the two in step.
+#include "gcc.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "bitpack.hpp"
 #include "common.hpp"
+
+namespace orbitfl {
+
+int gcc_id_bits(std::size_t k) {
+  int b = 0;
+  while ((std::size_t{1} << b) < k) ++b;
+  return b < 1 ? 1 : b;
+}
+
+GccShape gcc_shape(std::size_t n, int k, double rho) {
+  require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
+  require(std::isfinite(rho), "rho must be finite");
+  require(rho >= 0.0 && rho <= 1.0, "rho must be in [0, 1], got " + std::to_string(rho));
+  GccShape s;
+  s.centroids = std::min(static_cast<std::size_t>(k), n);
+  s.replaced = std::min(n, static_cast<std::size_t>(std::floor(rho * static_cast<double>(n))));
+  s.id_bits = gcc_id_bits(s.centroids);
+  return s;
+}
+
+void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residual, int iters,
+                std::uint64_t seed, KMeansMethod method, float* centroids, std::uint8_t* mask,
+                std::uint8_t* ids, float* exact) {
+  const GccShape shape = gcc_shape(n, k, rho);
+  require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
+  }
+  std::vector<float> acc_store;
+  const float* acc = x;
+  if (residual != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(residual[i])) throw NonFinite("residual contains NaN or Inf");
+    }
+    acc_store.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      acc_store[i] = x[i] + residual[i];
+      if (!std::isfinite(acc_store[i])) throw NonFinite("x + residual contains NaN or Inf");
+    }
+    acc = acc_store.data();
+  }
+  if (n == 0) return;
+  const int ke = static_cast<int>(shape.centroids);
+  std::vector<std::uint8_t> labels(n);
+  kmeans1d(acc, n, ke, method, iters, seed, centroids, labels.data());
+
+  // The floor(rho*n) values nearest their centroid, ties to the lower index.
+  std::vector<double> dist(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    dist[i] = std::fabs(static_cast<double>(acc[i]) - static_cast<double>(centroids[labels[i]]));
+  }
+  std::vector<std::uint8_t> replaced(n, 0);
+  if (shape.replaced == n) {
+    std::fill(replaced.begin(), replaced.end(), 1);
+  } else if (shape.replaced > 0) {
+    std::vector<std::uint32_t> idx(n);
+    std::iota(idx.begin(), idx.end(), 0u);
+    auto before = [&dist](std::uint32_t a, std::uint32_t b) {
+      return dist[a] < dist[b] || (dist[a] == dist[b] && a < b);
+    };
+    std::nth_element(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(shape.replaced), idx.end(), before);
+    for (std::size_t t = 0; t < shape.replaced; ++t) replaced[idx[t]] = 1;
+  }
+
+  std::vector<std::uint8_t> id_list;
+  id_list.reserve(shape.replaced);
+  std::size_t e = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (replaced[i]) {
+      id_list.push_back(labels[i]);
+      if (residual != nullptr) residual[i] = acc[i] - centroids[labels[i]];
+    } else {
+      exact[e++] = acc[i];
+      if (residual != nullptr) residual[i] = 0.0f;
+    }
+  }
+  pack_bits_unchecked(replaced.data(), n, 1, mask);
+  pack_bits_unchecked(id_list.data(), id_list.size(), shape.id_bits, ids);
+}
+
+std::size_t gcc_count_replaced(const std::uint8_t* mask, std::size_t mask_len, std::size_t n) {
+  require(mask_len >= packed_size(n, 1), "mask has " + std::to_string(mask_len) + " bytes, " +
+                                             std::to_string(packed_size(n, 1)) + " needed for n=" +
+                                             std::to_string(n));
+  std::size_t r = 0;
+  for (std::size_t i = 0; i < n; ++i) r += (mask[i >> 3] >> (i & 7)) & 1u;
+  return r;
+}
+
+void gcc_decode(const float* centroids, std::size_t k, const std::uint8_t* mask,
+                std::size_t mask_len, const std::uint8_t* ids, std::size_t ids_len,
+                const float* exact, std::size_t exact_len, std::size_t n, float* out) {
+  require(k <= static_cast<std::size_t>(kKMeansMaxK),
+          "centroids must have at most 256 entries, got " + std::to_string(k));
+  const std::size_t r = gcc_count_replaced(mask, mask_len, n);
+  require(r == 0 || k > 0, "mask marks replaced values but centroids is empty");
+  require(exact_len == n - r, "exact must have " + std::to_string(n - r) + " values (n minus the mask's " +
+                                  std::to_string(r) + " ones), got " + std::to_string(exact_len));
+  const int bits = gcc_id_bits(k > 0 ? k : 1);
+  require(ids_len >= packed_size(r, bits), "ids has " + std::to_string(ids_len) + " bytes, " +
+                                               std::to_string(packed_size(r, bits)) + " needed for " +
+                                               std::to_string(r) + " ids at " + std::to_string(bits) + " bits");
+  std::vector<std::uint8_t> id(r);
+  unpack_bits_unchecked(ids, r, bits, id.data());
+  for (std::size_t t = 0; t < r; ++t) {
+    require(id[t] < k, "ids holds centroid id " + std::to_string(id[t]) + ", but there are " +
+                           std::to_string(k) + " centroids");
+  }
+  std::size_t t = 0, e = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if ((mask[i >> 3] >> (i & 7)) & 1u) {
+      out[i] = centroids[id[t++]];
+    } else {
+      out[i] = exact[e++];
+    }
+  }
+}
+
+}  // namespace orbitfl

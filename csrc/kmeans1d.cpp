@@ -1,2 +1,385 @@
-// Placeholder: filled in by the kernel work of issue 2.
+// 1-D k-means. See kmeans1d.hpp; orbitfl/kernels/ref_cluster.py is the same algorithm in NumPy,
+// written operation for operation, so keep the two in step.
+#include "kmeans1d.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "common.hpp"
+#include "rng.hpp"
+
+namespace orbitfl {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+void check_finite(const float* x, std::size_t n, const char* name) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) throw NonFinite(std::string(name) + " contains NaN or Inf");
+  }
+}
+
+// Number of entries of the ascending a[0..len) strictly below v, without data-dependent branches
+// (the compiler turns the select into a conditional move): equals std::lower_bound.
+inline std::size_t count_below(const double* a, std::size_t len, double v) {
+  if (len == 0) return 0;
+  const double* base = a;
+  std::size_t n = len;
+  while (n > 1) {
+    std::size_t half = n / 2;
+    base = (base[half] < v) ? base + half : base;
+    n -= half;
+  }
+  return static_cast<std::size_t>(base - a) + (*base < v ? 1 : 0);
+}
+
+// Nearest of ascending centroids, ties to the lower id: v lies above count_below(mids, v) of the
+// midpoints; among equal centroids the first one takes the value.
+struct Labeler {
+  std::vector<double> mids;
+  std::vector<std::uint8_t> first;  // first[j] = lowest id whose centroid equals c[j]
+
+  void reset(const float* c, int k) {
+    mids.resize(static_cast<std::size_t>(k - 1));
+    first.resize(static_cast<std::size_t>(k));
+    for (int j = 0; j + 1 < k; ++j) {
+      mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+    }
+    for (int j = 0; j < k; ++j) first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
+  }
+  std::size_t operator()(double v) const { return first[count_below(mids.data(), mids.size(), v)]; }
+};
+
+double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
+  Labeler label;
+  label.reset(c, k);
+  double sse = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    double v = static_cast<double>(x[i]);
+    std::size_t l = label(v);
+    labels[i] = static_cast<std::uint8_t>(l);
+    double e = v - static_cast<double>(c[l]);
+    sse += e * e;
+  }
+  return sse;
+}
+
+// p[0] = 0, p[t+1] = p[t] + a[t] (p[1] = a[0], as NumPy's cumsum).
+std::vector<double> prefix(const std::vector<double>& a) {
+  std::vector<double> p(a.size() + 1, 0.0);
+  for (std::size_t t = 0; t < a.size(); ++t) p[t + 1] = t == 0 ? a[0] : p[t] + a[t];
+  return p;
+}
+
+struct Dp {
+  const double* pc;
+  const double* p1;
+  const double* p2;
+  const double* prev;
+  double* cur;
+  std::int32_t* arg;
+
+  // Rows ilo..ihi with candidate columns jlo..jhi: solve the middle row, then both halves with
+  // the columns the monotone argmin allows.
+  void solve(std::int64_t ilo, std::int64_t ihi, std::int64_t jlo, std::int64_t jhi) {
+    while (ilo <= ihi) {
+      std::int64_t mid = (ilo + ihi) / 2;
+      std::int64_t hi = std::min(jhi, mid - 1);
+      double best = kInf;
+      std::int64_t bestj = jlo;
+      for (std::int64_t j = jlo; j <= hi; ++j) {
+        double s = p1[mid] - p1[j];
+        double val = prev[j] + ((p2[mid] - p2[j]) - s * s / (pc[mid] - pc[j]));
+        if (val < best) {
+          best = val;
+          bestj = j;
+        }
+      }
+      cur[mid] = best;
+      arg[mid] = static_cast<std::int32_t>(bestj);
+      solve(ilo, mid - 1, jlo, bestj);
+      ilo = mid + 1;
+      jlo = bestj;
+    }
+  }
+};
+
+// Optimal k-segmentation of weighted items sorted by value (count, sum, sum of squares of
+// value - shift); writes the k segment means.
+void dp_centroids(const std::vector<double>& cnt, const std::vector<double>& s1,
+                  const std::vector<double>& s2, int k, double shift, float* out) {
+  const std::size_t big_m = cnt.size();
+  std::vector<double> pc = prefix(cnt), p1 = prefix(s1), p2 = prefix(s2);
+  std::vector<double> prev(big_m + 1, kInf), cur(big_m + 1);
+  for (std::size_t i = 1; i <= big_m; ++i) {
+    double s = p1[i] - p1[0];
+    prev[i] = (p2[i] - p2[0]) - s * s / (pc[i] - pc[0]);
+  }
+  std::vector<std::int32_t> args((static_cast<std::size_t>(k) + 1) * (big_m + 1), 0);
+  for (int m = 2; m <= k; ++m) {
+    std::fill(cur.begin(), cur.end(), kInf);
+    Dp dp{pc.data(), p1.data(), p2.data(), prev.data(), cur.data(),
+          args.data() + static_cast<std::size_t>(m) * (big_m + 1)};
+    dp.solve(m, static_cast<std::int64_t>(big_m), m - 1, static_cast<std::int64_t>(big_m) - 1);
+    std::swap(prev, cur);
+  }
+  std::vector<std::size_t> bounds(static_cast<std::size_t>(k) + 1);
+  bounds[k] = big_m;
+  for (int m = k; m >= 2; --m) {
+    bounds[m - 1] = static_cast<std::size_t>(args[static_cast<std::size_t>(m) * (big_m + 1) + bounds[m]]);
+  }
+  bounds[0] = 0;
+  for (int j = 0; j < k; ++j) {
+    std::size_t lo = bounds[j], hi = bounds[j + 1];
+    out[j] = static_cast<float>(shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo]));
+  }
+}
+
+// k-means over the sorted values: exact DP over runs of equal values; with exact == false and
+// more runs than the DP's memory allows, runs are grouped g at a time into > k chunks.
+void sorted_centroids(const float* x, std::size_t n, int k, bool exact, float* out) {
+  std::vector<float> s(n);
+  for (std::size_t i = 0; i < n; ++i) s[i] = x[i];
+  std::sort(s.begin(), s.end());
+  for (float& v : s) v = v + 0.0f;  // -0.0 -> +0.0, whatever order the sort left them in
+  std::vector<float> values;
+  std::vector<double> cnt;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i == 0 || s[i] != s[i - 1]) {
+      values.push_back(s[i]);
+      cnt.push_back(0.0);
+    }
+    cnt.back() += 1.0;
+  }
+  const std::size_t u = values.size();
+  if (u <= static_cast<std::size_t>(k)) {
+    for (int j = 0; j < k; ++j) out[j] = values[std::min<std::size_t>(j, u - 1)];
+    return;
+  }
+  const double shift = static_cast<double>(s[n / 2]);
+  std::vector<double> s1(u), s2(u);
+  for (std::size_t r = 0; r < u; ++r) {
+    double dv = static_cast<double>(values[r]) - shift;
+    s1[r] = cnt[r] * dv;
+    s2[r] = cnt[r] * (dv * dv);
+  }
+  const std::size_t q = kDpMaxCells / static_cast<std::size_t>(k);
+  if (u > q) {
+    if (exact) {
+      throw InvalidArgument("method='optimal' needs k * distinct values <= " + std::to_string(kDpMaxCells) +
+                            ", got " + std::to_string(k) + " * " + std::to_string(u) + "; use 'hist'");
+    }
+    const std::size_t g = (u + q - 1) / q;
+    const std::size_t chunks = (u + g - 1) / g;
+    std::vector<double> c0(chunks, 0.0), c1(chunks, 0.0), c2(chunks, 0.0);
+    for (std::size_t r = 0; r < u; ++r) {
+      c0[r / g] += cnt[r];
+      c1[r / g] += s1[r];
+      c2[r / g] += s2[r];
+    }
+    cnt.swap(c0);
+    s1.swap(c1);
+    s2.swap(c2);
+  }
+  dp_centroids(cnt, s1, s2, k, shift, out);
+}
+
+// Values on a uniform grid over [lo, hi], with each bin's count, sums of x - shift and value
+// range, and the values grouped by bin (index order within a bin).
+struct Bins {
+  double shift = 0.0;
+  std::vector<std::int64_t> cnt;
+  std::vector<double> s1, s2;
+  std::vector<float> vmin, vmax;
+  std::vector<float> values;  // x grouped by bin, index order within a bin: contiguous reads
+  std::vector<std::size_t> start;
+};
+
+Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
+  Bins b;
+  b.shift = 0.5 * (lo + hi) + 0.0;
+  const double scale = static_cast<double>(nbins) / (hi - lo);
+  const std::size_t nb = static_cast<std::size_t>(nbins);
+  b.cnt.assign(nb, 0);
+  b.s1.assign(nb, 0.0);
+  b.s2.assign(nb, 0.0);
+  b.vmin.assign(nb, std::numeric_limits<float>::infinity());
+  b.vmax.assign(nb, -std::numeric_limits<float>::infinity());
+  std::vector<std::uint16_t> bin(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    double v = static_cast<double>(x[i]);
+    std::size_t t = std::min(static_cast<std::size_t>((v - lo) * scale), nb - 1);
+    bin[i] = static_cast<std::uint16_t>(t);
+    double d = v - b.shift;
+    b.cnt[t] += 1;
+    b.s1[t] += d;
+    b.s2[t] += d * d;
+    b.vmin[t] = std::min(b.vmin[t], x[i]);
+    b.vmax[t] = std::max(b.vmax[t], x[i]);
+  }
+  b.start.assign(nb + 1, 0);
+  for (std::size_t t = 0; t < nb; ++t) b.start[t + 1] = b.start[t] + static_cast<std::size_t>(b.cnt[t]);
+  std::vector<std::size_t> fill(b.start.begin(), b.start.end() - 1);
+  b.values.resize(n);
+  for (std::size_t i = 0; i < n; ++i) b.values[fill[bin[i]]++] = x[i];
+  return b;
+}
+
+// Lloyd on the raw values until no centroid moves. A bin whose smallest and largest value get
+// the same label adds its (count, sum) in one step; the values of bins straddling a boundary are
+// labelled one by one. Same result as per-value Lloyd; sums run in bin order, index order within.
+void lloyd(const Bins& b, float* c, int k, int iters) {
+  Labeler label;
+  std::vector<double> sums(static_cast<std::size_t>(k)), counts(static_cast<std::size_t>(k));
+  std::vector<float> next(static_cast<std::size_t>(k));
+  const std::size_t nb = b.cnt.size();
+  for (int it = 0; it < iters; ++it) {
+    label.reset(c, k);
+    std::fill(sums.begin(), sums.end(), 0.0);
+    std::fill(counts.begin(), counts.end(), 0.0);
+    for (std::size_t t = 0; t < nb; ++t) {
+      if (b.cnt[t] == 0) continue;
+      std::size_t l0 = label(static_cast<double>(b.vmin[t]));
+      std::size_t l1 = label(static_cast<double>(b.vmax[t]));
+      if (l0 == l1) {
+        sums[l0] += b.s1[t];
+        counts[l0] += static_cast<double>(b.cnt[t]);
+        continue;
+      }
+      for (std::size_t p = b.start[t]; p < b.start[t + 1]; ++p) {
+        double v = static_cast<double>(b.values[p]);
+        std::size_t l = label(v);
+        sums[l] += v - b.shift;
+        counts[l] += 1.0;
+      }
+    }
+    for (int j = 0; j < k; ++j) {
+      next[j] = counts[j] > 0.0 ? static_cast<float>(b.shift + sums[j] / counts[j]) : c[j];
+    }
+    std::sort(next.begin(), next.end());
+    bool same = true;
+    for (int j = 0; j < k; ++j) same = same && next[j] == c[j];
+    if (same) break;
+    std::copy(next.begin(), next.end(), c);
+  }
+}
+
+inline double uniform(std::uint64_t key, std::uint64_t t) {
+  return static_cast<double>(rng_draw(key, t) >> 11) * 0x1p-53;
+}
+
+// k-means++ seeding (Arthur & Vassilvitskii): each next centre drawn with probability ~ D^2.
+void kmeanspp(const float* x, std::size_t n, int k, std::uint64_t seed, float* c) {
+  const std::uint64_t key = rng_key(seed);
+  std::size_t first = std::min(n - 1, static_cast<std::size_t>(uniform(key, 0) * static_cast<double>(n)));
+  std::vector<double> d2(n);
+  double xf = static_cast<double>(x[first]);
+  for (std::size_t i = 0; i < n; ++i) {
+    double diff = static_cast<double>(x[i]) - xf;
+    d2[i] = diff * diff;
+  }
+  int chosen = 1;
+  c[0] = x[first] + 0.0f;  // -0.0 -> +0.0: the sort below must not see both
+  for (int t = 1; t < k; ++t) {
+    double total = 0.0;
+    for (std::size_t i = 0; i < n; ++i) total += d2[i];
+    if (total == 0.0) break;
+    double r = uniform(key, static_cast<std::uint64_t>(t)) * total;
+    std::size_t pick = n;
+    double acc = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      acc += d2[i];
+      if (acc > r) {
+        pick = i;
+        break;
+      }
+    }
+    if (pick == n) {
+      for (std::size_t i = n; i-- > 0;) {
+        if (d2[i] > 0.0) {
+          pick = i;
+          break;
+        }
+      }
+    }
+    c[chosen++] = x[pick] + 0.0f;
+    double v = static_cast<double>(x[pick]);
+    for (std::size_t i = 0; i < n; ++i) {
+      double diff = static_cast<double>(x[i]) - v;
+      d2[i] = std::min(d2[i], diff * diff);
+    }
+  }
+  for (int j = chosen; j < k; ++j) c[j] = c[chosen - 1];
+  std::sort(c, c + k);
+}
+
+}  // namespace
+
+KMeansMethod parse_kmeans_method(const std::string& name) {
+  if (name == "optimal") return KMeansMethod::Optimal;
+  if (name == "hist") return KMeansMethod::Hist;
+  if (name == "lloyd") return KMeansMethod::Lloyd;
+  throw InvalidArgument("method must be one of optimal, hist, lloyd, got '" + name + "'");
+}
+
+int kmeans_hist_bins(int k) { return k <= 32 ? 2048 : 8192; }
+
+double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
+                std::uint64_t seed, float* centroids, std::uint8_t* labels) {
+  require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
+  require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
+  check_finite(x, n, "x");
+  if (n == 0) {
+    std::fill(centroids, centroids + k, 0.0f);
+    return 0.0;
+  }
+  require(static_cast<std::size_t>(k) <= n,
+          "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+  float lo = x[0], hi = x[0];
+  for (std::size_t i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  if (lo == hi) {
+    std::fill(centroids, centroids + k, x[0] + 0.0f);
+  } else if (method == KMeansMethod::Optimal) {
+    sorted_centroids(x, n, k, true, centroids);
+  } else {
+    Bins b = make_bins(x, n, static_cast<double>(lo), static_cast<double>(hi), kmeans_hist_bins(k));
+    if (method == KMeansMethod::Lloyd) {
+      kmeanspp(x, n, k, seed, centroids);
+    } else {
+      std::vector<double> cnt, s1, s2;
+      for (std::size_t t = 0; t < b.cnt.size(); ++t) {
+        if (b.cnt[t] == 0) continue;
+        cnt.push_back(static_cast<double>(b.cnt[t]));
+        s1.push_back(b.s1[t]);
+        s2.push_back(b.s2[t]);
+      }
+      if (cnt.size() >= static_cast<std::size_t>(k)) {
+        dp_centroids(cnt, s1, s2, k, b.shift, centroids);
+      } else {
+        sorted_centroids(x, n, k, false, centroids);
+      }
+    }
+    lloyd(b, centroids, k, iters);
+  }
+  return assign(x, n, centroids, k, labels);
+}
+
+void check_centroids(const float* centroids, int k) {
+  require(k >= 1 && k <= kKMeansMaxK, "centroids must have 1..256 entries, got " + std::to_string(k));
+  check_finite(centroids, static_cast<std::size_t>(k), "centroids");
+  for (int j = 1; j < k; ++j) require(!(centroids[j] < centroids[j - 1]), "centroids must be ascending");
+}
+
+double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,
+                     std::uint8_t* labels) {
+  check_centroids(centroids, k);
+  check_finite(x, n, "x");
+  return assign(x, n, centroids, k, labels);
+}
+
+}  // namespace orbitfl

@@ -1,2 +1,99 @@
-// Placeholder: filled in by the kernel work of issue 2.
+// Loss-aware quantization. orbitfl/kernels/ref_cluster.py (laq_quantize) is the same algorithm in
+// NumPy, operation for operation, so keep the two in step.
+#include "laq.hpp"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bitpack.hpp"
 #include "common.hpp"
+
+namespace orbitfl {
+namespace {
+
+std::vector<double> levels(int bits) {
+  if (bits == 1) return {-1.0, 1.0};
+  const int nlev = (1 << bits) - 1;
+  std::vector<double> lev(static_cast<std::size_t>(nlev));
+  for (int j = 0; j < nlev; ++j) lev[j] = -1.0 + 2.0 * static_cast<double>(j) / static_cast<double>(nlev - 1);
+  return lev;
+}
+
+// Nearest level of x / alpha (alpha > 0); ties round to even, as NumPy's rint.
+inline std::uint8_t nearest(double x, double alpha, int bits) {
+  if (bits == 1) return x >= 0.0 ? 1 : 0;
+  const int nlev = (1 << bits) - 1;
+  const double half = static_cast<double>((nlev - 1) / 2);
+  double r = std::nearbyint((x / alpha + 1.0) * half);
+  r = r < 0.0 ? 0.0 : (r > nlev - 1 ? static_cast<double>(nlev - 1) : r);
+  return static_cast<std::uint8_t>(r);
+}
+
+}  // namespace
+
+LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, int max_iter,
+                       double tol, std::uint8_t* packed) {
+  require(bits >= 1 && bits <= 8, "bits must be in 1..8, got " + std::to_string(bits));
+  require(max_iter >= 0, "max_iter must be >= 0, got " + std::to_string(max_iter));
+  require(std::isfinite(tol), "tol must be finite");
+  require(tol >= 0.0, "tol must be >= 0");
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(d[i])) throw NonFinite("d contains NaN or Inf");
+  }
+  for (std::size_t i = 0; i < n; ++i) require(d[i] > 0.0f, "d must be > 0 everywhere");
+  if (n == 0) return {0.0, 0.0};
+  const std::vector<double> lev = levels(bits);
+  const std::uint8_t zero_code = bits == 1 ? 1 : static_cast<std::uint8_t>(((1 << bits) - 2) / 2);
+  double alpha = 0.0;
+  for (std::size_t i = 0; i < n; ++i) alpha = std::fmax(alpha, std::fabs(static_cast<double>(x[i])));
+  if (alpha > 0.0) {
+    for (int it = 0; it < max_iter; ++it) {
+      double num = 0.0, den = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        double xd = static_cast<double>(x[i]);
+        double dd = static_cast<double>(d[i]);
+        double b = lev[nearest(xd, alpha, bits)];
+        den += dd * (b * b);
+        num += dd * (xd * b);
+      }
+      if (den == 0.0) break;
+      double next = num / den;
+      double delta = std::fabs(next - alpha);
+      alpha = next;
+      if (delta <= tol * alpha) break;
+    }
+  }
+  const double alpha_f = static_cast<double>(static_cast<float>(alpha));
+  std::vector<std::uint8_t> codes(n);
+  double err = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    double xd = static_cast<double>(x[i]);
+    std::uint8_t c = alpha_f > 0.0 ? nearest(xd, alpha_f, bits) : zero_code;
+    codes[i] = c;
+    double e = xd - static_cast<double>(static_cast<float>(alpha_f * lev[c]));
+    err += static_cast<double>(d[i]) * (e * e);
+  }
+  pack_bits_unchecked(codes.data(), n, bits, packed);
+  return {alpha_f, err};
+}
+
+void laq_dequantize(const std::uint8_t* packed, std::size_t packed_len, std::size_t n, int bits,
+                    double alpha, float* out) {
+  require(bits >= 1 && bits <= 8, "bits must be in 1..8, got " + std::to_string(bits));
+  require(std::isfinite(alpha), "alpha must be finite");
+  std::vector<std::uint8_t> codes(n);
+  unpack_bits(packed, packed_len, n, bits, codes.data());
+  const std::vector<double> lev = levels(bits);
+  std::uint8_t top = 0;
+  for (std::size_t i = 0; i < n; ++i) top = codes[i] > top ? codes[i] : top;
+  require(n == 0 || top < lev.size(), "packed holds code " + std::to_string(top) + ", but " +
+                                          std::to_string(bits) + "-bit LAQ has " +
+                                          std::to_string(lev.size()) + " levels");
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(alpha * lev[codes[i]]);
+}
+
+}  // namespace orbitfl

@@ -1,8 +1,255 @@
-// Placeholder: filled in by the kernel work of issue 2.
+// Python bindings of the clustering kernels: 1-D k-means, GCC, loss-aware quantization.
+// Arguments are checked and cast here under the GIL (wrong dtype -> TypeError, bad shape or
+// value -> ValueError); the kernels then run on the caller's buffers with the GIL released.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "bitpack.hpp"
+#include "common.hpp"
+#include "gcc.hpp"
+#include "kmeans1d.hpp"
+#include "laq.hpp"
 
 namespace py = pybind11;
 
 namespace orbitfl::bindings {
-void register_cluster(py::module_& m) { (void)m; }
+namespace {
+
+std::string type_name(const py::handle& h) { return py::str(py::type::handle_of(h).attr("__name__")); }
+
+// The caller's array itself (never a converted copy): dtype exactly T, C-contiguous.
+template <typename T>
+py::array array_in(const py::handle& h, const char* name) {
+  const py::dtype want = py::dtype::of<T>();
+  const std::string want_name = py::str(want.attr("name"));
+  if (!py::isinstance<py::array>(h)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + want_name + ", got " + type_name(h));
+  }
+  auto a = py::reinterpret_borrow<py::array>(h);
+  if (!(a.dtype().is(want) || a.dtype().equal(want))) {
+    throw py::type_error(std::string(name) + " must have dtype " + want_name + ", got " +
+                         std::string(py::str(a.dtype())));
+  }
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  return a;
+}
+
+template <typename T>
+const T* ptr(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+long long int_in(const py::handle& h, const char* name) {
+  if (!PyIndex_Check(h.ptr())) throw py::type_error(std::string(name) + " must be an int, got " + type_name(h));
+  py::object v = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!v) throw py::error_already_set();
+  int overflow = 0;
+  long long r = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow != 0) throw py::value_error(std::string(name) + " is out of range");
+  return r;
+}
+
+int int_range(const py::handle& h, const char* name, long long lo, long long hi, const std::string& what) {
+  long long v = int_in(h, name);
+  if (v < lo || v > hi) throw py::value_error(std::string(name) + " must be " + what + ", got " + std::to_string(v));
+  return static_cast<int>(v);
+}
+
+std::size_t count_in(const py::handle& h, const char* name) {
+  long long v = int_in(h, name);
+  if (v < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(v));
+  return static_cast<std::size_t>(v);
+}
+
+std::uint64_t seed_in(const py::handle& h) {
+  if (!PyIndex_Check(h.ptr())) throw py::type_error("seed must be an int, got " + type_name(h));
+  py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
+  if (!v) throw py::error_already_set();
+  unsigned long long r = PyLong_AsUnsignedLongLong(v.ptr());
+  if (r == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::value_error("seed must be in 0..2**64-1, got " + std::string(py::str(v)));
+  }
+  return r;
+}
+
+double real_in(const py::handle& h, const char* name) {
+  bool ok = !PyBool_Check(h.ptr()) &&
+            (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr()) ||
+             py::isinstance(h, py::module_::import("numpy").attr("number")));
+  if (ok) ok = !py::isinstance(h, py::module_::import("numpy").attr("complexfloating"));
+  if (!ok) throw py::type_error(std::string(name) + " must be a real number, got " + type_name(h));
+  double v = PyFloat_AsDouble(h.ptr());
+  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  if (!std::isfinite(v)) throw py::value_error(std::string(name) + " must be finite, got " + std::string(py::str(h)));
+  return v;
+}
+
+KMeansMethod method_in(const py::handle& h) {
+  if (!py::isinstance<py::str>(h)) throw py::type_error("method must be a str, got " + type_name(h));
+  return parse_kmeans_method(h.cast<std::string>());
+}
+
+py::tuple kmeans1d_py(const py::object& x, const py::object& k, const py::object& method, const py::object& iters,
+                      const py::object& seed) {
+  py::array xa = array_in<float>(x, "x");
+  const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
+  const KMeansMethod m = method_in(method);
+  const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
+  const std::uint64_t sd = seed_in(seed);
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  py::array_t<float> c(kk);
+  py::array_t<std::uint8_t> labels(static_cast<py::ssize_t>(n));
+  const float* xp = ptr<float>(xa);
+  float* cp = c.mutable_data();
+  std::uint8_t* lp = labels.mutable_data();
+  double sse;
+  {
+    py::gil_scoped_release release;
+    sse = kmeans1d(xp, n, kk, m, it, sd, cp, lp);
+  }
+  return py::make_tuple(c, labels, sse);
+}
+
+py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
+  py::array xa = array_in<float>(x, "x");
+  py::array ca = array_in<float>(centroids, "centroids");
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  const py::ssize_t k = ca.size();
+  if (k < 1 || k > kKMeansMaxK) {
+    throw py::value_error("centroids must have 1..256 entries, got " + std::to_string(k));
+  }
+  py::array_t<std::uint8_t> labels(static_cast<py::ssize_t>(n));
+  const float* xp = ptr<float>(xa);
+  const float* cp = ptr<float>(ca);
+  std::uint8_t* lp = labels.mutable_data();
+  double sse;
+  {
+    py::gil_scoped_release release;
+    sse = kmeans_assign(xp, n, cp, static_cast<int>(k), lp);
+  }
+  return py::make_tuple(labels, sse);
+}
+
+py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::object& bits,
+                          const py::object& max_iter, const py::object& tol) {
+  py::array xa = array_in<float>(x, "x");
+  py::array da = array_in<float>(d, "d");
+  const int b = int_range(bits, "bits", 1, 8, "in 1..8");
+  const int mi = int_range(max_iter, "max_iter", 0, INT32_MAX, ">= 0");
+  const double tl = real_in(tol, "tol");
+  if (tl < 0.0) throw py::value_error("tol must be >= 0, got " + std::string(py::str(tol)));
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  if (static_cast<std::size_t>(da.size()) != n) {
+    throw py::value_error("d must have the size of x (" + std::to_string(n) + "), got " + std::to_string(da.size()));
+  }
+  py::array_t<std::uint8_t> packed(static_cast<py::ssize_t>(packed_size(n, b)));
+  const float* xp = ptr<float>(xa);
+  const float* dp = ptr<float>(da);
+  std::uint8_t* pp = packed.mutable_data();
+  LaqResult r;
+  {
+    py::gil_scoped_release release;
+    r = laq_quantize(xp, dp, n, b, mi, tl, pp);
+  }
+  return py::make_tuple(packed, r.alpha, r.error);
+}
+
+py::array_t<float> laq_dequantize_py(const py::object& packed, const py::object& n, const py::object& bits,
+                                     const py::object& alpha) {
+  py::array pa = array_in<std::uint8_t>(packed, "packed");
+  const std::size_t nn = count_in(n, "n");
+  const int b = int_range(bits, "bits", 1, 8, "in 1..8");
+  const double a = real_in(alpha, "alpha");
+  py::array_t<float> out(static_cast<py::ssize_t>(nn));
+  const std::uint8_t* pp = ptr<std::uint8_t>(pa);
+  const std::size_t plen = static_cast<std::size_t>(pa.size());
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    laq_dequantize(pp, plen, nn, b, a, op);
+  }
+  return out;
+}
+
+py::tuple gcc_encode_py(const py::object& x, const py::object& k, const py::object& rho, const py::object& residual,
+                        const py::object& iters, const py::object& seed, const py::object& method) {
+  py::array xa = array_in<float>(x, "x");
+  const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
+  const double r = real_in(rho, "rho");
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  float* rp = nullptr;
+  py::array ra;
+  if (!residual.is_none()) {
+    ra = array_in<float>(residual, "residual");
+    if (static_cast<std::size_t>(ra.size()) != n) {
+      throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
+                            std::to_string(ra.size()));
+    }
+    if (!ra.writeable()) throw py::value_error("residual must be writable (it is updated in place)");
+    rp = static_cast<float*>(ra.mutable_data());
+  }
+  const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
+  const std::uint64_t sd = seed_in(seed);
+  const KMeansMethod m = method_in(method);
+  const GccShape s = gcc_shape(n, kk, r);
+  py::array_t<float> c(static_cast<py::ssize_t>(s.centroids));
+  py::array_t<std::uint8_t> mask(static_cast<py::ssize_t>(packed_size(n, 1)));
+  py::array_t<std::uint8_t> ids(static_cast<py::ssize_t>(packed_size(s.replaced, s.id_bits)));
+  py::array_t<float> exact(static_cast<py::ssize_t>(n - s.replaced));
+  const float* xp = ptr<float>(xa);
+  float* cp = c.mutable_data();
+  std::uint8_t* mp = mask.mutable_data();
+  std::uint8_t* ip = ids.mutable_data();
+  float* ep = exact.mutable_data();
+  {
+    py::gil_scoped_release release;
+    gcc_encode(xp, n, kk, r, rp, it, sd, m, cp, mp, ip, ep);
+  }
+  return py::make_tuple(c, mask, ids, exact);
+}
+
+py::array_t<float> gcc_decode_py(const py::object& centroids, const py::object& mask, const py::object& ids,
+                                 const py::object& exact, const py::object& n) {
+  py::array ca = array_in<float>(centroids, "centroids");
+  py::array ma = array_in<std::uint8_t>(mask, "mask");
+  py::array ia = array_in<std::uint8_t>(ids, "ids");
+  py::array ea = array_in<float>(exact, "exact");
+  const std::size_t nn = count_in(n, "n");
+  py::array_t<float> out(static_cast<py::ssize_t>(nn));
+  const float* cp = ptr<float>(ca);
+  const std::uint8_t* mp = ptr<std::uint8_t>(ma);
+  const std::uint8_t* ip = ptr<std::uint8_t>(ia);
+  const float* ep = ptr<float>(ea);
+  const std::size_t kc = static_cast<std::size_t>(ca.size()), ml = static_cast<std::size_t>(ma.size()),
+                    il = static_cast<std::size_t>(ia.size()), el = static_cast<std::size_t>(ea.size());
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    gcc_decode(cp, kc, mp, ml, ip, il, ep, el, nn, op);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_cluster(py::module_& m) {
+  m.def("kmeans1d", &kmeans1d_py, py::arg("x"), py::arg("k"), py::arg("method") = "hist", py::arg("iters") = 50,
+        py::arg("seed") = 0, "1-D k-means: (centroids ascending, labels, sse). See _core.pyi.");
+  m.def("kmeans_assign", &kmeans_assign_py, py::arg("x"), py::arg("centroids"),
+        "Nearest centroid of each value, ties to the lower id: (labels, sse).");
+  m.def("laq_quantize", &laq_quantize_py, py::arg("x"), py::arg("d"), py::arg("bits"), py::arg("max_iter") = 100,
+        py::arg("tol") = 1e-6, "Loss-aware quantization: (packed codes, alpha, weighted error).");
+  m.def("laq_dequantize", &laq_dequantize_py, py::arg("packed"), py::arg("n"), py::arg("bits"), py::arg("alpha"),
+        "x_hat = alpha * level[code], as float32.");
+  m.def("gcc_encode", &gcc_encode_py, py::arg("x"), py::arg("k") = 16, py::arg("rho") = 0.5,
+        py::arg("residual") = py::none(), py::arg("iters") = 20, py::arg("seed") = 0, py::arg("method") = "hist",
+        "GCC centroid compression: (centroids, mask, ids, exact); residual updated in place.");
+  m.def("gcc_decode", &gcc_decode_py, py::arg("centroids"), py::arg("mask"), py::arg("ids"), py::arg("exact"),
+        py::arg("n"), "Inverse of gcc_encode.");
+}
+
 }  // namespace orbitfl::bindings

@@ -115,18 +115,27 @@ def sign_decode(packed: U8, n: int, scale: float) -> F32:
 # Loss-aware quantization (Hou & Kwok, LAQ), the per-tensor step of SpaceDML's adaptive
 # loss-aware quantization. Levels: bits == 1 -> {-1, +1}; bits >= 2 -> L = 2**bits - 1 levels
 # -1 + 2j/(L-1), j = 0..L-1 (symmetric, with 0). x_hat = alpha * level[code].
+# The bit width per tensor under a byte budget: orbitfl.kernels.alq.allocate_bits (Python).
 # ---------------------------------------------------------------------------------------------
 def laq_quantize(
     x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
 ) -> tuple[U8, float, float]:
     """Fit alpha and codes minimising sum d * (x - alpha * level[code])**2, alternating
-    codes = nearest level of x / alpha and alpha = sum(d x b) / sum(d b^2) until |d alpha| < tol.
+    codes = nearest level of x / alpha (ties to even) and alpha = sum(d x b) / sum(d b^2), from
+    alpha = max|x|, until |d alpha| <= tol * alpha (relative, so the result does not depend on the
+    scale of x) or max_iter (>= 0) alternations. bits == 1 gives the closed form
+    alpha = sum(d |x|) / sum(d) with codes = (x >= 0).
 
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
-    Returns (packed codes, alpha, weighted error sum d * (x - x_hat)**2). bits in 1..8.
+    Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload
+    carries) and the codes are the nearest levels for that alpha; the error is
+    sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
+    level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError.
     """
 
-def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32: ...
+def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
+    """x_hat = float32(alpha * level[code]); ValueError for a code with no level (2**bits - 1 at
+    bits >= 2), a short buffer or a non-finite alpha."""
 
 # ---------------------------------------------------------------------------------------------
 # 1-D k-means (parameter clustering / weight sharing, coreset codec)
@@ -136,15 +145,19 @@ def kmeans1d(
 ) -> tuple[F32, U8, float]:
     """Cluster the values of x into k groups (1 <= k <= 256, k <= x.size unless x is empty).
 
-    method: "optimal" (exact DP over sorted values), "hist" (exact DP over a fine histogram,
-    then Lloyd refinement on the raw values: near-optimal and fast; the default), "lloyd"
-    (k-means++ seeding, then Lloyd). Returns (centroids ascending, length k; labels uint8;
-    sse as a float). NaN/Inf: ValueError.
+    method: "optimal" (exact DP over sorted values; needs k * distinct values <= 2**25, else
+    ValueError), "hist" (exact DP over a histogram of 2048 bins for k <= 32, 8192 above, each bin
+    carrying count/sum/sum of squares; then Lloyd on the raw values; near-optimal and fast; the
+    default), "lloyd" (k-means++ seeding drawn from the counter-based generator keyed by seed,
+    then Lloyd). Lloyd runs at most `iters` rounds and stops when no centroid moves. Returns
+    (centroids ascending, length k, duplicates when x has fewer than k distinct values; labels
+    uint8 as kmeans_assign gives them; sse as a float). All three methods are deterministic and
+    identical bit for bit in the NumPy reference. Empty x: k zero centroids. NaN/Inf: ValueError.
     """
 
 def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
     """Label each value with its nearest centroid (centroids ascending, 1..256 of them;
-    ties to the lower id); returns (labels, sse)."""
+    ties to the lower id, also among equal centroids); returns (labels, sse)."""
 
 # ---------------------------------------------------------------------------------------------
 # Gradient compression via centroid (GCC)
@@ -156,13 +169,19 @@ def gcc_encode(
     residual: F32 | None = None,
     iters: int = 20,
     seed: int = 0,
+    method: str = "hist",
 ) -> tuple[F32, U8, U8, F32]:
-    """acc = x + residual; 1-D k-means of acc into k centroids; the floor(rho * n) values nearest
-    their centroid (ties to the lower index) are replaced by its id, the rest travel exactly.
+    """acc = x + residual; 1-D k-means of acc into min(k, n) centroids (kmeans1d with method,
+    iters, seed); the floor(rho * n) values nearest their centroid (ties to the lower index) are
+    replaced by its id, the rest travel exactly.
 
     Returns (centroids, mask = pack_bits(replaced, 1), ids = pack_bits(id of each replaced value
-    in index order, ceil(log2 k) bits, at least 1), exact = the other values in index order).
-    If residual is given it is updated in place to acc - decoded (error feedback).
+    in index order, ceil(log2 len(centroids)) bits, at least 1), exact = the other values in index
+    order). If residual is given (float32, C-contiguous, writable, same size) it is updated in
+    place to acc - decoded (float32; 0 where sent exactly). rho in [0, 1], k in 1..256. NaN/Inf in
+    x, residual or x + residual: ValueError, and the residual is left untouched.
     """
 
-def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32: ...
+def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
+    """Inverse of gcc_encode; ValueError for a short mask or ids buffer, an id >= len(centroids),
+    or len(exact) != n - (ones among the mask's first n bits)."""

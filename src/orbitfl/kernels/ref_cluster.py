@@ -1,3 +1,562 @@
-"""NumPy reference: 1-D k-means, GCC centroid compression, loss-aware quantization."""
+"""NumPy reference: 1-D k-means, GCC centroid compression, loss-aware quantization.
 
-__all__: list[str] = []
+Same names, arguments, results and errors as the C++ kernels in orbitfl._core (see _core.pyi).
+Every float operation is written in the order csrc/kmeans1d.cpp, gcc.cpp and laq.cpp use, in
+float64 with one rounding per operation, and every sum is sequential (``np.cumsum`` and
+``np.bincount`` accumulate in index order; ``np.sum`` would not), so the results are bit for bit
+those of the C++ on any IEEE-754 machine.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orbitfl.kernels.ref_quant import pack_bits, rng_u64, unpack_bits
+
+__all__ = [
+    "gcc_decode",
+    "gcc_encode",
+    "kmeans1d",
+    "kmeans_assign",
+    "laq_dequantize",
+    "laq_quantize",
+]
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+U8 = NDArray[np.uint8]
+
+MAX_K = 256
+KMEANS_METHODS = ("optimal", "hist", "lloyd")
+# Back-pointers of the exact DP take k * items int32 cells; beyond this "optimal" refuses and
+# "hist" (when it has to fall back to sorted values) groups equal runs into chunks first.
+DP_MAX_CELLS = 1 << 25
+
+
+# --- argument checks (the C++ bindings raise the same types with the same wording) ---------------
+def _array(name: str, a: Any, dtype: type[np.generic]) -> NDArray[Any]:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return a.reshape(-1)
+
+
+def _int(name: str, v: Any) -> int:
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+
+
+def _real(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {f}")
+    return f
+
+
+def _finite(name: str, a: F32) -> None:
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _k(k: Any) -> int:
+    kk = _int("k", k)
+    if not 1 <= kk <= MAX_K:
+        raise ValueError(f"k must be in 1..{MAX_K}, got {kk}")
+    return kk
+
+
+def _iters(iters: Any) -> int:
+    it = _int("iters", iters)
+    if it < 0:
+        raise ValueError(f"iters must be >= 0, got {it}")
+    return it
+
+
+def _seed(seed: Any) -> int:
+    s = _int("seed", seed)
+    if not 0 <= s < 1 << 64:
+        raise ValueError(f"seed must be in 0..2**64-1, got {s}")
+    return s
+
+
+def _method(method: Any) -> str:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, got {type(method).__name__}")
+    if method not in KMEANS_METHODS:
+        raise ValueError(f"method must be one of {', '.join(KMEANS_METHODS)}, got {method!r}")
+    return method
+
+
+def _seqsum(a: F64) -> float:
+    """Sum in index order, the order of the C++ loops."""
+    return float(np.cumsum(a)[-1]) if a.size else 0.0
+
+
+def id_bits(k: int) -> int:
+    """Bits of a centroid id: ceil(log2 k), at least 1."""
+    return max(1, (k - 1).bit_length())
+
+
+# --- 1-D k-means: exact dynamic programme ------------------------------------------------------------
+def _dc_layer(prev: F64, m: int, pc: F64, p1: F64, p2: F64) -> tuple[F64, NDArray[np.int32]]:
+    """cur[i] = min_j prev[j] + cost(j, i) for i in m..M, j in m-1..i-1, by divide and conquer.
+
+    The leftmost argmin is monotone in i for the 1-D k-means cost, so the middle row of each open
+    range is solved over the candidate columns its neighbours allow. All open ranges of one depth
+    are solved together; the C++ recursion visits the same (row, columns) pairs.
+    """
+    big_m = pc.size - 1
+    cur = np.full(big_m + 1, np.inf)
+    arg = np.zeros(big_m + 1, np.int32)
+    ilo = np.array([m], np.int64)
+    ihi = np.array([big_m], np.int64)
+    jlo = np.array([m - 1], np.int64)
+    jhi = np.array([big_m - 1], np.int64)
+    while ilo.size:
+        mid = (ilo + ihi) // 2
+        cnt = np.minimum(jhi, mid - 1) - jlo + 1
+        off = np.concatenate(([0], np.cumsum(cnt)[:-1]))
+        seg = np.repeat(np.arange(ilo.size), cnt)
+        j = jlo[seg] + (np.arange(seg.size) - off[seg])
+        i = mid[seg]
+        s = p1[i] - p1[j]
+        val = prev[j] + ((p2[i] - p2[j]) - s * s / (pc[i] - pc[j]))
+        best_val = np.minimum.reduceat(val, off)
+        hit = np.flatnonzero(val == best_val[seg])
+        first = hit[np.concatenate(([True], seg[hit[1:]] != seg[hit[:-1]]))]
+        best = j[first]
+        cur[mid] = best_val
+        arg[mid] = best
+        left = mid > ilo
+        right = mid < ihi
+        ilo, ihi, jlo, jhi = (
+            np.concatenate((ilo[left], mid[right] + 1)),
+            np.concatenate((mid[left] - 1, ihi[right])),
+            np.concatenate((jlo[left], best[right])),
+            np.concatenate((best[left], jhi[right])),
+        )
+    return cur, arg
+
+
+def _dp_centroids(cnt: F64, s1: F64, s2: F64, k: int, shift: float) -> F32:
+    """Optimal k-segmentation of weighted items (count, sum, sum of squares, sorted by value)."""
+    pc = np.concatenate(([0.0], np.cumsum(cnt)))
+    p1 = np.concatenate(([0.0], np.cumsum(s1)))
+    p2 = np.concatenate(([0.0], np.cumsum(s2)))
+    big_m = cnt.size
+    i = np.arange(1, big_m + 1)
+    s = p1[i] - p1[0]
+    prev = np.full(big_m + 1, np.inf)
+    prev[1:] = (p2[i] - p2[0]) - s * s / (pc[i] - pc[0])
+    args = np.zeros((k + 1, big_m + 1), np.int32)
+    for m in range(2, k + 1):
+        prev, args[m] = _dc_layer(prev, m, pc, p1, p2)
+    bounds = [big_m]
+    for m in range(k, 1, -1):
+        bounds.append(int(args[m][bounds[-1]]))
+    bounds.append(0)
+    bounds.reverse()
+    hi = np.array(bounds[1:])
+    lo = np.array(bounds[:-1])
+    mean: F64 = shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo])
+    return mean.astype(np.float32)
+
+
+def _pad(values: F32, k: int) -> F32:
+    """Fewer distinct values than clusters: each value is a centroid, the last one repeated."""
+    c = np.empty(k, np.float32)
+    c[: values.size] = values
+    c[values.size :] = values[-1]
+    return c
+
+
+def _sorted_centroids(x: F32, k: int, exact: bool) -> F32:
+    """k-means over the sorted values: exact DP over runs of equal values.
+
+    With exact=False and too many runs for the DP's memory, consecutive runs are grouped into
+    chunks of g runs each (at least DP_MAX_CELLS // (2k) > k chunks), which is near-optimal.
+    """
+    s = np.sort(x) + np.float32(0.0)  # -0.0 -> +0.0, whatever order the sort left them in
+    n = s.size
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    values = s[starts]
+    u = values.size
+    if u <= k:
+        return _pad(values, k)
+    shift = float(s[n // 2])
+    dv = values.astype(np.float64) - shift
+    cnt = np.diff(np.append(starts, n)).astype(np.float64)
+    s1 = cnt * dv
+    s2 = cnt * (dv * dv)
+    q = DP_MAX_CELLS // k
+    if u > q:
+        if exact:
+            raise ValueError(
+                f"method='optimal' needs k * distinct values <= {DP_MAX_CELLS}, got {k} * {u}; use 'hist'"
+            )
+        g = -(-u // q)
+        chunk = np.arange(u) // g
+        cnt = np.bincount(chunk, weights=cnt).astype(np.float64, copy=False)
+        s1 = np.bincount(chunk, weights=s1).astype(np.float64, copy=False)
+        s2 = np.bincount(chunk, weights=s2).astype(np.float64, copy=False)
+    return _dp_centroids(cnt, s1, s2, k, shift)
+
+
+# --- 1-D k-means: histogram, Lloyd ------------------------------------------------------------------
+def hist_bins(k: int) -> int:
+    """Bins of the fine histogram: enough that a cluster spans dozens of them."""
+    return 2048 if k <= 32 else 8192
+
+
+@dataclass
+class _Bins:
+    """Values binned on a uniform grid over [min, max], with per-bin count, sums and value range."""
+
+    shift: float
+    d: F64  # x - shift, per value
+    cnt: I64
+    s1: F64
+    s2: F64
+    vmin: F32
+    vmax: F32
+    order: I64  # value indices sorted by bin, index order within a bin
+    start: I64  # order[start[b]:start[b+1]] are the values of bin b
+
+
+def _bin(x: F32, lo: float, hi: float, nbins: int) -> _Bins:
+    xd = x.astype(np.float64)
+    shift = 0.5 * (lo + hi) + 0.0
+    scale = nbins / (hi - lo)
+    b = np.minimum(((xd - lo) * scale).astype(np.int64), nbins - 1)
+    d = xd - shift
+    cnt = np.bincount(b, minlength=nbins)
+    vmin = np.full(nbins, np.inf, np.float32)
+    vmax = np.full(nbins, -np.inf, np.float32)
+    np.minimum.at(vmin, b, x)
+    np.maximum.at(vmax, b, x)
+    return _Bins(
+        shift=shift,
+        d=d,
+        cnt=cnt,
+        s1=np.bincount(b, weights=d, minlength=nbins).astype(np.float64, copy=False),
+        s2=np.bincount(b, weights=d * d, minlength=nbins).astype(np.float64, copy=False),
+        vmin=vmin,
+        vmax=vmax,
+        order=np.argsort(b, kind="stable"),
+        start=np.concatenate(([0], np.cumsum(cnt))),
+    )
+
+
+def _labels(v: F64, c: F32) -> I64:
+    """Nearest centroid, ties to the lower id: the number of midpoints strictly below v, moved to
+    the first of equal centroids."""
+    c64 = c.astype(np.float64)
+    mids = 0.5 * (c64[:-1] + c64[1:])
+    first = np.searchsorted(c, c, side="left")
+    lab: I64 = first[np.searchsorted(mids, v, side="left")]
+    return lab
+
+
+def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
+    """Lloyd iterations on the raw values until no centroid moves.
+
+    A bin whose smallest and largest value get the same label contributes its (count, sum) in
+    one step; only values of bins that straddle a decision boundary are labelled one by one.
+    The result equals per-value Lloyd; the sums run in bin order, then index order within a bin.
+    """
+    k = c.size
+    nz = np.flatnonzero(bins.cnt)
+    b_of = np.repeat(np.arange(bins.cnt.size), bins.cnt)  # bin of each position in `order`
+    for _ in range(iters):
+        lab_lo = _labels(bins.vmin[nz].astype(np.float64), c)
+        lab_hi = _labels(bins.vmax[nz].astype(np.float64), c)
+        inner = lab_lo == lab_hi
+        split = np.zeros(bins.cnt.size, bool)
+        split[nz[~inner]] = True
+        vals = bins.order[split[b_of]]
+        keys = np.concatenate((nz[inner], b_of[split[b_of]]))
+        labs = np.concatenate((lab_lo[inner], _labels(x[vals].astype(np.float64), c)))
+        w = np.concatenate((bins.s1[nz[inner]], bins.d[vals]))
+        wc = np.concatenate((bins.cnt[nz[inner]].astype(np.float64), np.ones(vals.size)))
+        seq = np.argsort(keys, kind="stable")
+        sums = np.bincount(labs[seq], weights=w[seq], minlength=k)
+        counts = np.bincount(labs[seq], weights=wc[seq], minlength=k)
+        new = c.copy()
+        has = counts > 0
+        new[has] = (bins.shift + sums[has] / counts[has]).astype(np.float32)
+        new = np.sort(new)
+        if (new == c).all():
+            break
+        c = new
+    return c
+
+
+def _uniform(seed: int, t: int) -> float:
+    """Draw t of stream `seed` as a double in [0, 1) with 53 random bits."""
+    return float(int(rng_u64(seed, np.array([t], np.uint64))[0]) >> 11) * 2.0**-53
+
+
+def _kmeanspp(x: F32, k: int, seed: int) -> F32:
+    """k-means++ seeding (Arthur & Vassilvitskii): each next centre drawn with probability ~ D^2."""
+    xd = x.astype(np.float64)
+    n = xd.size
+    first = min(n - 1, int(_uniform(seed, 0) * n))
+    chosen = [xd[first]]
+    diff = xd - xd[first]
+    d2 = diff * diff
+    for t in range(1, k):
+        cs = np.cumsum(d2)
+        total = float(cs[-1])
+        if total == 0.0:
+            break  # fewer distinct values than k: the rest repeat the last centre
+        r = _uniform(seed, t) * total
+        i = int(np.searchsorted(cs, r, side="right"))
+        if i >= n:
+            i = int(np.flatnonzero(d2 > 0.0)[-1])
+        chosen.append(xd[i])
+        diff = xd - xd[i]
+        d2 = np.minimum(d2, diff * diff)
+    c = np.array(chosen, np.float32) + np.float32(0.0)  # -0.0 -> +0.0 before sorting
+    return np.sort(np.concatenate((c, np.full(k - c.size, c[-1], np.float32))))
+
+
+def _assign(x: F32, c: F32) -> tuple[U8, float]:
+    xd = x.astype(np.float64)
+    lab = _labels(xd, c)
+    e = xd - c.astype(np.float64)[lab]
+    return lab.astype(np.uint8), _seqsum(e * e)
+
+
+def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0) -> tuple[F32, U8, float]:
+    """Cluster the values of x into k groups; (centroids ascending, labels, sse). See _core.pyi."""
+    xf = _array("x", x, np.float32)
+    kk = _k(k)
+    meth = _method(method)
+    it = _iters(iters)
+    sd = _seed(seed)
+    _finite("x", xf)
+    n = xf.size
+    if n == 0:
+        return np.zeros(kk, np.float32), np.zeros(0, np.uint8), 0.0
+    if kk > n:
+        raise ValueError(f"k must be <= x.size ({n}), got {kk}")
+    lo = float(xf.min())
+    hi = float(xf.max())
+    if lo == hi:
+        c = np.full(kk, xf[0] + np.float32(0.0), np.float32)
+    elif meth == "optimal":
+        c = _sorted_centroids(xf, kk, exact=True)
+    else:
+        nb = hist_bins(kk)
+        bins = _bin(xf, lo, hi, nb)
+        if meth == "lloyd":
+            c = _kmeanspp(xf, kk, sd)
+        elif np.count_nonzero(bins.cnt) >= kk:
+            nz = bins.cnt > 0
+            c = _dp_centroids(bins.cnt[nz].astype(np.float64), bins.s1[nz], bins.s2[nz], kk, bins.shift)
+        else:
+            c = _sorted_centroids(xf, kk, exact=False)
+        c = _lloyd(xf, bins, c, it)
+    labels, sse = _assign(xf, c)
+    return c, labels, sse
+
+
+def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
+    """Label each value with its nearest centroid (ties to the lower id); (labels, sse)."""
+    xf = _array("x", x, np.float32)
+    c = _array("centroids", centroids, np.float32)
+    if not 1 <= c.size <= MAX_K:
+        raise ValueError(f"centroids must have 1..{MAX_K} entries, got {c.size}")
+    _finite("centroids", c)
+    if (c[1:] < c[:-1]).any():
+        raise ValueError("centroids must be ascending")
+    _finite("x", xf)
+    return _assign(xf, c)
+
+
+# --- loss-aware quantization -------------------------------------------------------------------------
+def _levels(bits: int) -> F64:
+    if bits == 1:
+        return np.array([-1.0, 1.0])
+    nlev = (1 << bits) - 1
+    return -1.0 + 2.0 * np.arange(nlev, dtype=np.float64) / (nlev - 1)
+
+
+def _nearest(xd: F64, alpha: float, bits: int) -> I64:
+    if bits == 1:
+        return (xd >= 0.0).astype(np.int64)
+    nlev = (1 << bits) - 1
+    half = float((nlev - 1) // 2)
+    u = (xd / alpha + 1.0) * half
+    return np.clip(np.rint(u), 0.0, float(nlev - 1)).astype(np.int64)
+
+
+def _laq_bits(bits: Any) -> int:
+    b = _int("bits", bits)
+    if not 1 <= b <= 8:
+        raise ValueError(f"bits must be in 1..8, got {b}")
+    return b
+
+
+def laq_quantize(
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
+) -> tuple[U8, float, float]:
+    """Loss-aware quantization (Hou & Kwok): (packed codes, alpha, weighted error). See _core.pyi."""
+    xf = _array("x", x, np.float32)
+    df = _array("d", d, np.float32)
+    b = _laq_bits(bits)
+    mi = _int("max_iter", max_iter)
+    if mi < 0:
+        raise ValueError(f"max_iter must be >= 0, got {mi}")
+    tl = _real("tol", tol)
+    if tl < 0.0:
+        raise ValueError(f"tol must be >= 0, got {tl}")
+    if df.size != xf.size:
+        raise ValueError(f"d must have the size of x ({xf.size}), got {df.size}")
+    _finite("x", xf)
+    _finite("d", df)
+    if df.size and not (df > 0).all():
+        raise ValueError("d must be > 0 everywhere")
+    n = xf.size
+    lev = _levels(b)
+    zero_code = 1 if b == 1 else ((1 << b) - 2) // 2
+    if n == 0:
+        return np.zeros(0, np.uint8), 0.0, 0.0
+    xd = xf.astype(np.float64)
+    dd = df.astype(np.float64)
+    alpha = float(np.abs(xd).max())
+    if alpha > 0.0:
+        for _ in range(mi):
+            lb = lev[_nearest(xd, alpha, b)]
+            den = _seqsum(dd * (lb * lb))
+            if den == 0.0:
+                break
+            new = _seqsum(dd * (xd * lb)) / den
+            delta = abs(new - alpha)
+            alpha = new
+            if delta <= tl * alpha:
+                break
+    alpha_f = float(np.float32(alpha))
+    codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
+    xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
+    e = xd - xhat
+    err = _seqsum(dd * (e * e))
+    return pack_bits(codes.astype(np.uint8), b), alpha_f, err
+
+
+def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
+    """x_hat = alpha * level[code], rounded once to float32."""
+    p = _array("packed", packed, np.uint8)
+    nn = _int("n", n)
+    if nn < 0:
+        raise ValueError(f"n must be >= 0, got {nn}")
+    b = _laq_bits(bits)
+    a = _real("alpha", alpha)
+    codes = unpack_bits(p, nn, b)
+    lev = _levels(b)
+    if codes.size and int(codes.max()) >= lev.size:
+        raise ValueError(f"packed holds code {int(codes.max())}, but {b}-bit LAQ has {lev.size} levels")
+    out: F32 = (a * lev[codes]).astype(np.float32)
+    return out
+
+
+# --- GCC: gradient compression via centroid ----------------------------------------------------------
+def gcc_encode(
+    x: F32,
+    k: int = 16,
+    rho: float = 0.5,
+    residual: F32 | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    method: str = "hist",
+) -> tuple[F32, U8, U8, F32]:
+    """(centroids, mask, ids, exact); residual updated in place to acc - decoded. See _core.pyi."""
+    xf = _array("x", x, np.float32)
+    kk = _k(k)
+    r = _real("rho", rho)
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {r}")
+    res: F32 | None = None
+    n = xf.size
+    if residual is not None:
+        res = _array("residual", residual, np.float32)
+        if res.size != n:
+            raise ValueError(f"residual must have the size of x ({n}), got {res.size}")
+        if not residual.flags.writeable:
+            raise ValueError("residual must be writable (it is updated in place)")
+    it = _iters(iters)
+    sd = _seed(seed)
+    meth = _method(method)
+    _finite("x", xf)
+    if res is not None:
+        _finite("residual", res)
+        with np.errstate(over="ignore"):
+            acc = xf + res
+        _finite("x + residual", acc)
+    else:
+        acc = xf
+    if n == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    ke = min(kk, n)
+    c, labels, _ = kmeans1d(acc, ke, meth, it, sd)
+    dist = np.abs(acc.astype(np.float64) - c.astype(np.float64)[labels])
+    nrep = min(n, math.floor(r * n))
+    replaced = np.zeros(n, bool)
+    replaced[np.argsort(dist, kind="stable")[:nrep]] = True
+    mask = pack_bits(replaced.astype(np.uint8), 1)
+    ids = pack_bits(labels[replaced], id_bits(ke))
+    exact = acc[~replaced].copy()
+    if res is not None:
+        res[~replaced] = 0.0
+        res[replaced] = acc[replaced] - c[labels[replaced]]
+    return c, mask, ids, exact
+
+
+def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
+    """Inverse of gcc_encode: centroid values where mask is 1, exact values elsewhere."""
+    c = _array("centroids", centroids, np.float32)
+    m = _array("mask", mask, np.uint8)
+    ib = _array("ids", ids, np.uint8)
+    ex = _array("exact", exact, np.float32)
+    nn = _int("n", n)
+    if nn < 0:
+        raise ValueError(f"n must be >= 0, got {nn}")
+    if c.size > MAX_K:
+        raise ValueError(f"centroids must have at most {MAX_K} entries, got {c.size}")
+    if m.size < (nn + 7) // 8:
+        raise ValueError(f"mask has {m.size} bytes, {(nn + 7) // 8} needed for n={nn}")
+    rep = unpack_bits(m, nn, 1).astype(bool)
+    nrep = int(np.count_nonzero(rep))
+    if nrep and c.size == 0:
+        raise ValueError("mask marks replaced values but centroids is empty")
+    if ex.size != nn - nrep:
+        raise ValueError(
+            f"exact must have {nn - nrep} values (n minus the mask's {nrep} ones), got {ex.size}"
+        )
+    bits = id_bits(max(c.size, 1))
+    need = (nrep * bits + 7) // 8
+    if ib.size < need:
+        raise ValueError(f"ids has {ib.size} bytes, {need} needed for {nrep} ids at {bits} bits")
+    idv = unpack_bits(ib, nrep, bits)
+    if nrep and int(idv.max()) >= c.size:
+        raise ValueError(f"ids holds centroid id {int(idv.max())}, but there are {c.size} centroids")
+    out = np.empty(nn, np.float32)
+    out[rep] = c[idv]
+    out[~rep] = ex
+    return out

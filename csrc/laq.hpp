@@ -1,0 +1,27 @@
+// Loss-aware quantization (Hou & Kwok, "Loss-aware weight quantization of deep networks",
+// ICLR 2018): codes and one scale alpha per tensor minimising the curvature-weighted error
+// sum d * (x - alpha * level[code])^2, found by alternating minimisation.
+// Levels: bits == 1 -> {-1, +1}; bits >= 2 -> L = 2^bits - 1 levels -1 + 2j/(L-1) (with 0).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace orbitfl {
+
+struct LaqResult {
+  double alpha;  // a float32 value: what the receiver gets
+  double error;  // sum d * (x - laq_dequantize(...))^2, summed in index order
+};
+
+// Writes packed_size(n, bits) bytes of packed codes to `packed`. Throws InvalidArgument for bits
+// outside 1..8, max_iter < 0, tol < 0 or not finite, d <= 0, and NonFinite for NaN/Inf in x or d.
+LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, int max_iter,
+                       double tol, std::uint8_t* packed);
+
+// out[i] = float(alpha * level[code i]). Throws InvalidArgument for a short buffer, a code
+// beyond the last level, bits outside 1..8 or a non-finite alpha.
+void laq_dequantize(const std::uint8_t* packed, std::size_t packed_len, std::size_t n, int bits,
+                    double alpha, float* out);
+
+}  // namespace orbitfl
