@@ -1,0 +1,336 @@
+"""The codec pipeline: a parsed recipe bound to a kernel backend, encoding and decoding tensor sets.
+
+Error feedback: a chain marked ``+ef`` keeps, per tensor, the residual e = acc - decoded, where
+acc = x + e_prev, and adds it to the next round's input (EF-SGD, Karimireddy et al. 2019). When the
+first stage's kernel can keep the residual itself and every later stage is lossless, the kernel
+updates it in place; otherwise the pipeline decodes what it just encoded and takes the difference,
+so the residual always covers the whole chain's error (e.g. top-k *and* the quantization of the
+kept values). State changes only when encode succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orbitfl.codec import stages as _stages  # noqa: F401  (registers the built-in stages)
+from orbitfl.codec.payload import Payload, TensorRecord
+from orbitfl.codec.recipe import Chain, Recipe, parse_chain, parse_recipe
+from orbitfl.codec.registry import F32, EncodeContext
+from orbitfl.kernels import backend as kernel_backend
+
+STATE_VERSION = 1
+_EMPTY = parse_chain("fp32")
+
+
+@dataclass
+class CodecState:
+    """Per-tensor codec state kept by the sender between rounds: error-feedback residuals and the
+    round counter that keys stochastic rounding. ``to_dict``/``from_dict`` give a plain dict
+    (str/int/bytes/list/dict) to persist across reboots."""
+
+    residuals: dict[str, F32] = field(default_factory=dict)
+    round: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "round": self.round,
+            "seed": self.seed,
+            "residuals": {
+                name: {"dtype": "float32", "shape": [r.size], "data": r.tobytes()}
+                for name, r in self.residuals.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CodecState:
+        if not isinstance(d, dict) or d.get("v") != STATE_VERSION:
+            raise ValueError(f"codec state must be a map with v={STATE_VERSION}")
+        rnd, seed, res = d.get("round"), d.get("seed"), d.get("residuals")
+        if type(rnd) is not int or rnd < 0:
+            raise ValueError(f"codec state round must be an int >= 0, got {rnd!r}")
+        if type(seed) is not int or not 0 <= seed < 2**63:
+            raise ValueError(f"codec state seed must be an int in 0..2**63-1, got {seed!r}")
+        if not isinstance(res, dict):
+            raise ValueError("codec state residuals must be a map")
+        residuals: dict[str, F32] = {}
+        for name, r in res.items():
+            if not isinstance(r, dict) or r.get("dtype") != "float32" or not isinstance(r.get("data"), bytes):
+                raise ValueError(f"codec state residuals[{name!r}] must be a float32 array map")
+            shape = r.get("shape")
+            if not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int:
+                raise ValueError(f"codec state residuals[{name!r}].shape must be [size]")
+            if len(r["data"]) != 4 * shape[0]:
+                raise ValueError(f"codec state residuals[{name!r}].data does not hold {shape[0]} float32")
+            a = np.frombuffer(r["data"], np.float32).copy()
+            if not np.isfinite(a).all():
+                raise ValueError(f"codec state residuals[{name!r}] has NaN or Inf values")
+            residuals[name] = a
+        return cls(residuals, rnd, seed)
+
+
+class Pipeline:
+    """A recipe bound to a kernel backend. Build with :meth:`parse`."""
+
+    def __init__(self, recipe: Recipe, kern: ModuleType, backend: str) -> None:
+        self.recipe = recipe
+        self.kern = kern
+        self.backend = backend
+
+    @classmethod
+    def parse(cls, recipe: str, backend: str = "cpp") -> Pipeline:
+        return cls(parse_recipe(recipe), kernel_backend(backend), backend)
+
+    @property
+    def text(self) -> str:
+        """The canonical recipe (parses back to the same pipeline)."""
+        return self.recipe.text
+
+    @property
+    def uses_state(self) -> bool:
+        return any(c.ef for c in self.recipe.chains)
+
+    def new_state(self, seed: int = 0) -> CodecState:
+        return CodecState(seed=seed)
+
+    def chain_for(self, name: str, size: int) -> Chain:
+        return _EMPTY if size == 0 else self.recipe.chain_for(name, size)
+
+    # --- encode ---------------------------------------------------------------------------------------
+    def encode(
+        self,
+        tensors: Mapping[str, NDArray[np.float32]],
+        state: CodecState | None = None,
+        *,
+        curvature: Mapping[str, NDArray[Any]] | None = None,
+        budget_bytes: int | None = None,
+    ) -> Payload:
+        """Encode name -> float32 array. ``state`` is required when a chain uses error feedback and
+        is updated only if encoding succeeds. ``curvature`` (name -> array of the tensor's size,
+        all > 0) feeds laq/alq. ``budget_bytes`` bounds ``payload.nbytes``: alq fits its bit widths
+        to it; for other recipes a payload over budget is a ValueError."""
+        if not isinstance(tensors, Mapping):
+            raise TypeError(
+                f"tensors must be a mapping of name -> float32 array, got {type(tensors).__name__}"
+            )
+        if state is None:
+            if self.uses_state:
+                raise ValueError("this recipe uses error feedback: pass the state from pipe.new_state()")
+            state = CodecState()
+        if budget_bytes is not None and (type(budget_bytes) is not int or budget_bytes <= 0):
+            raise ValueError(f"budget_bytes must be a positive int, got {budget_bytes!r}")
+        flat: dict[str, F32] = {}
+        chains: dict[str, Chain] = {}
+        for name, x in tensors.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"tensor names must be non-empty strings, got {name!r}")
+            if not isinstance(x, np.ndarray | np.float32) or x.dtype != np.float32:
+                got = x.dtype if isinstance(x, np.ndarray | np.generic) else type(x).__name__
+                raise TypeError(f"tensor {name!r} must be a float32 numpy array, got {got}")
+            flat[name] = np.ascontiguousarray(x).reshape(-1)
+            chains[name] = self.chain_for(name, x.size)
+        curv = self._curvature(flat, chains, curvature)
+        alq = [n for n, c in chains.items() if c.float_stages[0].name == "alq"]
+        if alq and budget_bytes is None:
+            raise ValueError("recipe uses alq: pass budget_bytes to encode")
+        shapes = {name: tuple(int(s) for s in x.shape) for name, x in tensors.items()}
+
+        new_res: dict[str, F32] = {}
+        records: dict[str, TensorRecord] = {}
+        for name in flat:
+            if name not in alq:
+                records[name] = self._encode_tensor(
+                    name, flat[name], shapes[name], chains[name], state, curv.get(name), None, new_res
+                )
+        if alq:
+            assert budget_bytes is not None
+            records = self._encode_alq(alq, flat, shapes, chains, curv, state, records, new_res, budget_bytes)
+        payload = Payload({name: records[name] for name in flat if name in records})
+        if budget_bytes is not None and payload.nbytes > budget_bytes:
+            raise ValueError(
+                f"payload is {payload.nbytes} bytes, over budget_bytes={budget_bytes} "
+                "(only alq adapts to a budget)"
+            )
+        state.residuals.update(new_res)
+        state.round += 1
+        return payload
+
+    def _curvature(
+        self,
+        flat: Mapping[str, F32],
+        chains: Mapping[str, Chain],
+        curvature: Mapping[str, NDArray[Any]] | None,
+    ) -> dict[str, F32]:
+        out: dict[str, F32] = {}
+        for name, chain in chains.items():
+            if not chain.float_stages[0].needs_curvature:
+                continue
+            d = None if curvature is None else curvature.get(name)
+            if d is None:
+                raise ValueError(f"tensor {name!r}: {chain.float_stages[0].name} needs curvature[{name!r}]")
+            if not isinstance(d, np.ndarray | np.float32) or d.dtype != np.float32:
+                raise TypeError(f"curvature[{name!r}] must be a float32 numpy array")
+            if d.size != flat[name].size:
+                raise ValueError(f"curvature[{name!r}] has {d.size} values, the tensor {flat[name].size}")
+            out[name] = np.ascontiguousarray(d).reshape(-1)
+        return out
+
+    def _seed(self, state: CodecState, name: str) -> int:
+        h = hashlib.blake2b(f"{state.seed}:{state.round}:{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "little") >> 1
+
+    def _encode_tensor(
+        self,
+        name: str,
+        x: F32,
+        shape: tuple[int, ...],
+        chain: Chain,
+        state: CodecState,
+        curvature: F32 | None,
+        bits: int | None,
+        new_res: dict[str, F32],
+    ) -> TensorRecord:
+        try:
+            residual: F32 | None = None
+            acc = x
+            if chain.ef:
+                old = state.residuals.get(name)
+                if old is not None and old.size != x.size:
+                    raise ValueError(
+                        f"the codec state holds a residual of {old.size} values for {x.size}; "
+                        "the model changed: start from a new state"
+                    )
+                residual = np.zeros(x.size, np.float32) if old is None else old.copy()
+                if not chain.kernel_ef:
+                    acc = x + residual
+            ctx = EncodeContext(self.kern, self._seed(state, name), curvature=curvature, bits=bits)
+            if chain.ef and chain.kernel_ef:
+                ctx.residual = residual
+            rec = self._encode_flat(acc, shape, chain, ctx)
+            if residual is not None:
+                if not chain.kernel_ef:
+                    residual = acc - self._decode_flat(rec)
+                new_res[name] = residual
+        except ValueError as exc:
+            raise ValueError(f"tensor {name!r} ({chain.text}): {exc}") from None
+        return rec
+
+    def _encode_flat(self, x: F32, shape: tuple[int, ...], chain: Chain, ctx: EncodeContext) -> TensorRecord:
+        metas = []
+        raw: list[bytes] = []
+        v: F32 | None = x
+        for i, stage in enumerate(chain.float_stages):
+            assert v is not None
+            if i > 0:
+                ctx.residual = ctx.curvature = None
+            enc = stage.encode(v, ctx)
+            metas.append(enc.meta)
+            raw.extend(np.ascontiguousarray(a).tobytes() for a in enc.arrays)
+            v = enc.leftover
+        rec = TensorRecord(chain, shape, metas, raw)
+        byte_stage = chain.byte_stage
+        if byte_stage is not None:
+            joined = b"".join(raw)
+            blob = byte_stage.compress(joined)
+            # Incompressible bytes (e.g. a tiny tensor) travel as they are.
+            if len(blob) < len(joined):
+                rec.zdata = blob
+        return rec
+
+    def _encode_alq(
+        self,
+        names: list[str],
+        flat: Mapping[str, F32],
+        shapes: Mapping[str, tuple[int, ...]],
+        chains: Mapping[str, Chain],
+        curv: Mapping[str, F32],
+        state: CodecState,
+        records: dict[str, TensorRecord],
+        new_res: dict[str, F32],
+        budget_bytes: int,
+    ) -> dict[str, TensorRecord]:
+        from orbitfl.kernels.alq import allocate_bits
+
+        fixed = Payload(dict(records)).nbytes
+        if fixed > budget_bytes:
+            raise ValueError(
+                f"budget_bytes={budget_bytes} is smaller than the tensors not under alq ({fixed} B)"
+            )
+        # allocate_bits counts the packed codes and scales; the envelope (names, shapes, msgpack
+        # framing) costs more, so shrink the kernel's budget by the overshoot until it fits.
+        kernel_budget = budget_bytes - fixed
+        for _ in range(8):
+            choices = chains[names[0]].float_stages[0].choices  # type: ignore[attr-defined]
+            bits = allocate_bits(
+                {n: flat[n] for n in names},
+                {n: curv[n] for n in names},
+                max(0, kernel_budget),
+                backend=self.backend,
+                **({} if choices is None else {"choices": choices}),
+            )
+            trial_res: dict[str, F32] = {}
+            out = dict(records)
+            for n in names:
+                b = int(bits.get(n, 0))
+                if b > 0:
+                    out[n] = self._encode_tensor(
+                        n, flat[n], shapes[n], chains[n], state, curv[n], b, trial_res
+                    )
+                elif chains[n].ef:  # not sent: the whole input waits in the residual
+                    old = state.residuals.get(n)
+                    trial_res[n] = (
+                        flat[n] + old if old is not None and old.size == flat[n].size else flat[n].copy()
+                    )
+            size = Payload(out).nbytes
+            if size <= budget_bytes:
+                new_res.update(trial_res)
+                return out
+            kernel_budget -= size - budget_bytes
+        raise ValueError(f"alq could not fit the payload into budget_bytes={budget_bytes}")
+
+    # --- decode ---------------------------------------------------------------------------------------
+    def decode(self, payload: Payload) -> dict[str, NDArray[np.float32]]:
+        """Decode every tensor in the payload to float32 with its original shape. Each record names
+        its own chain, so a payload decodes without knowing the sender's recipe. Tensors the sender
+        left out (alq with 0 bits) are absent from the result."""
+        if not isinstance(payload, Payload):
+            raise TypeError(f"decode takes a Payload, got {type(payload).__name__}")
+        out: dict[str, NDArray[np.float32]] = {}
+        for name, rec in payload.records.items():
+            try:
+                x = self._decode_flat(rec)
+            except ValueError as exc:
+                raise ValueError(f"tensor {name!r} ({rec.chain.text}): {exc}") from None
+            out[name] = x.reshape(rec.shape)
+        return out
+
+    def _decode_flat(self, rec: TensorRecord) -> F32:
+        layout = rec.layout()
+        arrays = rec.arrays()
+        v: F32 | None = None
+        for stage, meta, (_, n), arr in reversed(
+            list(zip(rec.chain.float_stages, rec.meta, layout, arrays, strict=True))
+        ):
+            v = stage.decode(meta, arr, n, v, self.kern)
+        assert v is not None
+        if not v.flags.writeable or v.dtype != np.float32:
+            v = np.array(v, dtype=np.float32)
+        if not np.isfinite(v).all():
+            raise ValueError("decoded values are not finite")
+        return v
+
+
+def rel_error(x: NDArray[np.float32], y: NDArray[np.float32]) -> float:
+    """Relative L2 error ||x - y|| / ||x|| (0 for two zero tensors)."""
+    num = float(np.linalg.norm((x.astype(np.float64) - y.astype(np.float64)).ravel()))
+    den = float(np.linalg.norm(x.astype(np.float64).ravel()))
+    return num / den if den > 0 else (0.0 if num == 0 else math.inf)

@@ -1,0 +1,195 @@
+"""The stage interface and the registry of named stages.
+
+A codec is one :class:`Stage` subclass registered under a name (``@register("quant")``) plus the
+kernel it calls. The recipe parser (:mod:`orbitfl.codec.recipe`) builds stages from text through
+this registry; the pipeline drives them; the payload validator asks them for the layout of what they
+put on the wire, so a new stage gets parsing, validation, zstd and entropy reporting for free.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+F32 = NDArray[np.float32]
+Meta = dict[str, int | float]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument a stage accepts in a recipe: ``quant:4,bucket=256,stochastic``.
+
+    ``positional`` params may be given without their name, in declaration order; bool params may be
+    given as a bare flag. ``check`` returns an error text for a bad value (None if fine).
+    """
+
+    name: str
+    kind: type[int] | type[float] | type[bool] | type[str]
+    default: Any = None  # None: required
+    positional: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+def in_range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"must be in {lo:g}..{hi:g}"
+
+    return check
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class Field:
+    """One array a stage puts on the wire: little-endian ``dtype``, ``count`` elements.
+
+    ``symbol_bits`` says how the entropy report reads it: b-bit packed codes (1..8) or, when 8 and
+    ``packed`` is False, plain bytes.
+    """
+
+    name: str
+    dtype: str  # "u1", "<u2", "<f4"
+    count: int
+    symbol_bits: int = 8
+    finite: bool = False  # float32 values that must be finite
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class EncodeContext:
+    """What a float stage may use besides its input vector."""
+
+    kern: ModuleType
+    seed: int = 0
+    residual: F32 | None = None  # only for the first stage when it updates the residual itself
+    curvature: F32 | None = None  # only for the first stage
+    bits: int | None = None  # the bit width chosen by ALQ for this tensor
+
+
+@dataclass
+class Encoded:
+    """A float stage's output: scalar metadata, arrays in layout order, floats for the next stage."""
+
+    meta: Meta
+    arrays: list[NDArray[Any]]
+    leftover: F32 | None = None
+
+
+@dataclass
+class Stage:
+    """A step of a recipe. Float stages turn a float32 vector into arrays (and maybe leftover floats
+    for the next float stage); byte stages transform the bytes of those arrays."""
+
+    name: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    kind: ClassVar[Literal["float", "bytes"]] = "float"
+    terminal: ClassVar[bool] = True  # consumes its whole input: nothing left for a next float stage
+    lossless: ClassVar[bool] = False
+    kernel_ef: ClassVar[bool] = False  # its kernel updates an error-feedback residual in place
+    default_ef: ClassVar[bool] = False
+    first_only: ClassVar[bool] = False  # needs the whole tensor (curvature, budget)
+    needs_curvature: ClassVar[bool] = False
+    meta_schema: ClassVar[Mapping[str, type]] = {}
+
+    args: dict[str, Any] = field(default_factory=dict)
+    ef: bool = False
+
+    def spec(self) -> str:
+        """Canonical text of this stage, parseable back to an equal stage."""
+        parts: list[str] = []
+        for p in self.params:  # positional params are declared first, so they print first
+            v = self.args[p.name]
+            if p.kind is bool:
+                if v != p.default:
+                    parts.append(p.name if v else f"{p.name}=0")
+            elif p.positional:
+                parts.append(_fmt(v))
+            elif v != p.default:
+                parts.append(f"{p.name}={_fmt(v)}")
+        text = self.name + (":" + ",".join(parts) if parts else "")
+        if self.ef != self.default_ef:
+            text += "+ef" if self.ef else "+noef"
+        return text
+
+    # --- float stages -------------------------------------------------------------------------------
+    def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
+        raise NotImplementedError(f"{self.name} is not a float stage")
+
+    def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
+        """The arrays this stage wrote for an n-value input with this metadata, and how many float
+        values it passed on. Raises ValueError (naming the key) for metadata that cannot be right."""
+        raise NotImplementedError(f"{self.name} is not a float stage")
+
+    def decode(
+        self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
+    ) -> F32:
+        raise NotImplementedError(f"{self.name} is not a float stage")
+
+    # --- byte stages --------------------------------------------------------------------------------
+    def compress(self, raw: bytes) -> bytes:
+        raise NotImplementedError(f"{self.name} is not a byte stage")
+
+    def decompress(self, blob: bytes, raw_size: int) -> bytes:
+        raise NotImplementedError(f"{self.name} is not a byte stage")
+
+
+@dataclass
+class FloatStage(Stage, ABC):
+    """Marker base for float stages (for readability of the stage modules)."""
+
+    @abstractmethod
+    def encode(self, x: F32, ctx: EncodeContext) -> Encoded: ...
+
+    @abstractmethod
+    def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]: ...
+
+    @abstractmethod
+    def decode(
+        self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
+    ) -> F32: ...
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(name: str) -> Callable[[type[Stage]], type[Stage]]:
+    """Class decorator: make a stage available in recipes under ``name``."""
+
+    def deco(cls: type[Stage]) -> type[Stage]:
+        if name in REGISTRY:
+            raise ValueError(f"codec stage {name!r} is already registered")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def packed_size(n: int, bits: int) -> int:
+    return (n * bits + 7) // 8
+
+
+def index_bits(k: int) -> int:
+    """Bits of a centroid id for k centroids: ceil(log2 k), at least 1."""
+    return max(1, math.ceil(math.log2(k))) if k > 1 else 1
