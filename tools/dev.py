@@ -63,6 +63,19 @@ def cpp_tests() -> None:
     run([str(BIN / "ctest"), "--test-dir", str(build), "--output-on-failure"])
 
 
+def cross_setup() -> None:
+    """Provision the aarch64 run (tests/cross, docs/aarch64.md) in CI or when ORBITFL_CROSS=1.
+
+    Elsewhere tests/cross runs only once a worktree was provisioned, and skips saying how.
+    """
+    asked = os.environ.get("ORBITFL_CROSS", "")
+    if asked == "0" or (asked != "1" and os.environ.get("CI", "").lower() != "true"):
+        return
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "cross" / "aarch64.py"), "setup"], cwd=ROOT)
+    if res.returncode and asked == "1":
+        sys.exit(res.returncode)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in EXTRAS:
         print(__doc__)
@@ -74,6 +87,7 @@ def main(argv: list[str]) -> int:
         run([str(BIN / "orbitfl"), "codec", "bench"])
         return 0
     cpp_tests()
+    cross_setup()
     run([str(BIN / "pytest"), "-q"])
     return 0
 
