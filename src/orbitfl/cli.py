@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # group name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("orbitfl.codec.cli", "compression recipes: benchmark and inspect"),
+    "model": ("orbitfl.models.cli", "model zoo: build ONNX Runtime training artifacts, train, export"),
+    "bench": ("orbitfl.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
 }
 
 

@@ -1,0 +1,258 @@
+"""The ONNX Runtime trainer on real data: accuracy, frozen experts, weights, curvature, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from orbitfl.agent.trainer import CheckpointError, Trainer
+from orbitfl.models import artifacts, zoo
+
+from orbitfl.data import Dataset, load_digits
+from orbitfl.ort_import import OrtUnavailableError, training_api
+
+try:
+    training_api()
+except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training wheel
+    pytest.skip(str(exc), allow_module_level=True)
+
+from orbitfl.agent.ort_trainer import OrtTrainer
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_digits(seed=0)
+
+
+def build(tmp: Path, name: str, **kw: object) -> Path:
+    options = {k: v for k, v in kw.items() if k not in ("trainable", "optimizer")}
+    artifacts.build_artifacts(
+        zoo.build(name, **options),
+        tmp,
+        trainable=kw.get("trainable"),  # type: ignore[arg-type]
+        optimizer=str(kw.get("optimizer", "adamw")),
+    )
+    return tmp
+
+
+def test_trainer_implements_the_interface(tmp_path: Path) -> None:
+    assert isinstance(OrtTrainer(build(tmp_path, "mlp")), Trainer)
+
+
+@pytest.mark.parametrize(
+    ("name", "schedule"),
+    [("mlp", [(2e-3, 15), (5e-4, 5)]), ("lenet-s", [(3e-3, 10), (1e-3, 5), (3e-4, 5)])],
+)
+def test_centralised_digits_accuracy_at_least_97_percent(
+    tmp_path: Path, digits: Dataset, name: str, schedule: list[tuple[float, int]]
+) -> None:
+    t = OrtTrainer(build(tmp_path, name))
+    before = t.evaluate(digits.x_test, digits.y_test)
+    for step, (lr, epochs) in enumerate(schedule):
+        m = t.train(digits.x_train, digits.y_train, epochs=epochs, learning_rate=lr, seed=step)
+        assert m.samples == epochs * len(digits.x_train) and len(m.history) == epochs
+    after = t.evaluate(digits.x_test, digits.y_test)
+    assert before.accuracy is not None and after.accuracy is not None
+    assert after.accuracy >= 0.97, after
+    assert after.loss < before.loss
+    logits = t.predict(digits.x_test)
+    assert logits.shape == (len(digits.x_test), 10)
+    assert np.mean(np.argmax(logits, 1) == digits.y_test) == pytest.approx(after.accuracy)
+
+
+def test_moe_trains_only_the_chosen_experts(tmp_path: Path, digits: Dataset) -> None:
+    spec = zoo.build("moe", experts=4)
+    chosen = zoo.expert_parameters(spec, [1, 3])
+    artifacts.build_artifacts(spec, tmp_path, trainable=chosen)
+    t = OrtTrainer(tmp_path)
+    assert t.trainable_names == chosen
+    before = t.get_weights()
+    m = t.train(digits.x_train, digits.y_train, epochs=3, learning_rate=3e-3)
+    after = t.get_weights()
+    for name in t.parameter_names:
+        if name in chosen:
+            assert not np.array_equal(before[name], after[name]), f"{name} did not train"
+        else:
+            assert before[name].tobytes() == after[name].tobytes(), f"{name} changed"
+    assert m.accuracy is not None and m.accuracy > 0.5
+    assert set(t.second_moments()) == set(chosen)
+
+
+def test_weights_round_trip_and_bad_weights_are_refused(tmp_path: Path, digits: Dataset) -> None:
+    t = OrtTrainer(build(tmp_path, "mlp"))
+    w = t.get_weights()
+    assert list(w) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    new = {k: (v * 0.5).astype(np.float32) for k, v in w.items()}
+    t.set_weights(new)
+    got = t.get_weights()
+    assert all(np.array_equal(got[k], new[k]) for k in w)
+    got["fc1.bias"][:] = 7  # a copy: the trainer is unaffected
+    assert not np.any(t.get_weights()["fc1.bias"] == 7)
+    # a set_weights'd model predicts what the same weights predict in plain ONNX Runtime inference
+    from orbitfl.ort_import import onnxruntime
+
+    inf = zoo.with_weights(zoo.build("mlp").model, new)
+    sess = onnxruntime().InferenceSession(inf.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        t.predict(digits.x_test[:9]), sess.run(None, {"input": digits.x_test[:9]})[0], rtol=1e-5, atol=1e-6
+    )
+
+    good = t.get_weights()
+    with pytest.raises(ValueError, match=r"unknown parameter 'fc3.weight'"):
+        t.set_weights({"fc3.weight": good["fc2.weight"]})
+    with pytest.raises(TypeError, match=r"'fc1.weight'.*float32.*float64"):
+        t.set_weights({"fc1.weight": good["fc1.weight"].astype(np.float64)})
+    with pytest.raises(ValueError, match=r"'fc2.bias'.*\(10,\).*\(11,\)"):
+        t.set_weights({"fc2.bias": np.zeros(11, np.float32)})
+    with pytest.raises(TypeError, match=r"'fc2.bias'.*numpy.ndarray.*list"):
+        t.set_weights({"fc2.bias": [0.0] * 10})  # type: ignore[dict-item]
+    # all-or-nothing: a valid entry next to a bad one is not applied
+    with pytest.raises(ValueError):
+        t.set_weights({"fc1.bias": np.zeros(128, np.float32), "fc2.bias": np.zeros(3, np.float32)})
+    assert np.array_equal(t.get_weights()["fc1.bias"], good["fc1.bias"])
+    with pytest.raises(ValueError, match=r"unknown parameter 'nope'"):
+        t.get_weights(["nope"])
+
+
+def test_bad_training_data_is_refused(tmp_path: Path, digits: Dataset) -> None:
+    t = OrtTrainer(build(tmp_path, "mlp"))
+    x, y = digits.x_train[:40], digits.y_train[:40]
+    with pytest.raises(TypeError, match=r"integer class labels"):
+        t.train(x, y.astype(np.float32))
+    with pytest.raises(ValueError, match=r"labels in 0..9"):
+        t.train(x, y + 10)
+    with pytest.raises(ValueError, match=r"shape \[N, 64\]"):
+        t.train(x[:, :50], y)
+    with pytest.raises(ValueError, match=r"40 samples but y has 39"):
+        t.train(x, y[:39])
+    with pytest.raises(TypeError, match=r"floating-point"):
+        t.train(x.astype(np.int32), y)
+    with pytest.raises(ValueError, match=r"epochs"):
+        t.train(x, y, epochs=0)
+
+
+def test_adam_second_moments_are_the_optimizers_v(tmp_path: Path, digits: Dataset) -> None:
+    """After one AdamW step from zero state, v = (1 - beta2) g^2. For the last bias of an MLP under
+    mean cross-entropy, g = mean(softmax(logits) - onehot), computable here without ORT's help."""
+    t = OrtTrainer(build(tmp_path, "mlp"))
+    assert all(not v.any() for v in t.second_moments().values())  # zero before any step
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    logits = t.predict(x).astype(np.float64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - np.eye(10)[y]).mean(0)
+    t.train(x, y, epochs=1, batch_size=32)
+    v = t.second_moments()
+    assert set(v) == set(t.trainable_names)
+    np.testing.assert_allclose(v["fc2.bias"], 0.001 * g * g, rtol=1e-3, atol=1e-12)
+    assert all(a.shape == t.parameter_shapes[k] and a.dtype == np.float32 for k, a in v.items())
+
+
+def test_sgd_second_moments_substitute_tracks_squared_gradients(tmp_path: Path, digits: Dataset) -> None:
+    t = OrtTrainer(build(tmp_path, "mlp", optimizer="sgd"), learning_rate=0.05)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    logits = t.predict(x).astype(np.float64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - np.eye(10)[y]).mean(0)
+    t.train(x, y, epochs=1, batch_size=32)
+    # one step, bias-corrected: exactly g^2
+    np.testing.assert_allclose(t.second_moments()["fc2.bias"], g * g, rtol=1e-3, atol=1e-12)
+
+
+def test_save_restore_and_corrupted_checkpoints(tmp_path: Path, digits: Dataset) -> None:
+    t = OrtTrainer(build(tmp_path / "art", "mlp"))
+    t.train(digits.x_train, digits.y_train, epochs=2)
+    ck = t.save(tmp_path / "a.ckpt")
+    saved_w, saved_v = t.get_weights(), t.second_moments()
+    t.train(digits.x_train, digits.y_train, epochs=1)
+    assert not np.array_equal(t.get_weights()["fc1.weight"], saved_w["fc1.weight"])
+    t.restore(ck)
+    assert all(np.array_equal(t.get_weights()[k], saved_w[k]) for k in saved_w)
+    assert all(np.array_equal(t.second_moments()[k], saved_v[k]) for k in saved_v)  # optimizer state too
+
+    raw = bytearray(ck.read_bytes())
+    current = t.get_weights()
+    for label, damaged in [
+        ("flipped", raw[:-100] + bytes([raw[-100] ^ 0x01]) + raw[-99:]),
+        ("truncated", raw[: len(raw) // 2]),
+        ("empty", bytearray()),
+    ]:
+        bad = tmp_path / f"{label}.ckpt"
+        bad.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match=r"corrupted|truncated|not an orbitfl checkpoint"):
+            t.restore(bad)
+        assert all(np.array_equal(t.get_weights()[k], current[k]) for k in current), label
+    with pytest.raises(CheckpointError, match=r"cannot read"):
+        t.restore(tmp_path / "missing.ckpt")
+    # a valid checkpoint of another model is refused too
+    other = OrtTrainer(build(tmp_path / "art2", "mlp", hidden=[16]))
+    with pytest.raises(CheckpointError, match=r"different model"):
+        other.restore(ck)
+
+
+def test_corrupted_checkpoint_in_a_checkpoint_dir_is_refused_not_ignored(
+    tmp_path: Path, digits: Dataset
+) -> None:
+    art = build(tmp_path / "art", "mlp")
+    t = OrtTrainer(art)
+    t.train(digits.x_train, digits.y_train, epochs=1, checkpoint_dir=tmp_path / "ck")
+    path = tmp_path / "ck" / "train.ckpt"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"corrupted"):
+        OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=1, checkpoint_dir=tmp_path / "ck")
+
+
+def test_checkpoint_dir_resume_matches_an_uninterrupted_run(tmp_path: Path, digits: Dataset) -> None:
+    """Stop mid-epoch (as a contact window would), resume in a new trainer: bit-identical result."""
+    art = build(tmp_path / "art", "lenet-s")
+    x, y = digits.x_train, digits.y_train
+    ref = OrtTrainer(art)
+    ref.train(x, y, epochs=2, seed=3)
+
+    first = OrtTrainer(art)
+    m1 = first.train(
+        x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck", on_batch=lambda e, b: e == 1 and b == 7
+    )
+    assert m1.batches == 45 + 7 and m1.resumed_from is None
+    second = OrtTrainer(art)
+    m2 = second.train(x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck")
+    assert m2.resumed_from == (1, 7) and m2.batches == 45 - 7
+    assert [h["epoch"] for h in m2.history] == [1.0, 2.0]
+    for k, v in ref.get_weights().items():
+        assert v.tobytes() == second.get_weights()[k].tobytes(), k
+    # the finished run is not trained again
+    assert OrtTrainer(art).train(x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck").batches == 0
+    # a different run (other starting weights) does not pick up this checkpoint
+    fresh = OrtTrainer(art)
+    fresh.set_weights({"fc3.bias": np.ones(10, np.float32)})
+    assert fresh.train(x, y, epochs=1, seed=3, checkpoint_dir=tmp_path / "ck").resumed_from is None
+
+
+def test_reset_optimizer_forgets_moments(tmp_path: Path, digits: Dataset) -> None:
+    t = OrtTrainer(build(tmp_path, "mlp"))
+    t.train(digits.x_train[:64], digits.y_train[:64])
+    w = t.get_weights()
+    assert any(v.any() for v in t.second_moments().values())
+    t.reset_optimizer()
+    assert not any(v.any() for v in t.second_moments().values())
+    assert all(np.array_equal(t.get_weights()[k], w[k]) for k in w)
+
+
+def test_spectral_cnn_learns_the_background_and_flags_targets(tmp_path: Path) -> None:
+    from orbitfl.data import load_hyperspectral
+
+    ds = load_hyperspectral(height=48, width=48, bands=64, target_fraction=0.02, seed=1)
+    t = OrtTrainer(build(tmp_path, "spectral-cnn"), learning_rate=3e-3)
+    before = t.evaluate(ds.x_test, ds.y_test).loss
+    t.train(ds.x_train, ds.y_train, epochs=15, batch_size=64)
+    after = t.evaluate(ds.x_test, ds.y_test)
+    assert after.accuracy is None and after.loss < before / 5
+    err = ((t.predict(ds.x_test) - ds.y_test) ** 2).mean(1)
+    labels = ds.info["labels_test"]
+    assert (labels > 0).any()
+    # rare target spectra are reconstructed worse than the background the model learned
+    assert np.median(err[labels > 0]) > 2 * np.median(err[labels == 0])
