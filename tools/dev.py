@@ -11,6 +11,7 @@ cheap: the package is rebuilt incrementally in build/ and nothing is re-download
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,29 @@ def setup(job: str) -> None:
     run([str(PY), "-m", "pip", "install", "--quiet", f".[{EXTRAS[job]}]"])
 
 
+TFLITE_VENV = ROOT / ".venv-tflite"
+
+
+def tflite_runtime_env() -> None:
+    """A second, small environment for the tflite-runtime tests: its last release (2.14) needs
+    numpy<2, which the main environment cannot have. Created once; the tests skip without it."""
+    py = TFLITE_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+    if (TFLITE_VENV / ".ready").exists():
+        return
+    wheel_exists = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
+    if sys.version_info >= (3, 12) or not wheel_exists:
+        print("tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
+              "its tests will be skipped", flush=True)
+        return
+    try:
+        venv.EnvBuilder(with_pip=True, clear=True).create(TFLITE_VENV)
+        run([str(py), "-m", "pip", "install", "--quiet", "numpy<2", "tflite-runtime==2.14.0"])
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"could not set up {TFLITE_VENV} ({exc}): the tflite-runtime tests will be skipped", flush=True)
+        return
+    (TFLITE_VENV / ".ready").touch()
+
+
 def cpp_tests() -> None:
     build = ROOT / "build" / "cpp-tests"
     cmake = [str(BIN / "cmake")]
@@ -86,6 +110,7 @@ def main(argv: list[str]) -> int:
     if job == "demo":
         run([str(BIN / "orbitfl"), "codec", "bench"])
         return 0
+    tflite_runtime_env()
     cpp_tests()
     cross_setup()
     run([str(BIN / "pytest"), "-q"])
