@@ -1,0 +1,388 @@
+"""The agent's federation logic as a state machine: events in, actions out, no sockets, no clock.
+
+On every link up the agent says HELLO (with the model version it holds) and resumes uploading the
+oldest update in its outbox from the offset the ground last confirmed. A TASK (with the model whole
+or as a delta when the agent does not hold its version) becomes a StartTraining action; the
+trainer's TrainingDone becomes an encoded UPDATE, stored durably in the outbox before any attempt to
+send it; an ACK removes it. Link loss pauses transfers; nothing is dropped because time passed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from orbitfl.agent.outbox import Outbox, OutboxItem
+
+from orbitfl import __version__
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.wire.errors import Reason, WireError
+from orbitfl.wire.events import (
+    GROUND,
+    Action,
+    ApplyModel,
+    Count,
+    Event,
+    LinkDown,
+    LinkUp,
+    Log,
+    MessageReceived,
+    Send,
+    StartTraining,
+    Tick,
+    TrainingDone,
+    TrainingFailed,
+)
+from orbitfl.wire.messages import (
+    DEFAULT_LIMITS,
+    Ack,
+    Bye,
+    Chunk,
+    ChunkAck,
+    Heartbeat,
+    Hello,
+    Limits,
+    Message,
+    Model,
+    ModelBlob,
+    Nack,
+    Task,
+    Update,
+    decode,
+    encode,
+    make_id,
+)
+from orbitfl.wire.model_codec import decode_model
+from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
+from orbitfl.wire.tensors import TensorDict
+
+# The ground will refuse these again on a resend: drop the update instead of retrying forever.
+PERMANENT = frozenset(
+    r.value
+    for r in (
+        Reason.STALE,
+        Reason.SCHEMA,
+        Reason.BAD_ID,
+        Reason.UNKNOWN_TENSOR,
+        Reason.MISSING_TENSOR,
+        Reason.BAD_DTYPE,
+        Reason.BAD_SHAPE,
+        Reason.NON_FINITE,
+        Reason.BAD_PAYLOAD,
+        Reason.OVERSIZE,
+        Reason.UNKNOWN_TASK,
+        Reason.UNKNOWN_TYPE,
+        Reason.BAD_VERSION,
+        Reason.MALFORMED,
+    )
+)
+
+
+@dataclass
+class AgentConfig:
+    agent_id: str
+    software: str = f"orbitfl/{__version__}"
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    heartbeat_seconds: float = 15.0
+    retransmit_seconds: float = 30.0
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    window: int = DEFAULT_WINDOW
+    max_transfer_bytes: int = 512 << 20
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if not self.agent_id or ":" in self.agent_id or len(self.agent_id) > 128:
+            raise ValueError(f"agent_id must be 1-128 chars without ':', got {self.agent_id!r}")
+        if self.heartbeat_seconds <= 0 or self.retransmit_seconds <= 0:
+            raise ValueError("heartbeat_seconds and retransmit_seconds must be > 0")
+
+
+class AgentMachine:
+    """One agent's federation state. Single-threaded: call ``handle`` from one thread."""
+
+    def __init__(self, outbox: Outbox, config: AgentConfig) -> None:
+        self.outbox = outbox
+        self.cfg = config
+        self._boot = outbox.next_boot()
+        self._ids = itertools.count(1)
+        held = outbox.load_model()
+        self.version: int | None = None if held is None else held[0]
+        self.weights: TensorDict = {} if held is None else held[1]
+        self.task: Task | None = None  # the task being trained
+        self.training = False
+        self.linked = False
+        self.upload: Outbound | None = None  # chunked upload of the outbox head
+        self._upload_id: str | None = None
+        self._upload_sent_at: float | None = None
+        self.reasm = Reassembler(config.max_transfer_bytes, max_transfers_per_peer=2)
+        self.codec_state: dict[str, Any] = {}  # recipe -> codec state (error feedback), kept in the outbox
+        self._last_sent = 0.0
+        self.refused: dict[str, int] = {}
+        self.bytes_out = 0
+
+    def _id(self) -> str:
+        return f"{self.cfg.agent_id}:b{self._boot}.{next(self._ids)}"
+
+    def _send(self, msg: Message | bytes, now: float, out: list[Action]) -> None:
+        frame = msg if isinstance(msg, bytes) else encode(msg)
+        self.bytes_out += len(frame)
+        self._last_sent = now
+        out.append(Send(GROUND, frame))
+
+    # --- the machine ------------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out: list[Action] = []
+        if isinstance(event, LinkUp):
+            self.linked = True
+            self._send(
+                Hello(
+                    self._id(),
+                    self.cfg.agent_id,
+                    self.cfg.software,
+                    self.version,
+                    {**self.cfg.capabilities, "pending": self.outbox.pending()},
+                ),
+                now,
+                out,
+            )
+            self._start_upload(now, out, resume=True)
+        elif isinstance(event, LinkDown):
+            self.linked = False
+            if self.upload is not None:
+                self.upload.pause()
+            self._upload_sent_at = None
+        elif isinstance(event, MessageReceived):
+            self._on_frame(event.frame, now, out)
+        elif isinstance(event, TrainingDone):
+            self._on_trained(event, now, out)
+        elif isinstance(event, TrainingFailed):
+            if self.task is not None and self.task.task_id == event.task_id:
+                self.task, self.training = None, False
+            out.append(Log("ERROR", f"training of {event.task_id!r} failed: {event.error}"))
+            out.append(Count("training_failed"))
+        elif isinstance(event, Tick):
+            self._on_tick(now, out)
+        return out
+
+    def _on_tick(self, now: float, out: list[Action]) -> None:
+        if not self.linked:
+            return
+        if self._upload_sent_at is not None and now - self._upload_sent_at >= self.cfg.retransmit_seconds:
+            out.append(Count("retransmits"))
+            self._start_upload(now, out, resume=True)
+        elif now - self._last_sent >= self.cfg.heartbeat_seconds:
+            self._send(Heartbeat(self._id(), self.version, self.outbox.pending()), now, out)
+
+    def _on_frame(self, frame: bytes, now: float, out: list[Action]) -> None:
+        try:
+            msg = decode(frame, self.cfg.limits)
+            if isinstance(msg, Task):
+                self._with_ref(msg.id, lambda: self._on_task(msg, now, out))
+            elif isinstance(msg, Model):
+                assert msg.model is not None
+                model = msg.model
+                self._with_ref(msg.id, lambda: self._install(model, now, out))
+            elif isinstance(msg, Ack):
+                self._on_ack(msg.ref, msg.duplicate, now, out)
+            elif isinstance(msg, Nack):
+                self._on_nack(msg, now, out)
+            elif isinstance(msg, Chunk):
+                try:
+                    ack, whole = self.reasm.accept(GROUND, msg, now, self._id)
+                except WireError as err:
+                    self._send(
+                        ChunkAck(self._id(), msg.transfer, self.reasm.next_offset(GROUND, msg.transfer)),
+                        now,
+                        out,
+                    )
+                    raise WireError(err.reason, err.text, msg.transfer) from None
+                self._send(ack, now, out)
+                if whole is not None:
+                    self._on_frame(whole, now, out)
+            elif isinstance(msg, ChunkAck):
+                if self.upload is not None and msg.transfer == self.upload.transfer:
+                    self.upload.on_ack(msg, now)
+                    self.outbox.set_offset(msg.transfer, self.upload.acked)
+                    self._upload_sent_at = now
+                    if self.linked:
+                        for f in self.upload.next_chunks(self._id):
+                            self._send(f, now, out)
+            elif isinstance(msg, (Heartbeat, Bye)):
+                pass
+            else:
+                raise WireError(Reason.UNKNOWN_TYPE, f"{msg.TYPE} is not something the ground sends", msg.id)
+        except WireError as err:
+            self.refused[err.reason.value] = self.refused.get(err.reason.value, 0) + 1
+            out.append(Count("refused", (("reason", err.reason.value),)))
+            out.append(Log("WARNING", f"refused frame from ground (id {err.ref!r}): {err}"))
+            if self.linked:
+                self._send(Nack(self._id(), err.ref, err.reason.value, err.text), now, out)
+
+    @staticmethod
+    def _with_ref(ref: str, step: Callable[[], object]) -> None:
+        """Run ``step``; a refusal inside it names ``ref`` so the ground knows what was refused."""
+        try:
+            step()
+        except WireError as err:
+            raise WireError(err.reason, err.text, err.ref or ref) from None
+
+    def _install(self, blob: ModelBlob, now: float, out: list[Action]) -> bool:
+        """Rebuild, verify and durably keep a global model; tell the service to use it."""
+        if blob.version == self.version:
+            return True
+        if blob.encoding == "xor" and blob.base_version != self.version:
+            raise WireError(
+                Reason.BAD_PAYLOAD,
+                f"model v{blob.version} is a delta from v{blob.base_version}; "
+                f"this agent holds v{self.version}",
+            )
+        weights = decode_model(blob, self.weights if blob.encoding == "xor" else None)
+        self.outbox.save_model(blob.version, weights)
+        self.version, self.weights = blob.version, weights
+        out.append(ApplyModel(blob.version, weights))
+        out.append(Log("INFO", f"holding global model v{blob.version}"))
+        if self.linked:  # let the ground know which version to send deltas against
+            self._send(Heartbeat(self._id(), self.version, self.outbox.pending()), now, out)
+        return True
+
+    def _on_task(self, task: Task, now: float, out: list[Action]) -> None:
+        if (self.task is not None and self.task.task_id == task.task_id) or self.outbox.has_task(
+            task.task_id
+        ):
+            return  # a resend of work in hand
+        if task.model is not None:
+            self._install(task.model, now, out)
+        if task.model_version != self.version:
+            raise WireError(
+                Reason.BAD_PAYLOAD,
+                f"task {task.task_id!r} needs model v{task.model_version}; this agent holds v{self.version}",
+                task.id,
+            )
+        if self.training:
+            out.append(
+                Log("INFO", f"task {task.task_id!r} replaces unfinished {self.task and self.task.task_id!r}")
+            )
+        self.task, self.training = task, True
+        out.append(Count("tasks_started"))
+        out.append(StartTraining(task, self.weights))
+
+    def _on_trained(self, ev: TrainingDone, now: float, out: list[Action]) -> None:
+        task = self.task
+        if task is None or task.task_id != ev.task_id:
+            out.append(
+                Log("WARNING", f"training result for {ev.task_id!r} is not for the current task; ignored")
+            )
+            return
+        try:
+            state = self._codec_state(task.recipe, out)
+            payload = encode_payload(task.recipe, ev.delta, state)
+        except (ValueError, TypeError, WireError) as exc:
+            self.task, self.training = None, False
+            out.append(
+                Log("ERROR", f"cannot encode the update of {task.task_id!r} with {task.recipe!r}: {exc}")
+            )
+            return
+
+        def frame(counter: int) -> tuple[str, bytes]:
+            uid = make_id(self.cfg.agent_id, counter)
+            return uid, encode(
+                Update(
+                    uid, task.task_id, task.round, task.model_version, ev.samples, dict(ev.metrics), payload
+                )
+            )
+
+        kv = {}
+        if state is not None:
+            kv[f"codec_state/{task.recipe}"] = msgpack.packb(codec_state_to_dict(state), use_bin_type=True)
+        uid = self.outbox.put(task.task_id, frame, now, kv)
+        self.task, self.training = None, False
+        out.append(Count("updates_queued"))
+        out.append(Log("INFO", f"update {uid} for {task.task_id!r} is in the outbox"))
+        if self.upload is None:
+            self._start_upload(now, out, resume=False)
+
+    def _codec_state(self, recipe: str, out: list[Action]) -> Any:
+        """The codec state of ``recipe``: in memory, else as stored with the last update, else new."""
+        if recipe in self.codec_state:
+            return self.codec_state[recipe]
+        state = new_codec_state(recipe)
+        blob = self.outbox.get(f"codec_state/{recipe}")
+        if state is not None and blob is not None:
+            try:
+                state = codec_state_from_dict(msgpack.unpackb(blob, raw=False, max_ext_len=0))
+            except (ValueError, TypeError) as exc:
+                out.append(
+                    Log("WARNING", f"stored codec state of {recipe!r} unreadable ({exc}); starting fresh")
+                )
+        self.codec_state[recipe] = state
+        return state
+
+    def _start_upload(self, now: float, out: list[Action], resume: bool) -> None:
+        """Send (or resume sending) the outbox head."""
+        if not self.linked:
+            return
+        head = self.outbox.head()
+        if head is None:
+            self.upload, self._upload_id, self._upload_sent_at = None, None, None
+            return
+        self._upload_sent_at = now
+        if len(head.frame) <= self.cfg.chunk_bytes:
+            self.upload, self._upload_id = None, head.update_id
+            self._send(head.frame, now, out)
+            return
+        self._upload_id = head.update_id
+        if self.upload is None or self.upload.transfer != head.update_id:
+            self.upload = self._outbound(head)
+        else:
+            self.upload.pause()
+        if self.upload.done:
+            # Every byte was confirmed but no ACK came (the ground may have restarted before
+            # ingesting): send the last chunk again; the ground answers with where it really is.
+            self.upload.sent = max(0, self.upload.total - self.cfg.chunk_bytes)
+        for f in self.upload.next_chunks(self._id):
+            self._send(f, now, out)
+
+    def _outbound(self, item: OutboxItem) -> Outbound:
+        return Outbound(
+            item.update_id, item.frame, self.cfg.chunk_bytes, self.cfg.window, acked=item.acked_offset
+        )
+
+    def _on_ack(self, ref: str, duplicate: bool, now: float, out: list[Action]) -> None:
+        if self.outbox.ack(ref):
+            out.append(Count("updates_acked"))
+            out.append(Log("INFO", f"update {ref} acknowledged{' (duplicate)' if duplicate else ''}"))
+        if ref == self._upload_id:
+            self.upload, self._upload_id, self._upload_sent_at = None, None, None
+            self._start_upload(now, out, resume=False)
+
+    def _on_nack(self, msg: Nack, now: float, out: list[Action]) -> None:
+        out.append(Count("nacks_received", (("reason", msg.reason),)))
+        out.append(Log("WARNING", f"ground refused {msg.ref!r}: {msg.reason}: {msg.text}"))
+        if msg.ref is None or msg.ref != self._upload_id:
+            return
+        if msg.reason in PERMANENT:
+            self.outbox.drop(msg.ref, msg.reason, now)
+            out.append(Count("updates_dropped", (("reason", msg.reason),)))
+            self.upload, self._upload_id = None, None
+            self._start_upload(now, out, resume=False)
+        elif msg.reason == Reason.NOT_REGISTERED.value:
+            self._send(
+                Hello(
+                    self._id(),
+                    self.cfg.agent_id,
+                    self.cfg.software,
+                    self.version,
+                    {**self.cfg.capabilities, "pending": self.outbox.pending()},
+                ),
+                now,
+                out,
+            )
+            self._start_upload(now, out, resume=True)
+        elif msg.reason == Reason.CHECKSUM.value and self.upload is not None:
+            self.upload.acked = self.upload.sent = 0
+            self.outbox.set_offset(msg.ref, 0)
+            self._start_upload(now, out, resume=True)

@@ -1,0 +1,474 @@
+"""The ground's federation logic as a state machine: events in, actions out, no sockets, no clock.
+
+``GroundMachine.handle(event, now)`` decodes and checks every frame, registers agents, hands out
+tasks, ingests updates exactly once, closes rounds and sends models down. ``now`` is seconds on a
+clock that survives restarts (the daemon passes wall time; tests pass virtual time), because round
+deadlines are stored.
+
+Exactly-once: an UPDATE is checked, then recorded in the store in one committed transaction (its
+id in ``seen`` and its frame in the round's log), then folded into the strategy, and only then is
+the ACK action returned. A repeated id is ACKed again with ``duplicate`` and not folded twice.
+After a crash the machine rebuilds the strategy from the last checkpoint plus the logged frames.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+from orbitfl.ground.store import GroundStore
+from orbitfl.ground.strategy import FedAvg, Strategy
+
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.wire.errors import Reason, WireError
+from orbitfl.wire.events import (
+    Action,
+    Count,
+    Event,
+    Gauge,
+    Log,
+    MessageReceived,
+    PeerSilent,
+    RoundClosed,
+    Send,
+    Tick,
+)
+from orbitfl.wire.messages import (
+    DEFAULT_LIMITS,
+    Ack,
+    Bye,
+    Chunk,
+    ChunkAck,
+    Heartbeat,
+    Hello,
+    Limits,
+    Message,
+    Model,
+    ModelBlob,
+    Nack,
+    Task,
+    Update,
+    decode,
+    encode,
+    id_sender,
+)
+from orbitfl.wire.model_codec import encode_model
+from orbitfl.wire.payload import decode_payload
+from orbitfl.wire.tensors import TensorDict, check_against_model
+
+
+@dataclass
+class GroundConfig:
+    ground_id: str = "ground"
+    rounds: int | None = None  # None: keep going
+    min_updates: int = 2  # a round closes as soon as it has this many updates
+    round_seconds: float = 600.0  # ... or at its deadline, if it has min_updates_at_deadline
+    min_updates_at_deadline: int = 1  # fewer at the deadline: the deadline moves on, nothing is dropped
+    max_staleness: int = 1  # accept updates built on a version up to this many versions old
+    recipe: str = "fp32"  # codec recipe agents use for their updates
+    hints: dict[str, Any] = field(default_factory=dict)
+    task_ttl: float | None = None  # explicit expiry policy for tasks; None: a task never expires
+    checkpoint_every: int = 32  # snapshot the strategy's sums every N accepted updates
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    window: int = DEFAULT_WINDOW
+    retransmit_seconds: float = 30.0
+    max_transfer_bytes: int = 512 << 20
+    compress_downlink: bool = True
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if self.min_updates < 1 or self.min_updates_at_deadline < 1:
+            raise ValueError("min_updates and min_updates_at_deadline must be >= 1")
+        if self.round_seconds <= 0:
+            raise ValueError(f"round_seconds must be > 0, got {self.round_seconds}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1 or None, got {self.rounds}")
+        if self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
+        if not self.ground_id or ":" in self.ground_id:
+            raise ValueError("ground_id must be non-empty and contain no ':'")
+
+
+@dataclass
+class _Peer:
+    agent_id: str
+    online: bool = True
+    model_version: int | None = None
+    last_seen: float = 0.0
+
+
+class GroundMachine:
+    """One ground station's federation state. Single-threaded: call ``handle`` from one thread."""
+
+    def __init__(
+        self,
+        store: GroundStore,
+        config: GroundConfig,
+        initial_model: Mapping[str, npt.NDArray[Any]] | None = None,
+        strategy: Strategy | None = None,
+    ) -> None:
+        self.store = store
+        self.cfg = config
+        self.strategy = strategy or FedAvg()
+        self._boot = store.next_boot()
+        self._ids = itertools.count(1)
+        self.peers: dict[str, _Peer] = {}  # link peer -> agent
+        self.reasm = Reassembler(config.max_transfer_bytes)
+        self.outbound: dict[tuple[str, str], Outbound] = {}
+        self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
+        self.refused: dict[str, int] = {}
+        self.accepted = 0
+        self.duplicates = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        latest = store.latest_version()
+        if latest is None:
+            if initial_model is None:
+                raise ValueError("an empty store needs an initial model")
+            store.save_model(0, initial_model, 0.0)
+            store.open_round(1, 0, None, None)
+            latest = 0
+        self.version = latest
+        global_ = store.load_model(latest)
+        assert global_ is not None
+        self.global_model: TensorDict = global_
+        self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
+        self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
+        self._recover()
+
+    # --- recovery ---------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rebuild the open round's partial sums: checkpoint, then replay the log after it."""
+        cur = self.store.current_round()
+        self.round = cur.round if cur is not None else 0
+        self.deadline = cur.deadline if cur is not None else None
+        self.strategy.reset(self.global_model)
+        self._since_ckpt = 0
+        self._seq = 0
+        if cur is None:
+            return
+        ck = self.store.load_checkpoint(cur.round)
+        if ck is not None:
+            self._seq, arrays, scalars = ck
+            self.strategy.load_state(arrays, scalars)
+        for row in self.store.logged(cur.round, self._seq):
+            msg = decode(row.frame, self.cfg.limits)
+            assert isinstance(msg, Update)
+            self.strategy.accumulate(decode_payload(msg.payload, self.shapes), row.samples, row.staleness)
+            self._seq = row.seq
+            self._since_ckpt += 1
+        for aid in (a.agent_id for a in self.store.agents()):
+            row_ = self.store.agent(aid)
+            assert row_ is not None
+            self.peers.setdefault(
+                row_.peer,
+                _Peer(aid, online=False, model_version=row_.model_version, last_seen=row_.last_seen),
+            )
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _id(self) -> str:
+        return f"{self.cfg.ground_id}:b{self._boot}.{next(self._ids)}"
+
+    @property
+    def done(self) -> bool:
+        return self.round == 0 or (
+            self.cfg.rounds is not None and self.store.rounds_closed() >= self.cfg.rounds
+        )
+
+    def _refuse(self, peer: str, err: WireError, out: list[Action]) -> None:
+        self.refused[err.reason.value] = self.refused.get(err.reason.value, 0) + 1
+        out.append(Count("refused", (("reason", err.reason.value),)))
+        out.append(Log("WARNING", f"refused frame from {peer!r} (id {err.ref!r}): {err}"))
+        out.append(self._send(peer, Nack(self._id(), err.ref, err.reason.value, err.text)))
+
+    def _send(self, peer: str, msg: Message | bytes) -> Send:
+        frame = msg if isinstance(msg, bytes) else encode(msg)
+        self.bytes_out += len(frame)
+        return Send(peer, frame)
+
+    def _send_big(self, peer: str, msg: Message, now: float, out: list[Action]) -> None:
+        """Send directly, or as a resumable chunked transfer when larger than a chunk.
+
+        A transfer already under way for the same message id is resumed as it is (its frame is
+        kept), so the agent's partial copy stays valid across contacts; ids of TASK and MODEL name
+        their content (round, agent, base version), so the same id means the same model bytes.
+        """
+        key = (peer, msg.id)
+        ob = self.outbound.get(key)
+        if ob is not None:
+            ob.pause()
+            ob.last_progress = now
+            self._pump(peer, ob, out)
+            return
+        frame = encode(msg)
+        if len(frame) <= self.cfg.chunk_bytes:
+            self.bytes_out += len(frame)
+            out.append(Send(peer, frame))
+            return
+        # one downlink transfer per peer at a time: a newer one replaces an unfinished older one
+        for k in [k for k in self.outbound if k[0] == peer]:
+            del self.outbound[k]
+        ob = Outbound(msg.id, frame, self.cfg.chunk_bytes, self.cfg.window, last_progress=now)
+        self.outbound[key] = ob
+        self._pump(peer, ob, out)
+
+    def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
+        for f in ob.next_chunks(self._id):
+            self.bytes_out += len(f)
+            out.append(Send(peer, f))
+
+    def _model_blob(self, held: int | None) -> ModelBlob:
+        key = (self.version, held)
+        blob = self._blobs.get(key)
+        if blob is None:
+            if len(self._blobs) >= 8 or any(v != self.version for v, _ in self._blobs):
+                self._blobs.clear()  # keep only a few blobs of the current version
+            blob = self._blobs[key] = self._make_blob(held)
+        return blob
+
+    def _make_blob(self, held: int | None) -> ModelBlob:
+        base = None if held is None or held == self.version else self.store.load_model(held)
+        if base is None or {k: (tuple(v.shape), v.dtype.name) for k, v in base.items()} != self.spec:
+            return encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
+        return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
+
+    def _task_id(self, agent: str) -> str:
+        return f"r{self.round}/{agent}"
+
+    def _offer_task(self, peer: str, p: _Peer, now: float, out: list[Action]) -> None:
+        """Give ``p`` the current round's task, or the final model when training is over."""
+        if self.done:
+            if p.model_version != self.version:
+                held = "none" if p.model_version is None else p.model_version
+                mid = f"{self.cfg.ground_id}:model.v{self.version}.{p.agent_id}.from{held}"
+                self._send_big(peer, Model(mid, self._model_blob(p.model_version)), now, out)
+            return
+        if self.store.contributed(p.agent_id, self.round):
+            return
+        tid = self._task_id(p.agent_id)
+        expires = None if self.cfg.task_ttl is None else now + self.cfg.task_ttl
+        self.store.put_task(tid, p.agent_id, self.round, now, expires)
+        blob = None if p.model_version == self.version else self._model_blob(p.model_version)
+        deadline_in = None if self.deadline is None else max(0.0, self.deadline - now)
+        # The id depends only on what the task is, so a resend of the same task continues the same
+        # chunked transfer.
+        held = "none" if p.model_version is None else p.model_version
+        mid = f"{self.cfg.ground_id}:task.{tid}.from{held}"
+        self._send_big(
+            peer,
+            Task(
+                mid, tid, self.round, self.version, self.cfg.recipe, dict(self.cfg.hints), deadline_in, blob
+            ),
+            now,
+            out,
+        )
+        out.append(Count("tasks_sent"))
+
+    # --- the machine ------------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out: list[Action] = []
+        if self.deadline is None and not self.done:
+            self.deadline = now + self.cfg.round_seconds
+            self.store.set_deadline(self.round, now, self.deadline)
+        if isinstance(event, MessageReceived):
+            self._on_frame(event.peer, event.frame, now, out)
+        elif isinstance(event, Tick):
+            self._on_tick(now, out)
+        elif isinstance(event, PeerSilent):
+            p = self.peers.get(event.peer)
+            if p is not None:
+                p.online = False  # its tasks and its place in the round stay
+            for (peer, _), ob in self.outbound.items():
+                if peer == event.peer:
+                    ob.pause()
+            out.append(Log("INFO", f"peer {event.peer!r} went silent; its pending work is kept"))
+        return out
+
+    def _on_frame(self, peer: str, frame: bytes, now: float, out: list[Action], count: bool = True) -> None:
+        if count:
+            self.bytes_in += len(frame)
+            out.append(Count("bytes_in", (), len(frame)))
+        try:
+            msg = decode(frame, self.cfg.limits)
+            p = self.peers.get(peer)
+            if p is not None:
+                p.last_seen = now
+                p.online = True
+            if isinstance(msg, Hello):
+                self._on_hello(peer, msg, now, out)
+            elif isinstance(msg, Update):
+                self._on_update(peer, msg, frame, now, out)
+            elif isinstance(msg, Chunk):
+                self._on_chunk(peer, msg, now, out)
+            elif isinstance(msg, ChunkAck):
+                ob = self.outbound.get((peer, msg.transfer))
+                if ob is not None:
+                    ob.on_ack(msg, now)
+                    if ob.done:
+                        del self.outbound[(peer, msg.transfer)]
+                    else:
+                        self._pump(peer, ob, out)
+            elif isinstance(msg, Heartbeat):
+                if p is not None and msg.model_version is not None:
+                    p.model_version = msg.model_version
+            elif isinstance(msg, Bye):
+                if p is not None:
+                    p.online = False
+                out.append(Log("INFO", f"{peer!r} said bye ({msg.reason}); its pending work is kept"))
+            elif isinstance(msg, Nack):
+                out.append(Log("WARNING", f"{peer!r} refused {msg.ref!r}: {msg.reason}: {msg.text}"))
+                out.append(Count("nacks_received", (("reason", msg.reason),)))
+                self._on_model_refused(peer, msg, now, out)
+            elif isinstance(msg, Ack):
+                pass
+            else:
+                raise WireError(Reason.UNKNOWN_TYPE, f"{msg.TYPE} is not something an agent sends", msg.id)
+        except WireError as err:
+            self._refuse(peer, err, out)
+
+    def _on_hello(self, peer: str, msg: Hello, now: float, out: list[Action]) -> None:
+        if id_sender(msg.id) != msg.agent_id:
+            raise WireError(
+                Reason.BAD_ID, f"HELLO id {msg.id!r} is not '<agent_id>:<n>' for {msg.agent_id!r}", msg.id
+            )
+        for other, q in list(self.peers.items()):
+            if q.agent_id == msg.agent_id and other != peer:
+                del self.peers[other]  # the agent reconnected under a new routing id
+        p = _Peer(msg.agent_id, True, msg.model_version, now)
+        self.peers[peer] = p
+        self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
+        out.append(Count("hellos"))
+        out.append(Gauge("agents_known", len(self.store.agents())))
+        self._offer_task(peer, p, now, out)
+
+    def _on_model_refused(self, peer: str, msg: Nack, now: float, out: list[Action]) -> None:
+        """The agent could not use a task's or model's weights (e.g. a delta against a version it no
+        longer holds, because our record of its version was stale): send the model whole, once.
+        A second refusal waits for the agent's next HELLO, so a broken agent cannot make us loop."""
+        p = self.peers.get(peer)
+        prefix = f"{self.cfg.ground_id}:"
+        if p is None or msg.ref is None or not msg.ref.startswith((prefix + "task.", prefix + "model.")):
+            return
+        if p.model_version is not None:
+            p.model_version = None
+            self._offer_task(peer, p, now, out)
+
+    def _on_chunk(self, peer: str, c: Chunk, now: float, out: list[Action]) -> None:
+        if peer not in self.peers:
+            raise WireError(Reason.NOT_REGISTERED, "send HELLO before CHUNK", c.transfer)
+        try:
+            ack, whole = self.reasm.accept(peer, c, now, self._id)
+        except WireError as err:
+            out.append(
+                self._send(peer, ChunkAck(self._id(), c.transfer, self.reasm.next_offset(peer, c.transfer)))
+            )
+            raise WireError(err.reason, err.text, c.transfer) from None
+        out.append(self._send(peer, ack))
+        if whole is not None:
+            self._on_frame(peer, whole, now, out, count=False)  # its bytes were counted as chunks
+
+    def _on_update(self, peer: str, msg: Update, frame: bytes, now: float, out: list[Action]) -> None:
+        p = self.peers.get(peer)
+        if p is None:
+            raise WireError(Reason.NOT_REGISTERED, "send HELLO before UPDATE", msg.id)
+        if id_sender(msg.id) != p.agent_id:
+            raise WireError(
+                Reason.BAD_ID, f"update id {msg.id!r} does not belong to agent {p.agent_id!r}", msg.id
+            )
+        if self.store.is_seen(msg.id):
+            self.duplicates += 1
+            out.append(Count("updates_duplicate"))
+            out.append(self._send(peer, Ack(self._id(), msg.id, duplicate=True)))
+            return
+        if self.done:
+            raise WireError(Reason.STALE, "training is over; no round is open", msg.id)
+        staleness = self.version - msg.base_version
+        if staleness < 0:
+            raise WireError(
+                Reason.SCHEMA,
+                f"base_version {msg.base_version} is newer than the global v{self.version}",
+                msg.id,
+            )
+        if staleness > self.cfg.max_staleness:
+            raise WireError(
+                Reason.STALE,
+                f"built on v{msg.base_version}, global is v{self.version}, max staleness "
+                f"{self.cfg.max_staleness}",
+                msg.id,
+            )
+        task = self.store.task(msg.task_id)
+        if task is not None and task[2] is not None and now > task[2]:
+            raise WireError(Reason.STALE, f"task {msg.task_id!r} expired (task_ttl policy)", msg.id)
+        if self.store.contributed(p.agent_id, self.round):
+            raise WireError(
+                Reason.STALE, f"agent {p.agent_id!r} already contributed to round {self.round}", msg.id
+            )
+        try:
+            delta = decode_payload(msg.payload, self.shapes)
+            check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
+        except WireError as err:
+            raise WireError(err.reason, err.text, msg.id) from None
+        # Durable first, then counted, then ACKed: an ACKed update is never lost.
+        self._seq = self.store.accept_update(
+            msg.id, p.agent_id, self.round, msg.samples, msg.base_version, staleness, frame, now
+        )
+        self.strategy.accumulate(delta, msg.samples, staleness)
+        self.accepted += 1
+        self._since_ckpt += 1
+        if self._since_ckpt >= self.cfg.checkpoint_every:
+            arrays, scalars = self.strategy.state()
+            self.store.save_checkpoint(self.round, self._seq, arrays, scalars)
+            self._since_ckpt = 0
+        out.append(Count("updates_accepted"))
+        out.append(self._send(peer, Ack(self._id(), msg.id)))
+        if self.strategy.updates >= self.cfg.min_updates:
+            self._close_round(now, out)
+
+    def _on_tick(self, now: float, out: list[Action]) -> None:
+        if not self.done and self.deadline is not None and now >= self.deadline:
+            if self.strategy.updates >= self.cfg.min_updates_at_deadline:
+                self._close_round(now, out)
+            else:
+                self.deadline = now + self.cfg.round_seconds
+                self.store.set_deadline(self.round, now, self.deadline)
+                out.append(
+                    Log(
+                        "INFO", f"round {self.round}: deadline with {self.strategy.updates} updates; extended"
+                    )
+                )
+        for (peer, _), ob in list(self.outbound.items()):
+            p = self.peers.get(peer)
+            if p is not None and p.online and now - ob.last_progress >= self.cfg.retransmit_seconds:
+                ob.pause()
+                ob.last_progress = now
+                self._pump(peer, ob, out)
+
+    def _close_round(self, now: float, out: list[Action]) -> None:
+        n, samples, nbytes = self.store.round_stats(self.round)
+        new = self.strategy.finalize(self.global_model)
+        closed = self.round
+        new_version = self.version + 1
+        last = self.cfg.rounds is not None and self.store.rounds_closed() + 1 >= self.cfg.rounds
+        next_round = None if last else closed + 1
+        next_deadline = None if last else now + self.cfg.round_seconds
+        self.store.close_round(closed, new_version, new, now, next_round, next_deadline)
+        self.version = new_version
+        self.global_model = self.store.load_model(new_version) or new
+        self.round = next_round or closed
+        self.deadline = next_deadline
+        self.strategy.reset(self.global_model)
+        self._since_ckpt = 0
+        self._seq = 0
+        out.append(RoundClosed(closed, new_version, n, samples, nbytes))
+        out.append(Gauge("model_version", new_version))
+        out.append(Gauge("round", self.round))
+        out.append(Log("INFO", f"round {closed} closed: {n} updates, {samples} samples -> v{new_version}"))
+        for peer, p in self.peers.items():
+            if p.online:
+                self._offer_task(peer, p, now, out)

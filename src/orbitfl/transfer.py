@@ -1,0 +1,186 @@
+"""Chunked, resumable transfers of large frames across contact windows.
+
+A frame larger than the chunk size travels as CHUNK messages (offset, total, sha256 of the whole).
+The receiver keeps what arrived in order and answers each chunk with CHUNK_ACK(next_offset): every
+byte before it is held. The sender keeps a window of unacknowledged chunks; when the link drops it
+keeps its acknowledged offset, and in the next contact starts from there. Any disagreement (the
+receiver restarted and forgot, a gap, a chunk of another version of the transfer) is answered with
+the receiver's next_offset, so the sender always converges on the receiver's view. The whole frame
+is checked against its sha256 before it is decoded.
+
+No sockets, no clocks: the machines call these with the frames they receive and the time they are
+given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from orbitfl.wire.errors import Reason, WireError
+from orbitfl.wire.messages import Chunk, ChunkAck, encode
+
+DEFAULT_CHUNK_BYTES = 256 << 10
+DEFAULT_WINDOW = 8
+
+
+@dataclass
+class Outbound:
+    """Sender side of one transfer. ``acked`` is the receiver's confirmed offset (persist it to
+    resume after a restart); ``sent`` is how far chunks have been sent in this contact."""
+
+    transfer: str
+    frame: bytes
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    window: int = DEFAULT_WINDOW
+    acked: int = 0
+    sent: int = 0
+    last_progress: float = 0.0
+    sha256: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes <= 0 or self.window <= 0:
+            raise ValueError("chunk_bytes and window must be positive")
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.frame).digest()
+        self.sent = max(self.sent, self.acked)
+
+    @property
+    def total(self) -> int:
+        return len(self.frame)
+
+    @property
+    def done(self) -> bool:
+        return self.acked >= self.total
+
+    def pause(self) -> None:
+        """The link dropped: whatever was sent but not acknowledged is resent next time."""
+        self.sent = self.acked
+
+    def next_chunks(self, next_id: Callable[[], str]) -> list[bytes]:
+        """Frames of the chunks the window allows now."""
+        out: list[bytes] = []
+        limit = self.acked + self.window * self.chunk_bytes
+        while self.sent < self.total and self.sent < limit:
+            end = min(self.sent + self.chunk_bytes, self.total)
+            out.append(
+                encode(
+                    Chunk(
+                        next_id(),
+                        self.transfer,
+                        self.sent,
+                        self.total,
+                        self.sha256,
+                        self.frame[self.sent : end],
+                    )
+                )
+            )
+            self.sent = end
+        return out
+
+    def on_ack(self, ack: ChunkAck, now: float) -> None:
+        """Move to the receiver's view. An offset behind ours means it lost data: resend from there."""
+        off = min(ack.next_offset, self.total)
+        if off > self.acked:
+            self.last_progress = now
+        if off < self.acked or off > self.sent:
+            self.sent = off
+        self.acked = off
+        self.sent = max(self.sent, self.acked)
+
+
+@dataclass
+class Inbound:
+    """Receiver side of one transfer: the bytes held so far, in order."""
+
+    transfer: str
+    total: int
+    sha256: bytes
+    buf: bytearray = field(default_factory=bytearray, repr=False)
+    last_seen: float = 0.0
+
+    @property
+    def next_offset(self) -> int:
+        return len(self.buf)
+
+
+class Reassembler:
+    """All inbound transfers of one side, keyed by (peer, transfer id), with size bounds.
+
+    ``accept`` returns the CHUNK_ACK to send and, when a transfer completes and its checksum
+    matches, the whole frame. A checksum mismatch raises WireError(CHECKSUM) and forgets the
+    transfer, so a resend starts clean.
+    """
+
+    def __init__(
+        self, max_total_bytes: int, max_transfers_per_peer: int = 4, max_held_bytes: int | None = None
+    ) -> None:
+        self.max_total_bytes = max_total_bytes
+        self.max_per_peer = max_transfers_per_peer
+        # Bytes held across all peers: beyond it new chunks are refused (BUSY) until some complete.
+        self.max_held_bytes = max_held_bytes if max_held_bytes is not None else 2 * max_total_bytes
+        self._held = 0
+        self.transfers: dict[tuple[str, str], Inbound] = {}
+
+    def accept(
+        self, peer: str, c: Chunk, now: float, next_id: Callable[[], str]
+    ) -> tuple[bytes, bytes | None]:
+        key = (peer, c.transfer)
+        if c.total > self.max_total_bytes:
+            raise WireError(
+                Reason.OVERSIZE,
+                f"transfer {c.transfer!r} of {c.total} bytes exceeds the limit of {self.max_total_bytes}",
+                c.id,
+            )
+        t = self.transfers.get(key)
+        if t is not None and (t.total != c.total or t.sha256 != c.sha256):
+            # Another version of the same transfer id: the sender's view wins, start over.
+            self._forget(key)
+            t = None
+        if t is None:
+            if sum(1 for p, _ in self.transfers if p == peer) >= self.max_per_peer:
+                self._evict_oldest(peer)
+            t = Inbound(c.transfer, c.total, c.sha256, last_seen=now)
+            self.transfers[key] = t
+        t.last_seen = now
+        if c.offset <= t.next_offset < c.offset + len(c.data):
+            piece = c.data[t.next_offset - c.offset :]
+            if self._held + len(piece) > self.max_held_bytes:
+                raise WireError(
+                    Reason.BUSY, f"holding {self._held} bytes of unfinished transfers; try later", c.id
+                )
+            t.buf += piece
+            self._held += len(piece)
+        # else: a duplicate (already held) or a gap (ahead of us); either way answer where we are.
+        ack = encode(ChunkAck(next_id(), c.transfer, t.next_offset))
+        if t.next_offset < t.total:
+            return ack, None
+        self._forget(key)
+        frame = bytes(t.buf)
+        if hashlib.sha256(frame).digest() != t.sha256:
+            raise WireError(
+                Reason.CHECKSUM,
+                f"transfer {c.transfer!r}: sha256 of the {t.total} bytes does not "
+                "match; it will be resent from the start",
+                c.id,
+            )
+        return ack, frame
+
+    def next_offset(self, peer: str, transfer: str) -> int:
+        """Where ``transfer`` from ``peer`` stands (0 if unknown): what to answer after a refusal."""
+        t = self.transfers.get((peer, transfer))
+        return 0 if t is None else t.next_offset
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        t = self.transfers.pop(key, None)
+        if t is not None:
+            self._held -= len(t.buf)
+
+    def _evict_oldest(self, peer: str) -> None:
+        mine = [(t.last_seen, k) for k, t in self.transfers.items() if k[0] == peer]
+        if mine:
+            self._forget(min(mine)[1])
+
+    def held_bytes(self) -> int:
+        return sum(len(t.buf) for t in self.transfers.values())

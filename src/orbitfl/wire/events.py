@@ -1,0 +1,141 @@
+"""Events into and actions out of the federation state machines.
+
+The machines (orbitfl.ground.machine, orbitfl.agent.machine) own no socket and read no clock:
+``machine.handle(event, now) -> list[Action]``. The daemons turn ZeroMQ traffic and real time into
+events and carry out the actions; the tests and the simulator do the same with a virtual clock.
+Peers are named by the link's routing identity (a string); the agent's only peer is ``GROUND``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+
+from orbitfl.wire.messages import Task
+
+GROUND = "ground"
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """A frame arrived from ``peer`` (untrusted bytes: the machine decodes and checks them)."""
+
+    peer: str
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed. Machines use it for deadlines, heartbeats and retransmits."""
+
+
+@dataclass(frozen=True)
+class PeerSilent:
+    """Ground: the link lost ``peer`` (heartbeat liveness ran out). Its pending work is kept."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """Agent: a contact window opened (the link is connected)."""
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """Agent: the contact window closed; in-flight transfers pause where they are."""
+
+
+@dataclass(frozen=True)
+class TrainingDone:
+    """Agent: the trainer finished ``task_id``. ``delta`` is w_local - w_base per tensor."""
+
+    task_id: str
+    delta: dict[str, npt.NDArray[Any]]
+    samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingFailed:
+    """Agent: the trainer could not run ``task_id``; the machine drops the task and logs why."""
+
+    task_id: str
+    error: str
+
+
+Event = MessageReceived | Tick | PeerSilent | LinkUp | LinkDown | TrainingDone | TrainingFailed
+
+
+# --- actions --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``frame`` to ``peer`` (agent side: ``GROUND``)."""
+
+    peer: str
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Log:
+    """A log line: ``level`` is a logging level name ("INFO", "WARNING", ...)."""
+
+    level: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Count:
+    """Increment a counter, e.g. Count("updates_refused", (("reason", "non_finite"),))."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """Set a gauge, e.g. Gauge("model_version", 3)."""
+
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
+class StartTraining:
+    """Agent: train ``task`` starting from ``weights`` (the global model of ``task.model_version``);
+    answer with TrainingDone / TrainingFailed carrying ``task.task_id``."""
+
+    task: Task
+    weights: dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class ApplyModel:
+    """Agent: a new global model is held (already durable in the agent's store): install it for
+    onboard inference (e.g. export .tflite)."""
+
+    version: int
+    weights: dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class RoundClosed:
+    """Ground: round ``round`` closed and produced global ``version`` (durable), for reports."""
+
+    round: int
+    version: int
+    updates: int
+    samples: int
+    uplink_bytes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Action = Send | Log | Count | Gauge | StartTraining | ApplyModel | RoundClosed

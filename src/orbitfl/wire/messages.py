@@ -1,0 +1,541 @@
+"""The messages both daemons exchange: typed dataclasses with paired to_wire / from_wire.
+
+Every frame is one msgpack map: ``v`` (protocol version), ``type``, ``id`` (globally unique:
+``"<sender>:<counter>"``) and the type's own fields. ``decode`` treats the frame as hostile: it checks
+the size before unpacking, unpacks with msgpack's length limits, refuses an unknown version or type,
+and checks every field's type. docs/protocol.md describes each message and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from orbitfl.wire.errors import Reason, WireError
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({PROTOCOL_VERSION})
+MAX_ID_LEN = 256
+MAX_TEXT_LEN = 4096
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked before and while unpacking, so a hostile frame cannot make us allocate."""
+
+    max_frame_bytes: int = 64 << 20
+    max_bin_len: int = 64 << 20
+    max_str_len: int = 1 << 20
+    max_array_len: int = 1 << 16
+    max_map_len: int = 1 << 16
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --- field checkers: each returns the value or raises WireError(SCHEMA) naming the field ---------
+
+
+def _get(d: Mapping[str, Any], key: str, kind: str) -> Any:
+    if key not in d:
+        raise WireError(Reason.SCHEMA, f"{kind}: missing field {key!r}", _ref(d))
+    return d[key]
+
+
+def _ref(d: Mapping[str, Any]) -> str | None:
+    i = d.get("id")
+    return i if isinstance(i, str) and len(i) <= MAX_ID_LEN else None
+
+
+def _str(
+    d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False, max_len: int = MAX_TEXT_LEN
+) -> Any:
+    if optional and d.get(key) is None:
+        return None
+    v = _get(d, key, kind)
+    if not isinstance(v, str) or len(v) > max_len:
+        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected a string of at most {max_len} chars", _ref(d))
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False, minimum: int = 0) -> Any:
+    if optional and d.get(key) is None:
+        return None
+    v = _get(d, key, kind)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected an integer >= {minimum}, got {v!r}", _ref(d))
+    return v
+
+
+def _float(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False) -> Any:
+    if optional and d.get(key) is None:
+        return None
+    v = _get(d, key, kind)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v in (float("inf"), float("-inf")):
+        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected a finite number, got {v!r}", _ref(d))
+    return float(v)
+
+
+def _bool(d: Mapping[str, Any], key: str, kind: str) -> bool:
+    v = d.get(key, False)
+    if not isinstance(v, bool):
+        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected a boolean", _ref(d))
+    return v
+
+
+def _map(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False) -> Any:
+    v = d.get(key)
+    if v is None and optional:
+        return {}
+    v = _get(d, key, kind)
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected a map with string keys", _ref(d))
+    return v
+
+
+def _bytes(d: Mapping[str, Any], key: str, kind: str, *, size: int | None = None) -> bytes:
+    v = _get(d, key, kind)
+    if not isinstance(v, bytes) or (size is not None and len(v) != size):
+        want = f"{size} bytes of bin" if size is not None else "bin"
+        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected {want}", _ref(d))
+    return v
+
+
+def _metrics(d: Mapping[str, Any], key: str, kind: str) -> dict[str, float]:
+    m = _map(d, key, kind, optional=True)
+    out: dict[str, float] = {}
+    for k in m:
+        out[k] = _float(m, k, f"{kind}.{key}")
+    return out
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    id: str
+
+    def fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_wire(self, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+        return {"v": version, "type": self.TYPE, "id": self.id, **self.fields()}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Agent -> ground on every link up: who I am and which model version I hold."""
+
+    TYPE: ClassVar[str] = "HELLO"
+    agent_id: str = ""
+    software: str = ""
+    model_version: int | None = None  # None: holds no global model yet
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "software": self.software,
+            "model_version": self.model_version,
+            "capabilities": self.capabilities,
+        }
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Hello:
+        k = cls.TYPE
+        agent = _str(d, "agent_id", k, max_len=128)
+        if not agent or ":" in agent:
+            raise WireError(Reason.SCHEMA, "HELLO.agent_id: must be non-empty and contain no ':'", mid)
+        return cls(
+            mid,
+            agent,
+            _str(d, "software", k),
+            _int(d, "model_version", k, optional=True),
+            _map(d, "capabilities", k, optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class ModelBlob:
+    """A global model version, whole or as a lossless delta against a version the receiver holds.
+
+    ``encoding`` is "full" (the tensors) or "xor" (bitwise XOR of the tensors' bytes with the base
+    version's, so the receiver rebuilds the exact bits). ``compression`` is "zstd" or "none" per
+    tensor. ``sha256`` is the digest of the rebuilt model (see orbitfl.wire.model_codec), checked
+    before the model is used.
+    """
+
+    version: int
+    base_version: int | None
+    encoding: str
+    compression: str
+    sha256: bytes
+    tensors: dict[str, Any]  # name -> {"dtype", "shape", "data"} with data possibly compressed
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "base_version": self.base_version,
+            "encoding": self.encoding,
+            "compression": self.compression,
+            "sha256": self.sha256,
+            "tensors": self.tensors,
+        }
+
+    @classmethod
+    def from_wire(cls, d: Any, where: str) -> ModelBlob:
+        if not isinstance(d, dict):
+            raise WireError(Reason.SCHEMA, f"{where}: expected a map")
+        enc = _str(d, "encoding", where, max_len=16)
+        comp = _str(d, "compression", where, max_len=16)
+        if enc not in ("full", "xor"):
+            raise WireError(Reason.SCHEMA, f"{where}.encoding: {enc!r} is not 'full' or 'xor'")
+        if comp not in ("zstd", "none"):
+            raise WireError(Reason.SCHEMA, f"{where}.compression: {comp!r} is not 'zstd' or 'none'")
+        base = _int(d, "base_version", where, optional=True)
+        if enc == "xor" and base is None:
+            raise WireError(Reason.SCHEMA, f"{where}: an xor delta needs base_version")
+        return cls(
+            _int(d, "version", where),
+            base,
+            enc,
+            comp,
+            _bytes(d, "sha256", where, size=32),
+            _map(d, "tensors", where),
+        )
+
+
+@dataclass(frozen=True)
+class Task(Message):
+    """Ground -> agent: train round ``round`` on top of global ``model_version``.
+
+    ``model`` carries that version (whole or as a delta against the version the agent said it
+    holds) unless the agent holds it already. ``recipe`` names the codec pipeline for the update;
+    ``hints`` are strategy-specific (e.g. expert assignment). ``deadline_in`` is seconds left in
+    the round when the task was sent (relative, because the two clocks are not shared).
+    """
+
+    TYPE: ClassVar[str] = "TASK"
+    task_id: str = ""
+    round: int = 0
+    model_version: int = 0
+    recipe: str = "fp32"
+    hints: dict[str, Any] = field(default_factory=dict)
+    deadline_in: float | None = None
+    model: ModelBlob | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "round": self.round,
+            "model_version": self.model_version,
+            "recipe": self.recipe,
+            "hints": self.hints,
+            "deadline_in": self.deadline_in,
+            "model": None if self.model is None else self.model.to_wire(),
+        }
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Task:
+        k = cls.TYPE
+        model = d.get("model")
+        return cls(
+            mid,
+            _str(d, "task_id", k, max_len=MAX_ID_LEN),
+            _int(d, "round", k),
+            _int(d, "model_version", k),
+            _str(d, "recipe", k),
+            _map(d, "hints", k, optional=True),
+            _float(d, "deadline_in", k, optional=True),
+            None if model is None else ModelBlob.from_wire(model, "TASK.model"),
+        )
+
+
+@dataclass(frozen=True)
+class Update(Message):
+    """Agent -> ground: the result of a task. The message id is the update id the ground dedupes
+    on, so a resend (after a lost ACK, a reboot, a cut contact) carries the same id.
+
+    ``payload`` is the encoded tensors (orbitfl.wire.payload): validated by the codec when decoded.
+    """
+
+    TYPE: ClassVar[str] = "UPDATE"
+    task_id: str = ""
+    round: int = 0
+    base_version: int = 0
+    samples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "round": self.round,
+            "base_version": self.base_version,
+            "samples": self.samples,
+            "metrics": self.metrics,
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Update:
+        k = cls.TYPE
+        samples = _int(d, "samples", k, minimum=1)
+        return cls(
+            mid,
+            _str(d, "task_id", k, max_len=MAX_ID_LEN),
+            _int(d, "round", k),
+            _int(d, "base_version", k),
+            samples,
+            _metrics(d, "metrics", k),
+            _map(d, "payload", k),
+        )
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """Receipt for ``ref``. For an UPDATE it means: its contribution is durable on the ground.
+    ``duplicate`` is set when ``ref`` had been accepted before (counted once)."""
+
+    TYPE: ClassVar[str] = "ACK"
+    ref: str = ""
+    duplicate: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {"ref": self.ref, "duplicate": self.duplicate}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Ack:
+        return cls(mid, _str(d, "ref", cls.TYPE, max_len=MAX_ID_LEN), _bool(d, "duplicate", cls.TYPE))
+
+
+@dataclass(frozen=True)
+class Nack(Message):
+    """Refusal of ``ref`` (None when the frame was too broken to read an id) with a reason code
+    (orbitfl.wire.errors.Reason) and a human-readable text."""
+
+    TYPE: ClassVar[str] = "NACK"
+    ref: str | None = None
+    reason: str = ""
+    text: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"ref": self.ref, "reason": self.reason, "text": self.text[:MAX_TEXT_LEN]}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Nack:
+        k = cls.TYPE
+        return cls(
+            mid,
+            _str(d, "ref", k, optional=True, max_len=MAX_ID_LEN),
+            _str(d, "reason", k, max_len=64),
+            _str(d, "text", k),
+        )
+
+
+@dataclass(frozen=True)
+class Model(Message):
+    """Ground -> agent: a global model version outside a task (e.g. the final model)."""
+
+    TYPE: ClassVar[str] = "MODEL"
+    model: ModelBlob | None = None
+
+    def fields(self) -> dict[str, Any]:
+        assert self.model is not None
+        return {"model": self.model.to_wire()}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Model:
+        return cls(mid, ModelBlob.from_wire(_get(d, "model", cls.TYPE), "MODEL.model"))
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Either side, while linked: I am alive. Carries the agent's state for the ground's metrics."""
+
+    TYPE: ClassVar[str] = "HEARTBEAT"
+    model_version: int | None = None
+    pending: int = 0  # agent: updates waiting in the outbox
+
+    def fields(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "pending": self.pending}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Heartbeat:
+        k = cls.TYPE
+        return cls(mid, _int(d, "model_version", k, optional=True), _int(d, "pending", k, optional=True) or 0)
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """Either side: I am leaving (shutdown, end of training). Pending work is kept."""
+
+    TYPE: ClassVar[str] = "BYE"
+    reason: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Bye:
+        return cls(mid, _str(d, "reason", cls.TYPE))
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """One piece of a large frame. ``transfer`` names the transfer (the id of the frame it carries,
+    so a resend in a later contact continues the same transfer); ``total`` and ``sha256`` describe
+    the whole frame and are the same in every chunk."""
+
+    TYPE: ClassVar[str] = "CHUNK"
+    transfer: str = ""
+    offset: int = 0
+    total: int = 0
+    sha256: bytes = b""
+    data: bytes = b""
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "transfer": self.transfer,
+            "offset": self.offset,
+            "total": self.total,
+            "sha256": self.sha256,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Chunk:
+        k = cls.TYPE
+        c = cls(
+            mid,
+            _str(d, "transfer", k, max_len=MAX_ID_LEN),
+            _int(d, "offset", k),
+            _int(d, "total", k, minimum=1),
+            _bytes(d, "sha256", k, size=32),
+            _bytes(d, "data", k),
+        )
+        if c.offset + len(c.data) > c.total:
+            raise WireError(
+                Reason.SCHEMA, f"CHUNK: offset {c.offset} + {len(c.data)} bytes exceeds total {c.total}", mid
+            )
+        return c
+
+
+@dataclass(frozen=True)
+class ChunkAck(Message):
+    """Receiver of a transfer -> sender: I hold every byte before ``next_offset``; send from there.
+    Also the answer to a chunk that does not fit (gap, unknown transfer): where to restart."""
+
+    TYPE: ClassVar[str] = "CHUNK_ACK"
+    transfer: str = ""
+    next_offset: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {"transfer": self.transfer, "next_offset": self.next_offset}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> ChunkAck:
+        k = cls.TYPE
+        return cls(mid, _str(d, "transfer", k, max_len=MAX_ID_LEN), _int(d, "next_offset", k))
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    m.TYPE: m for m in (Hello, Task, Update, Ack, Nack, Model, Heartbeat, Bye, Chunk, ChunkAck)
+}
+
+M = TypeVar("M", bound=Message)
+
+
+def encode(msg: Message) -> bytes:
+    out: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    return out
+
+
+def peek_id(frame: bytes) -> str | None:
+    """Best effort: the id of a frame that failed to decode, so its NACK can name it. Skips other
+    fields without materialising them, so an oversize field does not hide the id."""
+    try:
+        u = msgpack.Unpacker(
+            raw=False, max_bin_len=0, max_str_len=MAX_ID_LEN, max_array_len=0, max_map_len=0, max_ext_len=0
+        )
+        u.feed(frame)
+        for _ in range(min(u.read_map_header(), 64)):
+            key = u.unpack()
+            if key == "id":
+                value = u.unpack()
+                return value if isinstance(value, str) else None
+            u.skip()
+    except Exception:  # garbage: no id to name
+        return None
+    return None
+
+
+def decode(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode one untrusted frame, or raise WireError with the reason to NACK it."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise WireError(Reason.MALFORMED, f"frame must be bytes, got {type(frame).__name__}")
+    if len(frame) > limits.max_frame_bytes:
+        raise WireError(
+            Reason.OVERSIZE, f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame_bytes}"
+        )
+    try:
+        d = msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=limits.max_bin_len,
+            max_str_len=limits.max_str_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+        )
+    except ValueError as exc:
+        # msgpack reports a field over its limit as ValueError too; name it as oversize when it is.
+        text = str(exc)
+        reason = Reason.OVERSIZE if "exceeds max" in text else Reason.MALFORMED
+        raise WireError(reason, f"cannot unpack frame: {text}", peek_id(bytes(frame))) from None
+    except Exception as exc:  # msgpack raises several unrelated types on garbage; none may escape
+        raise WireError(Reason.MALFORMED, f"cannot unpack frame: {type(exc).__name__}: {exc}") from None
+    if not isinstance(d, dict):
+        raise WireError(Reason.MALFORMED, f"a frame is a msgpack map, got {type(d).__name__}")
+    mid = _ref(d)
+    v = d.get("v")
+    if not isinstance(v, int) or isinstance(v, bool) or v not in SUPPORTED_VERSIONS:
+        raise WireError(
+            Reason.BAD_VERSION,
+            f"protocol version {v!r} is not supported; this side speaks {sorted(SUPPORTED_VERSIONS)}",
+            mid,
+        )
+    kind = d.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError(Reason.UNKNOWN_TYPE, f"message type {kind!r} is unknown", mid)
+    if mid is None:
+        raise WireError(Reason.SCHEMA, f"{kind}: missing or bad 'id'")
+    return cls.from_fields(mid, d)
+
+
+def decode_as(frame: bytes, cls: type[M], limits: Limits = DEFAULT_LIMITS) -> M:
+    msg = decode(frame, limits)
+    if not isinstance(msg, cls):
+        raise WireError(Reason.UNKNOWN_TYPE, f"expected {cls.TYPE}, got {msg.TYPE}", msg.id)
+    return msg
+
+
+def make_id(sender: str, counter: int) -> str:
+    return f"{sender}:{counter}"
+
+
+def id_sender(mid: str) -> str:
+    """The sender part of a message id ("agent-7:42" -> "agent-7")."""
+    return mid.rsplit(":", 1)[0]

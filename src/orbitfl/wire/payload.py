@@ -1,0 +1,95 @@
+"""The encoded tensors inside an UPDATE: one adapter between the wire and the codec pipeline.
+
+``{"codec": "fp32", "tensors": {...}}`` carries raw float32 tensors (the baseline, what Flower
+sends), decoded as zero-copy views. ``{"codec": "pipeline", "recipe": "<recipe>", "body": ...}``
+carries ``orbitfl.codec.Payload.to_wire()`` of the recipe's pipeline; the codec validates the body
+(``Payload.from_wire`` with the model's shapes) before decoding it. Any refusal is a WireError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from orbitfl.wire.errors import Reason, WireError
+from orbitfl.wire.tensors import TensorDict, tensors_from_wire, tensors_to_wire
+
+RAW_RECIPES = frozenset({"fp32", "float32", "raw"})
+MAX_RECIPE_LEN = 512
+
+
+@lru_cache(maxsize=32)
+def pipeline(recipe: str) -> Any:
+    """The codec pipeline of ``recipe`` (parsed once). ValueError for a recipe the codec refuses."""
+    from orbitfl.codec import Pipeline  # the codec loads kernels; only recipes that need it pay
+
+    return Pipeline.parse(recipe)
+
+
+def new_codec_state(recipe: str) -> Any:
+    """Fresh sender-side codec state for ``recipe`` (None when the recipe keeps none)."""
+    if recipe in RAW_RECIPES:
+        return None
+    pipe = pipeline(recipe)
+    return pipe.new_state() if pipe.uses_state else None
+
+
+def codec_state_to_dict(state: Any) -> dict[str, Any] | None:
+    return None if state is None else dict(state.to_dict())
+
+
+def codec_state_from_dict(d: Any) -> Any:
+    from orbitfl.codec import CodecState
+
+    return CodecState.from_dict(d)
+
+
+def encode_payload(recipe: str, tensors: Mapping[str, npt.NDArray[Any]], state: Any = None) -> dict[str, Any]:
+    """Encode an update's tensors with ``recipe``. ``state`` (from ``new_codec_state``) is updated
+    in place by recipes with error feedback. ValueError/TypeError from the codec pass through."""
+    if recipe in RAW_RECIPES:
+        f32 = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+        return {"codec": "fp32", "tensors": tensors_to_wire(f32)}
+    pipe = pipeline(recipe)
+    f32 = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    body = pipe.encode(f32, state).to_wire()
+    return {"codec": "pipeline", "recipe": recipe, "body": body}
+
+
+def decode_payload(d: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None) -> TensorDict:
+    """Decode (and validate) an update payload to float tensors. ``shapes`` (name -> shape of the
+    model) lets the codec refuse unknown names and wrong shapes before decoding. Raises WireError."""
+    codec = d.get("codec")
+    if codec == "fp32":
+        return tensors_from_wire(d.get("tensors"), "UPDATE.payload.tensors")
+    if codec != "pipeline":
+        raise WireError(Reason.BAD_PAYLOAD, f"UPDATE.payload.codec {codec!r} is not 'fp32' or 'pipeline'")
+    recipe, body = d.get("recipe"), d.get("body")
+    if not isinstance(recipe, str) or len(recipe) > MAX_RECIPE_LEN or not isinstance(body, dict):
+        raise WireError(
+            Reason.SCHEMA, "UPDATE.payload: a pipeline payload needs 'recipe' (str) and 'body' (map)"
+        )
+    if shapes is not None:
+        unknown = sorted(set(map(str, body.get("tensors") or {})) - set(shapes))
+        if unknown:
+            raise WireError(Reason.UNKNOWN_TENSOR, f"tensors not in the model: {unknown[:5]}")
+    try:
+        from orbitfl.codec import Payload
+
+        pipe = pipeline(recipe)
+        payload = Payload.from_wire(body, expect=shapes)
+        out = pipe.decode(payload)
+    except WireError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        reason = Reason.BAD_SHAPE if "shape" in str(exc) else Reason.BAD_PAYLOAD
+        raise WireError(reason, f"UPDATE.payload ({recipe}): {exc}") from None
+    except Exception as exc:  # hostile bytes must never take the ground down, whatever the codec does
+        raise WireError(
+            Reason.BAD_PAYLOAD, f"UPDATE.payload ({recipe}): {type(exc).__name__}: {exc}"
+        ) from None
+    return {str(k): np.asarray(v) for k, v in out.items()}

@@ -1,0 +1,322 @@
+"""The agent machine against a real ground machine, wired in-process (no sockets): tasks, durable
+updates, chunked uploads resumed across contacts, restarts, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from orbitfl.agent.machine import AgentConfig, AgentMachine
+from orbitfl.agent.outbox import Outbox
+from orbitfl.ground.machine import GroundConfig, GroundMachine
+from orbitfl.ground.store import GroundStore
+
+from orbitfl.wire import (
+    GROUND,
+    Ack,
+    Action,
+    ApplyModel,
+    Chunk,
+    Hello,
+    LinkDown,
+    LinkUp,
+    MessageReceived,
+    Nack,
+    Reason,
+    Send,
+    StartTraining,
+    Tick,
+    TrainingDone,
+    Update,
+    decode,
+    encode,
+)
+
+MODEL = {"w": np.zeros((200, 100), np.float32), "b": np.zeros(100, np.float32)}  # ~80 kB as fp32
+CHUNK = 16 << 10
+
+
+class Pair:
+    """One agent and one ground, with a switch that drops frames in flight when the link is cut."""
+
+    def __init__(self, tmp: Path, **ground_cfg: Any) -> None:
+        self.tmp = tmp
+        ground_cfg.setdefault("min_updates", 100)
+        ground_cfg.setdefault("chunk_bytes", CHUNK)
+        self.gcfg = GroundConfig(**ground_cfg)
+        self.g = GroundMachine(GroundStore(tmp / "g"), self.gcfg, MODEL)
+        self.acfg = AgentConfig("a1", chunk_bytes=CHUNK, window=2)
+        self.a = AgentMachine(Outbox(tmp / "a1.db"), self.acfg)
+        self.to_ground: list[bytes] = []
+        self.to_agent: list[bytes] = []
+        self.trainings: list[StartTraining] = []
+        self.applied: list[ApplyModel] = []
+        self.uplink_frames: list[Any] = []
+
+    def restart_agent(self) -> None:
+        self.a.outbox.close()
+        self.a = AgentMachine(Outbox(self.tmp / "a1.db"), self.acfg)
+        self.to_ground.clear()
+        self.to_agent.clear()
+
+    def restart_ground(self) -> None:
+        self.g.store.close()
+        self.g = GroundMachine(GroundStore(self.tmp / "g"), self.gcfg, MODEL)
+        self.to_ground.clear()
+        self.to_agent.clear()
+
+    def agent(self, acts: list[Action]) -> None:
+        for x in acts:
+            if isinstance(x, Send):
+                assert x.peer == GROUND
+                self.to_ground.append(x.frame)
+                self.uplink_frames.append(decode(x.frame))
+            elif isinstance(x, StartTraining):
+                self.trainings.append(x)
+            elif isinstance(x, ApplyModel):
+                self.applied.append(x)
+
+    def ground(self, acts: list[Action]) -> None:
+        for x in acts:
+            if isinstance(x, Send):
+                assert x.peer == "a1"
+                self.to_agent.append(x.frame)
+
+    def pump(self, now: float = 0.0, max_frames: int | None = None) -> int:
+        """Deliver frames both ways until quiet, or until ``max_frames`` uplink frames went."""
+        n = 0
+        while self.to_ground or self.to_agent:
+            if self.to_ground:
+                if max_frames is not None and n >= max_frames:
+                    return n
+                n += 1
+                self.ground(self.g.handle(MessageReceived("a1", self.to_ground.pop(0)), now))
+            if self.to_agent:
+                self.agent(self.a.handle(MessageReceived(GROUND, self.to_agent.pop(0)), now))
+        return n
+
+    def cut(self, now: float) -> None:
+        self.to_ground.clear()
+        self.to_agent.clear()
+        self.agent(self.a.handle(LinkDown(), now))
+
+    def train(self, value: float, now: float = 0.0) -> None:
+        t = self.trainings.pop(0)
+        delta = {k: np.full(v.shape, value, np.float32) for k, v in t.weights.items()}
+        self.agent(self.a.handle(TrainingDone(t.task.task_id, delta, 5, {"loss": 0.5}), now))
+
+
+def test_task_training_update_ack_cycle(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    assert isinstance(p.uplink_frames[0], Hello) and p.uplink_frames[0].model_version is None
+    p.pump()
+    assert len(p.applied) == 1 and p.applied[0].version == 0 and p.a.version == 0
+    assert len(p.trainings) == 1 and p.trainings[0].task.round == 1
+    p.train(0.5)
+    assert p.a.outbox.pending() == 1  # durable before anything is sent
+    p.pump()
+    assert p.a.outbox.pending() == 0
+    assert p.g.strategy.updates == 1
+    assert any(isinstance(f, Chunk) for f in p.uplink_frames)  # 80 kB update went in chunks
+
+
+def test_upload_cut_mid_transfer_resumes_from_confirmed_offset(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.pump(max_frames=3)  # a few chunks get through, then the contact ends
+    p.cut(10.0)
+    head = p.a.outbox.head()
+    assert head is not None and 0 < head.acked_offset < len(head.frame)
+    resumed_at = head.acked_offset
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(LinkUp(), 5000.0))  # next contact, over an hour later
+    chunks = [f for f in p.uplink_frames if isinstance(f, Chunk)]
+    assert chunks and chunks[0].offset == resumed_at  # not from zero
+    p.pump(5000.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1
+    sent = sum(len(f.data) for f in p.uplink_frames if isinstance(f, Chunk))
+    assert sent == len(head.frame) - resumed_at
+
+
+def test_agent_restart_resends_same_update_id_and_ground_counts_once(tmp_path: Path) -> None:
+    p = Pair(tmp_path, chunk_bytes=1 << 20)  # whole frames, so the ACK alone can be lost
+    p.a.cfg.chunk_bytes = 1 << 20
+    p.acfg.chunk_bytes = 1 << 20
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(2.0)
+    (uid,) = [f.id for f in p.uplink_frames if isinstance(f, Update)]
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 1.0))  # ground ingests ...
+    p.to_agent.clear()  # ... and the ACK is lost when the board reboots
+    p.restart_agent()
+    assert p.a.outbox.pending() == 1
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(LinkUp(), 100.0))
+    p.pump(100.0)
+    assert [f.id for f in p.uplink_frames if isinstance(f, Update)] == [uid]
+    assert p.a.outbox.pending() == 0
+    assert p.g.strategy.updates == 1 and p.g.duplicates == 1
+
+
+def test_ground_restart_mid_upload_then_transfer_completes(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.pump(max_frames=3)
+    p.restart_ground()  # the ground forgets partial transfers; the agent still believes its offset
+    p.agent(p.a.handle(LinkDown(), 1.0))
+    p.agent(p.a.handle(LinkUp(), 2.0))
+    p.pump(2.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1
+
+
+def test_retransmit_after_silence(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.to_ground.clear()  # everything sent is lost, but the link stays 'up'
+    p.agent(p.a.handle(Tick(), 5.0))
+    assert not p.to_ground or all(not isinstance(decode(f), Chunk) for f in p.to_ground)
+    p.agent(p.a.handle(Tick(), 31.0))  # retransmit timer
+    assert any(isinstance(decode(f), Chunk) for f in p.to_ground)
+    p.pump(31.0)
+    assert p.a.outbox.pending() == 0
+
+
+def test_heartbeat_when_idle(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(Tick(), 20.0))
+    assert [f.TYPE for f in p.uplink_frames] == ["HEARTBEAT"]
+    p.cut(21.0)
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(Tick(), 60.0))
+    assert p.uplink_frames == []  # nothing is sent while unlinked
+
+
+@pytest.mark.parametrize(
+    ("reason", "kept"), [(Reason.STALE, False), (Reason.NON_FINITE, False), (Reason.BUSY, True)]
+)
+def test_nack_drops_only_for_permanent_reasons(tmp_path: Path, reason: Reason, kept: bool) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    head = p.a.outbox.head()
+    assert head is not None
+    p.to_ground.clear()
+    p.agent(
+        p.a.handle(MessageReceived(GROUND, encode(Nack("ground:x", head.update_id, reason.value, "t"))), 1.0)
+    )
+    assert (p.a.outbox.pending() == 1) is kept
+
+
+def test_garbage_from_ground_is_refused_not_crashed(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(MessageReceived(GROUND, b"\xc1not msgpack"), 0.0))
+    (n,) = [f for f in p.uplink_frames if isinstance(f, Nack)]
+    assert n.reason == Reason.MALFORMED.value
+    assert p.a.refused == {"malformed": 1}
+    p.agent(p.a.handle(MessageReceived(GROUND, encode(Ack("ground:1", "a1:999"))), 0.0))  # unknown ref
+
+
+def test_new_model_arrives_as_exact_delta(tmp_path: Path) -> None:
+    p = Pair(tmp_path, min_updates=1)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(0.25)
+    p.pump()  # closes round 1: the ground sends round 2's task with v1 as a delta from v0
+    assert p.g.version == 1 and p.a.version == 1
+    for k in MODEL:
+        assert p.a.weights[k].tobytes() == p.g.global_model[k].tobytes()
+    assert p.applied[-1].version == 1
+    assert p.trainings and p.trainings[-1].task.round == 2
+    held = Outbox(tmp_path / "a1.db").load_model()
+    assert held is not None and held[0] == 1
+
+
+def test_bad_agent_config() -> None:
+    for bad in ("", "a:b", "x" * 200):
+        with pytest.raises(ValueError):
+            AgentConfig(bad)
+
+
+def test_compressed_recipe_with_error_feedback_state_kept_across_restart(tmp_path: Path) -> None:
+    recipe = "topk:0.05+ef | quant:8 | zstd"
+    p = Pair(tmp_path, recipe=recipe, min_updates=1)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(0.5)
+    (u,) = [f for f in p.uplink_frames if isinstance(f, Update)]  # small enough to go whole
+    stored = p.a.outbox.get(f"codec_state/{recipe}")
+    assert stored is not None  # the residual that produced the queued update is durable with it
+    residual = p.a.codec_state[recipe].residuals["w"].copy()
+    assert np.abs(residual).sum() > 0  # top-k left most of the delta in the residual
+    p.pump()
+    assert p.g.strategy.updates == 0 and p.g.version == 1  # round 1 closed with the update
+    p.restart_agent()
+    p.agent(p.a.handle(LinkUp(), 10.0))
+    p.pump(10.0)
+    assert p.trainings
+    state = p.a._codec_state(recipe, [])
+    np.testing.assert_array_equal(state.residuals["w"], residual)
+    assert len(encode(u)) < sum(v.nbytes for v in MODEL.values()) / 10  # vs the float32 update
+
+
+def test_mutated_frames_from_the_ground_never_raise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    p = Pair(tmp_path, chunk_bytes=1 << 20)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))  # HELLO
+    (task_frame,) = p.to_agent  # TASK with the whole model, in one frame
+    p.to_agent.clear()
+    for _ in range(300):
+        b = bytearray(task_frame)
+        for i in rng.integers(0, len(b), size=int(rng.integers(1, 6))):
+            b[i] = int(rng.integers(256))
+        if rng.random() < 0.3:
+            b = b[: int(rng.integers(1, len(b)))]
+        p.agent(p.a.handle(MessageReceived(GROUND, bytes(b)), 1.0))  # must not raise
+    p.agent(p.a.handle(MessageReceived(GROUND, task_frame), 2.0))
+    assert p.a.version == 0 and p.trainings  # a task was taken (perhaps a still-valid mutant)
+    for k, v in p.g.global_model.items():  # and the model is the ground's, bit for bit (digest)
+        assert p.a.weights[k].tobytes() == v.tobytes()
+    assert sum(p.a.refused.values()) > 100
+
+
+def test_model_download_cut_mid_transfer_resumes_in_next_contact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    p = Pair(tmp_path, min_updates=1)
+    p.g.global_model = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in MODEL.items()}
+    p.g.store.save_model(0, p.g.global_model, 0.0)  # incompressible weights: the TASK needs chunks
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))  # HELLO -> TASK in chunks
+    first = [decode(f) for f in p.to_agent]
+    assert first and all(isinstance(c, Chunk) for c in first)
+    for _ in range(4):  # a few chunks arrive and are confirmed, then the contact ends
+        p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), 1.0))
+        while p.to_ground:
+            p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 1.0))
+    held = next(iter(p.a.reasm.transfers.values())).next_offset
+    assert held > 0
+    p.cut(2.0)
+    p.agent(p.a.handle(LinkUp(), 4000.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 4000.0))  # HELLO again
+    resumed = [decode(f) for f in p.to_agent]
+    assert resumed and all(isinstance(c, Chunk) and c.transfer == first[0].transfer for c in resumed)
+    assert min(c.offset for c in resumed) == held  # the ground resumes exactly where the agent stands
+    p.pump(4000.0)
+    assert p.a.version == 0 and p.trainings
+    for k, v in p.g.global_model.items():
+        assert p.a.weights[k].tobytes() == v.tobytes()

@@ -1,0 +1,143 @@
+"""Chunked transfers: cut by the end of a contact, resumed in the next from where they stopped."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from orbitfl.transfer import Outbound, Reassembler
+from orbitfl.wire import Chunk, ChunkAck, Reason, WireError, decode, decode_as
+
+ids = (f"x:{i}" for i in itertools.count())
+
+
+def next_id() -> str:
+    return next(ids)
+
+
+def test_transfer_cut_between_contacts_resumes_where_it_stopped() -> None:
+    frame = os.urandom(10_000)
+    ob = Outbound("a:1", frame, chunk_bytes=1000, window=3)
+    rx = Reassembler(max_total_bytes=1 << 20)
+    sent_bytes = 0
+    # Contact 1: three chunks go out, only two arrive before the link drops.
+    chunks = ob.next_chunks(next_id)
+    assert len(chunks) == 3
+    for f in chunks[:2]:
+        ack, whole = rx.accept("a", decode_as(f, Chunk), 0.0, next_id)
+        sent_bytes += len(decode_as(f, Chunk).data)
+        ob.on_ack(decode_as(ack, ChunkAck), 0.0)
+        assert whole is None
+    ob.pause()
+    assert ob.acked == 2000 and ob.sent == 2000
+    # Contact 2: the sender starts from the confirmed offset, never from zero.
+    done = None
+    while done is None:
+        out = ob.next_chunks(next_id)
+        assert out, "sender stalled"
+        for f in out:
+            c = decode_as(f, Chunk)
+            assert c.offset >= 2000
+            sent_bytes += len(c.data)
+            ack, whole = rx.accept("a", c, 1.0, next_id)
+            ob.on_ack(decode_as(ack, ChunkAck), 1.0)
+            if whole is not None:
+                done = whole
+    assert done == frame
+    assert ob.done
+    assert sent_bytes == len(frame)  # nothing sent twice
+    assert rx.held_bytes() == 0
+
+
+def test_receiver_that_forgot_makes_the_sender_restart_from_its_offset() -> None:
+    frame = os.urandom(5000)
+    ob = Outbound("a:2", frame, chunk_bytes=1000, window=2, acked=3000)  # sender believes 3000
+    rx = Reassembler(max_total_bytes=1 << 20)  # a restarted receiver holds nothing
+    first = decode_as(ob.next_chunks(next_id)[0], Chunk)
+    assert first.offset == 3000
+    ack, whole = rx.accept("a", first, 0.0, next_id)
+    assert whole is None
+    back = decode_as(ack, ChunkAck)
+    assert back.next_offset == 0
+    ob.on_ack(back, 0.0)
+    assert ob.acked == 0 and ob.sent == 0
+    result = None
+    while result is None:
+        for f in ob.next_chunks(next_id):
+            ack, w = rx.accept("a", decode_as(f, Chunk), 0.0, next_id)
+            ob.on_ack(decode_as(ack, ChunkAck), 0.0)
+            result = w or result
+    assert result == frame
+
+
+def test_duplicate_and_overlapping_chunks_are_harmless() -> None:
+    frame = os.urandom(3000)
+    ob = Outbound("a:3", frame, chunk_bytes=1000, window=3)
+    chunks = [decode_as(f, Chunk) for f in ob.next_chunks(next_id)]
+    rx = Reassembler(max_total_bytes=1 << 20)
+    rx.accept("a", chunks[0], 0.0, next_id)
+    ack, _ = rx.accept("a", chunks[0], 0.0, next_id)  # duplicate
+    assert decode_as(ack, ChunkAck).next_offset == 1000
+    ack, _ = rx.accept("a", chunks[2], 0.0, next_id)  # gap: not stored
+    assert decode_as(ack, ChunkAck).next_offset == 1000
+    _, w = rx.accept("a", chunks[1], 0.0, next_id)
+    assert w is None
+    _, w = rx.accept("a", chunks[2], 0.0, next_id)
+    assert w == frame
+
+
+def test_checksum_mismatch_is_refused_and_forgotten() -> None:
+    frame = os.urandom(2000)
+    ob = Outbound("a:4", frame, chunk_bytes=1000, window=2)
+    chunks = [decode_as(f, Chunk) for f in ob.next_chunks(next_id)]
+    rx = Reassembler(max_total_bytes=1 << 20)
+    rx.accept("a", chunks[0], 0.0, next_id)
+    bad = Chunk(chunks[1].id, chunks[1].transfer, 1000, 2000, chunks[1].sha256, b"\x00" * 1000)
+    with pytest.raises(WireError) as ei:
+        rx.accept("a", bad, 0.0, next_id)
+    assert ei.value.reason is Reason.CHECKSUM
+    assert rx.transfers == {}
+    # the clean resend from the start then succeeds
+    for c in chunks:
+        _, w = rx.accept("a", c, 0.0, next_id)
+    assert w == frame
+
+
+def test_oversize_transfer_is_refused_up_front() -> None:
+    ob = Outbound("a:5", os.urandom(5000), chunk_bytes=1000)
+    rx = Reassembler(max_total_bytes=4000)
+    with pytest.raises(WireError) as ei:
+        rx.accept("a", decode_as(ob.next_chunks(next_id)[0], Chunk), 0.0, next_id)
+    assert ei.value.reason is Reason.OVERSIZE
+
+
+def test_transfers_of_different_peers_are_separate_and_bounded() -> None:
+    rx = Reassembler(max_total_bytes=1 << 20, max_transfers_per_peer=2)
+    for i in range(5):
+        ob = Outbound(f"a:{i}", os.urandom(3000), chunk_bytes=1000, window=1)
+        rx.accept("a", decode_as(ob.next_chunks(next_id)[0], Chunk), float(i), next_id)
+    ob = Outbound("b:1", os.urandom(3000), chunk_bytes=1000, window=1)
+    rx.accept("b", decode_as(ob.next_chunks(next_id)[0], Chunk), 0.0, next_id)
+    assert sum(1 for p, _ in rx.transfers if p == "a") == 2
+    assert ("b", "b:1") in rx.transfers
+
+
+def test_outbound_validates_its_arguments() -> None:
+    with pytest.raises(ValueError):
+        Outbound("a:1", b"x", chunk_bytes=0)
+    assert decode(Outbound("a:1", b"xyz", chunk_bytes=2).next_chunks(next_id)[0]).TYPE == "CHUNK"
+
+
+def test_receiver_bounds_the_bytes_it_holds_across_transfers() -> None:
+    rx = Reassembler(max_total_bytes=10_000, max_held_bytes=2500)
+    a = Outbound("a:1", os.urandom(5000), chunk_bytes=1000, window=2)
+    b = Outbound("b:1", os.urandom(5000), chunk_bytes=1000, window=1)
+    for f in a.next_chunks(next_id):
+        rx.accept("a", decode_as(f, Chunk), 0.0, next_id)
+    assert rx.held_bytes() == 2000
+    with pytest.raises(WireError) as ei:
+        rx.accept("b", decode_as(b.next_chunks(next_id)[0], Chunk), 0.0, next_id)
+    assert ei.value.reason is Reason.BUSY
+    assert rx.next_offset("a", "a:1") == 2000 and rx.next_offset("b", "b:1") == 0
