@@ -16,6 +16,10 @@ from collections.abc import Sequence
 # group name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("orbitfl.codec.cli", "compression recipes: benchmark and inspect"),
+    "keys": ("orbitfl.keys", "CurveZMQ key pairs for the ground and agents"),
+    "ground": ("orbitfl.ground.daemon", "the ground station daemon"),
+    "agent": ("orbitfl.agent.daemon", "the agent daemon that runs on a board"),
+    "demo": ("orbitfl.demo", "a ground and N agents as local processes: accuracy against bytes"),
     "model": ("orbitfl.models.cli", "model zoo: build ONNX Runtime training artifacts, train, export"),
     "bench": ("orbitfl.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
 }

@@ -1,0 +1,280 @@
+"""The agent daemon: ``orbitfl agent run --config agent.toml``.
+
+A thin shell around :class:`AgentMachine`: link events (up, down, frames) and a periodic tick go
+in; sends, training jobs and new global models come out. The trainer runs between polls: the zoo's
+models train an epoch on a board-sized partition in milliseconds, well inside the link's liveness.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 for a bad config or key, 1 for anything else that stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from orbitfl.agent.machine import AgentConfig as MachineConfig
+from orbitfl.agent.machine import AgentMachine
+from orbitfl.agent.outbox import Outbox
+
+from orbitfl.config import AgentConfig, ConfigError, load_agent
+from orbitfl.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
+from orbitfl.service import Notifier, Shutdown, setup_logging
+from orbitfl.wire import (
+    GROUND,
+    ApplyModel,
+    Count,
+    Event,
+    LinkDown,
+    LinkUp,
+    Log,
+    MessageReceived,
+    Send,
+    StartTraining,
+    Tick,
+    TrainingDone,
+    TrainingFailed,
+)
+
+log = logging.getLogger("orbitfl.agent")
+
+TICK_S = 0.25
+
+
+class Learner:
+    """The board's model and its share of the data: trains a task and returns the delta."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        from orbitfl.agent.ort_trainer import OrtTrainer
+        from orbitfl.models.artifacts import build_artifacts, read_manifest
+        from orbitfl.models.zoo import build
+
+        from orbitfl.data.datasets import load
+        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
+
+        t, d = cfg.train, cfg.data
+        art = cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
+        try:
+            read_manifest(art)
+        except (OSError, ValueError):
+            build_artifacts(build(t.model), art, optimizer=t.optimizer)
+        self.trainer = OrtTrainer(art, learning_rate=t.lr)
+        data = load(d.dataset, seed=d.seed)
+        y = data.y_train
+        if d.split == "dirichlet":
+            parts = dirichlet_partition(y, d.num_partitions, d.alpha, seed=d.seed)
+        elif d.split == "iid":
+            parts = iid_partition(len(y), d.num_partitions, seed=d.seed)
+        else:
+            parts = shard_partition(y, d.num_partitions, seed=d.seed)
+        idx = parts[d.partition]
+        self.x = np.ascontiguousarray(data.x_train[idx], dtype=np.float32)
+        self.y = y[idx]
+        self.cfg = t
+        self.dir = cfg.agent.state_dir
+
+    def train(self, start: StartTraining) -> TrainingDone:
+        base = {k: np.asarray(v, dtype=np.float32) for k, v in start.weights.items()}
+        self.trainer.set_weights(base)
+        m = self.trainer.train(
+            self.x,
+            self.y,
+            epochs=self.cfg.epochs,
+            batch_size=self.cfg.batch_size,
+            max_batches=self.cfg.max_batches or None,
+            seed=start.task.round,
+        )
+        new = self.trainer.get_weights(list(base))
+        delta: dict[str, npt.NDArray[Any]] = {k: new[k] - base[k] for k in base}
+        metrics = {"loss": m.loss, "seconds": m.seconds}
+        if m.accuracy is not None:
+            metrics["train_accuracy"] = m.accuracy
+        return TrainingDone(start.task.task_id, delta, len(self.x), metrics)
+
+    def apply(self, model: ApplyModel) -> None:
+        """Keep the new global model for onboard inference (the ONNX next to the state)."""
+        from orbitfl.models.zoo import build, write_inference_model
+
+        write_inference_model(build(self.cfg.model), self.dir / "model.onnx", model.weights)
+
+
+class AgentDaemon:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        shutdown: Shutdown | None = None,
+        notifier: Notifier | None = None,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        learner: Learner | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.shutdown = shutdown or Shutdown()
+        self.notifier = notifier or Notifier()
+        self.wall = wall
+        self.mono = mono
+        self.counts: Counter[str] = Counter()
+        a, lk = cfg.agent, cfg.link
+        a.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(a.state_dir / "outbox.sqlite")
+        self.machine = AgentMachine(
+            self.outbox,
+            MachineConfig(
+                agent_id=a.name,
+                heartbeat_seconds=max(5.0, lk.heartbeat_s * 5),
+                retransmit_seconds=a.retransmit_s,
+                chunk_bytes=lk.chunk_bytes,
+                window=lk.window,
+            ),
+        )
+        self.learner = learner or Learner(cfg)
+        keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
+        self.link = AgentLink(
+            a.ground,
+            a.name,
+            keys=keys,
+            insecure=a.insecure,
+            max_msg_size=lk.max_msg_size,
+            heartbeat_s=lk.heartbeat_s,
+            liveness=lk.liveness,
+            backoff=Backoff(lk.backoff_initial_s, lk.backoff_max_s),
+        )
+        o = cfg.outages
+        self._outage_rng = random.Random(o.seed)
+        self._next_outage = self.mono() + self._outage_gap() if o.up_s > 0 and o.down_s > 0 else None
+        self._next_tick = 0.0
+        self._paced: list[tuple[float, TrainingDone | TrainingFailed]] = []
+
+    def _outage_gap(self) -> float:
+        up = self.cfg.outages.up_s
+        return self._outage_rng.uniform(0.5 * up, 1.5 * up)
+
+    def _feed(self, event: Event) -> None:
+        pending: list[Event] = [event]
+        while pending:
+            ev = pending.pop(0)
+            for a in self.machine.handle(ev, self.wall()):
+                if isinstance(a, Send):
+                    self.link.send(a.frame)  # while down it fails; the outbox keeps the update
+                elif isinstance(a, StartTraining):
+                    started = self.mono()
+                    result = self._train(a)
+                    pace = self.cfg.train.pace_s
+                    if pace > 0:
+                        self._paced.append((started + pace, result))
+                    else:
+                        pending.append(result)
+                elif isinstance(a, ApplyModel):
+                    try:
+                        self.learner.apply(a)
+                    except (OSError, ValueError, TypeError) as exc:
+                        log.error("could not install model v%d: %s", a.version, exc)
+                    self.counts["models_applied"] += 1
+                elif isinstance(a, Log):
+                    log.log(logging.getLevelName(a.level), "%s", a.text)
+                elif isinstance(a, Count):
+                    key = a.name + "".join(f"{{{k}={v}}}" for k, v in a.labels)
+                    self.counts[key] += a.n
+
+    def _train(self, a: StartTraining) -> TrainingDone | TrainingFailed:
+        t0 = time.monotonic()
+        try:
+            done = self.learner.train(a)
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            return TrainingFailed(a.task.task_id, f"{type(exc).__name__}: {exc}")
+        log.info(
+            "trained %s on %d samples in %.2f s (loss %.4f)",
+            a.task.task_id,
+            done.samples,
+            time.monotonic() - t0,
+            done.metrics.get("loss", float("nan")),
+        )
+        return done
+
+    def step(self, timeout_s: float) -> None:
+        now = self.mono()
+        if self._next_outage is not None and now >= self._next_outage:
+            down = self.cfg.outages.down_s
+            log.info("outage: link cut for %.1f s", down)
+            self.link.suspend(down)
+            self._next_outage = now + down + self._outage_gap()
+        for ev in self.link.poll(timeout_s):
+            if isinstance(ev, Up):
+                log.info("link up")
+                self._feed(LinkUp())
+            elif isinstance(ev, Down):
+                log.info("link down after %.1f s of silence", ev.silent_s)
+                self._feed(LinkDown())
+            elif isinstance(ev, Received):
+                self._feed(MessageReceived(GROUND, ev.frame))
+        now = self.mono()
+        due = [r for t, r in self._paced if t <= now]
+        self._paced = [(t, r) for t, r in self._paced if t > now]
+        for result in due:
+            self._feed(result)
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_S
+            self._feed(Tick())
+        self.notifier.watchdog(now)
+
+    def run(self) -> int:
+        self._next_tick = self.mono()
+        mode = "plaintext (--insecure)" if not self.link.secure else "CurveZMQ"
+        log.info(
+            "agent %s dialing %s (%s); %d update(s) in the outbox, holding model %s",
+            self.cfg.agent.name,
+            self.cfg.agent.ground,
+            mode,
+            self.outbox.pending(),
+            self.machine.version,
+        )
+        self.notifier.ready(f"dialing {self.cfg.agent.ground}")
+        try:
+            while not self.shutdown.requested:
+                due = self.notifier.watchdog_due_in(self.mono())
+                self.step(TICK_S if due is None else min(TICK_S, due))
+        finally:
+            self.notifier.stopping()
+            self.close()
+        log.info("agent stopped (signal %s)", self.shutdown.signal)
+        return 0
+
+    def close(self) -> None:
+        self.link.close()
+        self.outbox.close()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    try:
+        cfg = load_agent(Path(args.config))
+        if args.insecure and not cfg.agent.insecure:
+            cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, insecure=True))
+        shutdown = Shutdown().install()
+        daemon = AgentDaemon(cfg, shutdown=shutdown)
+    except (ConfigError, LinkError) as exc:
+        print(f"orbitfl agent run: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("agent", help="the agent daemon that runs on a board")
+    sub = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    run = sub.add_parser("run", help="learn and talk to the ground until SIGTERM")
+    run.add_argument("--config", required=True, help="the agent's TOML config")
+    run.add_argument(
+        "--insecure", action="store_true", help="plaintext, no Curve keys: local development only"
+    )
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_cmd_run)

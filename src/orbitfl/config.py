@@ -1,0 +1,349 @@
+"""TOML configuration of both daemons, validated with errors that name the key and the problem.
+
+Every section is a frozen dataclass; each field's type, default and check live beside it. Unknown
+keys are errors too (a typo such as ``hearbeat_s`` must not silently fall back to a default).
+Relative paths are taken relative to the config file's folder, so a config and its keys can move
+together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config problem; the message starts with the file and the dotted key."""
+
+
+Check = Callable[[Any], str | None]  # returns a problem, or None when the value is fine
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 and math.isfinite(v) else "must be a finite number > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 and math.isfinite(v) else "must be a finite number >= 0"
+
+
+def _at_least(n: int) -> Check:
+    return lambda v: None if v >= n else f"must be >= {n}"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _endpoint(v: Any) -> str | None:
+    if not (v.startswith("tcp://") or v.startswith("ipc://")):
+        return "must be a ZeroMQ endpoint starting with tcp:// or ipc://"
+    return None
+
+
+def _host_port(v: Any) -> str | None:
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT (port 1-65535), or empty to disable"
+    return None
+
+
+def _name(v: Any) -> str | None:
+    from orbitfl.keys import check_name
+
+    try:
+        check_name(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _m(check: Check | None = None, path: bool = False) -> dict[str, Any]:
+    """A field's metadata: its check and whether it is a path (relative to the config file)."""
+    return {"check": check, "path": path}
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    heartbeat_s: float = field(default=1.0, metadata=_m(_positive))
+    liveness: int = field(default=3, metadata=_m(_at_least(1)))
+    backoff_initial_s: float = field(default=0.5, metadata=_m(_positive))
+    backoff_max_s: float = field(default=30.0, metadata=_m(_positive))
+    max_msg_size: int = field(default=16 * 1024 * 1024, metadata=_m(_at_least(1024)))
+    # Payloads larger than a chunk travel as resumable chunks, ``window`` of them in flight.
+    chunk_bytes: int = field(default=256 * 1024, metadata=_m(_at_least(256)))
+    window: int = field(default=8, metadata=_m(_at_least(1)))
+
+
+@dataclass(frozen=True)
+class GroundSection:
+    bind: str = field(metadata=_m(_endpoint))
+    state_dir: Path = field(metadata=_m(path=True))
+    insecure: bool = field(default=False, metadata=_m())
+    secret_key: Path | None = field(default=None, metadata=_m(path=True))
+    allowed_keys: Path | None = field(default=None, metadata=_m(path=True))
+    metrics: str = field(default="", metadata=_m(_host_port))
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    model: str = field(default="mlp", metadata=_m())  # a zoo model name
+    model_seed: int = field(default=0, metadata=_m())  # seeds the initial global weights
+    strategy: str = field(default="fedavg", metadata=_m(_one_of("fedavg")))
+    codec: str = field(default="fp32", metadata=_m())  # the recipe agents encode updates with
+    rounds: int = field(default=0, metadata=_m(_at_least(0)))  # 0: run until stopped
+    min_updates: int = field(default=2, metadata=_m(_at_least(1)))
+    round_deadline_s: float = field(default=600.0, metadata=_m(_positive))
+    min_updates_at_deadline: int = field(default=1, metadata=_m(_at_least(1)))
+    max_staleness: int = field(default=1, metadata=_m(_at_least(0)))
+    task_ttl_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: tasks never expire
+    retransmit_s: float = field(default=30.0, metadata=_m(_positive))
+    # Held-out data the ground scores each new global model on ("" = no evaluation).
+    eval_dataset: str = field(default="", metadata=_m(_one_of("", "digits", "mnist1d")))
+    data_seed: int = field(default=0, metadata=_m())
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    name: str = field(metadata=_m(_name))
+    ground: str = field(metadata=_m(_endpoint))
+    state_dir: Path = field(metadata=_m(path=True))
+    insecure: bool = field(default=False, metadata=_m())
+    secret_key: Path | None = field(default=None, metadata=_m(path=True))
+    ground_key: Path | None = field(default=None, metadata=_m(path=True))
+    # Resend the outbox head when the ground has not answered it for this long while linked.
+    retransmit_s: float = field(default=30.0, metadata=_m(_positive))
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = field(default="digits", metadata=_m(_one_of("digits", "mnist1d")))
+    split: str = field(default="dirichlet", metadata=_m(_one_of("dirichlet", "iid", "shards")))
+    partition: int = field(default=0, metadata=_m(_at_least(0)))
+    num_partitions: int = field(default=1, metadata=_m(_at_least(1)))
+    alpha: float = field(default=0.5, metadata=_m(_positive))  # Dirichlet concentration (non-IID)
+    seed: int = field(default=0, metadata=_m())
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    model: str = field(default="mlp", metadata=_m())  # must match the ground's federation.model
+    optimizer: str = field(default="adamw", metadata=_m(_one_of("adamw", "sgd")))
+    epochs: int = field(default=1, metadata=_m(_at_least(1)))
+    batch_size: int = field(default=32, metadata=_m(_at_least(1)))
+    lr: float = field(default=0.01, metadata=_m(_positive))
+    max_batches: int = field(default=0, metadata=_m(_at_least(0)))  # 0: whole epochs
+    # Report a finished job no sooner than this after it started, as a slower board would
+    # (demo and tests); the loop keeps serving the link meanwhile. 0: report at once.
+    pace_s: float = field(default=0.0, metadata=_m(_non_negative))
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    export_tflite: bool = field(default=False, metadata=_m())
+    int8: bool = field(default=False, metadata=_m())
+
+
+@dataclass(frozen=True)
+class OutageSection:
+    """Simulated contact windows (demo and tests): after about ``up_s`` of contact the link is cut
+    for ``down_s``, again and again, with a random phase per agent."""
+
+    up_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: no outages
+    down_s: float = field(default=0.0, metadata=_m(_non_negative))
+    seed: int = field(default=0, metadata=_m())
+
+
+@dataclass(frozen=True)
+class GroundConfig:
+    ground: GroundSection
+    federation: FederationSection
+    link: LinkSettings
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection
+    data: DataSection
+    train: TrainSection
+    inference: InferenceSection
+    outages: OutageSection
+    link: LinkSettings
+    source: Path | None = None
+
+
+T = TypeVar("T")
+
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    Path: "a path string",
+}
+
+
+def _coerce(where: str, expected: type, value: Any) -> Any:
+    # bool is an int in Python; TOML keeps them apart and so do we.
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:  # str and Path
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{where}: must be {_TYPE_NAMES[expected]}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(cls: type[T], data: Any, name: str, base: Path, prefix: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}[{name}]: must be a table, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{prefix}{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for f in known.values():
+        where = f"{prefix}{name}.{f.name}"
+        if f.name not in data:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{where}: required key is missing")
+            values[f.name] = f.default
+            continue
+        raw = data[f.name]
+        expected = _field_type(f)
+        value = _coerce(where, expected, raw)
+        if f.metadata.get("path"):
+            if value == "":
+                raise ConfigError(f"{where}: must be a non-empty path")
+            p = Path(value).expanduser()
+            value = p if p.is_absolute() else base / p
+        check: Check | None = f.metadata.get("check")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{where}: {problem}, got {raw!r}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    t = str(f.type)
+    for name, typ in (("bool", bool), ("int", int), ("float", float), ("Path", Path), ("str", str)):
+        if t.startswith(name):
+            return typ
+    raise TypeError(f"config field {f.name} has an unsupported type {t}")  # pragma: no cover
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8")), f"{path}: "
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _check_sections(doc: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    for key in doc:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}[{key}]: unknown section (known: {', '.join(sorted(allowed))})")
+
+
+def _check_link(link: LinkSettings, prefix: str) -> None:
+    if link.chunk_bytes + 4096 > link.max_msg_size:
+        raise ConfigError(
+            f"{prefix}link.chunk_bytes: a chunk and its header must fit link.max_msg_size "
+            f"({link.max_msg_size}), got {link.chunk_bytes}"
+        )
+    if link.backoff_max_s < link.backoff_initial_s:
+        raise ConfigError(
+            f"{prefix}link.backoff_max_s: must be >= link.backoff_initial_s ({link.backoff_initial_s}), "
+            f"got {link.backoff_max_s}"
+        )
+
+
+def parse_ground(
+    doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
+) -> GroundConfig:
+    _check_sections(doc, {"ground", "federation", "link"}, prefix)
+    if "ground" not in doc:
+        raise ConfigError(f"{prefix}[ground]: required section is missing")
+    ground = _section(GroundSection, doc.get("ground"), "ground", base, prefix)
+    if not ground.insecure:
+        for key in ("secret_key", "allowed_keys"):
+            if getattr(ground, key) is None:
+                raise ConfigError(
+                    f"{prefix}ground.{key}: required unless ground.insecure = true (Curve is the default)"
+                )
+    link = _section(LinkSettings, doc.get("link"), "link", base, prefix)
+    _check_link(link, prefix)
+    fed = _section(FederationSection, doc.get("federation"), "federation", base, prefix)
+    return GroundConfig(ground=ground, federation=fed, link=link, source=source)
+
+
+def parse_agent(
+    doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
+) -> AgentConfig:
+    _check_sections(doc, {"agent", "data", "train", "inference", "link", "outages"}, prefix)
+    if "agent" not in doc:
+        raise ConfigError(f"{prefix}[agent]: required section is missing")
+    agent = _section(AgentSection, doc.get("agent"), "agent", base, prefix)
+    if not agent.insecure:
+        for key in ("secret_key", "ground_key"):
+            if getattr(agent, key) is None:
+                raise ConfigError(
+                    f"{prefix}agent.{key}: required unless agent.insecure = true (Curve is the default)"
+                )
+    data = _section(DataSection, doc.get("data"), "data", base, prefix)
+    if data.partition >= data.num_partitions:
+        raise ConfigError(
+            f"{prefix}data.partition: must be < data.num_partitions ({data.num_partitions}), "
+            f"got {data.partition}"
+        )
+    link = _section(LinkSettings, doc.get("link"), "link", base, prefix)
+    _check_link(link, prefix)
+    return AgentConfig(
+        agent=agent,
+        data=data,
+        train=_section(TrainSection, doc.get("train"), "train", base, prefix),
+        inference=_section(InferenceSection, doc.get("inference"), "inference", base, prefix),
+        outages=_section(OutageSection, doc.get("outages"), "outages", base, prefix),
+        link=link,
+        source=source,
+    )
+
+
+def load_ground(path: Path) -> GroundConfig:
+    doc, prefix = _read(path)
+    return parse_ground(doc, path.resolve().parent, prefix, source=path)
+
+
+def load_agent(path: Path) -> AgentConfig:
+    doc, prefix = _read(path)
+    return parse_agent(doc, path.resolve().parent, prefix, source=path)

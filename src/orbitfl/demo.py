@@ -1,0 +1,376 @@
+"""``orbitfl demo``: a ground and N agents as separate processes on 127.0.0.1, accuracy against bytes.
+
+Everything is real: Curve keys made in a temporary folder, the two daemons started with their own
+TOML configs, ZeroMQ over loopback TCP, ONNX Runtime training on non-IID shares of the digits,
+the codec on every update. The demo only writes the configs, starts and stops the processes and
+reads the ground's round log (``rounds.jsonl``) to print the table, the JSON report and the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+DEFAULT_RECIPE = "topk:0.01+ef | quant:4 | zstd"
+# Link settings of the demo: short, so that --outages exceeds every one of them many times over.
+HEARTBEAT_S = 0.5
+LIVENESS = 3
+BACKOFF_MAX_S = 2.0
+RETRANSMIT_S = 4.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    agents: int = 4
+    rounds: int = 30
+    codec: str = DEFAULT_RECIPE
+    epochs: int = 1
+    alpha: float = 0.5
+    seed: int = 0
+    outages: bool = False
+    outage_up_s: float = 3.0
+    outage_down_s: float = 8.0
+    # With outages each job takes at least this long, as on a real board, so rounds span several
+    # contact windows instead of all finishing inside the first one.
+    outage_pace_s: float = 1.0
+    insecure: bool = False
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.agents < 1:
+            raise ValueError(f"--agents must be >= 1, got {self.agents}")
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if not self.alpha > 0:
+            raise ValueError(f"--alpha must be > 0, got {self.alpha}")
+        if self.outages and self.outage_down_s <= max(HEARTBEAT_S * LIVENESS, BACKOFF_MAX_S, RETRANSMIT_S):
+            raise ValueError("outages must last longer than every link timeout")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_recipe(recipe: str) -> None:
+    """Refuse an unknown recipe before starting anything, with the codec's own error."""
+    from orbitfl.wire.payload import RAW_RECIPES
+
+    if recipe in RAW_RECIPES:
+        return
+    try:
+        from orbitfl.codec import Pipeline  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ValueError(f"codec recipe {recipe!r} needs orbitfl.codec.Pipeline, which is missing") from exc
+    Pipeline.parse(recipe)
+
+
+def _toml_str(p: Path | str) -> str:
+    return json.dumps(str(p))  # a JSON string is a valid TOML basic string
+
+
+def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
+    """Keys and TOML configs for the ground and each agent, all inside ``work``."""
+    from orbitfl.keys import new_keypair
+
+    keys, allowed = work / "keys", work / "allowed"
+    if not s.insecure:
+        new_keypair("ground", keys)
+    port, metrics = free_port(), free_port()
+    fed_min = s.agents
+    # With outages, a round closes at its deadline with whoever got through; updates that arrive
+    # later count in the next round (staleness 1), so nothing trained is wasted.
+    deadline = 4.0 if s.outages else 120.0
+    link = (
+        f"[link]\nheartbeat_s = {HEARTBEAT_S}\nliveness = {LIVENESS}\n"
+        f"backoff_initial_s = 0.2\nbackoff_max_s = {BACKOFF_MAX_S}\n"
+    )
+    security_g = (
+        "insecure = true\n"
+        if s.insecure
+        else f"secret_key = {_toml_str(keys / 'ground.key_secret')}\nallowed_keys = {_toml_str(allowed)}\n"
+    )
+    ground = work / "ground.toml"
+    ground.write_text(
+        f'[ground]\nbind = "tcp://127.0.0.1:{port}"\nstate_dir = {_toml_str(work / "ground")}\n'
+        f'{security_g}metrics = "127.0.0.1:{metrics}"\n\n'
+        f'[federation]\nmodel = "mlp"\nmodel_seed = {s.seed}\ncodec = {_toml_str(s.codec)}\n'
+        f"rounds = {s.rounds}\nmin_updates = {fed_min}\nround_deadline_s = {deadline}\n"
+        f'max_staleness = 2\nretransmit_s = {RETRANSMIT_S}\neval_dataset = "digits"\n'
+        f"data_seed = {s.seed}\n\n{link}"
+    )
+    agents = []
+    pace = s.outage_pace_s if s.outages else 0.0
+    for i in range(s.agents):
+        name = f"sat-{i}"
+        if not s.insecure:
+            new_keypair(name, keys, allow_dir=allowed)
+        security_a = (
+            "insecure = true\n"
+            if s.insecure
+            else f"secret_key = {_toml_str(keys / f'{name}.key_secret')}\n"
+            f"ground_key = {_toml_str(keys / 'ground.key')}\n"
+        )
+        outages = (
+            f"[outages]\nup_s = {s.outage_up_s}\ndown_s = {s.outage_down_s}\nseed = {s.seed + i}\n"
+            if s.outages
+            else ""
+        )
+        cfg = work / f"{name}.toml"
+        cfg.write_text(
+            f'[agent]\nname = "{name}"\nground = "tcp://127.0.0.1:{port}"\n'
+            f"state_dir = {_toml_str(work / name)}\n{security_a}retransmit_s = {RETRANSMIT_S}\n\n"
+            f'[data]\ndataset = "digits"\nsplit = "dirichlet"\npartition = {i}\n'
+            f"num_partitions = {s.agents}\nalpha = {s.alpha}\nseed = {s.seed}\n\n"
+            f'[train]\nmodel = "mlp"\nepochs = {s.epochs}\npace_s = {pace}\n\n'
+            f"{outages}{link}"
+        )
+        agents.append(cfg)
+    return ground, agents
+
+
+class Processes:
+    """The daemons as child processes, each logging to its own file; stopped with SIGTERM."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        logf = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "orbitfl.cli", *args],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.procs.append((name, p, logf))
+        return p
+
+    def failed(self) -> list[str]:
+        return [n for n, p, _ in self.procs if p.poll() is not None and p.returncode != 0]
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, int | None]:
+        for _, p, _ in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        end = time.monotonic() + timeout_s
+        for name, p, logf in self.procs:
+            try:
+                codes[name] = p.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[name] = p.wait()
+            logf.close()
+        self.procs.clear()
+        return codes
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+            rows.append(json.loads(line))
+    return rows
+
+
+def _row(r: dict[str, Any]) -> str:
+    acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+    ratio = r["float32_bytes"] / r["uplink_bytes"] if r["uplink_bytes"] else float("nan")
+    return f"{r['round']:>5}  {r['updates']:>6}  {acc:>8}  {r['uplink_bytes']:>12,}  {ratio:>9.1f}x"
+
+
+HEADER = f"{'round':>5}  {'agents':>6}  {'accuracy':>8}  {'uplink bytes':>12}  {'vs fp32':>10}"
+
+
+def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str, Any]:
+    check_recipe(s.codec)
+    ground_cfg, agent_cfgs = write_configs(work, s)
+    procs = Processes(work)
+    rounds_file = work / "ground" / "rounds.jsonl"
+    t0 = time.monotonic()
+    shown = 0
+    security = "plaintext (--insecure)" if s.insecure else "CurveZMQ keys in " + str(work / "keys")
+    print(f"orbitfl demo: 1 ground + {s.agents} agents on 127.0.0.1, {security}", file=out)
+    print(
+        f"  non-IID digits (Dirichlet alpha={s.alpha}), codec {s.codec!r}, {s.rounds} rounds"
+        + (
+            f", contacts of ~{s.outage_up_s:.0f} s between {s.outage_down_s:.0f} s outages"
+            if s.outages
+            else ""
+        ),
+        file=out,
+    )
+    print(f"  logs and state in {work}", file=out)
+    print(HEADER, file=out, flush=True)
+    try:
+        procs.start("ground", "ground", "serve", "--config", str(ground_cfg))
+        for cfg in agent_cfgs:
+            procs.start(cfg.stem, "agent", "run", "--config", str(cfg))
+        while True:
+            rows = read_rounds(rounds_file)
+            for r in rows[shown:]:
+                print(_row(r), file=out, flush=True)
+            shown = len(rows)
+            if shown >= s.rounds:
+                break
+            bad = procs.failed()
+            if bad:
+                raise RuntimeError(f"{', '.join(bad)} stopped with an error; see the logs in {work}")
+            if time.monotonic() - t0 > s.timeout_s:
+                raise RuntimeError(
+                    f"only {shown} of {s.rounds} rounds after {s.timeout_s:.0f} s; logs in {work}"
+                )
+            time.sleep(0.2)
+    finally:
+        codes = procs.stop()
+    rows = read_rounds(rounds_file)[: s.rounds]
+    up = sum(r["uplink_bytes"] for r in rows)
+    f32 = sum(r["float32_bytes"] for r in rows)
+    report: dict[str, Any] = {
+        "final_accuracy": rows[-1]["accuracy"],
+        "codec": s.codec,
+        "agents": s.agents,
+        "outages": s.outages,
+        "seconds": round(time.monotonic() - t0, 2),
+        "uplink_bytes": up,
+        "float32_bytes": f32,
+        "uplink_ratio": f32 / up if up else None,
+        "exit_codes": codes,
+        "rounds": [
+            {k: r[k] for k in ("round", "accuracy", "uplink_bytes", "float32_bytes", "updates", "samples")}
+            for r in rows
+        ],
+    }
+    print(
+        f"final accuracy {report['final_accuracy']:.4f}; uplink {up:,} bytes vs {f32:,} as float32 "
+        f"({report['uplink_ratio']:.1f}x smaller) in {report['seconds']:.0f} s",
+        file=out,
+    )
+    return report
+
+
+def plot(reports: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for rep in reports:
+        xs, total = [], 0
+        for r in rep["rounds"]:
+            total += r["uplink_bytes"]
+            xs.append(total)
+        ax.plot(xs, [r["accuracy"] for r in rep["rounds"]], marker="o", ms=3, label=rep["codec"])
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink bytes (all agents)")
+    ax.set_ylabel("test accuracy of the global model")
+    ax.set_title("orbitfl demo: accuracy against bytes sent")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        settings = DemoSettings(
+            agents=args.agents,
+            rounds=args.rounds,
+            codec=args.codec,
+            epochs=args.epochs,
+            alpha=args.alpha,
+            seed=args.seed,
+            outages=args.outages,
+            insecure=args.insecure,
+            timeout_s=args.timeout,
+        )
+        check_recipe(settings.codec)
+        if args.compare:
+            check_recipe("fp32")
+    except ValueError as exc:
+        print(f"orbitfl demo: {exc}", file=sys.stderr)
+        return 2
+    base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="orbitfl-demo-"))
+    runs = [settings]
+    if args.compare:
+        from dataclasses import replace
+
+        runs.insert(0, replace(settings, codec="fp32"))
+    reports = []
+    try:
+        for i, st in enumerate(runs):
+            work = (
+                base / (f"run{i}-" + ("fp32" if st.codec == "fp32" else "codec")) if len(runs) > 1 else base
+            )
+            work.mkdir(parents=True, exist_ok=True)
+            reports.append(run_demo(st, work))
+    except (RuntimeError, ValueError) as exc:
+        print(f"orbitfl demo: {exc}", file=sys.stderr)
+        return 1
+    report: dict[str, Any] = dict(reports[-1])
+    if len(reports) > 1:
+        f32, codec = reports
+        report["baseline"] = f32
+        report["accuracy_drop_points"] = round(100 * (f32["final_accuracy"] - codec["final_accuracy"]), 2)
+        report["uplink_ratio_vs_fp32_run"] = f32["uplink_bytes"] / codec["uplink_bytes"]
+        print(
+            f"float32 run: final accuracy {f32['final_accuracy']:.4f}, {f32['uplink_bytes']:,} bytes; "
+            f"codec: {codec['final_accuracy']:.4f}, {codec['uplink_bytes']:,} bytes "
+            f"({report['uplink_ratio_vs_fp32_run']:.1f}x less, {report['accuracy_drop_points']:+.2f} points)"
+        )
+    report_path = Path(args.report) if args.report else base / "report.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    plot_path = Path(args.plot) if args.plot else report_path.with_suffix(".png")
+    plot(reports, plot_path)
+    print(f"report: {report_path}\nplot:   {plot_path}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(base / "keys", ignore_errors=True)  # the secrets go; logs and state stay
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("demo", help="a ground and N agents as local processes: accuracy against bytes")
+    p.add_argument("--agents", type=int, default=4, help="number of agent processes (default 4)")
+    p.add_argument("--rounds", type=int, default=30, help="federated rounds (default 30)")
+    p.add_argument("--codec", default=DEFAULT_RECIPE, help=f"update recipe (default {DEFAULT_RECIPE!r})")
+    p.add_argument("--epochs", type=int, default=1, help="local epochs per round (default 1)")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha of the non-IID split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--outages",
+        action="store_true",
+        help="contact windows: ~3 s of link, then 8 s without (longer than every link timeout)",
+    )
+    p.add_argument("--compare", action="store_true", help="run float32 first, then the codec, and compare")
+    p.add_argument("--insecure", action="store_true", help="plaintext instead of CurveZMQ")
+    p.add_argument("--report", help="JSON report path (default: WORKDIR/report.json)")
+    p.add_argument("--plot", help="PNG plot path (default: next to the report)")
+    p.add_argument("--workdir", help="keep configs, keys, logs and state here (default: a temp folder)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary keys too")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.set_defaults(func=_cmd_demo)

@@ -1,0 +1,538 @@
+"""The link: ZeroMQ sockets between the ground (ROUTER) and its agents (DEALERs).
+
+The link moves opaque frames (bytes) and knows nothing of messages or models. It owns what
+sockets need and the federation logic must not see:
+
+- CurveZMQ encryption and authentication by default. The ground admits only agents whose public
+  key is in an allow-list folder; an unknown key is refused by the ZAP handler at the handshake,
+  so its frames never reach the application. Plaintext needs an explicit ``insecure=True``.
+- ``MAXMSGSIZE`` on every socket, so an oversize frame is dropped by libzmq before it is read.
+- Liveness with heartbeats (zguide's Paranoid Pirate): an empty frame is a heartbeat, which no
+  valid message can be. The agent pings when it has sent nothing for an interval; the ground
+  answers every ping. An agent that hears nothing for ``liveness`` intervals declares the link
+  down, closes its socket and reconnects after a capped exponential backoff with jitter.
+- ``time.monotonic()`` everywhere and ``poll`` with timeouts, never a blocking receive.
+
+Ground peers are named by who they proved to be: with Curve, the name of the allow-listed key
+(its file name); without, the name an agent declares in its routing id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = b""
+DEFAULT_MAX_MSG_SIZE = 16 * 1024 * 1024
+# A routing id is the agent's name, a separator and a random tag; the tag makes each new socket a
+# new identity, so a reconnect never collides with the ROUTER's memory of the previous socket.
+_ID_SEP = b"\x00"
+_TAG_BYTES = 6
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class LinkError(Exception):
+    """A link could not be set up (bad key file, bad endpoint)."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """A frame from a peer. On the ground ``peer`` is the agent's name; on an agent, ``"ground"``."""
+
+    peer: str
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Up:
+    """The agent heard from the ground after (re)connecting."""
+
+
+@dataclass(frozen=True)
+class Down:
+    """The agent heard nothing from the ground for ``liveness`` heartbeat intervals."""
+
+    silent_s: float
+
+
+LinkEvent = Received | Up | Down
+
+
+@dataclass
+class LinkStats:
+    """Counters the daemons export as metrics."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    heartbeats_in: int = 0
+    heartbeats_out: int = 0
+    send_failures: int = 0
+    auth_failures: int = 0
+    reconnects: int = 0
+    refused_unknown_peer: int = 0
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter (the delay before the n-th retry).
+
+    The n-th delay is drawn uniformly from ``[d/2, d]`` with ``d = min(cap, initial * factor**n)``:
+    retries spread out so a fleet does not reconnect in lockstep after a ground restart, and no
+    delay ever exceeds ``cap`` or falls below half the initial delay.
+    """
+
+    initial_s: float = 0.5
+    cap_s: float = 30.0
+    factor: float = 2.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.initial_s > 0:
+            raise ValueError(f"backoff initial_s must be > 0, got {self.initial_s}")
+        if not self.cap_s >= self.initial_s:
+            raise ValueError(f"backoff cap_s must be >= initial_s ({self.initial_s}), got {self.cap_s}")
+        if not self.factor >= 1.0:
+            raise ValueError(f"backoff factor must be >= 1, got {self.factor}")
+
+    def next_delay(self) -> float:
+        # Exponent capped before computing, so a long outage cannot overflow the float.
+        d = min(self.cap_s, self.initial_s * self.factor ** min(self.attempt, 64))
+        self.attempt += 1
+        return self.rng.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True)
+class CurveServerKeys:
+    """The ground's keys: its secret certificate and a folder of allowed agents' public keys."""
+
+    secret_file: Path
+    allowed_dir: Path
+
+
+@dataclass(frozen=True)
+class CurveClientKeys:
+    """An agent's keys: its secret certificate and the ground's public certificate."""
+
+    secret_file: Path
+    server_public_file: Path
+
+
+def load_secret(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ZeroMQ secret certificate, with an error naming the file."""
+    try:
+        public, secret = zmq.auth.load_certificate(os.fspath(path))
+    except (OSError, ValueError) as exc:
+        raise LinkError(f"cannot read secret key file {path}: {exc}") from exc
+    if not secret:
+        raise LinkError(f"{path} holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
+def load_public(path: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(os.fspath(path))
+    except (OSError, ValueError) as exc:
+        raise LinkError(f"cannot read public key file {path}: {exc}") from exc
+    return public
+
+
+def allowed_keys(allowed_dir: Path) -> dict[bytes, str]:
+    """z85 public key -> agent name (the certificate's file name) for every ``*.key`` in a folder."""
+    if not allowed_dir.is_dir():
+        raise LinkError(f"allow-list folder {allowed_dir} does not exist")
+    out: dict[bytes, str] = {}
+    for cert in sorted(allowed_dir.glob("*.key")):
+        out[load_public(cert)] = cert.stem
+    return out
+
+
+def _routing_id(name: str) -> bytes:
+    raw = name.encode()
+    if not raw or _ID_SEP in raw or len(raw) > 200:
+        raise ValueError(f"agent name must be 1-200 bytes of UTF-8 without NUL, got {name!r}")
+    return raw + _ID_SEP + secrets.token_bytes(_TAG_BYTES)
+
+
+class GroundLink:
+    """The ground's ROUTER. ``poll`` returns frames from agents; ``send`` addresses an agent by name."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        keys: CurveServerKeys | None,
+        insecure: bool = False,
+        max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
+        heartbeat_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if keys is None and not insecure:
+            raise LinkError("the ground needs Curve keys; plaintext only with an explicit insecure=True")
+        if max_msg_size <= 0:
+            raise ValueError(f"max_msg_size must be > 0, got {max_msg_size}")
+        self.clock = clock
+        self.stats = LinkStats()
+        self.last_seen: dict[str, float] = {}
+        self._route: dict[str, bytes] = {}
+        self._names: dict[bytes, str] = {}
+        # A context has one ZAP endpoint, so each ground gets its own context unless given one.
+        self._own_ctx = context is None
+        self._ctx = context if context is not None else zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.linger = 0
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
+        # A reconnecting agent's new socket takes over its name at once (no waiting for the old
+        # TCP connection to time out), and an unroutable send raises rather than vanishing.
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        ivl_ms = max(1, int(heartbeat_s * 1000))
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, ivl_ms)
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl_ms)
+        try:
+            if keys is not None and not insecure:
+                self._names = allowed_keys(keys.allowed_dir)
+                public, secret = load_secret(keys.secret_file)
+                self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(__name__ + ".auth"))
+                self._auth.start()
+                self._auth.configure_curve(domain="*", location=os.fspath(keys.allowed_dir))
+                self._sock.curve_server = True
+                self._sock.curve_secretkey = secret
+                self._sock.curve_publickey = public
+            self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_FAILED)
+            self._sock.bind(endpoint)
+        except (zmq.ZMQError, LinkError) as exc:
+            self.close()
+            if isinstance(exc, LinkError):
+                raise
+            raise LinkError(f"cannot bind {endpoint}: {exc}") from exc
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    @property
+    def secure(self) -> bool:
+        return self._auth is not None
+
+    def _peer_name(self, routing_id: bytes, user_id: str | None) -> str | None:
+        if self._auth is not None:
+            # With Curve the ZAP handler stamped the frame with the client's z85 public key.
+            if user_id is None:
+                return None
+            return self._names.get(user_id.encode())
+        name, sep, _ = routing_id.partition(_ID_SEP)
+        if not sep:
+            return None
+        try:
+            return name.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def poll(self, timeout_s: float) -> list[Received]:
+        """Wait up to ``timeout_s`` and return every frame that arrived (heartbeats are answered here)."""
+        out: list[Received] = []
+        events = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
+        if self._monitor in events:
+            self._drain_monitor()
+        if self._sock not in events:
+            return out
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if len(parts) != 2:
+                # A ROUTER prepends the routing id; a DEALER that sent several parts is not ours.
+                self.stats.refused_unknown_peer += 1
+                continue
+            rid = parts[0].bytes
+            body = parts[1]
+            user_id: str | None = None
+            if self._auth is not None:
+                try:
+                    uid = body.get("User-Id")
+                except zmq.ZMQError:
+                    uid = None
+                user_id = uid if isinstance(uid, str) else None
+            name = self._peer_name(rid, user_id)
+            if name is None:
+                self.stats.refused_unknown_peer += 1
+                log.warning("frame from an unnamed peer dropped")
+                continue
+            self._route[name] = rid
+            self.last_seen[name] = self.clock()
+            data = body.bytes
+            if data == HEARTBEAT:
+                self.stats.heartbeats_in += 1
+                self._send_raw(rid, HEARTBEAT)
+                self.stats.heartbeats_out += 1
+                continue
+            self.stats.frames_in += 1
+            self.stats.bytes_in += len(data)
+            out.append(Received(name, data))
+        return out
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                msg = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(msg)
+            if event["event"] & _HANDSHAKE_FAILED:
+                self.stats.auth_failures += 1
+                log.warning("handshake refused from %s", event.get("endpoint"))
+
+    def _send_raw(self, rid: bytes, frame: bytes) -> bool:
+        try:
+            self._sock.send_multipart([rid, frame], zmq.NOBLOCK)
+            return True
+        except (zmq.Again, zmq.ZMQError):
+            # EHOSTUNREACH: the agent is gone (ROUTER_MANDATORY); EAGAIN: its queue is full.
+            self.stats.send_failures += 1
+            return False
+
+    def send(self, peer: str, frame: bytes) -> bool:
+        """Send to an agent that has spoken to us; False when it is not reachable now."""
+        if frame == HEARTBEAT:
+            raise ValueError("an empty frame is reserved for heartbeats")
+        rid = self._route.get(peer)
+        if rid is None:
+            self.stats.send_failures += 1
+            return False
+        ok = self._send_raw(rid, frame)
+        if ok:
+            self.stats.frames_out += 1
+            self.stats.bytes_out += len(frame)
+        return ok
+
+    def close(self) -> None:
+        if getattr(self, "_monitor", None) is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None  # type: ignore[assignment]
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx and not self._ctx.closed:
+            self._ctx.term()
+
+    def __enter__(self) -> GroundLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AgentLink:
+    """An agent's DEALER, with liveness and reconnects. ``poll`` returns :data:`LinkEvent` s."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        name: str,
+        *,
+        keys: CurveClientKeys | None,
+        insecure: bool = False,
+        max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
+        heartbeat_s: float = 1.0,
+        liveness: int = 3,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if keys is None and not insecure:
+            raise LinkError("an agent needs Curve keys; plaintext only with an explicit insecure=True")
+        if heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be > 0, got {heartbeat_s}")
+        if liveness < 1:
+            raise ValueError(f"liveness must be >= 1, got {liveness}")
+        if max_msg_size <= 0:
+            raise ValueError(f"max_msg_size must be > 0, got {max_msg_size}")
+        _routing_id(name)  # validate the name now rather than at the first connect
+        self.endpoint = endpoint
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self.max_msg_size = max_msg_size
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self.stats = LinkStats()
+        self.up = False
+        self._ctx = context or zmq.Context.instance()
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if keys is not None and not insecure:
+            public, secret = load_secret(keys.secret_file)
+            self._curve = (public, secret, load_public(keys.server_public_file))
+        self._sock: zmq.Socket[bytes] | None = None
+        now = clock()
+        self._last_heard = now
+        self._last_sent = now
+        self._reconnect_at = now  # connect on the first poll
+        self._pending_down: float | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self._curve is not None
+
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.routing_id = _routing_id(self.name)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_msg_size)
+        # Queue nothing for a connection that is not complete: a send while down fails at once
+        # and the outbox, not a socket buffer, holds what still has to go.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        ivl_ms = max(1, int(self.heartbeat_s * 1000))
+        sock.setsockopt(zmq.RECONNECT_IVL, ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.backoff.cap_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.liveness * ivl_ms)
+        if self._curve is not None:
+            public, secret, server = self._curve
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.curve_serverkey = server
+        sock.connect(self.endpoint)
+        self._sock = sock
+        now = self.clock()
+        self._last_heard = now
+        self._last_sent = now - self.heartbeat_s  # ping at once: an answer proves the link
+        self.stats.reconnects += 1
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _ping(self) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.send(HEARTBEAT, zmq.NOBLOCK)
+        except zmq.Again:
+            # Not connected yet (IMMEDIATE): try again shortly rather than a whole interval later.
+            self._last_sent = self.clock() - self.heartbeat_s + min(0.05, self.heartbeat_s)
+            return
+        self.stats.heartbeats_out += 1
+        self._last_sent = self.clock()
+
+    def next_deadline(self) -> float:
+        """The monotonic time at which the link next needs ``poll`` (ping, liveness or reconnect)."""
+        if self._sock is None:
+            return self._reconnect_at
+        return min(self._last_sent + self.heartbeat_s, self._last_heard + self.heartbeat_s * self.liveness)
+
+    def poll(self, timeout_s: float) -> list[LinkEvent]:
+        """Wait up to ``timeout_s`` (less if the link needs attention) and return what happened."""
+        events: list[LinkEvent] = []
+        if self._pending_down is not None:
+            events.append(Down(self._pending_down))
+            self._pending_down = None
+        now = self.clock()
+        if self._sock is None:
+            if now < self._reconnect_at:
+                time.sleep(max(0.0, min(timeout_s, self._reconnect_at - now)))
+                return events
+            self._open()
+        assert self._sock is not None
+        now = self.clock()
+        if now - self._last_sent >= self.heartbeat_s:
+            self._ping()
+        wait = max(0.0, min(timeout_s, self.next_deadline() - now))
+        if self._sock.poll(int(wait * 1000), zmq.POLLIN):
+            while True:
+                try:
+                    data = self._sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._last_heard = self.clock()
+                if not self.up:
+                    self.up = True
+                    self.backoff.reset()
+                    events.append(Up())
+                if data == HEARTBEAT:
+                    self.stats.heartbeats_in += 1
+                    continue
+                self.stats.frames_in += 1
+                self.stats.bytes_in += len(data)
+                events.append(Received("ground", data))
+        now = self.clock()
+        silent = now - self._last_heard
+        if silent >= self.heartbeat_s * self.liveness:
+            # Lazy Pirate: a silent peer means a dead socket; throw it away and dial again later.
+            self._close()
+            self._reconnect_at = now + self.backoff.next_delay()
+            if self.up:
+                self.up = False
+                events.append(Down(silent))
+        elif now - self._last_sent >= self.heartbeat_s:
+            self._ping()
+        return events
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a frame to the ground; False when the link is down (the caller keeps it)."""
+        if frame == HEARTBEAT:
+            raise ValueError("an empty frame is reserved for heartbeats")
+        if self._sock is None or not self.up:
+            self.stats.send_failures += 1
+            return False
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.send_failures += 1
+            return False
+        self._last_sent = self.clock()
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(frame)
+        return True
+
+    def suspend(self, duration_s: float) -> None:
+        """Cut the link for ``duration_s``, as a lost contact would (``--outages`` and tests).
+
+        The next ``poll`` reports :class:`Down` if the link was up; it dials again afterwards.
+        """
+        if duration_s < 0:
+            raise ValueError(f"duration_s must be >= 0, got {duration_s}")
+        now = self.clock()
+        self._close()
+        self._reconnect_at = now + duration_s
+        if self.up:
+            self.up = False
+            self._pending_down = now - self._last_heard
+
+    def close(self) -> None:
+        self._close()
+        self.up = False
+
+    def __enter__(self) -> AgentLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

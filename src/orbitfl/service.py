@@ -1,0 +1,120 @@
+"""Living under systemd: sd_notify and clean shutdown on SIGTERM/SIGINT.
+
+sd_notify is a datagram of ``KEY=value`` lines to the AF_UNIX socket named by ``NOTIFY_SOCKET``
+(a leading ``@`` means the abstract namespace). Outside systemd the variable is unset and every
+call is a no-op, so the daemons run the same way from a shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One log line per event on stderr (journald adds the time and unit under systemd)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class Notifier:
+    """READY / WATCHDOG / STATUS / STOPPING to systemd, and when the next WATCHDOG is due."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        addr = env.get("NOTIFY_SOCKET", "")
+        self.address: str | None = None
+        if addr:
+            if addr[0] not in "/@":
+                raise ValueError(f"NOTIFY_SOCKET must be a path or start with '@', got {addr!r}")
+            self.address = "\0" + addr[1:] if addr[0] == "@" else addr
+        # systemd asks for a ping every WATCHDOG_USEC; pinging at half of it leaves room for a slow poll.
+        self.watchdog_s: float | None = None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        if usec and (not pid or pid == str(os.getpid())):
+            try:
+                value = int(usec)
+            except ValueError:
+                raise ValueError(f"WATCHDOG_USEC must be an integer, got {usec!r}") from None
+            if value > 0:
+                self.watchdog_s = value / 1e6 / 2
+        self._next_watchdog = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, *lines: str) -> bool:
+        """Send one datagram; False when not under systemd or when the send failed."""
+        if self.address is None:
+            return False
+        msg = "\n".join(lines).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(msg, self.address)
+        except OSError:
+            return False
+        return True
+
+    def ready(self, status: str = "") -> bool:
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={text}")
+
+    def stopping(self) -> bool:
+        return self.notify("STOPPING=1")
+
+    def watchdog(self, now: float) -> bool:
+        """Ping the watchdog if it is due at monotonic time ``now``; True when a ping was sent."""
+        if self.watchdog_s is None or now < self._next_watchdog:
+            return False
+        self._next_watchdog = now + self.watchdog_s
+        return self.notify("WATCHDOG=1")
+
+    def watchdog_due_in(self, now: float) -> float | None:
+        if self.watchdog_s is None:
+            return None
+        return max(0.0, self._next_watchdog - now)
+
+
+class Shutdown:
+    """Set by SIGTERM or SIGINT; the daemon loop checks it between polls and exits cleanly."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> Shutdown:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+        self._event.set()
+
+    def request(self) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._event.wait(timeout_s)

@@ -1,0 +1,62 @@
+"""`orbitfl demo` end to end: real processes, Curve keys, the default codec, report and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_writes_a_report_and_a_plot(tmp_path: Path) -> None:
+    report = tmp_path / "out" / "report.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orbitfl.cli",
+            "demo",
+            "--agents",
+            "2",
+            "--rounds",
+            "3",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "round  agents  accuracy" in r.stdout
+    rep = json.loads(report.read_text())
+    assert [x["round"] for x in rep["rounds"]] == [1, 2, 3]
+    for row in rep["rounds"]:
+        assert set(row) >= {"round", "accuracy", "uplink_bytes", "float32_bytes"}
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert 0 < row["uplink_bytes"] < row["float32_bytes"], "the default codec must compress"
+    assert rep["final_accuracy"] == rep["rounds"][-1]["accuracy"]
+    assert rep["exit_codes"] == {"ground": 0, "sat-0": 0, "sat-1": 0}
+    png = report.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agents", "0"], "--agents must be >= 1"),
+        (["--codec", "topk:0.1 | nosuchstage"], "nosuchstage"),
+    ],
+)
+def test_demo_refuses_bad_arguments_before_starting_anything(args: list[str], message: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "demo", *args], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert message in r.stderr
