@@ -320,3 +320,16 @@ def test_model_download_cut_mid_transfer_resumes_in_next_contact(tmp_path: Path)
     assert p.a.version == 0 and p.trainings
     for k, v in p.g.global_model.items():
         assert p.a.weights[k].tobytes() == v.tobytes()
+
+
+def test_agent_killed_mid_upload_restarts_and_completes_once(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.pump(max_frames=2)  # part of the upload is through; then the board dies (no LinkDown)
+    p.restart_agent()
+    assert p.a.outbox.pending() == 1
+    p.agent(p.a.handle(LinkUp(), 50.0))
+    p.pump(50.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1 and p.g.accepted == 1
