@@ -55,7 +55,8 @@ class Learner:
 
     def __init__(self, cfg: AgentConfig) -> None:
         from orbitfl.agent.ort_trainer import OrtTrainer
-        from orbitfl.models.artifacts import build_artifacts, read_manifest
+        from orbitfl.models.artifacts import build_artifacts
+        from orbitfl.models.manifest import read_manifest
         from orbitfl.models.zoo import build
 
         from orbitfl.data.datasets import load
@@ -80,6 +81,7 @@ class Learner:
         self.x = np.ascontiguousarray(data.x_train[idx], dtype=np.float32)
         self.y = y[idx]
         self.cfg = t
+        self.inference = cfg.inference
         self.dir = cfg.agent.state_dir
 
     def train(self, start: StartTraining) -> TrainingDone:
@@ -101,10 +103,35 @@ class Learner:
         return TrainingDone(start.task.task_id, delta, len(self.x), metrics)
 
     def apply(self, model: ApplyModel) -> None:
-        """Keep the new global model for onboard inference (the ONNX next to the state)."""
+        """Install a new global model for onboard inference: the ONNX next to the state and, when
+        configured, a .tflite (float or int8) that LiteRT runs; logs its local accuracy."""
         from orbitfl.models.zoo import build, write_inference_model
 
-        write_inference_model(build(self.cfg.model), self.dir / "model.onnx", model.weights)
+        spec = build(self.cfg.model)
+        write_inference_model(spec, self.dir / "model.onnx", model.weights)
+        if not self.inference.export_tflite:
+            return
+        from orbitfl.agent.inference import OnboardModel
+        from orbitfl.models.tflite import export_tflite
+
+        int8 = self.inference.int8
+        x = self.x.reshape((len(self.x), *spec.input_shape))
+        path = export_tflite(
+            spec.model,
+            self.dir / "model.tflite",
+            weights=model.weights,
+            mode="int8" if int8 else "float",
+            calibration=x[:128] if int8 else None,
+        )
+        out = OnboardModel(path).run(x)[0]
+        acc = float(np.mean(np.argmax(out, axis=1) == self.y))
+        log.info(
+            "model v%d exported to %s (%s); onboard accuracy on local data %.4f",
+            model.version,
+            path.name,
+            "int8" if int8 else "float",
+            acc,
+        )
 
 
 class AgentDaemon:
@@ -177,7 +204,7 @@ class AgentDaemon:
                 elif isinstance(a, ApplyModel):
                     try:
                         self.learner.apply(a)
-                    except (OSError, ValueError, TypeError) as exc:
+                    except (OSError, ValueError, TypeError, ImportError) as exc:
                         log.error("could not install model v%d: %s", a.version, exc)
                     self.counts["models_applied"] += 1
                 elif isinstance(a, Log):

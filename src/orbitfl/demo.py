@@ -74,7 +74,7 @@ def check_recipe(recipe: str) -> None:
     if recipe in RAW_RECIPES:
         return
     try:
-        from orbitfl.codec import Pipeline  # type: ignore[attr-defined]
+        from orbitfl.codec import Pipeline
     except ImportError as exc:
         raise ValueError(f"codec recipe {recipe!r} needs orbitfl.codec.Pipeline, which is missing") from exc
     Pipeline.parse(recipe)
@@ -138,6 +138,7 @@ def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
             f'[data]\ndataset = "digits"\nsplit = "dirichlet"\npartition = {i}\n'
             f"num_partitions = {s.agents}\nalpha = {s.alpha}\nseed = {s.seed}\n\n"
             f'[train]\nmodel = "mlp"\nepochs = {s.epochs}\npace_s = {pace}\n\n'
+            "[inference]\nexport_tflite = true\n\n"
             f"{outages}{link}"
         )
         agents.append(cfg)
