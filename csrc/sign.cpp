@@ -6,6 +6,7 @@
 
 #include "bitpack.hpp"
 #include "common.hpp"
+#include "simd.hpp"
 
 namespace orbitfl {
 namespace {
@@ -29,11 +30,36 @@ float sign_encode(const float* x, float* residual, std::size_t n, std::uint8_t* 
     check_finite(acc_buf.data(), n, "x + residual (overflow)");
     acc = acc_buf.data();
   }
-  // One left-to-right float64 sum: the order the NumPy reference reproduces with cumsum.
-  double total = 0.0;
-  for (std::size_t i = 0; i < n; ++i) total += static_cast<double>(std::fabs(acc[i]));
+  // Eight float64 lane sums (lane j adds |acc[i]| for i = j mod 8, left to right), then a fixed
+  // tree: independent lanes vectorise, and NumPy reproduces the order exactly with a cumsum
+  // down the columns of acc.reshape(-1, 8).
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) lane[j] += static_cast<double>(std::fabs(acc[i + j]));
+  }
+  for (int j = 0; i < n; ++i, ++j) lane[j] += static_cast<double>(std::fabs(acc[i]));
+  const double total = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
   const float scale = n ? static_cast<float>(total / static_cast<double>(n)) : 0.0f;
-  for (std::size_t g = 0; g < n; g += 8) {
+  std::size_t g = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 zero = _mm_setzero_ps();
+  for (; g + 8 <= n; g += 8) {
+    // cmpge is true for -0.0 too, like the scalar acc >= 0.
+    const int lo = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(acc + g), zero));
+    const int hi = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(acc + g + 4), zero));
+    packed[g / 8] = static_cast<std::uint8_t>(lo | (hi << 4));
+  }
+#elif defined(ORBITFL_NEON)
+  const uint32_t weights_arr[4] = {1, 2, 4, 8};
+  const uint32x4_t weights = vld1q_u32(weights_arr);
+  for (; g + 8 <= n; g += 8) {
+    const uint32_t lo = vaddvq_u32(vandq_u32(vcgeq_f32(vld1q_f32(acc + g), vdupq_n_f32(0.0f)), weights));
+    const uint32_t hi = vaddvq_u32(vandq_u32(vcgeq_f32(vld1q_f32(acc + g + 4), vdupq_n_f32(0.0f)), weights));
+    packed[g / 8] = static_cast<std::uint8_t>(lo | (hi << 4));
+  }
+#endif
+  for (; g < n; g += 8) {
     std::uint8_t byte = 0;
     for (std::size_t k = 0; k < 8 && g + k < n; ++k) byte |= static_cast<std::uint8_t>((acc[g + k] >= 0.0f) << k);
     packed[g / 8] = byte;

@@ -103,7 +103,8 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
 def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
 
-    scale = float32(left-to-right float64 sum of |acc| / n), 0.0 for an empty x.
+    scale = float32(S / n), 0.0 for an empty x, S the float64 sum of |acc| in a fixed order: eight
+    lanes (index mod 8) each summed left to right, then ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
     If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
     NaN/Inf in x or residual, or x + residual overflowing: ValueError.
     """

@@ -361,3 +361,20 @@ def test_any_shape_round_trips(
     assert np.isfinite(out["x"]).all()
     if pipe.recipe.default.lossless or (const and recipe.startswith(("quant", "qsgd"))):
         np.testing.assert_array_equal(out["x"], x)
+
+
+def test_alq_with_error_feedback_keeps_what_it_did_not_send(backend: str) -> None:
+    t = layers()
+    d = _curvature(t)
+    pipe = Pipeline.parse("alq:0/1/2+ef", backend)
+    state = pipe.new_state()
+    budget = Pipeline.parse("fp32", backend).encode(t).nbytes // 30
+    sent = {n: np.zeros(x.size) for n, x in t.items()}
+    got = {n: np.zeros(x.size) for n, x in t.items()}
+    for _ in range(4):
+        out = pipe.decode(pipe.encode(t, state, curvature=d, budget_bytes=budget))
+        for n, x in t.items():
+            sent[n] += x.ravel()
+            got[n] += out[n].ravel() if n in out else 0.0
+    for n in t:
+        np.testing.assert_allclose(sent[n] - got[n], state.residuals[n], atol=1e-5)

@@ -36,11 +36,11 @@ DEFAULT_RECIPES = (
     "gcc:16",
     "coreset:16",
     "laq:2",
-    "alq",
+    "alq:0/1/2/4",
 )
 DEFAULT_SIZE = 4_000_000
 KMEANS_VALUES = 1_000_000
-REF_VALUES = 1_000_000
+REF_VALUES = 262_144
 # scikit-learn's k-means++ seeding alone costs O(n k log k) distance evaluations: for k = 256 on 1M
 # values that is most of a minute on a small machine, so by default that comparison runs on fewer
 # values (both sides on the same ones) and the full one is opt-in (--sklearn-full).
@@ -148,14 +148,14 @@ def bench_recipe(
     t_enc = _best(lambda: pipe.encode(tensors, state, **kw), cfg.repeats, t_first)
     t_dec = _best(lambda: pipe.decode(payload), cfg.repeats)
     # The NumPy reference runs once; when the C++ needs more than 50 ms it would take many seconds,
-    # so it runs on a subset of about REF_VALUES values (the speed is per input byte either way).
+    # so it runs on the first REF_VALUES values as one tensor (the speed is per input byte).
     ref = Pipeline.parse(recipe, "numpy")
     sub = dict(tensors) if t_enc < 0.05 else _subset(tensors, REF_VALUES)
     sub_kw = dict(kw)
     if budget is not None:
         sub_kw["budget_bytes"] = max(1, int(sum(x.size for x in sub.values()) * cfg.budget_bits / 8))
     if "curvature" in kw:
-        sub_kw["curvature"] = {k: curvature[k] for k in sub}
+        sub_kw["curvature"] = _subset(curvature, REF_VALUES) if "subset" in sub else curvature
     ref_n = sum(x.size for x in sub.values())
     t_ref = _best(lambda: ref.encode(sub, ref.new_state(), **sub_kw), 1)
     ent = entropy_report(payload)
@@ -179,15 +179,9 @@ def bench_recipe(
 
 
 def _subset(tensors: Mapping[str, F32], values: int) -> dict[str, F32]:
-    """Whole tensors, largest first, until about ``values`` values (at least one tensor)."""
-    out: dict[str, F32] = {}
-    total = 0
-    for name, x in sorted(tensors.items(), key=lambda kv: -kv[1].size):
-        if out and total + x.size > values:
-            continue
-        out[name] = x
-        total += x.size
-    return out
+    """The first ``values`` values of the set, as one flat tensor."""
+    flat = np.concatenate([x.reshape(-1) for x in tensors.values()])[:values]
+    return {"subset": flat}
 
 
 def bench_kernel_quantize(x: F32, bits: int, memcpy: float, repeats: int) -> dict[str, Any]:
@@ -296,8 +290,12 @@ def run(
 
 
 HEADER = (
-    f"{'recipe':<40} {'ratio':>7} {'bits/p':>7} {'rel.err':>9} {'enc GB/s':>9} {'dec GB/s':>9} "
+    f"{'recipe':<40} {'ratio':>7} {'bits/p':>7} {'H0 b/p':>7} {'rel.err':>9} {'enc GB/s':>9} {'dec GB/s':>9} "
     f"{'numpy enc':>9} {'memcpy':>7}"
+)
+LEGEND = (
+    "bits/p: payload bits per parameter; H0 b/p: the order-0 entropy of the symbols before zstd, per "
+    "parameter; rel.err: ||x - x_hat|| / ||x||; numpy enc: the NumPy reference backend"
 )
 
 
@@ -312,6 +310,10 @@ def format_row(r: Mapping[str, Any]) -> str:
             f"SSE ratio {r['sse'] / r['sklearn_sse']:.4f}"
         )
     return (
-        f"{r['recipe']:<40} {r['ratio']:7.2f} {r['bits_per_param']:7.3f} {r['rel_error']:9.2e} "
+        f"{r['recipe']:<40} {r['ratio']:7.2f} {r['bits_per_param']:7.3f} {_h0(r):>7} {r['rel_error']:9.2e} "
         f"{r['encode_gbps']:9.3f} {r['decode_gbps']:9.3f} {r['ref_encode_gbps']:9.3f} {r['memcpy_gbps']:7.2f}"
     )
+
+
+def _h0(r: Mapping[str, Any]) -> str:
+    return f"{8 * r['entropy_bytes'] / r['values']:7.3f}" if "entropy_bytes" in r else "-"

@@ -121,6 +121,7 @@ def _bench(args: argparse.Namespace) -> int:
             f"{src}: {len(tensors)} tensors, {n} float32 values ({4 * n / 1e6:.1f} MB); "
             f"kernels: C++ ({_core.simd}); speeds in GB/s of float32 input, best of {args.repeats}"
         )
+        print(bench.LEGEND)
         print(bench.HEADER)
         log = print
     t0 = time.perf_counter()

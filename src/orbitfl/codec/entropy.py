@@ -79,7 +79,7 @@ def entropy_report(payload: Payload) -> EntropyReport:
                 buf = next(it)
                 packed = f.dtype == "u1" and f.symbol_bits < 8
                 bits = f.symbol_bits if packed else 8
-                count = f.count if packed else len(buf)
+                count = f.symbols if packed else len(buf)
                 syms = _symbols(buf, count, bits)
                 rows.append(
                     EntropyRow(

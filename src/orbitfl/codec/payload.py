@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from orbitfl.codec.recipe import Chain, parse_chain
+from orbitfl.codec.recipe import MAX_RECIPE_CHARS, Chain, parse_chain
 from orbitfl.codec.registry import Field, Meta
 
 FORMAT_VERSION = 1
@@ -194,8 +194,8 @@ class Payload:
             raise ValueError(f"payload.chains must be a list of at most {limits.max_chains} strings")
         chains: list[Chain] = []
         for i, text in enumerate(chains_in):
-            if not isinstance(text, str):
-                raise ValueError(f"payload.chains[{i}] must be a string")
+            if not isinstance(text, str) or len(text) > MAX_RECIPE_CHARS:
+                raise ValueError(f"payload.chains[{i}] must be a string of at most {MAX_RECIPE_CHARS} chars")
             try:
                 chains.append(parse_chain(text))
             except ValueError as exc:
@@ -213,14 +213,13 @@ class Payload:
                 raise ValueError(
                     f"{where}: a tensor name must be a string of 1..{limits.max_name_chars} chars"
                 )
+            if expect is not None and name not in expect:
+                raise ValueError(f"{where}: no such tensor in the model")
             records[name] = _record_from_wire(t, where, chains, limits, budget)
-            if expect is not None:
-                if name not in expect:
-                    raise ValueError(f"{where}: no such tensor in the model")
-                if tuple(expect[name]) != records[name].shape:
-                    raise ValueError(
-                        f"{where}.shape: {list(records[name].shape)} but the model has {list(expect[name])}"
-                    )
+            if expect is not None and tuple(expect[name]) != records[name].shape:
+                raise ValueError(
+                    f"{where}.shape: {list(records[name].shape)} but the model has {list(expect[name])}"
+                )
         return cls(records)
 
 

@@ -258,20 +258,31 @@ class Pipeline:
         new_res: dict[str, F32],
         budget_bytes: int,
     ) -> dict[str, TensorRecord]:
-        from orbitfl.kernels.alq import allocate_bits
+        from orbitfl.kernels.alq import OVERHEAD_BYTES, allocate_bits
 
         fixed = Payload(dict(records)).nbytes
         if fixed > budget_bytes:
             raise ValueError(
                 f"budget_bytes={budget_bytes} is smaller than the tensors not under alq ({fixed} B)"
             )
-        # allocate_bits counts the packed codes and scales; the envelope (names, shapes, msgpack
-        # framing) costs more, so shrink the kernel's budget by the overshoot until it fits.
-        kernel_budget = budget_bytes - fixed
-        for _ in range(8):
+        # allocate_bits counts codes plus OVERHEAD_BYTES per tensor; a record also carries its
+        # name, shape and msgpack framing. Measure that with empty records (largest metadata, and
+        # 3 bytes for the widest bin header) so one allocation normally fits; if not, shrink the
+        # kernel's budget by the overshoot and allocate again.
+        dummy = dict(records)
+        for n in names:
+            dummy[n] = TensorRecord(chains[n], shapes[n], [{"alpha": 0.1, "bits": 8}], [b""])
+        framing = Payload(dummy).nbytes + 3 * len(names) - OVERHEAD_BYTES * len(names)
+        kernel_budget = budget_bytes - framing
+        # With error feedback the bits go where x + residual (what will be sent) needs them.
+        alloc_x: dict[str, F32] = {}
+        for n in names:
+            old = state.residuals.get(n) if chains[n].ef else None
+            alloc_x[n] = flat[n] + old if old is not None and old.size == flat[n].size else flat[n]
+        for _ in range(4):
             choices = chains[names[0]].float_stages[0].choices  # type: ignore[attr-defined]
             bits = allocate_bits(
-                {n: flat[n] for n in names},
+                alloc_x,
                 {n: curv[n] for n in names},
                 max(0, kernel_budget),
                 backend=self.backend,
@@ -286,10 +297,7 @@ class Pipeline:
                         n, flat[n], shapes[n], chains[n], state, curv[n], b, trial_res
                     )
                 elif chains[n].ef:  # not sent: the whole input waits in the residual
-                    old = state.residuals.get(n)
-                    trial_res[n] = (
-                        flat[n] + old if old is not None and old.size == flat[n].size else flat[n].copy()
-                    )
+                    trial_res[n] = alloc_x[n].copy()
             size = Payload(out).nbytes
             if size <= budget_bytes:
                 new_res.update(trial_res)

@@ -55,14 +55,15 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
 class Field:
     """One array a stage puts on the wire: little-endian ``dtype``, ``count`` elements.
 
-    ``symbol_bits`` says how the entropy report reads it: b-bit packed codes (1..8) or, when 8 and
-    ``packed`` is False, plain bytes.
+    ``symbol_bits`` says how the entropy report reads it: ``symbols`` codes of b bits packed
+    LSB-first (b in 1..7), or plain bytes (8).
     """
 
     name: str
     dtype: str  # "u1", "<u2", "<f4"
     count: int
     symbol_bits: int = 8
+    symbols: int = 0  # how many b-bit codes a packed field holds
     finite: bool = False  # float32 values that must be finite
 
     @property
@@ -118,7 +119,8 @@ class Stage:
                 if v != p.default:
                     parts.append(p.name if v else f"{p.name}=0")
             elif p.positional:
-                parts.append(_fmt(v))
+                if v != "" or p.default != "":  # an empty default means "the kernel's default"
+                    parts.append(_fmt(v))
             elif v != p.default:
                 parts.append(f"{p.name}={_fmt(v)}")
         text = self.name + (":" + ",".join(parts) if parts else "")

@@ -146,7 +146,7 @@ class Quant(FloatStage):
         bits, bucket = self.args["bits"], self.args["bucket"]
         nb = -(-n // bucket)
         return [
-            Field("packed", "u1", packed_size(n, bits), symbol_bits=bits),
+            Field("packed", "u1", packed_size(n, bits), symbol_bits=bits, symbols=n),
             Field("lo", "<f4", nb, finite=True),
             Field("step", "<f4", nb, finite=True),
         ], 0
@@ -187,7 +187,7 @@ class Sign(FloatStage):
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         _need(meta, "scale", 0.0, 3.4e38)
-        return [Field("packed", "u1", packed_size(n, 1), symbol_bits=1)], 0
+        return [Field("packed", "u1", packed_size(n, 1), symbol_bits=1, symbols=n)], 0
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
@@ -251,6 +251,7 @@ class Gcc(FloatStage):
         Param("k", int, 16, positional=True, check=in_range(1, 256)),
         Param("rho", float, 0.5, check=in_range(0.0, 1.0)),
         Param("iters", int, 20, check=in_range(1, 1000)),
+        Param("method", str, "hist", check=one_of("hist", "optimal", "lloyd")),
     )
     terminal = False
     kernel_ef = True
@@ -259,10 +260,11 @@ class Gcc(FloatStage):
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         k = min(self.args["k"], x.size)
+        a = self.args
         cents, mask, ids, exact = ctx.kern.gcc_encode(
-            x, k, self.args["rho"], ctx.residual, self.args["iters"], ctx.seed
+            x, k, a["rho"], ctx.residual, a["iters"], ctx.seed, method=a["method"]
         )
-        return Encoded({"k": k, "m": int(exact.size)}, [cents, mask, ids], exact)
+        return Encoded({"k": int(cents.size), "m": int(exact.size)}, [cents, mask, ids], exact)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         k = _need(meta, "k", 1, 256)
@@ -270,8 +272,8 @@ class Gcc(FloatStage):
         b = index_bits(k)
         return [
             Field("centroids", "<f4", k, finite=True),
-            Field("mask", "u1", packed_size(n, 1), symbol_bits=1),
-            Field("ids", "u1", packed_size(n - m, b), symbol_bits=b),
+            Field("mask", "u1", packed_size(n, 1), symbol_bits=1, symbols=n),
+            Field("ids", "u1", packed_size(n - m, b), symbol_bits=b, symbols=n - m),
         ], m
 
     def decode(
@@ -346,7 +348,7 @@ class Coreset(FloatStage):
             "8": Field("codebook", "u1", k),
         }[cb]
         b = index_bits(k)
-        return [book, Field("labels", "u1", packed_size(n, b), symbol_bits=b)], 0
+        return [book, Field("labels", "u1", packed_size(n, b), symbol_bits=b, symbols=n)], 0
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
@@ -404,7 +406,7 @@ class Laq(FloatStage):
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         _need(meta, "alpha", -3.4e38, 3.4e38)
         b = self._bits(meta)
-        return [Field("packed", "u1", packed_size(n, b), symbol_bits=b)], 0
+        return [Field("packed", "u1", packed_size(n, b), symbol_bits=b, symbols=n)], 0
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
