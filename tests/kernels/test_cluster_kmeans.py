@@ -270,3 +270,21 @@ def test_optimal_refuses_a_dp_beyond_its_memory_cap(kern: ModuleType) -> None:
         kern.kmeans1d(x, 256, "optimal")
     c, _, _ = kern.kmeans1d(x, 256, "hist")
     assert (np.diff(c) > 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.integers(0, 10**6),
+    method=st.sampled_from(METHODS),
+)
+def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
+    x: np.ndarray, bad: float, where: int, method: str
+) -> None:
+    x[where % x.size] = bad
+    for kern in (CPP, REF):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.kmeans1d(x, 1, method)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.kmeans_assign(x, np.zeros(1, np.float32))

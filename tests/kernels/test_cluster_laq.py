@@ -204,3 +204,20 @@ D = np.ones(8, np.float32)
 def test_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         call(kern)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.integers(0, 10**6),
+    in_d=st.booleans(),
+)
+def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
+    x: np.ndarray, bad: float, where: int, in_d: bool
+) -> None:
+    d = np.ones_like(x)
+    (d if in_d else x)[where % x.size] = bad
+    for kern in (CPP, REF):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.laq_quantize(x, d, 3)
