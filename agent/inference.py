@@ -8,8 +8,10 @@ Runtimes, in the order tried: ``litert`` (``ai-edge-litert``, works with numpy 2
 inside ``Interpreter()``, so it is only used with numpy < 2). Force one with the ``runtime``
 argument or the ``ORBITFL_TFLITE_RUNTIME`` environment variable.
 
-This module needs only numpy and a runtime, so that a board can carry it without the rest of
-orbitfl's dependencies (no ONNX, no flatbuffers).
+This module (with its file check, :mod:`orbitfl.agent.tflite_check`) needs only numpy and a
+runtime, so that a board can carry it without the rest of orbitfl's dependencies (no ONNX, no
+flatbuffers). Every file is checked before a runtime sees it: tflite-runtime does not verify
+flatbuffers and crashes (SIGSEGV) on a damaged one.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from orbitfl.agent.tflite_check import TFLiteFormatError, check_tflite
 
 RUNTIMES = ("litert", "tflite-runtime")
 ENV_VAR = "ORBITFL_TFLITE_RUNTIME"
 _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 _PACKAGES = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime (with numpy<2)"}
-_IDENTIFIER = b"TFL3"
 
 
 class RuntimeUnavailableError(ImportError):
@@ -113,12 +115,10 @@ def _check_file(path: Path) -> None:
         raise FileNotFoundError(f"TFLite model not found: {path}")
     if not path.is_file():
         raise InvalidModelError(f"{path} is not a file")
-    with path.open("rb") as f:
-        head = f.read(8)
-    if len(head) < 8 or head[4:8] != _IDENTIFIER:
-        raise InvalidModelError(
-            f"{path} is not a TFLite model (no {_IDENTIFIER.decode()} file identifier at byte 4)"
-        )
+    try:
+        check_tflite(path.read_bytes())
+    except TFLiteFormatError as exc:
+        raise InvalidModelError(f"{path} is not a valid TFLite model: {exc}") from None
 
 
 def _show(shape: Sequence[int | None]) -> str:

@@ -381,19 +381,28 @@ def test_bad_mode_and_calibration_are_refused(tmp_path: Path) -> None:
 
 # --- tflite-runtime, in the second environment ------------------------------------------------
 
+# orbitfl's own orbitfl.agent package (inference + file check), imported without the rest of
+# orbitfl (whose compiled parts belong to the numpy-2 environment).
 _SCRIPT = r"""
-import importlib.util, json, sys
+import json, sys, types
 import numpy as np
-spec = importlib.util.spec_from_file_location("orbitfl_inference", sys.argv[1])
-inference = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = inference
-spec.loader.exec_module(inference)
+for name, path in (("orbitfl", []), ("orbitfl.agent", [sys.argv[1]])):
+    module = types.ModuleType(name)
+    module.__path__ = path
+    sys.modules[name] = module
+from orbitfl.agent import inference
 cases = json.loads(sys.argv[2])
 report = {"numpy": np.__version__, "available": inference.available_runtimes(), "runtimes": []}
 for files in cases.values():
     m = inference.OnboardModel(files["model"], runtime="tflite-runtime")
     np.save(files["out"], m.predict(np.load(files["x"])))
     report["runtimes"].append(m.runtime)
+# a damaged file (valid header, random body) made tflite-runtime crash with SIGSEGV unchecked
+try:
+    inference.OnboardModel(sys.argv[3], runtime="tflite-runtime")
+    report["damaged"] = "loaded"
+except inference.InvalidModelError as exc:
+    report["damaged"] = str(exc)
 print(json.dumps(report))
 """
 
@@ -436,14 +445,20 @@ def test_tflite_runtime_in_numpy1_environment_matches(
                           "out": str(tmp_path / f"{key}.out.npy")}
             expected[key] = (ort_run(zoo.with_weights(spec.model, weights) if weights else spec.model, x)
                              if mode == "float" else litert(path, x))
+    raw = Path(cases["lenet-s-int8"]["model"]).read_bytes()
+    damaged = tmp_path / "damaged.tflite"
+    noise = np.random.default_rng(8).integers(0, 256, len(raw) - 8, dtype=np.uint8)
+    damaged.write_bytes(raw[:8] + noise.tobytes())
+    agent_dir = str(Path(inference.__file__).parent)
     proc = subprocess.run(
-        [str(TFLITE_PYTHON), "-c", _SCRIPT, inference.__file__, json.dumps(cases)],
+        [str(TFLITE_PYTHON), "-c", _SCRIPT, agent_dir, json.dumps(cases), str(damaged)],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["numpy"].startswith("1.") and report["available"] == ["tflite-runtime"]
     assert set(report["runtimes"]) == {"tflite-runtime"}
+    assert "damaged.tflite is not a valid TFLite model" in report["damaged"]
     for key, want in expected.items():
         got = np.load(cases[key]["out"])
         assert got.shape == want.shape
