@@ -87,7 +87,7 @@ class Walker:
 
     sats: int = 12
     planes: int = 3
-    phasing: int = 1
+    phasing: int = 0
     altitude_km: float = 550.0
     inclination_deg: float = 97.6  # sun-synchronous at 550 km
 

@@ -48,7 +48,7 @@ class SimConfig:
     # constellation and ground segment
     sats: int = 12
     planes: int = 3
-    phasing: int = 1
+    phasing: int | None = None  # Walker f; None: 1 with several planes, else 0
     altitude_km: float = 550.0
     inclination_deg: float = 97.6
     stations: list[str] = field(default_factory=list)  # name:lat:lon[:mask_deg[:rate_bps]]
@@ -122,7 +122,8 @@ class SimConfig:
             raise ValueError(f"{where}: {exc}") from None
 
     def walker(self) -> Walker:
-        return Walker(self.sats, self.planes, self.phasing, self.altitude_km, self.inclination_deg)
+        f = self.phasing if self.phasing is not None else (1 if self.planes > 1 else 0)
+        return Walker(self.sats, self.planes, f, self.altitude_km, self.inclination_deg)
 
     def station_list(self) -> list[Station]:
         return [parse_station(s) for s in self.stations] if self.stations else list(DEFAULT_STATIONS)
@@ -580,7 +581,10 @@ def check_codec(recipe: str) -> None:
 
     if recipe in RAW_RECIPES:
         return
-    pipe = pipeline(recipe)  # ValueError with the codec's own message
+    try:
+        pipe = pipeline(recipe)
+    except ValueError as exc:
+        raise ValueError(f"codec {recipe!r}: {exc}") from None
     stages = {s.name for c in pipe.recipe.chains for s in c.float_stages}
     if stages & {"laq", "alq"}:
         raise ValueError(
