@@ -7,13 +7,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+
 from orbitfl.sim.orbits import Window, write_csv
 from orbitfl.sim.runner import SimConfig, Simulation, frame_type, load_windows
 
 
 def small(**kw: object) -> SimConfig:
-    base: dict[str, object] = dict(sats=3, planes=1, orbits=6.0, epochs=1, seconds_per_epoch=60.0,
-                                   stations=["svalbard:78.23:15.39:5"], partition="iid")
+    base: dict[str, object] = dict(
+        sats=3,
+        planes=1,
+        orbits=6.0,
+        epochs=1,
+        seconds_per_epoch=60.0,
+        stations=["svalbard:78.23:15.39:5"],
+        partition="iid",
+    )
     base.update(kw)
     return SimConfig.from_dict(base)
 
@@ -21,11 +29,21 @@ def small(**kw: object) -> SimConfig:
 def test_a_payload_larger_than_a_window_completes_over_several_and_counts_once(tmp_path: Path) -> None:
     # 300 B/s for 40 s = 12 kB per window; the fp32 mlp update is ~40 kB, so each update (and each
     # model going up... and down) has to be resumed across several windows.
-    ws = [Window(f"sat-{i:02d}", "gs", 300.0 * k + 37.0 * i, 300.0 * k + 37.0 * i + 40.0, 2400.0)
-          for k in range(400) for i in range(2)]
+    ws = [
+        Window(f"sat-{i:02d}", "gs", 300.0 * k + 37.0 * i, 300.0 * k + 37.0 * i + 40.0, 2400.0)
+        for k in range(400)
+        for i in range(2)
+    ]
     csv = write_csv(ws, tmp_path / "w.csv")
-    cfg = small(sats=2, windows_csv=str(csv), orbits=100.0, rounds=2, chunk_bytes=4096,
-                retransmit_s=30.0, heartbeat_s=600.0)
+    cfg = small(
+        sats=2,
+        windows_csv=str(csv),
+        orbits=100.0,
+        rounds=2,
+        chunk_bytes=4096,
+        retransmit_s=30.0,
+        heartbeat_s=600.0,
+    )
     sim = Simulation(cfg, work=tmp_path / "run")
     windows_used = {}
     res = sim.run()
@@ -68,8 +86,9 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path: Path) -> None:
 def test_training_improves_the_global_model_and_codec_cuts_bytes(tmp_path: Path) -> None:
     wins = load_windows(small(orbits=12.0))
     f32 = Simulation(small(orbits=12.0, epochs=3), work=tmp_path / "f", windows=wins).run()
-    top = Simulation(small(orbits=12.0, epochs=3, codec="topk:0.05+ef | quant:8 | zstd"),
-                     work=tmp_path / "t", windows=wins).run()
+    top = Simulation(
+        small(orbits=12.0, epochs=3, codec="topk:0.05+ef | quant:8 | zstd"), work=tmp_path / "t", windows=wins
+    ).run()
     assert f32.rounds[-1].accuracy is not None and f32.rounds[0].accuracy is not None
     assert f32.rounds[-1].accuracy > f32.rounds[0].accuracy + 0.1
     assert f32.ratio_vs_float32 is not None and 0.9 < f32.ratio_vs_float32 <= 1.0

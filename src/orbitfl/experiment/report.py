@@ -150,14 +150,25 @@ def write_report(
         w.writerow(SUMMARY_COLUMNS)
         for s in summary:
             w.writerow([_fmt(s.get(c)) for c in SUMMARY_COLUMNS])
-    series_cols = ("round", "version", "time_s", "accuracy", "updates", "uplink_update_bytes", "uplink_bytes",
-                   "downlink_bytes", "float32_bytes")
+    series_cols = (
+        "round",
+        "version",
+        "time_s",
+        "accuracy",
+        "updates",
+        "uplink_update_bytes",
+        "uplink_bytes",
+        "downlink_bytes",
+        "float32_bytes",
+    )
     with paths[3].open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("name", "dataset", "partition", "seed", *series_cols))
         for r in records:
             for row in r["series"]:
-                w.writerow([r["name"], r["dataset"], r["partition"], r["seed"], *(_fmt(row[c]) for c in series_cols)])
+                w.writerow(
+                    [r["name"], r["dataset"], r["partition"], r["seed"], *(_fmt(row[c]) for c in series_cols)]
+                )
     if plots:
         paths.extend(plot(records, out))
     return paths
@@ -187,9 +198,16 @@ def plot(records: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
             label = None if r["name"] in labelled else r["name"]
             labelled.add(r["name"])
             acc = [row["accuracy"] for row in s]
-            axes[0].plot([max(1, row["uplink_update_bytes"]) for row in s], acc, color=colors[r["name"]],
-                         lw=1.2, label=label)
-            axes[1].plot([row["time_s"] / 3600.0 for row in s], acc, color=colors[r["name"]], lw=1.2, label=label)
+            axes[0].plot(
+                [max(1, row["uplink_update_bytes"]) for row in s],
+                acc,
+                color=colors[r["name"]],
+                lw=1.2,
+                label=label,
+            )
+            axes[1].plot(
+                [row["time_s"] / 3600.0 for row in s], acc, color=colors[r["name"]], lw=1.2, label=label
+            )
         axes[0].set_xscale("log")
         axes[0].set_xlabel("cumulative uplink bytes of updates (log)")
         axes[1].set_xlabel("simulated time (h)")

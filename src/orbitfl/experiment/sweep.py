@@ -111,7 +111,8 @@ def plan(
         sp = dict(sp)
         if mnist is not None and sp.get("dataset") == "mnist":
             sp["mnist_path"] = mnist
-        split = f"{sp.get('dataset', base.get('dataset', 'digits'))}/{sp.get('partition', base.get('partition', 'dirichlet'))}"
+        ds = sp.get("dataset", base.get("dataset", "digits"))
+        split = f"{ds}/{sp.get('partition', base.get('partition', 'dirichlet'))}"
         if sp.get("dataset") == "mnist":
             path = sp.get("mnist_path")
             if not path or not Path(str(path)).is_dir():
@@ -152,20 +153,43 @@ def plan(
     return Plan(str(exp.get("name", Path(where).stem)), baseline, runs, skipped)
 
 
-def run_plan(p: Plan, out: Path, progress: Callable[[str], None] = print, verbose: bool = False) -> list[Path]:
+def run_plan(
+    p: Plan, out: Path, progress: Callable[[str], None] = print, verbose: bool = False
+) -> list[Path]:
     records: list[dict[str, Any]] = []
     windows_cache: dict[tuple[Any, ...], Any] = {}
     t0 = time.monotonic()
     for i, r in enumerate(p.runs, 1):
         c = r.config
-        key = (c.sats, c.planes, c.phasing, c.altitude_km, c.inclination_deg, tuple(c.stations), c.orbits,
-               c.windows_csv, c.tle_file, c.step_s, c.rate_bps)
+        key = (
+            c.sats,
+            c.planes,
+            c.phasing,
+            c.altitude_km,
+            c.inclination_deg,
+            tuple(c.stations),
+            c.orbits,
+            c.windows_csv,
+            c.tle_file,
+            c.step_s,
+            c.rate_bps,
+        )
         if key not in windows_cache:
             windows_cache[key] = load_windows(c)
         sim = Simulation(c, windows=windows_cache[key], progress=progress if verbose else None)
         res = sim.run()
-        rec = run_record(res, {"name": r.name, "codec": c.codec, "strategy": c.strategy, "dataset": c.dataset,
-                               "partition": c.partition, "seed": r.seed, "model": c.model})
+        rec = run_record(
+            res,
+            {
+                "name": r.name,
+                "codec": c.codec,
+                "strategy": c.strategy,
+                "dataset": c.dataset,
+                "partition": c.partition,
+                "seed": r.seed,
+                "model": c.model,
+            },
+        )
         records.append(rec)
         acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.4f}"
         progress(
@@ -175,8 +199,12 @@ def run_plan(p: Plan, out: Path, progress: Callable[[str], None] = print, verbos
         )
     if p.baseline:
         compare_to_baseline(records, p.baseline)
-    extra = {"experiment": p.name, "baseline": p.baseline, "skipped": p.skipped,
-             "wall_seconds": round(time.monotonic() - t0, 1)}
+    extra = {
+        "experiment": p.name,
+        "baseline": p.baseline,
+        "skipped": p.skipped,
+        "wall_seconds": round(time.monotonic() - t0, 1),
+    }
     return write_report(records, out, extra=extra)
 
 
@@ -186,8 +214,14 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         raw = load_toml(args.config)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        p = plan(raw, args.config, mnist=args.mnist, skip_unavailable=args.skip_unavailable, seeds=seeds,
-                 orbits=args.orbits)
+        p = plan(
+            raw,
+            args.config,
+            mnist=args.mnist,
+            skip_unavailable=args.skip_unavailable,
+            seeds=seeds,
+            orbits=args.orbits,
+        )
     except (ValueError, ImportError) as exc:
         print(f"orbitfl experiment: {exc}", file=sys.stderr)
         return 2
@@ -209,7 +243,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--mnist", help="folder with the MNIST IDX files (enables the mnist splits)")
     p.add_argument("--seeds", help="comma-separated seeds, overriding the config's")
     p.add_argument("--orbits", type=float, help="override every run's duration in orbits")
-    p.add_argument("--skip-unavailable", action="store_true",
-                   help="skip recipes whose strategy or codec this build lacks instead of failing")
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="skip recipes whose strategy or codec this build lacks instead of failing",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print every round of every run")
     p.set_defaults(func=_cmd)

@@ -35,10 +35,10 @@ OPTIONS: tuple[tuple[str, str, type, str], ...] = (
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -95,8 +95,17 @@ def _cmd(args: argparse.Namespace) -> int:
     if res.time_to_target is not None:
         print(f"target accuracy {cfg.target_accuracy} reached at {res.time_to_target / 3600:.2f} h")
     if args.report:
-        rec = run_record(res, {"codec": cfg.codec, "strategy": cfg.strategy, "dataset": cfg.dataset,
-                               "partition": cfg.partition, "seed": cfg.seed, "name": "simulate"})
+        rec = run_record(
+            res,
+            {
+                "codec": cfg.codec,
+                "strategy": cfg.strategy,
+                "dataset": cfg.dataset,
+                "partition": cfg.partition,
+                "seed": cfg.seed,
+                "name": "simulate",
+            },
+        )
         paths = write_report([rec], Path(args.report))
         print("report: " + ", ".join(str(p) for p in paths))
     if args.json:
@@ -110,7 +119,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for flag, dest, typ, help_text in OPTIONS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_text)
     p.add_argument(
-        "--stations", nargs="+", metavar="NAME:LAT:LON[:MASK[:RATE]]",
+        "--stations",
+        nargs="+",
+        metavar="NAME:LAT:LON[:MASK[:RATE]]",
         help="ground stations (default: svalbard, toulouse, hawaii)",
     )
     p.add_argument("--windows-out", help="also write the contact windows to this CSV")

@@ -151,7 +151,8 @@ def elevation_deg(pos_ecef: F64, station: Station) -> F64:
     site, up = station.ecef()
     d = pos_ecef - site
     rng = np.linalg.norm(d, axis=-1)
-    return np.degrees(np.arcsin(np.clip((d @ up) / rng, -1.0, 1.0)))
+    out: F64 = np.degrees(np.arcsin(np.clip((d @ up) / rng, -1.0, 1.0)))
+    return out
 
 
 def windows_from_elevation(
@@ -219,8 +220,14 @@ def _join_block_edges(ws: list[Window]) -> list[Window]:
         lst = by_key.setdefault((w.satellite, w.station), [])
         if lst and abs(lst[-1].end - w.start) < 1e-9:
             p = lst[-1]
-            lst[-1] = Window(p.satellite, p.station, p.start, w.end, p.rate_bps,
-                             max(p.max_elevation_deg, w.max_elevation_deg))
+            lst[-1] = Window(
+                p.satellite,
+                p.station,
+                p.start,
+                w.end,
+                p.rate_bps,
+                max(p.max_elevation_deg, w.max_elevation_deg),
+            )
         else:
             lst.append(w)
     return [w for lst in by_key.values() for w in lst]
@@ -241,9 +248,14 @@ def merge_overlaps(ws: Iterable[Window]) -> list[Window]:
         cur = lst[0]
         for w in lst[1:]:
             if w.start <= cur.end:
-                cur = Window(cur.satellite, cur.station if cur.rate_bps >= w.rate_bps else w.station,
-                             cur.start, max(cur.end, w.end), max(cur.rate_bps, w.rate_bps),
-                             max(cur.max_elevation_deg, w.max_elevation_deg))
+                cur = Window(
+                    cur.satellite,
+                    cur.station if cur.rate_bps >= w.rate_bps else w.station,
+                    cur.start,
+                    max(cur.end, w.end),
+                    max(cur.rate_bps, w.rate_bps),
+                    max(cur.max_elevation_deg, w.max_elevation_deg),
+                )
             else:
                 out.append(cur)
                 cur = w
@@ -292,7 +304,7 @@ def tle_windows(
     """Windows of satellites given as TLEs, propagated with ``sgp4`` from ``start_jd`` (default:
     the epoch of the first element set)."""
     try:
-        from sgp4.api import Satrec
+        from sgp4.api import Satrec  # type: ignore[import-untyped]
     except ImportError:
         raise ImportError("TLE propagation uses the sgp4 library: pip install 'orbitfl[sim]'") from None
     if not stations:

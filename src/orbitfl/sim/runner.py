@@ -39,6 +39,7 @@ from orbitfl.sim.orbits import (
     tle_windows,
     walker_windows,
 )
+from orbitfl.wire.events import StartTraining
 
 PARTITIONS = ("dirichlet", "iid", "shard")
 
@@ -90,8 +91,15 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.partition not in PARTITIONS:
             raise ValueError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
-        for name in ("orbits", "step_s", "seconds_per_epoch", "heartbeat_s", "retransmit_s", "tick_s",
-                     "round_seconds"):
+        for name in (
+            "orbits",
+            "step_s",
+            "seconds_per_epoch",
+            "heartbeat_s",
+            "retransmit_s",
+            "tick_s",
+            "round_seconds",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -177,11 +185,10 @@ class Learning:
 
     def __init__(self, cfg: SimConfig, n_agents: int, work: Path) -> None:
         from orbitfl.agent.ort_trainer import OrtTrainer
-        from orbitfl.models.artifacts import build_artifacts
-        from orbitfl.models.zoo import build, get_weights
-
         from orbitfl.data.datasets import load
         from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
+        from orbitfl.models.artifacts import build_artifacts
+        from orbitfl.models.zoo import build, get_weights
 
         self.cfg = cfg
         if cfg.dataset == "mnist":
@@ -206,7 +213,10 @@ class Learning:
         self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in parts]
         self.art = work / "artifacts"
         build_artifacts(self.spec, self.art)
-        self._new = lambda: OrtTrainer(self.art, learning_rate=cfg.lr)
+        def new() -> Any:
+            return OrtTrainer(self.art, learning_rate=cfg.lr)
+
+        self._new = new
         self.trainers: dict[int, Any] = {}
         self.evaluator = self._new()
         self.x_test = np.ascontiguousarray(data.x_test, np.float32)
@@ -221,8 +231,9 @@ class Learning:
         base = {k: np.asarray(v, np.float32) for k, v in weights.items()}
         tr.set_weights(base)
         x, y = self.parts[agent]
-        seed = int.from_bytes(hashlib.blake2b(f"{self.cfg.seed}:{agent}:{round_}".encode(),
-                                              digest_size=4).digest(), "little")
+        seed = int.from_bytes(
+            hashlib.blake2b(f"{self.cfg.seed}:{agent}:{round_}".encode(), digest_size=4).digest(), "little"
+        )
         m = tr.train(x, y, epochs=self.cfg.epochs, batch_size=self.cfg.batch_size, seed=seed)
         new = tr.get_weights(list(base))
         keep = self._trainable(hints)
@@ -388,7 +399,7 @@ class Simulation:
         self._seq = 0
         self.links: dict[str, _Link] = {}
         self._serial = 0
-        self._jobs: dict[str, Any] = {}  # satellite -> the StartTraining being computed
+        self._jobs: dict[str, StartTraining] = {}  # satellite -> the StartTraining being computed
         self._rng = random.Random(cfg.seed)
         self.rows: list[RoundRow] = []
         self.up_update = self.up_all = self.down_all = self.f32 = 0
@@ -495,7 +506,7 @@ class Simulation:
         if ln is not None and ln.serial == serial:
             self._agent(sat, MessageReceived(GROUND, frame))
 
-    def _on_trained(self, data: tuple[str, Any]) -> None:
+    def _on_trained(self, data: tuple[str, StartTraining]) -> None:
         from orbitfl.wire import TrainingDone
 
         sat, job = data
@@ -532,8 +543,17 @@ class Simulation:
         self.accepted += rc.updates
         self.f32 += rc.updates * self.n_params * 4
         acc = self.learn.evaluate(self.ground.global_model)
-        row = RoundRow(rc.round, rc.version, self.now, acc, rc.updates, self.up_update, self.up_all,
-                       self.down_all, self.f32)
+        row = RoundRow(
+            rc.round,
+            rc.version,
+            self.now,
+            acc,
+            rc.updates,
+            self.up_update,
+            self.up_all,
+            self.down_all,
+            self.f32,
+        )
         self.rows.append(row)
         self.progress(
             f"round {rc.round:4d}  t={self.now / 3600:7.2f} h  updates={rc.updates:3d}  acc={acc:.4f}  "
