@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,25 @@ def test_lossy_reordering_link_with_contact_cuts_always_delivers_the_exact_frame
                 ob.on_ack(decode_as(ack, ChunkAck), float(step))
             got = whole or got
     assert got == frame
+
+
+def test_spooled_transfer_survives_a_new_reassembler(tmp_path: Path) -> None:
+    frame = os.urandom(7000)
+    ob = Outbound("a:7", frame, chunk_bytes=1000, window=3)
+    rx = Reassembler(max_total_bytes=1 << 20, spool_dir=tmp_path)
+    for f in ob.next_chunks(next_id):
+        ack, _ = rx.accept("a", decode_as(f, Chunk), 0.0, next_id)
+        ob.on_ack(decode_as(ack, ChunkAck), 0.0)
+    assert ob.acked == 3000
+    rx2 = Reassembler(max_total_bytes=1 << 20, spool_dir=tmp_path)  # the receiver restarted
+    ob.pause()
+    got = None
+    while got is None:
+        for f in ob.next_chunks(next_id):
+            c = decode_as(f, Chunk)
+            assert c.offset >= 3000  # nothing before the spooled offset is sent again
+            ack, w = rx2.accept("a", c, 1.0, next_id)
+            ob.on_ack(decode_as(ack, ChunkAck), 1.0)
+            got = w or got
+    assert got == frame
+    assert list(tmp_path.iterdir()) == []
