@@ -110,15 +110,17 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     )
 
 
-def _check_file(path: Path) -> None:
+def _read_checked(path: Path) -> bytes:
     if not path.exists():
         raise FileNotFoundError(f"TFLite model not found: {path}")
     if not path.is_file():
         raise InvalidModelError(f"{path} is not a file")
+    data = path.read_bytes()
     try:
-        check_tflite(path.read_bytes())
+        check_tflite(data)
     except TFLiteFormatError as exc:
         raise InvalidModelError(f"{path} is not a valid TFLite model: {exc}") from None
+    return data
 
 
 def _show(shape: Sequence[int | None]) -> str:
@@ -132,12 +134,13 @@ class OnboardModel:
         self, path: str | os.PathLike[str], *, runtime: str | None = None, num_threads: int = 1
     ) -> None:
         self.path = Path(path)
-        _check_file(self.path)
+        # the interpreter gets the very bytes that were checked, not the path again
+        self._content = _read_checked(self.path)
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         self.runtime, interpreter_cls = _pick_runtime(runtime)
         try:
-            self._interp = interpreter_cls(model_path=str(self.path), num_threads=num_threads)
+            self._interp = interpreter_cls(model_content=self._content, num_threads=num_threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise InvalidModelError(

@@ -266,7 +266,7 @@ class OrtTrainer(Trainer):
         t0 = time.perf_counter()
         done = 0
         seen_call, loss_call, correct_call = 0, 0.0, 0.0
-        stopped = False
+        stop = False
         self._module.train()
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -293,19 +293,19 @@ class OrtTrainer(Trainer):
                 stop = bool(on_batch(epoch, b + 1)) if on_batch is not None else False
                 if max_batches is not None and done >= max_batches:
                     stop = True
-                if b + 1 < per_epoch and (stop or (checkpoint_every and (b + 1) % checkpoint_every == 0)):
+                mid_epoch = b + 1 < per_epoch
+                if mid_epoch and (stop or (checkpoint_every and (b + 1) % checkpoint_every == 0)):
                     save(epoch, b + 1)
-                if stop and b + 1 < per_epoch:
-                    stopped = True
+                if stop:
                     break
-            if stopped:
+            if stop and mid_epoch:
                 break
             row = {"epoch": float(epoch + 1), "loss": totals["loss"] / max(totals["seen"], 1.0)}
             if classify:
                 row["accuracy"] = totals["correct"] / max(totals["seen"], 1.0)
             history.append(row)
             save(epoch + 1, 0)
-            if max_batches is not None and done >= max_batches:
+            if stop:
                 break
         seconds = time.perf_counter() - t0
         return TrainMetrics(

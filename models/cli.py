@@ -143,7 +143,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         manifest = artifacts.build_artifacts(
             spec, args.out, optimizer=args.optimizer, trainable=args.trainable, loss=args.loss
         )
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         return _fail(str(exc))
     frozen = len(manifest.parameters) - len(manifest.trainable)
     print(
@@ -177,8 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
         )
         ev = trainer.evaluate(ds.x_test, ds.y_test)
-    except ValueError as exc:
-        return _fail(str(exc))
+    except (TypeError, ValueError, ImportError) as exc:  # ImportError: no ORT training build here
+        return _fail(f"{args.artifacts}: {exc}")
     if args.save_weights is not None:
         np.savez(args.save_weights, **trainer.get_weights())  # type: ignore[arg-type]
     out = {

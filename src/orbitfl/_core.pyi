@@ -124,8 +124,9 @@ def laq_quantize(
     """Fit alpha and codes minimising sum d * (x - alpha * level[code])**2, alternating
     codes = nearest level of x / alpha (ties to even) and alpha = sum(d x b) / sum(d b^2), from
     alpha = max|x|, until |d alpha| <= tol * alpha (relative, so the result does not depend on the
-    scale of x) or max_iter (>= 0) alternations. bits == 1 gives the closed form
-    alpha = sum(d |x|) / sum(d) with codes = (x >= 0).
+    scale of x) or max_iter (>= 0) alternations. Each alternation sums per level over the values
+    sorted once (prefix sums), so it costs O(L log n), not a pass. bits == 1 is the fixed point in
+    closed form, alpha = sum(d |x|) / sum(d) with codes = (x >= 0), whatever max_iter.
 
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload

@@ -392,6 +392,7 @@ class AgentLink:
             public, secret = load_secret(keys.secret_file)
             self._curve = (public, secret, load_public(keys.server_public_file))
         self._sock: zmq.Socket[bytes] | None = None
+        self._mon: zmq.Socket[bytes] | None = None
         now = clock()
         self._last_heard = now
         self._last_sent = now
@@ -420,6 +421,9 @@ class AgentLink:
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.curve_serverkey = server
+        # A dropped TCP connection (the ground died or the contact ended) is seen at once, without
+        # waiting for liveness to run out: the machine hears LinkDown and says HELLO again after.
+        self._mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)
         self._sock = sock
         now = self.clock()
@@ -429,8 +433,24 @@ class AgentLink:
 
     def _close(self) -> None:
         if self._sock is not None:
+            if self._mon is not None:
+                self._sock.disable_monitor()
+                self._mon.close(linger=0)
+                self._mon = None
             self._sock.close(linger=0)
             self._sock = None
+
+    def _disconnected(self) -> bool:
+        """True if libzmq reported the connection dropped since the last look."""
+        if self._mon is None:
+            return False
+        dropped = False
+        while True:
+            try:
+                msg = self._mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return dropped
+            dropped = dropped or parse_monitor_message(msg)["event"] == zmq.EVENT_DISCONNECTED
 
     def _ping(self) -> None:
         assert self._sock is not None
@@ -485,7 +505,7 @@ class AgentLink:
                 events.append(Received("ground", data))
         now = self.clock()
         silent = now - self._last_heard
-        if silent >= self.heartbeat_s * self.liveness:
+        if silent >= self.heartbeat_s * self.liveness or (self.up and self._disconnected()):
             # Lazy Pirate: a silent peer means a dead socket; throw it away and dial again later.
             self._close()
             self._reconnect_at = now + self.backoff.next_delay()

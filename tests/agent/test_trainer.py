@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from orbitfl.agent.trainer import CheckpointError, Trainer
-from orbitfl.models import artifacts, zoo
 
-from orbitfl.data import Dataset, load_digits
 from orbitfl.ort_import import OrtUnavailableError, training_api
 
 try:
@@ -18,6 +16,10 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
     pytest.skip(str(exc), allow_module_level=True)
 
 from orbitfl.agent.ort_trainer import OrtTrainer
+from orbitfl.agent.trainer import CheckpointError, Trainer
+from orbitfl.models import artifacts, zoo
+
+from orbitfl.data import Dataset, load_digits
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +258,52 @@ def test_spectral_cnn_learns_the_background_and_flags_targets(tmp_path: Path) ->
     assert (labels > 0).any()
     # rare target spectra are reconstructed worse than the background the model learned
     assert np.median(err[labels > 0]) > 2 * np.median(err[labels == 0])
+
+
+def test_frozen_parameters_can_be_set_and_are_used(tmp_path: Path) -> None:
+    t = OrtTrainer(build(tmp_path, "mlp", trainable=["fc2"]))
+    assert t.trainable_names == ["fc2.weight", "fc2.bias"]
+    x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+    t.set_weights({"fc1.weight": np.zeros((128, 64), np.float32), "fc1.bias": np.zeros(128, np.float32)})
+    # hidden layer all zero: every logit is fc2's bias
+    np.testing.assert_allclose(t.predict(x), np.tile(t.get_weights()["fc2.bias"], (4, 1)), rtol=1e-6)
+    assert set(t.second_moments()) == {"fc2.weight", "fc2.bias"}
+
+
+def test_cli_train_reports_accuracy_and_refuses_mismatched_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orbitfl.cli import main
+
+    art = build(tmp_path / "art", "mlp")
+    assert (
+        main(
+            ["model", "train", str(art), "--epochs", "5", "--json", "--save-weights", str(tmp_path / "w.npz")]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "mlp" and report["test_accuracy"] > 0.9
+    with np.load(tmp_path / "w.npz") as w:
+        assert set(w.files) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert main(["model", "train", str(art), "--data", "hyperspectral", "--epochs", "1"]) == 2
+    assert "integer class labels" in capsys.readouterr().err
+    assert main(["model", "train", str(tmp_path / "nowhere")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_stop_on_the_last_batch_of_an_epoch_ends_the_call_there(tmp_path: Path, digits: Dataset) -> None:
+    art = build(tmp_path / "art", "mlp")
+    per_epoch = -(-len(digits.x_train) // 32)
+    first = OrtTrainer(art).train(
+        digits.x_train,
+        digits.y_train,
+        epochs=3,
+        checkpoint_dir=tmp_path / "ck",
+        on_batch=lambda e, b: b == per_epoch,
+    )
+    assert first.batches == per_epoch and len(first.history) == 1
+    rest = OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=3, checkpoint_dir=tmp_path / "ck")
+    assert rest.resumed_from == (1, 0) and rest.batches == 2 * per_epoch and len(rest.history) == 3
+    capped = OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=3, max_batches=per_epoch + 4)
+    assert capped.batches == per_epoch + 4 and capped.epochs == pytest.approx(1 + 4 / per_epoch)

@@ -203,3 +203,16 @@ def test_random_corruption_never_escapes_as_anything_but_value_error(be: str, da
     except ValueError:
         return
     assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_repr_is_short() -> None:
+    payload = Pipeline.parse("fp32").encode({"x": np.zeros(100_000, np.float32)})
+    assert repr(payload) == f"Payload(1 tensors, 100000 values, {payload.nbytes} B)"
+    assert len(repr(payload.records["x"])) < 100
+
+
+def test_tuples_from_use_list_false_are_accepted() -> None:
+    data = Pipeline.parse("topk:0.2+ef|quant:4|zstd").encode(layers(), Pipeline.parse("efsign").new_state())
+    d = msgpack.unpackb(data.to_bytes(), use_list=False)
+    out = Pipeline.parse("fp32").decode(Payload.from_wire(d))
+    assert out["fc.weight"].shape == (64, 48)

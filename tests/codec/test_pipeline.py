@@ -294,6 +294,8 @@ def test_wrong_input_types(backend: str) -> None:
         pipe.encode({"x": np.array([1.0, np.nan], np.float32)})
     with pytest.raises(ValueError, match="NaN"):
         Pipeline.parse("fp32", backend).encode({"x": np.array([np.inf], np.float32)})
+    with pytest.raises(ValueError, match="chars"):
+        pipe.encode({"x" * 600: np.ones(3, np.float32)})
 
 
 def test_many_tensors_and_non_contiguous_input(backend: str) -> None:
@@ -336,6 +338,7 @@ RECIPES = [
     "efsign",
     "topk:0.3+ef|quant:4|zstd",
     "gcc:4",
+    "gcc:4|quant:8|zstd",
     "kmeans:4",
     "coreset:8,codebook=8",
 ]

@@ -21,6 +21,7 @@ def write_idx(path: Path, arr: np.ndarray, *, gz: bool = False) -> Path:
 
 
 def test_digits_is_the_real_8x8_set_split_by_seed() -> None:
+    pytest.importorskip("sklearn")
     d = data.load_digits()
     assert d.x_train.shape[1] == 64 and d.sample_shape == (8, 8) and d.num_classes == 10
     assert len(d.x_train) + len(d.x_test) == 1797
@@ -37,6 +38,7 @@ def test_digits_is_the_real_8x8_set_split_by_seed() -> None:
 
 
 def test_mnist1d_is_generated_offline_and_leaves_global_rng_alone() -> None:
+    pytest.importorskip("mnist1d")
     np.random.seed(123)
     expected_next = np.random.random()
     np.random.seed(123)

@@ -19,7 +19,7 @@ def assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
 
 
 @given(n_clients=st.integers(1, 20), alpha=st.floats(0.05, 100.0), seed=st.integers(0, 2**31))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 def test_dirichlet_covers_every_sample_exactly_once(n_clients: int, alpha: float, seed: int) -> None:
     parts = dirichlet_partition(LABELS, n_clients, alpha, seed=seed)
     assert len(parts) == n_clients and all(len(p) >= 1 for p in parts)
@@ -27,7 +27,7 @@ def test_dirichlet_covers_every_sample_exactly_once(n_clients: int, alpha: float
 
 
 @given(n_clients=st.integers(1, 30), shards=st.integers(1, 5), seed=st.integers(0, 2**31))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 def test_shards_and_iid_cover_every_sample_exactly_once(n_clients: int, shards: int, seed: int) -> None:
     assert_exact_cover(shard_partition(LABELS, n_clients, shards, seed=seed), len(LABELS))
     assert_exact_cover(iid_partition(len(LABELS), n_clients, seed=seed), len(LABELS))

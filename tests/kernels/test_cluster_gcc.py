@@ -141,7 +141,7 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         assert all(a.tobytes() == b.tobytes() for a, b in zip(g, w, strict=True))
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=120, deadline=None, database=None)
 @given(
     x=hnp.arrays(np.float32, st.integers(0, 300), elements=st.floats(-1e6, 1e6, width=32)),
     k=st.integers(1, 40),
@@ -216,7 +216,7 @@ def test_read_only_residual_is_rejected_and_left_alone(kern: ModuleType) -> None
     assert (res == 0).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(
     x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
     bad=st.sampled_from([np.nan, np.inf, -np.inf]),

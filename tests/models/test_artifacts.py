@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
 import pytest
-from orbitfl.models import artifacts, zoo
-from orbitfl.models.manifest import FILES, read_manifest
 
-from orbitfl.cli import main
 from orbitfl.ort_import import OrtUnavailableError, training_api
 
 try:
     training_api()
 except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training wheel
     pytest.skip(str(exc), allow_module_level=True)
+
+import onnx
+from orbitfl.models import artifacts, zoo
+from orbitfl.models.manifest import FILES, read_manifest
+
+from orbitfl.cli import main
 
 
 def graph_inputs(path: Path) -> list[str]:

@@ -99,6 +99,10 @@ class TensorRecord:
     def nbytes_raw(self) -> int:
         return sum(len(b) for b in self.raw)
 
+    def __repr__(self) -> str:  # never dump megabytes of array bytes into a log line
+        stored = len(self.zdata) if self.zdata is not None else self.nbytes_raw
+        return f"TensorRecord({self.chain.text!r}, shape={self.shape}, {stored} B)"
+
     def to_wire(self, chain_index: int) -> dict[str, Any]:
         d: dict[str, Any] = {
             "c": chain_index,
@@ -119,6 +123,9 @@ class Payload:
 
     records: dict[str, TensorRecord]
     _nbytes: int | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return f"Payload({len(self.records)} tensors, {self.n_values} values, {self.nbytes} B)"
 
     @property
     def names(self) -> list[str]:
@@ -190,7 +197,7 @@ class Payload:
         if d.get("v") != FORMAT_VERSION:
             raise ValueError(f"payload.v is {d.get('v')!r}; this build reads version {FORMAT_VERSION}")
         chains_in = d.get("chains")
-        if not isinstance(chains_in, list) or len(chains_in) > limits.max_chains:
+        if not isinstance(chains_in, list | tuple) or len(chains_in) > limits.max_chains:
             raise ValueError(f"payload.chains must be a list of at most {limits.max_chains} strings")
         chains: list[Chain] = []
         for i, text in enumerate(chains_in):
@@ -268,7 +275,7 @@ def _record_from_wire(
         raise ValueError(f"{where}.dtype must be 'float32', got {t.get('dtype')!r}")
     shape = t.get("shape")
     if (
-        not isinstance(shape, list)
+        not isinstance(shape, list | tuple)
         or len(shape) > limits.max_ndim
         or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape)
     ):
@@ -278,9 +285,9 @@ def _record_from_wire(
     size = math.prod(shape)
     budget.take(f"{where}.shape", size, 0)
     meta = t.get("meta")
-    if not isinstance(meta, list) or not all(isinstance(m, dict) for m in meta):
+    if not isinstance(meta, list | tuple) or not all(isinstance(m, dict) for m in meta):
         raise ValueError(f"{where}.meta must be a list of maps")
-    rec = TensorRecord(chains[c], tuple(shape), meta, [])
+    rec = TensorRecord(chains[c], tuple(shape), list(meta), [])
     try:
         layout = rec.layout()
     except ValueError as exc:
@@ -307,7 +314,7 @@ def _record_from_wire(
         rec.raw = [bytes(mv[a:b]) for a, b in itertools.pairwise(offsets)]
     else:
         data = t.get("data")
-        if not isinstance(data, list) or len(data) != len(fields):
+        if not isinstance(data, list | tuple) or len(data) != len(fields):
             raise ValueError(f"{where}.data must be a list of {len(fields)} byte strings")
         for i, ((sname, f), b) in enumerate(zip(fields, data, strict=True)):
             if not isinstance(b, bytes):

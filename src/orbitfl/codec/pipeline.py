@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from orbitfl.codec import stages as _stages  # noqa: F401  (registers the built-in stages)
-from orbitfl.codec.payload import Payload, TensorRecord
+from orbitfl.codec.payload import DEFAULT_LIMITS, Payload, TensorRecord
 from orbitfl.codec.recipe import Chain, Recipe, parse_chain, parse_recipe
 from orbitfl.codec.registry import F32, EncodeContext
 from orbitfl.kernels import backend as kernel_backend
@@ -133,6 +133,10 @@ class Pipeline:
         for name, x in tensors.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(f"tensor names must be non-empty strings, got {name!r}")
+            if len(name) > DEFAULT_LIMITS.max_name_chars:  # receivers would refuse the payload
+                raise ValueError(
+                    f"tensor name {name[:40]!r}... is over {DEFAULT_LIMITS.max_name_chars} chars"
+                )
             if not isinstance(x, np.ndarray | np.float32) or x.dtype != np.float32:
                 got = x.dtype if isinstance(x, np.ndarray | np.generic) else type(x).__name__
                 raise TypeError(f"tensor {name!r} must be a float32 numpy array, got {got}")
