@@ -86,7 +86,8 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     Returns (indices ascending, values acc[indices]). Ties in |acc| go to the lower index.
     If residual is given (float32, C-contiguous, writable, same size as x) it is updated in place
     to acc with the kept entries zeroed: the error the caller feeds back next round.
-    0 <= k <= x.size; NaN/Inf in x or residual: ValueError.
+    0 <= k <= x.size; NaN/Inf in x or residual, or x + residual overflowing: ValueError (the
+    residual is left untouched).
     """
 
 def delta_encode_indices(indices: U32) -> U8:

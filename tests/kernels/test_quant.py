@@ -151,6 +151,14 @@ def test_quantize_constant_and_single_buckets_are_exact(kern: ModuleType) -> Non
     np.testing.assert_array_equal(kern.dequantize(packed, lo, step, 100, 2, 1), y)
 
 
+def test_bucket_larger_than_x(kern: ModuleType) -> None:
+    x = np.array([1.0, -2.0, 4.0], F32)
+    packed, lo, step = kern.quantize(x, 3, 2**40)
+    assert lo.tolist() == [-2.0] and step.tolist() == [float(F32(6.0) / F32(7.0))]
+    x_hat = kern.dequantize(packed, lo, step, 3, 3, 2**40)
+    assert np.abs(x_hat - x).max() <= 3.0 / 7.0 + 1e-6
+
+
 def test_quantize_zero_min_is_positive_zero(kern: ModuleType) -> None:
     _, lo, step = kern.quantize(np.array([-0.0, 0.0, -0.0, 0.0], F32), 4, 4)
     assert np.signbit(lo).tolist() == [False] and np.signbit(step).tolist() == [False]

@@ -200,11 +200,11 @@ def quantize(
     if not np.isfinite(top).all():
         # The top level can still round past FLT_MAX when max is near it; dequantize would give Inf.
         raise ValueError("x: a bucket's top level lo + (2**bits - 1) * step overflows float32")
-    lo_e = np.repeat(lo, bk)[:n]
-    step_e = np.repeat(step, bk)[:n]
+    j = np.arange(n) // bk  # bucket of each value
+    lo_e, step_e = lo[j], step[j]
     with np.errstate(divide="ignore", over="ignore"):
         inv = (np.float32(1) / step).astype(np.float32)
-    inv_e = np.repeat(inv, bk)[:n]
+    inv_e = inv[j]
     mul = np.isfinite(inv_e)
     d = v - lo_e
     t = np.zeros(n, np.float32)
@@ -247,7 +247,8 @@ def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 
     if p.size < need:
         raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at {b} bits")
     q = _unpack(p, count, b).astype(np.float32)
-    x_hat: F32 = np.repeat(lo_v, bk)[:count] + q * np.repeat(step_v, bk)[:count]
+    j = np.arange(count) // bk
+    x_hat: F32 = lo_v[j] + q * step_v[j]
     return x_hat
 
 
