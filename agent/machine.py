@@ -59,6 +59,9 @@ from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict
 
+# Upload progress is stored at least this often (and at link down): a crash costs at most this much.
+OFFSET_SAVE_BYTES = 1 << 20
+
 # The ground will refuse these again on a resend: drop the update instead of retrying forever.
 PERMANENT = frozenset(
     r.value
@@ -115,6 +118,7 @@ class AgentMachine:
         self.training = False
         self.linked = False
         self.upload: Outbound | None = None  # chunked upload of the outbox head
+        self._saved_offset = 0  # the upload's confirmed offset as last stored in the outbox
         self._upload_id: str | None = None
         self._upload_sent_at: float | None = None
         self.reasm = Reassembler(config.max_transfer_bytes, max_transfers_per_peer=2)
@@ -154,6 +158,7 @@ class AgentMachine:
             self.linked = False
             if self.upload is not None:
                 self.upload.pause()
+                self._save_offset()
             self._upload_sent_at = None
         elif isinstance(event, MessageReceived):
             self._on_frame(event.frame, now, out)
@@ -206,7 +211,8 @@ class AgentMachine:
             elif isinstance(msg, ChunkAck):
                 if self.upload is not None and msg.transfer == self.upload.transfer:
                     self.upload.on_ack(msg, now)
-                    self.outbox.set_offset(msg.transfer, self.upload.acked)
+                    if self.upload.acked - self._saved_offset >= OFFSET_SAVE_BYTES or self.upload.done:
+                        self._save_offset()
                     self._upload_sent_at = now
                     if self.linked:
                         for f in self.upload.next_chunks(self._id):
@@ -346,7 +352,13 @@ class AgentMachine:
         for f in self.upload.next_chunks(self._id):
             self._send(f, now, out)
 
+    def _save_offset(self) -> None:
+        if self.upload is not None and self.upload.acked != self._saved_offset:
+            self.outbox.set_offset(self.upload.transfer, self.upload.acked)
+            self._saved_offset = self.upload.acked
+
     def _outbound(self, item: OutboxItem) -> Outbound:
+        self._saved_offset = item.acked_offset
         return Outbound(
             item.update_id, item.frame, self.cfg.chunk_bytes, self.cfg.window, acked=item.acked_offset
         )
@@ -385,4 +397,5 @@ class AgentMachine:
         elif msg.reason == Reason.CHECKSUM.value and self.upload is not None:
             self.upload.acked = self.upload.sent = 0
             self.outbox.set_offset(msg.ref, 0)
+            self._saved_offset = 0
             self._start_upload(now, out, resume=True)

@@ -118,7 +118,8 @@ class Outbox:
         return self.db.execute(q, (task_id, task_id)).fetchone() is not None
 
     def set_offset(self, update_id: str, offset: int) -> None:
-        # Not worth an fsync per chunk: losing it only means resending a few chunks.
+        # Each call is a durable commit; the machine calls it every OFFSET_SAVE_BYTES of progress and
+        # at link down, since losing it only means resending some chunks.
         self.db.execute("UPDATE outbox SET acked_offset=? WHERE update_id=?", (offset, update_id))
 
     def ack(self, update_id: str) -> bool:

@@ -78,6 +78,9 @@ class GroundConfig:
     max_transfer_bytes: int = 512 << 20
     compress_downlink: bool = True
     limits: Limits = DEFAULT_LIMITS
+    # The link names each peer by what it proved (the allow-listed Curve key's name). Requiring the
+    # HELLO's agent_id to equal it stops one authenticated board from speaking as another.
+    bind_agent_to_peer: bool = True
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -116,7 +119,9 @@ class GroundMachine:
         self._boot = store.next_boot()
         self._ids = itertools.count(1)
         self.peers: dict[str, _Peer] = {}  # link peer -> agent
-        self.reasm = Reassembler(config.max_transfer_bytes)
+        # Partial uploads are spooled next to the store, so a ground restart does not make agents
+        # start their uploads over.
+        self.reasm = Reassembler(config.max_transfer_bytes, spool_dir=store.root / "spool")
         self.outbound: dict[tuple[str, str], Outbound] = {}
         self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
         self.refused: dict[str, int] = {}
@@ -336,6 +341,10 @@ class GroundMachine:
         if id_sender(msg.id) != msg.agent_id:
             raise WireError(
                 Reason.BAD_ID, f"HELLO id {msg.id!r} is not '<agent_id>:<n>' for {msg.agent_id!r}", msg.id
+            )
+        if self.cfg.bind_agent_to_peer and msg.agent_id != peer:
+            raise WireError(
+                Reason.BAD_ID, f"HELLO agent_id {msg.agent_id!r} is not this peer's name {peer!r}", msg.id
             )
         for other, q in list(self.peers.items()):
             if q.agent_id == msg.agent_id and other != peer:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import Chunk, ChunkAck, encode
@@ -92,17 +93,45 @@ class Outbound:
 
 @dataclass
 class Inbound:
-    """Receiver side of one transfer: the bytes held so far, in order."""
+    """Receiver side of one transfer: the bytes held so far, in order, in memory or in a spool
+    file (``path``) that outlives the process."""
 
     transfer: str
     total: int
     sha256: bytes
     buf: bytearray = field(default_factory=bytearray, repr=False)
     last_seen: float = 0.0
+    path: Path | None = None
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.size = min(self.path.stat().st_size, self.total)  # resume after a restart
+        else:
+            self.size = len(self.buf)
 
     @property
     def next_offset(self) -> int:
-        return len(self.buf)
+        return self.size
+
+    def append(self, piece: bytes) -> None:
+        if self.path is None:
+            self.buf += piece
+        else:
+            # No fsync per chunk: a torn tail after a power cut fails the final checksum, and the
+            # transfer is then resent from the start. Correct, merely slower, and rare.
+            with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+                f.seek(self.size)
+                f.write(piece)
+                f.truncate()
+        self.size += len(piece)
+
+    def read(self) -> bytes:
+        return bytes(self.buf) if self.path is None else self.path.read_bytes()[: self.total]
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class Reassembler:
@@ -114,8 +143,18 @@ class Reassembler:
     """
 
     def __init__(
-        self, max_total_bytes: int, max_transfers_per_peer: int = 4, max_held_bytes: int | None = None
+        self,
+        max_total_bytes: int,
+        max_transfers_per_peer: int = 4,
+        max_held_bytes: int | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
+        """``spool_dir``: keep partial transfers in files there instead of memory, so they survive
+        a restart of the receiver (the file name is derived from peer, transfer, size and digest,
+        so a later chunk of the same transfer finds it)."""
+        self.spool_dir = spool_dir
+        if spool_dir is not None:
+            spool_dir.mkdir(parents=True, exist_ok=True)
         self.max_total_bytes = max_total_bytes
         self.max_per_peer = max_transfers_per_peer
         # Bytes held across all peers: beyond it new chunks are refused (BUSY) until some complete.
@@ -141,8 +180,9 @@ class Reassembler:
         if t is None:
             if sum(1 for p, _ in self.transfers if p == peer) >= self.max_per_peer:
                 self._evict_oldest(peer)
-            t = Inbound(c.transfer, c.total, c.sha256, last_seen=now)
+            t = Inbound(c.transfer, c.total, c.sha256, last_seen=now, path=self._spool_path(peer, c))
             self.transfers[key] = t
+            self._held += t.size
         t.last_seen = now
         if c.offset <= t.next_offset < c.offset + len(c.data):
             piece = c.data[t.next_offset - c.offset :]
@@ -150,14 +190,14 @@ class Reassembler:
                 raise WireError(
                     Reason.BUSY, f"holding {self._held} bytes of unfinished transfers; try later", c.id
                 )
-            t.buf += piece
+            t.append(piece)
             self._held += len(piece)
         # else: a duplicate (already held) or a gap (ahead of us); either way answer where we are.
         ack = encode(ChunkAck(next_id(), c.transfer, t.next_offset))
         if t.next_offset < t.total:
             return ack, None
+        frame = t.read()
         self._forget(key)
-        frame = bytes(t.buf)
         if hashlib.sha256(frame).digest() != t.sha256:
             raise WireError(
                 Reason.CHECKSUM,
@@ -172,10 +212,17 @@ class Reassembler:
         t = self.transfers.get((peer, transfer))
         return 0 if t is None else t.next_offset
 
+    def _spool_path(self, peer: str, c: Chunk) -> Path | None:
+        if self.spool_dir is None:
+            return None
+        h = hashlib.sha256(f"{peer}\0{c.transfer}\0{c.total}\0".encode() + c.sha256).hexdigest()
+        return self.spool_dir / f"{h[:40]}.part"
+
     def _forget(self, key: tuple[str, str]) -> None:
         t = self.transfers.pop(key, None)
         if t is not None:
-            self._held -= len(t.buf)
+            self._held -= t.size
+            t.discard()
 
     def _evict_oldest(self, peer: str) -> None:
         mine = [(t.last_seen, k) for k, t in self.transfers.items() if k[0] == peer]
@@ -183,4 +230,4 @@ class Reassembler:
             self._forget(min(mine)[1])
 
     def held_bytes(self) -> int:
-        return sum(len(t.buf) for t in self.transfers.values())
+        return sum(t.size for t in self.transfers.values())

@@ -320,3 +320,35 @@ def test_model_download_cut_mid_transfer_resumes_in_next_contact(tmp_path: Path)
     assert p.a.version == 0 and p.trainings
     for k, v in p.g.global_model.items():
         assert p.a.weights[k].tobytes() == v.tobytes()
+
+
+def test_agent_killed_mid_upload_restarts_and_completes_once(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.pump(max_frames=2)  # part of the upload is through; then the board dies (no LinkDown)
+    p.restart_agent()
+    assert p.a.outbox.pending() == 1
+    p.agent(p.a.handle(LinkUp(), 50.0))
+    p.pump(50.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1 and p.g.accepted == 1
+
+
+def test_ground_restart_keeps_partial_upload_in_its_spool(tmp_path: Path) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)
+    p.uplink_frames.clear()
+    p.pump(max_frames=3)  # three chunks reach the ground, then it is killed
+    p.restart_ground()
+    p.agent(p.a.handle(LinkDown(), 1.0))
+    p.agent(p.a.handle(LinkUp(), 2.0))
+    p.pump(2.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1
+    assert len({f.transfer for f in p.uplink_frames if isinstance(f, Chunk)}) == 1
+    sent = sum(len(f.data) for f in p.uplink_frames if isinstance(f, Chunk))
+    total = next(f.total for f in p.uplink_frames if isinstance(f, Chunk))
+    assert sent < total + 3 * CHUNK  # the spooled chunks were not all sent again
+    assert not any((tmp_path / "g" / "spool").iterdir())  # spool cleaned after completion

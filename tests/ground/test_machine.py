@@ -69,41 +69,41 @@ def bad_frames(kit: Any) -> list[tuple[str, bytes, Reason]]:
 
 def test_each_bad_input_gets_its_nack_then_a_good_update_is_accepted(kit: Any) -> None:
     g = kit.ground(limits=Limits(max_frame_bytes=100_000))
-    g.rx("p1", kit.hello("a1"))
+    g.rx("a1", kit.hello("a1"))
     for name, frame, reason in bad_frames(kit):
-        acts = g.rx("p1", frame)
+        acts = g.rx("a1", frame)
         ns = kit.nacks(acts)
         assert len(ns) == 1 and ns[0].reason == reason.value, (name, ns)
         assert counted(acts, reason.value), name
         assert not kit.acks(acts), name
     assert g.m.strategy.updates == 0
     assert sum(g.m.refused.values()) == len(bad_frames(kit))
-    acts = g.rx("p1", kit.update_frame("a1", 1))
+    acts = g.rx("a1", kit.update_frame("a1", 1))
     assert [a.ref for a in kit.acks(acts)] == ["a1:1"]
     assert g.m.strategy.updates == 1 and g.m.accepted == 1
 
 
 def test_nack_names_the_refused_update(kit: Any) -> None:
     g = kit.ground()
-    g.rx("p1", kit.hello("a1"))
+    g.rx("a1", kit.hello("a1"))
     bad = {k: np.full(v.shape, np.nan, np.float32) for k, v in kit.MODEL.items()}
-    (n,) = kit.nacks(g.rx("p1", kit.update_frame("a1", 5, tensors=bad)))
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 5, tensors=bad)))
     assert n.ref == "a1:5" and "NaN" in n.text
 
 
 def test_update_before_hello_is_refused(kit: Any) -> None:
     g = kit.ground()
-    (n,) = kit.nacks(g.rx("p1", kit.update_frame("a1", 1)))
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1)))
     assert n.reason == Reason.NOT_REGISTERED.value
 
 
 def test_replayed_update_is_acked_again_and_counted_once(kit: Any) -> None:
     g = kit.ground()
-    g.rx("p1", kit.hello("a1"))
+    g.rx("a1", kit.hello("a1"))
     f = kit.update_frame("a1", 1)
-    assert not kit.acks(g.rx("p1", f))[0].duplicate
+    assert not kit.acks(g.rx("a1", f))[0].duplicate
     for _ in range(3):
-        acts = g.rx("p1", f)
+        acts = g.rx("a1", f)
         (a,) = kit.acks(acts)
         assert a.ref == "a1:1" and a.duplicate
         assert any(isinstance(x, Count) and x.name == "updates_duplicate" for x in acts)
@@ -113,9 +113,9 @@ def test_replayed_update_is_acked_again_and_counted_once(kit: Any) -> None:
 
 def test_second_update_of_an_agent_in_one_round_is_refused(kit: Any) -> None:
     g = kit.ground()
-    g.rx("p1", kit.hello("a1"))
-    g.rx("p1", kit.update_frame("a1", 1))
-    (n,) = kit.nacks(g.rx("p1", kit.update_frame("a1", 2)))
+    g.rx("a1", kit.hello("a1"))
+    g.rx("a1", kit.update_frame("a1", 1))
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 2)))
     assert n.reason == Reason.STALE.value
     assert g.m.strategy.updates == 1
 
@@ -224,7 +224,7 @@ def test_hello_with_mismatched_id_is_refused(kit: Any) -> None:
     g = kit.ground()
     from orbitfl.wire import Hello
 
-    (n,) = kit.nacks(g.rx("p", encode(Hello("a2:1", "a1", "x", None, {}))))
+    (n,) = kit.nacks(g.rx("a1", encode(Hello("a2:1", "a1", "x", None, {}))))
     assert n.reason == Reason.BAD_ID.value
 
 
@@ -352,3 +352,12 @@ def test_chunks_before_hello_are_refused(kit: Any) -> None:
     f = Outbound("a1:1", b"x" * 5000, chunk_bytes=1000).next_chunks(lambda: "a1:b1.1")[0]
     (n,) = kit.nacks(g.rx("a1", f))
     assert n.reason == Reason.NOT_REGISTERED.value
+
+
+def test_an_authenticated_peer_cannot_speak_as_another_agent(kit: Any) -> None:
+    g = kit.ground()
+    (n,) = kit.nacks(g.rx("a1", kit.hello("a2")))  # the link proved 'a1'; the HELLO claims 'a2'
+    assert n.reason == Reason.BAD_ID.value and "a1" in n.text
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a2", 1)))
+    assert n.reason == Reason.NOT_REGISTERED.value
+    assert g.m.strategy.updates == 0

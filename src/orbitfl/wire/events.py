@@ -111,7 +111,8 @@ class Gauge:
 @dataclass(frozen=True)
 class StartTraining:
     """Agent: train ``task`` starting from ``weights`` (the global model of ``task.model_version``);
-    answer with TrainingDone / TrainingFailed carrying ``task.task_id``."""
+    answer with TrainingDone / TrainingFailed carrying ``task.task_id``. The weights are the
+    machine's own (often read-only views of received bytes): copy before changing them."""
 
     task: Task
     weights: dict[str, npt.NDArray[Any]]
@@ -120,7 +121,7 @@ class StartTraining:
 @dataclass(frozen=True)
 class ApplyModel:
     """Agent: a new global model is held (already durable in the agent's store): install it for
-    onboard inference (e.g. export .tflite)."""
+    onboard inference (e.g. export .tflite). The weights are read-only; copy to change them."""
 
     version: int
     weights: dict[str, npt.NDArray[Any]]
