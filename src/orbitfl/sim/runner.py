@@ -39,9 +39,10 @@ from orbitfl.sim.orbits import (
     tle_windows,
     walker_windows,
 )
-from orbitfl.wire.events import StartTraining
+from orbitfl.wire.events import StartTraining, TrainingDone
 
 PARTITIONS = ("dirichlet", "iid", "shard")
+TRAINING_DONE_FIELDS = frozenset(f.name for f in fields(TrainingDone))
 
 
 @dataclass
@@ -84,6 +85,7 @@ class SimConfig:
     retransmit_s: float = 60.0
     chunk_bytes: int = 16 << 10
     tick_s: float = 5.0
+    budget_fraction: float = 0.05  # share of the next window's uplink one adaptive (alq) update may use
     duplicate_rate: float = 0.0  # probability the radio delivers a frame twice
     target_accuracy: float | None = None
     seed: int = 0
@@ -105,6 +107,8 @@ class SimConfig:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
         if not 0 < self.link_share <= 1:
             raise ValueError(f"link_share must be in (0, 1], got {self.link_share}")
+        if not 0 < self.budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if not 0 <= self.duplicate_rate < 1:
             raise ValueError(f"duplicate_rate must be in [0, 1), got {self.duplicate_rate}")
         if self.epochs < 1 or self.batch_size < 1 or self.chunk_bytes < 1024:
@@ -255,6 +259,11 @@ class Learning:
         if "trainable" in hints:
             return {str(n) for n in hints["trainable"]}
         return None
+
+    def curvature(self, agent: int, names: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """LAQ's curvature estimate D = sqrt(Adam v) + eps of this satellite's optimizer."""
+        v = self.trainers[agent].second_moments()
+        return {n: (np.sqrt(v[n]) + 1e-8).astype(np.float32) for n in names if n in v}
 
     def affinity(self, agent: int, weights: Mapping[str, npt.NDArray[Any]]) -> list[float]:
         from orbitfl.models.zoo import moe_gates
@@ -516,7 +525,14 @@ class Simulation:
         i = self.index[sat]
         delta, samples, metrics = self.learn.train(i, job.weights, job.task.round, job.task.hints)
         self.stats[sat]["trainings"] += 1
-        self._agent(sat, TrainingDone(job.task.task_id, delta, samples, metrics))
+        extra: dict[str, Any] = {}
+        # SpaceDML's adaptive LAQ sizes the update to what the next window can carry; the agent
+        # machine hands these to the codec once TrainingDone carries them (see check_codec).
+        if "budget_bytes" in TRAINING_DONE_FIELDS:
+            extra["budget_bytes"] = self.update_budget(sat)
+        if "curvature" in TRAINING_DONE_FIELDS:
+            extra["curvature"] = self.learn.curvature(i, list(delta))
+        self._agent(sat, TrainingDone(job.task.task_id, delta, samples, metrics, **extra))
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -591,8 +607,18 @@ class Simulation:
             self.duplicated += 1
             self._push(arrive + 2 * self.cfg.latency_s, kind, (sat, ln.serial, frame))
 
-    def next_window(self, sat: str, after: float) -> Window | None:
-        return next((w for w in self._by_sat[sat] if w.start >= after), None)
+    def update_budget(self, sat: str) -> int:
+        """Bytes the satellite's next contact (the one open now, else the next to open) can carry
+        up at the FL share of its rate, times ``budget_fraction``."""
+        ln = self.links.get(sat)
+        if ln is not None and ln.window.end - self.now > 1.0:
+            seconds, rate = ln.window.end - self.now, ln.window.rate_bps
+        else:
+            w = next((w for w in self._by_sat[sat] if w.start >= self.now), None)
+            if w is None:
+                return max(1024, self.cfg.chunk_bytes)
+            seconds, rate = w.duration, w.rate_bps
+        return max(256, int(seconds * rate * self.cfg.link_share / 8 * self.cfg.budget_fraction))
 
 
 def check_codec(recipe: str) -> None:
@@ -606,7 +632,7 @@ def check_codec(recipe: str) -> None:
     except ValueError as exc:
         raise ValueError(f"codec {recipe!r}: {exc}") from None
     stages = {s.name for c in pipe.recipe.chains for s in c.float_stages}
-    if stages & {"laq", "alq"}:
+    if stages & {"laq", "alq"} and not {"budget_bytes", "curvature"} <= TRAINING_DONE_FIELDS:
         raise ValueError(
             f"codec {recipe!r} uses {sorted(stages & {'laq', 'alq'})}, which needs the optimizer's "
             "curvature and (alq) a byte budget; the agent machine does not pass them to the codec yet"
