@@ -120,3 +120,15 @@ def test_bad_configs_are_refused() -> None:
 
 def test_frame_type_of_garbage() -> None:
     assert frame_type(b"\xc1\xff") == "?"
+
+
+def test_update_budget_is_the_next_windows_capacity_share(tmp_path: Path) -> None:
+    ws = [Window("sat-00", "gs", 100.0, 400.0, 9600.0), Window("sat-00", "gs", 5000.0, 5100.0, 2400.0)]
+    csv = write_csv(ws, tmp_path / "w.csv")
+    sim = Simulation(small(sats=1, windows_csv=str(csv), budget_fraction=0.5, link_share=0.5), work=tmp_path)
+    try:
+        assert sim.update_budget("sat-00") == int(300 * 9600 * 0.5 / 8 * 0.5)
+        sim.now = 1000.0
+        assert sim.update_budget("sat-00") == int(100 * 2400 * 0.5 / 8 * 0.5)
+    finally:
+        sim.close()
