@@ -398,10 +398,10 @@ class Simulation:
                     heartbeat_seconds=cfg.heartbeat_s,
                     retransmit_seconds=cfg.retransmit_s,
                     chunk_bytes=cfg.chunk_bytes,
-                    capabilities={"model": cfg.model},
+                    capabilities=self._capabilities(i),
                 ),
             )
-            for n in self.names
+            for i, n in enumerate(self.names)
         ]
         self.now = 0.0
         self._heap: list[tuple[float, int, str, Any]] = []
@@ -416,6 +416,14 @@ class Simulation:
         self.lost = self.duplicated = 0
         self._by_sat = {n: [w for w in self.windows if w.satellite == n] for n in self.names}
         self.stats: dict[str, dict[str, int]] = {n: {"windows": 0, "trainings": 0} for n in self.names}
+
+    def _capabilities(self, agent: int) -> dict[str, Any]:
+        """What a board tells the ground in HELLO; for the moe, EMS-FL's router affinity of its
+        local data (mean gate per expert under the initial router)."""
+        caps: dict[str, Any] = {"model": self.cfg.model}
+        if self.learn.spec.groups.get("router"):
+            caps["affinity"] = self.learn.affinity(agent, self.learn.initial)
+        return caps
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -524,6 +532,9 @@ class Simulation:
         del self._jobs[sat]
         i = self.index[sat]
         delta, samples, metrics = self.learn.train(i, job.weights, job.task.round, job.task.hints)
+        if self.learn.spec.groups.get("router"):
+            for e, a in enumerate(self.learn.affinity(i, job.weights)):
+                metrics[f"affinity/{e}"] = a
         self.stats[sat]["trainings"] += 1
         extra: dict[str, Any] = {}
         # SpaceDML's adaptive LAQ sizes the update to what the next window can carry; the agent
