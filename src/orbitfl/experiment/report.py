@@ -127,6 +127,34 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def markdown(summary: Sequence[Mapping[str, Any]]) -> str:
+    """The summary as a Markdown table (means over seeds), for docs and the terminal."""
+    head = (
+        "run",
+        "data",
+        "seeds",
+        "final acc",
+        "gap (pts)",
+        "uplink B",
+        "x less than fp32",
+        "t to target (h)",
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for s in summary:
+        lines.append(
+            f"| {s['name']} | {s['dataset']}/{s['partition']} | {s['seeds']} | "
+            f"{f(s['final_accuracy_mean'], '.4f')} ± {f(s['final_accuracy_std'], '.4f')} | "
+            f"{f(s['accuracy_gap_points'], '+.2f')} | {f(s['uplink_bytes_mean'], ',.0f')} | "
+            f"{f(s['ratio_vs_float32'], '.1f')} | {f(s['sim_time_to_target_mean_h'], '.1f')} "
+            f"({s['reached_target']}) |"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(v: Any) -> Any:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -138,8 +166,15 @@ def write_report(
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
-    paths = [out / "results.json", out / "results.csv", out / "summary.csv", out / "rounds.csv"]
+    paths = [
+        out / "results.json",
+        out / "results.csv",
+        out / "summary.csv",
+        out / "rounds.csv",
+        out / "summary.md",
+    ]
     paths[0].write_text(json.dumps({**(extra or {}), "summary": summary, "runs": records}, indent=1))
+    paths[4].write_text(markdown(summary) + "\n")
     with paths[1].open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS)

@@ -232,6 +232,7 @@ def _cmd(args: argparse.Namespace) -> int:
         return 2
     print(f"experiment {p.name!r}: {len(p.runs)} runs")
     paths = run_plan(p, Path(args.report), verbose=args.verbose)
+    print((Path(args.report) / "summary.md").read_text())
     print("wrote " + ", ".join(str(x) for x in paths))
     return 0
 
