@@ -155,3 +155,10 @@ def make_strategy(name: str, **options: Any) -> Strategy:
     if cls is None:
         raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
     return cls(**options)
+
+
+# Last, because those modules build on the interface above (see orbitfl.ground.strategies).
+from orbitfl.ground.strategies.catalog import CATALOG  # noqa: E402
+
+STRATEGIES.update(CATALOG)
+
