@@ -240,13 +240,13 @@ class AgentMachine:
         """Rebuild, verify and durably keep a global model; tell the service to use it."""
         if blob.version == self.version:
             return True
-        if blob.encoding == "xor" and blob.base_version != self.version:
+        if blob.encoding in ("xor", "codec") and blob.base_version != self.version:
             raise WireError(
                 Reason.BAD_PAYLOAD,
                 f"model v{blob.version} is a delta from v{blob.base_version}; "
                 f"this agent holds v{self.version}",
             )
-        weights = decode_model(blob, self.weights if blob.encoding == "xor" else None)
+        weights = decode_model(blob, None if blob.encoding == "full" else self.weights)
         self.outbox.save_model(blob.version, weights)
         self.version, self.weights = blob.version, weights
         out.append(ApplyModel(blob.version, weights))

@@ -44,12 +44,13 @@ class OutboxItem:
 class Outbox:
     """Durable agent state in one SQLite file. Single writer (the agent machine)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, durable: bool = True) -> None:
+        """``durable=False`` (SQLite ``synchronous=OFF``) is for simulations only."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

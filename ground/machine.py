@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+import numpy as np
 import numpy.typing as npt
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategy import FedAvg, Strategy
@@ -55,8 +57,8 @@ from orbitfl.wire.messages import (
     encode,
     id_sender,
 )
-from orbitfl.wire.model_codec import encode_model
-from orbitfl.wire.payload import decode_payload
+from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
+from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state, pipeline
 from orbitfl.wire.tensors import TensorDict, check_against_model
 
 
@@ -81,6 +83,10 @@ class GroundConfig:
     # The link names each peer by what it proved (the allow-listed Curve key's name). Requiring the
     # HELLO's agent_id to equal it stops one authenticated board from speaking as another.
     bind_agent_to_peer: bool = True
+    # None: new versions go down whole or as a lossless XOR delta. A codec recipe (e.g.
+    # "quant:8 | zstd"): each new version is made exactly representable as the previous one plus
+    # the recipe's decoded delta, and agents receive that compressed delta (see _compress_step).
+    downlink_recipe: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -91,8 +97,17 @@ class GroundConfig:
             raise ValueError(f"rounds must be >= 1 or None, got {self.rounds}")
         if self.max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
+        if self.downlink_recipe in ("fp32", ""):
+            self.downlink_recipe = None
+        if self.downlink_recipe is not None:
+            pipeline(self.downlink_recipe)  # a recipe the codec cannot parse fails here, by name
         if not self.ground_id or ":" in self.ground_id:
             raise ValueError("ground_id must be non-empty and contain no ':'")
+
+
+def _blob_bytes(blob: ModelBlob) -> int:
+    n: int = len(msgpack.packb(blob.to_wire(), use_bin_type=True))
+    return n
 
 
 @dataclass
@@ -238,6 +253,14 @@ class GroundMachine:
 
     def _make_blob(self, held: int | None) -> ModelBlob:
         base = None if held is None or held == self.version else self.store.load_model(held)
+        if base is not None and held is not None and self.cfg.downlink_recipe is not None:
+            steps = [self.store.load_step(v) for v in range(held + 1, self.version + 1)]
+            full = encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
+            if all(st is not None for st in steps):
+                chain = encode_codec_chain(self.version, self.global_model, held, [st for st in steps if st])
+                if _blob_bytes(chain) < _blob_bytes(full):
+                    return chain
+            return full
         if base is None or {k: (tuple(v.shape), v.dtype.name) for k, v in base.items()} != self.spec:
             return encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
         return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
@@ -458,11 +481,33 @@ class GroundMachine:
                 ob.last_progress = now
                 self._pump(peer, ob, out)
 
+    def _compress_step(self, new: TensorDict, new_version: int) -> TensorDict:
+        """Make the next version exactly ``old + decode(encode(new - old + residual))``.
+
+        The ground adopts what the compressed delta decodes to (keeping the part the codec lost as
+        a residual for the next round, i.e. error feedback on the server), so an agent holding the
+        old version rebuilds the new one bit for bit from the same compressed step.
+        """
+        recipe = self.cfg.downlink_recipe
+        assert recipe is not None
+        old = self.global_model
+        res = self.store.load_residual(self.version) or {}
+        delta = {
+            k: np.subtract(new[k], old[k], dtype=np.float32) + res.get(k, np.zeros_like(old[k])) for k in old
+        }
+        step = encode_payload(recipe, delta, new_codec_state(recipe))
+        exact = apply_step(old, step)
+        residual = {k: delta[k] - np.subtract(exact[k], old[k], dtype=np.float32) for k in old}
+        self.store.save_step(new_version, step, residual)
+        return exact
+
     def _close_round(self, now: float, out: list[Action]) -> None:
         n, samples, nbytes = self.store.round_stats(self.round)
         new = self.strategy.finalize(self.global_model)
         closed = self.round
         new_version = self.version + 1
+        if self.cfg.downlink_recipe is not None:
+            new = self._compress_step(new, new_version)
         last = self.cfg.rounds is not None and self.store.rounds_closed() + 1 >= self.cfg.rounds
         next_round = None if last else closed + 1
         next_deadline = None if last else now + self.cfg.round_seconds

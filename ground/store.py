@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 """
 
 
-def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, sync: bool = True) -> None:
     """Write ``path`` so that a crash leaves the old content or the new, never a mix. ``data`` is
     the bytes, or a function that writes them to the open file (to stream large arrays)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -61,8 +61,11 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
         else:
             f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not sync:
+        return
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)  # make the rename itself durable
@@ -131,13 +134,16 @@ class LoggedUpdate:
 class GroundStore:
     """Durable ground state in directory ``root``. Single writer (the ground machine)."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, durable: bool = True) -> None:
+        """``durable=False`` skips every fsync (SQLite ``synchronous=OFF``): for simulations that
+        run thousands of rounds and never need to survive a power cut. Never for a real ground."""
+        self.durable = durable
         self.root = Path(root)
         (self.root / "models").mkdir(parents=True, exist_ok=True)
         (self.root / "ckpt").mkdir(exist_ok=True)
         self.db = sqlite3.connect(self.root / "ground.db", isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -162,7 +168,9 @@ class GroundStore:
 
     def save_model(self, version: int, tensors: Mapping[str, npt.NDArray[Any]], now: float) -> None:
         name = f"v{version:06d}.msgpack"
-        atomic_write(self.root / "models" / name, tensor_writer(tensors, {"version": version}))
+        atomic_write(
+            self.root / "models" / name, tensor_writer(tensors, {"version": version}), sync=self.durable
+        )
         self.db.execute(
             "INSERT OR REPLACE INTO models(version, file, created_at) VALUES(?, ?, ?)", (version, name, now)
         )
@@ -173,6 +181,30 @@ class GroundStore:
             return None
         tensors, _ = unpack_tensors((self.root / "models" / str(row[0])).read_bytes())
         return tensors
+
+    def save_step(
+        self, version: int, step: Mapping[str, Any], residual: Mapping[str, npt.NDArray[Any]]
+    ) -> None:
+        """The compressed delta that made ``version`` from the one before, and the residual the
+        codec left (fed into the next step). Written before the round's closing transaction."""
+        data: bytes = msgpack.packb(dict(step), use_bin_type=True)
+        atomic_write(self.root / "models" / f"d{version:06d}.msgpack", data, sync=self.durable)
+        atomic_write(
+            self.root / "models" / f"r{version:06d}.msgpack", tensor_writer(residual), sync=self.durable
+        )
+
+    def load_step(self, version: int) -> dict[str, Any] | None:
+        path = self.root / "models" / f"d{version:06d}.msgpack"
+        if not path.exists() or self.load_model(version) is None:  # only steps of committed versions
+            return None
+        d = msgpack.unpackb(path.read_bytes(), raw=False, max_ext_len=0)
+        return d if isinstance(d, dict) else None
+
+    def load_residual(self, version: int) -> TensorDict | None:
+        path = self.root / "models" / f"r{version:06d}.msgpack"
+        if not path.exists() or self.load_model(version) is None:
+            return None
+        return unpack_tensors(path.read_bytes())[0]
 
     def latest_version(self) -> int | None:
         row = self.db.execute("SELECT MAX(version) FROM models").fetchone()
@@ -273,7 +305,7 @@ class GroundStore:
         self, round_: int, seq: int, arrays: Mapping[str, npt.NDArray[Any]], scalars: Mapping[str, float]
     ) -> None:
         data = tensor_writer(arrays, {"round": round_, "seq": seq, "scalars": dict(scalars)})
-        atomic_write(self.root / "ckpt" / f"round-{round_:06d}.msgpack", data)
+        atomic_write(self.root / "ckpt" / f"round-{round_:06d}.msgpack", data, sync=self.durable)
 
     def load_checkpoint(self, round_: int) -> tuple[int, TensorDict, dict[str, float]] | None:
         path = self.root / "ckpt" / f"round-{round_:06d}.msgpack"
@@ -324,7 +356,9 @@ class GroundStore:
         its log intact, and recovery closes it again to the same result.
         """
         name = f"v{version:06d}.msgpack"
-        atomic_write(self.root / "models" / name, tensor_writer(tensors, {"version": version}))
+        atomic_write(
+            self.root / "models" / name, tensor_writer(tensors, {"version": version}), sync=self.durable
+        )
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(

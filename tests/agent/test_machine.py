@@ -352,3 +352,30 @@ def test_ground_restart_keeps_partial_upload_in_its_spool(tmp_path: Path) -> Non
     total = next(f.total for f in p.uplink_frames if isinstance(f, Chunk))
     assert sent < total + 3 * CHUNK  # the spooled chunks were not all sent again
     assert not any((tmp_path / "g" / "spool").iterdir())  # spool cleaned after completion
+
+
+def test_agent_follows_a_compressed_downlink_bit_for_bit(tmp_path: Path) -> None:
+    from orbitfl.wire import Task
+
+    p = Pair(tmp_path, min_updates=1, downlink_recipe="quant:8 | zstd", chunk_bytes=1 << 20)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    encodings = []
+    rng = np.random.default_rng(9)
+    for r in range(3):
+        t = p.trainings.pop(0)
+        delta = {k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in t.weights.items()}
+        p.agent(p.a.handle(TrainingDone(t.task.task_id, delta, 5), float(r)))
+        while p.to_ground or p.to_agent:
+            while p.to_ground:
+                p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), float(r)))
+            for f in list(p.to_agent):
+                m = decode(f)
+                if isinstance(m, Task) and m.model is not None:
+                    encodings.append(m.model.encoding)
+            while p.to_agent:
+                p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), float(r)))
+        assert p.a.version == p.g.version == r + 1
+        for k, v in p.g.global_model.items():
+            assert p.a.weights[k].tobytes() == v.tobytes()
+    assert encodings == ["codec", "codec", "codec"]

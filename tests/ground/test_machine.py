@@ -361,3 +361,49 @@ def test_an_authenticated_peer_cannot_speak_as_another_agent(kit: Any) -> None:
     (n,) = kit.nacks(g.rx("a1", kit.update_frame("a2", 1)))
     assert n.reason == Reason.NOT_REGISTERED.value
     assert g.m.strategy.updates == 0
+
+
+def test_codec_downlink_sends_compressed_steps_that_rebuild_the_exact_model(kit: Any) -> None:
+    from orbitfl.wire import Hello
+    from orbitfl.wire.model_codec import decode_model
+
+    big = {"w": np.zeros((64, 64), np.float32), "b": np.zeros(64, np.float32)}
+    g = kit.ground(min_updates=1, downlink_recipe="quant:8 | zstd")
+    g.m.store.save_model(0, big, 0.0)
+    g.reopen()
+    rng = np.random.default_rng(4)
+    held = {k: v.copy() for k, v in big.items()}
+    for r in (1, 2, 3):
+        a = f"u{r}"
+        g.rx(a, encode(Hello(f"{a}:h", a, "t", g.m.version, {})))
+        t = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in big.items()}
+        assert kit.acks(g.rx(a, kit.update_frame(a, 1, tensors=t, base=g.m.version, rnd=r)))
+    assert g.m.version == 3
+    m = g.reopen()  # steps and residuals are durable
+    msgs = kit.sent(g.rx("a1", encode(Hello("a1:h", "a1", "t", 0, {}))))
+    (task,) = [x for x in msgs if isinstance(x, Task)]
+    blob = task.model
+    assert blob is not None and blob.encoding == "codec" and len(blob.steps) == 3 and blob.base_version == 0
+    rebuilt = decode_model(blob, held)
+    for k in big:
+        assert rebuilt[k].tobytes() == m.global_model[k].tobytes()
+    from orbitfl.wire.model_codec import encode_model
+
+    full = encode(task)
+    whole = len(encode(Task("x", "t", 1, 3, "fp32", {}, None, encode_model(3, m.global_model))))
+    assert len(full) < whole  # three 8-bit steps still beat the whole float32 model
+    (one,) = [x for x in kit.sent(g.rx("a3", encode(Hello("a3:h", "a3", "t", 2, {})))) if isinstance(x, Task)]
+    assert one.model is not None and len(one.model.steps) == 1
+    assert len(encode(one)) < 0.35 * whole  # one step: about a quarter of float32
+    # an agent that holds a version the ground never stepped from gets the whole model
+    (task,) = [
+        x for x in kit.sent(g.rx("a2", encode(Hello("a2:h", "a2", "t", None, {})))) if isinstance(x, Task)
+    ]
+    assert task.model is not None and task.model.encoding == "full"
+
+
+def test_bad_downlink_recipe_is_a_value_error() -> None:
+    from orbitfl.ground.machine import GroundConfig
+
+    with pytest.raises(ValueError):
+        GroundConfig(downlink_recipe="no-such-stage:3")

@@ -168,10 +168,12 @@ class Hello(Message):
 class ModelBlob:
     """A global model version, whole or as a lossless delta against a version the receiver holds.
 
-    ``encoding`` is "full" (the tensors) or "xor" (bitwise XOR of the tensors' bytes with the base
-    version's, so the receiver rebuilds the exact bits). ``compression`` is "zstd" or "none" per
-    tensor. ``sha256`` is the digest of the rebuilt model (see orbitfl.wire.model_codec), checked
-    before the model is used.
+    ``encoding`` is "full" (the tensors), "xor" (bitwise XOR of the tensors' bytes with the base
+    version's, so the receiver rebuilds the exact bits) or "codec" (``steps``: for each version
+    after ``base_version`` the codec-compressed delta the ground itself applied to make it, so the
+    receiver adds the same decoded deltas and lands on the same bits). ``compression`` is "zstd" or
+    "none" per tensor. ``sha256`` is the digest of the rebuilt model (see orbitfl.wire.model_codec),
+    checked before the model is used.
     """
 
     version: int
@@ -180,9 +182,10 @@ class ModelBlob:
     compression: str
     sha256: bytes
     tensors: dict[str, Any]  # name -> {"dtype", "shape", "data"} with data possibly compressed
+    steps: list[dict[str, Any]] = field(default_factory=list)  # "codec": update payloads, oldest first
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "version": self.version,
             "base_version": self.base_version,
             "encoding": self.encoding,
@@ -190,6 +193,9 @@ class ModelBlob:
             "sha256": self.sha256,
             "tensors": self.tensors,
         }
+        if self.encoding == "codec":
+            d["steps"] = self.steps
+        return d
 
     @classmethod
     def from_wire(cls, d: Any, where: str) -> ModelBlob:
@@ -197,20 +203,26 @@ class ModelBlob:
             raise WireError(Reason.SCHEMA, f"{where}: expected a map")
         enc = _str(d, "encoding", where, max_len=16)
         comp = _str(d, "compression", where, max_len=16)
-        if enc not in ("full", "xor"):
-            raise WireError(Reason.SCHEMA, f"{where}.encoding: {enc!r} is not 'full' or 'xor'")
+        if enc not in ("full", "xor", "codec"):
+            raise WireError(Reason.SCHEMA, f"{where}.encoding: {enc!r} is not 'full', 'xor' or 'codec'")
         if comp not in ("zstd", "none"):
             raise WireError(Reason.SCHEMA, f"{where}.compression: {comp!r} is not 'zstd' or 'none'")
         base = _int(d, "base_version", where, optional=True)
-        if enc == "xor" and base is None:
-            raise WireError(Reason.SCHEMA, f"{where}: an xor delta needs base_version")
+        if enc in ("xor", "codec") and base is None:
+            raise WireError(Reason.SCHEMA, f"{where}: a {enc} delta needs base_version")
+        steps = d.get("steps", []) if enc == "codec" else []
+        if not isinstance(steps, list) or not all(isinstance(x, dict) for x in steps) or len(steps) > 4096:
+            raise WireError(Reason.SCHEMA, f"{where}.steps: expected a list of maps")
+        if enc == "codec" and len(steps) != _int(d, "version", where) - base:
+            raise WireError(Reason.SCHEMA, f"{where}.steps: one step per version after base_version")
         return cls(
             _int(d, "version", where),
             base,
             enc,
             comp,
             _bytes(d, "sha256", where, size=32),
-            _map(d, "tensors", where),
+            _map(d, "tensors", where, optional=enc == "codec"),
+            steps,
         )
 
 

@@ -20,6 +20,7 @@ import zstandard
 
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import ModelBlob
+from orbitfl.wire.payload import decode_payload
 from orbitfl.wire.tensors import DTYPES, TensorDict
 
 ZSTD_LEVEL = 3
@@ -73,8 +74,43 @@ def encode_model(
     )
 
 
+def apply_step(base: Mapping[str, npt.NDArray[Any]], step: Mapping[str, Any]) -> TensorDict:
+    """One codec downlink step: ``base + decoded delta`` in float32, exactly as the ground made it.
+    Tensors the step does not carry are unchanged. Both sides run this same function."""
+    shapes = {k: tuple(v.shape) for k, v in base.items()}
+    delta = decode_payload(step, shapes)
+    out: TensorDict = dict(base)
+    for name, d in delta.items():
+        b = base[name]
+        if b.dtype != np.float32 or d.shape != b.shape:
+            raise WireError(
+                Reason.BAD_PAYLOAD, f"codec step for {name!r}: needs a float32 tensor of shape {b.shape}"
+            )
+        out[name] = np.add(b, d.astype(np.float32, copy=False), dtype=np.float32)
+    return out
+
+
+def encode_codec_chain(
+    version: int, tensors: Mapping[str, npt.NDArray[Any]], base_version: int, steps: list[dict[str, Any]]
+) -> ModelBlob:
+    """A blob that rebuilds ``tensors`` (global ``version``) from ``base_version`` by the ground's
+    own codec steps (one per version in between)."""
+    return ModelBlob(version, base_version, "codec", "none", model_digest(tensors), {}, list(steps))
+
+
 def decode_model(blob: ModelBlob, base: Mapping[str, npt.NDArray[Any]] | None = None) -> TensorDict:
     """Rebuild the model a blob describes; verify its digest. Raises WireError on any mismatch."""
+    if blob.encoding == "codec":
+        if base is None:
+            raise WireError(Reason.BAD_PAYLOAD, f"model v{blob.version} is a delta from v{blob.base_version}")
+        w: TensorDict = dict(base)
+        for step in blob.steps:
+            w = apply_step(w, step)
+        if model_digest(w) != blob.sha256:
+            raise WireError(
+                Reason.CHECKSUM, f"model v{blob.version}: rebuilt tensors do not match the digest"
+            )
+        return w
     if blob.encoding == "xor" and base is None:
         raise WireError(
             Reason.BAD_PAYLOAD, f"model v{blob.version} is a delta from v{blob.base_version}, not held here"
