@@ -110,3 +110,32 @@ def assign_experts(
 def total_affinity(affinity: npt.NDArray[Any], assignment: Sequence[Sequence[int]]) -> float:
     a = np.asarray(affinity, dtype=np.float64)
     return float(sum(a[c, e] for c, es in enumerate(assignment) for e in es))
+
+
+def assignment_hints(
+    assignment: Sequence[Sequence[int]], cluster_names: Sequence[str], members: Mapping[str, str]
+) -> dict[str, Any]:
+    """TASK hints carrying the assignment to agents: ``{"experts": {agent_id: [expert, ...]}}``
+    (plain lists and ints, so msgpack carries it). ``members``: agent -> cluster name."""
+    if len(assignment) != len(cluster_names):
+        raise ValueError(f"{len(assignment)} assignments for {len(cluster_names)} clusters")
+    by_cluster = dict(zip(cluster_names, assignment, strict=True))
+    unknown = sorted({c for c in members.values() if c not in by_cluster})
+    if unknown:
+        raise ValueError(f"agents in clusters with no assignment: {unknown[:5]}")
+    return {"experts": {a: [int(e) for e in by_cluster[c]] for a, c in sorted(members.items())}}
+
+
+def experts_for(hints: Mapping[str, Any], agent_id: str) -> list[int] | None:
+    """The experts ``agent_id`` trains according to TASK hints (None: no EMS-FL assignment)."""
+    table = hints.get("experts")
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ValueError("hints['experts'] must map agent ids to lists of expert indices")
+    got = table.get(agent_id)
+    if got is None:
+        return None
+    if not isinstance(got, list | tuple) or not all(isinstance(e, int) and e >= 0 for e in got):
+        raise ValueError(f"hints['experts'][{agent_id!r}] must be a list of expert indices >= 0, got {got!r}")
+    return [int(e) for e in got]

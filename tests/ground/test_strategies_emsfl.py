@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 from orbitfl.ground.strategies.assignment import (
     assign_experts,
+    assignment_hints,
     cluster_affinity,
+    experts_for,
     router_affinity,
     total_affinity,
 )
 from orbitfl.ground.strategies.emsfl import EMSFL, expert_of
 from orbitfl.ground.strategy import make_strategy
+
+from orbitfl.wire.messages import Task, decode, encode
 
 
 def _brute(a: np.ndarray, caps: list[int], min_experts: int) -> float:
@@ -156,3 +160,15 @@ def test_emsfl_state_round_trip_and_refusals() -> None:
         c.accumulate(ups[0][0], 4, 3)
     with pytest.raises(ValueError, match="no parameter named"):
         EMSFL().reset({"w": np.zeros(2, np.float32)})
+
+
+def test_assignment_travels_as_task_hints() -> None:
+    hints = assignment_hints([[0, 3], [1]], ["x", "y"], {"a1": "x", "a2": "x", "a3": "y"})
+    t = decode(encode(Task("g:1", "r1/a1", 1, 0, "fp32", hints, None, None)))
+    assert isinstance(t, Task)
+    assert experts_for(t.hints, "a2") == [0, 3] and experts_for(t.hints, "a3") == [1]
+    assert experts_for(t.hints, "a9") is None and experts_for({}, "a1") is None
+    with pytest.raises(ValueError, match="no assignment"):
+        assignment_hints([[0]], ["x"], {"a1": "z"})
+    with pytest.raises(ValueError, match="expert indices"):
+        experts_for({"experts": {"a1": ["0"]}}, "a1")
