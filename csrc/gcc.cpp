@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -65,13 +64,22 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   if (shape.replaced == n) {
     std::fill(replaced.begin(), replaced.end(), 1);
   } else if (shape.replaced > 0) {
-    std::vector<std::uint32_t> idx(n);
-    std::iota(idx.begin(), idx.end(), 0u);
-    auto before = [&dist](std::uint32_t a, std::uint32_t b) {
-      return dist[a] < dist[b] || (dist[a] == dist[b] && a < b);
-    };
-    std::nth_element(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(shape.replaced), idx.end(), before);
-    for (std::size_t t = 0; t < shape.replaced; ++t) replaced[idx[t]] = 1;
+    // The r-th smallest distance T: everything below T is replaced, then values at exactly T in
+    // index order until r are taken (the lower index wins a tie).
+    std::vector<double> sorted(dist);
+    auto rth = sorted.begin() + static_cast<std::ptrdiff_t>(shape.replaced - 1);
+    std::nth_element(sorted.begin(), rth, sorted.end());
+    const double cut = *rth;
+    std::size_t at_cut = shape.replaced;
+    for (std::size_t i = 0; i < n; ++i) at_cut -= dist[i] < cut ? 1 : 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (dist[i] < cut) {
+        replaced[i] = 1;
+      } else if (dist[i] == cut && at_cut > 0) {
+        replaced[i] = 1;
+        --at_cut;
+      }
+    }
   }
 
   std::vector<std::uint8_t> id_list;
@@ -95,7 +103,8 @@ std::size_t gcc_count_replaced(const std::uint8_t* mask, std::size_t mask_len, s
                                              std::to_string(packed_size(n, 1)) + " needed for n=" +
                                              std::to_string(n));
   std::size_t r = 0;
-  for (std::size_t i = 0; i < n; ++i) r += (mask[i >> 3] >> (i & 7)) & 1u;
+  for (std::size_t j = 0; j < n / 8; ++j) r += static_cast<std::size_t>(__builtin_popcount(mask[j]));
+  for (std::size_t i = n / 8 * 8; i < n; ++i) r += (mask[i >> 3] >> (i & 7)) & 1u;
   return r;
 }
 
@@ -114,10 +123,10 @@ void gcc_decode(const float* centroids, std::size_t k, const std::uint8_t* mask,
                                                std::to_string(r) + " ids at " + std::to_string(bits) + " bits");
   std::vector<std::uint8_t> id(r);
   unpack_bits_unchecked(ids, r, bits, id.data());
-  for (std::size_t t = 0; t < r; ++t) {
-    require(id[t] < k, "ids holds centroid id " + std::to_string(id[t]) + ", but there are " +
-                           std::to_string(k) + " centroids");
-  }
+  std::uint8_t top = 0;
+  for (std::size_t t = 0; t < r; ++t) top = id[t] > top ? id[t] : top;
+  require(r == 0 || top < k,
+          "ids holds centroid id " + std::to_string(top) + ", but there are " + std::to_string(k) + " centroids");
   std::size_t t = 0, e = 0;
   for (std::size_t i = 0; i < n; ++i) {
     if ((mask[i >> 3] >> (i & 7)) & 1u) {

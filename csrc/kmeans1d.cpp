@@ -372,7 +372,9 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
 void check_centroids(const float* centroids, int k) {
   require(k >= 1 && k <= kKMeansMaxK, "centroids must have 1..256 entries, got " + std::to_string(k));
   check_finite(centroids, static_cast<std::size_t>(k), "centroids");
-  for (int j = 1; j < k; ++j) require(!(centroids[j] < centroids[j - 1]), "centroids must be ascending");
+  for (int j = 1; j < k; ++j) {
+    if (centroids[j] < centroids[j - 1]) throw InvalidArgument("centroids must be ascending");
+  }
 }
 
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,

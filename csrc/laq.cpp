@@ -2,6 +2,7 @@
 // NumPy, operation for operation, so keep the two in step.
 #include "laq.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -20,14 +21,74 @@ std::vector<double> levels(int bits) {
   return lev;
 }
 
-// Nearest level of x / alpha (alpha > 0); ties round to even, as NumPy's rint.
+// Nearest level of x / alpha (alpha > 0); ties round to even, as NumPy's rint. Clamping to the
+// integer range first changes nothing (rint is monotone and keeps integers) and lets the
+// 2^52 trick round without a libm call (baseline SSE2 has no rounding instruction).
 inline std::uint8_t nearest(double x, double alpha, int bits) {
   if (bits == 1) return x >= 0.0 ? 1 : 0;
   const int nlev = (1 << bits) - 1;
   const double half = static_cast<double>((nlev - 1) / 2);
-  double r = std::nearbyint((x / alpha + 1.0) * half);
-  r = r < 0.0 ? 0.0 : (r > nlev - 1 ? static_cast<double>(nlev - 1) : r);
+  const double top = static_cast<double>(nlev - 1);
+  double u = (x / alpha + 1.0) * half;
+  u = u < 0.0 ? 0.0 : (u > top ? top : u);
+  double r = (u + 0x1p52) - 0x1p52;
   return static_cast<std::uint8_t>(r);
+}
+
+// The alternation for bits >= 2, from alpha0 > 0. The values are sorted once (by value, then
+// index) with prefix sums of d*x and d; the code is monotone in x, so each alternation needs only
+// the L-1 positions where it steps (binary searches) and per-level sums from the prefix sums:
+// O(L log n) per step instead of a pass over the data.
+double fit_alpha(const float* x, const float* d, std::size_t n, int bits, const std::vector<double>& lev,
+                 double alpha, int max_iter, double tol) {
+  struct Item {
+    float x;
+    std::size_t i;
+  };
+  std::vector<Item> items(n);
+  for (std::size_t i = 0; i < n; ++i) items[i] = {x[i], i};
+  std::sort(items.begin(), items.end(),
+            [](const Item& a, const Item& b) { return a.x < b.x || (!(b.x < a.x) && a.i < b.i); });
+  std::vector<double> xs(n), pdx(n + 1, 0.0), pd(n + 1, 0.0);
+  for (std::size_t t = 0; t < n; ++t) {
+    xs[t] = static_cast<double>(items[t].x);
+    double ds = static_cast<double>(d[items[t].i]);
+    double dx = ds * xs[t];
+    pdx[t + 1] = t == 0 ? dx : pdx[t] + dx;
+    pd[t + 1] = t == 0 ? ds : pd[t] + ds;
+  }
+  const std::size_t nlev = lev.size();
+  std::vector<std::size_t> bound(nlev + 1);
+  for (int it = 0; it < max_iter; ++it) {
+    bound[0] = 0;
+    bound[nlev] = n;
+    for (std::size_t j = 1; j < nlev; ++j) {
+      std::size_t lo = bound[j - 1], hi = n;
+      while (lo < hi) {
+        std::size_t mid = lo + (hi - lo) / 2;
+        if (nearest(xs[mid], alpha, bits) >= j) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
+      }
+      bound[j] = lo;
+    }
+    double num = 0.0, den = 0.0;
+    for (std::size_t j = 0; j < nlev; ++j) {
+      double tn = lev[j] * (pdx[bound[j + 1]] - pdx[bound[j]]);
+      double td = (lev[j] * lev[j]) * (pd[bound[j + 1]] - pd[bound[j]]);
+      num = j == 0 ? tn : num + tn;
+      den = j == 0 ? td : den + td;
+    }
+    if (den == 0.0) break;
+    double next = num / den;
+    if (!(next > 0.0)) break;  // only rounding of the prefix sums could get here; keep alpha
+    double delta = std::fabs(next - alpha);
+    alpha = next;
+    if (delta <= tol * alpha) break;
+  }
+  return alpha;
 }
 
 }  // namespace
@@ -44,28 +105,25 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
   for (std::size_t i = 0; i < n; ++i) {
     if (!std::isfinite(d[i])) throw NonFinite("d contains NaN or Inf");
   }
-  for (std::size_t i = 0; i < n; ++i) require(d[i] > 0.0f, "d must be > 0 everywhere");
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!(d[i] > 0.0f)) throw InvalidArgument("d must be > 0 everywhere");
+  }
   if (n == 0) return {0.0, 0.0};
   const std::vector<double> lev = levels(bits);
   const std::uint8_t zero_code = bits == 1 ? 1 : static_cast<std::uint8_t>(((1 << bits) - 2) / 2);
   double alpha = 0.0;
   for (std::size_t i = 0; i < n; ++i) alpha = std::fmax(alpha, std::fabs(static_cast<double>(x[i])));
-  if (alpha > 0.0) {
-    for (int it = 0; it < max_iter; ++it) {
-      double num = 0.0, den = 0.0;
-      for (std::size_t i = 0; i < n; ++i) {
-        double xd = static_cast<double>(x[i]);
-        double dd = static_cast<double>(d[i]);
-        double b = lev[nearest(xd, alpha, bits)];
-        den += dd * (b * b);
-        num += dd * (xd * b);
-      }
-      if (den == 0.0) break;
-      double next = num / den;
-      double delta = std::fabs(next - alpha);
-      alpha = next;
-      if (delta <= tol * alpha) break;
+  if (alpha > 0.0 && bits == 1) {
+    // codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
+    double num = 0.0, den = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      double dd = static_cast<double>(d[i]);
+      num += dd * std::fabs(static_cast<double>(x[i]));
+      den += dd;
     }
+    alpha = num / den;
+  } else if (alpha > 0.0) {
+    alpha = fit_alpha(x, d, n, bits, lev, alpha, max_iter, tol);
   }
   const double alpha_f = static_cast<double>(static_cast<float>(alpha));
   std::vector<std::uint8_t> codes(n);

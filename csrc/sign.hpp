@@ -7,7 +7,8 @@
 namespace orbitfl {
 
 // acc = x + residual (or x). Writes packed_size(n, 1) bytes of bits (1 = acc >= 0) and returns
-// scale = float32(sequential float64 sum of |acc| / n), 0 for n == 0. If residual is not null it
+// scale = float32(sum / n), 0 for n == 0, where sum = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
+// and lane lj is the left-to-right float64 sum of |acc[i]| over i = j mod 8. If residual is not null it
 // becomes acc - scale * sign(acc). Throws NonFinite for NaN/Inf in x, residual or acc.
 float sign_encode(const float* x, float* residual, std::size_t n, std::uint8_t* packed);
 

@@ -11,10 +11,16 @@
 namespace orbitfl {
 namespace {
 
-void check_finite(const float* a, std::size_t n, const char* name) {
+// NaN/Inf in x or the residual always makes acc non-finite, so one flag over acc detects every
+// bad input; only then are the inputs scanned again to name the culprit.
+[[noreturn]] void throw_nonfinite(const float* x, const float* r, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(a[i])) throw NonFinite(std::string(name) + " contains NaN or Inf");
+    if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
   }
+  for (std::size_t i = 0; r && i < n; ++i) {
+    if (!std::isfinite(r[i])) throw NonFinite("residual contains NaN or Inf");
+  }
+  throw NonFinite("x + residual overflows float32");
 }
 
 }  // namespace
@@ -43,52 +49,58 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
           float* vals) {
   require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
-  check_finite(x, n, "x");
-  if (residual) check_finite(residual, n, "residual");
   const Acc acc{x, residual};
-  // Radix selection of T = the k-th largest |acc| over its 31 magnitude bits, 11 + 10 + 10 at a
-  // time (histograms small enough for L1): each pass narrows the prefix of T. Selection is exact,
-  // so the result is the same as a full sort with ties to the lower index. The first pass also
-  // checks that acc does not overflow, before anything is written.
-  std::uint32_t prefix = 0, mask = 0;
-  std::size_t need = k;  // how many entries equal to the final T are taken
+  // Radix selection of T = the k-th largest |acc| over its 31 magnitude bits: an 11-bit
+  // histogram of all values finds T's top bits; the magnitudes in that bin (their number is
+  // known) are gathered without branches, and two 10-bit histograms over just those finish T.
+  // Selection is exact, so the result equals a full sort with ties to the lower index. The first
+  // pass also checks that acc is finite (so x and the residual are), before anything is written.
+  std::uint32_t t = 0;   // the threshold magnitude (bits)
+  std::size_t need = 0;  // how many entries equal to t are taken, in index order
   if (k > 0 && k < n) {
-    static constexpr int kShift[3] = {20, 10, 0};
-    static constexpr int kWidth[3] = {11, 10, 10};
     std::vector<std::size_t> hist(std::size_t{1} << 11);
-    for (int pass = 0; pass < 3; ++pass) {
-      const int shift = kShift[pass];
-      const std::uint32_t bins = 1u << kWidth[pass];
-      std::fill(hist.begin(), hist.begin() + bins, 0);
-      if (pass == 0) {
-        bool bad = false;
-        for (std::size_t i = 0; i < n; ++i) {
-          const std::uint32_t u = mag_bits(acc(i));
-          bad |= u >= 0x7F800000u;
-          ++hist[u >> shift];
-        }
-        if (bad) throw NonFinite("x + residual overflows float32");
-      } else {
-        for (std::size_t i = 0; i < n; ++i) {
-          const std::uint32_t u = mag_bits(acc(i));
-          if ((u & mask) == prefix) ++hist[(u >> shift) & (bins - 1)];
-        }
-      }
+    std::uint32_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t u = mag_bits(acc(i));
+      bad |= u >= 0x7F800000u;
+      ++hist[u >> 20];  // a NaN's bin is still in range; it is refused just below
+    }
+    if (bad) throw_nonfinite(x, residual, n);
+    need = k;
+    // The bin, from the top, where the count reaches `need`; `need` becomes the rank inside it.
+    auto descend = [&need, &hist](std::uint32_t bins) {
       std::size_t above = 0;
       std::uint32_t b = bins - 1;
       while (above + hist[b] < need) above += hist[b--];
       need -= above;
-      prefix |= b << shift;
-      mask |= (bins - 1) << shift;
-    }
-  } else if (residual) {
+      return b;
+    };
+    const std::uint32_t top = descend(1u << 11);
+    std::vector<std::uint32_t> cand(hist[top] + 1);
+    std::size_t c = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      if (mag_bits(acc(i)) >= 0x7F800000u) throw NonFinite("x + residual overflows float32");
+      const std::uint32_t u = mag_bits(acc(i));
+      cand[c] = u;
+      c += (u >> 20) == top;
     }
+    cand.resize(c);
+    std::fill(hist.begin(), hist.begin() + 1024, 0);
+    for (const std::uint32_t u : cand) ++hist[(u >> 10) & 1023u];
+    const std::uint32_t mid = descend(1024);
+    std::fill(hist.begin(), hist.begin() + 1024, 0);
+    for (const std::uint32_t u : cand) {
+      if (((u >> 10) & 1023u) == mid) ++hist[u & 1023u];
+    }
+    const std::uint32_t low = descend(1024);
+    t = (top << 20) | (mid << 10) | low;
+  } else {
+    std::uint32_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) bad |= mag_bits(acc(i)) >= 0x7F800000u;
+    if (bad) throw_nonfinite(x, residual, n);
+    t = k == n ? 0 : 0xFFFFFFFFu;  // keep all (no magnitude is below 0) or none
+    need = 0;
   }
   // One pass writes the kept entries and the new residual. k == n keeps all, k == 0 none.
-  const std::uint32_t t = k == n ? 0 : (k == 0 ? 0xFFFFFFFFu : prefix);
-  if (k == n) need = 0;
   std::size_t taken = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const float a = acc(i);

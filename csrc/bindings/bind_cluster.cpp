@@ -42,8 +42,11 @@ const T* ptr(const py::array& a) {
   return static_cast<const T*>(a.data());
 }
 
+// Integers as operator.index takes them, except bool: k=True is a mistake, not k=1.
 long long int_in(const py::handle& h, const char* name) {
-  if (!PyIndex_Check(h.ptr())) throw py::type_error(std::string(name) + " must be an int, got " + type_name(h));
+  if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr())) {
+    throw py::type_error(std::string(name) + " must be an int, got " + type_name(h));
+  }
   py::object v = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
   if (!v) throw py::error_already_set();
   int overflow = 0;
@@ -65,7 +68,7 @@ std::size_t count_in(const py::handle& h, const char* name) {
 }
 
 std::uint64_t seed_in(const py::handle& h) {
-  if (!PyIndex_Check(h.ptr())) throw py::type_error("seed must be an int, got " + type_name(h));
+  if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr())) throw py::type_error("seed must be an int, got " + type_name(h));
   py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
   if (!v) throw py::error_already_set();
   unsigned long long r = PyLong_AsUnsignedLongLong(v.ptr());

@@ -103,7 +103,8 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
 def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
 
-    scale = float32(left-to-right float64 sum of |acc| / n), 0.0 for an empty x.
+    scale = float32(S / n), 0.0 for an empty x, S the float64 sum of |acc| in a fixed order: eight
+    lanes (index mod 8) each summed left to right, then ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
     If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
     NaN/Inf in x or residual, or x + residual overflowing: ValueError.
     """
@@ -123,8 +124,9 @@ def laq_quantize(
     """Fit alpha and codes minimising sum d * (x - alpha * level[code])**2, alternating
     codes = nearest level of x / alpha (ties to even) and alpha = sum(d x b) / sum(d b^2), from
     alpha = max|x|, until |d alpha| <= tol * alpha (relative, so the result does not depend on the
-    scale of x) or max_iter (>= 0) alternations. bits == 1 gives the closed form
-    alpha = sum(d |x|) / sum(d) with codes = (x >= 0).
+    scale of x) or max_iter (>= 0) alternations. Each alternation sums per level over the values
+    sorted once (prefix sums), so it costs O(L log n), not a pass. bits == 1 is the fixed point in
+    closed form, alpha = sum(d |x|) / sum(d) with codes = (x >= 0), whatever max_iter.
 
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload

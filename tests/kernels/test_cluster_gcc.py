@@ -141,7 +141,7 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         assert all(a.tobytes() == b.tobytes() for a, b in zip(g, w, strict=True))
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=120, deadline=None, database=None)
 @given(
     x=hnp.arrays(np.float32, st.integers(0, 300), elements=st.floats(-1e6, 1e6, width=32)),
     k=st.integers(1, 40),
@@ -214,3 +214,23 @@ def test_read_only_residual_is_rejected_and_left_alone(kern: ModuleType) -> None
     with pytest.raises(ValueError):
         kern.gcc_encode(np.where(X > 0, np.nan, X).astype(np.float32), 4, 0.5, res)
     assert (res == 0).all()
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.integers(0, 10**6),
+    in_residual=st.booleans(),
+)
+def test_nonfinite_anywhere_is_a_value_error_and_the_residual_is_kept(
+    x: np.ndarray, bad: float, where: int, in_residual: bool
+) -> None:
+    for kern in (CPP, REF):
+        xs = x.copy()
+        res = np.full_like(xs, 0.5)
+        (res if in_residual else xs)[where % xs.size] = bad
+        before = res.tobytes()
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.gcc_encode(xs, 4, 0.5, res)
+        assert res.tobytes() == before

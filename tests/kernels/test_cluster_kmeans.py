@@ -219,7 +219,7 @@ values = hnp.arrays(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=120, deadline=None, database=None)
 @given(x=values, k=st.integers(1, 40), method=st.sampled_from(METHODS), seed=st.integers(0, 2**64 - 1))
 def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, seed: int) -> None:
     k = min(k, max(x.size, 1))
@@ -245,6 +245,9 @@ def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, see
         (lambda k: k.kmeans1d(np.zeros(300, np.float32), 257), ValueError),
         (lambda k: k.kmeans1d(np.zeros(4, np.float32), 5), ValueError),
         (lambda k: k.kmeans1d(np.zeros(4, np.float32), 2.0), TypeError),
+        (lambda k: k.kmeans1d(np.zeros(4, np.float32), True), TypeError),
+        (lambda k: k.kmeans1d(np.zeros(4, np.float32), 2, "lloyd", 5, False), TypeError),
+        (lambda k: k.kmeans1d(np.zeros(4, np.float32), 2**70), ValueError),
         (lambda k: k.kmeans1d(np.zeros(4, np.float32), 2, "median"), ValueError),
         (lambda k: k.kmeans1d(np.zeros(4, np.float32), 2, 3), TypeError),
         (lambda k: k.kmeans1d(np.zeros(4, np.float32), 2, "hist", -1), ValueError),
@@ -270,3 +273,21 @@ def test_optimal_refuses_a_dp_beyond_its_memory_cap(kern: ModuleType) -> None:
         kern.kmeans1d(x, 256, "optimal")
     c, _, _ = kern.kmeans1d(x, 256, "hist")
     assert (np.diff(c) > 0).all()
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.integers(0, 10**6),
+    method=st.sampled_from(METHODS),
+)
+def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
+    x: np.ndarray, bad: float, where: int, method: str
+) -> None:
+    x[where % x.size] = bad
+    for kern in (CPP, REF):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.kmeans1d(x, 1, method)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.kmeans_assign(x, np.zeros(1, np.float32))

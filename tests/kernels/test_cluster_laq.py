@@ -143,7 +143,7 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         assert g[0].tobytes() == w[0].tobytes() and g[1:] == w[1:]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(
     x=hnp.arrays(
         np.float32, st.integers(0, 400), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -184,6 +184,9 @@ D = np.ones(8, np.float32)
         (lambda k: k.laq_quantize(X, D, 0), ValueError),
         (lambda k: k.laq_quantize(X, D, 9), ValueError),
         (lambda k: k.laq_quantize(X, D, 2.5), TypeError),
+        (lambda k: k.laq_quantize(X, D, True), TypeError),
+        (lambda k: k.laq_quantize(X, D, 2, 10, True), TypeError),
+        (lambda k: k.laq_dequantize(np.zeros(1, np.uint8), 1, 2, None), TypeError),
         (lambda k: k.laq_quantize(X, D, 2, -1), ValueError),
         (lambda k: k.laq_quantize(X, D, 2, 10, -1e-6), ValueError),
         (lambda k: k.laq_quantize(X, D, 2, 10, float("nan")), ValueError),
@@ -204,3 +207,20 @@ D = np.ones(8, np.float32)
 def test_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         call(kern)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e3, 1e3, width=32)),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.integers(0, 10**6),
+    in_d=st.booleans(),
+)
+def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
+    x: np.ndarray, bad: float, where: int, in_d: bool
+) -> None:
+    d = np.ones_like(x)
+    (d if in_d else x)[where % x.size] = bad
+    for kern in (CPP, REF):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kern.laq_quantize(x, d, 3)

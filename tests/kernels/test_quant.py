@@ -21,10 +21,10 @@ def bucket_stats(x: np.ndarray, bucket: int) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(mn, bucket)[: x.size], np.repeat(rg, bucket)[: x.size]
 
 
-def rounding_slack(x: np.ndarray, lo: np.ndarray, rg: np.ndarray) -> np.ndarray:
+def rounding_slack(x: np.ndarray, lo: np.ndarray, rg: np.ndarray, levels: int) -> np.ndarray:
     # A few float32 roundings (x - lo, the scaling, q * step, lo + ...) on top of the exact bound,
-    # plus the smallest subnormals for steps that underflow.
-    slack: np.ndarray = 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + 4 * 2.0**-149
+    # plus step's own rounding in the subnormal range (half a unit of 2**-149 per level).
+    slack: np.ndarray = 4 * EPS * (np.abs(lo) + np.abs(x.astype(np.float64)) + rg) + (levels + 4) * 2.0**-149
     return slack
 
 
@@ -100,7 +100,7 @@ def check_quantize(kern: ModuleType, x: np.ndarray, bits: int, bucket: int, stoc
     np.testing.assert_allclose(step.astype(np.float64), rg[::bucket] / levels, rtol=4 * EPS, atol=2.0**-149)
     step_e = np.repeat(step.astype(np.float64), bucket)[:n]
     err = np.abs(x.ravel().astype(np.float64) - x_hat.astype(np.float64))
-    slack = rounding_slack(x.ravel(), mn, rg)
+    slack = rounding_slack(x.ravel(), mn, rg, levels)
     zero_step = step_e == 0  # the range underflowed: q = 0, error <= range
     if stochastic:
         assert (err[~zero_step] < step_e[~zero_step] + slack[~zero_step]).all()

@@ -407,6 +407,35 @@ def _nearest(xd: F64, alpha: float, bits: int) -> I64:
     return np.clip(np.rint(u), 0.0, float(nlev - 1)).astype(np.int64)
 
 
+def _fit_alpha(xf: F32, dd: F64, bits: int, lev: F64, alpha: float, max_iter: int, tol: float) -> float:
+    """The alternation for bits >= 2 over values sorted once (by value, then index).
+
+    The code is monotone in x, so the codes of one step are L-1 step positions and the per-level
+    sums of d*x and d come from prefix sums: O(L log n) per step in the C++.
+    """
+    order = np.argsort(xf, kind="stable")
+    xs = xf[order].astype(np.float64)
+    ds = dd[order]
+    pdx = np.concatenate(([0.0], np.cumsum(ds * xs)))
+    pd = np.concatenate(([0.0], np.cumsum(ds)))
+    n = xs.size
+    steps = np.arange(1, lev.size)
+    for _ in range(max_iter):
+        bound = np.concatenate(([0], np.searchsorted(_nearest(xs, alpha, bits), steps, side="left"), [n]))
+        num = _seqsum(lev * (pdx[bound[1:]] - pdx[bound[:-1]]))
+        den = _seqsum((lev * lev) * (pd[bound[1:]] - pd[bound[:-1]]))
+        if den == 0.0:
+            break
+        new = num / den
+        if not new > 0.0:
+            break  # only rounding of the prefix sums could get here; keep alpha
+        delta = abs(new - alpha)
+        alpha = new
+        if delta <= tol * alpha:
+            break
+    return alpha
+
+
 def _laq_bits(bits: Any) -> int:
     b = _int("bits", bits)
     if not 1 <= b <= 8:
@@ -441,17 +470,11 @@ def laq_quantize(
     xd = xf.astype(np.float64)
     dd = df.astype(np.float64)
     alpha = float(np.abs(xd).max())
-    if alpha > 0.0:
-        for _ in range(mi):
-            lb = lev[_nearest(xd, alpha, b)]
-            den = _seqsum(dd * (lb * lb))
-            if den == 0.0:
-                break
-            new = _seqsum(dd * (xd * lb)) / den
-            delta = abs(new - alpha)
-            alpha = new
-            if delta <= tl * alpha:
-                break
+    if alpha > 0.0 and b == 1:
+        # codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
+        alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
+    elif alpha > 0.0:
+        alpha = _fit_alpha(xf, dd, b, lev, alpha, mi, tl)
     alpha_f = float(np.float32(alpha))
     codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)

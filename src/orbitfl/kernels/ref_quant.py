@@ -381,10 +381,22 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
 
 
 # --- sign -----------------------------------------------------------------------------------------------
+def _lane_sum(a: F32) -> float:
+    """Float64 sum in the C++ order: eight lanes (i mod 8) each added left to right, then a tree.
+
+    cumsum down the columns is a strictly sequential accumulate (sum() would be pairwise); the
+    zero padding leaves every lane sum unchanged.
+    """
+    padded = np.zeros(-(-a.size // 8) * 8, np.float64)
+    padded[: a.size] = a
+    lane = np.cumsum(padded.reshape(-1, 8), axis=0)[-1]
+    return float(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])))
+
+
 def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     """acc = x + residual; returns (packed sign bits, 1 = acc >= 0, scale = mean |acc|).
 
-    The mean is a sequential float64 sum of |acc| divided by n, rounded to float32.
+    The mean is _lane_sum(|acc|) / n rounded to float32 (the C++ summation order).
     If residual is given it is updated in place to acc - scale * sign(acc) (EF-signSGD).
     """
     v = _array("x", x, np.float32)
@@ -392,9 +404,7 @@ def sign_encode(x: F32, residual: F32 | None = None) -> tuple[U8, float]:
     _finite("x", v)
     acc = _accumulate(v, r)
     n = acc.size
-    # cumsum adds strictly left to right (sum() is pairwise), which is the order the C++ uses.
-    total = float(np.cumsum(np.abs(acc), dtype=np.float64)[-1]) if n else 0.0
-    scale = np.float32(total / n) if n else np.float32(0)
+    scale = np.float32(_lane_sum(np.abs(acc)) / n) if n else np.float32(0)
     positive = acc >= 0
     if r is not None:
         r[...] = acc - np.where(positive, scale, -scale).astype(np.float32)
