@@ -1,4 +1,4 @@
-"""Partial weight averaging (SpaceDML, Wang et al., IEEE Network 2021).
+"""Partial weight averaging (SpaceDML, IEEE Network 2021).
 
 Each active agent sends only some tensors, or some blocks of a tensor; every coordinate is averaged
 over the agents that sent it, weighted by their sample counts (× an optional staleness weight), and
