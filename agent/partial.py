@@ -160,6 +160,21 @@ def choose_blocks(
     return sel
 
 
+def measure_bytes_per_value(recipe: str, sample: Mapping[str, npt.NDArray[Any]]) -> float:
+    """Bytes the codec ``recipe`` spends per value on ``sample`` (e.g. a previous delta): the
+    encoded UPDATE payload's msgpack size over the number of values. Uses a fresh codec state, so
+    the agent's error-feedback memory is not touched. ValueError for a recipe the codec refuses."""
+    import msgpack
+
+    from orbitfl.wire.payload import encode_payload, new_codec_state
+
+    n = sum(int(np.size(v)) for v in sample.values())
+    if n == 0:
+        raise ValueError("sample holds no values")
+    payload = encode_payload(recipe, sample, new_codec_state(recipe))
+    return len(msgpack.packb(payload, use_bin_type=True)) / n
+
+
 def _block_len(size: int, block: int, i: int) -> int:
     if block <= 0:
         return size

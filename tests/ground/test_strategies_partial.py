@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from orbitfl.agent.partial import block_scores, choose_blocks
+from orbitfl.agent.partial import block_scores, choose_blocks, measure_bytes_per_value
 from orbitfl.ground.strategies.partial import PartialAverage
 from orbitfl.ground.strategy import FedAvg, make_strategy
 
@@ -220,3 +220,14 @@ def test_choice_with_overhead_always_and_importance() -> None:
         choose_blocks(delta, 10, 0)
     with pytest.raises(ValueError, match="NaN"):
         choose_blocks({"a": np.array([np.nan], np.float32)}, 10, 4)
+
+
+def test_measured_bytes_per_value_follows_the_codec() -> None:
+    rng = np.random.default_rng(9)
+    sample = {"w": rng.standard_normal((64, 64)).astype(np.float32)}
+    fp32 = measure_bytes_per_value("fp32", sample)
+    fp16 = measure_bytes_per_value("fp16", sample)
+    q4 = measure_bytes_per_value("quant:4", sample)
+    assert 4.0 <= fp32 < 4.1 and 2.0 <= fp16 < 2.1 and 0.5 <= q4 < 0.6
+    with pytest.raises(ValueError):
+        measure_bytes_per_value("nosuchstage:3", sample)
