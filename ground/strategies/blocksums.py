@@ -23,17 +23,11 @@ from orbitfl.ground.strategy import Strategy
 from orbitfl.wire.tensors import TensorDict
 
 F64 = npt.NDArray[np.float64]
+CHUNK = 1 << 15  # elements per pass through the float64 scratch (256 KiB)
 
 
 def n_blocks(size: int, block: int) -> int:
     return 1 if block <= 0 or size == 0 else -(-size // block)
-
-
-def expand(per_block: npt.NDArray[Any], size: int, block: int) -> npt.NDArray[Any]:
-    """Per-element values from per-block ones (flat, ``size`` elements)."""
-    if block <= 0:
-        return np.full(size, per_block[0], dtype=per_block.dtype)
-    return np.repeat(per_block, block)[:size]
 
 
 def block_mask_of_nonzero(flat: npt.NDArray[Any], block: int) -> npt.NDArray[np.bool_]:
@@ -53,6 +47,7 @@ class BlockSums:
         if block < 0:
             raise ValueError(f"block must be >= 0 (0: whole tensors), got {block}")
         self.block = block
+        self._scratch = np.empty(CHUNK, np.float64)
         self.sum: dict[str, F64] = {}
         self.w: dict[str, F64] = {}
         self.n: dict[str, F64] = {}
@@ -95,22 +90,38 @@ class BlockSums:
     ) -> None:
         """sum += weight·scale·delta on the sent blocks; w += weight, n += denom there."""
         self.check(delta, masks)
+        coef = weight * scale
         for name, d in delta.items():
             flat = np.asarray(d).reshape(-1)
             acc = self.sum[name].reshape(-1)
             m = None if masks is None else masks.get(name)
             if m is None and zero_is_unsent:
                 m = block_mask_of_nonzero(flat, self.block)
-            coef = weight * scale
-            if m is None or bool(np.all(m)):
-                acc += flat.astype(np.float64) * coef
+            if m is not None and bool(np.all(m)):
+                m = None
+            if m is not None and not bool(np.any(m)):
+                continue
+            # Chunk by chunk through one small float64 scratch (as FedAvg): no model-size
+            # temporary per update.
+            for lo in range(0, flat.size, CHUNK):
+                hi = min(lo + CHUNK, flat.size)
+                s = self._scratch[: hi - lo]
+                np.multiply(flat[lo:hi], coef, out=s, dtype=np.float64)
+                if m is not None:
+                    s *= self._element_mask(m, lo, hi)
+                acc[lo:hi] += s
+            if m is None:
                 self.w[name] += weight
                 self.n[name] += denom
-                continue
-            m = np.asarray(m, dtype=bool)
-            acc += flat.astype(np.float64) * (expand(m, flat.size, self.block) * coef)
-            self.w[name][m] += weight
-            self.n[name][m] += denom
+            else:
+                self.w[name][m] += weight
+                self.n[name][m] += denom
+
+    def _element_mask(self, m: npt.NDArray[np.bool_], lo: int, hi: int) -> npt.NDArray[np.bool_]:
+        if self.block <= 0:
+            return np.full(hi - lo, bool(m[0]))
+        out: npt.NDArray[np.bool_] = m[np.arange(lo, hi) // self.block]
+        return out
 
     def apply(
         self,
@@ -118,7 +129,8 @@ class BlockSums:
         lr: Mapping[str, float] | float,
         divide_by: Mapping[str, str] | str = "w",
     ) -> TensorDict:
-        """global + lr · sum / (w or n), per block; blocks with no weight keep the global value."""
+        """global + lr · sum / (w or n), per block; blocks with no weight keep the global value.
+        Works in place on the sums (they are consumed), chunk by chunk."""
         out: TensorDict = {}
         for name, g in global_weights.items():
             den = self.w if (divide_by if isinstance(divide_by, str) else divide_by[name]) == "w" else self.n
@@ -126,12 +138,19 @@ class BlockSums:
             if per_block is None or not np.any(per_block > 0):
                 out[name] = np.array(g, copy=True)
                 continue
-            rate = lr if isinstance(lr, float | int) else lr[name]
+            rate = float(lr if isinstance(lr, float | int) else lr[name])
             flat_g = np.asarray(g).reshape(-1)
-            dens = expand(per_block, flat_g.size, self.block)
-            step = np.divide(self.sum[name].reshape(-1), dens, out=np.zeros(flat_g.size), where=dens > 0)
-            new = flat_g.astype(np.float64) + float(rate) * step
-            out[name] = new.astype(np.asarray(g).dtype).reshape(np.shape(g))
+            acc = self.sum[name].reshape(-1)
+            # per block: rate / weight, 0 where nobody sent (their sums are 0 too)
+            factor = np.divide(rate, per_block, out=np.zeros_like(per_block), where=per_block > 0)
+            for lo in range(0, flat_g.size, CHUNK):
+                hi = min(lo + CHUNK, flat_g.size)
+                if self.block <= 0:
+                    acc[lo:hi] *= factor[0]
+                else:
+                    acc[lo:hi] *= factor[np.arange(lo, hi) // self.block]
+                acc[lo:hi] += flat_g[lo:hi]
+            out[name] = acc.astype(np.asarray(g).dtype).reshape(np.shape(g))
         return out
 
     def state(self) -> TensorDict:

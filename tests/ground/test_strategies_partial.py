@@ -231,3 +231,28 @@ def test_measured_bytes_per_value_follows_the_codec() -> None:
     assert 4.0 <= fp32 < 4.1 and 2.0 <= fp16 < 2.1 and 0.5 <= q4 < 0.6
     with pytest.raises(ValueError):
         measure_bytes_per_value("nosuchstage:3", sample)
+
+
+def test_tensors_larger_than_one_chunk_with_masks_across_chunk_edges() -> None:
+    rng = np.random.default_rng(10)
+    n, block = 70_001, 1000  # > two 32768-element chunks; blocks straddle the chunk edges
+    g = {"w": rng.standard_normal(n).astype(np.float32)}
+    nb = -(-n // block)
+    ups = [
+        (rng.standard_normal(n).astype(np.float32), rng.random(nb) < 0.5, int(rng.integers(1, 9)))
+        for _ in range(3)
+    ]
+    s = PartialAverage(block=block)
+    s.reset(g)
+    for d, m, k in ups:
+        s.accumulate({"w": d}, k, masks={"w": m})
+    new = s.finalize(g)["w"]
+    num = np.zeros(n)
+    den = np.zeros(n)
+    for d, m, k in ups:
+        e = np.repeat(m, block)[:n]
+        num += np.where(e, k * d.astype(np.float64), 0.0)
+        den += np.where(e, k, 0)
+    want = np.where(den > 0, g["w"] + num / np.where(den > 0, den, 1), g["w"]).astype(np.float32)
+    np.testing.assert_allclose(new, want, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(new[den == 0], g["w"][den == 0])
