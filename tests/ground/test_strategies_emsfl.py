@@ -172,3 +172,24 @@ def test_assignment_travels_as_task_hints() -> None:
         assignment_hints([[0]], ["x"], {"a1": "z"})
     with pytest.raises(ValueError, match="expert indices"):
         experts_for({"experts": {"a1": ["0"]}}, "a1")
+
+
+def test_trainable_for_names_the_agents_experts_and_the_router() -> None:
+    from orbitfl.ground.strategies.assignment import trainable_for
+
+    names = ["router.weight", "router.bias", *(f"expert.{e}.fc{j}.weight" for e in range(3) for j in (1, 2))]
+    hints = {"experts": {"a1": [0, 2]}}
+    assert trainable_for(hints, "a1", names) == [
+        "router.weight",
+        "router.bias",
+        "expert.0.fc1.weight",
+        "expert.0.fc2.weight",
+        "expert.2.fc1.weight",
+        "expert.2.fc2.weight",
+    ]
+    assert trainable_for(hints, "a1", names, shared=()) == [
+        n for n in names if n.startswith(("expert.0.", "expert.2."))
+    ]
+    assert trainable_for(hints, "zz", names) is None
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        trainable_for({"experts": {"a1": [7]}}, "a1", names)

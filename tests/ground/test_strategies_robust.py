@@ -122,3 +122,16 @@ def test_held_updates_are_bounded_and_round_trip_through_state() -> None:
     bad.reset({"w": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="does not fit"):
         bad.load_state({"u0/w": np.zeros(4, np.float32)}, {"n": 1.0})
+
+
+def test_every_registered_strategy_builds_and_bad_options_name_the_strategy() -> None:
+    from orbitfl.ground.strategy import STRATEGIES
+
+    assert {"fedavg", "partial", "fedbuff", "emsfl", "clip", "median", "trimmed"} <= set(STRATEGIES)
+    for name in STRATEGIES:
+        s = make_strategy(name, **({"max_norm": 1.0} if name == "clip" else {}))
+        assert s.name == name
+    with pytest.raises(ValueError, match=r"strategy 'clip'.*max_norm"):
+        make_strategy("clip")
+    with pytest.raises(ValueError, match=r"strategy 'fedbuff'.*bufer_size"):
+        make_strategy("fedbuff", bufer_size=3)
