@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from orbitfl.ground.strategies.blocksums import StaleUpdate, SumStrategy
+from orbitfl.ground.strategies.blocksums import CHUNK, StaleUpdate, SumStrategy
 from orbitfl.ground.strategies.staleness import Staleness
 from orbitfl.ground.strategy import Strategy
 
@@ -28,9 +28,15 @@ from orbitfl.wire.tensors import TensorDict
 
 
 def l2_norm(delta: Mapping[str, npt.NDArray[Any]]) -> float:
-    return math.sqrt(
-        sum(float(np.dot(a.reshape(-1).astype(np.float64), a.reshape(-1))) for a in delta.values())
-    )
+    """L2 norm of all tensors together, summed in float64 chunk by chunk (a float32 dot product
+    would lose digits on a large tensor; a whole float64 copy would cost model-size memory)."""
+    total = 0.0
+    for a in delta.values():
+        flat = np.asarray(a).reshape(-1)
+        for lo in range(0, flat.size, CHUNK):
+            c = flat[lo : lo + CHUNK].astype(np.float64)
+            total += float(c @ c)
+    return math.sqrt(total)
 
 
 class NormClip(SumStrategy):
