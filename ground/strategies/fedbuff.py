@@ -8,8 +8,9 @@ paper's choice) and buffered; after K updates the buffer is applied with a serve
 
 K is the number of buffered updates that carry the tensor (the buffer size when it is full and every
 update is complete; fewer when the ground flushes at a deadline). Dividing by the undiscounted
-total (not by Σ s(τ_i)·n_i) is what makes a stale buffer take a smaller step. Updates older than ``max_staleness`` are refused with a reason. With every τ = 0 and
-η_g = 1 the "samples" form is exactly FedAvg. Tensors an update does not carry are averaged over
+total (not by Σ s(τ_i)·n_i) is what makes a stale buffer take a smaller step. Updates older than
+``max_staleness`` are refused with a reason. With every τ = 0 and η_g = 1 the "samples" form is
+exactly FedAvg. Tensors an update does not carry are averaged over
 the updates that did (as in partial averaging). The buffer is the sums: O(model) memory, durable
 through ``state``/``load_state``.
 """
