@@ -9,7 +9,10 @@ optionally, the shared parts (router, any non-expert layer), and upload only tho
 - shared parts: buffered FedBuff-style, w ← w + η_g · Σ s(τ)·n·Δ / Σ n, so stale updates of the
   router take smaller steps.
 
-Both come from one streaming BlockSums (O(model) memory, durable state).
+Both come from one streaming BlockSums (O(model) memory, durable state). ``zero_is_unsent`` (on by
+default) treats a tensor whose delta is all zeros as not sent: an agent whose trainer returns the
+whole model with its frozen experts unchanged then counts exactly like one that uploaded only its
+experts, instead of pulling other clusters' experts towards zero.
 """
 
 from __future__ import annotations
@@ -44,13 +47,18 @@ class EMSFL(SumStrategy):
         staleness: str = "poly",
         staleness_alpha: float = 0.5,
         max_staleness: int | None = 8,
+        zero_is_unsent: bool = True,
     ) -> None:
         if not expert_prefix:
             raise ValueError("expert_prefix must be non-empty")
         for what, v in (("expert_lr", expert_lr), ("server_lr", server_lr)):
             if not v > 0.0:
                 raise ValueError(f"{what} must be > 0, got {v}")
-        super().__init__(staleness=Staleness(staleness, staleness_alpha), max_staleness=max_staleness)
+        super().__init__(
+            staleness=Staleness(staleness, staleness_alpha),
+            max_staleness=max_staleness,
+            zero_is_unsent=zero_is_unsent,
+        )
         self.expert_prefix = expert_prefix
         self.expert_lr = float(expert_lr)
         self.server_lr = float(server_lr)

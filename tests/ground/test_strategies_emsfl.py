@@ -193,3 +193,30 @@ def test_trainable_for_names_the_agents_experts_and_the_router() -> None:
     assert trainable_for(hints, "zz", names) is None
     with pytest.raises(ValueError, match=r"\[7\]"):
         trainable_for({"experts": {"a1": [7]}}, "a1", names)
+
+
+def test_frozen_experts_sent_as_zeros_count_as_not_sent() -> None:
+    rng = np.random.default_rng(4)
+    g = _moe(rng, 3)
+    a, b = EMSFL(), EMSFL()
+    a.reset(g)
+    b.reset(g)
+    for mine, n in (([0], 5), ([1, 2], 7)):
+        d = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in g.items()}
+        for k in g:
+            e = expert_of(k)
+            if e is not None and e not in mine:
+                d[k] = np.zeros_like(g[k])  # frozen in training: delta exactly zero
+        a.accumulate(d, n)
+        b.accumulate({k: v for k, v in d.items() if np.any(v)}, n)
+    na, nb = a.finalize(g), b.finalize(g)
+    for k in g:
+        np.testing.assert_array_equal(na[k], nb[k])
+    # with the option off, the zeros are averaged in: expert 0 moves half as far
+    c = EMSFL(zero_is_unsent=False)
+    c.reset(g)
+    d0 = {k: np.ones_like(v) if expert_of(k) == 0 else np.zeros_like(v) for k, v in g.items()}
+    d1 = {k: np.zeros_like(v) for k, v in g.items()}
+    c.accumulate(d0, 1)
+    c.accumulate(d1, 1)
+    np.testing.assert_allclose(c.finalize(g)["expert.0.fc2.bias"], g["expert.0.fc2.bias"] + 0.5, rtol=1e-6)
