@@ -45,6 +45,20 @@ def initial_weights(model: str, seed: int) -> dict[str, npt.NDArray[Any]]:
     return zoo.get_weights(zoo.build(model, seed=seed).model)
 
 
+def _where(cfg: GroundConfig) -> str:
+    return f"{cfg.source}: " if cfg.source is not None else ""
+
+
+def _check_recipe(recipe: str) -> None:
+    """An update recipe the codec cannot parse is a config error, found before any agent trains."""
+    from orbitfl.wire.payload import RAW_RECIPES
+
+    if recipe not in RAW_RECIPES:
+        from orbitfl.codec import Pipeline
+
+        Pipeline.parse(recipe)
+
+
 class Evaluator:
     """Scores a global model on held-out data with ONNX Runtime inference (the ground's own view of
     accuracy; agents never send their data)."""
@@ -97,18 +111,26 @@ class GroundDaemon:
         init = None
         if self.store.latest_version() is None:
             init = initial_weights(fed.model, fed.model_seed)
-        mcfg = MachineConfig(
-            rounds=fed.rounds or None,
-            min_updates=fed.min_updates,
-            round_seconds=fed.round_deadline_s,
-            min_updates_at_deadline=fed.min_updates_at_deadline,
-            max_staleness=fed.max_staleness,
-            recipe=fed.codec,
-            task_ttl=fed.task_ttl_s or None,
-            retransmit_seconds=fed.retransmit_s,
-            chunk_bytes=cfg.link.chunk_bytes,
-            window=cfg.link.window,
-        )
+        try:
+            _check_recipe(fed.codec)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(cfg)}federation.codec: {exc}") from None
+        try:
+            mcfg = MachineConfig(
+                rounds=fed.rounds or None,
+                min_updates=fed.min_updates,
+                round_seconds=fed.round_deadline_s,
+                min_updates_at_deadline=fed.min_updates_at_deadline,
+                max_staleness=fed.max_staleness,
+                recipe=fed.codec,
+                task_ttl=fed.task_ttl_s or None,
+                retransmit_seconds=fed.retransmit_s,
+                chunk_bytes=cfg.link.chunk_bytes,
+                window=cfg.link.window,
+                downlink_recipe=fed.downlink_codec or None,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
         self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
         self.evaluator = (

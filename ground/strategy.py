@@ -154,4 +154,14 @@ def make_strategy(name: str, **options: Any) -> Strategy:
     cls = STRATEGIES.get(name)
     if cls is None:
         raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as exc:  # an unknown or missing option: a bad value in the config, not a bug
+        raise ValueError(f"strategy {name!r}: {exc}") from None
+
+
+# Last, because those modules build on the interface above (see orbitfl.ground.strategies).
+from orbitfl.ground.strategies.catalog import CATALOG  # noqa: E402
+
+STRATEGIES.update(CATALOG)
+

@@ -107,6 +107,8 @@ class FederationSection:
     model_seed: int = field(default=0, metadata=_m())  # seeds the initial global weights
     strategy: str = field(default="fedavg", metadata=_m(_one_of("fedavg")))
     codec: str = field(default="fp32", metadata=_m())  # the recipe agents encode updates with
+    # The recipe new global models travel down with, as deltas ("": whole or lossless xor deltas).
+    downlink_codec: str = field(default="", metadata=_m())
     rounds: int = field(default=0, metadata=_m(_at_least(0)))  # 0: run until stopped
     min_updates: int = field(default=2, metadata=_m(_at_least(1)))
     round_deadline_s: float = field(default=600.0, metadata=_m(_positive))

@@ -93,3 +93,15 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "cannot read config" in r.stderr
+    cfg.write_text(
+        f'[ground]\nbind = "tcp://127.0.0.1:1"\nstate_dir = "{tmp_path / "s"}"\ninsecure = true\n'
+        '[federation]\ncodec = "topk:0.1 | nosuchstage"\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "ground", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "federation.codec:" in r.stderr and "nosuchstage" in r.stderr
