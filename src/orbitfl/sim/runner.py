@@ -217,17 +217,24 @@ class Learning:
         self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in parts]
         self.art = work / "artifacts"
         build_artifacts(self.spec, self.art)
+
         def new() -> Any:
             return OrtTrainer(self.art, learning_rate=cfg.lr)
 
         self._new = new
         self.trainers: dict[int, Any] = {}
+        self._bpv: dict[Any, float] = {}
         self.evaluator = self._new()
         self.x_test = np.ascontiguousarray(data.x_test, np.float32)
         self.y_test = data.y_test
 
     def train(
-        self, agent: int, weights: Mapping[str, npt.NDArray[Any]], round_: int, hints: Mapping[str, Any]
+        self,
+        agent: int,
+        agent_id: str,
+        weights: Mapping[str, npt.NDArray[Any]],
+        round_: int,
+        hints: Mapping[str, Any],
     ) -> tuple[dict[str, npt.NDArray[Any]], int, dict[str, float]]:
         tr = self.trainers.get(agent)
         if tr is None:
@@ -240,25 +247,48 @@ class Learning:
         )
         m = tr.train(x, y, epochs=self.cfg.epochs, batch_size=self.cfg.batch_size, seed=seed)
         new = tr.get_weights(list(base))
-        keep = self._trainable(hints)
+        keep = self._trainable(hints, agent_id, list(base))
         delta = {k: new[k] - base[k] for k in base if keep is None or k in keep}
         metrics = {"loss": float(m.loss)}
         if m.accuracy is not None:
             metrics["train_accuracy"] = float(m.accuracy)
         return delta, len(x), metrics
 
-    def _trainable(self, hints: Mapping[str, Any]) -> set[str] | None:
-        """EMS-FL: a task naming experts (or parameters) makes the satellite send only those."""
-        from orbitfl.models.zoo import expert_parameters
+    def _trainable(self, hints: Mapping[str, Any], agent_id: str, names: list[str]) -> set[str] | None:
+        """EMS-FL: a task assigning experts to this satellite makes it send only those (and the
+        shared router); the others go back to the global values."""
+        from orbitfl.ground.strategies.assignment import trainable_for
 
-        if "experts" in hints:
-            names = set(expert_parameters(self.spec, [int(e) for e in hints["experts"]]))
-            if hints.get("router", True):
-                names |= set(self.spec.groups.get("router", []))
-            return names
-        if "trainable" in hints:
-            return {str(n) for n in hints["trainable"]}
-        return None
+        got = trainable_for(hints, agent_id, names)
+        return None if got is None else set(got)
+
+    def partial(
+        self,
+        agent: int,
+        delta: dict[str, npt.NDArray[Any]],
+        opts: Mapping[str, Any],
+        budget: int,
+        recipe: str,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """SpaceDML partial weight averaging, agent side: the blocks that changed most (weighted by
+        the optimizer's curvature, loss-aware) that fit the byte budget; the rest are sent as zeros
+        and the ground's ``partial`` strategy (zero_is_unsent) leaves them alone."""
+        from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
+
+        key = (recipe, tuple(sorted((k, v.shape) for k, v in delta.items())))
+        bpv = self._bpv.get(key)
+        if bpv is None:
+            bpv = self._bpv[key] = measure_bytes_per_value(recipe, delta)
+        curv = self.curvature(agent, list(delta))
+        sel = choose_blocks(
+            delta,
+            budget,
+            bpv,
+            block=int(opts.get("block", 256)),
+            overhead_bytes=float(opts.get("overhead_bytes", 64)),
+            importance=curv,
+        )
+        return sel.tensors(delta)
 
     def curvature(self, agent: int, names: list[str]) -> dict[str, npt.NDArray[np.float32]]:
         """LAQ's curvature estimate D = sqrt(Adam v) + eps of this satellite's optimizer."""
@@ -379,13 +409,16 @@ class Simulation:
         self.learn = Learning(cfg, len(self.names), self.work)
         self.n_params = sum(int(v.size) for v in self.learn.initial.values())
         strategy = make_strategy(cfg.strategy, **cfg.strategy_options)
+        hints = dict(cfg.hints)
+        if cfg.strategy == "emsfl" and "experts" not in hints:
+            hints.update(self._assign_experts())
         gcfg = GroundConfig(
             rounds=cfg.rounds,
             min_updates=cfg.min_updates or len(self.names),
             round_seconds=cfg.round_seconds,
             max_staleness=cfg.max_staleness,
             recipe=cfg.codec,
-            hints=dict(cfg.hints),
+            hints=hints,
             retransmit_seconds=cfg.retransmit_s,
             chunk_bytes=cfg.chunk_bytes,
         )
@@ -416,6 +449,33 @@ class Simulation:
         self.lost = self.duplicated = 0
         self._by_sat = {n: [w for w in self.windows if w.satellite == n] for n in self.names}
         self.stats: dict[str, dict[str, int]] = {n: {"windows": 0, "trainings": 0} for n in self.names}
+
+    def _assign_experts(self) -> dict[str, Any]:
+        """EMS-FL's assignment, made once before training as the ground would from the affinities
+        the boards report in HELLO: satellites of one orbital plane form a cluster (they pass the
+        stations one after another); each cluster gets the experts its data prefers, none shared."""
+        from orbitfl.ground.strategies.assignment import assign_experts, assignment_hints, cluster_affinity
+
+        n_exp = sum(1 for g in self.learn.spec.groups if g.startswith("expert."))
+        if n_exp == 0:
+            raise ValueError(
+                f"strategy 'emsfl' needs a mixture-of-experts model (moe), not {self.cfg.model!r}"
+            )
+        per_plane = max(1, len(self.names) // max(1, self.cfg.planes))
+        members = {n: f"plane-{min(i // per_plane, self.cfg.planes - 1)}" for i, n in enumerate(self.names)}
+        per_agent = {
+            n: np.asarray(self.learn.affinity(i, self.learn.initial)) for i, n in enumerate(self.names)
+        }
+        samples = {n: len(self.learn.parts[i][1]) for i, n in enumerate(self.names)}
+        clusters, aff = cluster_affinity(per_agent, members, samples)
+        if len(clusters) > n_exp:
+            raise ValueError(f"{len(clusters)} clusters but only {n_exp} experts: give the moe more experts")
+        capacity = -(-n_exp // len(clusters))
+        assignment = assign_experts(aff, capacity, min_experts=1)
+        self.progress(
+            "EMS-FL assignment: " + ", ".join(f"{c}: {a}" for c, a in zip(clusters, assignment, strict=True))
+        )
+        return assignment_hints(assignment, clusters, members)
 
     def _capabilities(self, agent: int) -> dict[str, Any]:
         """What a board tells the ground in HELLO; for the moe, EMS-FL's router affinity of its
@@ -531,7 +591,11 @@ class Simulation:
             return  # replaced by a newer task before it finished
         del self._jobs[sat]
         i = self.index[sat]
-        delta, samples, metrics = self.learn.train(i, job.weights, job.task.round, job.task.hints)
+        delta, samples, metrics = self.learn.train(i, sat, job.weights, job.task.round, job.task.hints)
+        if isinstance(job.task.hints.get("partial"), dict):
+            delta = self.learn.partial(
+                i, delta, job.task.hints["partial"], self.update_budget(sat), job.task.recipe
+            )
         if self.learn.spec.groups.get("router"):
             for e, a in enumerate(self.learn.affinity(i, job.weights)):
                 metrics[f"affinity/{e}"] = a
