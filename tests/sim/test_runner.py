@@ -132,3 +132,43 @@ def test_update_budget_is_the_next_windows_capacity_share(tmp_path: Path) -> Non
         assert sim.update_budget("sat-00") == int(100 * 2400 * 0.5 / 8 * 0.5)
     finally:
         sim.close()
+
+
+def test_emsfl_assigns_disjoint_experts_and_satellites_upload_only_theirs(tmp_path: Path) -> None:
+    from orbitfl.ground.strategy import STRATEGIES
+    from orbitfl.wire import Update, decode
+
+    if "emsfl" not in STRATEGIES:
+        pytest.skip("emsfl is not in this build")
+    cfg = small(
+        sats=3,
+        planes=3,
+        model="moe",
+        strategy="emsfl",
+        min_updates=2,
+        max_staleness=4,
+        partition="dirichlet",
+        rounds=3,
+        orbits=20.0,
+    )
+    sim = Simulation(cfg, work=tmp_path / "run")
+    table = sim.ground.cfg.hints["experts"]
+    owned = [e for es in table.values() for e in es]
+    assert len(owned) == len(set(owned)) and set(owned) <= {0, 1, 2, 3} and all(table.values())
+    uploads: list[tuple[str, set[str]]] = []
+    real = sim._transmit
+
+    def spy(sat: str, frame: bytes, *, up: bool) -> None:
+        if up:
+            msg = decode(frame)
+            if isinstance(msg, Update):
+                uploads.append((sat, set(msg.payload["tensors"])))
+        real(sat, frame, up=up)
+
+    sim._transmit = spy  # type: ignore[method-assign]
+    res = sim.run()
+    assert len(res.rounds) == 3 and uploads
+    for sat, names in uploads:
+        experts = {n.split(".")[1] for n in names if n.startswith("expert.")}
+        assert experts == {str(e) for e in table[sat]}, (sat, names)
+        assert {"router.weight", "router.bias"} <= names
