@@ -136,6 +136,7 @@ def test_update_budget_is_the_next_windows_capacity_share(tmp_path: Path) -> Non
 
 def test_emsfl_assigns_disjoint_experts_and_satellites_upload_only_theirs(tmp_path: Path) -> None:
     from orbitfl.ground.strategy import STRATEGIES
+
     from orbitfl.wire import Update, decode
 
     if "emsfl" not in STRATEGIES:
