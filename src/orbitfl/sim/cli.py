@@ -88,8 +88,9 @@ def _cmd(args: argparse.Namespace) -> int:
     print(
         f"done: {len(res.rounds)} rounds, final accuracy "
         f"{'-' if res.final_accuracy is None else f'{res.final_accuracy:.4f}'}, "
-        f"uplink updates {res.uplink_update_bytes:,} B ({'-' if ratio is None else f'{ratio:.1f}'}x less "
-        f"than float32), all uplink {res.uplink_bytes:,} B, downlink {res.downlink_bytes:,} B; "
+        f"uplink updates {res.uplink_update_bytes:,} B (float32 would be {res.float32_bytes:,} B: "
+        f"{'-' if ratio is None else f'{ratio:.2f}'}x), all uplink {res.uplink_bytes:,} B, "
+        f"downlink {res.downlink_bytes:,} B; "
         f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s"
     )
     if res.time_to_target is not None:
