@@ -195,16 +195,19 @@ class GroundStore:
 
     def load_step(self, version: int) -> dict[str, Any] | None:
         path = self.root / "models" / f"d{version:06d}.msgpack"
-        if not path.exists() or self.load_model(version) is None:  # only steps of committed versions
+        if not path.exists() or not self.has_model(version):  # only steps of committed versions
             return None
         d = msgpack.unpackb(path.read_bytes(), raw=False, max_ext_len=0)
         return d if isinstance(d, dict) else None
 
     def load_residual(self, version: int) -> TensorDict | None:
         path = self.root / "models" / f"r{version:06d}.msgpack"
-        if not path.exists() or self.load_model(version) is None:
+        if not path.exists() or not self.has_model(version):
             return None
         return unpack_tensors(path.read_bytes())[0]
+
+    def has_model(self, version: int) -> bool:
+        return self.db.execute("SELECT 1 FROM models WHERE version=?", (version,)).fetchone() is not None
 
     def latest_version(self) -> int | None:
         row = self.db.execute("SELECT MAX(version) FROM models").fetchone()
