@@ -51,6 +51,16 @@ class Strategy(ABC):
     def updates(self) -> int:
         """How many updates were folded in this round."""
 
+    def refusal(self, staleness: int) -> str | None:
+        """Why this strategy would refuse an update ``staleness`` versions old (None: welcome).
+        The ground asks before it stores an update, so a refused one is NACKed, never logged."""
+        return None
+
+    @property
+    def ready(self) -> bool:
+        """The strategy wants the round closed now (e.g. FedBuff's buffer holds K updates)."""
+        return False
+
 
 class FedAvg(Strategy):
     """Sample-weighted mean of the deltas, added to the global model (McMahan et al. 2017).

@@ -22,8 +22,8 @@ namespace {
 
 std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
 
-// The array behind `obj`, if it is a C-contiguous ndarray of exactly dtype T: a wrong dtype is a
-// TypeError (never a silent conversion), a strided view a ValueError.
+// The array behind `obj`, if it is a C-contiguous, aligned ndarray of exactly dtype T: a wrong
+// dtype is a TypeError (never a silent conversion), a strided or misaligned view a ValueError.
 template <typename T>
 py::array checked(py::handle obj, const char* name) {
   const py::dtype want = py::dtype::of<T>();
@@ -38,6 +38,12 @@ py::array checked(py::handle obj, const char* name) {
                          std::string(py::str(a.dtype())));
   }
   if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  // A view at an odd byte offset (np.frombuffer(..., offset=1)) would be read through a misaligned
+  // T*, which C++ does not allow.
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
+    throw py::value_error(std::string(name) + " must be aligned to " + std::to_string(alignof(T)) +
+                          " bytes (copy it first)");
+  }
   return a;
 }
 

@@ -163,6 +163,11 @@ class _Held(Strategy):
     def updates(self) -> int:
         return len(self._held)
 
+    @property
+    def ready(self) -> bool:
+        """max_updates are held: close the round rather than refuse the next update."""
+        return len(self._held) >= self.max_updates
+
 
 class CoordinateMedian(_Held):
     name = "median"

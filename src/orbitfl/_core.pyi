@@ -29,6 +29,8 @@ U32 = NDArray[np.uint32]
 # ---------------------------------------------------------------------------------------------
 # Bit packing
 # ---------------------------------------------------------------------------------------------
+# The kernels from here to sign_decode also refuse misaligned views
+# (np.frombuffer at an odd offset) with ValueError.
 def pack_bits(symbols: U8, bits: int) -> U8:
     """Pack uint8 symbols (each < 2**bits, bits in 1..8) densely; len = ceil(n*bits/8)."""
 

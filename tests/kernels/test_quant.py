@@ -222,6 +222,27 @@ def test_a_million_values(kern: ModuleType) -> None:
     np.testing.assert_array_equal(kern.from_float16(kern.to_float16(x)), x.astype(np.float16).astype(F32))
 
 
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    x = np.arange(64, dtype=F32)
+    with pytest.raises(ValueError, match="aligned"):
+        kern.quantize(misaligned(x), 4)
+    with pytest.raises(ValueError, match="aligned"):
+        kern.topk(x, 3, misaligned(x))
+    with pytest.raises(ValueError, match="aligned"):
+        kern.from_float16(misaligned(np.zeros(8, np.uint16)))
+    with pytest.raises(ValueError, match="aligned"):
+        kern.delta_encode_indices(misaligned(np.arange(4, dtype=np.uint32)))
+    # uint8 buffers have no alignment to break
+    packed = kern.pack_bits(np.ones(8, np.uint8), 1)
+    assert kern.unpack_bits(np.frombuffer(b"\0" + packed.tobytes(), np.uint8, offset=1), 8, 1).sum() == 8
+
+
 def test_huge_n_with_a_short_buffer_is_a_value_error(kern: ModuleType) -> None:
     # Checked before anything of size n is allocated.
     p = np.zeros(4, np.uint8)
