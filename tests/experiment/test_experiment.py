@@ -143,3 +143,33 @@ def test_simulate_prints_rounds_and_writes_a_report(
     assert "partition" in capsys.readouterr().err
     assert main(["simulate", "--strategy", "nope", "--orbits", "1"]) == 2
     assert "available" in capsys.readouterr().err
+
+
+def test_simulate_on_tles_with_sgp4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("sgp4")
+    tle = tmp_path / "sats.tle"
+    tle.write_text(
+        "ISS (ZARYA)\n"
+        "1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927\n"
+        "2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537\n"
+    )
+    rc = main(
+        [
+            "simulate",
+            "--tle",
+            str(tle),
+            "--orbits",
+            "32",
+            "--rounds",
+            "2",
+            "--stations",
+            "toulouse:43.6:1.44:10",
+            "--partition",
+            "iid",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "1 satellites" in out and "round    2" in out
+    assert main(["simulate", "--tle", str(tmp_path / "missing.tle")]) == 2
+    assert "cannot read TLE file" in capsys.readouterr().err

@@ -361,7 +361,15 @@ def load_windows(cfg: SimConfig) -> tuple[list[Window], list[str], float]:
         names = sorted({w.satellite for w in ws})
         duration = min(duration, max(w.end for w in ws)) if cfg.orbits else max(w.end for w in ws)
     elif cfg.tle_file:
-        tles = parse_tles(Path(cfg.tle_file).read_text())
+        try:
+            tles = parse_tles(Path(cfg.tle_file).read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read TLE file {cfg.tle_file}: {exc.strerror or exc}") from None
+        # orbits counted in the first satellite's period (mean motion, revolutions per day)
+        try:
+            duration = cfg.orbits * 86400.0 / float(tles[0][2][52:63])
+        except ValueError:
+            raise ValueError(f"{cfg.tle_file}: bad mean motion on line 2 of {tles[0][0]!r}") from None
         ws = tle_windows(tles, cfg.station_list(), duration, step_s=cfg.step_s)
         names = [n for n, _, _ in tles]
     else:
