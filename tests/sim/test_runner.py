@@ -173,3 +173,43 @@ def test_emsfl_assigns_disjoint_experts_and_satellites_upload_only_theirs(tmp_pa
         experts = {n.split(".")[1] for n in names if n.startswith("expert.")}
         assert experts == {str(e) for e in table[sat]}, (sat, names)
         assert {"router.weight", "router.bias"} <= names
+
+
+def test_spacedml_partial_updates_fit_the_next_windows_budget(tmp_path: Path) -> None:
+    from orbitfl.ground.strategy import STRATEGIES
+
+    from orbitfl.wire import Update, decode
+    from orbitfl.wire.payload import decode_payload
+
+    if "partial" not in STRATEGIES:
+        pytest.skip("partial is not in this build")
+    cfg = small(
+        strategy="partial",
+        strategy_options={"zero_is_unsent": True, "block": 256},
+        hints={"partial": {"block": 256}},
+        codec="fp16",
+        link_share=0.05,
+        budget_fraction=0.02,
+        rounds=2,
+        orbits=20.0,
+    )
+    sim = Simulation(cfg, work=tmp_path / "run")
+    sent: list[tuple[int, float]] = []
+    real = sim._transmit
+
+    def spy(sat: str, frame: bytes, *, up: bool) -> None:
+        if up:
+            msg = decode(frame)
+            if isinstance(msg, Update):
+                vals = decode_payload(msg.payload)
+                nonzero = sum(int((v != 0).sum()) for v in vals.values())
+                sent.append((len(frame), nonzero / sim.n_params))
+        real(sat, frame, up=up)
+
+    sim._transmit = spy  # type: ignore[method-assign]
+    budget = sim.update_budget("sat-00")
+    res = sim.run()
+    assert len(res.rounds) == 2 and sent
+    assert all(0 < frac < 0.5 for _, frac in sent), sent  # only the chosen blocks carry values
+    assert all(n <= budget * 1.5 + 600 for n, _ in sent), (budget, sent)
+    assert budget < res.n_params * 2  # the budget binds: the whole model as fp16 would not fit
