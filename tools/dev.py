@@ -90,7 +90,8 @@ def cpp_tests() -> None:
 def cross_setup() -> None:
     """Provision the aarch64 run (tests/cross, docs/aarch64.md) in CI or when ORBITFL_CROSS=1.
 
-    Elsewhere tests/cross runs only once a worktree was provisioned, and skips saying how.
+    tests/cross runs in the same two cases (and skips, saying why, otherwise): it adds minutes of
+    emulation, which CI must pay but a developer's quick run need not. ORBITFL_CROSS=0 turns it off.
     """
     asked = os.environ.get("ORBITFL_CROSS", "")
     if asked == "0" or (asked != "1" and os.environ.get("CI", "").lower() != "true"):

@@ -344,6 +344,13 @@ def cross_build() -> None:
     if need:
         raise Missing(f"missing Debian packages {', '.join(need)}; as root run:\n  {apt_command(need)}")
     with_python = rootfs_ready()
+    cache = build_dir() / "CMakeCache.txt"
+    text = cache.read_text() if cache.exists() else ""
+    configured = re.search(r"^CMAKE_TOOLCHAIN_FILE:\w+=(.*)$", text, re.M)
+    if text and (not configured or configured.group(1) != str(TOOLCHAIN)):
+        # A tree configured without this toolchain keeps its host compiler: start it afresh.
+        log(f"{build_dir()} was not configured with {TOOLCHAIN.name}: removing it")
+        shutil.rmtree(build_dir())
     cmd: list[object] = [host_tool("cmake"), "-S", ROOT, "-B", build_dir(),
                          f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", "-DCMAKE_BUILD_TYPE=Release",
                          f"-DORBITFL_QEMU_CPU={QEMU_CPU}", "-DORBITFL_BUILD_TESTS=ON",
@@ -369,6 +376,16 @@ def ctest() -> None:
     run([host_tool("ctest"), "--test-dir", build_dir(), "--output-on-failure"])
 
 
+EM_AARCH64 = 183  # ELF e_machine of AArch64
+
+
+def elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    if header[:4] != b"\x7fELF":
+        raise RuntimeError(f"{path} is not an ELF file")
+    return int.from_bytes(header[18:20], "little")
+
+
 def wheel_packages() -> dict[str, str]:
     """pyproject's wheel.packages: package path in the wheel -> folder in the repo."""
     try:
@@ -386,6 +403,9 @@ def assemble() -> Path:
     cores = sorted(build_dir().glob("_core.*.so"))
     if not cores:
         raise RuntimeError(f"no _core.*.so in {build_dir()}: the cross build made no Python module")
+    for core in cores:
+        if elf_machine(core) != EM_AARCH64:
+            raise RuntimeError(f"{core} is not an aarch64 binary: remove {build_dir()} and build again")
     tree = package_tree()
     shutil.rmtree(tree, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
@@ -409,9 +429,46 @@ def build() -> None:
 # --------------------------------------------------------------------------------------------
 # Tests under emulation
 # --------------------------------------------------------------------------------------------
+# Disjoint halves of the kernel suite (complementary -k expressions) for two emulated processes:
+# qemu-user runs each guest on one host thread, so two processes use both cores.
+SUITE_HALVES = (["-k", "numpy"], ["-k", "not numpy"])
+
+
+def kernel_suite(timeout: float = 1800) -> tuple[bool, str]:
+    """Run tests/kernels under the emulated Python, split in two concurrent halves.
+
+    Returns (every half passed and ran tests, the combined output)."""
+    if not (package_tree() / "orbitfl").is_dir():
+        raise Missing(f"no aarch64 package tree in {package_tree()}: run `{Path(__file__).name} build` first")
+    base = [*qemu(rootfs()), str(target_python()), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            *DEFAULT_PYTEST_ARGS]
+    for half in SUITE_HALVES:
+        print("+", " ".join([*base, *half]), "&", file=sys.stderr, flush=True)
+    procs = [subprocess.Popen([*base, *half], cwd=ROOT, env=emulated_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for half in SUITE_HALVES]
+    outputs, ok = [], True
+    for proc, half in zip(procs, SUITE_HALVES, strict=True):
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        ran = re.search(r"\b[1-9]\d* passed", out) is not None
+        ok = ok and proc.returncode == 0 and ran
+        outputs.append(f"--- tests/kernels {' '.join(half)} (exit {proc.returncode})\n{out}")
+    return ok, "\n".join(outputs)
+
+
 def pytest(args: Sequence[str]) -> None:
+    if not args:
+        ok, out = kernel_suite()
+        print(out, flush=True)
+        if not ok:
+            raise SystemExit("[aarch64] the kernel suite failed under emulation")
+        return
     # -p no:cacheprovider: the emulated run must not leave a .pytest_cache in the repo.
-    emulated_python(["-m", "pytest", "-p", "no:cacheprovider", *(args or DEFAULT_PYTEST_ARGS)])
+    emulated_python(["-m", "pytest", "-p", "no:cacheprovider", *args])
 
 
 def digests_native(python: str, backend: str = "cpp") -> dict[str, str]:
