@@ -51,6 +51,16 @@ class Strategy(ABC):
     def updates(self) -> int:
         """How many updates were folded in this round."""
 
+    def refusal(self, staleness: int) -> str | None:
+        """Why this strategy would refuse an update ``staleness`` versions old (None: welcome).
+        The ground asks before it stores an update, so a refused one is NACKed, never logged."""
+        return None
+
+    @property
+    def ready(self) -> bool:
+        """The strategy wants the round closed now (e.g. FedBuff's buffer holds K updates)."""
+        return False
+
 
 class FedAvg(Strategy):
     """Sample-weighted mean of the deltas, added to the global model (McMahan et al. 2017).
@@ -154,4 +164,14 @@ def make_strategy(name: str, **options: Any) -> Strategy:
     cls = STRATEGIES.get(name)
     if cls is None:
         raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as exc:  # an unknown or missing option: a bad value in the config, not a bug
+        raise ValueError(f"strategy {name!r}: {exc}") from None
+
+
+# Last, because those modules build on the interface above (see orbitfl.ground.strategies).
+from orbitfl.ground.strategies.catalog import CATALOG  # noqa: E402
+
+STRATEGIES.update(CATALOG)
+

@@ -25,8 +25,8 @@ PY = BIN / "python"
 
 # What each job installs on top of the package itself.
 EXTRAS = {
-    "demo": "bench,data,train,litert,fed",
-    "test": "test,dev,bench,data,train,litert,fed",
+    "demo": "bench,data,train,litert,fed,sim",
+    "test": "test,dev,bench,data,train,litert,fed,sim",
 }
 
 

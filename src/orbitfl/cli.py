@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("orbitfl.demo", "a ground and N agents as local processes: accuracy against bytes"),
     "model": ("orbitfl.models.cli", "model zoo: build ONNX Runtime training artifacts, train, export"),
     "bench": ("orbitfl.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
+    "simulate": ("orbitfl.sim.cli", "a constellation federating on a virtual clock, in one process"),
+    "experiment": ("orbitfl.experiment.sweep", "sweep codec x strategy x data split on the simulator"),
 }
 
 

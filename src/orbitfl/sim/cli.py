@@ -1,0 +1,131 @@
+"""``orbitfl simulate``: a constellation federating on a virtual clock, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from orbitfl.experiment.report import run_record, write_report
+from orbitfl.sim.runner import SimConfig, Simulation, load_windows
+
+OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--sats", "sats", int, "satellites in the Walker constellation (default 12)"),
+    ("--planes", "planes", int, "orbital planes (default 3)"),
+    ("--altitude-km", "altitude_km", float, "orbit altitude (default 550)"),
+    ("--inclination", "inclination_deg", float, "inclination in degrees (default 97.6)"),
+    ("--orbits", "orbits", float, "simulated duration in orbital periods (default 100)"),
+    ("--rounds", "rounds", int, "stop after this many rounds (default: when the orbits end)"),
+    ("--model", "model", str, "zoo model (default mlp)"),
+    ("--dataset", "dataset", str, "digits | mnist | hyperspectral | mnist1d (default digits)"),
+    ("--mnist-path", "mnist_path", str, "folder with the MNIST IDX files (dataset mnist)"),
+    ("--partition", "partition", str, "dirichlet | iid | shard (default dirichlet)"),
+    ("--alpha", "alpha", float, "Dirichlet concentration of the non-IID split (default 0.5)"),
+    ("--codec", "codec", str, "codec recipe of the updates (default fp32)"),
+    ("--strategy", "strategy", str, "aggregation strategy (default fedavg)"),
+    ("--min-updates", "min_updates", int, "updates that close a round (default: every satellite)"),
+    ("--rate-bps", "rate_bps", float, "override every window's data rate"),
+    ("--windows-csv", "windows_csv", str, "contact windows from this CSV instead of the geometry"),
+    ("--tle", "tle_file", str, "propagate these TLEs with sgp4 instead of a Walker constellation"),
+    ("--seed", "seed", int, "seed of data split, model and training (default 0)"),
+    ("--target", "target_accuracy", float, "accuracy whose first simulated time is reported"),
+)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read config {p}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config {p} is not valid TOML: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    base: dict[str, Any] = {}
+    if args.config:
+        raw = load_toml(args.config)
+        base = dict(raw.get("sim", raw))
+    for _, dest, _, _ in OPTIONS:
+        v = getattr(args, dest)
+        if v is not None:
+            base[dest] = v
+    if args.stations:
+        base["stations"] = list(args.stations)
+    return SimConfig.from_dict(base, str(args.config or "options"))
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+        windows = load_windows(cfg)
+        if args.windows_out:
+            from orbitfl.sim.orbits import write_csv
+
+            write_csv(windows[0], args.windows_out)
+            print(f"wrote {len(windows[0])} windows to {args.windows_out}")
+        sim = Simulation(cfg, progress=print, windows=windows)
+    except (ValueError, ImportError, OSError) as exc:
+        print(f"orbitfl simulate: {exc}", file=sys.stderr)
+        return 2
+    ws = windows[0]
+    mean = sum(w.duration for w in ws) / len(ws)
+    print(
+        f"{len(windows[1])} satellites, {len(ws)} contact windows over {windows[2] / 3600:.1f} h "
+        f"(mean {mean / 60:.1f} min); {cfg.model} on {cfg.dataset} ({cfg.partition}), "
+        f"codec {cfg.codec!r}, strategy {cfg.strategy!r}"
+    )
+    res = sim.run()
+    ratio = res.ratio_vs_float32
+    print(
+        f"done: {len(res.rounds)} rounds, final accuracy "
+        f"{'-' if res.final_accuracy is None else f'{res.final_accuracy:.4f}'}, "
+        f"uplink updates {res.uplink_update_bytes:,} B (float32 would be {res.float32_bytes:,} B: "
+        f"{'-' if ratio is None else f'{ratio:.2f}'}x), all uplink {res.uplink_bytes:,} B, "
+        f"downlink {res.downlink_bytes:,} B; "
+        f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s"
+    )
+    if res.time_to_target is not None:
+        print(f"target accuracy {cfg.target_accuracy} reached at {res.time_to_target / 3600:.2f} h")
+    if args.report:
+        rec = run_record(
+            res,
+            {
+                "codec": cfg.codec,
+                "strategy": cfg.strategy,
+                "dataset": cfg.dataset,
+                "partition": cfg.partition,
+                "seed": cfg.seed,
+                "name": "simulate",
+            },
+        )
+        paths = write_report([rec], Path(args.report))
+        print("report: " + ", ".join(str(p) for p in paths))
+    if args.json:
+        print(json.dumps({"final_accuracy": res.final_accuracy, "rounds": len(res.rounds)}))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("simulate", help="a constellation federating on a virtual clock")
+    p.add_argument("--config", help="TOML file (keys of [sim]; options given here override it)")
+    for flag, dest, typ, help_text in OPTIONS:
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_text)
+    p.add_argument(
+        "--stations",
+        nargs="+",
+        metavar="NAME:LAT:LON[:MASK[:RATE]]",
+        help="ground stations (default: svalbard, toulouse, hawaii)",
+    )
+    p.add_argument("--windows-out", help="also write the contact windows to this CSV")
+    p.add_argument("--report", help="folder for report.json, rounds.csv and plots")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,731 @@
+"""A constellation on a virtual clock: the real GroundMachine and AgentMachines, one process.
+
+The simulator is a discrete-event loop. It owns time and the radio, nothing else: contact windows
+open and close links (LinkUp/LinkDown, PeerSilent), frames cross a link only inside a window and at
+the window's rate (a frame still on the air when the window closes is lost, so a large transfer
+continues in the next window through the machines' own chunked resume), ticks drive deadlines and
+retransmits, and a training job takes ``epochs × seconds_per_epoch`` of virtual time on the real
+ONNX Runtime trainer with the satellite's own share of the data. What the machines decide — tasks,
+exactly-once ingestion, rounds, codecs — is the code the daemons run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from orbitfl.sim.orbits import (
+    DEFAULT_STATIONS,
+    Station,
+    Walker,
+    Window,
+    merge_overlaps,
+    parse_station,
+    parse_tles,
+    read_csv,
+    tle_windows,
+    walker_windows,
+)
+from orbitfl.wire.events import StartTraining, TrainingDone
+
+PARTITIONS = ("dirichlet", "iid", "shard")
+TRAINING_DONE_FIELDS = frozenset(f.name for f in fields(TrainingDone))
+
+
+@dataclass
+class SimConfig:
+    # constellation and ground segment
+    sats: int = 12
+    planes: int = 3
+    phasing: int | None = None  # Walker f; None: 1 with several planes, else 0
+    altitude_km: float = 550.0
+    inclination_deg: float = 97.6
+    stations: list[str] = field(default_factory=list)  # name:lat:lon[:mask_deg[:rate_bps]]
+    orbits: float = 100.0  # simulated duration, in orbital periods
+    windows_csv: str | None = None  # use these windows instead of the Walker geometry
+    tle_file: str | None = None  # or these TLEs (sgp4)
+    step_s: float = 10.0  # geometry sampling step
+    rate_bps: float | None = None  # override every window's rate
+    link_share: float = 1.0  # fraction of each window's rate given to federated learning
+    latency_s: float = 0.02
+    # federation
+    model: str = "mlp"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    mnist_path: str | None = None
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    codec: str = "fp32"
+    strategy: str = "fedavg"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    hints: dict[str, Any] = field(default_factory=dict)
+    rounds: int | None = None  # None: as many as the orbits allow
+    min_updates: int | None = None  # None: every satellite (synchronous FedAvg)
+    round_seconds: float = 6 * 3600.0
+    max_staleness: int = 1
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float | None = None
+    seconds_per_epoch: float = 120.0
+    heartbeat_s: float = 120.0
+    retransmit_s: float = 60.0
+    chunk_bytes: int = 16 << 10
+    tick_s: float = 5.0
+    budget_fraction: float = 0.05  # share of the next window's uplink one adaptive (alq) update may use
+    duplicate_rate: float = 0.0  # probability the radio delivers a frame twice
+    target_accuracy: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
+        for name in (
+            "orbits",
+            "step_s",
+            "seconds_per_epoch",
+            "heartbeat_s",
+            "retransmit_s",
+            "tick_s",
+            "round_seconds",
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if not 0 < self.link_share <= 1:
+            raise ValueError(f"link_share must be in (0, 1], got {self.link_share}")
+        if not 0 < self.budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if not 0 <= self.duplicate_rate < 1:
+            raise ValueError(f"duplicate_rate must be in [0, 1), got {self.duplicate_rate}")
+        if self.epochs < 1 or self.batch_size < 1 or self.chunk_bytes < 1024:
+            raise ValueError("epochs and batch_size must be >= 1 and chunk_bytes >= 1024")
+        if self.rounds is not None and self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.min_updates is not None and self.min_updates < 1:
+            raise ValueError(f"min_updates must be >= 1, got {self.min_updates}")
+        if self.rate_bps is not None and not self.rate_bps > 0:
+            raise ValueError(f"rate_bps must be > 0, got {self.rate_bps}")
+        if self.dataset == "mnist" and not self.mnist_path:
+            raise ValueError("dataset 'mnist' needs mnist_path: the folder holding the four IDX files")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> SimConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**dict(d))
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def walker(self) -> Walker:
+        f = self.phasing if self.phasing is not None else (1 if self.planes > 1 else 0)
+        return Walker(self.sats, self.planes, f, self.altitude_km, self.inclination_deg)
+
+    def station_list(self) -> list[Station]:
+        return [parse_station(s) for s in self.stations] if self.stations else list(DEFAULT_STATIONS)
+
+
+@dataclass
+class RoundRow:
+    round: int
+    version: int
+    time_s: float
+    accuracy: float | None
+    updates: int
+    uplink_update_bytes: int  # cumulative, UPDATE frames and their chunks on the air
+    uplink_bytes: int  # cumulative, everything satellites sent (control frames too)
+    downlink_bytes: int  # cumulative, everything the ground sent
+    float32_bytes: int  # cumulative, what the accepted updates weigh as raw float32
+
+
+@dataclass
+class SimResult:
+    config: dict[str, Any]
+    rounds: list[RoundRow]
+    final_accuracy: float | None
+    sim_seconds: float
+    wall_seconds: float
+    windows: int
+    accepted_updates: int
+    duplicates_seen: int
+    frames_lost: int
+    frames_duplicated: int
+    uplink_update_bytes: int
+    uplink_bytes: int
+    downlink_bytes: int
+    float32_bytes: int
+    n_params: int
+    time_to_target: float | None
+    refused: dict[str, int]
+    agent_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def ratio_vs_float32(self) -> float | None:
+        return None if self.uplink_update_bytes == 0 else self.float32_bytes / self.uplink_update_bytes
+
+
+# --- the learning side ----------------------------------------------------------------------------
+
+
+class Learning:
+    """Data shares, one ORT trainer per satellite (each keeps its own optimizer state, as a board
+    would) and the ground's held-out evaluation."""
+
+    def __init__(self, cfg: SimConfig, n_agents: int, work: Path) -> None:
+        from orbitfl.agent.ort_trainer import OrtTrainer
+        from orbitfl.data.datasets import load
+        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
+        from orbitfl.models.artifacts import build_artifacts
+        from orbitfl.models.zoo import build, get_weights
+
+        self.cfg = cfg
+        if cfg.dataset == "mnist":
+            data = load("mnist", path=cfg.mnist_path)
+        else:
+            data = load(cfg.dataset, seed=cfg.seed)
+        self.data = data
+        opts = dict(cfg.model_options)
+        if cfg.model in ("mlp", "moe", "lenet-s") and "input" not in opts:
+            opts["input"] = "x".join(map(str, data.sample_shape))
+        if cfg.model == "spectral-cnn" and "input" not in opts:
+            opts["input"] = int(np.prod(data.sample_shape))
+        self.spec = build(cfg.model, seed=cfg.seed, **opts)
+        self.initial = get_weights(self.spec.model)
+        y = data.y_train
+        if data.task != "classification" or cfg.partition == "iid":
+            parts = iid_partition(len(y), n_agents, seed=cfg.seed)
+        elif cfg.partition == "dirichlet":
+            parts = dirichlet_partition(y, n_agents, cfg.alpha, seed=cfg.seed)
+        else:
+            parts = shard_partition(y, n_agents, cfg.shards_per_client, seed=cfg.seed)
+        self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in parts]
+        self.art = work / "artifacts"
+        build_artifacts(self.spec, self.art)
+
+        def new() -> Any:
+            return OrtTrainer(self.art, learning_rate=cfg.lr)
+
+        self._new = new
+        self.trainers: dict[int, Any] = {}
+        self._bpv: dict[Any, float] = {}
+        self.evaluator = self._new()
+        self.x_test = np.ascontiguousarray(data.x_test, np.float32)
+        self.y_test = data.y_test
+
+    def train(
+        self,
+        agent: int,
+        agent_id: str,
+        weights: Mapping[str, npt.NDArray[Any]],
+        round_: int,
+        hints: Mapping[str, Any],
+    ) -> tuple[dict[str, npt.NDArray[Any]], int, dict[str, float]]:
+        tr = self.trainers.get(agent)
+        if tr is None:
+            tr = self.trainers[agent] = self._new()
+        base = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        tr.set_weights(base)
+        x, y = self.parts[agent]
+        seed = int.from_bytes(
+            hashlib.blake2b(f"{self.cfg.seed}:{agent}:{round_}".encode(), digest_size=4).digest(), "little"
+        )
+        m = tr.train(x, y, epochs=self.cfg.epochs, batch_size=self.cfg.batch_size, seed=seed)
+        new = tr.get_weights(list(base))
+        keep = self._trainable(hints, agent_id, list(base))
+        delta = {k: new[k] - base[k] for k in base if keep is None or k in keep}
+        metrics = {"loss": float(m.loss)}
+        if m.accuracy is not None:
+            metrics["train_accuracy"] = float(m.accuracy)
+        return delta, len(x), metrics
+
+    def _trainable(self, hints: Mapping[str, Any], agent_id: str, names: list[str]) -> set[str] | None:
+        """EMS-FL: a task assigning experts to this satellite makes it send only those (and the
+        shared router); the others go back to the global values."""
+        from orbitfl.ground.strategies.assignment import trainable_for
+
+        got = trainable_for(hints, agent_id, names)
+        return None if got is None else set(got)
+
+    def partial(
+        self,
+        agent: int,
+        delta: dict[str, npt.NDArray[Any]],
+        opts: Mapping[str, Any],
+        budget: int,
+        recipe: str,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """SpaceDML partial weight averaging, agent side: the blocks that changed most (weighted by
+        the optimizer's curvature, loss-aware) that fit the byte budget; the rest are sent as zeros
+        and the ground's ``partial`` strategy (zero_is_unsent) leaves them alone."""
+        from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
+
+        key = (recipe, tuple(sorted((k, v.shape) for k, v in delta.items())))
+        bpv = self._bpv.get(key)
+        if bpv is None:
+            bpv = self._bpv[key] = measure_bytes_per_value(recipe, delta)
+        curv = self.curvature(agent, list(delta))
+        sel = choose_blocks(
+            delta,
+            budget,
+            bpv,
+            block=int(opts.get("block", 256)),
+            overhead_bytes=float(opts.get("overhead_bytes", 64)),
+            importance=curv,
+        )
+        return sel.tensors(delta)
+
+    def curvature(self, agent: int, names: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """LAQ's curvature estimate D = sqrt(Adam v) + eps of this satellite's optimizer."""
+        v = self.trainers[agent].second_moments()
+        return {n: (np.sqrt(v[n]) + 1e-8).astype(np.float32) for n in names if n in v}
+
+    def affinity(self, agent: int, weights: Mapping[str, npt.NDArray[Any]]) -> list[float]:
+        from orbitfl.models.zoo import moe_gates
+
+        return [float(v) for v in moe_gates(weights, self.parts[agent][0]).mean(axis=0)]
+
+    def evaluate(self, weights: Mapping[str, npt.NDArray[Any]]) -> float:
+        """Test accuracy; for the hyperspectral background model, the ROC AUC of detecting the rare
+        target pixels by their reconstruction error (what background learning is for)."""
+        self.evaluator.set_weights({k: np.asarray(v, np.float32) for k, v in weights.items()})
+        if self.data.task == "classification":
+            acc = self.evaluator.evaluate(self.x_test, self.y_test).accuracy
+            return float(acc) if acc is not None else float("nan")
+        pred = self.evaluator.predict(self.x_test)
+        err = np.mean((pred.reshape(len(pred), -1) - self.y_test.reshape(len(pred), -1)) ** 2, axis=1)
+        labels = np.asarray(self.data.info["labels_test"]) > 0
+        return roc_auc(err, labels)
+
+
+def roc_auc(score: npt.NDArray[Any], positive: npt.NDArray[np.bool_]) -> float:
+    """Mann-Whitney AUC with ties averaged."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    s = score[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# --- the radio ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Link:
+    window: Window
+    serial: int
+    up_free: float
+    down_free: float
+
+
+def frame_type(frame: bytes) -> str:
+    """The envelope's type, or '?' for bytes that do not decode (counted, never trusted)."""
+    try:
+        d = msgpack.unpackb(frame, raw=False)
+    except Exception:
+        return "?"
+    return str(d.get("type", "?")) if isinstance(d, dict) else "?"
+
+
+def load_windows(cfg: SimConfig) -> tuple[list[Window], list[str], float]:
+    """(windows merged per satellite, satellite names, simulated duration in seconds)."""
+    walker = cfg.walker()
+    duration = cfg.orbits * walker.period_s
+    if cfg.windows_csv:
+        ws = read_csv(cfg.windows_csv)
+        names = sorted({w.satellite for w in ws})
+        duration = min(duration, max(w.end for w in ws)) if cfg.orbits else max(w.end for w in ws)
+    elif cfg.tle_file:
+        try:
+            tles = parse_tles(Path(cfg.tle_file).read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read TLE file {cfg.tle_file}: {exc.strerror or exc}") from None
+        # orbits counted in the first satellite's period (mean motion, revolutions per day)
+        try:
+            duration = cfg.orbits * 86400.0 / float(tles[0][2][52:63])
+        except ValueError:
+            raise ValueError(f"{cfg.tle_file}: bad mean motion on line 2 of {tles[0][0]!r}") from None
+        ws = tle_windows(tles, cfg.station_list(), duration, step_s=cfg.step_s)
+        names = [n for n, _, _ in tles]
+    else:
+        ws = walker_windows(walker, cfg.station_list(), duration, step_s=cfg.step_s)
+        names = walker.names()
+    if cfg.rate_bps is not None:
+        ws = [Window(w.satellite, w.station, w.start, w.end, cfg.rate_bps, w.max_elevation_deg) for w in ws]
+    return merge_overlaps(ws), names, duration
+
+
+# --- the simulation -------------------------------------------------------------------------------
+
+
+class Simulation:
+    def __init__(
+        self,
+        cfg: SimConfig,
+        *,
+        work: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        windows: tuple[list[Window], list[str], float] | None = None,
+    ) -> None:
+        from orbitfl.agent.machine import AgentConfig, AgentMachine
+        from orbitfl.agent.outbox import Outbox
+        from orbitfl.ground.machine import GroundConfig, GroundMachine
+        from orbitfl.ground.store import GroundStore
+        from orbitfl.ground.strategy import STRATEGIES, make_strategy
+
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy {cfg.strategy!r} is not available in this build; available: {sorted(STRATEGIES)}"
+            )
+        check_codec(cfg.codec)
+        self.cfg = cfg
+        self.progress = progress or (lambda s: None)
+        # The stores fsync every commit, as on a board; in RAM that costs nothing, on a shared disk
+        # it was most of the wall time of a run.
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._tmp = None if work is not None else tempfile.mkdtemp(prefix="orbitfl-sim-", dir=shm)
+        self.work = Path(work if work is not None else self._tmp)  # type: ignore[arg-type]
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.windows, self.names, self.duration = windows if windows is not None else load_windows(cfg)
+        if not self.windows:
+            raise ValueError("no contact window at all: check the stations, elevation masks and orbits")
+        self.index = {n: i for i, n in enumerate(self.names)}
+        unknown = sorted({w.satellite for w in self.windows} - set(self.index))
+        if unknown:
+            raise ValueError(f"windows name satellites not in the constellation: {unknown[:5]}")
+        self.learn = Learning(cfg, len(self.names), self.work)
+        self.n_params = sum(int(v.size) for v in self.learn.initial.values())
+        strategy = make_strategy(cfg.strategy, **cfg.strategy_options)
+        hints = dict(cfg.hints)
+        if cfg.strategy == "emsfl" and "experts" not in hints:
+            hints.update(self._assign_experts())
+        gcfg = GroundConfig(
+            rounds=cfg.rounds,
+            min_updates=cfg.min_updates or len(self.names),
+            round_seconds=cfg.round_seconds,
+            max_staleness=cfg.max_staleness,
+            recipe=cfg.codec,
+            hints=hints,
+            retransmit_seconds=cfg.retransmit_s,
+            chunk_bytes=cfg.chunk_bytes,
+        )
+        self.ground = GroundMachine(GroundStore(self.work / "ground"), gcfg, self.learn.initial, strategy)
+        self.agents = [
+            AgentMachine(
+                Outbox(self.work / f"{n}.db"),
+                AgentConfig(
+                    n,
+                    heartbeat_seconds=cfg.heartbeat_s,
+                    retransmit_seconds=cfg.retransmit_s,
+                    chunk_bytes=cfg.chunk_bytes,
+                    capabilities=self._capabilities(i),
+                ),
+            )
+            for i, n in enumerate(self.names)
+        ]
+        self.now = 0.0
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self.links: dict[str, _Link] = {}
+        self._serial = 0
+        self._jobs: dict[str, StartTraining] = {}  # satellite -> the StartTraining being computed
+        self._rng = random.Random(cfg.seed)
+        self.rows: list[RoundRow] = []
+        self.up_update = self.up_all = self.down_all = self.f32 = 0
+        self.accepted = 0
+        self.lost = self.duplicated = 0
+        self._by_sat = {n: [w for w in self.windows if w.satellite == n] for n in self.names}
+        self.stats: dict[str, dict[str, int]] = {n: {"windows": 0, "trainings": 0} for n in self.names}
+
+    def _assign_experts(self) -> dict[str, Any]:
+        """EMS-FL's assignment, made once before training as the ground would from the affinities
+        the boards report in HELLO: satellites of one orbital plane form a cluster (they pass the
+        stations one after another); each cluster gets the experts its data prefers, none shared."""
+        from orbitfl.ground.strategies.assignment import assign_experts, assignment_hints, cluster_affinity
+
+        n_exp = sum(1 for g in self.learn.spec.groups if g.startswith("expert."))
+        if n_exp == 0:
+            raise ValueError(
+                f"strategy 'emsfl' needs a mixture-of-experts model (moe), not {self.cfg.model!r}"
+            )
+        per_plane = max(1, len(self.names) // max(1, self.cfg.planes))
+        members = {n: f"plane-{min(i // per_plane, self.cfg.planes - 1)}" for i, n in enumerate(self.names)}
+        per_agent = {
+            n: np.asarray(self.learn.affinity(i, self.learn.initial)) for i, n in enumerate(self.names)
+        }
+        samples = {n: len(self.learn.parts[i][1]) for i, n in enumerate(self.names)}
+        clusters, aff = cluster_affinity(per_agent, members, samples)
+        if len(clusters) > n_exp:
+            raise ValueError(f"{len(clusters)} clusters but only {n_exp} experts: give the moe more experts")
+        capacity = -(-n_exp // len(clusters))
+        assignment = assign_experts(aff, capacity, min_experts=1)
+        self.progress(
+            "EMS-FL assignment: " + ", ".join(f"{c}: {a}" for c, a in zip(clusters, assignment, strict=True))
+        )
+        return assignment_hints(assignment, clusters, members)
+
+    def _capabilities(self, agent: int) -> dict[str, Any]:
+        """What a board tells the ground in HELLO; for the moe, EMS-FL's router affinity of its
+        local data (mean gate per expert under the initial router)."""
+        caps: dict[str, Any] = {"model": self.cfg.model}
+        if self.learn.spec.groups.get("router"):
+            caps["affinity"] = self.learn.affinity(agent, self.learn.initial)
+        return caps
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: str, data: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, data))
+
+    def run(self) -> SimResult:
+        t0 = time.monotonic()
+        for w in self.windows:
+            self._push(w.start, "open", w)
+        self._push(0.0, "tick", None)
+        try:
+            while self._heap and not self.ground.done:
+                t, _, kind, data = heapq.heappop(self._heap)
+                if t > self.duration:
+                    break
+                self.now = t
+                getattr(self, f"_on_{kind}")(data)
+        finally:
+            self.close()
+        acc = self.rows[-1].accuracy if self.rows else None
+        target = self.cfg.target_accuracy
+        ttt = None
+        if target is not None:
+            ttt = next((r.time_s for r in self.rows if r.accuracy is not None and r.accuracy >= target), None)
+        return SimResult(
+            config={f.name: getattr(self.cfg, f.name) for f in fields(self.cfg)},
+            rounds=self.rows,
+            final_accuracy=acc,
+            sim_seconds=self.now,
+            wall_seconds=time.monotonic() - t0,
+            windows=len(self.windows),
+            accepted_updates=self.accepted,
+            duplicates_seen=self.ground.duplicates,
+            frames_lost=self.lost,
+            frames_duplicated=self.duplicated,
+            uplink_update_bytes=self.up_update,
+            uplink_bytes=self.up_all,
+            downlink_bytes=self.down_all,
+            float32_bytes=self.f32,
+            n_params=self.n_params,
+            time_to_target=ttt,
+            refused=dict(self.ground.refused),
+            agent_stats=self.stats,
+        )
+
+    def close(self) -> None:
+        self.ground.store.close()
+        for a in self.agents:
+            a.outbox.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _on_open(self, w: Window) -> None:
+        from orbitfl.wire import LinkUp
+
+        self._serial += 1
+        self.links[w.satellite] = _Link(w, self._serial, w.start, w.start)
+        self.stats[w.satellite]["windows"] += 1
+        self._push(w.end, "close", (w.satellite, self._serial))
+        self._agent(w.satellite, LinkUp())
+
+    def _on_close(self, data: tuple[str, int]) -> None:
+        from orbitfl.wire import LinkDown, PeerSilent
+
+        sat, serial = data
+        ln = self.links.get(sat)
+        if ln is None or ln.serial != serial:
+            return
+        del self.links[sat]
+        self._agent(sat, LinkDown())
+        self._ground(PeerSilent(sat))
+
+    def _on_tick(self, _: None) -> None:
+        from orbitfl.wire import Tick
+
+        self._ground(Tick())
+        for sat in list(self.links):
+            self._agent(sat, Tick())
+        self._push(self.now + self.cfg.tick_s, "tick", None)
+
+    def _on_up(self, data: tuple[str, int, bytes]) -> None:
+        from orbitfl.wire import MessageReceived
+
+        sat, serial, frame = data
+        ln = self.links.get(sat)
+        if ln is not None and ln.serial == serial:
+            self._ground(MessageReceived(sat, frame))
+
+    def _on_down(self, data: tuple[str, int, bytes]) -> None:
+        from orbitfl.wire import GROUND, MessageReceived
+
+        sat, serial, frame = data
+        ln = self.links.get(sat)
+        if ln is not None and ln.serial == serial:
+            self._agent(sat, MessageReceived(GROUND, frame))
+
+    def _on_trained(self, data: tuple[str, StartTraining]) -> None:
+        from orbitfl.wire import TrainingDone
+
+        sat, job = data
+        if self._jobs.get(sat) is not job:
+            return  # replaced by a newer task before it finished
+        del self._jobs[sat]
+        i = self.index[sat]
+        delta, samples, metrics = self.learn.train(i, sat, job.weights, job.task.round, job.task.hints)
+        if isinstance(job.task.hints.get("partial"), dict):
+            delta = self.learn.partial(
+                i, delta, job.task.hints["partial"], self.update_budget(sat), job.task.recipe
+            )
+        if self.learn.spec.groups.get("router"):
+            for e, a in enumerate(self.learn.affinity(i, job.weights)):
+                metrics[f"affinity/{e}"] = a
+        self.stats[sat]["trainings"] += 1
+        extra: dict[str, Any] = {}
+        # SpaceDML's adaptive LAQ sizes the update to what the next window can carry; the agent
+        # machine hands these to the codec once TrainingDone carries them (see check_codec).
+        if "budget_bytes" in TRAINING_DONE_FIELDS:
+            extra["budget_bytes"] = self.update_budget(sat)
+        if "curvature" in TRAINING_DONE_FIELDS:
+            extra["curvature"] = self.learn.curvature(i, list(delta))
+        self._agent(sat, TrainingDone(job.task.task_id, delta, samples, metrics, **extra))
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    def _agent(self, sat: str, event: Any) -> None:
+        from orbitfl.wire import Send, StartTraining
+
+        for a in self.agents[self.index[sat]].handle(event, self.now):
+            if isinstance(a, Send):
+                self._transmit(sat, a.frame, up=True)
+            elif isinstance(a, StartTraining):
+                self._jobs[sat] = a
+                self._push(self.now + self.cfg.epochs * self.cfg.seconds_per_epoch, "trained", (sat, a))
+
+    def _ground(self, event: Any) -> None:
+        from orbitfl.wire import RoundClosed, Send
+
+        for a in self.ground.handle(event, self.now):
+            if isinstance(a, Send):
+                self._transmit(a.peer, a.frame, up=False)
+            elif isinstance(a, RoundClosed):
+                self._on_round(a)
+
+    def _on_round(self, rc: Any) -> None:
+        self.accepted += rc.updates
+        self.f32 += rc.updates * self.n_params * 4
+        acc = self.learn.evaluate(self.ground.global_model)
+        row = RoundRow(
+            rc.round,
+            rc.version,
+            self.now,
+            acc,
+            rc.updates,
+            self.up_update,
+            self.up_all,
+            self.down_all,
+            self.f32,
+        )
+        self.rows.append(row)
+        self.progress(
+            f"round {rc.round:4d}  t={self.now / 3600:7.2f} h  updates={rc.updates:3d}  acc={acc:.4f}  "
+            f"uplink={self.up_update:>11,} B (fp32 {self.f32:,} B)"
+        )
+
+    def _transmit(self, sat: str, frame: bytes, *, up: bool) -> None:
+        """Put ``frame`` on the satellite's radio: serialised at the window's rate, one queue each
+        way; lost if the window closes before its last bit (partially sent bytes still count)."""
+        n = len(frame)
+        ln = self.links.get(sat)
+        if ln is None:
+            self.lost += 1
+            return
+        rate = ln.window.rate_bps * self.cfg.link_share / 8.0
+        start = max(self.now, ln.up_free if up else ln.down_free)
+        arrive = start + n / rate
+        if up:
+            ln.up_free = arrive
+        else:
+            ln.down_free = arrive
+        sent = n if arrive <= ln.window.end else max(0, min(n, int((ln.window.end - start) * rate)))
+        if up:
+            self.up_all += sent
+            if frame_type(frame) in ("UPDATE", "CHUNK"):
+                self.up_update += sent
+        else:
+            self.down_all += sent
+        if arrive + self.cfg.latency_s > ln.window.end:
+            self.lost += 1
+            return
+        kind = "up" if up else "down"
+        self._push(arrive + self.cfg.latency_s, kind, (sat, ln.serial, frame))
+        if self.cfg.duplicate_rate and self._rng.random() < self.cfg.duplicate_rate:
+            self.duplicated += 1
+            self._push(arrive + 2 * self.cfg.latency_s, kind, (sat, ln.serial, frame))
+
+    def update_budget(self, sat: str) -> int:
+        """Bytes the satellite's next contact (the one open now, else the next to open) can carry
+        up at the FL share of its rate, times ``budget_fraction``."""
+        ln = self.links.get(sat)
+        if ln is not None and ln.window.end - self.now > 1.0:
+            seconds, rate = ln.window.end - self.now, ln.window.rate_bps
+        else:
+            w = next((w for w in self._by_sat[sat] if w.start >= self.now), None)
+            if w is None:
+                return max(1024, self.cfg.chunk_bytes)
+            seconds, rate = w.duration, w.rate_bps
+        return max(256, int(seconds * rate * self.cfg.link_share / 8 * self.cfg.budget_fraction))
+
+
+def check_codec(recipe: str) -> None:
+    """Refuse a codec the machines cannot use, before any simulated second passes."""
+    from orbitfl.wire.payload import RAW_RECIPES, pipeline
+
+    if recipe in RAW_RECIPES:
+        return
+    try:
+        pipe = pipeline(recipe)
+    except ValueError as exc:
+        raise ValueError(f"codec {recipe!r}: {exc}") from None
+    stages = {s.name for c in pipe.recipe.chains for s in c.float_stages}
+    if stages & {"laq", "alq"} and not {"budget_bytes", "curvature"} <= TRAINING_DONE_FIELDS:
+        raise ValueError(
+            f"codec {recipe!r} uses {sorted(stages & {'laq', 'alq'})}, which needs the optimizer's "
+            "curvature and (alq) a byte budget; the agent machine does not pass them to the codec yet"
+        )
+
+
+def iter_rows(rows: list[RoundRow]) -> Iterator[dict[str, Any]]:
+    for r in rows:
+        yield {f.name: getattr(r, f.name) for f in fields(r)}
