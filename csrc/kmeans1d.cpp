@@ -133,7 +133,9 @@ void dp_centroids(const std::vector<double>& cnt, const std::vector<double>& s1,
   bounds[0] = 0;
   for (int j = 0; j < k; ++j) {
     std::size_t lo = bounds[j], hi = bounds[j + 1];
-    out[j] = static_cast<float>(shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo]));
+    // + 0.0f turns -0.0 into +0.0 (a mean of tiny negatives rounds to -0.0): every centroid is
+    // normalised where it is made, so no sort ever sees both zeros (their order is unspecified).
+    out[j] = static_cast<float>(shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo])) + 0.0f;
   }
 }
 
@@ -256,7 +258,8 @@ void lloyd(const Bins& b, float* c, int k, int iters) {
       }
     }
     for (int j = 0; j < k; ++j) {
-      next[j] = counts[j] > 0.0 ? static_cast<float>(b.shift + sums[j] / counts[j]) : c[j];
+      // -0.0 -> +0.0 before the sort, as in dp_centroids
+      next[j] = counts[j] > 0.0 ? static_cast<float>(b.shift + sums[j] / counts[j]) + 0.0f : c[j];
     }
     std::sort(next.begin(), next.end());
     bool same = true;

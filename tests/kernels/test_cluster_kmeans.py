@@ -219,6 +219,60 @@ values = hnp.arrays(
 )
 
 
+def no_negative_zero(c: np.ndarray) -> bool:
+    return not bool(np.signbit(c[c == 0]).any())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_mean_that_rounds_to_zero_is_positive_zero(kern: ModuleType, method: str) -> None:
+    # The cluster {-1.4e-45, 0, 0, 0} has mean -3.5e-46, which rounds to -0.0 in float32.
+    x = np.array([-1e-45, 0, 0, 0, 1, 1], np.float32)
+    c, labels, _ = kern.kmeans1d(x, 2, method)
+    assert c.tolist() == [0.0, 1.0] and labels.tolist() == [0, 0, 0, 0, 1, 1]
+    assert no_negative_zero(c)
+
+
+# Hypothesis found this (trimmed): with +-3.4e38 in x the DP's prefix sums cancel, Lloyd leaves
+# several centroids at zero, some of them -0.0 (means of tiny negatives); std::sort and np.sort put
+# -0.0 and +0.0, which compare equal, in different orders, so the bytes of the centroids differed.
+SIGNED_ZERO_CASE = np.array(
+    [871000, -147000, -803000, 1, 0, -3.4e38, 540000, 3.4e38, -716000, 209000, -252000, 798000, 1e-45,
+     500000, -1e-45, -3.4e38, -0.0, 890000, -3.4e38, 224000, 0, 651000, -1e-45],
+    np.float32,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [16, 17, 20, 23])
+def test_signed_zeros_give_the_same_bytes_on_both_backends(method: str, k: int) -> None:
+    a = CPP.kmeans1d(SIGNED_ZERO_CASE, k, method, 20, 0)
+    b = REF.kmeans1d(SIGNED_ZERO_CASE, k, method, 20, 0)
+    assert a[0].tobytes() == b[0].tobytes() and no_negative_zero(a[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2] == b[2]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_value_and_k_equal_to_n(method: str) -> None:
+    rng = np.random.default_rng(4)
+    cases = [
+        (np.array([-0.0], np.float32), 1),
+        (np.array([1e-45], np.float32), 1),
+        (np.array([-3.4028235e38], np.float32), 1),
+        (np.array([-0.0, 0.0, 1e-45, -1e-45], np.float32), 4),
+        (np.array([3.4028235e38, -3.4028235e38, 0.0, -0.0, 1.0], np.float32), 5),
+        (rng.normal(size=40).astype(np.float32), 40),
+        (np.repeat(np.float32(2.5), 7), 7),
+    ]
+    for x, k in cases:
+        a = CPP.kmeans1d(x, k, method, 20, 1)
+        b = REF.kmeans1d(x, k, method, 20, 1)
+        assert a[0].tobytes() == b[0].tobytes() and no_negative_zero(a[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2] == b[2]
+        check_result(x, k, *a)
+
+
 @settings(max_examples=120, deadline=None, database=None)
 @given(x=values, k=st.integers(1, 40), method=st.sampled_from(METHODS), seed=st.integers(0, 2**64 - 1))
 def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, seed: int) -> None:
@@ -226,6 +280,7 @@ def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, see
     a = CPP.kmeans1d(x, k, method, 20, seed)
     b = REF.kmeans1d(x, k, method, 20, seed)
     assert a[0].tobytes() == b[0].tobytes()
+    assert no_negative_zero(a[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[2] == b[2]
     check_result(x, k, *a)

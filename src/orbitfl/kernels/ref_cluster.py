@@ -175,7 +175,10 @@ def _dp_centroids(cnt: F64, s1: F64, s2: F64, k: int, shift: float) -> F32:
     hi = np.array(bounds[1:])
     lo = np.array(bounds[:-1])
     mean: F64 = shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo])
-    return mean.astype(np.float32)
+    # -0.0 -> +0.0 where every centroid is made: no sort may see both zeros (their order after
+    # np.sort and std::sort differs)
+    out: F32 = mean.astype(np.float32) + np.float32(0.0)
+    return out
 
 
 def _pad(values: F32, k: int) -> F32:
@@ -299,7 +302,7 @@ def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
         counts = np.bincount(labs[seq], weights=wc[seq], minlength=k)
         new = c.copy()
         has = counts > 0
-        new[has] = (bins.shift + sums[has] / counts[has]).astype(np.float32)
+        new[has] = (bins.shift + sums[has] / counts[has]).astype(np.float32) + np.float32(0.0)  # -0.0 -> +0.0
         new = np.sort(new)
         if (new == c).all():
             break
