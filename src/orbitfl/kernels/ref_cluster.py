@@ -38,6 +38,7 @@ KMEANS_METHODS = ("optimal", "hist", "lloyd")
 # Back-pointers of the exact DP take k * items int32 cells; beyond this "optimal" refuses and
 # "hist" (when it has to fall back to sorted values) groups equal runs into chunks first.
 DP_MAX_CELLS = 1 << 25
+FLT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --- argument checks (the C++ bindings raise the same types with the same wording) ---------------
@@ -478,7 +479,9 @@ def laq_quantize(
         alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
     elif alpha > 0.0:
         alpha = _fit_alpha(xf, dd, b, lev, alpha, mi, tl)
-    alpha_f = float(np.float32(alpha))
+    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up), so
+    # near the top of float32 it can pass FLT_MAX: clamped there, as in the C++.
+    alpha_f = float(np.float32(min(alpha, FLT32_MAX)))
     codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
     e = xd - xhat
@@ -494,6 +497,8 @@ def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
         raise ValueError(f"n must be >= 0, got {nn}")
     b = _laq_bits(bits)
     a = _real("alpha", alpha)
+    if abs(a) > FLT32_MAX:  # alpha * level (|level| <= 1) must stay inside float32
+        raise ValueError(f"alpha must be finite and within the float32 range, got {a}")
     codes = unpack_bits(p, nn, b)
     lev = _levels(b)
     if codes.size and int(codes.max()) >= lev.size:
