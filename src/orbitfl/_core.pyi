@@ -136,7 +136,8 @@ def laq_quantize(
     carries; a fit beyond the largest float32 is clamped to it) and the codes are the nearest
     levels for that alpha; the error is
     sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
-    level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError.
+    level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every
+    clustering kernel below, it refuses misaligned float32 views with ValueError.
     """
 
 def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:

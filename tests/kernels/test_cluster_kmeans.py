@@ -322,6 +322,25 @@ def test_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> Non
         call(kern)
 
 
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    x = np.arange(64, dtype=np.float32)
+    c = np.array([0, 10, 20], np.float32)
+    with pytest.raises(ValueError, match="x must be aligned to 4 bytes"):
+        kern.kmeans1d(misaligned(x), 3)
+    with pytest.raises(ValueError, match="x must be aligned"):
+        kern.kmeans_assign(misaligned(x), c)
+    with pytest.raises(ValueError, match="centroids must be aligned"):
+        kern.kmeans_assign(x, misaligned(c))
+    # the same data, aligned, is fine
+    assert kern.kmeans_assign(misaligned(x).copy(), c)[0].shape == (64,)
+
+
 def test_optimal_refuses_a_dp_beyond_its_memory_cap(kern: ModuleType) -> None:
     x = np.arange(200_000, dtype=np.float32)
     with pytest.raises(ValueError, match="use 'hist'"):

@@ -181,6 +181,27 @@ def test_extreme_and_signed_zero_inputs_agree_bit_for_bit(bits: int) -> None:
         assert math.isfinite(a[1]) and abs(a[1]) <= FLT_MAX and math.isfinite(a[2])
 
 
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    x, d = data(64)
+    with pytest.raises(ValueError, match="x must be aligned to 4 bytes"):
+        kern.laq_quantize(misaligned(x), d, 3)
+    with pytest.raises(ValueError, match="d must be aligned to 4 bytes"):
+        kern.laq_quantize(x, misaligned(d), 3)
+    # uint8 buffers have no alignment to break
+    packed, alpha, _ = kern.laq_quantize(x, d, 3)
+    odd = np.frombuffer(b"\0" + packed.tobytes(), np.uint8, offset=1)
+    assert (
+        kern.laq_dequantize(odd, 64, 3, alpha).tobytes()
+        == kern.laq_dequantize(packed, 64, 3, alpha).tobytes()
+    )
+
+
 @settings(max_examples=150, deadline=None, database=None)
 @given(
     x=hnp.arrays(

@@ -49,6 +49,8 @@ def _array(name: str, a: Any, dtype: type[np.generic]) -> NDArray[Any]:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not a.flags.aligned:  # the C++ kernels cannot read through a misaligned pointer
+        raise ValueError(f"{name} must be aligned to {a.dtype.alignment} bytes (copy it first)")
     return a.reshape(-1)
 
 
