@@ -131,9 +131,9 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
   } else if (alpha > 0.0) {
     alpha = fit_alpha(x, d, n, bits, lev, alpha, max_iter, tol);
   }
-  // The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up by
-  // up to 1.5x per step), so near the top of float32 it can pass FLT_MAX: clamp it there, so the
-  // receiver's scale is finite and the cast below stays in range.
+  // The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
+  // the prefix sums round), so near the top of float32 it can pass FLT_MAX: clamp it there, so
+  // the receiver's scale is finite and the cast below stays in range.
   constexpr double kMaxAlpha = static_cast<double>(std::numeric_limits<float>::max());
   alpha = alpha > kMaxAlpha ? kMaxAlpha : alpha;
   const double alpha_f = static_cast<double>(static_cast<float>(alpha));

@@ -151,8 +151,8 @@ FLT_MAX = float(np.finfo(np.float32).max)
 def test_a_fit_beyond_float32_is_clamped_to_the_largest_float32(kern: ModuleType, bits: int) -> None:
     # sum(d x b) / sum(d b^2) exceeds max|x| when a large value rounds to a small level b (1.2 b
     # here): the fit wants FLT_MAX * (1 + 1.2 b^2) / (1 + b^2). Hypothesis found this (alpha inf and
-    # error NaN in C++, an overflow warning from NumPy's float32 cast). At 2 bits the only nonzero
-    # level is 1, so the fit stays <= max|x|.
+    # error NaN in C++, an overflow warning from NumPy's float32 cast). At 2 bits only rounding of
+    # the prefix sums can get there (next test).
     step = 2.0 / (2**bits - 2)
     x = np.array([FLT_MAX, FLT_MAX * step * 1.2], np.float32)
     packed, alpha, err = kern.laq_quantize(x, np.ones(2, np.float32), bits)
@@ -162,10 +162,13 @@ def test_a_fit_beyond_float32_is_clamped_to_the_largest_float32(kern: ModuleType
     assert err == float(((x.astype(np.float64) - xhat.astype(np.float64)) ** 2).sum())
 
 
-@pytest.mark.parametrize("bits", [1, 3, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
 def test_extreme_and_signed_zero_inputs_agree_bit_for_bit(bits: int) -> None:
     tiny = float(np.float32(1e-45))
     cases = [
+        # hypothesis: at 2 bits the weight 2**53 swallows the 1s in the prefix sum of d, so the
+        # level-1 weight comes out 0 and the fit is 2 * FLT_MAX
+        ([0.0, FLT_MAX, -FLT_MAX], [9.007199e15, 1.0, 1.0]),
         ([FLT_MAX, 1.5e38], [1.0, 1.0]),
         ([FLT_MAX, -FLT_MAX, 1e-45, -1e-45, 0.0, -0.0], [1e-20, 1e20, 1.0, 1.0, 3.0, 3.0]),
         ([-0.0, 0.0, -0.0], [1.0, 2.0, 3.0]),

@@ -481,8 +481,9 @@ def laq_quantize(
         alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
     elif alpha > 0.0:
         alpha = _fit_alpha(xf, dd, b, lev, alpha, mi, tl)
-    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up), so
-    # near the top of float32 it can pass FLT_MAX: clamped there, as in the C++.
+    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
+    # the prefix sums round), so near the top of float32 it can pass FLT_MAX: clamped there, as in
+    # the C++.
     alpha_f = float(np.float32(min(alpha, FLT32_MAX)))
     codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
