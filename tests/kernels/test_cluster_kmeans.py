@@ -252,6 +252,31 @@ def test_signed_zeros_give_the_same_bytes_on_both_backends(method: str, k: int) 
     assert a[2] == b[2]
 
 
+# Found by a long hypothesis run through gcc_encode (trimmed): the prefix sums of the DP cancel
+# next to -1.2e16, so a segment mean came out 0, 1.33, 0, 4 for segments {0}, {0.5, 1}, {1.5},
+# {3}: not ascending, and Lloyd's binary searches over unsorted midpoints went different ways in
+# C++ and NumPy. Each mean is now clamped to its segment's value range.
+CANCELLING_CASE = np.array(
+    [-6.0047997e15, 1.5, 0.5, 0.5, 0.5, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 3, -1.2009599e16], np.float32
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("iters", [0, 1, 10])
+def test_cancelling_prefix_sums_still_give_ascending_centroids(method: str, iters: int) -> None:
+    for x in (CANCELLING_CASE, SIGNED_ZERO_CASE):
+        for k in (4, 6, 8):
+            a = CPP.kmeans1d(x, k, method, iters, 7)
+            b = REF.kmeans1d(x, k, method, iters, 7)
+            assert a[0].tobytes() == b[0].tobytes()
+            np.testing.assert_array_equal(a[1], b[1])
+            assert a[2] == b[2]
+            check_result(x, k, *a)
+            assert x.min() <= a[0][0] and a[0][-1] <= x.max()
+    c = CPP.kmeans1d(CANCELLING_CASE, 6, "optimal")[0]
+    assert c[2:].tolist() == [0.0, 1.0, 1.5, 3.0]  # the segments' true means, once clamped
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_single_value_and_k_equal_to_n(method: str) -> None:
     rng = np.random.default_rng(4)

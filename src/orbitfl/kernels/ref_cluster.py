@@ -157,8 +157,9 @@ def _dc_layer(prev: F64, m: int, pc: F64, p1: F64, p2: F64) -> tuple[F64, NDArra
     return cur, arg
 
 
-def _dp_centroids(cnt: F64, s1: F64, s2: F64, k: int, shift: float) -> F32:
-    """Optimal k-segmentation of weighted items (count, sum, sum of squares, sorted by value)."""
+def _dp_centroids(cnt: F64, s1: F64, s2: F64, item_lo: F32, item_hi: F32, k: int, shift: float) -> F32:
+    """Optimal k-segmentation of weighted items (count, sum, sum of squares, smallest and largest
+    value; sorted by value)."""
     pc = np.concatenate(([0.0], np.cumsum(cnt)))
     p1 = np.concatenate(([0.0], np.cumsum(s1)))
     p2 = np.concatenate(([0.0], np.cumsum(s2)))
@@ -178,9 +179,12 @@ def _dp_centroids(cnt: F64, s1: F64, s2: F64, k: int, shift: float) -> F32:
     hi = np.array(bounds[1:])
     lo = np.array(bounds[:-1])
     mean: F64 = shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo])
-    # -0.0 -> +0.0 where every centroid is made: no sort may see both zeros (their order after
-    # np.sort and std::sort differs)
-    out: F32 = mean.astype(np.float32) + np.float32(0.0)
+    # A difference of prefix sums cancels when far larger values came first (+-3.4e38 next to
+    # 1e5), so the mean can leave its segment's range; clamped back, the centroids ascend, as
+    # Lloyd's binary searches need. Then -0.0 -> +0.0 (a mean of tiny negatives rounds to -0.0):
+    # no sort may see both zeros, whose order np.sort and std::sort differ on.
+    m = np.minimum(np.maximum(mean.astype(np.float32), item_lo[lo]), item_hi[hi - 1])
+    out: F32 = m + np.float32(0.0)
     return out
 
 
@@ -221,7 +225,10 @@ def _sorted_centroids(x: F32, k: int, exact: bool) -> F32:
         cnt = np.bincount(chunk, weights=cnt).astype(np.float64, copy=False)
         s1 = np.bincount(chunk, weights=s1).astype(np.float64, copy=False)
         s2 = np.bincount(chunk, weights=s2).astype(np.float64, copy=False)
-    return _dp_centroids(cnt, s1, s2, k, shift)
+        return _dp_centroids(
+            cnt, s1, s2, values[::g], values[np.minimum(np.arange(g - 1, u + g - 1, g), u - 1)], k, shift
+        )
+    return _dp_centroids(cnt, s1, s2, values, values, k, shift)
 
 
 # --- 1-D k-means: histogram, Lloyd ------------------------------------------------------------------
@@ -375,7 +382,15 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
             c = _kmeanspp(xf, kk, sd)
         elif np.count_nonzero(bins.cnt) >= kk:
             nz = bins.cnt > 0
-            c = _dp_centroids(bins.cnt[nz].astype(np.float64), bins.s1[nz], bins.s2[nz], kk, bins.shift)
+            c = _dp_centroids(
+                bins.cnt[nz].astype(np.float64),
+                bins.s1[nz],
+                bins.s2[nz],
+                bins.vmin[nz],
+                bins.vmax[nz],
+                kk,
+                bins.shift,
+            )
         else:
             c = _sorted_centroids(xf, kk, exact=False)
         c = _lloyd(xf, bins, c, it)
