@@ -134,8 +134,7 @@ def laq_quantize(
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload
     carries; a fit beyond the largest float32 is clamped to it) and the codes are the nearest
-    levels for that alpha; the error is
-    sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
+    levels for that alpha; the error is sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
     level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every
     clustering kernel below, it refuses misaligned float32 views with ValueError.
     """
@@ -158,8 +157,7 @@ def kmeans1d(
     default), "lloyd" (k-means++ seeding drawn from the counter-based generator keyed by seed,
     then Lloyd). Lloyd runs at most `iters` rounds and stops when no centroid moves. Returns
     (centroids ascending, length k, duplicates when x has fewer than k distinct values, never
-    -0.0; labels
-    uint8 as kmeans_assign gives them; sse as a float). All three methods are deterministic and
+    -0.0; labels uint8 as kmeans_assign gives them; sse as a float). All three methods are deterministic and
     identical bit for bit in the NumPy reference. Empty x: k zero centroids. NaN/Inf: ValueError.
     """
 
