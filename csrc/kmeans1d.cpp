@@ -107,9 +107,10 @@ struct Dp {
 };
 
 // Optimal k-segmentation of weighted items sorted by value (count, sum, sum of squares of
-// value - shift); writes the k segment means.
+// value - shift, smallest and largest value); writes the k segment means.
 void dp_centroids(const std::vector<double>& cnt, const std::vector<double>& s1,
-                  const std::vector<double>& s2, int k, double shift, float* out) {
+                  const std::vector<double>& s2, const std::vector<float>& item_lo,
+                  const std::vector<float>& item_hi, int k, double shift, float* out) {
   const std::size_t big_m = cnt.size();
   std::vector<double> pc = prefix(cnt), p1 = prefix(s1), p2 = prefix(s2);
   std::vector<double> prev(big_m + 1, kInf), cur(big_m + 1);
@@ -133,7 +134,14 @@ void dp_centroids(const std::vector<double>& cnt, const std::vector<double>& s1,
   bounds[0] = 0;
   for (int j = 0; j < k; ++j) {
     std::size_t lo = bounds[j], hi = bounds[j + 1];
-    out[j] = static_cast<float>(shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo]));
+    float m = static_cast<float>(shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo]));
+    // A difference of prefix sums cancels when far larger values came first (+-3.4e38 next to
+    // 1e5), so the mean can leave its segment's range; clamped back, the centroids ascend, as
+    // Lloyd's binary searches need. Then + 0.0f turns -0.0 into +0.0 (a mean of tiny negatives
+    // rounds to -0.0): no sort ever sees both zeros, whose order std::sort and np.sort differ on.
+    const float vlo = item_lo[lo], vhi = item_hi[hi - 1];
+    m = m < vlo ? vlo : (m > vhi ? vhi : m);
+    out[j] = m + 0.0f;
   }
 }
 
@@ -174,16 +182,21 @@ void sorted_centroids(const float* x, std::size_t n, int k, bool exact, float* o
     const std::size_t g = (u + q - 1) / q;
     const std::size_t chunks = (u + g - 1) / g;
     std::vector<double> c0(chunks, 0.0), c1(chunks, 0.0), c2(chunks, 0.0);
+    std::vector<float> lo(chunks), hi(chunks);
     for (std::size_t r = 0; r < u; ++r) {
       c0[r / g] += cnt[r];
       c1[r / g] += s1[r];
       c2[r / g] += s2[r];
+      if (r % g == 0) lo[r / g] = values[r];
+      hi[r / g] = values[r];
     }
     cnt.swap(c0);
     s1.swap(c1);
     s2.swap(c2);
+    dp_centroids(cnt, s1, s2, lo, hi, k, shift, out);
+    return;
   }
-  dp_centroids(cnt, s1, s2, k, shift, out);
+  dp_centroids(cnt, s1, s2, values, values, k, shift, out);
 }
 
 // Values on a uniform grid over [lo, hi], with each bin's count, sums of x - shift and value
@@ -256,7 +269,8 @@ void lloyd(const Bins& b, float* c, int k, int iters) {
       }
     }
     for (int j = 0; j < k; ++j) {
-      next[j] = counts[j] > 0.0 ? static_cast<float>(b.shift + sums[j] / counts[j]) : c[j];
+      // -0.0 -> +0.0 before the sort, as in dp_centroids
+      next[j] = counts[j] > 0.0 ? static_cast<float>(b.shift + sums[j] / counts[j]) + 0.0f : c[j];
     }
     std::sort(next.begin(), next.end());
     bool same = true;
@@ -352,14 +366,17 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
       kmeanspp(x, n, k, seed, centroids);
     } else {
       std::vector<double> cnt, s1, s2;
+      std::vector<float> vlo, vhi;
       for (std::size_t t = 0; t < b.cnt.size(); ++t) {
         if (b.cnt[t] == 0) continue;
         cnt.push_back(static_cast<double>(b.cnt[t]));
         s1.push_back(b.s1[t]);
         s2.push_back(b.s2[t]);
+        vlo.push_back(b.vmin[t]);
+        vhi.push_back(b.vmax[t]);
       }
       if (cnt.size() >= static_cast<std::size_t>(k)) {
-        dp_centroids(cnt, s1, s2, k, b.shift, centroids);
+        dp_centroids(cnt, s1, s2, vlo, vhi, k, b.shift, centroids);
       } else {
         sorted_centroids(x, n, k, false, centroids);
       }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,11 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
   } else if (alpha > 0.0) {
     alpha = fit_alpha(x, d, n, bits, lev, alpha, max_iter, tol);
   }
+  // The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
+  // the prefix sums round), so near the top of float32 it can pass FLT_MAX: clamp it there, so
+  // the receiver's scale is finite and the cast below stays in range.
+  constexpr double kMaxAlpha = static_cast<double>(std::numeric_limits<float>::max());
+  alpha = alpha > kMaxAlpha ? kMaxAlpha : alpha;
   const double alpha_f = static_cast<double>(static_cast<float>(alpha));
   std::vector<std::uint8_t> codes(n);
   double err = 0.0;
@@ -147,7 +153,9 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
 void laq_dequantize(const std::uint8_t* packed, std::size_t packed_len, std::size_t n, int bits,
                     double alpha, float* out) {
   require(bits >= 1 && bits <= 8, "bits must be in 1..8, got " + std::to_string(bits));
-  require(std::isfinite(alpha), "alpha must be finite");
+  // |alpha| <= FLT_MAX keeps alpha * level (|level| <= 1) inside float32: no cast overflows.
+  require(std::isfinite(alpha) && std::fabs(alpha) <= static_cast<double>(std::numeric_limits<float>::max()),
+          "alpha must be finite and within the float32 range");
   std::vector<std::uint8_t> codes(n);
   unpack_bits(packed, packed_len, n, bits, codes.data());
   const std::vector<double> lev = levels(bits);

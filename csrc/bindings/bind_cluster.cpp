@@ -20,7 +20,7 @@ namespace {
 
 std::string type_name(const py::handle& h) { return py::str(py::type::handle_of(h).attr("__name__")); }
 
-// The caller's array itself (never a converted copy): dtype exactly T, C-contiguous.
+// The caller's array itself (never a converted copy): dtype exactly T, C-contiguous, aligned.
 template <typename T>
 py::array array_in(const py::handle& h, const char* name) {
   const py::dtype want = py::dtype::of<T>();
@@ -34,6 +34,12 @@ py::array array_in(const py::handle& h, const char* name) {
                          std::string(py::str(a.dtype())));
   }
   if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  // A view at an odd byte offset (np.frombuffer(..., offset=1)) would be read through a misaligned
+  // T*, which C++ does not allow; the same rule and wording as the quantization bindings.
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
+    throw py::value_error(std::string(name) + " must be aligned to " + std::to_string(alignof(T)) +
+                          " bytes (copy it first)");
+  }
   return a;
 }
 

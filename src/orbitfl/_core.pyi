@@ -133,14 +133,15 @@ def laq_quantize(
 
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload
-    carries) and the codes are the nearest levels for that alpha; the error is
-    sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
-    level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError.
+    carries; a fit beyond the largest float32 is clamped to it) and the codes are the nearest
+    levels for that alpha; the error is sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
+    level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every
+    clustering kernel below, it refuses misaligned float32 views with ValueError.
     """
 
 def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
     """x_hat = float32(alpha * level[code]); ValueError for a code with no level (2**bits - 1 at
-    bits >= 2), a short buffer or a non-finite alpha."""
+    bits >= 2), a short buffer or an alpha that is not finite or beyond the float32 range."""
 
 # ---------------------------------------------------------------------------------------------
 # 1-D k-means (parameter clustering / weight sharing, coreset codec)
@@ -155,8 +156,8 @@ def kmeans1d(
     carrying count/sum/sum of squares; then Lloyd on the raw values; near-optimal and fast; the
     default), "lloyd" (k-means++ seeding drawn from the counter-based generator keyed by seed,
     then Lloyd). Lloyd runs at most `iters` rounds and stops when no centroid moves. Returns
-    (centroids ascending, length k, duplicates when x has fewer than k distinct values; labels
-    uint8 as kmeans_assign gives them; sse as a float). All three methods are deterministic and
+    (centroids ascending, length k, duplicates when x has fewer than k distinct values, never
+    -0.0; labels uint8 as kmeans_assign gives them; sse as a float). All three methods are deterministic and
     identical bit for bit in the NumPy reference. Empty x: k zero centroids. NaN/Inf: ValueError.
     """
 

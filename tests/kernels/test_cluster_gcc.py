@@ -143,7 +143,14 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
 
 @settings(max_examples=120, deadline=None, database=None)
 @given(
-    x=hnp.arrays(np.float32, st.integers(0, 300), elements=st.floats(-1e6, 1e6, width=32)),
+    x=hnp.arrays(
+        np.float32,
+        st.integers(0, 300),
+        elements=st.one_of(
+            st.floats(-1e6, 1e6, width=32),
+            st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0]),
+        ),
+    ),
     k=st.integers(1, 40),
     rho=st.floats(0, 1),
     method=st.sampled_from(["optimal", "hist", "lloyd"]),
@@ -154,6 +161,15 @@ def test_cpp_and_numpy_agree_bit_for_bit(
 ) -> None:
     r1 = (x[::-1] * np.float32(0.25)).copy() if with_residual else None
     r2 = None if r1 is None else r1.copy()
+    if r1 is not None and r2 is not None:
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(x + r1).all()
+        if overflows:  # x + residual beyond float32: the same error from both, residuals untouched
+            for kern, r in ((CPP, r1), (REF, r2)):
+                with pytest.raises(ValueError, match=r"x \+ residual contains NaN or Inf"):
+                    kern.gcc_encode(x, k, rho, r, 10, 7, method)
+            assert r1.tobytes() == r2.tobytes() == (x[::-1] * np.float32(0.25)).tobytes()
+            return
     a = CPP.gcc_encode(x, k, rho, r1, 10, 7, method)
     b = REF.gcc_encode(x, k, rho, r2, 10, 7, method)
     assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
@@ -165,6 +181,30 @@ def test_cpp_and_numpy_agree_bit_for_bit(
 X = np.linspace(-1, 1, 64, dtype=np.float32)
 ENC = backend("numpy").gcc_encode(X, 4, 0.5)
 C_, M_, I_, E_ = ENC
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    with pytest.raises(ValueError, match="x must be aligned to 4 bytes"):
+        kern.gcc_encode(misaligned(X), 4, 0.5)
+    with pytest.raises(ValueError, match="residual must be aligned to 4 bytes"):
+        kern.gcc_encode(X, 4, 0.5, np.frombuffer(bytearray(4 * X.size + 1), np.float32, offset=1))
+    with pytest.raises(ValueError, match="centroids must be aligned"):
+        kern.gcc_decode(misaligned(C_), M_, I_, E_, X.size)
+    with pytest.raises(ValueError, match="exact must be aligned"):
+        kern.gcc_decode(C_, M_, I_, misaligned(E_), X.size)
+    # uint8 buffers have no alignment to break
+    odd_mask = np.frombuffer(b"\0" + M_.tobytes(), np.uint8, offset=1)
+    odd_ids = np.frombuffer(b"\0" + I_.tobytes(), np.uint8, offset=1)
+    assert (
+        kern.gcc_decode(C_, odd_mask, odd_ids, E_, X.size).tobytes()
+        == kern.gcc_decode(*ENC, X.size).tobytes()
+    )
 
 
 @pytest.mark.parametrize(

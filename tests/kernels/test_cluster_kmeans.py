@@ -219,6 +219,85 @@ values = hnp.arrays(
 )
 
 
+def no_negative_zero(c: np.ndarray) -> bool:
+    return not bool(np.signbit(c[c == 0]).any())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_mean_that_rounds_to_zero_is_positive_zero(kern: ModuleType, method: str) -> None:
+    # The cluster {-1.4e-45, 0, 0, 0} has mean -3.5e-46, which rounds to -0.0 in float32.
+    x = np.array([-1e-45, 0, 0, 0, 1, 1], np.float32)
+    c, labels, _ = kern.kmeans1d(x, 2, method)
+    assert c.tolist() == [0.0, 1.0] and labels.tolist() == [0, 0, 0, 0, 1, 1]
+    assert no_negative_zero(c)
+
+
+# Hypothesis found this (trimmed): with +-3.4e38 in x the DP's prefix sums cancel, Lloyd leaves
+# several centroids at zero, some of them -0.0 (means of tiny negatives); std::sort and np.sort put
+# -0.0 and +0.0, which compare equal, in different orders, so the bytes of the centroids differed.
+SIGNED_ZERO_CASE = np.array(
+    [871000, -147000, -803000, 1, 0, -3.4e38, 540000, 3.4e38, -716000, 209000, -252000, 798000, 1e-45,
+     500000, -1e-45, -3.4e38, -0.0, 890000, -3.4e38, 224000, 0, 651000, -1e-45],
+    np.float32,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [16, 17, 20, 23])
+def test_signed_zeros_give_the_same_bytes_on_both_backends(method: str, k: int) -> None:
+    a = CPP.kmeans1d(SIGNED_ZERO_CASE, k, method, 20, 0)
+    b = REF.kmeans1d(SIGNED_ZERO_CASE, k, method, 20, 0)
+    assert a[0].tobytes() == b[0].tobytes() and no_negative_zero(a[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2] == b[2]
+
+
+# Found by a long hypothesis run through gcc_encode (trimmed): the prefix sums of the DP cancel
+# next to -1.2e16, so a segment mean came out 0, 1.33, 0, 4 for segments {0}, {0.5, 1}, {1.5},
+# {3}: not ascending, and Lloyd's binary searches over unsorted midpoints went different ways in
+# C++ and NumPy. Each mean is now clamped to its segment's value range.
+CANCELLING_CASE = np.array(
+    [-6.0047997e15, 1.5, 0.5, 0.5, 0.5, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 3, -1.2009599e16], np.float32
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("iters", [0, 1, 10])
+def test_cancelling_prefix_sums_still_give_ascending_centroids(method: str, iters: int) -> None:
+    for x in (CANCELLING_CASE, SIGNED_ZERO_CASE):
+        for k in (4, 6, 8):
+            a = CPP.kmeans1d(x, k, method, iters, 7)
+            b = REF.kmeans1d(x, k, method, iters, 7)
+            assert a[0].tobytes() == b[0].tobytes()
+            np.testing.assert_array_equal(a[1], b[1])
+            assert a[2] == b[2]
+            check_result(x, k, *a)
+            assert x.min() <= a[0][0] and a[0][-1] <= x.max()
+    c = CPP.kmeans1d(CANCELLING_CASE, 6, "optimal")[0]
+    assert c[2:].tolist() == [0.0, 1.0, 1.5, 3.0]  # the segments' true means, once clamped
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_value_and_k_equal_to_n(method: str) -> None:
+    rng = np.random.default_rng(4)
+    cases = [
+        (np.array([-0.0], np.float32), 1),
+        (np.array([1e-45], np.float32), 1),
+        (np.array([-3.4028235e38], np.float32), 1),
+        (np.array([-0.0, 0.0, 1e-45, -1e-45], np.float32), 4),
+        (np.array([3.4028235e38, -3.4028235e38, 0.0, -0.0, 1.0], np.float32), 5),
+        (rng.normal(size=40).astype(np.float32), 40),
+        (np.repeat(np.float32(2.5), 7), 7),
+    ]
+    for x, k in cases:
+        a = CPP.kmeans1d(x, k, method, 20, 1)
+        b = REF.kmeans1d(x, k, method, 20, 1)
+        assert a[0].tobytes() == b[0].tobytes() and no_negative_zero(a[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2] == b[2]
+        check_result(x, k, *a)
+
+
 @settings(max_examples=120, deadline=None, database=None)
 @given(x=values, k=st.integers(1, 40), method=st.sampled_from(METHODS), seed=st.integers(0, 2**64 - 1))
 def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, seed: int) -> None:
@@ -226,6 +305,7 @@ def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, see
     a = CPP.kmeans1d(x, k, method, 20, seed)
     b = REF.kmeans1d(x, k, method, 20, seed)
     assert a[0].tobytes() == b[0].tobytes()
+    assert no_negative_zero(a[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[2] == b[2]
     check_result(x, k, *a)
@@ -265,6 +345,25 @@ def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, k: int, method: str, see
 def test_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         call(kern)
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    x = np.arange(64, dtype=np.float32)
+    c = np.array([0, 10, 20], np.float32)
+    with pytest.raises(ValueError, match="x must be aligned to 4 bytes"):
+        kern.kmeans1d(misaligned(x), 3)
+    with pytest.raises(ValueError, match="x must be aligned"):
+        kern.kmeans_assign(misaligned(x), c)
+    with pytest.raises(ValueError, match="centroids must be aligned"):
+        kern.kmeans_assign(x, misaligned(c))
+    # the same data, aligned, is fine
+    assert kern.kmeans_assign(misaligned(x).copy(), c)[0].shape == (64,)
 
 
 def test_optimal_refuses_a_dp_beyond_its_memory_cap(kern: ModuleType) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from types import ModuleType
 from typing import Any
@@ -143,6 +144,67 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         assert g[0].tobytes() == w[0].tobytes() and g[1:] == w[1:]
 
 
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("bits", range(3, 9))
+def test_a_fit_beyond_float32_is_clamped_to_the_largest_float32(kern: ModuleType, bits: int) -> None:
+    # sum(d x b) / sum(d b^2) exceeds max|x| when a large value rounds to a small level b (1.2 b
+    # here): the fit wants FLT_MAX * (1 + 1.2 b^2) / (1 + b^2). Hypothesis found this (alpha inf and
+    # error NaN in C++, an overflow warning from NumPy's float32 cast). At 2 bits only rounding of
+    # the prefix sums can get there (next test).
+    step = 2.0 / (2**bits - 2)
+    x = np.array([FLT_MAX, FLT_MAX * step * 1.2], np.float32)
+    packed, alpha, err = kern.laq_quantize(x, np.ones(2, np.float32), bits)
+    assert alpha == FLT_MAX and math.isfinite(err)
+    xhat = kern.laq_dequantize(packed, 2, bits, alpha)
+    assert np.isfinite(xhat).all() and xhat[0] == np.float32(FLT_MAX)
+    assert err == float(((x.astype(np.float64) - xhat.astype(np.float64)) ** 2).sum())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+def test_extreme_and_signed_zero_inputs_agree_bit_for_bit(bits: int) -> None:
+    tiny = float(np.float32(1e-45))
+    cases = [
+        # hypothesis: at 2 bits the weight 2**53 swallows the 1s in the prefix sum of d, so the
+        # level-1 weight comes out 0 and the fit is 2 * FLT_MAX
+        ([0.0, FLT_MAX, -FLT_MAX], [9.007199e15, 1.0, 1.0]),
+        ([FLT_MAX, 1.5e38], [1.0, 1.0]),
+        ([FLT_MAX, -FLT_MAX, 1e-45, -1e-45, 0.0, -0.0], [1e-20, 1e20, 1.0, 1.0, 3.0, 3.0]),
+        ([-0.0, 0.0, -0.0], [1.0, 2.0, 3.0]),
+        ([tiny, -tiny, tiny, 0.0], [1.0, 1.0, 1.0, 1.0]),
+        ([1.0, 1.0, -1.0, -1.0, 0.5], [tiny, FLT_MAX, 1.0, 1.0, 1.0]),  # ties and extreme weights
+        ([2.0], [1e-45]),
+    ]
+    for xs, ds in cases:
+        x, d = np.array(xs, np.float32), np.array(ds, np.float32)
+        a = CPP.laq_quantize(x, d, bits)
+        b = REF.laq_quantize(x, d, bits)
+        assert a[0].tobytes() == b[0].tobytes() and a[1] == b[1] and a[2] == b[2], (xs, ds)
+        assert math.isfinite(a[1]) and abs(a[1]) <= FLT_MAX and math.isfinite(a[2])
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    view = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1)
+    assert not view.flags.aligned
+    return view
+
+
+def test_misaligned_views_are_value_errors(kern: ModuleType) -> None:
+    x, d = data(64)
+    with pytest.raises(ValueError, match="x must be aligned to 4 bytes"):
+        kern.laq_quantize(misaligned(x), d, 3)
+    with pytest.raises(ValueError, match="d must be aligned to 4 bytes"):
+        kern.laq_quantize(x, misaligned(d), 3)
+    # uint8 buffers have no alignment to break
+    packed, alpha, _ = kern.laq_quantize(x, d, 3)
+    odd = np.frombuffer(b"\0" + packed.tobytes(), np.uint8, offset=1)
+    assert (
+        kern.laq_dequantize(odd, 64, 3, alpha).tobytes()
+        == kern.laq_dequantize(packed, 64, 3, alpha).tobytes()
+    )
+
+
 @settings(max_examples=150, deadline=None, database=None)
 @given(
     x=hnp.arrays(
@@ -164,6 +226,7 @@ def test_cpp_and_numpy_agree_bit_for_bit(x: np.ndarray, bits: int, tol: float, d
     b = REF.laq_quantize(x, d, bits, 100, tol)
     assert a[0].tobytes() == b[0].tobytes()
     assert a[1] == b[1] and a[2] == b[2]
+    assert math.isfinite(a[1]) and math.isfinite(a[2])
     assert (
         CPP.laq_dequantize(a[0], x.size, bits, a[1]).tobytes()
         == REF.laq_dequantize(a[0], x.size, bits, a[1]).tobytes()
@@ -200,6 +263,8 @@ D = np.ones(8, np.float32)
         (lambda k: k.laq_dequantize(np.full(1, 3, np.uint8), 1, 2, 1.0), ValueError),
         (lambda k: k.laq_dequantize(np.zeros(1, np.int8), 1, 2, 1.0), TypeError),
         (lambda k: k.laq_dequantize(np.zeros(1, np.uint8), 1, 2, float("inf")), ValueError),
+        (lambda k: k.laq_dequantize(np.zeros(1, np.uint8), 1, 2, 1e39), ValueError),
+        (lambda k: k.laq_dequantize(np.zeros(1, np.uint8), 1, 2, -1e39), ValueError),
         (lambda k: k.laq_dequantize(np.zeros(1, np.uint8), -1, 2, 1.0), ValueError),
         (lambda k: k.laq_dequantize(np.zeros(1, np.uint8), 1, 9, 1.0), ValueError),
     ],

@@ -38,6 +38,7 @@ KMEANS_METHODS = ("optimal", "hist", "lloyd")
 # Back-pointers of the exact DP take k * items int32 cells; beyond this "optimal" refuses and
 # "hist" (when it has to fall back to sorted values) groups equal runs into chunks first.
 DP_MAX_CELLS = 1 << 25
+FLT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --- argument checks (the C++ bindings raise the same types with the same wording) ---------------
@@ -48,6 +49,8 @@ def _array(name: str, a: Any, dtype: type[np.generic]) -> NDArray[Any]:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not a.flags.aligned:  # the C++ kernels cannot read through a misaligned pointer
+        raise ValueError(f"{name} must be aligned to {a.dtype.alignment} bytes (copy it first)")
     return a.reshape(-1)
 
 
@@ -154,8 +157,9 @@ def _dc_layer(prev: F64, m: int, pc: F64, p1: F64, p2: F64) -> tuple[F64, NDArra
     return cur, arg
 
 
-def _dp_centroids(cnt: F64, s1: F64, s2: F64, k: int, shift: float) -> F32:
-    """Optimal k-segmentation of weighted items (count, sum, sum of squares, sorted by value)."""
+def _dp_centroids(cnt: F64, s1: F64, s2: F64, item_lo: F32, item_hi: F32, k: int, shift: float) -> F32:
+    """Optimal k-segmentation of weighted items (count, sum, sum of squares, smallest and largest
+    value; sorted by value)."""
     pc = np.concatenate(([0.0], np.cumsum(cnt)))
     p1 = np.concatenate(([0.0], np.cumsum(s1)))
     p2 = np.concatenate(([0.0], np.cumsum(s2)))
@@ -175,7 +179,13 @@ def _dp_centroids(cnt: F64, s1: F64, s2: F64, k: int, shift: float) -> F32:
     hi = np.array(bounds[1:])
     lo = np.array(bounds[:-1])
     mean: F64 = shift + (p1[hi] - p1[lo]) / (pc[hi] - pc[lo])
-    return mean.astype(np.float32)
+    # A difference of prefix sums cancels when far larger values came first (+-3.4e38 next to
+    # 1e5), so the mean can leave its segment's range; clamped back, the centroids ascend, as
+    # Lloyd's binary searches need. Then -0.0 -> +0.0 (a mean of tiny negatives rounds to -0.0):
+    # no sort may see both zeros, whose order np.sort and std::sort differ on.
+    m = np.minimum(np.maximum(mean.astype(np.float32), item_lo[lo]), item_hi[hi - 1])
+    out: F32 = m + np.float32(0.0)
+    return out
 
 
 def _pad(values: F32, k: int) -> F32:
@@ -215,7 +225,10 @@ def _sorted_centroids(x: F32, k: int, exact: bool) -> F32:
         cnt = np.bincount(chunk, weights=cnt).astype(np.float64, copy=False)
         s1 = np.bincount(chunk, weights=s1).astype(np.float64, copy=False)
         s2 = np.bincount(chunk, weights=s2).astype(np.float64, copy=False)
-    return _dp_centroids(cnt, s1, s2, k, shift)
+        return _dp_centroids(
+            cnt, s1, s2, values[::g], values[np.minimum(np.arange(g - 1, u + g - 1, g), u - 1)], k, shift
+        )
+    return _dp_centroids(cnt, s1, s2, values, values, k, shift)
 
 
 # --- 1-D k-means: histogram, Lloyd ------------------------------------------------------------------
@@ -299,7 +312,7 @@ def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
         counts = np.bincount(labs[seq], weights=wc[seq], minlength=k)
         new = c.copy()
         has = counts > 0
-        new[has] = (bins.shift + sums[has] / counts[has]).astype(np.float32)
+        new[has] = (bins.shift + sums[has] / counts[has]).astype(np.float32) + np.float32(0.0)  # -0.0 -> +0.0
         new = np.sort(new)
         if (new == c).all():
             break
@@ -369,7 +382,15 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
             c = _kmeanspp(xf, kk, sd)
         elif np.count_nonzero(bins.cnt) >= kk:
             nz = bins.cnt > 0
-            c = _dp_centroids(bins.cnt[nz].astype(np.float64), bins.s1[nz], bins.s2[nz], kk, bins.shift)
+            c = _dp_centroids(
+                bins.cnt[nz].astype(np.float64),
+                bins.s1[nz],
+                bins.s2[nz],
+                bins.vmin[nz],
+                bins.vmax[nz],
+                kk,
+                bins.shift,
+            )
         else:
             c = _sorted_centroids(xf, kk, exact=False)
         c = _lloyd(xf, bins, c, it)
@@ -475,7 +496,10 @@ def laq_quantize(
         alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
     elif alpha > 0.0:
         alpha = _fit_alpha(xf, dd, b, lev, alpha, mi, tl)
-    alpha_f = float(np.float32(alpha))
+    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
+    # the prefix sums round), so near the top of float32 it can pass FLT_MAX: clamped there, as in
+    # the C++.
+    alpha_f = float(np.float32(min(alpha, FLT32_MAX)))
     codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
     e = xd - xhat
@@ -491,6 +515,8 @@ def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
         raise ValueError(f"n must be >= 0, got {nn}")
     b = _laq_bits(bits)
     a = _real("alpha", alpha)
+    if abs(a) > FLT32_MAX:  # alpha * level (|level| <= 1) must stay inside float32
+        raise ValueError(f"alpha must be finite and within the float32 range, got {a}")
     codes = unpack_bits(p, nn, b)
     lev = _levels(b)
     if codes.size and int(codes.max()) >= lev.size:
