@@ -434,6 +434,9 @@ class GroundMachine:
                 f"{self.cfg.max_staleness}",
                 msg.id,
             )
+        why = self.strategy.refusal(staleness)  # e.g. FedBuff's own max staleness
+        if why is not None:
+            raise WireError(Reason.STALE, why, msg.id)
         task = self.store.task(msg.task_id)
         if task is not None and task[2] is not None and now > task[2]:
             raise WireError(Reason.STALE, f"task {msg.task_id!r} expired (task_ttl policy)", msg.id)
@@ -459,7 +462,7 @@ class GroundMachine:
             self._since_ckpt = 0
         out.append(Count("updates_accepted"))
         out.append(self._send(peer, Ack(self._id(), msg.id)))
-        if self.strategy.updates >= self.cfg.min_updates:
+        if self.strategy.updates >= self.cfg.min_updates or self.strategy.ready:
             self._close_round(now, out)
 
     def _on_tick(self, now: float, out: list[Action]) -> None:

@@ -23,7 +23,8 @@ from orbitfl.wire.tensors import TensorDict
 class PartialAverage(SumStrategy):
     """``block``: elements per block (0: whole tensors). ``zero_is_unsent``: a block whose delta
     is all zeros counts as not sent, so a zero-filled partial delta (what travels when the wire
-    carries no masks) averages like an explicitly masked one. ``server_lr`` scales the averaged
+    carries no masks) averages like an explicitly masked one; on by default, because an UPDATE
+    carries no masks (explicit ``masks`` take precedence). ``server_lr`` scales the averaged
     step. ``staleness``/``staleness_alpha``/``max_staleness``: optional staleness weighting (the
     default, constant, is SpaceDML's plain sample weighting)."""
 
@@ -33,7 +34,7 @@ class PartialAverage(SumStrategy):
         self,
         *,
         block: int = 0,
-        zero_is_unsent: bool = False,
+        zero_is_unsent: bool = True,
         server_lr: float = 1.0,
         staleness: str = "constant",
         staleness_alpha: float = 0.5,

@@ -144,3 +144,29 @@ def test_emsfl_through_the_machine_changes_only_assigned_experts_and_recovers(tm
     np.testing.assert_array_equal(new["expert.2.fc.weight"], moe["expert.2.fc.weight"])
     for k in ("router.weight", "expert.0.fc.weight", "expert.1.fc.weight"):
         assert np.any(new[k] != moe[k]), k
+
+
+@pytest.mark.parametrize(("name", "opts"), [("fedavg", {}), ("median", {}), ("trimmed", {"beta": 0.2})])
+def test_byzantine_agent_through_the_machine(tmp_path: Path, name: str, opts: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    mu = {k: (0.1 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in MODEL.items()}
+    m = _ground(tmp_path, name, opts, min_updates=6)
+    honest = []
+    for i in range(6):
+        a = f"a{i}"
+        _rx(m, a, _hello(a))
+        t = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in mu.items()}
+        if i == 2:
+            t = {k: -100.0 * v for k, v in t.items()}  # the attacker: sign-flipped, scaled ×100
+        else:
+            honest.append(t)
+        _rx(m, a, _update(a, 1, t, 10, 0, 1))
+    assert m.version == 1
+    err = np.sqrt(
+        sum(float(((m.global_model[k] - np.mean([h[k] for h in honest], 0)) ** 2).sum()) for k in MODEL)
+    )
+    ref = np.sqrt(sum(float((mu[k] ** 2).sum()) for k in MODEL))
+    if name == "fedavg":
+        assert err > 5 * ref
+    else:
+        assert err < 0.25 * ref, (name, err, ref)

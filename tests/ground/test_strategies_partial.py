@@ -82,7 +82,7 @@ def test_coordinates_nobody_sent_keep_their_value_and_sent_ones_move() -> None:
 def test_zero_filled_delta_averages_like_explicit_masks() -> None:
     rng = np.random.default_rng(6)
     g = _model(rng)
-    a, b = PartialAverage(block=8), PartialAverage(block=8, zero_is_unsent=True)
+    a, b = PartialAverage(block=8, zero_is_unsent=False), PartialAverage(block=8)
     a.reset(g)
     b.reset(g)
     for n in (3, 11, 40):
