@@ -134,9 +134,10 @@ def laq_quantize(
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload
     carries; a fit beyond the largest float32 is clamped to it) and the codes are the nearest
-    levels for that alpha; the error is sum d * (x - laq_dequantize(...))**2 in float64. bits in 1..8. All-zero x: alpha = 0, codes of
-    level 0 (bits == 1: of +1). NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every
-    clustering kernel below, it refuses misaligned float32 views with ValueError.
+    levels for that alpha; the error is sum d * (x - laq_dequantize(...))**2 in float64.
+    bits in 1..8. All-zero x: alpha = 0, codes of level 0 (bits == 1: of +1).
+    NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every clustering kernel below, it
+    refuses misaligned float32 views with ValueError.
     """
 
 def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
