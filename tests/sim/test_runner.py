@@ -216,9 +216,9 @@ def test_spacedml_partial_updates_fit_the_next_windows_budget(tmp_path: Path) ->
 
 
 def test_spacedml_alq_run_completes_with_every_update_within_its_window_budget(tmp_path: Path) -> None:
-    from orbitfl.codec import Payload
     from orbitfl.ground.strategy import STRATEGIES
 
+    from orbitfl.codec import Payload
     from orbitfl.wire import TrainingDone, Update, decode
 
     if "partial" not in STRATEGIES:
