@@ -188,7 +188,7 @@ def test_bad_curvature_is_refused_at_the_boundary(tmp_path: Path, change: Any, m
 def test_check_encode_inputs_types() -> None:
     delta, curv = delta_and_curvature()
     with pytest.raises(TypeError, match="budget_bytes must be an int"):
-        check_encode_inputs("alq", delta, curv, True)  # type: ignore[arg-type]
+        check_encode_inputs("alq", delta, curv, True)
     with pytest.raises(TypeError, match="budget_bytes must be an int"):
         check_encode_inputs("alq", delta, curv, 5000.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="curvature\\['w'\\] must be a float numpy array"):
