@@ -44,10 +44,12 @@ from orbitfl.wire import (
     TrainingDone,
     TrainingFailed,
 )
+from orbitfl.wire.payload import recipe_needs
 
 log = logging.getLogger("orbitfl.agent")
 
 TICK_S = 0.25
+CURVATURE_EPS = np.float32(1e-8)  # keeps D > 0 where Adam's v is still 0 (as the simulator does)
 
 
 class Learner:
@@ -83,6 +85,7 @@ class Learner:
         self.cfg = t
         self.inference = cfg.inference
         self.dir = cfg.agent.state_dir
+        self.budget_bytes = cfg.agent.uplink_budget_bytes
 
     def train(self, start: StartTraining) -> TrainingDone:
         base = {k: np.asarray(v, dtype=np.float32) for k, v in start.weights.items()}
@@ -100,7 +103,25 @@ class Learner:
         metrics = {"loss": m.loss, "seconds": m.seconds}
         if m.accuracy is not None:
             metrics["train_accuracy"] = m.accuracy
-        return TrainingDone(start.task.task_id, delta, len(self.x), metrics)
+        return TrainingDone(
+            start.task.task_id,
+            delta,
+            len(self.x),
+            metrics,
+            budget_bytes=self.budget_bytes,
+            curvature=self.curvature(delta) if recipe_needs(start.task.recipe, delta)[0] else None,
+        )
+
+    def curvature(self, delta: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.float32]]:
+        """Loss-aware codecs' curvature D = sqrt(v) + eps from the optimizer's second moments
+        (DESIGN §5), shaped like the update; tensors the optimizer does not track get none."""
+        v = self.trainer.second_moments()
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        for name, d in delta.items():
+            m = v.get(name)
+            if m is not None and m.size == d.size:
+                out[name] = (np.sqrt(np.asarray(m, np.float32)) + CURVATURE_EPS).reshape(d.shape)
+        return out
 
     def apply(self, model: ApplyModel) -> None:
         """Install a new global model for onboard inference: the ONNX next to the state and, when

@@ -5,6 +5,13 @@ oldest update in its outbox from the offset the ground last confirmed. A TASK (w
 or as a delta when the agent does not hold its version) becomes a StartTraining action; the
 trainer's TrainingDone becomes an encoded UPDATE, stored durably in the outbox before any attempt to
 send it; an ACK removes it. Link loss pauses transfers; nothing is dropped because time passed.
+
+A TrainingDone's ``budget_bytes`` and ``curvature`` go to the codec (adaptive LAQ sizes the update
+to the budget). When they are missing for a recipe that needs them, or are bad (budget <= 0,
+curvature of other names or shapes, non-finite or <= 0), the machine refuses the update: it drops
+the task with an ERROR log and Count("updates_not_encoded"), and the ground's deadline reassigns
+the work. It does not fall back to another recipe: the ground chose the recipe for the round and
+an unasked-for codec (or an update over the window's budget) would only be refused or stall there.
 """
 
 from __future__ import annotations
@@ -285,9 +292,12 @@ class AgentMachine:
             return
         try:
             state = self._codec_state(task.recipe, out)
-            payload = encode_payload(task.recipe, ev.delta, state)
+            payload = encode_payload(
+                task.recipe, ev.delta, state, curvature=ev.curvature, budget_bytes=ev.budget_bytes
+            )
         except (ValueError, TypeError, WireError) as exc:
             self.task, self.training = None, False
+            out.append(Count("updates_not_encoded", (("recipe", task.recipe),)))
             out.append(
                 Log("ERROR", f"cannot encode the update of {task.task_id!r} with {task.recipe!r}: {exc}")
             )

@@ -131,6 +131,9 @@ class AgentSection:
     ground_key: Path | None = field(default=None, metadata=_m(path=True))
     # Resend the outbox head when the ground has not answered it for this long while linked.
     retransmit_s: float = field(default=30.0, metadata=_m(_positive))
+    # Bytes one encoded update may take (what a contact window carries for FL): adaptive recipes
+    # (alq) size each update to it, fixed ones over it are refused. Unset: no budget.
+    uplink_budget_bytes: int | None = field(default=None, metadata=_m(_at_least(256)))
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,8 @@ def test_bad_configs_are_refused() -> None:
         SimConfig(orbits=0)
     with pytest.raises(ValueError, match="codec"):
         Simulation(small(codec="no-such-stage:3"))
-    with pytest.raises(ValueError, match="curvature"):
-        Simulation(small(codec="alq"))
+    with pytest.raises(ValueError, match="alq"):
+        Simulation(small(codec="alq:3/99"))
 
 
 def test_frame_type_of_garbage() -> None:
@@ -213,3 +213,48 @@ def test_spacedml_partial_updates_fit_the_next_windows_budget(tmp_path: Path) ->
     assert all(0 < frac < 0.5 for _, frac in sent), sent  # only the chosen blocks carry values
     assert all(n <= budget * 1.5 + 600 for n, _ in sent), (budget, sent)
     assert budget < res.n_params * 2  # the budget binds: the whole model as fp16 would not fit
+
+
+def test_spacedml_alq_run_completes_with_every_update_within_its_window_budget(tmp_path: Path) -> None:
+    from orbitfl.ground.strategy import STRATEGIES
+
+    from orbitfl.codec import Payload
+    from orbitfl.wire import TrainingDone, Update, decode
+
+    if "partial" not in STRATEGIES:
+        pytest.skip("partial is not in this build")
+    cfg = small(
+        codec="alq",
+        strategy="partial",
+        strategy_options={"zero_is_unsent": True, "block": 256},
+        hints={"partial": {"block": 256}},
+        link_share=0.05,
+        budget_fraction=0.1,
+        rounds=3,
+        orbits=20.0,
+    )
+    sim = Simulation(cfg, work=tmp_path / "run")
+    budgets: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    agent, transmit = sim._agent, sim._transmit
+
+    def see_done(sat: str, event: object) -> None:
+        if isinstance(event, TrainingDone):
+            assert event.budget_bytes is not None and event.curvature is not None
+            budgets[event.task_id] = event.budget_bytes
+        agent(sat, event)
+
+    def see_frame(sat: str, frame: bytes, *, up: bool) -> None:
+        msg = decode(frame)
+        if up and isinstance(msg, Update):
+            sizes[msg.task_id] = Payload.from_wire(msg.payload["body"]).nbytes
+        transmit(sat, frame, up=up)
+
+    sim._agent = see_done  # type: ignore[method-assign]
+    sim._transmit = see_frame  # type: ignore[method-assign]
+    res = sim.run()
+    assert len(res.rounds) == 3 and not res.refused
+    assert sizes and set(sizes) <= set(budgets)
+    assert all(sizes[t] <= budgets[t] for t in sizes), (sizes, budgets)
+    assert min(budgets.values()) < 4 * res.n_params  # the budget binds: float32 would not fit
+    assert res.uplink_update_bytes < res.float32_bytes

@@ -40,10 +40,10 @@ from orbitfl.sim.orbits import (
     tle_windows,
     walker_windows,
 )
-from orbitfl.wire.events import StartTraining, TrainingDone
+from orbitfl.wire.events import StartTraining
+from orbitfl.wire.payload import recipe_needs
 
 PARTITIONS = ("dirichlet", "iid", "shard")
-TRAINING_DONE_FIELDS = frozenset(f.name for f in fields(TrainingDone))
 
 
 @dataclass
@@ -604,7 +604,10 @@ class Simulation:
         del self._jobs[sat]
         i = self.index[sat]
         delta, samples, metrics = self.learn.train(i, sat, job.weights, job.task.round, job.task.hints)
-        if isinstance(job.task.hints.get("partial"), dict):
+        need_curv, need_budget = recipe_needs(job.task.recipe, delta)
+        # An adaptive (alq) recipe chooses what is sent itself: tensors it gives 0 bits stay off
+        # the wire and the partial strategy averages each one over the agents that sent it.
+        if isinstance(job.task.hints.get("partial"), dict) and not need_budget:
             delta = self.learn.partial(
                 i, delta, job.task.hints["partial"], self.update_budget(sat), job.task.recipe
             )
@@ -613,11 +616,12 @@ class Simulation:
                 metrics[f"affinity/{e}"] = a
         self.stats[sat]["trainings"] += 1
         extra: dict[str, Any] = {}
-        # SpaceDML's adaptive LAQ sizes the update to what the next window can carry; the agent
-        # machine hands these to the codec once TrainingDone carries them (see check_codec).
-        if "budget_bytes" in TRAINING_DONE_FIELDS:
+        # SpaceDML's adaptive LAQ sizes the update to what the next window can carry; loss-aware
+        # recipes get the optimizer's curvature. Only recipes that use them get them, so a fixed
+        # codec is never refused for a window smaller than its update.
+        if need_budget:
             extra["budget_bytes"] = self.update_budget(sat)
-        if "curvature" in TRAINING_DONE_FIELDS:
+        if need_curv:
             extra["curvature"] = self.learn.curvature(i, list(delta))
         self._agent(sat, TrainingDone(job.task.task_id, delta, samples, metrics, **extra))
 
@@ -715,15 +719,9 @@ def check_codec(recipe: str) -> None:
     if recipe in RAW_RECIPES:
         return
     try:
-        pipe = pipeline(recipe)
+        pipeline(recipe)  # parsing is the check: the runner passes alq its budget, laq/alq curvature
     except ValueError as exc:
         raise ValueError(f"codec {recipe!r}: {exc}") from None
-    stages = {s.name for c in pipe.recipe.chains for s in c.float_stages}
-    if stages & {"laq", "alq"} and not {"budget_bytes", "curvature"} <= TRAINING_DONE_FIELDS:
-        raise ValueError(
-            f"codec {recipe!r} uses {sorted(stages & {'laq', 'alq'})}, which needs the optimizer's "
-            "curvature and (alq) a byte budget; the agent machine does not pass them to the codec yet"
-        )
 
 
 def iter_rows(rows: list[RoundRow]) -> Iterator[dict[str, Any]]:

@@ -8,6 +8,7 @@ Peers are named by the link's routing identity (a string); the agent's only peer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,12 +54,20 @@ class LinkDown:
 
 @dataclass(frozen=True)
 class TrainingDone:
-    """Agent: the trainer finished ``task_id``. ``delta`` is w_local - w_base per tensor."""
+    """Agent: the trainer finished ``task_id``. ``delta`` is w_local - w_base per tensor.
+
+    ``budget_bytes``: the most the encoded update may take (e.g. what the next contact window can
+    carry); adaptive recipes (``alq``) size the update to it, others are refused over it.
+    ``curvature``: name -> positive loss-curvature estimate of the same shape as ``delta[name]``
+    (sqrt of Adam's second moment + eps), which loss-aware recipes (``laq``, ``alq``) need. The
+    machine checks both before encoding (``check_encode_inputs``)."""
 
     task_id: str
     delta: dict[str, npt.NDArray[Any]]
     samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    budget_bytes: int | None = None
+    curvature: Mapping[str, npt.NDArray[Any]] | None = None
 
 
 @dataclass(frozen=True)
