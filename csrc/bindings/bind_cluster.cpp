@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bitpack.hpp"
+#include "bindings/checked_array.hpp"
 #include "common.hpp"
 #include "gcc.hpp"
 #include "kmeans1d.hpp"
@@ -18,30 +19,6 @@ namespace py = pybind11;
 namespace orbitfl::bindings {
 namespace {
 
-std::string type_name(const py::handle& h) { return py::str(py::type::handle_of(h).attr("__name__")); }
-
-// The caller's array itself (never a converted copy): dtype exactly T, C-contiguous, aligned.
-template <typename T>
-py::array array_in(const py::handle& h, const char* name) {
-  const py::dtype want = py::dtype::of<T>();
-  const std::string want_name = py::str(want.attr("name"));
-  if (!py::isinstance<py::array>(h)) {
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + want_name + ", got " + type_name(h));
-  }
-  auto a = py::reinterpret_borrow<py::array>(h);
-  if (!(a.dtype().is(want) || a.dtype().equal(want))) {
-    throw py::type_error(std::string(name) + " must have dtype " + want_name + ", got " +
-                         std::string(py::str(a.dtype())));
-  }
-  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
-  // A view at an odd byte offset (np.frombuffer(..., offset=1)) would be read through a misaligned
-  // T*, which C++ does not allow; the same rule and wording as the quantization bindings.
-  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
-    throw py::value_error(std::string(name) + " must be aligned to " + std::to_string(alignof(T)) +
-                          " bytes (copy it first)");
-  }
-  return a;
-}
 
 template <typename T>
 const T* ptr(const py::array& a) {
@@ -104,7 +81,7 @@ KMeansMethod method_in(const py::handle& h) {
 
 py::tuple kmeans1d_py(const py::object& x, const py::object& k, const py::object& method, const py::object& iters,
                       const py::object& seed) {
-  py::array xa = array_in<float>(x, "x");
+  py::array xa = checked<float>(x, "x");
   const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
   const KMeansMethod m = method_in(method);
   const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
@@ -124,8 +101,8 @@ py::tuple kmeans1d_py(const py::object& x, const py::object& k, const py::object
 }
 
 py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
-  py::array xa = array_in<float>(x, "x");
-  py::array ca = array_in<float>(centroids, "centroids");
+  py::array xa = checked<float>(x, "x");
+  py::array ca = checked<float>(centroids, "centroids");
   const std::size_t n = static_cast<std::size_t>(xa.size());
   const py::ssize_t k = ca.size();
   if (k < 1 || k > kKMeansMaxK) {
@@ -145,8 +122,8 @@ py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
 
 py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::object& bits,
                           const py::object& max_iter, const py::object& tol) {
-  py::array xa = array_in<float>(x, "x");
-  py::array da = array_in<float>(d, "d");
+  py::array xa = checked<float>(x, "x");
+  py::array da = checked<float>(d, "d");
   const int b = int_range(bits, "bits", 1, 8, "in 1..8");
   const int mi = int_range(max_iter, "max_iter", 0, INT32_MAX, ">= 0");
   const double tl = real_in(tol, "tol");
@@ -169,7 +146,7 @@ py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::ob
 
 py::array_t<float> laq_dequantize_py(const py::object& packed, const py::object& n, const py::object& bits,
                                      const py::object& alpha) {
-  py::array pa = array_in<std::uint8_t>(packed, "packed");
+  py::array pa = checked<std::uint8_t>(packed, "packed");
   const std::size_t nn = count_in(n, "n");
   const int b = int_range(bits, "bits", 1, 8, "in 1..8");
   const double a = real_in(alpha, "alpha");
@@ -186,14 +163,14 @@ py::array_t<float> laq_dequantize_py(const py::object& packed, const py::object&
 
 py::tuple gcc_encode_py(const py::object& x, const py::object& k, const py::object& rho, const py::object& residual,
                         const py::object& iters, const py::object& seed, const py::object& method) {
-  py::array xa = array_in<float>(x, "x");
+  py::array xa = checked<float>(x, "x");
   const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
   const double r = real_in(rho, "rho");
   const std::size_t n = static_cast<std::size_t>(xa.size());
   float* rp = nullptr;
   py::array ra;
   if (!residual.is_none()) {
-    ra = array_in<float>(residual, "residual");
+    ra = checked<float>(residual, "residual");
     if (static_cast<std::size_t>(ra.size()) != n) {
       throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
                             std::to_string(ra.size()));
@@ -223,10 +200,10 @@ py::tuple gcc_encode_py(const py::object& x, const py::object& k, const py::obje
 
 py::array_t<float> gcc_decode_py(const py::object& centroids, const py::object& mask, const py::object& ids,
                                  const py::object& exact, const py::object& n) {
-  py::array ca = array_in<float>(centroids, "centroids");
-  py::array ma = array_in<std::uint8_t>(mask, "mask");
-  py::array ia = array_in<std::uint8_t>(ids, "ids");
-  py::array ea = array_in<float>(exact, "exact");
+  py::array ca = checked<float>(centroids, "centroids");
+  py::array ma = checked<std::uint8_t>(mask, "mask");
+  py::array ia = checked<std::uint8_t>(ids, "ids");
+  py::array ea = checked<float>(exact, "exact");
   const std::size_t nn = count_in(n, "n");
   py::array_t<float> out(static_cast<py::ssize_t>(nn));
   const float* cp = ptr<float>(ca);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bitpack.hpp"
+#include "bindings/checked_array.hpp"
 #include "common.hpp"
 #include "halfcast.hpp"
 #include "quantize.hpp"
@@ -20,32 +21,6 @@ namespace py = pybind11;
 namespace orbitfl::bindings {
 namespace {
 
-std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
-
-// The array behind `obj`, if it is a C-contiguous, aligned ndarray of exactly dtype T: a wrong
-// dtype is a TypeError (never a silent conversion), a strided or misaligned view a ValueError.
-template <typename T>
-py::array checked(py::handle obj, const char* name) {
-  const py::dtype want = py::dtype::of<T>();
-  const std::string want_name = py::str(want);
-  if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + want_name + ", got " +
-                         type_name(obj));
-  }
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().equal(want)) {
-    throw py::type_error(std::string(name) + " must have dtype " + want_name + ", got " +
-                         std::string(py::str(a.dtype())));
-  }
-  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
-  // A view at an odd byte offset (np.frombuffer(..., offset=1)) would be read through a misaligned
-  // T*, which C++ does not allow.
-  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0) {
-    throw py::value_error(std::string(name) + " must be aligned to " + std::to_string(alignof(T)) +
-                          " bytes (copy it first)");
-  }
-  return a;
-}
 
 // A residual the kernel updates in place: float32, C-contiguous, writable, same size as x.
 float* residual_ptr(py::handle obj, std::size_t n) {
