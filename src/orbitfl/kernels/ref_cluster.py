@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from orbitfl.kernels.ref_quant import pack_bits, rng_u64, unpack_bits
+from orbitfl.kernels.ref_quant import _array, pack_bits, rng_u64, unpack_bits
 
 __all__ = [
     "gcc_decode",
@@ -42,18 +42,6 @@ FLT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --- argument checks (the C++ bindings raise the same types with the same wording) ---------------
-def _array(name: str, a: Any, dtype: type[np.generic]) -> NDArray[Any]:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}, got {type(a).__name__}")
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-    if not a.flags.aligned:  # the C++ kernels cannot read through a misaligned pointer
-        raise ValueError(f"{name} must be aligned to {a.dtype.alignment} bytes (copy it first)")
-    return a.reshape(-1)
-
-
 def _int(name: str, v: Any) -> int:
     if isinstance(v, bool):
         raise TypeError(f"{name} must be an int, got bool")
