@@ -28,7 +28,7 @@ from orbitfl.agent.outbox import Outbox
 
 from orbitfl.config import AgentConfig, ConfigError, load_agent
 from orbitfl.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
-from orbitfl.service import Notifier, Shutdown, setup_logging
+from orbitfl.service import Notifier, Shutdown, serve, setup_logging
 from orbitfl.wire import (
     GROUND,
     ApplyModel,
@@ -286,14 +286,15 @@ class AgentDaemon:
             self.outbox.pending(),
             self.machine.version,
         )
-        self.notifier.ready(f"dialing {self.cfg.agent.ground}")
-        try:
-            while not self.shutdown.requested:
-                due = self.notifier.watchdog_due_in(self.mono())
-                self.step(TICK_S if due is None else min(TICK_S, due))
-        finally:
-            self.notifier.stopping()
-            self.close()
+        serve(
+            self.notifier,
+            self.shutdown,
+            self.step,
+            self.mono,
+            ready=f"dialing {self.cfg.agent.ground}",
+            tick_s=TICK_S,
+            close=self.close,
+        )
         log.info("agent stopped (signal %s)", self.shutdown.signal)
         return 0
 

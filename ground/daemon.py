@@ -30,7 +30,7 @@ from orbitfl.ground.strategy import make_strategy
 
 from orbitfl.config import ConfigError, GroundConfig, load_ground
 from orbitfl.link import CurveServerKeys, GroundLink, LinkError
-from orbitfl.service import Notifier, Shutdown, setup_logging
+from orbitfl.service import Notifier, Shutdown, serve, setup_logging
 from orbitfl.wire import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
 
 log = logging.getLogger("orbitfl.ground")
@@ -250,14 +250,15 @@ class GroundDaemon:
                 self.cfg.ground.metrics.rpartition(":")[0],
                 self.metrics_server.port,
             )
-        self.notifier.ready(f"serving on {self.link.endpoint}")
-        try:
-            while not self.shutdown.requested:
-                due = self.notifier.watchdog_due_in(self.mono())
-                self.step(TICK_S if due is None else min(TICK_S, due))
-        finally:
-            self.notifier.stopping()
-            self.close()
+        serve(
+            self.notifier,
+            self.shutdown,
+            self.step,
+            self.mono,
+            ready=f"serving on {self.link.endpoint}",
+            tick_s=TICK_S,
+            close=self.close,
+        )
         log.info("ground stopped (signal %s)", self.shutdown.signal)
         return 0
 

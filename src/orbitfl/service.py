@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 
@@ -118,3 +119,25 @@ class Shutdown:
 
     def wait(self, timeout_s: float) -> bool:
         return self._event.wait(timeout_s)
+
+
+def serve(
+    notifier: Notifier,
+    shutdown: Shutdown,
+    step: Callable[[float], None],
+    clock: Callable[[], float],
+    *,
+    ready: str,
+    tick_s: float,
+    close: Callable[[], None],
+) -> None:
+    """The daemons' main loop: READY, then steps of at most `tick_s` (shorter when the watchdog is
+    due, so it is never starved) until SIGTERM/SIGINT; STOPPING and `close` however it ends."""
+    notifier.ready(ready)
+    try:
+        while not shutdown.requested:
+            due = notifier.watchdog_due_in(clock())
+            step(tick_s if due is None else min(tick_s, due))
+    finally:
+        notifier.stopping()
+        close()
