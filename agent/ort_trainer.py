@@ -123,8 +123,20 @@ class OrtTrainer(Trainer):
 
     # --- state ------------------------------------------------------------------------------------
 
+    def _release(self) -> None:
+        # ORT's pybind Module and Optimizer keep raw pointers into the CheckpointState, and the
+        # direct steps hold those pybind objects beyond the Python wrappers that own the state.
+        # Freeing them in attribute order (or in whatever order the cyclic GC picks) could free
+        # the state first: an intermittent abort in a destructor. Release users before the state.
+        for name in ("_steps", "_optimizer", "_module", "_state"):
+            self.__dict__.pop(name, None)
+
+    def __del__(self) -> None:
+        self._release()
+
     def _attach(self, state: Any) -> None:
         d = self._dir
+        self._release()
         self._state = state
         self._module = self._api.Module(
             str(d / FILES["training"]), state, str(d / FILES["eval"]), "cpu", self._options
