@@ -83,6 +83,27 @@ T* wdata(py::array_t<T>& a) {
   return a.mutable_data();
 }
 
+// The casts share one shape: a flat array of In in, a flat array of Out of the same length out.
+template <typename In, typename Out>
+void def_cast(py::module_& m, const char* name, const char* arg,
+              void (*cast)(const In*, std::size_t, Out*)) {
+  m.def(
+      name,
+      [cast, arg](py::object obj) {
+        py::array a = checked<In>(obj, arg);
+        const auto n = static_cast<std::size_t>(a.size());
+        py::array_t<Out> out(static_cast<py::ssize_t>(n));
+        const In* ip = cdata<In>(a);
+        Out* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          cast(ip, n, op);
+        }
+        return out;
+      },
+      py::arg(arg));
+}
+
 }  // namespace
 
 void register_quant(py::module_& m) {
@@ -177,70 +198,10 @@ void register_quant(py::module_& m) {
       py::arg("packed"), py::arg("lo"), py::arg("step"), py::arg("n"), py::arg("bits"),
       py::arg("bucket") = 512);
 
-  m.def(
-      "to_float16",
-      [](py::object x) {
-        py::array a = checked<float>(x, "x");
-        const auto n = static_cast<std::size_t>(a.size());
-        py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(n));
-        const float* xp = cdata<float>(a);
-        std::uint16_t* op = wdata(out);
-        {
-          py::gil_scoped_release release;
-          to_float16(xp, n, op);
-        }
-        return out;
-      },
-      py::arg("x"));
-
-  m.def(
-      "from_float16",
-      [](py::object h) {
-        py::array a = checked<std::uint16_t>(h, "h");
-        const auto n = static_cast<std::size_t>(a.size());
-        py::array_t<float> out(static_cast<py::ssize_t>(n));
-        const std::uint16_t* hp = cdata<std::uint16_t>(a);
-        float* op = wdata(out);
-        {
-          py::gil_scoped_release release;
-          from_float16(hp, n, op);
-        }
-        return out;
-      },
-      py::arg("h"));
-
-  m.def(
-      "to_bfloat16",
-      [](py::object x) {
-        py::array a = checked<float>(x, "x");
-        const auto n = static_cast<std::size_t>(a.size());
-        py::array_t<std::uint16_t> out(static_cast<py::ssize_t>(n));
-        const float* xp = cdata<float>(a);
-        std::uint16_t* op = wdata(out);
-        {
-          py::gil_scoped_release release;
-          to_bfloat16(xp, n, op);
-        }
-        return out;
-      },
-      py::arg("x"));
-
-  m.def(
-      "from_bfloat16",
-      [](py::object h) {
-        py::array a = checked<std::uint16_t>(h, "h");
-        const auto n = static_cast<std::size_t>(a.size());
-        py::array_t<float> out(static_cast<py::ssize_t>(n));
-        const std::uint16_t* hp = cdata<std::uint16_t>(a);
-        float* op = wdata(out);
-        {
-          py::gil_scoped_release release;
-          from_bfloat16(hp, n, op);
-        }
-        return out;
-      },
-      py::arg("h"));
-
+  def_cast<float, std::uint16_t>(m, "to_float16", "x", to_float16);
+  def_cast<std::uint16_t, float>(m, "from_float16", "h", from_float16);
+  def_cast<float, std::uint16_t>(m, "to_bfloat16", "x", to_bfloat16);
+  def_cast<std::uint16_t, float>(m, "from_bfloat16", "h", from_bfloat16);
   m.def(
       "topk",
       [](py::object x, long long k, py::object residual) {
