@@ -56,7 +56,7 @@ class Learner:
     """The board's model and its share of the data: trains a task and returns the delta."""
 
     def __init__(self, cfg: AgentConfig) -> None:
-        from orbitfl.agent.ort_trainer import OrtTrainer
+        from orbitfl.agent.backends import open_trainer
         from orbitfl.models.artifacts import build_artifacts
         from orbitfl.models.manifest import read_manifest
         from orbitfl.models.zoo import build
@@ -70,7 +70,7 @@ class Learner:
             read_manifest(art)
         except (OSError, ValueError):
             build_artifacts(build(t.model), art, optimizer=t.optimizer)
-        self.trainer = OrtTrainer(art, learning_rate=t.lr)
+        self.trainer = open_trainer(art, learning_rate=t.lr)
         data = load(d.dataset, seed=d.seed)
         y = data.y_train
         if d.split == "dirichlet":

@@ -155,12 +155,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
-    from orbitfl.agent.ort_trainer import OrtTrainer
+    from orbitfl.agent.backends import open_trainer
 
     from orbitfl import data
 
     try:
-        trainer = OrtTrainer(args.artifacts, learning_rate=args.lr)
+        trainer = open_trainer(args.artifacts, learning_rate=args.lr)
         if args.data == "mnist":
             if args.mnist_path is None:
                 return _fail("--data mnist needs --mnist-path FOLDER (the four standard IDX files)")

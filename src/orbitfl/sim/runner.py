@@ -189,7 +189,7 @@ class Learning:
     would) and the ground's held-out evaluation."""
 
     def __init__(self, cfg: SimConfig, n_agents: int, work: Path) -> None:
-        from orbitfl.agent.ort_trainer import OrtTrainer
+        from orbitfl.agent.backends import open_trainer
         from orbitfl.data.datasets import load
         from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
         from orbitfl.models.artifacts import build_artifacts
@@ -220,7 +220,7 @@ class Learning:
         build_artifacts(self.spec, self.art)
 
         def new() -> Any:
-            return OrtTrainer(self.art, learning_rate=cfg.lr)
+            return open_trainer(self.art, learning_rate=cfg.lr)
 
         self._new = new
         self.trainers: dict[int, Any] = {}
