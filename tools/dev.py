@@ -3,6 +3,7 @@
 
     python3 tools/dev.py demo    # set up, then run the main job
     python3 tools/dev.py test    # set up, then run the C++ unit tests (ctest) and pytest
+    python3 tools/dev.py constraints   # refresh the pinned build inputs (tools/constraints.txt)
 
 Needs only python3 (with its venv module), a C++17 compiler and access to PyPI. Re-running is
 cheap: the package is rebuilt incrementally in build/ and nothing is re-downloaded.
@@ -52,7 +53,30 @@ def setup(job: str) -> None:
             )
     run([str(PY), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     # cmake and ninja come from PyPI with the build, so only a compiler is needed from the system.
-    run([str(PY), "-m", "pip", "install", "--quiet", f".[{EXTRAS[job]}]"])
+    run([str(PY), "-m", "pip", "install", "--quiet", *constraint_args(PY), f".[{EXTRAS[job]}]"])
+
+
+CONSTRAINTS = ROOT / "tools" / "constraints.txt"
+
+
+def constraint_args(python: Path | str) -> list[str]:
+    """pip options that pin the build inputs (tools/constraints.txt) for the install and for the
+    package's isolated build environment. A pip without --build-constraint (before 25.3) applies
+    PIP_CONSTRAINT to the build environment instead."""
+    helptext = subprocess.run([str(python), "-m", "pip", "install", "--help"], capture_output=True,
+                              text=True, cwd=ROOT).stdout
+    if "--build-constraint" in helptext:
+        return ["-c", str(CONSTRAINTS), "--build-constraint", str(CONSTRAINTS)]
+    os.environ["PIP_CONSTRAINT"] = str(CONSTRAINTS)
+    return ["-c", str(CONSTRAINTS)]
+
+
+def refresh_constraints() -> int:
+    """Rewrite tools/constraints.txt with the newest release of each pin inside pyproject's range
+    (tools/constraints.py does it; it runs under .venv's python, which has `packaging`)."""
+    python = PY if PY.exists() else Path(sys.executable)
+    script = ROOT / "tools" / "constraints.py"
+    return subprocess.run([str(python), str(script), "refresh"], cwd=ROOT).returncode
 
 
 TFLITE_VENV = ROOT / ".venv-tflite"
@@ -115,6 +139,8 @@ def system_tools() -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["constraints"]:
+        return refresh_constraints()
     if len(argv) != 1 or argv[0] not in EXTRAS:
         print(__doc__)
         return 2

@@ -35,6 +35,7 @@ QEMU_CPU = os.environ.get("ORBITFL_QEMU_CPU") or "cortex-a72"
 TRIPLE = "aarch64-linux-gnu"
 TOOLCHAIN = ROOT / "tools" / "cmake" / f"{TRIPLE}.cmake"
 DIGEST = ROOT / "tools" / "cross" / "kernel_digest.py"
+CONSTRAINTS = ROOT / "tools" / "constraints.txt"  # pinned build inputs, shared with tools/dev.py
 
 # Debian's python3 per release: the target root and the arm64 headers must be the same minor version.
 PYTHON_OF_SUITE = {"bookworm": "3.11", "trixie": "3.13"}
@@ -235,7 +236,8 @@ def ensure_wheels() -> None:
     # or wheels built for a newer baseline (numpy >= 2.3: manylinux_2_28) are silently skipped.
     tags = ["manylinux2014_aarch64"] + [f"manylinux_2_{m}_aarch64" for m in range(17, minor + 1)]
     reqs = requirements()
-    stamp = {"python": ver, "glibc": f"{major}.{minor}", "requirements": reqs}
+    stamp = {"python": ver, "glibc": f"{major}.{minor}", "requirements": reqs,
+             "constraints": CONSTRAINTS.read_text()}
     target = site_dir()
     stamp_file = target / ".orbitfl-wheels.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
@@ -244,7 +246,8 @@ def ensure_wheels() -> None:
     shutil.rmtree(partial, ignore_errors=True)
     cmd: list[object] = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                          "--target", partial, "--only-binary=:all:", "--implementation", "cp",
-                         "--python-version", ver, "--abi", "cp" + ver.replace(".", "")]
+                         "--python-version", ver, "--abi", "cp" + ver.replace(".", ""),
+                         "-c", CONSTRAINTS]
     for tag in tags:
         cmd += ["--platform", tag]
     run([*cmd, *reqs])
@@ -287,7 +290,7 @@ def package_tree() -> Path:
 
 
 def emulated_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = emulated_env_bare()
     env["PYTHONPATH"] = os.pathsep.join([str(package_tree()), str(site_dir())])
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the repo's tests/ free of aarch64 caches
@@ -305,9 +308,13 @@ def emulated_python(args: Sequence[str], **kwargs: object) -> subprocess.Complet
 # --------------------------------------------------------------------------------------------
 # Cross build
 # --------------------------------------------------------------------------------------------
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
 def host_tool(name: str) -> str:
-    venv_bin = ROOT / ".venv" / "bin" / name
-    found = shutil.which(name) or (str(venv_bin) if venv_bin.exists() else None)
+    # The project's venv first: its cmake and ninja are the pinned ones (tools/constraints.txt).
+    venv_bin = VENV_BIN / name
+    found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
     if not found:
         raise Missing(f"no {name} on PATH or in .venv: `python3 tools/dev.py test` installs it "
                       f"(or: pip install {name})")
@@ -315,18 +322,41 @@ def host_tool(name: str) -> str:
 
 
 def pybind11_dir() -> str:
-    """pybind11's CMake config: from the build machine's Python, else a private copy."""
+    """pybind11's CMake config: a private copy of the pinned release (tools/constraints.txt), so
+    the cross build compiles against the same pybind11 as the native one, whatever the host has."""
     tools = CACHE / "host-tools"
-    probe = "import pybind11; print(pybind11.get_cmake_dir())"
-    for python, path in ((sys.executable, ""), (sys.executable, str(tools))):
-        env = {**os.environ, "PYTHONPATH": path} if path else None
-        res = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env)
-        if res.returncode == 0:
-            return res.stdout.strip()
-        if not path:
+    probe = "import pybind11; print(pybind11.__version__, pybind11.get_cmake_dir())"
+    want = next((line.split("==")[1].split(";")[0].strip() for line in CONSTRAINTS.read_text().splitlines()
+                 if line.startswith("pybind11==")), None)
+    if want is None:
+        raise RuntimeError(f"{CONSTRAINTS} pins no pybind11")
+    for attempt in range(2):
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(tools)})
+        if res.returncode == 0 and res.stdout.split()[0] == want:
+            return res.stdout.split(maxsplit=1)[1].strip()
+        if attempt == 0:
+            shutil.rmtree(tools, ignore_errors=True)
             run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                 "--target", tools, "pybind11>=2.13"])
-    raise RuntimeError("pybind11 could not be installed for the cross build")
+                 "--target", tools, f"pybind11=={want}"])
+    raise RuntimeError(f"pybind11 {want} could not be installed for the cross build: {res.stderr[-300:]}")
+
+
+def target_ext_suffix() -> str:
+    """The target interpreter's own extension suffix (``.cpython-311-aarch64-linux-gnu.so``),
+    asked of it directly: CMake gets it passed, never infers it through the emulator."""
+    res = subprocess.run([*qemu(rootfs()), str(target_python()), "-c",
+                          "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX') or '')"],
+                         capture_output=True, text=True, env=emulated_env_bare())
+    suffix = res.stdout.strip()
+    if res.returncode or not re.fullmatch(r"\.cpython-\d+[a-z]*-aarch64-linux-gnu\.so", suffix):
+        raise RuntimeError(f"the aarch64 python {target_python()} gave EXT_SUFFIX {suffix!r} "
+                           f"(exit {res.returncode}): {res.stderr.strip()[-500:]}")
+    return suffix
+
+
+def emulated_env_bare() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
 
 
 def project_version() -> str:
@@ -361,6 +391,7 @@ def cross_build() -> None:
     if with_python:
         ver = python_version()
         cmd += [f"-DPython_EXECUTABLE={python_wrapper()}",
+                f"-DORBITFL_EXT_SUFFIX={target_ext_suffix()}",
                 # The target's sysconfig names its own root; the headers come from the host's
                 # multiarch libpython<ver>-dev:arm64 (pyconfig.h picks the aarch64 variant).
                 f"-DPython_INCLUDE_DIR=/usr/include/python{ver}",
@@ -400,12 +431,16 @@ def wheel_packages() -> dict[str, str]:
 
 def assemble() -> Path:
     """The orbitfl package as the wheel would lay it out, with the aarch64 _core in it."""
-    cores = sorted(build_dir().glob("_core.*.so"))
-    if not cores:
-        raise RuntimeError(f"no _core.*.so in {build_dir()}: the cross build made no Python module")
-    for core in cores:
-        if elf_machine(core) != EM_AARCH64:
-            raise RuntimeError(f"{core} is not an aarch64 binary: remove {build_dir()} and build again")
+    want = build_dir() / f"_core{target_ext_suffix()}"
+    if not want.is_file():
+        found = sorted(p.name for p in build_dir().glob("_core*") if p.is_file())
+        raise RuntimeError(
+            f"the cross build made no {want.name} in {build_dir()} (found: {', '.join(found) or 'nothing'}); "
+            f"the target's EXT_SUFFIX is {want.name[len('_core'):]!r}: remove {build_dir()} and build again"
+        )
+    if elf_machine(want) != EM_AARCH64:
+        raise RuntimeError(f"{want} is not an aarch64 binary: remove {build_dir()} and build again")
+    cores = [want]
     tree = package_tree()
     shutil.rmtree(tree, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
