@@ -63,8 +63,9 @@ def constraint_args(python: Path | str) -> list[str]:
     """pip options that pin the build inputs (tools/constraints.txt) for the install and for the
     package's isolated build environment. A pip without --build-constraint (before 25.3) applies
     PIP_CONSTRAINT to the build environment instead."""
-    helptext = subprocess.run([str(python), "-m", "pip", "install", "--help"], capture_output=True,
-                              text=True, cwd=ROOT).stdout
+    helptext = subprocess.run(
+        [str(python), "-m", "pip", "install", "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
     if "--build-constraint" in helptext:
         return ["-c", str(CONSTRAINTS), "--build-constraint", str(CONSTRAINTS)]
     os.environ["PIP_CONSTRAINT"] = str(CONSTRAINTS)
@@ -90,8 +91,11 @@ def tflite_runtime_env() -> None:
         return
     wheel_exists = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
     if sys.version_info >= (3, 12) or not wheel_exists:
-        print("tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
-              "its tests will be skipped", flush=True)
+        print(
+            "tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
+            "its tests will be skipped",
+            flush=True,
+        )
         return
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(TFLITE_VENV)
@@ -105,8 +109,18 @@ def tflite_runtime_env() -> None:
 def cpp_tests() -> None:
     build = ROOT / "build" / "cpp-tests"
     cmake = [str(BIN / "cmake")]
-    run([*cmake, "-S", ".", "-B", str(build), "-DORBITFL_BUILD_TESTS=ON", "-DORBITFL_BUILD_PYTHON=OFF",
-         "-DCMAKE_BUILD_TYPE=Release"])
+    run(
+        [
+            *cmake,
+            "-S",
+            ".",
+            "-B",
+            str(build),
+            "-DORBITFL_BUILD_TESTS=ON",
+            "-DORBITFL_BUILD_PYTHON=OFF",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+    )
     run([*cmake, "--build", str(build), "--parallel", "2"])
     run([str(BIN / "ctest"), "--test-dir", str(build), "--output-on-failure"])
 
@@ -126,16 +140,23 @@ def cross_setup() -> None:
 
 
 def system_tools() -> None:
-    """In CI (a root Debian/Ubuntu machine), install systemd so that the unit files are checked by
-    `systemd-analyze verify`; elsewhere that test skips, saying what to install."""
-    if os.environ.get("CI", "").lower() != "true" or shutil.which("systemd-analyze"):
+    """In CI (a root Debian/Ubuntu machine), install systemd and python3-seccomp so that the unit
+    files are checked by `systemd-analyze verify` and the daemons are run under their filter;
+    elsewhere those tests skip, saying what to install."""
+    seccomp = (
+        subprocess.run(["/usr/bin/python3", "-c", "import seccomp"], capture_output=True).returncode == 0
+        if Path("/usr/bin/python3").exists()
+        else False
+    )
+    if os.environ.get("CI", "").lower() != "true" or (shutil.which("systemd-analyze") and seccomp):
         return
     if not shutil.which("apt-get") or os.geteuid() != 0:
         print("systemd-analyze is missing and cannot be installed here (needs root and apt-get)", flush=True)
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"], env=env)
+    # python3-seccomp: tests/integration/test_unit_sandbox.py runs the daemons under the units' filter.
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd", "python3-seccomp"], env=env)
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,8 @@ class Cluster:
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Any] = {}
+        # Command prefix per process name ("ground", or an agent's name), e.g. a sandbox launcher.
+        self.prefix: dict[str, list[str]] = {}
 
     def key(self, name: str, allow: bool = True) -> None:
         if not (self.keys / f"{name}.key").exists():
@@ -106,7 +108,7 @@ class Cluster:
         self.logs[name] = log
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         p = subprocess.Popen(
-            [sys.executable, "-m", "orbitfl.cli", *args],
+            [*self.prefix.get(name, []), sys.executable, "-m", "orbitfl.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
