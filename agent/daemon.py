@@ -22,14 +22,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from orbitfl.agent.machine import AgentConfig as MachineConfig
 from orbitfl.agent.machine import AgentMachine
 from orbitfl.agent.outbox import Outbox
-
-from orbitfl.config import AgentConfig, ConfigError, load_agent
-from orbitfl.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
-from orbitfl.service import Notifier, Shutdown, serve, setup_logging
-from orbitfl.wire import (
+from orbitfl.runtime.config import AgentConfig, ConfigError, load_agent
+from orbitfl.runtime.events import (
     GROUND,
     ApplyModel,
     Count,
@@ -44,6 +42,8 @@ from orbitfl.wire import (
     TrainingDone,
     TrainingFailed,
 )
+from orbitfl.runtime.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
+from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 from orbitfl.wire.payload import recipe_needs
 
 log = logging.getLogger("orbitfl.agent")
@@ -57,12 +57,11 @@ class Learner:
 
     def __init__(self, cfg: AgentConfig) -> None:
         from orbitfl.agent.backends import open_trainer
+        from orbitfl.data.datasets import load
+        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
         from orbitfl.models.artifacts import build_artifacts
         from orbitfl.models.manifest import read_manifest
         from orbitfl.models.zoo import build
-
-        from orbitfl.data.datasets import load
-        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
 
         t, d = cfg.train, cfg.data
         art = cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"

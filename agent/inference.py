@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.agent.tflite_check import TFLiteFormatError, check_tflite
 
 RUNTIMES = ("litert", "tflite-runtime")

@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from orbitfl.ground.machine import GroundConfig as MachineConfig
 from orbitfl.ground.machine import GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import make_strategy
-
-from orbitfl.config import ConfigError, GroundConfig, load_ground
-from orbitfl.link import CurveServerKeys, GroundLink, LinkError
-from orbitfl.service import Notifier, Shutdown, serve, setup_logging
-from orbitfl.wire import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
+from orbitfl.ground.strategies import make_strategy
+from orbitfl.runtime.config import ConfigError, GroundConfig, load_ground
+from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
+from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError
+from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.ground")
 
@@ -64,9 +64,8 @@ class Evaluator:
     accuracy; agents never send their data)."""
 
     def __init__(self, model: str, seed: int, dataset: str, data_seed: int) -> None:
-        from orbitfl.models import zoo
-
         from orbitfl.data.datasets import load
+        from orbitfl.models import zoo
         from orbitfl.ort_import import onnxruntime
 
         self._zoo = zoo

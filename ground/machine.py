@@ -21,12 +21,10 @@ from typing import Any
 import msgpack
 import numpy as np
 import numpy.typing as npt
-from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import FedAvg, Strategy
 
-from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
-from orbitfl.wire.errors import Reason, WireError
-from orbitfl.wire.events import (
+from orbitfl.ground.store import GroundStore
+from orbitfl.ground.strategies import FedAvg, Strategy
+from orbitfl.runtime.events import (
     Action,
     Count,
     Event,
@@ -38,6 +36,8 @@ from orbitfl.wire.events import (
     Send,
     Tick,
 )
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
     Ack,

@@ -1,6 +1,6 @@
 """``orbitfl model export-tflite``: write trained weights as a float32 or int8 .tflite file.
 
-The ``model`` group (orbitfl.models.cli) picks this module up and calls :func:`register`.
+The ``model`` group (orbitfl.apps.model) picks this module up and calls :func:`register`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph
 from orbitfl.models.tflite.lower import lower
 from orbitfl.models.tflite.quantize import WEIGHT_QUANTIZERS, calibrate, quantize_graph

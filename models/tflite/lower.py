@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph, Op, Shape, UnsupportedOpError
 
 SUPPORTED_OPS = (

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph, Op, QuantParams, Tensor
 from orbitfl.models.tflite.reference import evaluate
 

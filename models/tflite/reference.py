@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph, Op
 
 Arr = NDArray[np.float64]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from orbitfl.models.tflite.graph import Graph, Op, Tensor
 
 SCHEMA_VERSION = 3

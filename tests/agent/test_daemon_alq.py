@@ -8,16 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from orbitfl.agent.daemon import Learner
 from orbitfl.agent.machine import AgentConfig as MachineConfig
 from orbitfl.agent.machine import AgentMachine
 from orbitfl.agent.outbox import Outbox
+from orbitfl.codec import Payload
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.codec import Payload
-from orbitfl.config import ConfigError, load_agent
-from orbitfl.wire import GROUND, LinkUp, MessageReceived, Send, StartTraining, Update, decode
+from orbitfl.runtime.config import ConfigError, load_agent
+from orbitfl.runtime.events import GROUND, LinkUp, MessageReceived, Send, StartTraining
+from orbitfl.wire import Update, decode
 
 AGENT = """
 [agent]

@@ -21,7 +21,6 @@ from orbitfl.agent import inference
 from orbitfl.agent.inference import InvalidModelError, OnboardModel, RuntimeUnavailableError
 from orbitfl.models import zoo
 from orbitfl.models.tflite import export_tflite
-
 from orbitfl.ort_import import onnxruntime
 
 

@@ -17,9 +17,8 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
 
 from orbitfl.agent.ort_trainer import OrtTrainer
 from orbitfl.agent.trainer import CheckpointError, Trainer
-from orbitfl.models import artifacts, zoo
-
 from orbitfl.data import Dataset, load_digits
+from orbitfl.models import artifacts, zoo
 
 
 @pytest.fixture(scope="module")

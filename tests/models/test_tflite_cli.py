@@ -14,9 +14,8 @@ pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
 from orbitfl.agent.inference import OnboardModel  # noqa: E402
-from orbitfl.models import zoo  # noqa: E402
-
 from orbitfl.cli import main  # noqa: E402
+from orbitfl.models import zoo  # noqa: E402
 from orbitfl.ort_import import onnxruntime  # noqa: E402
 
 

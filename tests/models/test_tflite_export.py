@@ -22,11 +22,11 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("sklearn")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
 from orbitfl.agent.inference import OnboardModel  # noqa: E402
 from orbitfl.models import zoo  # noqa: E402
 from orbitfl.models.tflite import UnsupportedOpError, build_graph, export_tflite  # noqa: E402
 from orbitfl.models.tflite.reference import evaluate  # noqa: E402
-
 from orbitfl.ort_import import onnxruntime, training_api, training_artifacts  # noqa: E402
 
 FLOAT_TOL = 1e-5
@@ -260,9 +260,8 @@ def test_int8_weights_come_from_the_laq_kernel(
     trained: dict[str, Any], digits: dict[str, np.ndarray]
 ) -> None:
     """Codes and scales are orbitfl._core.laq_quantize's, and fit better than max|w|/127."""
-    from orbitfl.models.tflite.quantize import maxabs_quantizer, quantize_weights
-
     from orbitfl import _core
+    from orbitfl.models.tflite.quantize import maxabs_quantizer, quantize_weights
 
     spec, weights = trained["lenet-s"]
     calib = digits["x_train"][:100].reshape(-1, *spec.input_shape)

@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from orbitfl.link import (
+from orbitfl.runtime.link import (
     AgentLink,
     Backoff,
     Down,
@@ -100,7 +100,7 @@ def test_insecure_link_names_the_agent_by_its_declared_name(pump: Any) -> None:
 
 
 def test_missing_or_wrong_key_files_give_errors_naming_the_file(keys: Any) -> None:
-    from orbitfl.link import CurveClientKeys, CurveServerKeys
+    from orbitfl.runtime.link import CurveClientKeys, CurveServerKeys
 
     with pytest.raises(LinkError, match=r"nope\.key_secret"):
         GroundLink(ANY_PORT, keys=CurveServerKeys(keys.dir / "nope.key_secret", keys.allowed))

@@ -86,7 +86,7 @@ def _toml_str(p: Path | str) -> str:
 
 def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
     """Keys and TOML configs for the ground and each agent, all inside ``work``."""
-    from orbitfl.keys import new_keypair
+    from orbitfl.runtime.keys import new_keypair
 
     keys, allowed = work / "keys", work / "allowed"
     if not s.insecure:

@@ -155,9 +155,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
-    from orbitfl.agent.backends import open_trainer
 
     from orbitfl import data
+    from orbitfl.agent.backends import open_trainer
 
     try:
         trainer = open_trainer(args.artifacts, learning_rate=args.lr)

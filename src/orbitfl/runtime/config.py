@@ -61,7 +61,7 @@ def _host_port(v: Any) -> str | None:
 
 
 def _name(v: Any) -> str | None:
-    from orbitfl.keys import check_name
+    from orbitfl.runtime.keys import check_name
 
     try:
         check_name(v)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orbitfl.experiment.report import compare_to_baseline, run_record, write_report
-from orbitfl.sim.runner import SimConfig, Simulation, check_codec, load_windows
+from orbitfl.apps.experiment.report import compare_to_baseline, run_record, write_report
+from orbitfl.apps.sim.runner import SimConfig, Simulation, check_codec, load_windows
 
 SECTIONS = ("experiment", "base", "datasets", "recipes")
 EXPERIMENT_KEYS = ("name", "seeds", "baseline", "target_accuracy")
@@ -71,7 +71,7 @@ def _tables(raw: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]
 
 
 def available_strategies() -> list[str]:
-    from orbitfl.ground.strategy import STRATEGIES
+    from orbitfl.ground.strategies import STRATEGIES
 
     return sorted(STRATEGIES)
 
@@ -209,7 +209,7 @@ def run_plan(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from orbitfl.sim.cli import load_toml
+    from orbitfl.apps.sim.cli import load_toml
 
     try:
         raw = load_toml(args.config)

@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from orbitfl.sim.orbits import (
+from orbitfl.apps.sim.orbits import (
     DEFAULT_STATIONS,
     Station,
     Walker,
@@ -40,7 +40,7 @@ from orbitfl.sim.orbits import (
     tle_windows,
     walker_windows,
 )
-from orbitfl.wire.events import StartTraining
+from orbitfl.runtime.events import StartTraining
 from orbitfl.wire.payload import recipe_needs
 
 PARTITIONS = ("dirichlet", "iid", "shard")
@@ -396,7 +396,7 @@ class Simulation:
         from orbitfl.agent.outbox import Outbox
         from orbitfl.ground.machine import GroundConfig, GroundMachine
         from orbitfl.ground.store import GroundStore
-        from orbitfl.ground.strategy import STRATEGIES, make_strategy
+        from orbitfl.ground.strategies import STRATEGIES, make_strategy
 
         if cfg.strategy not in STRATEGIES:
             raise ValueError(
@@ -552,7 +552,7 @@ class Simulation:
             self._tmp = None
 
     def _on_open(self, w: Window) -> None:
-        from orbitfl.wire import LinkUp
+        from orbitfl.runtime.events import LinkUp
 
         self._serial += 1
         self.links[w.satellite] = _Link(w, self._serial, w.start, w.start)
@@ -561,7 +561,7 @@ class Simulation:
         self._agent(w.satellite, LinkUp())
 
     def _on_close(self, data: tuple[str, int]) -> None:
-        from orbitfl.wire import LinkDown, PeerSilent
+        from orbitfl.runtime.events import LinkDown, PeerSilent
 
         sat, serial = data
         ln = self.links.get(sat)
@@ -572,7 +572,7 @@ class Simulation:
         self._ground(PeerSilent(sat))
 
     def _on_tick(self, _: None) -> None:
-        from orbitfl.wire import Tick
+        from orbitfl.runtime.events import Tick
 
         self._ground(Tick())
         for sat in list(self.links):
@@ -580,7 +580,7 @@ class Simulation:
         self._push(self.now + self.cfg.tick_s, "tick", None)
 
     def _on_up(self, data: tuple[str, int, bytes]) -> None:
-        from orbitfl.wire import MessageReceived
+        from orbitfl.runtime.events import MessageReceived
 
         sat, serial, frame = data
         ln = self.links.get(sat)
@@ -588,7 +588,7 @@ class Simulation:
             self._ground(MessageReceived(sat, frame))
 
     def _on_down(self, data: tuple[str, int, bytes]) -> None:
-        from orbitfl.wire import GROUND, MessageReceived
+        from orbitfl.runtime.events import GROUND, MessageReceived
 
         sat, serial, frame = data
         ln = self.links.get(sat)
@@ -596,7 +596,7 @@ class Simulation:
             self._agent(sat, MessageReceived(GROUND, frame))
 
     def _on_trained(self, data: tuple[str, StartTraining]) -> None:
-        from orbitfl.wire import TrainingDone
+        from orbitfl.runtime.events import TrainingDone
 
         sat, job = data
         if self._jobs.get(sat) is not job:
@@ -628,7 +628,7 @@ class Simulation:
     # --- actions ----------------------------------------------------------------------------------
 
     def _agent(self, sat: str, event: Any) -> None:
-        from orbitfl.wire import Send, StartTraining
+        from orbitfl.runtime.events import Send, StartTraining
 
         for a in self.agents[self.index[sat]].handle(event, self.now):
             if isinstance(a, Send):
@@ -638,7 +638,7 @@ class Simulation:
                 self._push(self.now + self.cfg.epochs * self.cfg.seconds_per_epoch, "trained", (sat, a))
 
     def _ground(self, event: Any) -> None:
-        from orbitfl.wire import RoundClosed, Send
+        from orbitfl.runtime.events import RoundClosed, Send
 
         for a in self.ground.handle(event, self.now):
             if isinstance(a, Send):
