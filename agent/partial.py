@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from orbitfl.wire.payload import encode_payload, new_codec_state
+
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 
@@ -165,8 +167,6 @@ def measure_bytes_per_value(recipe: str, sample: Mapping[str, npt.NDArray[Any]])
     encoded UPDATE payload's msgpack size over the number of values. Uses a fresh codec state, so
     the agent's error-feedback memory is not touched. ValueError for a recipe the codec refuses."""
     import msgpack
-
-    from orbitfl.wire.payload import encode_payload, new_codec_state
 
     n = sum(int(np.size(v)) for v in sample.values())
     if n == 0:

@@ -22,6 +22,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from orbitfl.codec.inputs import check_recipe
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import FedAvg, Strategy
 from orbitfl.runtime.events import (
@@ -58,7 +59,7 @@ from orbitfl.wire.messages import (
     id_sender,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
-from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state, pipeline
+from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict, check_against_model
 
 
@@ -100,7 +101,7 @@ class GroundConfig:
         if self.downlink_recipe in ("fp32", ""):
             self.downlink_recipe = None
         if self.downlink_recipe is not None:
-            pipeline(self.downlink_recipe)  # a recipe the codec cannot parse fails here, by name
+            check_recipe(self.downlink_recipe)  # a recipe the codec cannot parse fails here, by name
         if not self.ground_id or ":" in self.ground_id:
             raise ValueError("ground_id must be non-empty and contain no ':'")
 

@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.data import load_digits
+from orbitfl.models.tflite import export_tflite
+from orbitfl.models.tflite.lower import load_onnx
+
 CALIBRATION_SETS = ("digits",)
 
 
@@ -59,8 +63,6 @@ def _input_shape(model: Any) -> tuple[int | None, ...]:
 
 def _calibration(source: str, shape: tuple[int | None, ...], limit: int) -> NDArray[np.float32]:
     if source == "digits":
-        from orbitfl.data import load_digits
-
         samples = load_digits().x_train
     else:
         path = Path(source)
@@ -99,9 +101,6 @@ def _weights(path: Path) -> dict[str, NDArray[Any]]:
 
 
 def run_export_tflite(args: argparse.Namespace) -> int:
-    from orbitfl.models.tflite import export_tflite
-    from orbitfl.models.tflite.lower import load_onnx
-
     prog = "orbitfl model export-tflite"
     if not args.int8 and (args.per_tensor or args.calibration_data):
         print(f"{prog}: error: --per-tensor and --calibration-data only apply with --int8", file=sys.stderr)

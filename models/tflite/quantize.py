@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.kernels import backend
 from orbitfl.models.tflite.graph import Graph, Op, QuantParams, Tensor
 from orbitfl.models.tflite.reference import evaluate
 
@@ -47,7 +48,6 @@ def laq_quantizer(x: F32) -> tuple[I8, float]:
     int8 weight grid with scale alpha / 127. With unit curvature weights it fits alpha to the least
     squared error instead of taking max|x|, so one outlier no longer coarsens every other step.
     """
-    from orbitfl.kernels import backend
 
     kern = backend("cpp")
     x = np.ascontiguousarray(x, dtype=np.float32)

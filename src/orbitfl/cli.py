@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from orbitfl import __version__
+
 # group name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("orbitfl.codec.cli", "compression recipes: benchmark and inspect"),
@@ -45,8 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     if args.version:
-        from orbitfl import __version__
-
         print(__version__)
         return 0
     func = getattr(args, "func", None)

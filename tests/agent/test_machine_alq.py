@@ -13,6 +13,7 @@ import pytest
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
 from orbitfl.codec import Payload
+from orbitfl.codec.inputs import check_encode_inputs
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
 from orbitfl.runtime.events import (
@@ -27,7 +28,7 @@ from orbitfl.runtime.events import (
     TrainingDone,
 )
 from orbitfl.wire import Update, decode
-from orbitfl.wire.payload import check_encode_inputs, decode_payload
+from orbitfl.wire.payload import decode_payload
 
 MODEL = {"w": np.zeros((200, 100), np.float32), "b": np.zeros(100, np.float32)}  # 20 100 values
 

@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orbitfl import data
+from orbitfl.agent.backends import open_trainer
+from orbitfl.models import artifacts, zoo
+
 EXTENSIONS = ("orbitfl.models.tflite.cli",)
 
 
@@ -91,8 +95,6 @@ def _fail(msg: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from orbitfl.models import zoo
-
     rows: list[dict[str, Any]] = []
     for name in zoo.MODEL_NAMES:
         spec = zoo.build(name)
@@ -126,8 +128,6 @@ def _prod(shape: Any) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from orbitfl.models import artifacts
-
     options: dict[str, Any] = {"input": args.input, "classes": args.classes, "seed": args.seed}
     if args.hidden is not None:
         options["hidden"] = args.hidden if args.name == "mlp" else args.hidden[0]
@@ -155,9 +155,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from orbitfl import data
-    from orbitfl.agent.backends import open_trainer
 
     try:
         trainer = open_trainer(args.artifacts, learning_rate=args.lr)

@@ -105,6 +105,7 @@ class Stage:
     default_ef: ClassVar[bool] = False
     first_only: ClassVar[bool] = False  # needs the whole tensor (curvature, budget)
     needs_curvature: ClassVar[bool] = False
+    needs_budget: ClassVar[bool] = False  # sizes its output to the encode's budget_bytes
     meta_schema: ClassVar[Mapping[str, type]] = {}
 
     args: dict[str, Any] = field(default_factory=dict)

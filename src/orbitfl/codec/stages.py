@@ -431,6 +431,7 @@ class Alq(Laq):
     given 0 bits is not sent."""
 
     params = (Param("choices", str, "", positional=True, check=_choices),)
+    needs_budget = True
     meta_schema: ClassVar[Mapping[str, type]] = {"alpha": float, "bits": int}
 
     @property
