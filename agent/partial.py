@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from orbitfl.arrays import F32
 from orbitfl.wire.payload import encode_payload, new_codec_state
 
-F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 
 

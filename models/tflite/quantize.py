@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.kernels import backend
 from orbitfl.models.tflite.graph import Graph, Op, QuantParams, Tensor
 from orbitfl.models.tflite.reference import evaluate
 
-F32 = NDArray[np.float32]
 I8 = NDArray[np.int8]
 # A weight quantizer maps a float32 vector to (int8 codes in [-127, 127], scale > 0).
 WeightQuantizer = Callable[[F32], tuple[I8, float]]

@@ -18,10 +18,12 @@ Conventions for every kernel:
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
+
 __version__: str
 simd: str  # "neon", "sse2" or "scalar": the path the hot loops were built with
 
-F32 = NDArray[np.float32]
+
 U8 = NDArray[np.uint8]
 U16 = NDArray[np.uint16]
 U32 = NDArray[np.uint32]

@@ -24,6 +24,7 @@ from typing import Any
 from orbitfl import data
 from orbitfl.agent.backends import open_trainer
 from orbitfl.models import artifacts, zoo
+from orbitfl.models.manifest import read_manifest
 
 EXTENSIONS = ("orbitfl.models.tflite.cli",)
 
@@ -179,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save_weights is not None:
         np.savez(args.save_weights, **trainer.get_weights())  # type: ignore[arg-type]
     out = {
-        "model": trainer.manifest.model,
+        "model": read_manifest(args.artifacts).model,
         "data": ds.name,
         "epochs": args.epochs,
         "resumed_from": metrics.resumed_from,

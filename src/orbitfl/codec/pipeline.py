@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.codec import stages as _stages  # noqa: F401  (registers the built-in stages)
 from orbitfl.codec.payload import DEFAULT_LIMITS, Payload, TensorRecord
 from orbitfl.codec.recipe import Chain, Recipe, parse_chain, parse_recipe
-from orbitfl.codec.registry import F32, EncodeContext
+from orbitfl.codec.registry import EncodeContext
 from orbitfl.kernels import backend as kernel_backend
 from orbitfl.kernels.alq import OVERHEAD_BYTES, allocate_bits
 

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-F32 = NDArray[np.float32]
+from orbitfl.arrays import F32
+
 Meta = dict[str, int | float]
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import zstandard
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.codec.registry import (
-    F32,
     EncodeContext,
     Encoded,
     Field,
