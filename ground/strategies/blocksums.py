@@ -204,7 +204,6 @@ class SumStrategy(StalenessLimit, Strategy):
         self._n = 0
         self._finalized = True  # until reset
 
-
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
         self.sums.reset(global_weights)
         self._n = 0

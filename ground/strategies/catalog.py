@@ -12,8 +12,7 @@ from orbitfl.ground.strategies.partial import PartialAverage
 from orbitfl.ground.strategies.robust import CoordinateMedian, NormClip, TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (FedAvg, PartialAverage, FedBuff, EMSFL, NormClip, CoordinateMedian, TrimmedMean)
+    cls.name: cls for cls in (FedAvg, PartialAverage, FedBuff, EMSFL, NormClip, CoordinateMedian, TrimmedMean)
 }
 
 

@@ -87,7 +87,6 @@ class _Held(StalenessLimit, Strategy):
         self._held: list[dict[str, npt.NDArray[np.float32]]] = []
         self._finalized = True
 
-
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
         self._shapes = {k: tuple(np.shape(v)) for k, v in global_weights.items()}
         self._held = []

@@ -28,21 +28,43 @@ def add_export_tflite_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(name -> array), as a .tflite file for LiteRT / tflite-runtime. No TensorFlow needed.",
     )
     p.add_argument("--onnx", required=True, type=Path, metavar="MODEL.onnx", help="inference ONNX model")
-    p.add_argument("--weights", type=Path, metavar="W.npz",
-                   help="trained weights: an .npz of float32 arrays named like the model's parameters")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        metavar="W.npz",
+        help="trained weights: an .npz of float32 arrays named like the model's parameters",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="F.tflite", help="file to write")
-    p.add_argument("--int8", action="store_true",
-                   help="full-integer int8 model (float input/output); needs --calibration-data")
-    p.add_argument("--per-tensor", action="store_true",
-                   help="one weight scale per tensor instead of per output channel (with --int8)")
-    p.add_argument("--weight-quantizer", choices=("laq", "maxabs"), default="laq",
-                   help="int8 weight scales: laq (least squared error, orbitfl's LAQ kernel; default) or "
-                   "maxabs (max|w|/127)")
-    p.add_argument("--calibration-data", metavar="digits|FILE.npy",
-                   help="representative inputs for the int8 activation ranges: 'digits' (training split "
-                   "of scikit-learn's digits) or an .npy of samples shaped like the model input")
-    p.add_argument("--calibration-samples", type=int, default=500, metavar="N",
-                   help="use at most N calibration samples (default 500)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="full-integer int8 model (float input/output); needs --calibration-data",
+    )
+    p.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per tensor instead of per output channel (with --int8)",
+    )
+    p.add_argument(
+        "--weight-quantizer",
+        choices=("laq", "maxabs"),
+        default="laq",
+        help="int8 weight scales: laq (least squared error, orbitfl's LAQ kernel; default) or "
+        "maxabs (max|w|/127)",
+    )
+    p.add_argument(
+        "--calibration-data",
+        metavar="digits|FILE.npy",
+        help="representative inputs for the int8 activation ranges: 'digits' (training split "
+        "of scikit-learn's digits) or an .npy of samples shaped like the model input",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=500,
+        metavar="N",
+        help="use at most N calibration samples (default 500)",
+    )
     p.set_defaults(func=run_export_tflite)
     return p
 
@@ -119,9 +141,15 @@ def run_export_tflite(args: argparse.Namespace) -> int:
             if args.int8
             else None
         )
-        out = export_tflite(model, args.out, weights=weights, mode="int8" if args.int8 else "float",
-                            per_channel=not args.per_tensor, calibration=calibration,
-                            weight_quantizer=args.weight_quantizer)
+        out = export_tflite(
+            model,
+            args.out,
+            weights=weights,
+            mode="int8" if args.int8 else "float",
+            per_channel=not args.per_tensor,
+            calibration=calibration,
+            weight_quantizer=args.weight_quantizer,
+        )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -61,9 +61,7 @@ def laq_quantizer(x: F32) -> tuple[I8, float]:
 WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {"laq": laq_quantizer, "maxabs": maxabs_quantizer}
 
 
-def quantize_weights(
-    w: F32, per_channel: bool, quantizer: WeightQuantizer = laq_quantizer
-) -> tuple[I8, F32]:
+def quantize_weights(w: F32, per_channel: bool, quantizer: WeightQuantizer = laq_quantizer) -> tuple[I8, F32]:
     """int8 codes (shape of w) and scales (one per row of axis 0, or one) for a weight tensor."""
     if not per_channel:
         codes, scale = quantizer(np.ascontiguousarray(w, dtype=np.float32).reshape(-1))

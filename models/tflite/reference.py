@@ -58,8 +58,9 @@ def _op(op: Op, args: list[Any]) -> Arr:
         kh, kw = w.shape[1], w.shape[2]
         if o["padding"] == "SAME":
             x = _pad_same(x, kh, kw, o["stride_h"], o["stride_w"], o["dilation_h"], o["dilation_w"], 0.0)
-        win = _windows(np.ascontiguousarray(x), kh, kw, o["stride_h"], o["stride_w"], o["dilation_h"],
-                       o["dilation_w"])
+        win = _windows(
+            np.ascontiguousarray(x), kh, kw, o["stride_h"], o["stride_w"], o["dilation_h"], o["dilation_w"]
+        )
         y = np.einsum("nhwijc,oijc->nhwo", win, w, optimize=True) + b
         return _act(y, o["activation"])
     if op.code == "MAX_POOL_2D":

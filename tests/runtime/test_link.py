@@ -150,9 +150,10 @@ def test_heartbeats_keep_an_idle_link_up(keys: Any, pump: Any) -> None:
 
 
 def test_a_silent_ground_is_declared_down_within_liveness(keys: Any, pump: Any) -> None:
-    with GroundLink(ANY_PORT, keys=keys.server()) as g, AgentLink(
-        g.endpoint, "sat-1", keys=keys.client("sat-1"), heartbeat_s=0.1, liveness=3
-    ) as a:
+    with (
+        GroundLink(ANY_PORT, keys=keys.server()) as g,
+        AgentLink(g.endpoint, "sat-1", keys=keys.client("sat-1"), heartbeat_s=0.1, liveness=3) as a,
+    ):
         pump(g, [a], lambda got, ev: a.up)
         # The ground's process hangs: TCP stays up (libzmq still answers ZMTP pings), no frames come.
         t0 = time.monotonic()
