@@ -387,21 +387,42 @@ class Simulation:
         check_recipe(cfg.codec)
         self.cfg = cfg
         self.progress = progress or (lambda s: None)
-        # The stores fsync every commit, as on a board; in RAM that costs nothing, on a shared disk
-        # it was most of the wall time of a run.
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self._tmp = None if work is not None else tempfile.mkdtemp(prefix="orbitfl-sim-", dir=shm)
-        self.work = Path(work if work is not None else self._tmp)  # type: ignore[arg-type]
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.windows, self.names, self.duration = windows if windows is not None else load_windows(cfg)
-        if not self.windows:
-            raise ValueError("no contact window at all: check the stations, elevation masks and orbits")
+        self._tmp: str | None = None
+        self.work = self._workdir(work)
+        self.windows, self.names, self.duration = self._contacts(windows)
         self.index = {n: i for i, n in enumerate(self.names)}
-        unknown = sorted({w.satellite for w in self.windows} - set(self.index))
-        if unknown:
-            raise ValueError(f"windows name satellites not in the constellation: {unknown[:5]}")
         self.learn = Learning(cfg, len(self.names), self.work)
         self.n_params = sum(int(v.size) for v in self.learn.initial.values())
+        self.ground = self._new_ground()
+        self.agents = [self._new_agent(i, n) for i, n in enumerate(self.names)]
+        self._reset_clock_and_counters()
+
+    def _workdir(self, work: Path | None) -> Path:
+        """The folder of the stores: ``work``, or a temporary one removed by ``close``. The stores
+        fsync every commit, as on a board; in RAM that costs nothing, on a shared disk it was most
+        of the wall time of a run."""
+        if work is None:
+            shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            self._tmp = tempfile.mkdtemp(prefix="orbitfl-sim-", dir=shm)
+            work = Path(self._tmp)
+        work = Path(work)
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+
+    def _contacts(
+        self, windows: tuple[list[Window], list[str], float] | None
+    ) -> tuple[list[Window], list[str], float]:
+        """The contact windows (given, or from the config's geometry), checked against the names."""
+        ws, names, duration = windows if windows is not None else load_windows(self.cfg)
+        if not ws:
+            raise ValueError("no contact window at all: check the stations, elevation masks and orbits")
+        unknown = sorted({w.satellite for w in ws} - set(names))
+        if unknown:
+            raise ValueError(f"windows name satellites not in the constellation: {unknown[:5]}")
+        return ws, names, duration
+
+    def _new_ground(self) -> GroundMachine:
+        cfg = self.cfg
         strategy = make_strategy(cfg.strategy, **cfg.strategy_options)
         hints = dict(cfg.hints)
         if cfg.strategy == "emsfl" and "experts" not in hints:
@@ -416,27 +437,29 @@ class Simulation:
             retransmit_seconds=cfg.retransmit_s,
             chunk_bytes=cfg.chunk_bytes,
         )
-        self.ground = GroundMachine(GroundStore(self.work / "ground"), gcfg, self.learn.initial, strategy)
-        self.agents = [
-            AgentMachine(
-                Outbox(self.work / f"{n}.db"),
-                AgentConfig(
-                    n,
-                    heartbeat_seconds=cfg.heartbeat_s,
-                    retransmit_seconds=cfg.retransmit_s,
-                    chunk_bytes=cfg.chunk_bytes,
-                    capabilities=self._capabilities(i),
-                ),
-            )
-            for i, n in enumerate(self.names)
-        ]
+        return GroundMachine(GroundStore(self.work / "ground"), gcfg, self.learn.initial, strategy)
+
+    def _new_agent(self, i: int, name: str) -> AgentMachine:
+        cfg = self.cfg
+        return AgentMachine(
+            Outbox(self.work / f"{name}.db"),
+            AgentConfig(
+                name,
+                heartbeat_seconds=cfg.heartbeat_s,
+                retransmit_seconds=cfg.retransmit_s,
+                chunk_bytes=cfg.chunk_bytes,
+                capabilities=self._capabilities(i),
+            ),
+        )
+
+    def _reset_clock_and_counters(self) -> None:
         self.now = 0.0
         self._heap: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.links: dict[str, _Link] = {}
         self._serial = 0
         self._jobs: dict[str, StartTraining] = {}  # satellite -> the StartTraining being computed
-        self._rng = random.Random(cfg.seed)
+        self._rng = random.Random(self.cfg.seed)
         self.rows: list[RoundRow] = []
         self.up_update = self.up_all = self.down_all = self.f32 = 0
         self.accepted = 0
