@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from orbitfl.agent.ort_checkpoint import read_optimizer_state
 from orbitfl.agent.trainer import (
     CheckpointError,
@@ -36,6 +35,7 @@ from orbitfl.agent.trainer import (
     write_checkpoint_file,
 )
 from orbitfl.models.manifest import FILES, Manifest, check_weights, read_manifest
+
 from orbitfl.ort_import import onnxruntime, training_api
 
 CHECKPOINT_NAME = "train.ckpt"

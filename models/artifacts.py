@@ -24,6 +24,7 @@ from typing import Any
 
 from orbitfl.models import zoo
 from orbitfl.models.manifest import FILES, LOSSES, MANIFEST, OPTIMIZERS, Manifest
+
 from orbitfl.ort_import import training_artifacts
 
 

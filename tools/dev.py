@@ -72,11 +72,8 @@ def tflite_runtime_env() -> None:
         return
     wheel_exists = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
     if sys.version_info >= (3, 12) or not wheel_exists:
-        print(
-            "tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
-            "its tests will be skipped",
-            flush=True,
-        )
+        print("tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
+              "its tests will be skipped", flush=True)
         return
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(TFLITE_VENV)
@@ -90,18 +87,8 @@ def tflite_runtime_env() -> None:
 def cpp_tests() -> None:
     build = ROOT / "build" / "cpp-tests"
     cmake = [str(BIN / "cmake")]
-    run(
-        [
-            *cmake,
-            "-S",
-            ".",
-            "-B",
-            str(build),
-            "-DORBITFL_BUILD_TESTS=ON",
-            "-DORBITFL_BUILD_PYTHON=OFF",
-            "-DCMAKE_BUILD_TYPE=Release",
-        ]
-    )
+    run([*cmake, "-S", ".", "-B", str(build), "-DORBITFL_BUILD_TESTS=ON", "-DORBITFL_BUILD_PYTHON=OFF",
+         "-DCMAKE_BUILD_TYPE=Release"])
     run([*cmake, "--build", str(build), "--parallel", "2"])
     run([str(BIN / "ctest"), "--test-dir", str(build), "--output-on-failure"])
 

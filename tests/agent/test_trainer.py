@@ -17,8 +17,9 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
 
 from orbitfl.agent.ort_trainer import OrtTrainer
 from orbitfl.agent.trainer import CheckpointError, Trainer
-from orbitfl.data import Dataset, load_digits
 from orbitfl.models import artifacts, zoo
+
+from orbitfl.data import Dataset, load_digits
 
 
 @pytest.fixture(scope="module")

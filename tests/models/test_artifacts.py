@@ -15,10 +15,10 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
     pytest.skip(str(exc), allow_module_level=True)
 
 import onnx
-
-from orbitfl.cli import main
 from orbitfl.models import artifacts, zoo
 from orbitfl.models.manifest import FILES, read_manifest
+
+from orbitfl.cli import main
 
 
 def graph_inputs(path: Path) -> list[str]:

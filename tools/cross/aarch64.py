@@ -147,11 +147,8 @@ def target_python() -> Path:
 def apt_mirror(codename: str) -> str | None:
     """The host's own Debian mirror for `codename` (so a local mirror or proxy is used too)."""
     sources = Path("/etc/apt/sources.list.d")
-    files = [
-        Path("/etc/apt/sources.list"),
-        *sorted(sources.glob("*.list")),
-        *sorted(sources.glob("*.sources")),
-    ]
+    files = [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.list")),
+             *sorted(sources.glob("*.sources"))]
     for path in files:
         if not path.is_file():
             continue
@@ -163,12 +160,8 @@ def apt_mirror(codename: str) -> str | None:
                     key, sep, value = line.partition(":")
                     if sep and not line.startswith((" ", "#")):
                         fields[key.strip().lower()] = value.split()
-                if (
-                    "deb" in fields.get("types", [])
-                    and codename in fields.get("suites", [])
-                    and "main" in fields.get("components", [])
-                    and fields.get("uris")
-                ):
+                if ("deb" in fields.get("types", []) and codename in fields.get("suites", [])
+                        and "main" in fields.get("components", []) and fields.get("uris")):
                     return fields["uris"][0]
         else:
             for line in text.splitlines():
@@ -183,9 +176,8 @@ def ensure_rootfs() -> None:
         return
     codename, ver = suite(), python_version()
     if os.geteuid() != 0:
-        raise Missing(
-            f"debootstrap needs root to build the aarch64 root {rootfs()}: run this script as root once"
-        )
+        raise Missing(f"debootstrap needs root to build the aarch64 root {rootfs()}: "
+                      "run this script as root once")
     partial = rootfs().with_name(rootfs().name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -193,15 +185,8 @@ def ensure_rootfs() -> None:
     # --foreign only downloads and unpacks the base; the second stage would need to run aarch64
     # code as root in a chroot. Unpacking every downloaded .deb gives a root whose files qemu -L can
     # serve, which is all an emulated python needs.
-    cmd = [
-        "debootstrap",
-        "--arch=arm64",
-        "--foreign",
-        "--variant=minbase",
-        "--include=python3",
-        codename,
-        partial,
-    ]
+    cmd = ["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", "--include=python3",
+           codename, partial]
     run([*cmd, mirror] if mirror else cmd)
     archives = partial / "var" / "cache" / "apt" / "archives"
     debs = sorted(archives.glob("*.deb"))
@@ -257,23 +242,9 @@ def ensure_wheels() -> None:
         return
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    cmd: list[object] = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--target",
-        partial,
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        ver,
-        "--abi",
-        "cp" + ver.replace(".", ""),
-    ]
+    cmd: list[object] = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                         "--target", partial, "--only-binary=:all:", "--implementation", "cp",
+                         "--python-version", ver, "--abi", "cp" + ver.replace(".", "")]
     for tag in tags:
         cmd += ["--platform", tag]
     run([*cmd, *reqs])
@@ -338,9 +309,8 @@ def host_tool(name: str) -> str:
     venv_bin = ROOT / ".venv" / "bin" / name
     found = shutil.which(name) or (str(venv_bin) if venv_bin.exists() else None)
     if not found:
-        raise Missing(
-            f"no {name} on PATH or in .venv: `python3 tools/dev.py test` installs it (or: pip install {name})"
-        )
+        raise Missing(f"no {name} on PATH or in .venv: `python3 tools/dev.py test` installs it "
+                      f"(or: pip install {name})")
     return found
 
 
@@ -354,19 +324,8 @@ def pybind11_dir() -> str:
         if res.returncode == 0:
             return res.stdout.strip()
         if not path:
-            run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--target",
-                    tools,
-                    "pybind11>=2.13",
-                ]
-            )
+            run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                 "--target", tools, "pybind11>=2.13"])
     raise RuntimeError("pybind11 could not be installed for the cross build")
 
 
@@ -392,31 +351,21 @@ def cross_build() -> None:
         # A tree configured without this toolchain keeps its host compiler: start it afresh.
         log(f"{build_dir()} was not configured with {TOOLCHAIN.name}: removing it")
         shutil.rmtree(build_dir())
-    cmd: list[object] = [
-        host_tool("cmake"),
-        "-S",
-        ROOT,
-        "-B",
-        build_dir(),
-        f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}",
-        "-DCMAKE_BUILD_TYPE=Release",
-        f"-DORBITFL_QEMU_CPU={QEMU_CPU}",
-        "-DORBITFL_BUILD_TESTS=ON",
-        f"-DORBITFL_BUILD_PYTHON={'ON' if with_python else 'OFF'}",
-    ]
+    cmd: list[object] = [host_tool("cmake"), "-S", ROOT, "-B", build_dir(),
+                         f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", "-DCMAKE_BUILD_TYPE=Release",
+                         f"-DORBITFL_QEMU_CPU={QEMU_CPU}", "-DORBITFL_BUILD_TESTS=ON",
+                         f"-DORBITFL_BUILD_PYTHON={'ON' if with_python else 'OFF'}"]
     has_ninja = shutil.which("ninja") or (ROOT / ".venv" / "bin" / "ninja").exists()
     if has_ninja and not (build_dir() / "CMakeCache.txt").exists():
         cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={host_tool('ninja')}"]
     if with_python:
         ver = python_version()
-        cmd += [
-            f"-DPython_EXECUTABLE={python_wrapper()}",
-            # The target's sysconfig names its own root; the headers come from the host's
-            # multiarch libpython<ver>-dev:arm64 (pyconfig.h picks the aarch64 variant).
-            f"-DPython_INCLUDE_DIR=/usr/include/python{ver}",
-            f"-Dpybind11_DIR={pybind11_dir()}",
-            f"-DSKBUILD_PROJECT_VERSION={project_version()}",
-        ]
+        cmd += [f"-DPython_EXECUTABLE={python_wrapper()}",
+                # The target's sysconfig names its own root; the headers come from the host's
+                # multiarch libpython<ver>-dev:arm64 (pyconfig.h picks the aarch64 variant).
+                f"-DPython_INCLUDE_DIR=/usr/include/python{ver}",
+                f"-Dpybind11_DIR={pybind11_dir()}",
+                f"-DSKBUILD_PROJECT_VERSION={project_version()}"]
     run(cmd)
     run([host_tool("cmake"), "--build", build_dir(), "--parallel", "2"])
 
@@ -445,12 +394,8 @@ def wheel_packages() -> dict[str, str]:
         table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["scikit-build"]
         return dict(table["wheel"]["packages"])
     except (ImportError, KeyError):
-        return {
-            "orbitfl": "src/orbitfl",
-            "orbitfl/agent": "agent",
-            "orbitfl/ground": "ground",
-            "orbitfl/models": "models",
-        }
+        return {"orbitfl": "src/orbitfl", "orbitfl/agent": "agent", "orbitfl/ground": "ground",
+                "orbitfl/models": "models"}
 
 
 def assemble() -> Path:
@@ -476,13 +421,8 @@ def build() -> None:
         raise Missing(f"no aarch64 root in {rootfs()}: run `{Path(__file__).name} setup` first")
     cross_build()
     tree = assemble()
-    emulated_python(
-        [
-            "-c",
-            "import orbitfl._core as c, platform; "
-            "print('orbitfl._core', c.__version__, 'simd', c.simd, 'on', platform.machine())",
-        ]
-    )
+    emulated_python(["-c", "import orbitfl._core as c, platform; "
+                           "print('orbitfl._core', c.__version__, 'simd', c.simd, 'on', platform.machine())"])
     log(f"package tree: {tree}")
 
 
@@ -500,29 +440,12 @@ def kernel_suite(timeout: float = 1800) -> tuple[bool, str]:
     Returns (every half passed and ran tests, the combined output)."""
     if not (package_tree() / "orbitfl").is_dir():
         raise Missing(f"no aarch64 package tree in {package_tree()}: run `{Path(__file__).name} build` first")
-    base = [
-        *qemu(rootfs()),
-        str(target_python()),
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        *DEFAULT_PYTEST_ARGS,
-    ]
+    base = [*qemu(rootfs()), str(target_python()), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            *DEFAULT_PYTEST_ARGS]
     for half in SUITE_HALVES:
         print("+", " ".join([*base, *half]), "&", file=sys.stderr, flush=True)
-    procs = [
-        subprocess.Popen(
-            [*base, *half],
-            cwd=ROOT,
-            env=emulated_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for half in SUITE_HALVES
-    ]
+    procs = [subprocess.Popen([*base, *half], cwd=ROOT, env=emulated_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for half in SUITE_HALVES]
     outputs, ok = [], True
     for proc, half in zip(procs, SUITE_HALVES, strict=True):
         try:
@@ -549,9 +472,8 @@ def pytest(args: Sequence[str]) -> None:
 
 
 def digests_native(python: str, backend: str = "cpp") -> dict[str, str]:
-    out = subprocess.run(
-        [python, str(DIGEST), "--backend", backend], check=True, capture_output=True, text=True, cwd=ROOT
-    )
+    out = subprocess.run([python, str(DIGEST), "--backend", backend], check=True, capture_output=True,
+                         text=True, cwd=ROOT)
     return dict(json.loads(out.stdout))
 
 
@@ -584,9 +506,8 @@ def digest(native_python: str | None = None) -> None:
         if bad:
             failed.append(f"{backend}: {', '.join(bad)}")
     if failed:
-        raise SystemExit(
-            f"[aarch64] kernel outputs differ between {os.uname().machine} and aarch64: " + "; ".join(failed)
-        )
+        raise SystemExit(f"[aarch64] kernel outputs differ between {os.uname().machine} and aarch64: "
+                         + "; ".join(failed))
     log(f"kernel outputs bit-identical on {os.uname().machine} and aarch64 ({QEMU_CPU}), both backends")
 
 
@@ -624,13 +545,8 @@ def main(argv: list[str]) -> int:
         if step == "all":
             # A failing test step does not hide the others' results; setup and build failures stop.
             failed = []
-            for name, fn in (
-                ("setup", setup),
-                ("ctest", ctest),
-                ("build", build),
-                ("pytest", pytest),
-                ("digest", digest),
-            ):
+            for name, fn in (("setup", setup), ("ctest", ctest), ("build", build), ("pytest", pytest),
+                             ("digest", digest)):
                 try:
                     timed(name, fn, *([rest] if name == "pytest" else []))
                 except (subprocess.CalledProcessError, SystemExit) as exc:
@@ -638,11 +554,8 @@ def main(argv: list[str]) -> int:
                         raise
                     failed.append(name)
                     print(f"[aarch64] {name} FAILED: {exc}", file=sys.stderr)
-            log(
-                "total "
-                + ", ".join(f"{n} {t:.0f} s" for n, t in timings)
-                + f" = {sum(t for _, t in timings):.0f} s"
-            )
+            log("total " + ", ".join(f"{n} {t:.0f} s" for n, t in timings)
+                + f" = {sum(t for _, t in timings):.0f} s")
             if failed:
                 log(f"FAILED: {', '.join(failed)}")
                 return 1
@@ -661,7 +574,6 @@ def main(argv: list[str]) -> int:
     except subprocess.CalledProcessError as exc:
         return exc.returncode or 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
