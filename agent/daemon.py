@@ -18,18 +18,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-from orbitfl.agent.machine import AgentConfig as MachineConfig
-from orbitfl.agent.machine import AgentMachine
+from orbitfl.agent.backends import open_trainer
+from orbitfl.agent.learner import Learner, share_indices
+from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
-
-from orbitfl.config import AgentConfig, ConfigError, load_agent
-from orbitfl.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
-from orbitfl.service import Notifier, Shutdown, serve, setup_logging
-from orbitfl.wire import (
+from orbitfl.codec.inputs import recipe_needs
+from orbitfl.data.datasets import load
+from orbitfl.data.metrics import accuracy
+from orbitfl.models.artifacts import build_artifacts
+from orbitfl.models.manifest import read_manifest
+from orbitfl.models.zoo import build, write_inference_model
+from orbitfl.runtime.config import AgentSettings, ConfigError, load_agent
+from orbitfl.runtime.events import (
     GROUND,
     ApplyModel,
     Count,
@@ -44,99 +45,80 @@ from orbitfl.wire import (
     TrainingDone,
     TrainingFailed,
 )
-from orbitfl.wire.payload import recipe_needs
+from orbitfl.runtime.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
+from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.agent")
 
 TICK_S = 0.25
-CURVATURE_EPS = np.float32(1e-8)  # keeps D > 0 where Adam's v is still 0 (as the simulator does)
 
 
-class Learner:
-    """The board's model and its share of the data: trains a task and returns the delta."""
+def machine_config(cfg: AgentSettings) -> AgentConfig:
+    """The one place the TOML settings become the machine's config (``*_s`` keys are seconds)."""
+    a, lk = cfg.agent, cfg.link
+    return AgentConfig(
+        agent_id=a.name,
+        heartbeat_seconds=max(5.0, lk.heartbeat_s * 5),
+        retransmit_seconds=a.retransmit_s,
+        chunk_bytes=lk.chunk_bytes,
+        window=lk.window,
+    )
 
-    def __init__(self, cfg: AgentConfig) -> None:
-        from orbitfl.agent.backends import open_trainer
-        from orbitfl.models.artifacts import build_artifacts
-        from orbitfl.models.manifest import read_manifest
-        from orbitfl.models.zoo import build
 
-        from orbitfl.data.datasets import load
-        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
+class Board:
+    """The board's learner, built from its TOML config: trains a task into an update and installs
+    each new global model for onboard inference."""
 
+    def __init__(self, cfg: AgentSettings) -> None:
         t, d = cfg.train, cfg.data
         art = cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
         try:
             read_manifest(art)
         except (OSError, ValueError):
             build_artifacts(build(t.model), art, optimizer=t.optimizer)
-        self.trainer = open_trainer(art, learning_rate=t.lr)
         data = load(d.dataset, seed=d.seed)
-        y = data.y_train
-        if d.split == "dirichlet":
-            parts = dirichlet_partition(y, d.num_partitions, d.alpha, seed=d.seed)
-        elif d.split == "iid":
-            parts = iid_partition(len(y), d.num_partitions, seed=d.seed)
-        else:
-            parts = shard_partition(y, d.num_partitions, seed=d.seed)
-        idx = parts[d.partition]
-        self.x = np.ascontiguousarray(data.x_train[idx], dtype=np.float32)
-        self.y = y[idx]
+        idx = share_indices(data.y_train, d.num_partitions, d.split, alpha=d.alpha, seed=d.seed)[d.partition]
+        self.learner = Learner(open_trainer(art, learning_rate=t.lr), data.x_train[idx], data.y_train[idx])
         self.cfg = t
         self.inference = cfg.inference
         self.dir = cfg.agent.state_dir
         self.budget_bytes = cfg.agent.uplink_budget_bytes
 
     def train(self, start: StartTraining) -> TrainingDone:
-        base = {k: np.asarray(v, dtype=np.float32) for k, v in start.weights.items()}
-        self.trainer.set_weights(base)
-        m = self.trainer.train(
-            self.x,
-            self.y,
+        done = self.learner.train(
+            start.weights,
             epochs=self.cfg.epochs,
             batch_size=self.cfg.batch_size,
             max_batches=self.cfg.max_batches or None,
             seed=start.task.round,
         )
-        new = self.trainer.get_weights(list(base))
-        delta: dict[str, npt.NDArray[Any]] = {k: new[k] - base[k] for k in base}
-        metrics = {"loss": m.loss, "seconds": m.seconds}
-        if m.accuracy is not None:
-            metrics["train_accuracy"] = m.accuracy
+        metrics = {"loss": done.metrics["loss"], "seconds": done.seconds}
+        if "train_accuracy" in done.metrics:
+            metrics["train_accuracy"] = done.metrics["train_accuracy"]
+        needs_curvature = recipe_needs(start.task.recipe, done.delta)[0]
         return TrainingDone(
             start.task.task_id,
-            delta,
-            len(self.x),
+            done.delta,
+            done.samples,
             metrics,
             budget_bytes=self.budget_bytes,
-            curvature=self.curvature(delta) if recipe_needs(start.task.recipe, delta)[0] else None,
+            curvature=self.learner.curvature(done.delta) if needs_curvature else None,
         )
-
-    def curvature(self, delta: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.float32]]:
-        """Loss-aware codecs' curvature D = sqrt(v) + eps from the optimizer's second moments
-        (DESIGN §5), shaped like the update; tensors the optimizer does not track get none."""
-        v = self.trainer.second_moments()
-        out: dict[str, npt.NDArray[np.float32]] = {}
-        for name, d in delta.items():
-            m = v.get(name)
-            if m is not None and m.size == d.size:
-                out[name] = (np.sqrt(np.asarray(m, np.float32)) + CURVATURE_EPS).reshape(d.shape)
-        return out
 
     def apply(self, model: ApplyModel) -> None:
         """Install a new global model for onboard inference: the ONNX next to the state and, when
         configured, a .tflite (float or int8) that LiteRT runs; logs its local accuracy."""
-        from orbitfl.models.zoo import build, write_inference_model
-
         spec = build(self.cfg.model)
         write_inference_model(spec, self.dir / "model.onnx", model.weights)
         if not self.inference.export_tflite:
             return
+        # Deferred on purpose: the .tflite exporter and LiteRT are the optional litert extra.
         from orbitfl.agent.inference import OnboardModel
         from orbitfl.models.tflite import export_tflite
 
         int8 = self.inference.int8
-        x = self.x.reshape((len(self.x), *spec.input_shape))
+        x = self.learner.x
+        x = x.reshape((len(x), *spec.input_shape))
         path = export_tflite(
             spec.model,
             self.dir / "model.tflite",
@@ -144,8 +126,7 @@ class Learner:
             mode="int8" if int8 else "float",
             calibration=x[:128] if int8 else None,
         )
-        out = OnboardModel(path).run(x)[0]
-        acc = float(np.mean(np.argmax(out, axis=1) == self.y))
+        acc = accuracy(OnboardModel(path).run(x)[0], self.learner.y)
         log.info(
             "model v%d exported to %s (%s); onboard accuracy on local data %.4f",
             model.version,
@@ -158,13 +139,13 @@ class Learner:
 class AgentDaemon:
     def __init__(
         self,
-        cfg: AgentConfig,
+        cfg: AgentSettings,
         *,
         shutdown: Shutdown | None = None,
         notifier: Notifier | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
-        learner: Learner | None = None,
+        board: Board | None = None,
     ) -> None:
         self.cfg = cfg
         self.shutdown = shutdown or Shutdown()
@@ -175,17 +156,8 @@ class AgentDaemon:
         a, lk = cfg.agent, cfg.link
         a.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
-        self.machine = AgentMachine(
-            self.outbox,
-            MachineConfig(
-                agent_id=a.name,
-                heartbeat_seconds=max(5.0, lk.heartbeat_s * 5),
-                retransmit_seconds=a.retransmit_s,
-                chunk_bytes=lk.chunk_bytes,
-                window=lk.window,
-            ),
-        )
-        self.learner = learner or Learner(cfg)
+        self.machine = AgentMachine(self.outbox, machine_config(cfg))
+        self.board = board or Board(cfg)
         keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
         self.link = AgentLink(
             a.ground,
@@ -224,7 +196,7 @@ class AgentDaemon:
                         pending.append(result)
                 elif isinstance(a, ApplyModel):
                     try:
-                        self.learner.apply(a)
+                        self.board.apply(a)
                     except (OSError, ValueError, TypeError, ImportError) as exc:
                         log.error("could not install model v%d: %s", a.version, exc)
                     self.counts["models_applied"] += 1
@@ -237,7 +209,7 @@ class AgentDaemon:
     def _train(self, a: StartTraining) -> TrainingDone | TrainingFailed:
         t0 = time.monotonic()
         try:
-            done = self.learner.train(a)
+            done = self.board.train(a)
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             return TrainingFailed(a.task.task_id, f"{type(exc).__name__}: {exc}")
         log.info(

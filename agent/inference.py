@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.agent.tflite_check import TFLiteFormatError, check_tflite
 
 RUNTIMES = ("litert", "tflite-runtime")
@@ -202,12 +203,15 @@ class OnboardModel:
         if n % step:
             raise ValueError(f"the model runs fixed batches of {step}; {n} samples do not split into them")
         parts = [self._invoke([a[i : i + step] for a in arrays]) for i in range(0, n, step)]
-        outs = [np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j]
-                for j in range(len(self.outputs))]
+        outs = [
+            np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j]
+            for j in range(len(self.outputs))
+        ]
         if dequantize:
             outs = [
                 ((o.astype(np.float32) - s.zero_point) * np.float32(s.scale)).astype(np.float32)
-                if s.scale > 0 and o.dtype in (np.int8, np.uint8, np.int16) else o
+                if s.scale > 0 and o.dtype in (np.int8, np.uint8, np.int16)
+                else o
                 for s, o in zip(self.outputs, outs, strict=True)
             ]
         return outs

@@ -22,12 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from orbitfl.agent.outbox import Outbox, OutboxItem
 
 from orbitfl import __version__
-from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
-from orbitfl.wire.errors import Reason, WireError
-from orbitfl.wire.events import (
+from orbitfl.agent.outbox import Outbox, OutboxItem
+from orbitfl.runtime.events import (
     GROUND,
     Action,
     ApplyModel,
@@ -43,6 +41,8 @@ from orbitfl.wire.events import (
     TrainingDone,
     TrainingFailed,
 )
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
     Ack,

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-F32 = npt.NDArray[np.float32]
+from orbitfl.arrays import F32
+from orbitfl.wire.payload import encode_payload, new_codec_state
+
 Mask = npt.NDArray[np.bool_]
 
 
@@ -165,8 +167,6 @@ def measure_bytes_per_value(recipe: str, sample: Mapping[str, npt.NDArray[Any]])
     encoded UPDATE payload's msgpack size over the number of values. Uses a fresh codec state, so
     the agent's error-feedback memory is not touched. ValueError for a recipe the codec refuses."""
     import msgpack
-
-    from orbitfl.wire.payload import encode_payload, new_codec_state
 
     n = sum(int(np.size(v)) for v in sample.values())
     if n == 0:

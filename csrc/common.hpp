@@ -21,15 +21,6 @@ class NonFinite : public InvalidArgument {
   using InvalidArgument::InvalidArgument;
 };
 
-template <typename T>
-struct Span {
-  T* data = nullptr;
-  std::size_t size = 0;
-  T& operator[](std::size_t i) const { return data[i]; }
-  T* begin() const { return data; }
-  T* end() const { return data + size; }
-};
-
 inline void require(bool ok, const std::string& message) {
   if (!ok) throw InvalidArgument(message);
 }

@@ -1,1 +1,2 @@
-"""Ground-station side: server, strategies, model store, service."""
+"""Ground-station side: the ground state machine, its durable store, aggregation strategies,
+metrics, and the ground daemon that drives them."""

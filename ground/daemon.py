@@ -22,16 +22,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from orbitfl.ground.machine import GroundConfig as MachineConfig
-from orbitfl.ground.machine import GroundMachine
+
+from orbitfl.codec.inputs import check_recipe
+from orbitfl.data.datasets import load
+from orbitfl.data.metrics import accuracy
+from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import make_strategy
-
-from orbitfl.config import ConfigError, GroundConfig, load_ground
-from orbitfl.link import CurveServerKeys, GroundLink, LinkError
-from orbitfl.service import Notifier, Shutdown, serve, setup_logging
-from orbitfl.wire import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
+from orbitfl.ground.strategies import make_strategy
+from orbitfl.models import zoo
+from orbitfl.ort_import import onnxruntime
+from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground
+from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
+from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError
+from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.ground")
 
@@ -40,23 +44,37 @@ ROUNDS_FILE = "rounds.jsonl"
 
 
 def initial_weights(model: str, seed: int) -> dict[str, npt.NDArray[Any]]:
-    from orbitfl.models import zoo
-
     return zoo.get_weights(zoo.build(model, seed=seed).model)
 
 
-def _where(cfg: GroundConfig) -> str:
+def _where(cfg: GroundSettings) -> str:
     return f"{cfg.source}: " if cfg.source is not None else ""
 
 
-def _check_recipe(recipe: str) -> None:
-    """An update recipe the codec cannot parse is a config error, found before any agent trains."""
-    from orbitfl.wire.payload import RAW_RECIPES
-
-    if recipe not in RAW_RECIPES:
-        from orbitfl.codec import Pipeline
-
-        Pipeline.parse(recipe)
+def machine_config(cfg: GroundSettings) -> GroundConfig:
+    """The one place the TOML settings become the machine's config: ``codec`` is the machine's
+    ``recipe``, ``*_s`` keys are seconds, 0 and "" mean none. A bad value is a ConfigError."""
+    fed = cfg.federation
+    try:
+        check_recipe(fed.codec)
+    except ValueError as exc:
+        raise ConfigError(f"{_where(cfg)}federation.codec: {exc}") from None
+    try:
+        return GroundConfig(
+            rounds=fed.rounds or None,
+            min_updates=fed.min_updates,
+            round_seconds=fed.round_deadline_s,
+            min_updates_at_deadline=fed.min_updates_at_deadline,
+            max_staleness=fed.max_staleness,
+            recipe=fed.codec,
+            task_ttl=fed.task_ttl_s or None,
+            retransmit_seconds=fed.retransmit_s,
+            chunk_bytes=cfg.link.chunk_bytes,
+            window=cfg.link.window,
+            downlink_recipe=fed.downlink_codec or None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
 
 
 class Evaluator:
@@ -64,12 +82,6 @@ class Evaluator:
     accuracy; agents never send their data)."""
 
     def __init__(self, model: str, seed: int, dataset: str, data_seed: int) -> None:
-        from orbitfl.models import zoo
-
-        from orbitfl.data.datasets import load
-        from orbitfl.ort_import import onnxruntime
-
-        self._zoo = zoo
         self._ort = onnxruntime()
         self.spec = zoo.build(model, seed=seed)
         data = load(dataset, seed=data_seed)
@@ -79,19 +91,19 @@ class Evaluator:
         self.y = data.y_test
 
     def accuracy(self, weights: Mapping[str, npt.NDArray[Any]]) -> float:
-        proto = self._zoo.with_weights(self.spec.model, weights)
+        proto = zoo.with_weights(self.spec.model, weights)
         opts = self._ort.SessionOptions()
         opts.intra_op_num_threads = 1
         sess = self._ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         logits = sess.run(None, {name: self.x})[0]
-        return float(np.mean(np.argmax(logits, axis=1) == self.y))
+        return accuracy(logits, self.y)
 
 
 class GroundDaemon:
     def __init__(
         self,
-        cfg: GroundConfig,
+        cfg: GroundSettings,
         *,
         shutdown: Shutdown | None = None,
         notifier: Notifier | None = None,
@@ -111,26 +123,7 @@ class GroundDaemon:
         init = None
         if self.store.latest_version() is None:
             init = initial_weights(fed.model, fed.model_seed)
-        try:
-            _check_recipe(fed.codec)
-        except ValueError as exc:
-            raise ConfigError(f"{_where(cfg)}federation.codec: {exc}") from None
-        try:
-            mcfg = MachineConfig(
-                rounds=fed.rounds or None,
-                min_updates=fed.min_updates,
-                round_seconds=fed.round_deadline_s,
-                min_updates_at_deadline=fed.min_updates_at_deadline,
-                max_staleness=fed.max_staleness,
-                recipe=fed.codec,
-                task_ttl=fed.task_ttl_s or None,
-                retransmit_seconds=fed.retransmit_s,
-                chunk_bytes=cfg.link.chunk_bytes,
-                window=cfg.link.window,
-                downlink_recipe=fed.downlink_codec or None,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
+        mcfg = machine_config(cfg)
         self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
         self.evaluator = (
@@ -284,7 +277,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
-def _force_insecure(cfg: GroundConfig) -> GroundConfig:
+def _force_insecure(cfg: GroundSettings) -> GroundSettings:
     import dataclasses
 
     return dataclasses.replace(cfg, ground=dataclasses.replace(cfg.ground, insecure=True))

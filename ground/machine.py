@@ -21,12 +21,11 @@ from typing import Any
 import msgpack
 import numpy as np
 import numpy.typing as npt
-from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import FedAvg, Strategy
 
-from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
-from orbitfl.wire.errors import Reason, WireError
-from orbitfl.wire.events import (
+from orbitfl.codec.inputs import check_recipe
+from orbitfl.ground.store import GroundStore
+from orbitfl.ground.strategies import FedAvg, Strategy
+from orbitfl.runtime.events import (
     Action,
     Count,
     Event,
@@ -38,6 +37,8 @@ from orbitfl.wire.events import (
     Send,
     Tick,
 )
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
     Ack,
@@ -58,7 +59,7 @@ from orbitfl.wire.messages import (
     id_sender,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
-from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state, pipeline
+from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict, check_against_model
 
 
@@ -100,7 +101,7 @@ class GroundConfig:
         if self.downlink_recipe in ("fp32", ""):
             self.downlink_recipe = None
         if self.downlink_recipe is not None:
-            pipeline(self.downlink_recipe)  # a recipe the codec cannot parse fails here, by name
+            check_recipe(self.downlink_recipe)  # a recipe the codec cannot parse fails here, by name
         if not self.ground_id or ":" in self.ground_id:
             raise ValueError("ground_id must be non-empty and contain no ':'")
 

@@ -105,7 +105,7 @@ def unpack_tensors(data: bytes) -> tuple[TensorDict, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class RoundRow:
+class StoredRound:
     round: int
     base_version: int
     opened_at: float | None
@@ -333,12 +333,12 @@ class GroundStore:
             (opened_at, deadline, round_),
         )
 
-    def current_round(self) -> RoundRow | None:
+    def current_round(self) -> StoredRound | None:
         r = self.db.execute(
             "SELECT round, base_version, opened_at, deadline FROM rounds WHERE closed_at IS NULL "
             "ORDER BY round DESC LIMIT 1"
         ).fetchone()
-        return None if r is None else RoundRow(int(r[0]), int(r[1]), r[2], r[3])
+        return None if r is None else StoredRound(int(r[0]), int(r[1]), r[2], r[3])
 
     def rounds_closed(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM rounds WHERE closed_at IS NOT NULL").fetchone()[0])

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import FedAvg
-
-from orbitfl.wire import Hello, MessageReceived, Update, decode, encode
+from orbitfl.ground.strategies import FedAvg
+from orbitfl.runtime.events import MessageReceived
+from orbitfl.wire import Hello, Update, decode, encode
 from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
 from orbitfl.wire.tensors import check_against_model
 

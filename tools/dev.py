@@ -3,10 +3,15 @@
 
     python3 tools/dev.py demo    # set up, then run the main job
     python3 tools/dev.py test    # set up, then run the C++ unit tests (ctest) and pytest
+    python3 tools/dev.py lint    # set up, then ruff check, ruff format --check and strict mypy
     python3 tools/dev.py constraints   # refresh the pinned build inputs (tools/constraints.txt)
 
 Needs only python3 (with its venv module), a C++17 compiler and access to PyPI. Re-running is
 cheap: the package is rebuilt incrementally in build/ and nothing is re-downloaded.
+
+The package is installed editable (scikit-build-core's redirect mode): edits to any .py file under
+src/orbitfl, agent, ground or models take effect without reinstalling. Re-run after adding a new
+package folder or changing C++ (the compiled _core is rebuilt then).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ PY = BIN / "python"
 EXTRAS = {
     "demo": "bench,data,train,litert,fed,sim",
     "test": "test,dev,bench,data,train,litert,fed,sim",
+    "lint": "dev",
 }
 
 
@@ -53,7 +59,7 @@ def setup(job: str) -> None:
             )
     run([str(PY), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     # cmake and ninja come from PyPI with the build, so only a compiler is needed from the system.
-    run([str(PY), "-m", "pip", "install", "--quiet", *constraint_args(PY), f".[{EXTRAS[job]}]"])
+    run([str(PY), "-m", "pip", "install", "--quiet", *constraint_args(PY), "--editable", f".[{EXTRAS[job]}]"])
 
 
 CONSTRAINTS = ROOT / "tools" / "constraints.txt"
@@ -159,6 +165,15 @@ def system_tools() -> None:
     run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd", "python3-seccomp"], env=env)
 
 
+def lint() -> None:
+    """The checks tests/test_tooling.py runs, on their own: mypy reads the package through the
+    symlink view tools/package_view.py makes (pyproject's mypy_path)."""
+    run([str(BIN / "ruff"), "check", "."])
+    run([str(BIN / "ruff"), "format", "--check", "."])
+    run([sys.executable, str(ROOT / "tools" / "package_view.py")])
+    run([str(BIN / "mypy")])
+
+
 def main(argv: list[str]) -> int:
     if argv == ["constraints"]:
         return refresh_constraints()
@@ -171,6 +186,9 @@ def main(argv: list[str]) -> int:
     if job == "demo":
         # float32 FedAvg first, then the default codec, side by side: the ratio is the point.
         run([str(BIN / "orbitfl"), "demo", "--compare", "--report", "out/demo/report.json"])
+        return 0
+    if job == "lint":
+        lint()
         return 0
     tflite_runtime_env()
     cpp_tests()

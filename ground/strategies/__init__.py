@@ -1,9 +1,11 @@
-"""Aggregation strategies beyond FedAvg: partial averaging, FedBuff, EMS-FL, robust options.
+"""Aggregation strategies: FedAvg, partial averaging, FedBuff, EMS-FL, robust options.
 
-Each module is tensor math behind the ``orbitfl.ground.strategy.Strategy`` interface; none knows
-messages, sockets or clocks. ``make_strategy`` in ``orbitfl.ground.strategy`` selects them by name.
+Each module is tensor math behind the :class:`~orbitfl.ground.strategies.base.Strategy` interface;
+none knows messages, sockets or clocks. ``make_strategy`` (``catalog``) selects them by name.
 """
 
-# The interface module registers this package's strategies at its end; importing it first means
-# that importing any strategy module directly still finds the interface fully defined.
-import orbitfl.ground.strategy  # noqa: F401
+from orbitfl.ground.strategies.base import BLOCK, StalenessLimit, Strategy
+from orbitfl.ground.strategies.catalog import STRATEGIES, make_strategy
+from orbitfl.ground.strategies.fedavg import FedAvg
+
+__all__ = ["BLOCK", "STRATEGIES", "FedAvg", "StalenessLimit", "Strategy", "make_strategy"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from orbitfl.ground.strategies.staleness import Staleness
-from orbitfl.ground.strategy import Strategy
 
+from orbitfl.ground.strategies.base import StalenessLimit, Strategy
+from orbitfl.ground.strategies.staleness import Staleness
 from orbitfl.wire.tensors import TensorDict
 
 F64 = npt.NDArray[np.float64]
@@ -180,7 +180,7 @@ class StaleUpdate(ValueError):
     """An update older than the strategy's maximum staleness: refused, not folded in."""
 
 
-class SumStrategy(Strategy):
+class SumStrategy(StalenessLimit, Strategy):
     """Shared plumbing of the streaming strategies: a BlockSums, an update count, staleness checks,
     checkpoints. Subclasses say how an update is weighted (``_weights``) and how the sums become the
     next model (``finalize``)."""
@@ -203,15 +203,6 @@ class SumStrategy(Strategy):
         self.max_staleness = max_staleness
         self._n = 0
         self._finalized = True  # until reset
-
-    def refusal(self, staleness: int) -> str | None:
-        """Why an update this stale would be refused (None: it is welcome). The ground machine asks
-        before it stores an update, so a refused update is NACKed and never logged."""
-        if staleness < 0:
-            return f"staleness {staleness} < 0: the update claims a base newer than the global model"
-        if self.max_staleness is not None and staleness > self.max_staleness:
-            return f"update is {staleness} versions stale; {self.name} accepts at most {self.max_staleness}"
-        return None
 
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
         self.sums.reset(global_weights)

@@ -1,16 +1,26 @@
-"""Name -> strategy class, for ``make_strategy`` (``orbitfl.ground.strategy.STRATEGIES``)."""
+"""Name -> strategy class, and ``make_strategy`` that builds one by name from config options."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from orbitfl.ground.strategies.base import Strategy
 from orbitfl.ground.strategies.emsfl import EMSFL
+from orbitfl.ground.strategies.fedavg import FedAvg
 from orbitfl.ground.strategies.fedbuff import FedBuff
 from orbitfl.ground.strategies.partial import PartialAverage
 from orbitfl.ground.strategies.robust import CoordinateMedian, NormClip, TrimmedMean
 
-# type[Any]: mypy sees ground/strategy.py both as a file and as orbitfl.ground.strategy, two
-# different Strategy classes to it; the classes here all subclass the one interface.
-CATALOG: dict[str, type[Any]] = {
-    cls.name: cls for cls in (PartialAverage, FedBuff, EMSFL, NormClip, CoordinateMedian, TrimmedMean)
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FedAvg, PartialAverage, FedBuff, EMSFL, NormClip, CoordinateMedian, TrimmedMean)
 }
+
+
+def make_strategy(name: str, **options: Any) -> Strategy:
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    try:
+        return cls(**options)
+    except TypeError as exc:  # an unknown or missing option: a bad value in the config, not a bug
+        raise ValueError(f"strategy {name!r}: {exc}") from None

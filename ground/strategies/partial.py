@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy.typing as npt
+
 from orbitfl.ground.strategies.blocksums import SumStrategy
 from orbitfl.ground.strategies.staleness import Staleness
-
 from orbitfl.wire.tensors import TensorDict
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from orbitfl.ground.strategies.base import StalenessLimit, Strategy
 from orbitfl.ground.strategies.blocksums import StaleUpdate, SumStrategy
 from orbitfl.ground.strategies.staleness import Staleness
-from orbitfl.ground.strategy import Strategy
-
 from orbitfl.wire.tensors import TensorDict
 
 
@@ -66,7 +66,7 @@ class NormClip(SumStrategy):
         return self.sums.apply(global_weights, self.server_lr, "w")
 
 
-class _Held(Strategy):
+class _Held(StalenessLimit, Strategy):
     """Holds the round's updates (float32 copies) for an order statistic per coordinate."""
 
     partial_ok = True
@@ -86,13 +86,6 @@ class _Held(Strategy):
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._held: list[dict[str, npt.NDArray[np.float32]]] = []
         self._finalized = True
-
-    def refusal(self, staleness: int) -> str | None:
-        if staleness < 0:
-            return f"staleness {staleness} < 0: the update claims a base newer than the global model"
-        if self.max_staleness is not None and staleness > self.max_staleness:
-            return f"update is {staleness} versions stale; {self.name} accepts at most {self.max_staleness}"
-        return None
 
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
         self._shapes = {k: tuple(np.shape(v)) for k, v in global_weights.items()}

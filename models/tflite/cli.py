@@ -1,6 +1,6 @@
 """``orbitfl model export-tflite``: write trained weights as a float32 or int8 .tflite file.
 
-The ``model`` group (orbitfl.models.cli) picks this module up and calls :func:`register`.
+The ``model`` group (orbitfl.apps.model) picks this module up and calls :func:`register`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.data import load_digits
+from orbitfl.models.tflite import export_tflite
+from orbitfl.models.tflite.lower import load_onnx
+
 CALIBRATION_SETS = ("digits",)
 
 
@@ -24,21 +28,43 @@ def add_export_tflite_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(name -> array), as a .tflite file for LiteRT / tflite-runtime. No TensorFlow needed.",
     )
     p.add_argument("--onnx", required=True, type=Path, metavar="MODEL.onnx", help="inference ONNX model")
-    p.add_argument("--weights", type=Path, metavar="W.npz",
-                   help="trained weights: an .npz of float32 arrays named like the model's parameters")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        metavar="W.npz",
+        help="trained weights: an .npz of float32 arrays named like the model's parameters",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="F.tflite", help="file to write")
-    p.add_argument("--int8", action="store_true",
-                   help="full-integer int8 model (float input/output); needs --calibration-data")
-    p.add_argument("--per-tensor", action="store_true",
-                   help="one weight scale per tensor instead of per output channel (with --int8)")
-    p.add_argument("--weight-quantizer", choices=("laq", "maxabs"), default="laq",
-                   help="int8 weight scales: laq (least squared error, orbitfl's LAQ kernel; default) or "
-                   "maxabs (max|w|/127)")
-    p.add_argument("--calibration-data", metavar="digits|FILE.npy",
-                   help="representative inputs for the int8 activation ranges: 'digits' (training split "
-                   "of scikit-learn's digits) or an .npy of samples shaped like the model input")
-    p.add_argument("--calibration-samples", type=int, default=500, metavar="N",
-                   help="use at most N calibration samples (default 500)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="full-integer int8 model (float input/output); needs --calibration-data",
+    )
+    p.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per tensor instead of per output channel (with --int8)",
+    )
+    p.add_argument(
+        "--weight-quantizer",
+        choices=("laq", "maxabs"),
+        default="laq",
+        help="int8 weight scales: laq (least squared error, orbitfl's LAQ kernel; default) or "
+        "maxabs (max|w|/127)",
+    )
+    p.add_argument(
+        "--calibration-data",
+        metavar="digits|FILE.npy",
+        help="representative inputs for the int8 activation ranges: 'digits' (training split "
+        "of scikit-learn's digits) or an .npy of samples shaped like the model input",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=500,
+        metavar="N",
+        help="use at most N calibration samples (default 500)",
+    )
     p.set_defaults(func=run_export_tflite)
     return p
 
@@ -59,8 +85,6 @@ def _input_shape(model: Any) -> tuple[int | None, ...]:
 
 def _calibration(source: str, shape: tuple[int | None, ...], limit: int) -> NDArray[np.float32]:
     if source == "digits":
-        from orbitfl.data import load_digits
-
         samples = load_digits().x_train
     else:
         path = Path(source)
@@ -99,9 +123,6 @@ def _weights(path: Path) -> dict[str, NDArray[Any]]:
 
 
 def run_export_tflite(args: argparse.Namespace) -> int:
-    from orbitfl.models.tflite import export_tflite
-    from orbitfl.models.tflite.lower import load_onnx
-
     prog = "orbitfl model export-tflite"
     if not args.int8 and (args.per_tensor or args.calibration_data):
         print(f"{prog}: error: --per-tensor and --calibration-data only apply with --int8", file=sys.stderr)
@@ -120,9 +141,15 @@ def run_export_tflite(args: argparse.Namespace) -> int:
             if args.int8
             else None
         )
-        out = export_tflite(model, args.out, weights=weights, mode="int8" if args.int8 else "float",
-                            per_channel=not args.per_tensor, calibration=calibration,
-                            weight_quantizer=args.weight_quantizer)
+        out = export_tflite(
+            model,
+            args.out,
+            weights=weights,
+            mode="int8" if args.int8 else "float",
+            per_channel=not args.per_tensor,
+            calibration=calibration,
+            weight_quantizer=args.weight_quantizer,
+        )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph
 from orbitfl.models.tflite.lower import lower
 from orbitfl.models.tflite.quantize import WEIGHT_QUANTIZERS, calibrate, quantize_graph
@@ -38,11 +39,14 @@ def _calibration_inputs(graph: Graph, calibration: Any) -> dict[str, NDArray[np.
     for name in graph.inputs:
         arr = calibration[name]
         if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
-            raise TypeError(f"calibration samples for {name!r} must be a float32 array, got "
-                            f"{getattr(arr, 'dtype', type(arr).__name__)}")
+            raise TypeError(
+                f"calibration samples for {name!r} must be a float32 array, got "
+                f"{getattr(arr, 'dtype', type(arr).__name__)}"
+            )
         want = graph.tensors[name].shape
-        if arr.ndim != len(want) or any(w is not None and w != d for w, d in zip(want[1:], arr.shape[1:],
-                                                                                    strict=True)):
+        if arr.ndim != len(want) or any(
+            w is not None and w != d for w, d in zip(want[1:], arr.shape[1:], strict=True)
+        ):
             shown = "(" + ", ".join("N" if d is None else str(d) for d in want) + ")"
             raise ValueError(
                 f"calibration samples for {name!r} have shape {arr.shape}, the model input is {shown}"
@@ -114,7 +118,11 @@ def export_tflite(
     The file is written atomically: a crash leaves either the old file or the new one.
     """
     graph = build_graph(
-        onnx_model, weights=weights, mode=mode, per_channel=per_channel, calibration=calibration,
+        onnx_model,
+        weights=weights,
+        mode=mode,
+        per_channel=per_channel,
+        calibration=calibration,
         weight_quantizer=weight_quantizer,
     )
     data = serialize(graph, description=f"orbitfl {mode} export")

@@ -76,6 +76,3 @@ class Graph:
 
     def activation(self, base: str, shape: Shape) -> str:
         return self.add_tensor(Tensor(self.unique(base), shape))
-
-    def producer(self) -> dict[str, Op]:
-        return {out: op for op in self.ops for out in op.outputs}

@@ -24,11 +24,24 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph, Op, Shape, UnsupportedOpError
 
 SUPPORTED_OPS = (
-    "Add", "Constant", "Conv", "Dropout", "Flatten", "Gemm", "Identity", "MatMul", "MaxPool", "Mul",
-    "Relu", "Reshape", "Slice", "Softmax",
+    "Add",
+    "Constant",
+    "Conv",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "Identity",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Relu",
+    "Reshape",
+    "Slice",
+    "Softmax",
 )
 
 PLAIN = "plain"
@@ -138,9 +151,7 @@ class _Lowering:
                 self.consts[name] = np.ascontiguousarray(arr, dtype=np.float32)
         self.env: dict[str, _Value] = {}
         self.converted: dict[tuple[str, str], _Value] = {}
-        self.opset = next(
-            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
-        )
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         # One list of node objects for the whole pass: fusion marks consumers to skip by identity.
         self.nodes = list(model.graph.node)
         self.consumers: dict[str, list[Any]] = {}
@@ -234,9 +245,9 @@ class _Lowering:
         return self.converted[key]
 
     # -- spatial ops -----------------------------------------------------------------------
-    def _spatial(self, node: Any, x: _Value, kernel: list[int], attrs: dict[str, Any]) -> tuple[
-        str, list[tuple[int, int]], list[int], list[int], list[int]
-    ]:
+    def _spatial(
+        self, node: Any, x: _Value, kernel: list[int], attrs: dict[str, Any]
+    ) -> tuple[str, list[tuple[int, int]], list[int], list[int], list[int]]:
         """(TFLite padding, explicit (begin, end) pads to add, strides, dilations, output spatial)."""
         nsp = len(x.shape) - 2
         spatial = x.shape[2:]
@@ -322,8 +333,15 @@ class _Lowering:
         w_t = self.g.const(node.input[1], w_ohwi.astype(np.float32))
         b_t = self.g.const(node.input[2] if has_bias else f"{out_name}/bias", bias)
         out = self._emit(
-            "CONV_2D", [src, w_t, b_t], out_name, _tfl_shape(out_shape, CL), padding=padding,
-            stride_h=strides_hw[0], stride_w=strides_hw[1], dilation_h=dil_hw[0], dilation_w=dil_hw[1],
+            "CONV_2D",
+            [src, w_t, b_t],
+            out_name,
+            _tfl_shape(out_shape, CL),
+            padding=padding,
+            stride_h=strides_hw[0],
+            stride_w=strides_hw[1],
+            dilation_h=dil_hw[0],
+            dilation_w=dil_hw[1],
             activation=act,
         )
         self.env[out_name] = _Value(out, CL, out_shape)
@@ -349,15 +367,31 @@ class _Lowering:
         xc = self.to_cl(x, node)
         out_shape: Shape = (x.shape[0], x.shape[1], *out_sp)
         out = self._emit(
-            "MAX_POOL_2D", [xc.name], node.output[0], _tfl_shape(out_shape, CL), padding=padding,
-            stride_h=strides[0], stride_w=strides[1], filter_h=kernel[0], filter_w=kernel[1],
+            "MAX_POOL_2D",
+            [xc.name],
+            node.output[0],
+            _tfl_shape(out_shape, CL),
+            padding=padding,
+            stride_h=strides[0],
+            stride_w=strides[1],
+            filter_h=kernel[0],
+            filter_w=kernel[1],
             activation="NONE",
         )
         self.env[node.output[0]] = _Value(out, CL, out_shape)
 
     # -- dense and element-wise ops --------------------------------------------------------
-    def _fc(self, node: Any, x: _Value, w_out_in: NDArray[Any], bias: NDArray[Any] | None,
-            w_name: str, b_name: str, act: str, out_name: str) -> None:
+    def _fc(
+        self,
+        node: Any,
+        x: _Value,
+        w_out_in: NDArray[Any],
+        bias: NDArray[Any] | None,
+        w_name: str,
+        b_name: str,
+        act: str,
+        out_name: str,
+    ) -> None:
         if len(x.shape) != 2:
             raise UnsupportedOpError(
                 f"{node.op_type} node {node.name!r}: input must be 2-D (batch, features), got shape {x.shape}"

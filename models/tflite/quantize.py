@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from orbitfl.arrays import F32
+from orbitfl.kernels import backend
 from orbitfl.models.tflite.graph import Graph, Op, QuantParams, Tensor
 from orbitfl.models.tflite.reference import evaluate
 
-F32 = NDArray[np.float32]
 I8 = NDArray[np.int8]
 # A weight quantizer maps a float32 vector to (int8 codes in [-127, 127], scale > 0).
 WeightQuantizer = Callable[[F32], tuple[I8, float]]
@@ -46,7 +48,6 @@ def laq_quantizer(x: F32) -> tuple[I8, float]:
     int8 weight grid with scale alpha / 127. With unit curvature weights it fits alpha to the least
     squared error instead of taking max|x|, so one outlier no longer coarsens every other step.
     """
-    from orbitfl.kernels import backend
 
     kern = backend("cpp")
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -60,9 +61,7 @@ def laq_quantizer(x: F32) -> tuple[I8, float]:
 WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {"laq": laq_quantizer, "maxabs": maxabs_quantizer}
 
 
-def quantize_weights(
-    w: F32, per_channel: bool, quantizer: WeightQuantizer = laq_quantizer
-) -> tuple[I8, F32]:
+def quantize_weights(w: F32, per_channel: bool, quantizer: WeightQuantizer = laq_quantizer) -> tuple[I8, F32]:
     """int8 codes (shape of w) and scales (one per row of axis 0, or one) for a weight tensor."""
     if not per_channel:
         codes, scale = quantizer(np.ascontiguousarray(w, dtype=np.float32).reshape(-1))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from orbitfl.models.tflite.graph import Graph, Op
 
 Arr = NDArray[np.float64]
@@ -57,8 +58,9 @@ def _op(op: Op, args: list[Any]) -> Arr:
         kh, kw = w.shape[1], w.shape[2]
         if o["padding"] == "SAME":
             x = _pad_same(x, kh, kw, o["stride_h"], o["stride_w"], o["dilation_h"], o["dilation_w"], 0.0)
-        win = _windows(np.ascontiguousarray(x), kh, kw, o["stride_h"], o["stride_w"], o["dilation_h"],
-                       o["dilation_w"])
+        win = _windows(
+            np.ascontiguousarray(x), kh, kw, o["stride_h"], o["stride_w"], o["dilation_h"], o["dilation_w"]
+        )
         y = np.einsum("nhwijc,oijc->nhwo", win, w, optimize=True) + b
         return _act(y, o["activation"])
     if op.code == "MAX_POOL_2D":

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from orbitfl.models.tflite.graph import Graph, Op, Tensor
 
 SCHEMA_VERSION = 3
@@ -25,8 +26,19 @@ _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 # runtimes check a model's version against the range their kernel registers, so these stay at
 # the lowest version that has the int8 kernel.
 _INT8_VERSIONS = {
-    "FULLY_CONNECTED": 4, "CONV_2D": 3, "MAX_POOL_2D": 2, "SOFTMAX": 2, "ADD": 2, "TRANSPOSE": 2,
-    "RELU": 2, "PAD": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "RESHAPE": 1, "MUL": 2, "SLICE": 2,
+    "FULLY_CONNECTED": 4,
+    "CONV_2D": 3,
+    "MAX_POOL_2D": 2,
+    "SOFTMAX": 2,
+    "ADD": 2,
+    "TRANSPOSE": 2,
+    "RELU": 2,
+    "PAD": 2,
+    "QUANTIZE": 2,
+    "DEQUANTIZE": 2,
+    "RESHAPE": 1,
+    "MUL": 2,
+    "SLICE": 2,
 }
 
 
@@ -194,7 +206,7 @@ def serialize(graph: Graph, description: str = "orbitfl export") -> bytes:
         operators.append(tfl.OperatorEnd(b))
 
     codes = []
-    for (code, version) in opcodes:
+    for code, version in opcodes:
         tfl.OperatorCodeStart(b)
         tfl.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, _PLACEHOLDER_FOR_GREATER_OP_CODES))
         tfl.OperatorCodeAddBuiltinCode(b, code)

@@ -18,10 +18,11 @@ Conventions for every kernel:
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
+
 __version__: str
 simd: str  # "neon", "sse2" or "scalar": the path the hot loops were built with
 
-F32 = NDArray[np.float32]
 U8 = NDArray[np.uint8]
 U16 = NDArray[np.uint16]
 U32 = NDArray[np.uint32]
@@ -73,6 +74,7 @@ def to_float16(x: F32) -> U16:
 
 def from_float16(h: U16) -> F32:
     """Exact; a NaN comes back quiet (payload kept)."""
+
 def to_bfloat16(x: F32) -> U16:
     """float32 -> bfloat16 bit patterns, round to nearest even; NaN stays a (quiet) NaN."""
 
@@ -147,9 +149,7 @@ def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
 # ---------------------------------------------------------------------------------------------
 # 1-D k-means (parameter clustering / weight sharing, coreset codec)
 # ---------------------------------------------------------------------------------------------
-def kmeans1d(
-    x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0
-) -> tuple[F32, U8, float]:
+def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0) -> tuple[F32, U8, float]:
     """Cluster the values of x into k groups (1 <= k <= 256, k <= x.size unless x is empty).
 
     method: "optimal" (exact DP over sorted values; needs k * distinct values <= 2**25, else

@@ -13,17 +13,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from orbitfl import __version__
+
 # group name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("orbitfl.codec.cli", "compression recipes: benchmark and inspect"),
-    "keys": ("orbitfl.keys", "CurveZMQ key pairs for the ground and agents"),
+    "keys": ("orbitfl.runtime.keys", "CurveZMQ key pairs for the ground and agents"),
     "ground": ("orbitfl.ground.daemon", "the ground station daemon"),
     "agent": ("orbitfl.agent.daemon", "the agent daemon that runs on a board"),
-    "demo": ("orbitfl.demo", "a ground and N agents as local processes: accuracy against bytes"),
-    "model": ("orbitfl.models.cli", "model zoo: build ONNX Runtime training artifacts, train, export"),
+    "demo": ("orbitfl.apps.demo", "a ground and N agents as local processes: accuracy against bytes"),
+    "model": ("orbitfl.apps.model", "model zoo: build ONNX Runtime training artifacts, train, export"),
     "bench": ("orbitfl.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
-    "simulate": ("orbitfl.sim.cli", "a constellation federating on a virtual clock, in one process"),
-    "experiment": ("orbitfl.experiment.sweep", "sweep codec x strategy x data split on the simulator"),
+    "simulate": ("orbitfl.apps.sim.cli", "a constellation federating on a virtual clock, in one process"),
+    "experiment": ("orbitfl.apps.experiment.sweep", "sweep codec x strategy x data split on the simulator"),
 }
 
 
@@ -45,8 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     if args.version:
-        from orbitfl import __version__
-
         print(__version__)
         return 0
     func = getattr(args, "func", None)

@@ -1,5 +1,5 @@
 """The agent daemon's side of adaptive LAQ: ``agent.uplink_budget_bytes`` is validated by the
-config loader, and the daemon's Learner (real ONNX Runtime training) hands the machine the
+config loader, and the daemon's Board (real ONNX Runtime training) hands the machine the
 optimizer's curvature and the budget, so an ``alq`` update fits and the real ground decodes it."""
 
 from __future__ import annotations
@@ -8,16 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orbitfl.agent.daemon import Learner
+
+from orbitfl.agent.daemon import Board
 from orbitfl.agent.machine import AgentConfig as MachineConfig
 from orbitfl.agent.machine import AgentMachine
 from orbitfl.agent.outbox import Outbox
+from orbitfl.codec import Payload
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.codec import Payload
-from orbitfl.config import ConfigError, load_agent
-from orbitfl.wire import GROUND, LinkUp, MessageReceived, Send, StartTraining, Update, decode
+from orbitfl.runtime.config import ConfigError, load_agent
+from orbitfl.runtime.events import GROUND, LinkUp, MessageReceived, Send, StartTraining
+from orbitfl.wire import Update, decode
 
 AGENT = """
 [agent]
@@ -66,8 +67,8 @@ def test_uplink_budget_is_optional(tmp_path: Path) -> None:
 def test_learner_gives_curvature_and_budget_so_an_alq_update_fits(tmp_path: Path) -> None:
     budget = 3000
     cfg = load_agent(write(tmp_path, f"uplink_budget_bytes = {budget}"))
-    learner = Learner(cfg)
-    weights = learner.trainer.get_weights()
+    board = Board(cfg)
+    weights = board.learner.trainer.get_weights()
     ground = GroundMachine(GroundStore(tmp_path / "g"), GroundConfig(recipe="alq", min_updates=1), weights)
     agent = AgentMachine(Outbox(tmp_path / "a.db"), MachineConfig("sat-1"))
     up: list[bytes] = []
@@ -82,7 +83,7 @@ def test_learner_gives_curvature_and_budget_so_an_alq_update_fits(tmp_path: Path
                 if isinstance(msg, Update):
                     updates.append(msg)
             elif isinstance(a, StartTraining) and len(updates) < 3:  # three rounds are enough
-                done = learner.train(a)
+                done = board.train(a)
                 assert done.budget_bytes == budget and done.curvature is not None
                 assert set(done.curvature) == set(done.delta)
                 for k, d in done.curvature.items():

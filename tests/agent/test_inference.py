@@ -21,7 +21,6 @@ from orbitfl.agent import inference
 from orbitfl.agent.inference import InvalidModelError, OnboardModel, RuntimeUnavailableError
 from orbitfl.models import zoo
 from orbitfl.models.tflite import export_tflite
-
 from orbitfl.ort_import import onnxruntime
 
 
@@ -36,8 +35,11 @@ def lenet(tmp_path_factory: pytest.TempPathFactory) -> tuple[zoo.ModelSpec, Path
     spec = zoo.build("lenet-s")
     d = tmp_path_factory.mktemp("lenet")
     calib = np.random.default_rng(0).random((200, 1, 8, 8), dtype=np.float32)
-    return (spec, export_tflite(spec.model, d / "f32.tflite"),
-            export_tflite(spec.model, d / "i8.tflite", mode="int8", calibration=calib))
+    return (
+        spec,
+        export_tflite(spec.model, d / "f32.tflite"),
+        export_tflite(spec.model, d / "i8.tflite", mode="int8", calibration=calib),
+    )
 
 
 def test_litert_runs_float_and_int8_with_any_batch_size(lenet: tuple[zoo.ModelSpec, Path, Path]) -> None:
@@ -76,8 +78,9 @@ def test_runtime_can_be_forced_by_argument_or_environment(
         assert inference.available_runtimes() == ["litert"]
 
 
-def test_no_runtime_installed_is_a_clear_error(lenet: tuple[zoo.ModelSpec, Path, Path],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_runtime_installed_is_a_clear_error(
+    lenet: tuple[zoo.ModelSpec, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, f32, _ = lenet
     # a None entry in sys.modules makes the import fail as for a package that is not installed
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)

@@ -29,8 +29,9 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         spec = zoo.build(name)
         calib = np.random.default_rng(0).random((50, *spec.input_shape), dtype=np.float32)
         out[f"{name}-float"] = export_tflite(spec.model, d / f"{name}.f.tflite").read_bytes()
-        out[f"{name}-int8"] = export_tflite(spec.model, d / f"{name}.q.tflite", mode="int8",
-                                            calibration=calib).read_bytes()
+        out[f"{name}-int8"] = export_tflite(
+            spec.model, d / f"{name}.q.tflite", mode="int8", calibration=calib
+        ).read_bytes()
     return out
 
 

@@ -8,31 +8,24 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.wire import (
+from orbitfl.runtime.events import (
     GROUND,
-    Ack,
     Action,
     ApplyModel,
-    Chunk,
-    Hello,
     LinkDown,
     LinkUp,
     MessageReceived,
-    Nack,
-    Reason,
     Send,
     StartTraining,
     Tick,
     TrainingDone,
-    Update,
-    decode,
-    encode,
 )
+from orbitfl.wire import Ack, Chunk, Hello, Nack, Reason, Update, decode, encode
 
 MODEL = {"w": np.zeros((200, 100), np.float32), "b": np.zeros(100, np.float32)}  # ~80 kB as fp32
 CHUNK = 16 << 10

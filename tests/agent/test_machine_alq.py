@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
+from orbitfl.codec import Payload
+from orbitfl.codec.inputs import check_encode_inputs
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.codec import Payload
-from orbitfl.wire import (
+from orbitfl.runtime.events import (
     GROUND,
     Action,
     Count,
@@ -25,10 +26,9 @@ from orbitfl.wire import (
     Send,
     StartTraining,
     TrainingDone,
-    Update,
-    decode,
 )
-from orbitfl.wire.payload import check_encode_inputs, decode_payload
+from orbitfl.wire import Update, decode
+from orbitfl.wire.payload import decode_payload
 
 MODEL = {"w": np.zeros((200, 100), np.float32), "b": np.zeros(100, np.float32)}  # 20 100 values
 

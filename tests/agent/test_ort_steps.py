@@ -16,9 +16,8 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
     pytest.skip(str(exc), allow_module_level=True)
 
 from orbitfl.agent.ort_trainer import OrtTrainer, _Steps
-from orbitfl.models import artifacts, zoo
-
 from orbitfl.data import load_digits
+from orbitfl.models import artifacts, zoo
 
 
 class _PublicOnly:

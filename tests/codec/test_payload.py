@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orbitfl.codec import Limits, Payload, Pipeline
+from orbitfl.codec import Payload, PayloadLimits, Pipeline
 from orbitfl.kernels import BACKENDS
 
 from .conftest import layers
@@ -162,14 +162,14 @@ def test_limits_bound_sizes_before_any_work() -> None:
     data = big.to_bytes()
     assert len(data) < 1 << 12
     with pytest.raises(ValueError, match="decodes to more than"):
-        Payload.from_bytes(data, limits=Limits(max_values=1 << 19))
+        Payload.from_bytes(data, limits=PayloadLimits(max_values=1 << 19))
     with pytest.raises(ValueError, match="decompresses to more than"):
-        Payload.from_bytes(data, limits=Limits(max_bytes=1 << 16))
+        Payload.from_bytes(data, limits=PayloadLimits(max_bytes=1 << 16))
     with pytest.raises(ValueError, match="the limit is 100"):
-        Payload.from_bytes(b"\0" * 101, limits=Limits(max_bytes=100))
+        Payload.from_bytes(b"\0" * 101, limits=PayloadLimits(max_bytes=100))
     many = Pipeline.parse("fp32").encode({f"t{i}": np.ones(1, np.float32) for i in range(20)}).to_bytes()
     with pytest.raises(ValueError):
-        Payload.from_bytes(many, limits=Limits(max_tensors=10))
+        Payload.from_bytes(many, limits=PayloadLimits(max_tensors=10))
     d = msgpack.unpackb(Pipeline.parse("fp32").encode({"x": np.ones(2, np.float32)}).to_bytes())
     d["tensors"]["x"]["shape"] = [1 << 20, 1 << 20]
     refused(d, "decodes to more than")

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.codec import CodecState, Payload, Pipeline, rel_error
 from orbitfl.kernels import BACKENDS
 
 from .conftest import layers
 
-F32 = NDArray[np.float32]
 LOSSLESS = ["fp32", "zstd", "fp32|zstd", "fp32|zstd:19"]
 
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.wire import Ack, Action, Hello, MessageReceived, Nack, Send, Update, decode, encode
+from orbitfl.runtime.events import Action, MessageReceived, Send
+from orbitfl.wire import Ack, Hello, Nack, Update, decode, encode
 from orbitfl.wire.payload import encode_payload
 
 MODEL = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}

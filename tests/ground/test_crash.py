@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.wire import Ack, Hello, MessageReceived, Send, Update, decode, encode
+from orbitfl.runtime.events import MessageReceived, Send
+from orbitfl.wire import Ack, Hello, Update, decode, encode
 from orbitfl.wire.payload import encode_payload
 
 SHAPE = (256, 256)
@@ -26,7 +27,8 @@ INGEST = textwrap.dedent(
     import numpy as np
     from orbitfl.ground.machine import GroundConfig, GroundMachine
     from orbitfl.ground.store import GroundStore
-    from orbitfl.wire import Ack, Hello, MessageReceived, Send, Update, decode, encode
+    from orbitfl.runtime.events import MessageReceived, Send
+    from orbitfl.wire import Ack, Hello, Update, decode, encode
     from orbitfl.wire.payload import encode_payload
 
     root, start = sys.argv[1], int(sys.argv[2])

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-
-from orbitfl.wire import (
+from orbitfl.runtime.events import (
     GROUND,
     Action,
     LinkDown,
@@ -26,9 +26,8 @@ from orbitfl.wire import (
     StartTraining,
     Tick,
     TrainingDone,
-    Update,
-    decode,
 )
+from orbitfl.wire import Update, decode
 
 DIM = 12
 W_TRUE = np.linspace(-1.0, 1.0, DIM).astype(np.float32)

@@ -9,17 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from orbitfl.wire import (
-    Count,
-    Limits,
-    Model,
-    PeerSilent,
-    Reason,
-    RoundClosed,
-    Task,
-    Tick,
-    encode,
-)
+from orbitfl.runtime.events import Count, PeerSilent, RoundClosed, Tick
+from orbitfl.wire import Limits, Model, Reason, Task, encode
 from orbitfl.wire.payload import encode_payload
 from orbitfl.wire.tensors import tensor_to_wire
 
@@ -302,8 +293,8 @@ def test_ingest_memory_is_o_model_not_o_updates(tmp_path: Any) -> None:
 
     from orbitfl.ground.machine import GroundConfig, GroundMachine
     from orbitfl.ground.store import GroundStore
-
-    from orbitfl.wire import Hello, MessageReceived, Update
+    from orbitfl.runtime.events import MessageReceived
+    from orbitfl.wire import Hello, Update
 
     model = {"w": np.zeros((250, 400), np.float32)}  # 100k parameters, 400 kB
     nbytes = model["w"].nbytes

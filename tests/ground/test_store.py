@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from orbitfl.ground.store import GroundStore, atomic_write
 
 

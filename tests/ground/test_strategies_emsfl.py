@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+
+from orbitfl.ground.strategies import make_strategy
 from orbitfl.ground.strategies.assignment import (
     assign_experts,
     assignment_hints,
@@ -17,8 +19,6 @@ from orbitfl.ground.strategies.assignment import (
     total_affinity,
 )
 from orbitfl.ground.strategies.emsfl import EMSFL, expert_of
-from orbitfl.ground.strategy import make_strategy
-
 from orbitfl.wire.messages import Task, decode, encode
 
 

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+
+from orbitfl.ground.strategies import FedAvg, make_strategy
 from orbitfl.ground.strategies.blocksums import StaleUpdate
 from orbitfl.ground.strategies.fedbuff import BufferFull, FedBuff
 from orbitfl.ground.strategies.staleness import Staleness
-from orbitfl.ground.strategy import FedAvg, make_strategy
 
 
 def _model(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import FedAvg, make_strategy
-
-from orbitfl.wire import Ack, Hello, MessageReceived, Nack, RoundClosed, Send, Update, decode, encode
+from orbitfl.ground.strategies import FedAvg, make_strategy
+from orbitfl.runtime.events import MessageReceived, RoundClosed, Send
+from orbitfl.wire import Ack, Hello, Nack, Update, decode, encode
 from orbitfl.wire.errors import Reason
 from orbitfl.wire.payload import encode_payload
 

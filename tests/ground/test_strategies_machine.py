@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from orbitfl.agent.partial import choose_blocks
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategy import make_strategy
-
-from orbitfl.wire import Ack, Hello, MessageReceived, Nack, RoundClosed, Send, Update, decode, encode
+from orbitfl.ground.strategies import make_strategy
+from orbitfl.runtime.events import MessageReceived, RoundClosed, Send
+from orbitfl.wire import Ack, Hello, Nack, Update, decode, encode
 from orbitfl.wire.payload import encode_payload
 
 MODEL = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}

@@ -6,9 +6,10 @@ import itertools
 
 import numpy as np
 import pytest
+
 from orbitfl.agent.partial import block_scores, choose_blocks, measure_bytes_per_value
+from orbitfl.ground.strategies import FedAvg, make_strategy
 from orbitfl.ground.strategies.partial import PartialAverage
-from orbitfl.ground.strategy import FedAvg, make_strategy
 
 
 def _model(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from orbitfl.ground.strategies import FedAvg, Strategy, make_strategy
 from orbitfl.ground.strategies.robust import CoordinateMedian, NormClip, TrimmedMean, l2_norm
-from orbitfl.ground.strategy import FedAvg, Strategy, make_strategy
 
 
 def _model(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -125,7 +126,7 @@ def test_held_updates_are_bounded_and_round_trip_through_state() -> None:
 
 
 def test_every_registered_strategy_builds_and_bad_options_name_the_strategy() -> None:
-    from orbitfl.ground.strategy import STRATEGIES
+    from orbitfl.ground.strategies import STRATEGIES
 
     assert {"fedavg", "partial", "fedbuff", "emsfl", "clip", "median", "trimmed"} <= set(STRATEGIES)
     for name in STRATEGIES:

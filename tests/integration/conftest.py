@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from orbitfl.demo import free_port
-from orbitfl.keys import new_keypair
+from orbitfl.apps.demo import free_port
+from orbitfl.runtime.keys import new_keypair
 
 LINK = {"heartbeat_s": 0.3, "liveness": 3, "backoff_initial_s": 0.1, "backoff_max_s": 1.0}
 

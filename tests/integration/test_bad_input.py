@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from orbitfl.link import AgentLink, CurveClientKeys, Received
+from orbitfl.runtime.link import AgentLink, CurveClientKeys, Received
 from orbitfl.wire import Ack, Hello, Message, Nack, Task, Update, decode, encode
 from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.tensors import tensors_to_wire

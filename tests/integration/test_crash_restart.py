@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from orbitfl.agent.outbox import Outbox
 
 pytestmark = pytest.mark.integration

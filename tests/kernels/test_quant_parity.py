@@ -70,8 +70,23 @@ def test_pack_bitwise_equal(bits: int) -> None:
 
 def test_casts_bitwise_equal_on_all_bit_patterns() -> None:
     x = np.random.default_rng(1).integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32).view(F32)
-    special = np.array([0x7F800001, 0xFFC00000, 0x7FFFFFFF, 0x00000001, 0x80000000, 0x477FF000, 0x477FEFFF,
-                        0x387FFFFF, 0x38800000, 0x33000000, 0x33000001, 0x7F7FFFFF], np.uint32).view(F32)
+    special = np.array(
+        [
+            0x7F800001,
+            0xFFC00000,
+            0x7FFFFFFF,
+            0x00000001,
+            0x80000000,
+            0x477FF000,
+            0x477FEFFF,
+            0x387FFFFF,
+            0x38800000,
+            0x33000000,
+            0x33000001,
+            0x7F7FFFFF,
+        ],
+        np.uint32,
+    ).view(F32)
     x = np.concatenate([x, special])
     assert same(CPP.to_float16(x), REF.to_float16(x))
     assert same(CPP.to_bfloat16(x), REF.to_bfloat16(x))

@@ -37,8 +37,13 @@ def test_pack_round_trip(kern: ModuleType, data: st.DataObject, bits: int) -> No
 
 
 @SETTINGS
-@given(x=arrays(), bits=st.integers(1, 8), bucket=st.integers(1, 70), stochastic=st.booleans(),
-       seed=st.integers(0, 2**64 - 1))
+@given(
+    x=arrays(),
+    bits=st.integers(1, 8),
+    bucket=st.integers(1, 70),
+    stochastic=st.booleans(),
+    seed=st.integers(0, 2**64 - 1),
+)
 def test_quantize_bound(
     kern: ModuleType, x: np.ndarray, bits: int, bucket: int, stochastic: bool, seed: int
 ) -> None:

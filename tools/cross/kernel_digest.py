@@ -58,8 +58,27 @@ def inputs() -> dict[str, F32]:
 
     u, v = uniform(N), np.abs(uniform(N)) + np.float32(1e-3)
     heavy = (u / v).astype(np.float32)  # a ratio gives gradient-like heavy tails; / is exact-rounded
-    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1.17e-38, 6.1e-5, 5.96e-8, 65504.0, 65520.0, 1e5,
-                        3.4e38, -3.4e38, np.inf, -np.inf, np.nan, 1.0 / 3.0], dtype=np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            1.17e-38,
+            6.1e-5,
+            5.96e-8,
+            65504.0,
+            65520.0,
+            1e5,
+            3.4e38,
+            -3.4e38,
+            np.inf,
+            -np.inf,
+            np.nan,
+            1.0 / 3.0,
+        ],
+        dtype=np.float32,
+    )
     return {
         "uniform": u,
         "heavy": heavy,
@@ -86,6 +105,7 @@ def cases(k: ModuleType, x: dict[str, F32]) -> dict[str, Callable[[], Any]]:
     for name in ("uniform", "heavy", "small"):
         for bits, bucket in ((1, 512), (4, 512), (8, 64)):
             for stochastic in (False, True):
+
                 def quant(a: F32 = x[name], b: int = bits, bk: int = bucket, st: bool = stochastic) -> Any:
                     packed, lo, step = k.quantize(a, b, bucket=bk, stochastic=st, seed=7)
                     return packed, lo, step, k.dequantize(packed, lo, step, a.size, b, bucket=bk)
@@ -118,6 +138,7 @@ def cases(k: ModuleType, x: dict[str, F32]) -> dict[str, Callable[[], Any]]:
     out["sign/ef"] = lambda: sign(True)
 
     for bits in (1, 2, 4):
+
         def laq(b: int = bits) -> Any:
             packed, alpha, err = k.laq_quantize(heavy, x["curvature"], b)
             return packed, alpha, err, k.laq_dequantize(packed, n, b, alpha)
@@ -126,6 +147,7 @@ def cases(k: ModuleType, x: dict[str, F32]) -> dict[str, Callable[[], Any]]:
 
     for method in ("optimal", "hist", "lloyd"):
         for kk in (2, 16, 256):
+
             def km(m: str = method, c: int = kk) -> Any:
                 a = heavy[:4000] if m == "optimal" else heavy  # the exact DP is O(k n^2)-ish
                 cent, labels, sse = k.kmeans1d(a, c, method=m, seed=3)
@@ -134,6 +156,7 @@ def cases(k: ModuleType, x: dict[str, F32]) -> dict[str, Callable[[], Any]]:
             out[f"kmeans1d/{method}/k{kk}"] = km
 
     for kk, rho in ((4, 0.5), (16, 0.9)):
+
         def gcc(c: int = kk, r: float = rho) -> Any:
             residual = (u * np.float32(0.1)).astype(np.float32)
             enc = k.gcc_encode(heavy, k=c, rho=r, residual=residual, seed=5)

@@ -4,13 +4,13 @@
     state = pipe.new_state()                                     # residuals etc.; state.to_dict()
     payload = pipe.encode({"w": w, "b": b}, state)               # -> Payload
     wire = payload.to_wire()                                     # plain dict for msgpack
-    back = pipe.decode(Payload.from_wire(wire, limits=Limits())) # validated, then decoded
+    back = pipe.decode(Payload.from_wire(wire, limits=PayloadLimits())) # validated, then decoded
 
 The recipe grammar is in :mod:`orbitfl.codec.recipe`; docs/codecs.md describes every stage.
 """
 
 from orbitfl.codec.entropy import EntropyReport, entropy_report, symbol_entropy
-from orbitfl.codec.payload import DEFAULT_LIMITS, FORMAT_VERSION, Limits, Payload, TensorRecord
+from orbitfl.codec.payload import DEFAULT_LIMITS, FORMAT_VERSION, Payload, PayloadLimits, TensorRecord
 from orbitfl.codec.pipeline import CodecState, Pipeline, rel_error
 from orbitfl.codec.recipe import Chain, Recipe, parse_chain, parse_recipe
 from orbitfl.codec.registry import REGISTRY, EncodeContext, Encoded, Field, FloatStage, Param, Stage, register
@@ -26,9 +26,9 @@ __all__ = [
     "EntropyReport",
     "Field",
     "FloatStage",
-    "Limits",
     "Param",
     "Payload",
+    "PayloadLimits",
     "Pipeline",
     "Recipe",
     "Stage",

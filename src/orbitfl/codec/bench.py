@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.codec.entropy import entropy_report
 from orbitfl.codec.pipeline import Pipeline
 from orbitfl.kernels import backend as kernel_backend
-
-F32 = NDArray[np.float32]
 
 DEFAULT_RECIPES = (
     "fp32",

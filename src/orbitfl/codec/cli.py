@@ -10,6 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from orbitfl import _core
+from orbitfl.codec import bench
+from orbitfl.codec.recipe import parse_recipe
+
 
 def register(subparsers: Any) -> None:
     codec = subparsers.add_parser("codec", help="compression recipes: benchmark and inspect")
@@ -70,8 +74,6 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from orbitfl.codec.recipe import parse_recipe
-
     try:
         recipe = parse_recipe(args.recipe)
     except ValueError as exc:
@@ -85,9 +87,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from orbitfl.codec import bench
-    from orbitfl.codec.recipe import parse_recipe
-
     recipes = args.recipe or list(bench.DEFAULT_RECIPES)
     try:
         for r in recipes:
@@ -114,8 +113,6 @@ def _bench(args: argparse.Namespace) -> int:
     )
     log = None
     if not args.json:
-        from orbitfl import _core
-
         src = args.npz or "synthetic update"
         print(
             f"{src}: {len(tensors)} tensors, {n} float32 values ({4 * n / 1e6:.1f} MB); "

@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class Limits:
+class PayloadLimits:
     """Bounds on untrusted payloads. Decoding never allocates more than about ``max_bytes`` (the
     serialized size and the sum of decompressed sizes) plus 4 bytes per decoded value."""
 
@@ -47,7 +47,7 @@ class Limits:
     max_chains: int = 64
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = PayloadLimits()
 
 
 @dataclass
@@ -155,7 +155,7 @@ class Payload:
         return out
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Payload:
+    def from_bytes(cls, data: bytes, *, limits: PayloadLimits = DEFAULT_LIMITS) -> Payload:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"payload must be bytes, got {type(data).__name__}")
         if len(data) > limits.max_bytes:
@@ -182,7 +182,7 @@ class Payload:
         cls,
         d: Any,
         *,
-        limits: Limits = DEFAULT_LIMITS,
+        limits: PayloadLimits = DEFAULT_LIMITS,
         expect: Mapping[str, tuple[int, ...]] | None = None,
     ) -> Payload:
         """Validate an untrusted wire dict; ValueError naming the offending field.
@@ -231,7 +231,7 @@ class Payload:
 
 
 class _Budget:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: PayloadLimits) -> None:
         self.limits = limits
         self.values = 0
         self.raw = 0
@@ -261,7 +261,7 @@ def _check_meta(schema: Mapping[str, type], meta: Meta) -> None:
 
 
 def _record_from_wire(
-    t: Any, where: str, chains: list[Chain], limits: Limits, budget: _Budget
+    t: Any, where: str, chains: list[Chain], limits: PayloadLimits, budget: _Budget
 ) -> TensorRecord:
     if not isinstance(t, dict):
         raise ValueError(f"{where} must be a map")

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.codec import stages as _stages  # noqa: F401  (registers the built-in stages)
 from orbitfl.codec.payload import DEFAULT_LIMITS, Payload, TensorRecord
 from orbitfl.codec.recipe import Chain, Recipe, parse_chain, parse_recipe
-from orbitfl.codec.registry import F32, EncodeContext
+from orbitfl.codec.registry import EncodeContext
 from orbitfl.kernels import backend as kernel_backend
+from orbitfl.kernels.alq import OVERHEAD_BYTES, allocate_bits
 
 STATE_VERSION = 1
 _EMPTY = parse_chain("fp32")
@@ -143,7 +145,7 @@ class Pipeline:
             flat[name] = np.ascontiguousarray(x).reshape(-1)
             chains[name] = self.chain_for(name, x.size)
         curv = self._curvature(flat, chains, curvature)
-        alq = [n for n, c in chains.items() if c.float_stages[0].name == "alq"]
+        alq = [n for n, c in chains.items() if c.float_stages[0].needs_budget]
         if alq and budget_bytes is None:
             raise ValueError("recipe uses alq: pass budget_bytes to encode")
         shapes = {name: tuple(int(s) for s in x.shape) for name, x in tensors.items()}
@@ -262,8 +264,6 @@ class Pipeline:
         new_res: dict[str, F32],
         budget_bytes: int,
     ) -> dict[str, TensorRecord]:
-        from orbitfl.kernels.alq import OVERHEAD_BYTES, allocate_bits
-
         fixed = Payload(dict(records)).nbytes
         if fixed > budget_bytes:
             raise ValueError(

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-F32 = NDArray[np.float32]
+from orbitfl.arrays import F32
+
 Meta = dict[str, int | float]
 
 
@@ -105,6 +106,7 @@ class Stage:
     default_ef: ClassVar[bool] = False
     first_only: ClassVar[bool] = False  # needs the whole tensor (curvature, budget)
     needs_curvature: ClassVar[bool] = False
+    needs_budget: ClassVar[bool] = False  # sizes its output to the encode's budget_bytes
     meta_schema: ClassVar[Mapping[str, type]] = {}
 
     args: dict[str, Any] = field(default_factory=dict)

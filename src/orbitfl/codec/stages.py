@@ -15,8 +15,8 @@ import numpy as np
 import zstandard
 from numpy.typing import NDArray
 
+from orbitfl.arrays import F32
 from orbitfl.codec.registry import (
-    F32,
     EncodeContext,
     Encoded,
     Field,
@@ -431,6 +431,7 @@ class Alq(Laq):
     given 0 bits is not sent."""
 
     params = (Param("choices", str, "", positional=True, check=_choices),)
+    needs_budget = True
     meta_schema: ClassVar[Mapping[str, type]] = {"alpha": float, "bits": int}
 
     @property

@@ -19,13 +19,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from orbitfl.kernels import backend as kernel_backend
 
 __all__ = ["OVERHEAD_BYTES", "allocate_bits", "tensor_bytes", "weighted_errors"]
 
-F32 = NDArray[np.float32]
+from orbitfl.arrays import F32
 
 # Per sent tensor: its float32 scale alpha plus one byte for the bit width. A tensor at 0 bits is
 # not sent and costs nothing; naming which tensors travel is the payload's job, not counted here.

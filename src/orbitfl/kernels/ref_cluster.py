@@ -28,7 +28,8 @@ __all__ = [
     "laq_quantize",
 ]
 
-F32 = NDArray[np.float32]
+from orbitfl.arrays import F32
+
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 U8 = NDArray[np.uint8]

@@ -31,7 +31,8 @@ __all__ = [
     "unpack_bits",
 ]
 
-F32 = NDArray[np.float32]
+from orbitfl.arrays import F32
+
 U8 = NDArray[np.uint8]
 U16 = NDArray[np.uint16]
 U32 = NDArray[np.uint32]

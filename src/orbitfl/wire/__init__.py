@@ -1,26 +1,7 @@
-"""What both daemons must agree on: messages, tensor encoding, limits, refusal reasons, and the
-events/actions of the federation state machines. No sockets and no clocks in here."""
+"""What both daemons must agree on: messages, tensor encoding, limits and refusal reasons. No
+sockets and no clocks in here (the machines' events and actions are ``orbitfl.runtime.events``)."""
 
 from orbitfl.wire.errors import Reason, WireError
-from orbitfl.wire.events import (
-    GROUND,
-    Action,
-    ApplyModel,
-    Count,
-    Event,
-    Gauge,
-    LinkDown,
-    LinkUp,
-    Log,
-    MessageReceived,
-    PeerSilent,
-    RoundClosed,
-    Send,
-    StartTraining,
-    Tick,
-    TrainingDone,
-    TrainingFailed,
-)
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
     MESSAGE_TYPES,
@@ -47,38 +28,21 @@ from orbitfl.wire.messages import (
 
 __all__ = [
     "DEFAULT_LIMITS",
-    "GROUND",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Ack",
-    "Action",
-    "ApplyModel",
     "Bye",
     "Chunk",
     "ChunkAck",
-    "Count",
-    "Event",
-    "Gauge",
     "Heartbeat",
     "Hello",
     "Limits",
-    "LinkDown",
-    "LinkUp",
-    "Log",
     "Message",
-    "MessageReceived",
     "Model",
     "ModelBlob",
     "Nack",
-    "PeerSilent",
     "Reason",
-    "RoundClosed",
-    "Send",
-    "StartTraining",
     "Task",
-    "Tick",
-    "TrainingDone",
-    "TrainingFailed",
     "Update",
     "WireError",
     "decode",

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orbitfl.sim.runner import SimResult, iter_rows
+from orbitfl.apps.sim.runner import SimResult, iter_rows
 
 COLUMNS = (
     "name",

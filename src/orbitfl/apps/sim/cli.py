@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orbitfl.experiment.report import run_record, write_report
-from orbitfl.sim.runner import SimConfig, Simulation, load_windows
+from orbitfl.apps.experiment.report import run_record, write_report
+from orbitfl.apps.sim.orbits import write_csv
+from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
 
 OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--sats", "sats", int, "satellites in the Walker constellation (default 12)"),
@@ -68,8 +69,6 @@ def _cmd(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         windows = load_windows(cfg)
         if args.windows_out:
-            from orbitfl.sim.orbits import write_csv
-
             write_csv(windows[0], args.windows_out)
             print(f"wrote {len(windows[0])} windows to {args.windows_out}")
         sim = Simulation(cfg, progress=print, windows=windows)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orbitfl.config import ConfigError, load_agent, load_ground
+from orbitfl.runtime.config import ConfigError, load_agent, load_ground
 
 GROUND = """
 [ground]

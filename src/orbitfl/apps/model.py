@@ -21,6 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orbitfl import data
+from orbitfl.agent.backends import open_trainer
+from orbitfl.models import artifacts, zoo
+from orbitfl.models.manifest import read_manifest
+
 EXTENSIONS = ("orbitfl.models.tflite.cli",)
 
 
@@ -91,8 +96,6 @@ def _fail(msg: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from orbitfl.models import zoo
-
     rows: list[dict[str, Any]] = []
     for name in zoo.MODEL_NAMES:
         spec = zoo.build(name)
@@ -126,8 +129,6 @@ def _prod(shape: Any) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from orbitfl.models import artifacts
-
     options: dict[str, Any] = {"input": args.input, "classes": args.classes, "seed": args.seed}
     if args.hidden is not None:
         options["hidden"] = args.hidden if args.name == "mlp" else args.hidden[0]
@@ -155,9 +156,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
-    from orbitfl.agent.backends import open_trainer
-
-    from orbitfl import data
 
     try:
         trainer = open_trainer(args.artifacts, learning_rate=args.lr)
@@ -182,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save_weights is not None:
         np.savez(args.save_weights, **trainer.get_weights())  # type: ignore[arg-type]
     out = {
-        "model": trainer.manifest.model,
+        "model": read_manifest(args.artifacts).model,
         "data": ds.name,
         "epochs": args.epochs,
         "resumed_from": metrics.resumed_from,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orbitfl.keys import new_keypair
-from orbitfl.link import AgentLink, CurveClientKeys, CurveServerKeys, GroundLink, LinkEvent, Received
+from orbitfl.runtime.keys import new_keypair
+from orbitfl.runtime.link import AgentLink, CurveClientKeys, CurveServerKeys, GroundLink, LinkEvent, Received
 
 
 @dataclass(frozen=True)

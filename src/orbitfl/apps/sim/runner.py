@@ -28,7 +28,13 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from orbitfl.sim.orbits import (
+from orbitfl.agent.backends import open_trainer
+from orbitfl.agent.learner import Learner, evaluate, share_indices
+from orbitfl.agent.machine import AgentConfig, AgentMachine
+from orbitfl.agent.outbox import Outbox
+from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
+from orbitfl.agent.trainer import Trainer
+from orbitfl.apps.sim.orbits import (
     DEFAULT_STATIONS,
     Station,
     Walker,
@@ -40,8 +46,31 @@ from orbitfl.sim.orbits import (
     tle_windows,
     walker_windows,
 )
-from orbitfl.wire.events import StartTraining
-from orbitfl.wire.payload import recipe_needs
+from orbitfl.codec.inputs import check_recipe, recipe_needs
+from orbitfl.data.datasets import load
+from orbitfl.ground.machine import GroundConfig, GroundMachine
+from orbitfl.ground.store import GroundStore
+from orbitfl.ground.strategies import STRATEGIES, make_strategy
+from orbitfl.ground.strategies.assignment import (
+    assign_experts,
+    assignment_hints,
+    cluster_affinity,
+    trainable_for,
+)
+from orbitfl.models.artifacts import build_artifacts
+from orbitfl.models.zoo import build, get_weights, moe_gates
+from orbitfl.runtime.events import (
+    GROUND,
+    LinkDown,
+    LinkUp,
+    MessageReceived,
+    PeerSilent,
+    RoundClosed,
+    Send,
+    StartTraining,
+    Tick,
+    TrainingDone,
+)
 
 PARTITIONS = ("dirichlet", "iid", "shard")
 
@@ -185,16 +214,10 @@ class SimResult:
 
 
 class Learning:
-    """Data shares, one ORT trainer per satellite (each keeps its own optimizer state, as a board
-    would) and the ground's held-out evaluation."""
+    """The constellation's learners: one :class:`~orbitfl.agent.learner.Learner` per satellite (each
+    keeps its own optimizer state, as a board would) and the ground's held-out evaluation."""
 
     def __init__(self, cfg: SimConfig, n_agents: int, work: Path) -> None:
-        from orbitfl.agent.backends import open_trainer
-        from orbitfl.data.datasets import load
-        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
-        from orbitfl.models.artifacts import build_artifacts
-        from orbitfl.models.zoo import build, get_weights
-
         self.cfg = cfg
         if cfg.dataset == "mnist":
             data = load("mnist", path=cfg.mnist_path)
@@ -209,25 +232,27 @@ class Learning:
         self.spec = build(cfg.model, seed=cfg.seed, **opts)
         self.initial = get_weights(self.spec.model)
         y = data.y_train
-        if data.task != "classification" or cfg.partition == "iid":
-            parts = iid_partition(len(y), n_agents, seed=cfg.seed)
-        elif cfg.partition == "dirichlet":
-            parts = dirichlet_partition(y, n_agents, cfg.alpha, seed=cfg.seed)
-        else:
-            parts = shard_partition(y, n_agents, cfg.shards_per_client, seed=cfg.seed)
-        self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in parts]
+        split = "iid" if data.task != "classification" else cfg.partition
+        shares = share_indices(
+            y, n_agents, split, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client, seed=cfg.seed
+        )
+        self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in shares]
         self.art = work / "artifacts"
         build_artifacts(self.spec, self.art)
-
-        def new() -> Any:
-            return open_trainer(self.art, learning_rate=cfg.lr)
-
-        self._new = new
-        self.trainers: dict[int, Any] = {}
+        self.learners: dict[int, Learner] = {}
         self._bpv: dict[Any, float] = {}
-        self.evaluator = self._new()
+        self.evaluator = self._new_trainer()
         self.x_test = np.ascontiguousarray(data.x_test, np.float32)
         self.y_test = data.y_test
+
+    def _new_trainer(self) -> Trainer:
+        return open_trainer(self.art, learning_rate=self.cfg.lr)
+
+    def learner(self, agent: int) -> Learner:
+        got = self.learners.get(agent)
+        if got is None:
+            got = self.learners[agent] = Learner(self._new_trainer(), *self.parts[agent])
+        return got
 
     def train(
         self,
@@ -237,31 +262,20 @@ class Learning:
         round_: int,
         hints: Mapping[str, Any],
     ) -> tuple[dict[str, npt.NDArray[Any]], int, dict[str, float]]:
-        tr = self.trainers.get(agent)
-        if tr is None:
-            tr = self.trainers[agent] = self._new()
-        base = {k: np.asarray(v, np.float32) for k, v in weights.items()}
-        tr.set_weights(base)
-        x, y = self.parts[agent]
         seed = int.from_bytes(
             hashlib.blake2b(f"{self.cfg.seed}:{agent}:{round_}".encode(), digest_size=4).digest(), "little"
         )
-        m = tr.train(x, y, epochs=self.cfg.epochs, batch_size=self.cfg.batch_size, seed=seed)
-        new = tr.get_weights(list(base))
-        keep = self._trainable(hints, agent_id, list(base))
-        delta = {k: new[k] - base[k] for k in base if keep is None or k in keep}
-        metrics = {"loss": float(m.loss)}
-        if m.accuracy is not None:
-            metrics["train_accuracy"] = float(m.accuracy)
-        return delta, len(x), metrics
-
-    def _trainable(self, hints: Mapping[str, Any], agent_id: str, names: list[str]) -> set[str] | None:
-        """EMS-FL: a task assigning experts to this satellite makes it send only those (and the
-        shared router); the others go back to the global values."""
-        from orbitfl.ground.strategies.assignment import trainable_for
-
-        got = trainable_for(hints, agent_id, names)
-        return None if got is None else set(got)
+        # EMS-FL: a task assigning experts to this satellite makes it send only those (and the
+        # shared router); the others go back to the global values.
+        keep = trainable_for(hints, agent_id, list(weights))
+        done = self.learner(agent).train(
+            weights,
+            epochs=self.cfg.epochs,
+            batch_size=self.cfg.batch_size,
+            seed=seed,
+            keep=None if keep is None else set(keep),
+        )
+        return done.delta, done.samples, done.metrics
 
     def partial(
         self,
@@ -274,62 +288,36 @@ class Learning:
         """SpaceDML partial weight averaging, agent side: the blocks that changed most (weighted by
         the optimizer's curvature, loss-aware) that fit the byte budget; the rest are sent as zeros
         and the ground's ``partial`` strategy (zero_is_unsent) leaves them alone."""
-        from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
-
         key = (recipe, tuple(sorted((k, v.shape) for k, v in delta.items())))
         bpv = self._bpv.get(key)
         if bpv is None:
             bpv = self._bpv[key] = measure_bytes_per_value(recipe, delta)
-        curv = self.curvature(agent, list(delta))
         sel = choose_blocks(
             delta,
             budget,
             bpv,
             block=int(opts.get("block", 256)),
             overhead_bytes=float(opts.get("overhead_bytes", 64)),
-            importance=curv,
+            importance=self.curvature(agent, delta),
         )
         return sel.tensors(delta)
 
-    def curvature(self, agent: int, names: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+    def curvature(
+        self, agent: int, delta: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[np.float32]]:
         """LAQ's curvature estimate D = sqrt(Adam v) + eps of this satellite's optimizer."""
-        v = self.trainers[agent].second_moments()
-        return {n: (np.sqrt(v[n]) + 1e-8).astype(np.float32) for n in names if n in v}
+        return self.learners[agent].curvature(delta)
 
     def affinity(self, agent: int, weights: Mapping[str, npt.NDArray[Any]]) -> list[float]:
-        from orbitfl.models.zoo import moe_gates
-
         return [float(v) for v in moe_gates(weights, self.parts[agent][0]).mean(axis=0)]
 
     def evaluate(self, weights: Mapping[str, npt.NDArray[Any]]) -> float:
         """Test accuracy; for the hyperspectral background model, the ROC AUC of detecting the rare
         target pixels by their reconstruction error (what background learning is for)."""
-        self.evaluator.set_weights({k: np.asarray(v, np.float32) for k, v in weights.items()})
-        if self.data.task == "classification":
-            acc = self.evaluator.evaluate(self.x_test, self.y_test).accuracy
-            return float(acc) if acc is not None else float("nan")
-        pred = self.evaluator.predict(self.x_test)
-        err = np.mean((pred.reshape(len(pred), -1) - self.y_test.reshape(len(pred), -1)) ** 2, axis=1)
-        labels = np.asarray(self.data.info["labels_test"]) > 0
-        return roc_auc(err, labels)
-
-
-def roc_auc(score: npt.NDArray[Any], positive: npt.NDArray[np.bool_]) -> float:
-    """Mann-Whitney AUC with ties averaged."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score))
-    s = score[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+        positive = None
+        if self.data.task != "classification":
+            positive = np.asarray(self.data.info["labels_test"]) > 0
+        return evaluate(self.evaluator, weights, self.x_test, self.y_test, positive)
 
 
 # --- the radio ------------------------------------------------------------------------------------
@@ -392,34 +380,49 @@ class Simulation:
         progress: Callable[[str], None] | None = None,
         windows: tuple[list[Window], list[str], float] | None = None,
     ) -> None:
-        from orbitfl.agent.machine import AgentConfig, AgentMachine
-        from orbitfl.agent.outbox import Outbox
-        from orbitfl.ground.machine import GroundConfig, GroundMachine
-        from orbitfl.ground.store import GroundStore
-        from orbitfl.ground.strategy import STRATEGIES, make_strategy
-
         if cfg.strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy {cfg.strategy!r} is not available in this build; available: {sorted(STRATEGIES)}"
             )
-        check_codec(cfg.codec)
+        check_recipe(cfg.codec)
         self.cfg = cfg
         self.progress = progress or (lambda s: None)
-        # The stores fsync every commit, as on a board; in RAM that costs nothing, on a shared disk
-        # it was most of the wall time of a run.
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self._tmp = None if work is not None else tempfile.mkdtemp(prefix="orbitfl-sim-", dir=shm)
-        self.work = Path(work if work is not None else self._tmp)  # type: ignore[arg-type]
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.windows, self.names, self.duration = windows if windows is not None else load_windows(cfg)
-        if not self.windows:
-            raise ValueError("no contact window at all: check the stations, elevation masks and orbits")
+        self._tmp: str | None = None
+        self.work = self._workdir(work)
+        self.windows, self.names, self.duration = self._contacts(windows)
         self.index = {n: i for i, n in enumerate(self.names)}
-        unknown = sorted({w.satellite for w in self.windows} - set(self.index))
-        if unknown:
-            raise ValueError(f"windows name satellites not in the constellation: {unknown[:5]}")
         self.learn = Learning(cfg, len(self.names), self.work)
         self.n_params = sum(int(v.size) for v in self.learn.initial.values())
+        self.ground = self._new_ground()
+        self.agents = [self._new_agent(i, n) for i, n in enumerate(self.names)]
+        self._reset_clock_and_counters()
+
+    def _workdir(self, work: Path | None) -> Path:
+        """The folder of the stores: ``work``, or a temporary one removed by ``close``. The stores
+        fsync every commit, as on a board; in RAM that costs nothing, on a shared disk it was most
+        of the wall time of a run."""
+        if work is None:
+            shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            self._tmp = tempfile.mkdtemp(prefix="orbitfl-sim-", dir=shm)
+            work = Path(self._tmp)
+        work = Path(work)
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+
+    def _contacts(
+        self, windows: tuple[list[Window], list[str], float] | None
+    ) -> tuple[list[Window], list[str], float]:
+        """The contact windows (given, or from the config's geometry), checked against the names."""
+        ws, names, duration = windows if windows is not None else load_windows(self.cfg)
+        if not ws:
+            raise ValueError("no contact window at all: check the stations, elevation masks and orbits")
+        unknown = sorted({w.satellite for w in ws} - set(names))
+        if unknown:
+            raise ValueError(f"windows name satellites not in the constellation: {unknown[:5]}")
+        return ws, names, duration
+
+    def _new_ground(self) -> GroundMachine:
+        cfg = self.cfg
         strategy = make_strategy(cfg.strategy, **cfg.strategy_options)
         hints = dict(cfg.hints)
         if cfg.strategy == "emsfl" and "experts" not in hints:
@@ -434,27 +437,29 @@ class Simulation:
             retransmit_seconds=cfg.retransmit_s,
             chunk_bytes=cfg.chunk_bytes,
         )
-        self.ground = GroundMachine(GroundStore(self.work / "ground"), gcfg, self.learn.initial, strategy)
-        self.agents = [
-            AgentMachine(
-                Outbox(self.work / f"{n}.db"),
-                AgentConfig(
-                    n,
-                    heartbeat_seconds=cfg.heartbeat_s,
-                    retransmit_seconds=cfg.retransmit_s,
-                    chunk_bytes=cfg.chunk_bytes,
-                    capabilities=self._capabilities(i),
-                ),
-            )
-            for i, n in enumerate(self.names)
-        ]
+        return GroundMachine(GroundStore(self.work / "ground"), gcfg, self.learn.initial, strategy)
+
+    def _new_agent(self, i: int, name: str) -> AgentMachine:
+        cfg = self.cfg
+        return AgentMachine(
+            Outbox(self.work / f"{name}.db"),
+            AgentConfig(
+                name,
+                heartbeat_seconds=cfg.heartbeat_s,
+                retransmit_seconds=cfg.retransmit_s,
+                chunk_bytes=cfg.chunk_bytes,
+                capabilities=self._capabilities(i),
+            ),
+        )
+
+    def _reset_clock_and_counters(self) -> None:
         self.now = 0.0
         self._heap: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.links: dict[str, _Link] = {}
         self._serial = 0
         self._jobs: dict[str, StartTraining] = {}  # satellite -> the StartTraining being computed
-        self._rng = random.Random(cfg.seed)
+        self._rng = random.Random(self.cfg.seed)
         self.rows: list[RoundRow] = []
         self.up_update = self.up_all = self.down_all = self.f32 = 0
         self.accepted = 0
@@ -466,7 +471,6 @@ class Simulation:
         """EMS-FL's assignment, made once before training as the ground would from the affinities
         the boards report in HELLO: satellites of one orbital plane form a cluster (they pass the
         stations one after another); each cluster gets the experts its data prefers, none shared."""
-        from orbitfl.ground.strategies.assignment import assign_experts, assignment_hints, cluster_affinity
 
         n_exp = sum(1 for g in self.learn.spec.groups if g.startswith("expert."))
         if n_exp == 0:
@@ -552,8 +556,6 @@ class Simulation:
             self._tmp = None
 
     def _on_open(self, w: Window) -> None:
-        from orbitfl.wire import LinkUp
-
         self._serial += 1
         self.links[w.satellite] = _Link(w, self._serial, w.start, w.start)
         self.stats[w.satellite]["windows"] += 1
@@ -561,8 +563,6 @@ class Simulation:
         self._agent(w.satellite, LinkUp())
 
     def _on_close(self, data: tuple[str, int]) -> None:
-        from orbitfl.wire import LinkDown, PeerSilent
-
         sat, serial = data
         ln = self.links.get(sat)
         if ln is None or ln.serial != serial:
@@ -572,32 +572,24 @@ class Simulation:
         self._ground(PeerSilent(sat))
 
     def _on_tick(self, _: None) -> None:
-        from orbitfl.wire import Tick
-
         self._ground(Tick())
         for sat in list(self.links):
             self._agent(sat, Tick())
         self._push(self.now + self.cfg.tick_s, "tick", None)
 
     def _on_up(self, data: tuple[str, int, bytes]) -> None:
-        from orbitfl.wire import MessageReceived
-
         sat, serial, frame = data
         ln = self.links.get(sat)
         if ln is not None and ln.serial == serial:
             self._ground(MessageReceived(sat, frame))
 
     def _on_down(self, data: tuple[str, int, bytes]) -> None:
-        from orbitfl.wire import GROUND, MessageReceived
-
         sat, serial, frame = data
         ln = self.links.get(sat)
         if ln is not None and ln.serial == serial:
             self._agent(sat, MessageReceived(GROUND, frame))
 
     def _on_trained(self, data: tuple[str, StartTraining]) -> None:
-        from orbitfl.wire import TrainingDone
-
         sat, job = data
         if self._jobs.get(sat) is not job:
             return  # replaced by a newer task before it finished
@@ -622,14 +614,12 @@ class Simulation:
         if need_budget:
             extra["budget_bytes"] = self.update_budget(sat)
         if need_curv:
-            extra["curvature"] = self.learn.curvature(i, list(delta))
+            extra["curvature"] = self.learn.curvature(i, delta)
         self._agent(sat, TrainingDone(job.task.task_id, delta, samples, metrics, **extra))
 
     # --- actions ----------------------------------------------------------------------------------
 
     def _agent(self, sat: str, event: Any) -> None:
-        from orbitfl.wire import Send, StartTraining
-
         for a in self.agents[self.index[sat]].handle(event, self.now):
             if isinstance(a, Send):
                 self._transmit(sat, a.frame, up=True)
@@ -638,8 +628,6 @@ class Simulation:
                 self._push(self.now + self.cfg.epochs * self.cfg.seconds_per_epoch, "trained", (sat, a))
 
     def _ground(self, event: Any) -> None:
-        from orbitfl.wire import RoundClosed, Send
-
         for a in self.ground.handle(event, self.now):
             if isinstance(a, Send):
                 self._transmit(a.peer, a.frame, up=False)
@@ -710,18 +698,6 @@ class Simulation:
                 return max(1024, self.cfg.chunk_bytes)
             seconds, rate = w.duration, w.rate_bps
         return max(256, int(seconds * rate * self.cfg.link_share / 8 * self.cfg.budget_fraction))
-
-
-def check_codec(recipe: str) -> None:
-    """Refuse a codec the machines cannot use, before any simulated second passes."""
-    from orbitfl.wire.payload import RAW_RECIPES, pipeline
-
-    if recipe in RAW_RECIPES:
-        return
-    try:
-        pipeline(recipe)  # parsing is the check: the runner passes alq its budget, laq/alq curvature
-    except ValueError as exc:
-        raise ValueError(f"codec {recipe!r}: {exc}") from None
 
 
 def iter_rows(rows: list[RoundRow]) -> Iterator[dict[str, Any]]:

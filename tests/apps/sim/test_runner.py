@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orbitfl.sim.orbits import Window, write_csv
-from orbitfl.sim.runner import SimConfig, Simulation, frame_type, load_windows
+from orbitfl.apps.sim.orbits import Window, write_csv
+from orbitfl.apps.sim.runner import SimConfig, Simulation, frame_type, load_windows
 
 
 def small(**kw: object) -> SimConfig:
@@ -96,7 +96,7 @@ def test_training_improves_the_global_model_and_codec_cuts_bytes(tmp_path: Path)
 
 
 def test_unknown_strategy_names_the_available_ones(tmp_path: Path) -> None:
-    from orbitfl.ground.strategy import STRATEGIES
+    from orbitfl.ground.strategies import STRATEGIES
 
     with pytest.raises(ValueError, match="not available") as e:
         Simulation(small(strategy="no-such-strategy"), work=tmp_path)
@@ -135,8 +135,7 @@ def test_update_budget_is_the_next_windows_capacity_share(tmp_path: Path) -> Non
 
 
 def test_emsfl_assigns_disjoint_experts_and_satellites_upload_only_theirs(tmp_path: Path) -> None:
-    from orbitfl.ground.strategy import STRATEGIES
-
+    from orbitfl.ground.strategies import STRATEGIES
     from orbitfl.wire import Update, decode
 
     if "emsfl" not in STRATEGIES:
@@ -176,8 +175,7 @@ def test_emsfl_assigns_disjoint_experts_and_satellites_upload_only_theirs(tmp_pa
 
 
 def test_spacedml_partial_updates_fit_the_next_windows_budget(tmp_path: Path) -> None:
-    from orbitfl.ground.strategy import STRATEGIES
-
+    from orbitfl.ground.strategies import STRATEGIES
     from orbitfl.wire import Update, decode
     from orbitfl.wire.payload import decode_payload
 
@@ -216,10 +214,10 @@ def test_spacedml_partial_updates_fit_the_next_windows_budget(tmp_path: Path) ->
 
 
 def test_spacedml_alq_run_completes_with_every_update_within_its_window_budget(tmp_path: Path) -> None:
-    from orbitfl.ground.strategy import STRATEGIES
-
     from orbitfl.codec import Payload
-    from orbitfl.wire import TrainingDone, Update, decode
+    from orbitfl.ground.strategies import STRATEGIES
+    from orbitfl.runtime.events import TrainingDone
+    from orbitfl.wire import Update, decode
 
     if "partial" not in STRATEGIES:
         pytest.skip("partial is not in this build")

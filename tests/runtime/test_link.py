@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from orbitfl.link import (
+from orbitfl.runtime.link import (
     AgentLink,
     Backoff,
     Down,
@@ -100,7 +100,7 @@ def test_insecure_link_names_the_agent_by_its_declared_name(pump: Any) -> None:
 
 
 def test_missing_or_wrong_key_files_give_errors_naming_the_file(keys: Any) -> None:
-    from orbitfl.link import CurveClientKeys, CurveServerKeys
+    from orbitfl.runtime.link import CurveClientKeys, CurveServerKeys
 
     with pytest.raises(LinkError, match=r"nope\.key_secret"):
         GroundLink(ANY_PORT, keys=CurveServerKeys(keys.dir / "nope.key_secret", keys.allowed))
@@ -150,9 +150,10 @@ def test_heartbeats_keep_an_idle_link_up(keys: Any, pump: Any) -> None:
 
 
 def test_a_silent_ground_is_declared_down_within_liveness(keys: Any, pump: Any) -> None:
-    with GroundLink(ANY_PORT, keys=keys.server()) as g, AgentLink(
-        g.endpoint, "sat-1", keys=keys.client("sat-1"), heartbeat_s=0.1, liveness=3
-    ) as a:
+    with (
+        GroundLink(ANY_PORT, keys=keys.server()) as g,
+        AgentLink(g.endpoint, "sat-1", keys=keys.client("sat-1"), heartbeat_s=0.1, liveness=3) as a,
+    ):
         pump(g, [a], lambda got, ev: a.up)
         # The ground's process hangs: TCP stays up (libzmq still answers ZMTP pings), no frames come.
         t0 = time.monotonic()

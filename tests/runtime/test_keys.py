@@ -7,7 +7,7 @@ import pytest
 import zmq.auth
 
 from orbitfl.cli import main
-from orbitfl.keys import new_keypair
+from orbitfl.runtime.keys import new_keypair
 
 
 def test_keys_new_writes_a_usable_pair_with_a_private_secret(

@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orbitfl.experiment.report import compare_to_baseline, run_record, write_report
-from orbitfl.sim.runner import SimConfig, Simulation, check_codec, load_windows
+from orbitfl.apps.experiment.report import compare_to_baseline, run_record, write_report
+from orbitfl.apps.sim.cli import load_toml
+from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
+from orbitfl.codec.inputs import check_recipe
+from orbitfl.ground.strategies import STRATEGIES
 
 SECTIONS = ("experiment", "base", "datasets", "recipes")
 EXPERIMENT_KEYS = ("name", "seeds", "baseline", "target_accuracy")
@@ -71,8 +74,6 @@ def _tables(raw: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]
 
 
 def available_strategies() -> list[str]:
-    from orbitfl.ground.strategy import STRATEGIES
-
     return sorted(STRATEGIES)
 
 
@@ -135,7 +136,7 @@ def plan(
                 problem = f"strategy {strat!r} is not available in this build; available: {strategies}"
             else:
                 try:
-                    check_codec(str(keys.get("codec", "fp32")))
+                    check_recipe(str(keys.get("codec", "fp32")))
                 except ValueError as exc:
                     problem = str(exc)
             if problem is not None:
@@ -209,8 +210,6 @@ def run_plan(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from orbitfl.sim.cli import load_toml
-
     try:
         raw = load_toml(args.config)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None

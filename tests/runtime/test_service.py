@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orbitfl.service import Notifier, Shutdown
+from orbitfl.runtime.service import Notifier, Shutdown
 
 
 @pytest.fixture

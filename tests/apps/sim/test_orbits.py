@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orbitfl.sim.orbits import (
+from orbitfl.apps.sim.orbits import (
     MU_EARTH,
     OMEGA_EARTH,
     R_EARTH,

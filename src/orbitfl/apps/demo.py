@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from orbitfl.codec.inputs import check_recipe
+from orbitfl.runtime.keys import new_keypair
+
 DEFAULT_RECIPE = "topk:0.01+ef | quant:4 | zstd"
 # Link settings of the demo: short, so that --outages exceeds every one of them many times over.
 HEARTBEAT_S = 0.5
@@ -67,26 +70,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_recipe(recipe: str) -> None:
-    """Refuse an unknown recipe before starting anything, with the codec's own error."""
-    from orbitfl.wire.payload import RAW_RECIPES
-
-    if recipe in RAW_RECIPES:
-        return
-    try:
-        from orbitfl.codec import Pipeline
-    except ImportError as exc:
-        raise ValueError(f"codec recipe {recipe!r} needs orbitfl.codec.Pipeline, which is missing") from exc
-    Pipeline.parse(recipe)
-
-
 def _toml_str(p: Path | str) -> str:
     return json.dumps(str(p))  # a JSON string is a valid TOML basic string
 
 
 def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
     """Keys and TOML configs for the ground and each agent, all inside ``work``."""
-    from orbitfl.keys import new_keypair
 
     keys, allowed = work / "keys", work / "allowed"
     if not s.insecure:

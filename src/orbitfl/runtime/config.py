@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orbitfl.runtime.keys import check_name
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -41,10 +43,6 @@ def _at_least(n: int) -> Check:
     return lambda v: None if v >= n else f"must be >= {n}"
 
 
-def _fraction(v: Any) -> str | None:
-    return None if 0 < v <= 1 else "must be in (0, 1]"
-
-
 def _endpoint(v: Any) -> str | None:
     if not (v.startswith("tcp://") or v.startswith("ipc://")):
         return "must be a ZeroMQ endpoint starting with tcp:// or ipc://"
@@ -61,8 +59,6 @@ def _host_port(v: Any) -> str | None:
 
 
 def _name(v: Any) -> str | None:
-    from orbitfl.keys import check_name
-
     try:
         check_name(v)
     except ValueError as exc:
@@ -176,7 +172,9 @@ class OutageSection:
 
 
 @dataclass(frozen=True)
-class GroundConfig:
+class GroundSettings:
+    """A ground TOML file; ``orbitfl.ground.daemon.machine_config`` makes the machine's config."""
+
     ground: GroundSection
     federation: FederationSection
     link: LinkSettings
@@ -184,7 +182,9 @@ class GroundConfig:
 
 
 @dataclass(frozen=True)
-class AgentConfig:
+class AgentSettings:
+    """An agent TOML file; ``orbitfl.agent.daemon.machine_config`` makes the machine's config."""
+
     agent: AgentSection
     data: DataSection
     train: TrainSection
@@ -295,7 +295,7 @@ def _check_link(link: LinkSettings, prefix: str) -> None:
 
 def parse_ground(
     doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
-) -> GroundConfig:
+) -> GroundSettings:
     _check_sections(doc, {"ground", "federation", "link"}, prefix)
     if "ground" not in doc:
         raise ConfigError(f"{prefix}[ground]: required section is missing")
@@ -309,12 +309,12 @@ def parse_ground(
     link = _section(LinkSettings, doc.get("link"), "link", base, prefix)
     _check_link(link, prefix)
     fed = _section(FederationSection, doc.get("federation"), "federation", base, prefix)
-    return GroundConfig(ground=ground, federation=fed, link=link, source=source)
+    return GroundSettings(ground=ground, federation=fed, link=link, source=source)
 
 
 def parse_agent(
     doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
-) -> AgentConfig:
+) -> AgentSettings:
     _check_sections(doc, {"agent", "data", "train", "inference", "link", "outages"}, prefix)
     if "agent" not in doc:
         raise ConfigError(f"{prefix}[agent]: required section is missing")
@@ -333,7 +333,7 @@ def parse_agent(
         )
     link = _section(LinkSettings, doc.get("link"), "link", base, prefix)
     _check_link(link, prefix)
-    return AgentConfig(
+    return AgentSettings(
         agent=agent,
         data=data,
         train=_section(TrainSection, doc.get("train"), "train", base, prefix),
@@ -344,11 +344,11 @@ def parse_agent(
     )
 
 
-def load_ground(path: Path) -> GroundConfig:
+def load_ground(path: Path) -> GroundSettings:
     doc, prefix = _read(path)
     return parse_ground(doc, path.resolve().parent, prefix, source=path)
 
 
-def load_agent(path: Path) -> AgentConfig:
+def load_agent(path: Path) -> AgentSettings:
     doc, prefix = _read(path)
     return parse_agent(doc, path.resolve().parent, prefix, source=path)

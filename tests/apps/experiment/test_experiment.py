@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from orbitfl.apps.experiment.report import COLUMNS
 from orbitfl.cli import main
-from orbitfl.experiment.report import COLUMNS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 QUICK = REPO / "experiments" / "quick.toml"
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from orbitfl.ground.strategy import FedAvg, make_strategy
+
+from orbitfl.ground.strategies import FedAvg, make_strategy
 
 RNG = np.random.default_rng(2)
 

@@ -1,0 +1,48 @@
+"""The linters run with the suite: ``ruff check``, ``ruff format --check`` and strict mypy over the
+one ``orbitfl`` package must report nothing. Outside CI a missing tool skips its test; in CI
+(``CI`` set) a missing tool is a failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> list[str]:
+    exe = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (pip install '.[dev]')")
+        pytest.skip(f"{name} is not installed (pip install '.[dev]')")
+    return [exe]
+
+
+def _run(cmd: list[str]) -> None:
+    got = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, f"{' '.join(cmd)} found problems:\n{got.stdout}{got.stderr}"
+
+
+def test_ruff_check_is_clean() -> None:
+    _run([*_tool("ruff"), "check", "--no-cache", "."])
+
+
+def test_ruff_format_is_clean() -> None:
+    _run([*_tool("ruff"), "format", "--check", "--no-cache", "."])
+
+
+def test_mypy_strict_is_clean() -> None:
+    mypy = _tool("mypy")
+    spec = importlib.util.spec_from_file_location("package_view", REPO / "tools" / "package_view.py")
+    assert spec is not None and spec.loader is not None
+    view = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(view)
+    view.build_view(REPO)  # build/typecheck/orbitfl: pyproject's mypy_path
+    _run([*mypy, "--cache-dir", str(REPO / "build" / "mypy-cache")])
