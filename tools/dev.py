@@ -63,8 +63,9 @@ def constraint_args(python: Path | str) -> list[str]:
     """pip options that pin the build inputs (tools/constraints.txt) for the install and for the
     package's isolated build environment. A pip without --build-constraint (before 25.3) applies
     PIP_CONSTRAINT to the build environment instead."""
-    helptext = subprocess.run([str(python), "-m", "pip", "install", "--help"], capture_output=True,
-                              text=True, cwd=ROOT).stdout
+    helptext = subprocess.run(
+        [str(python), "-m", "pip", "install", "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
     if "--build-constraint" in helptext:
         return ["-c", str(CONSTRAINTS), "--build-constraint", str(CONSTRAINTS)]
     os.environ["PIP_CONSTRAINT"] = str(CONSTRAINTS)
@@ -90,8 +91,11 @@ def tflite_runtime_env() -> None:
         return
     wheel_exists = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
     if sys.version_info >= (3, 12) or not wheel_exists:
-        print("tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
-              "its tests will be skipped", flush=True)
+        print(
+            "tflite-runtime 2.14 has wheels only for Linux x86-64/aarch64, Python <= 3.11: "
+            "its tests will be skipped",
+            flush=True,
+        )
         return
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(TFLITE_VENV)
@@ -105,8 +109,18 @@ def tflite_runtime_env() -> None:
 def cpp_tests() -> None:
     build = ROOT / "build" / "cpp-tests"
     cmake = [str(BIN / "cmake")]
-    run([*cmake, "-S", ".", "-B", str(build), "-DORBITFL_BUILD_TESTS=ON", "-DORBITFL_BUILD_PYTHON=OFF",
-         "-DCMAKE_BUILD_TYPE=Release"])
+    run(
+        [
+            *cmake,
+            "-S",
+            ".",
+            "-B",
+            str(build),
+            "-DORBITFL_BUILD_TESTS=ON",
+            "-DORBITFL_BUILD_PYTHON=OFF",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+    )
     run([*cmake, "--build", str(build), "--parallel", "2"])
     run([str(BIN / "ctest"), "--test-dir", str(build), "--output-on-failure"])
 

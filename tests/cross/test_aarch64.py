@@ -53,12 +53,15 @@ def _not_ready() -> str | None:
         missing = f"no aarch64 wheels in {cross.site_dir()}"
     else:
         return None
-    return (f"aarch64 run not provisioned: {missing}; run `python3 tools/cross/aarch64.py setup` "
-            "(as root it installs the packages) or `ORBITFL_CROSS=1 python3 tools/dev.py test`")
+    return (
+        f"aarch64 run not provisioned: {missing}; run `python3 tools/cross/aarch64.py setup` "
+        "(as root it installs the packages) or `ORBITFL_CROSS=1 python3 tools/dev.py test`"
+    )
 
 
 _reason = _not_ready()
 needs_cross = pytest.mark.skipif(_reason is not None, reason=str(_reason))
+
 
 @pytest.fixture(scope="module")
 def built() -> Path:
@@ -74,12 +77,20 @@ def test_cpp_tests_pass_under_qemu(built: Path) -> None:
     for exe in tests:
         # An x86-64 binary would run without qemu and prove nothing about aarch64.
         assert cross.elf_machine(exe) == cross.EM_AARCH64, f"{exe.name} is not an aarch64 binary"
-    res = subprocess.run([cross.host_tool("ctest"), "--test-dir", str(built), "--output-on-failure"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    res = subprocess.run(
+        [cross.host_tool("ctest"), "--test-dir", str(built), "--output-on-failure"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "qemu-aarch64" in subprocess.run(
-        [cross.host_tool("ctest"), "--test-dir", str(built), "-N", "-V"], capture_output=True, text=True
-    ).stdout, "ctest does not run the tests through qemu-aarch64"
+    assert (
+        "qemu-aarch64"
+        in subprocess.run(
+            [cross.host_tool("ctest"), "--test-dir", str(built), "-N", "-V"], capture_output=True, text=True
+        ).stdout
+    ), "ctest does not run the tests through qemu-aarch64"
     assert re.search(r"100% tests passed.* out of [1-9]", res.stdout), res.stdout
 
 
@@ -89,7 +100,8 @@ def test_core_module_is_the_aarch64_neon_build(built: Path) -> None:
     assert len(cores) == 1 and cross.elf_machine(cores[0]) == cross.EM_AARCH64, cores
     res = cross.emulated_python(
         ["-c", "import platform, orbitfl._core as c; print(platform.machine(), c.simd)"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert res.stdout.split() == ["aarch64", "neon"]
 

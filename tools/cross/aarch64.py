@@ -148,8 +148,11 @@ def target_python() -> Path:
 def apt_mirror(codename: str) -> str | None:
     """The host's own Debian mirror for `codename` (so a local mirror or proxy is used too)."""
     sources = Path("/etc/apt/sources.list.d")
-    files = [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.list")),
-             *sorted(sources.glob("*.sources"))]
+    files = [
+        Path("/etc/apt/sources.list"),
+        *sorted(sources.glob("*.list")),
+        *sorted(sources.glob("*.sources")),
+    ]
     for path in files:
         if not path.is_file():
             continue
@@ -161,8 +164,12 @@ def apt_mirror(codename: str) -> str | None:
                     key, sep, value = line.partition(":")
                     if sep and not line.startswith((" ", "#")):
                         fields[key.strip().lower()] = value.split()
-                if ("deb" in fields.get("types", []) and codename in fields.get("suites", [])
-                        and "main" in fields.get("components", []) and fields.get("uris")):
+                if (
+                    "deb" in fields.get("types", [])
+                    and codename in fields.get("suites", [])
+                    and "main" in fields.get("components", [])
+                    and fields.get("uris")
+                ):
                     return fields["uris"][0]
         else:
             for line in text.splitlines():
@@ -177,8 +184,9 @@ def ensure_rootfs() -> None:
         return
     codename, ver = suite(), python_version()
     if os.geteuid() != 0:
-        raise Missing(f"debootstrap needs root to build the aarch64 root {rootfs()}: "
-                      "run this script as root once")
+        raise Missing(
+            f"debootstrap needs root to build the aarch64 root {rootfs()}: run this script as root once"
+        )
     partial = rootfs().with_name(rootfs().name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +194,15 @@ def ensure_rootfs() -> None:
     # --foreign only downloads and unpacks the base; the second stage would need to run aarch64
     # code as root in a chroot. Unpacking every downloaded .deb gives a root whose files qemu -L can
     # serve, which is all an emulated python needs.
-    cmd = ["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", "--include=python3",
-           codename, partial]
+    cmd = [
+        "debootstrap",
+        "--arch=arm64",
+        "--foreign",
+        "--variant=minbase",
+        "--include=python3",
+        codename,
+        partial,
+    ]
     run([*cmd, mirror] if mirror else cmd)
     archives = partial / "var" / "cache" / "apt" / "archives"
     debs = sorted(archives.glob("*.deb"))
@@ -236,18 +251,37 @@ def ensure_wheels() -> None:
     # or wheels built for a newer baseline (numpy >= 2.3: manylinux_2_28) are silently skipped.
     tags = ["manylinux2014_aarch64"] + [f"manylinux_2_{m}_aarch64" for m in range(17, minor + 1)]
     reqs = requirements()
-    stamp = {"python": ver, "glibc": f"{major}.{minor}", "requirements": reqs,
-             "constraints": CONSTRAINTS.read_text()}
+    stamp = {
+        "python": ver,
+        "glibc": f"{major}.{minor}",
+        "requirements": reqs,
+        "constraints": CONSTRAINTS.read_text(),
+    }
     target = site_dir()
     stamp_file = target / ".orbitfl-wheels.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    cmd: list[object] = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                         "--target", partial, "--only-binary=:all:", "--implementation", "cp",
-                         "--python-version", ver, "--abi", "cp" + ver.replace(".", ""),
-                         "-c", CONSTRAINTS]
+    cmd: list[object] = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        partial,
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        ver,
+        "--abi",
+        "cp" + ver.replace(".", ""),
+        "-c",
+        CONSTRAINTS,
+    ]
     for tag in tags:
         cmd += ["--platform", tag]
     run([*cmd, *reqs])
@@ -316,8 +350,9 @@ def host_tool(name: str) -> str:
     venv_bin = VENV_BIN / name
     found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
     if not found:
-        raise Missing(f"no {name} on PATH or in .venv: `python3 tools/dev.py test` installs it "
-                      f"(or: pip install {name})")
+        raise Missing(
+            f"no {name} on PATH or in .venv: `python3 tools/dev.py test` installs it (or: pip install {name})"
+        )
     return found
 
 
@@ -326,32 +361,63 @@ def pybind11_dir() -> str:
     the cross build compiles against the same pybind11 as the native one, whatever the host has."""
     tools = CACHE / "host-tools"
     probe = "import pybind11; print(pybind11.__version__, pybind11.get_cmake_dir())"
-    want = next((line.split("==")[1].split(";")[0].strip() for line in CONSTRAINTS.read_text().splitlines()
-                 if line.startswith("pybind11==")), None)
+    want = next(
+        (
+            line.split("==")[1].split(";")[0].strip()
+            for line in CONSTRAINTS.read_text().splitlines()
+            if line.startswith("pybind11==")
+        ),
+        None,
+    )
     if want is None:
         raise RuntimeError(f"{CONSTRAINTS} pins no pybind11")
     for attempt in range(2):
-        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(tools)})
+        res = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(tools)},
+        )
         if res.returncode == 0 and res.stdout.split()[0] == want:
             return res.stdout.split(maxsplit=1)[1].strip()
         if attempt == 0:
             shutil.rmtree(tools, ignore_errors=True)
-            run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                 "--target", tools, f"pybind11=={want}"])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                    tools,
+                    f"pybind11=={want}",
+                ]
+            )
     raise RuntimeError(f"pybind11 {want} could not be installed for the cross build: {res.stderr[-300:]}")
 
 
 def target_ext_suffix() -> str:
     """The target interpreter's own extension suffix (``.cpython-311-aarch64-linux-gnu.so``),
     asked of it directly: CMake gets it passed, never infers it through the emulator."""
-    res = subprocess.run([*qemu(rootfs()), str(target_python()), "-c",
-                          "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX') or '')"],
-                         capture_output=True, text=True, env=emulated_env_bare())
+    res = subprocess.run(
+        [
+            *qemu(rootfs()),
+            str(target_python()),
+            "-c",
+            "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX') or '')",
+        ],
+        capture_output=True,
+        text=True,
+        env=emulated_env_bare(),
+    )
     suffix = res.stdout.strip()
     if res.returncode or not re.fullmatch(r"\.cpython-\d+[a-z]*-aarch64-linux-gnu\.so", suffix):
-        raise RuntimeError(f"the aarch64 python {target_python()} gave EXT_SUFFIX {suffix!r} "
-                           f"(exit {res.returncode}): {res.stderr.strip()[-500:]}")
+        raise RuntimeError(
+            f"the aarch64 python {target_python()} gave EXT_SUFFIX {suffix!r} "
+            f"(exit {res.returncode}): {res.stderr.strip()[-500:]}"
+        )
     return suffix
 
 
@@ -381,22 +447,32 @@ def cross_build() -> None:
         # A tree configured without this toolchain keeps its host compiler: start it afresh.
         log(f"{build_dir()} was not configured with {TOOLCHAIN.name}: removing it")
         shutil.rmtree(build_dir())
-    cmd: list[object] = [host_tool("cmake"), "-S", ROOT, "-B", build_dir(),
-                         f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", "-DCMAKE_BUILD_TYPE=Release",
-                         f"-DORBITFL_QEMU_CPU={QEMU_CPU}", "-DORBITFL_BUILD_TESTS=ON",
-                         f"-DORBITFL_BUILD_PYTHON={'ON' if with_python else 'OFF'}"]
+    cmd: list[object] = [
+        host_tool("cmake"),
+        "-S",
+        ROOT,
+        "-B",
+        build_dir(),
+        f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DORBITFL_QEMU_CPU={QEMU_CPU}",
+        "-DORBITFL_BUILD_TESTS=ON",
+        f"-DORBITFL_BUILD_PYTHON={'ON' if with_python else 'OFF'}",
+    ]
     has_ninja = shutil.which("ninja") or (ROOT / ".venv" / "bin" / "ninja").exists()
     if has_ninja and not (build_dir() / "CMakeCache.txt").exists():
         cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={host_tool('ninja')}"]
     if with_python:
         ver = python_version()
-        cmd += [f"-DPython_EXECUTABLE={python_wrapper()}",
-                f"-DORBITFL_EXT_SUFFIX={target_ext_suffix()}",
-                # The target's sysconfig names its own root; the headers come from the host's
-                # multiarch libpython<ver>-dev:arm64 (pyconfig.h picks the aarch64 variant).
-                f"-DPython_INCLUDE_DIR=/usr/include/python{ver}",
-                f"-Dpybind11_DIR={pybind11_dir()}",
-                f"-DSKBUILD_PROJECT_VERSION={project_version()}"]
+        cmd += [
+            f"-DPython_EXECUTABLE={python_wrapper()}",
+            f"-DORBITFL_EXT_SUFFIX={target_ext_suffix()}",
+            # The target's sysconfig names its own root; the headers come from the host's
+            # multiarch libpython<ver>-dev:arm64 (pyconfig.h picks the aarch64 variant).
+            f"-DPython_INCLUDE_DIR=/usr/include/python{ver}",
+            f"-Dpybind11_DIR={pybind11_dir()}",
+            f"-DSKBUILD_PROJECT_VERSION={project_version()}",
+        ]
     run(cmd)
     run([host_tool("cmake"), "--build", build_dir(), "--parallel", "2"])
 
@@ -425,8 +501,12 @@ def wheel_packages() -> dict[str, str]:
         table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["scikit-build"]
         return dict(table["wheel"]["packages"])
     except (ImportError, KeyError):
-        return {"orbitfl": "src/orbitfl", "orbitfl/agent": "agent", "orbitfl/ground": "ground",
-                "orbitfl/models": "models"}
+        return {
+            "orbitfl": "src/orbitfl",
+            "orbitfl/agent": "agent",
+            "orbitfl/ground": "ground",
+            "orbitfl/models": "models",
+        }
 
 
 def assemble() -> Path:
@@ -436,7 +516,7 @@ def assemble() -> Path:
         found = sorted(p.name for p in build_dir().glob("_core*") if p.is_file())
         raise RuntimeError(
             f"the cross build made no {want.name} in {build_dir()} (found: {', '.join(found) or 'nothing'}); "
-            f"the target's EXT_SUFFIX is {want.name[len('_core'):]!r}: remove {build_dir()} and build again"
+            f"the target's EXT_SUFFIX is {want.name[len('_core') :]!r}: remove {build_dir()} and build again"
         )
     if elf_machine(want) != EM_AARCH64:
         raise RuntimeError(f"{want} is not an aarch64 binary: remove {build_dir()} and build again")
@@ -456,8 +536,13 @@ def build() -> None:
         raise Missing(f"no aarch64 root in {rootfs()}: run `{Path(__file__).name} setup` first")
     cross_build()
     tree = assemble()
-    emulated_python(["-c", "import orbitfl._core as c, platform; "
-                           "print('orbitfl._core', c.__version__, 'simd', c.simd, 'on', platform.machine())"])
+    emulated_python(
+        [
+            "-c",
+            "import orbitfl._core as c, platform; "
+            "print('orbitfl._core', c.__version__, 'simd', c.simd, 'on', platform.machine())",
+        ]
+    )
     log(f"package tree: {tree}")
 
 
@@ -475,12 +560,29 @@ def kernel_suite(timeout: float = 1800) -> tuple[bool, str]:
     Returns (every half passed and ran tests, the combined output)."""
     if not (package_tree() / "orbitfl").is_dir():
         raise Missing(f"no aarch64 package tree in {package_tree()}: run `{Path(__file__).name} build` first")
-    base = [*qemu(rootfs()), str(target_python()), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            *DEFAULT_PYTEST_ARGS]
+    base = [
+        *qemu(rootfs()),
+        str(target_python()),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *DEFAULT_PYTEST_ARGS,
+    ]
     for half in SUITE_HALVES:
         print("+", " ".join([*base, *half]), "&", file=sys.stderr, flush=True)
-    procs = [subprocess.Popen([*base, *half], cwd=ROOT, env=emulated_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for half in SUITE_HALVES]
+    procs = [
+        subprocess.Popen(
+            [*base, *half],
+            cwd=ROOT,
+            env=emulated_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for half in SUITE_HALVES
+    ]
     outputs, ok = [], True
     for proc, half in zip(procs, SUITE_HALVES, strict=True):
         try:
@@ -507,8 +609,9 @@ def pytest(args: Sequence[str]) -> None:
 
 
 def digests_native(python: str, backend: str = "cpp") -> dict[str, str]:
-    out = subprocess.run([python, str(DIGEST), "--backend", backend], check=True, capture_output=True,
-                         text=True, cwd=ROOT)
+    out = subprocess.run(
+        [python, str(DIGEST), "--backend", backend], check=True, capture_output=True, text=True, cwd=ROOT
+    )
     return dict(json.loads(out.stdout))
 
 
@@ -541,8 +644,9 @@ def digest(native_python: str | None = None) -> None:
         if bad:
             failed.append(f"{backend}: {', '.join(bad)}")
     if failed:
-        raise SystemExit(f"[aarch64] kernel outputs differ between {os.uname().machine} and aarch64: "
-                         + "; ".join(failed))
+        raise SystemExit(
+            f"[aarch64] kernel outputs differ between {os.uname().machine} and aarch64: " + "; ".join(failed)
+        )
     log(f"kernel outputs bit-identical on {os.uname().machine} and aarch64 ({QEMU_CPU}), both backends")
 
 
@@ -580,8 +684,13 @@ def main(argv: list[str]) -> int:
         if step == "all":
             # A failing test step does not hide the others' results; setup and build failures stop.
             failed = []
-            for name, fn in (("setup", setup), ("ctest", ctest), ("build", build), ("pytest", pytest),
-                             ("digest", digest)):
+            for name, fn in (
+                ("setup", setup),
+                ("ctest", ctest),
+                ("build", build),
+                ("pytest", pytest),
+                ("digest", digest),
+            ):
                 try:
                     timed(name, fn, *([rest] if name == "pytest" else []))
                 except (subprocess.CalledProcessError, SystemExit) as exc:
@@ -589,8 +698,11 @@ def main(argv: list[str]) -> int:
                         raise
                     failed.append(name)
                     print(f"[aarch64] {name} FAILED: {exc}", file=sys.stderr)
-            log("total " + ", ".join(f"{n} {t:.0f} s" for n, t in timings)
-                + f" = {sum(t for _, t in timings):.0f} s")
+            log(
+                "total "
+                + ", ".join(f"{n} {t:.0f} s" for n, t in timings)
+                + f" = {sum(t for _, t in timings):.0f} s"
+            )
             if failed:
                 log(f"FAILED: {', '.join(failed)}")
                 return 1
@@ -609,6 +721,7 @@ def main(argv: list[str]) -> int:
     except subprocess.CalledProcessError as exc:
         return exc.returncode or 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
