@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
+import os
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ import numpy.typing as npt
 from orbitfl.agent.machine import AgentConfig as MachineConfig
 from orbitfl.agent.machine import AgentMachine
 from orbitfl.agent.outbox import Outbox
+from orbitfl.models.manifest import Manifest, read_manifest
 
-from orbitfl.config import AgentConfig, ConfigError, load_agent
+from orbitfl.config import AgentConfig, ConfigError, DataSection, load_agent
 from orbitfl.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
 from orbitfl.service import Notifier, Shutdown, serve, setup_logging
 from orbitfl.wire import (
@@ -57,35 +60,41 @@ class Learner:
 
     def __init__(self, cfg: AgentConfig) -> None:
         from orbitfl.agent.backends import open_trainer
-        from orbitfl.models.artifacts import build_artifacts
-        from orbitfl.models.manifest import read_manifest
-        from orbitfl.models.zoo import build
 
-        from orbitfl.data.datasets import load
-        from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
-
-        t, d = cfg.train, cfg.data
-        art = cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
-        try:
-            read_manifest(art)
-        except (OSError, ValueError):
-            build_artifacts(build(t.model), art, optimizer=t.optimizer)
+        t = cfg.train
+        art = cfg.agent.artifacts or cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
+        manifest = self._manifest(cfg, art)
         self.trainer = open_trainer(art, learning_rate=t.lr)
-        data = load(d.dataset, seed=d.seed)
-        y = data.y_train
-        if d.split == "dirichlet":
-            parts = dirichlet_partition(y, d.num_partitions, d.alpha, seed=d.seed)
-        elif d.split == "iid":
-            parts = iid_partition(len(y), d.num_partitions, seed=d.seed)
-        else:
-            parts = shard_partition(y, d.num_partitions, seed=d.seed)
-        idx = parts[d.partition]
-        self.x = np.ascontiguousarray(data.x_train[idx], dtype=np.float32)
-        self.y = y[idx]
+        self.x, self.y = load_partition(cfg.data)
+        if int(np.prod(self.x.shape[1:])) != int(np.prod(manifest.input_shape)):
+            raise ConfigError(
+                f"{cfg.data.file or cfg.data.dataset}: samples of shape {self.x.shape[1:]} do not fit "
+                f"model {manifest.model!r}'s input {manifest.input_shape}"
+            )
         self.cfg = t
         self.inference = cfg.inference
         self.dir = cfg.agent.state_dir
         self.budget_bytes = cfg.agent.uplink_budget_bytes
+
+    @staticmethod
+    def _manifest(cfg: AgentConfig, art: Path) -> Manifest:
+        """The artifacts' manifest; built into ``art`` first unless agent.artifacts names them."""
+        try:
+            manifest = read_manifest(art)
+        except (OSError, ValueError) as exc:
+            if cfg.agent.artifacts is not None:
+                raise ConfigError(f"agent.artifacts: {exc}") from None
+            # Building needs onnx (and the ORT training artifacts API): the host's job, not a board's.
+            from orbitfl.models.artifacts import build_artifacts
+            from orbitfl.models.zoo import build
+
+            return build_artifacts(build(cfg.train.model), art, optimizer=cfg.train.optimizer)
+        if cfg.agent.artifacts is not None and manifest.model != cfg.train.model:
+            raise ConfigError(
+                f"agent.artifacts: {art} holds model {manifest.model!r}, but train.model is "
+                f"{cfg.train.model!r} (the ground's federation.model)"
+            )
+        return manifest
 
     def train(self, start: StartTraining) -> TrainingDone:
         base = {k: np.asarray(v, dtype=np.float32) for k, v in start.weights.items()}
@@ -126,6 +135,11 @@ class Learner:
     def apply(self, model: ApplyModel) -> None:
         """Install a new global model for onboard inference: the ONNX next to the state and, when
         configured, a .tflite (float or int8) that LiteRT runs; logs its local accuracy."""
+        if importlib.util.find_spec("onnx") is None:
+            # A board without onnx (the usual case) keeps the model as its weights.
+            save_weights(self.dir / "model.npz", model.weights)
+            log.info("model v%d installed as %s (onnx is not installed here)", model.version, "model.npz")
+            return
         from orbitfl.models.zoo import build, write_inference_model
 
         spec = build(self.cfg.model)
@@ -153,6 +167,39 @@ class Learner:
             "int8" if int8 else "float",
             acc,
         )
+
+
+def load_partition(d: DataSection) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+    """This agent's samples and labels: the host-written file, or its share of a data set."""
+    if d.file is not None:
+        from orbitfl.data.partition_file import PartitionFileError, read_partition
+
+        try:
+            return read_partition(d.file)
+        except PartitionFileError as exc:
+            raise ConfigError(f"data.file: {exc}") from None
+    from orbitfl.data.datasets import load
+    from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
+
+    data = load(d.dataset, seed=d.seed)
+    y = data.y_train
+    if d.split == "dirichlet":
+        parts = dirichlet_partition(y, d.num_partitions, d.alpha, seed=d.seed)
+    elif d.split == "iid":
+        parts = iid_partition(len(y), d.num_partitions, seed=d.seed)
+    else:
+        parts = shard_partition(y, d.num_partitions, seed=d.seed)
+    idx = parts[d.partition]
+    return np.ascontiguousarray(data.x_train[idx], dtype=np.float32), y[idx]
+
+
+def save_weights(path: Path, weights: Mapping[str, npt.ArrayLike]) -> None:
+    """``weights`` as an .npz at ``path``, replaced atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    savez: Any = np.savez  # numpy's stub types **arrays as its allow_pickle keyword
+    with open(tmp, "wb") as f:
+        savez(f, **{k: np.asarray(v) for k, v in weights.items()})
+    os.replace(tmp, path)
 
 
 class AgentDaemon:
