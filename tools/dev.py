@@ -83,7 +83,7 @@ ORTT_VENV = ROOT / ".venv-ortt"
 # What the onnxruntime-training comparison venv holds besides the package (installed without extras:
 # its `train` extra is stock onnxruntime, and both wheels provide the `onnxruntime` module).
 ORTT_PACKAGES = ["onnx==1.17.0", "onnxruntime-training==1.19.2", "flatbuffers>=24.3", "numpy<2.1",
-                 "scikit-learn>=1.3", "pytest>=8", "pytest-timeout>=2.3"]
+                 "scikit-learn>=1.3", "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]
 
 
 def ort_training_env() -> None:
