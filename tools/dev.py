@@ -3,6 +3,7 @@
 
     python3 tools/dev.py demo    # set up, then run the main job
     python3 tools/dev.py test    # set up, then run the C++ unit tests (ctest) and pytest
+    python3 tools/dev.py ortt    # (re)create .venv-ortt: onnxruntime-training 1.19.2 + the package
     python3 tools/dev.py constraints   # refresh the pinned build inputs (tools/constraints.txt)
 
     python3 tools/dev.py test --python /path/to/python3.13   # the same under another CPython
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import venv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +183,50 @@ def tflite_runtime_env() -> None:
     (TFLITE_VENV / ".ready").touch()
 
 
+ORTT_VENV = ROOT / ".venv-ortt"
+# What the onnxruntime-training comparison venv holds besides the package (installed without extras:
+# its `train` extra is stock onnxruntime, and both wheels provide the `onnxruntime` module).
+ORTT_PACKAGES = [
+    "onnx==1.17.0",
+    "onnxruntime-training==1.19.2",
+    "flatbuffers>=24.3",
+    "numpy<2.1",
+    "scikit-learn>=1.3",
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+]
+
+
+def ort_training_env() -> None:
+    """A second environment with onnxruntime-training 1.19.2 (and no stock onnxruntime): the old
+    OrtTrainer backend, its tests, and the comparison GraphTrainer vs OrtTrainer run there (see
+    tests/agent/test_graph_trainer.py). Its wheels exist only for x86-64, CPython <= 3.11.
+    Created once (re-run to refresh the package after a change); the tests skip without it."""
+    py = ORTT_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+    if platform.machine().lower() not in ("x86_64", "amd64") or sys.version_info >= (3, 12):
+        print(
+            "onnxruntime-training 1.19.2 has wheels only for x86-64, Python <= 3.11: the comparison "
+            "with the old backend will be skipped",
+            flush=True,
+        )
+        return
+    try:
+        if not py.exists():
+            venv.EnvBuilder(with_pip=True, clear=True).create(ORTT_VENV)
+            run([str(py), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+            run([str(py), "-m", "pip", "install", "--quiet", *ORTT_PACKAGES])
+        run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", "."])
+        run([str(py), "-m", "pip", "install", "--quiet", "msgpack>=1.0", "zstandard>=0.22"])
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(
+            f"could not set up {ORTT_VENV} ({exc}): the onnxruntime-training tests will be skipped",
+            flush=True,
+        )
+        return
+    (ORTT_VENV / ".ready").touch()
+
+
 def cpp_tests(target: Target) -> None:
     build = ROOT / "build" / "cpp-tests"
     cmake = [str(target.bin / "cmake")]
@@ -309,6 +355,9 @@ def parse_args(argv: list[str]) -> tuple[str, str | None] | None:
 def main(argv: list[str]) -> int:
     if argv == ["constraints"]:
         return refresh_constraints()
+    if argv == ["ortt"]:
+        ort_training_env()
+        return 0 if (ORTT_VENV / ".ready").exists() else 1
     parsed = parse_args(argv)
     if parsed is None:
         print(__doc__)
@@ -322,6 +371,7 @@ def main(argv: list[str]) -> int:
         run([str(target.bin / "orbitfl"), "demo", "--compare", "--report", "out/demo/report.json"])
         return 0
     tflite_runtime_env()
+    ort_training_env()
     cpp_tests(target)
     system_tools()
     cross_setup()
