@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import platform
 import random
 import sys
 import time
@@ -326,8 +327,10 @@ class AgentDaemon:
         self._next_tick = self.mono()
         mode = "plaintext (--insecure)" if not self.link.secure else "CurveZMQ"
         log.info(
-            "agent %s dialing %s (%s); %d update(s) in the outbox, holding model %s",
+            "agent %s (%s, Python %s) dialing %s (%s); %d update(s) in the outbox, holding model %s",
             self.cfg.agent.name,
+            platform.machine(),
+            platform.python_version(),
             self.cfg.agent.ground,
             mode,
             self.outbox.pending(),
