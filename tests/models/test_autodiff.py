@@ -370,8 +370,8 @@ def _misc(kind: str) -> onnx.ModelProto:
 OPS: dict[str, Any] = {
     "gemm": lambda: _gemm(transB=1),
     "gemm-alpha-beta": lambda: _gemm(transB=0, alpha=0.7, beta=1.3, c_shape=(1, 5)),
-    "gemm-transA": lambda: _gemm(transA=1, transB=1, c_shape=()),
-    "gemm-nobias": lambda: _gemm(transA=1, c_shape=None),
+    "gemm-transA": lambda: _gemm(transA=1, transB=1, alpha=-0.6, c_shape=()),
+    "gemm-nobias": lambda: _gemm(transA=1, alpha=1.7, c_shape=None),
     "matmul-2d": lambda: _matmul((4, 5), (4,)),
     "matmul-3d": lambda: _matmul((3, 5)),
     "matmul-broadcast": lambda: _matmul((4, 3, 5), (1, 2, 3)),
