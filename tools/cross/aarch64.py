@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -56,15 +57,18 @@ FALLBACK_REQUIREMENTS = [
     *BOARD_PACKAGES,
 ]
 # The emulated run: every kernel (both backends), the codecs, the agent's outbox and state
-# machine (with the ground's, which it talks to). Suites that need onnx or scikit-learn stay on the
-# host; the trainer runs on the board in the agent test of tests/cross (the real daemon).
+# machine (with the ground's, which it talks to), and the trainer on inputs the host made
+# (board_inputs()). Suites that need onnx or scikit-learn in the test process stay on the host;
+# the whole agent daemon runs emulated in tests/cross/test_aarch64.py.
 DEFAULT_PYTEST_ARGS = [
     "tests/kernels",
     "tests/codec",
     "tests/agent/test_outbox.py",
     "tests/agent/test_machine.py",
     "tests/agent/test_machine_alq.py",
+    "tests/agent/test_board_trainer.py",
 ]
+BOARD_INPUTS = ROOT / "tools" / "cross" / "board_inputs.py"
 
 
 class Missing(RuntimeError):
@@ -355,6 +359,8 @@ def emulated_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(package_tree()), str(site_dir())])
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the repo's tests/ free of aarch64 caches
+    # Tests that start a child Python use this (without binfmt, a guest cannot exec aarch64 code).
+    env["ORBITFL_CHILD_PYTHON"] = shlex.join([*qemu(rootfs()), str(target_python())])
     return env
 
 
@@ -582,8 +588,24 @@ def build() -> None:
 SUITE_HALVES = (["-k", "not kernels or numpy"], ["-k", "kernels and not numpy"])
 
 
+def host_python() -> str:
+    """The host's Python with the project's extras (onnx, scikit-learn): .venv's, else this one."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+def board_inputs() -> Path:
+    """Have the host write the trainer's artifacts and data for the emulated trainer tests
+    (tools/cross/board_inputs.py: onnx and scikit-learn run here, never on the board)."""
+    out = CACHE / "board-inputs"
+    shutil.rmtree(out, ignore_errors=True)
+    run([host_python(), BOARD_INPUTS, out], cwd=ROOT, stdout=subprocess.DEVNULL)
+    return out
+
+
 def kernel_suite(timeout: float = 1800) -> tuple[bool, str]:
-    """Run tests/kernels under the emulated Python, split in two concurrent halves.
+    """Run DEFAULT_PYTEST_ARGS (kernels, codecs, outbox, machines, trainer) under the emulated
+    Python, split in two concurrent halves.
 
     Returns (every half passed and ran tests, the combined output)."""
     if not (package_tree() / "orbitfl").is_dir():
@@ -598,13 +620,14 @@ def kernel_suite(timeout: float = 1800) -> tuple[bool, str]:
         "no:cacheprovider",
         *DEFAULT_PYTEST_ARGS,
     ]
+    inputs = board_inputs()
     for half in SUITE_HALVES:
         print("+", " ".join([*base, *half]), "&", file=sys.stderr, flush=True)
     procs = [
         subprocess.Popen(
             [*base, *half],
             cwd=ROOT,
-            env=emulated_env(),
+            env={**emulated_env(), "ORBITFL_BOARD_INPUTS": str(inputs)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -630,7 +653,7 @@ def pytest(args: Sequence[str]) -> None:
         ok, out = kernel_suite()
         print(out, flush=True)
         if not ok:
-            raise SystemExit("[aarch64] the kernel suite failed under emulation")
+            raise SystemExit("[aarch64] the test suites failed under emulation")
         return
     # -p no:cacheprovider: the emulated run must not leave a .pytest_cache in the repo.
     emulated_python(["-m", "pytest", "-p", "no:cacheprovider", *args])
