@@ -123,6 +123,16 @@ def test_kernel_outputs_bit_identical_on_x86_64_and_aarch64(built: Path, backend
     assert not differ, {k: (native.get(k), emulated.get(k)) for k in differ}
 
 
+def test_the_emulated_wheel_set_has_what_the_agent_extra_promises_a_board() -> None:
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["agent"]
+    wanted = {cross._name(r) for r in extra if "python_version < '3.11'" not in r}
+    have = {cross._name(r) for r in cross.requirements()}
+    assert wanted <= have, f"the emulated run lacks {wanted - have}"
+    assert not {"onnx", "scikit-learn", "torch", "onnxruntime-training"} & have
+
+
 def test_comparison_reports_every_difference() -> None:
     a = {"x": "1", "y": "2", "only-here": "3"}
     b = {"x": "1", "y": "different", "only-there": "4"}
