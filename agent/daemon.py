@@ -367,6 +367,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+def _cmd_partition(args: argparse.Namespace) -> int:
+    """On the host: write the share of the data this agent config selects, for the board."""
+    from orbitfl.data.partition_file import write_partition
+
+    try:
+        cfg = load_agent(Path(args.config))
+        if cfg.data.file is not None:
+            raise ConfigError(f"{args.config}: data.file is set; this agent already reads {cfg.data.file}")
+        x, y = load_partition(cfg.data)
+    except (ConfigError, ImportError) as exc:
+        print(f"orbitfl agent partition: {exc}", file=sys.stderr)
+        return 2
+    out = write_partition(args.out, x, y)
+    print(
+        f"{out}: {len(x)} samples of {cfg.data.dataset} (partition {cfg.data.partition} of "
+        f"{cfg.data.num_partitions}, {cfg.data.split}); on the board set [data] file to it"
+    )
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("agent", help="the agent daemon that runs on a board")
     sub = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
@@ -377,3 +397,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
+    part = sub.add_parser(
+        "partition", help="on the host: write this agent's share of the data as a file for the board"
+    )
+    part.add_argument("--config", required=True, help="the agent's TOML config (its [data] section)")
+    part.add_argument("--out", required=True, help="the .npz to write (the board's data.file)")
+    part.set_defaults(func=_cmd_partition)

@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
+from orbitfl.agent.daemon import load_partition
+
+from orbitfl.config import load_agent
+from orbitfl.data.partition_file import read_partition
 
 from .conftest import board_inputs
 
@@ -48,3 +54,27 @@ def test_an_agent_with_missing_board_inputs_exits_2_naming_them(cluster: Any, br
     assert code == 2, log
     assert ("agent.artifacts:" if broken == "artifacts" else "data.file:") in log, log
     assert code != -signal.SIGKILL
+
+
+def test_the_partition_command_writes_what_the_agent_would_load(cluster: Any) -> None:
+    cfg = cluster.agent_config("sat-1", 1, 3)
+    out = cluster.root / "sat-1.npz"
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "agent", "partition", "--config", str(cfg), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    x, y = read_partition(out)
+    want_x, want_y = load_partition(load_agent(cfg).data)
+    assert np.array_equal(x, want_x) and np.array_equal(y, want_y) and len(y) > 100
+    assert f"{len(y)} samples of digits (partition 1 of 3" in r.stdout
+    again = cluster.agent_config("sat-2", 0, 1, data_file=out)
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "agent", "partition", "--config", str(again), "--out", "x.npz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "data.file is set" in r.stderr
