@@ -2,7 +2,10 @@
 
 Each works on one flat float32 slice holding every trainable parameter and on a flat gradient of
 the same length, with preallocated moments and scratch, so a step allocates nothing: a few fused
-NumPy ufuncs with ``out=`` over the whole slice instead of one small call per parameter.
+NumPy ufuncs with ``out=`` over the whole slice instead of one small call per parameter. On the
+digits mlp (9.6k parameters) that is 15-20 us a step, about a quarter of GraphTrainer's step. Tried
+and measured without gain: a fused C++ loop (sqrt and division bind it; NumPy already dispatches
+them to AVX2) and updating m and v as the two rows of one array (10 ufunc calls instead of 12).
 
 :class:`AdamW` is the update ONNX Runtime training's ``AdamWOptimizer`` kernel makes for the
 artifacts ``onnxruntime.training.artifacts`` generates (``adam_mode=1``, the HuggingFace form,
