@@ -563,8 +563,10 @@ class _Differentiator:
                 p = g.op1("Exp", [logp], "dloss")
                 cls = g.const(np.arange(n_out, dtype=np.int64))
                 hot = g.op1("Cast", [g.op1("Equal", [tgt, cls], "dloss")], "dloss", to=self.elem)
-                n = g.op1("Cast", [g.op1("Shape", [OUTPUT], "dloss", start=0, end=1)], "dloss", to=self.elem)
-                d_out = g.op1("Div", [g.op1("Sub", [p, hot], "dloss"), n], "dloss")
+                batch = g.op1(
+                    "Cast", [g.op1("Shape", [OUTPUT], "dloss", start=0, end=1)], "dloss", to=self.elem
+                )
+                d_out = g.op1("Div", [g.op1("Sub", [p, hot], "dloss"), batch], "dloss")
             else:
                 size = g.op1("Cast", [g.op1("Size", [OUTPUT], "dloss")], "dloss", to=self.elem)
                 d_out = g.op1("Mul", [diff, g.op1("Div", [g.scalar(2.0), size], "dloss")], "dloss")

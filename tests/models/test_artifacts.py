@@ -109,8 +109,10 @@ def test_cli_builds_a_users_own_onnx_model(tmp_path: Path) -> None:
     onnx.save(zoo.build("mlp", hidden=[32], seed=5).model, str(own))
     assert (
         main(
-            ["model", "build", str(own), "--out", str(tmp_path / "a"), "--trainable", "fc2.weight"]
-            + ["--backend", LEGACY]
+            [
+                *["model", "build", str(own), "--out", str(tmp_path / "a")],
+                *["--trainable", "fc2.weight", "--backend", LEGACY],
+            ]
         )
         == 0
     )

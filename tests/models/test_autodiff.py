@@ -70,7 +70,8 @@ def check_gradients(
     ev = ReferenceEvaluator(g64.eval)
 
     def loss_at(name: str, value: np.ndarray) -> float:
-        return float(ev.run(["loss"], {**feeds64, name: value})[0])
+        (value_out,) = ev.run(["loss"], {**feeds64, name: value})
+        return float(value_out)
 
     rng = np.random.default_rng(seed + 1)
     worst = 0.0
