@@ -67,6 +67,7 @@ DEFAULT_PYTEST_ARGS = [
     "tests/agent/test_machine.py",
     "tests/agent/test_machine_alq.py",
     "tests/agent/test_board_trainer.py",
+    "tests/agent/test_optim.py",
 ]
 BOARD_INPUTS = ROOT / "tools" / "cross" / "board_inputs.py"
 
