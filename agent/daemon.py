@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
+import os
+import platform
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from orbitfl.agent.backends import open_trainer
 from orbitfl.agent.learner import Learner, share_indices
@@ -26,10 +33,9 @@ from orbitfl.agent.outbox import Outbox
 from orbitfl.codec.inputs import recipe_needs
 from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
-from orbitfl.models.artifacts import build_artifacts
-from orbitfl.models.manifest import read_manifest
-from orbitfl.models.zoo import build, write_inference_model
-from orbitfl.runtime.config import AgentSettings, ConfigError, load_agent
+from orbitfl.data.partition_file import PartitionFileError, read_partition, write_partition
+from orbitfl.models.manifest import Manifest, read_manifest
+from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent
 from orbitfl.runtime.events import (
     GROUND,
     ApplyModel,
@@ -70,19 +76,40 @@ class Board:
     each new global model for onboard inference."""
 
     def __init__(self, cfg: AgentSettings) -> None:
-        t, d = cfg.train, cfg.data
-        art = cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
-        try:
-            read_manifest(art)
-        except (OSError, ValueError):
-            build_artifacts(build(t.model), art, optimizer=t.optimizer)
-        data = load(d.dataset, seed=d.seed)
-        idx = share_indices(data.y_train, d.num_partitions, d.split, alpha=d.alpha, seed=d.seed)[d.partition]
-        self.learner = Learner(open_trainer(art, learning_rate=t.lr), data.x_train[idx], data.y_train[idx])
+        t = cfg.train
+        art = cfg.agent.artifacts or cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
+        manifest = self._manifest(cfg, art)
+        x, y = load_partition(cfg.data)
+        if int(np.prod(x.shape[1:])) != int(np.prod(manifest.input_shape)):
+            raise ConfigError(
+                f"{cfg.data.file or cfg.data.dataset}: samples of shape {x.shape[1:]} do not fit "
+                f"model {manifest.model!r}'s input {manifest.input_shape}"
+            )
+        self.learner = Learner(open_trainer(art, learning_rate=t.lr), x, y)
         self.cfg = t
         self.inference = cfg.inference
         self.dir = cfg.agent.state_dir
         self.budget_bytes = cfg.agent.uplink_budget_bytes
+
+    @staticmethod
+    def _manifest(cfg: AgentSettings, art: Path) -> Manifest:
+        """The artifacts' manifest; built into ``art`` first unless agent.artifacts names them."""
+        try:
+            manifest = read_manifest(art)
+        except (OSError, ValueError) as exc:
+            if cfg.agent.artifacts is not None:
+                raise ConfigError(f"agent.artifacts: {exc}") from None
+            # Deferred on purpose: building needs onnx, the host's job, not a board's.
+            from orbitfl.models.artifacts import build_artifacts
+            from orbitfl.models.zoo import build
+
+            return build_artifacts(build(cfg.train.model), art, optimizer=cfg.train.optimizer)
+        if cfg.agent.artifacts is not None and manifest.model != cfg.train.model:
+            raise ConfigError(
+                f"agent.artifacts: {art} holds model {manifest.model!r}, but train.model is "
+                f"{cfg.train.model!r} (the ground's federation.model)"
+            )
+        return manifest
 
     def train(self, start: StartTraining) -> TrainingDone:
         done = self.learner.train(
@@ -108,6 +135,14 @@ class Board:
     def apply(self, model: ApplyModel) -> None:
         """Install a new global model for onboard inference: the ONNX next to the state and, when
         configured, a .tflite (float or int8) that LiteRT runs; logs its local accuracy."""
+        if importlib.util.find_spec("onnx") is None:
+            # A board without onnx (the usual case) keeps the model as its weights.
+            save_weights(self.dir / "model.npz", model.weights)
+            log.info("model v%d installed as %s (onnx is not installed here)", model.version, "model.npz")
+            return
+        # Deferred on purpose: the zoo needs onnx, which a board usually does not have.
+        from orbitfl.models.zoo import build, write_inference_model
+
         spec = build(self.cfg.model)
         write_inference_model(spec, self.dir / "model.onnx", model.weights)
         if not self.inference.export_tflite:
@@ -134,6 +169,27 @@ class Board:
             "int8" if int8 else "float",
             acc,
         )
+
+
+def load_partition(d: DataSection) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+    """This agent's samples and labels: the host-written file, or its share of a data set."""
+    if d.file is not None:
+        try:
+            return read_partition(d.file)
+        except PartitionFileError as exc:
+            raise ConfigError(f"data.file: {exc}") from None
+    data = load(d.dataset, seed=d.seed)
+    idx = share_indices(data.y_train, d.num_partitions, d.split, alpha=d.alpha, seed=d.seed)[d.partition]
+    return np.ascontiguousarray(data.x_train[idx], dtype=np.float32), data.y_train[idx]
+
+
+def save_weights(path: Path, weights: Mapping[str, npt.ArrayLike]) -> None:
+    """``weights`` as an .npz at ``path``, replaced atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    savez: Any = np.savez  # numpy's stub types **arrays as its allow_pickle keyword
+    with open(tmp, "wb") as f:
+        savez(f, **{k: np.asarray(v) for k, v in weights.items()})
+    os.replace(tmp, path)
 
 
 class AgentDaemon:
@@ -251,8 +307,10 @@ class AgentDaemon:
         self._next_tick = self.mono()
         mode = "plaintext (--insecure)" if not self.link.secure else "CurveZMQ"
         log.info(
-            "agent %s dialing %s (%s); %d update(s) in the outbox, holding model %s",
+            "agent %s (%s, Python %s) dialing %s (%s); %d update(s) in the outbox, holding model %s",
             self.cfg.agent.name,
+            platform.machine(),
+            platform.python_version(),
             self.cfg.agent.ground,
             mode,
             self.outbox.pending(),
@@ -289,6 +347,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+def _cmd_partition(args: argparse.Namespace) -> int:
+    """On the host: write the share of the data this agent config selects, for the board."""
+    try:
+        cfg = load_agent(Path(args.config))
+        if cfg.data.file is not None:
+            raise ConfigError(f"{args.config}: data.file is set; this agent already reads {cfg.data.file}")
+        x, y = load_partition(cfg.data)
+    except (ConfigError, ImportError) as exc:
+        print(f"orbitfl agent partition: {exc}", file=sys.stderr)
+        return 2
+    out = write_partition(args.out, x, y)
+    print(
+        f"{out}: {len(x)} samples of {cfg.data.dataset} (partition {cfg.data.partition} of "
+        f"{cfg.data.num_partitions}, {cfg.data.split}); on the board set [data] file to it"
+    )
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("agent", help="the agent daemon that runs on a board")
     sub = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
@@ -299,3 +375,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
+    part = sub.add_parser(
+        "partition", help="on the host: write this agent's share of the data as a file for the board"
+    )
+    part.add_argument("--config", required=True, help="the agent's TOML config (its [data] section)")
+    part.add_argument("--out", required=True, help="the .npz to write (the board's data.file)")
+    part.set_defaults(func=_cmd_partition)

@@ -56,6 +56,13 @@ class Outbox:
     def close(self) -> None:
         self.db.close()
 
+    def __del__(self) -> None:
+        # Dropped without close() (a test, a start that failed half-way): release the file here.
+        # From Python 3.13 a connection collected while open raises ResourceWarning.
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+
     # --- key/value --------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:

@@ -149,6 +149,13 @@ class GroundStore:
     def close(self) -> None:
         self.db.close()
 
+    def __del__(self) -> None:
+        # Dropped without close() (a test, a start that failed half-way): release the file here.
+        # From Python 3.13 a connection collected while open raises ResourceWarning.
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+
     # --- meta -------------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:

@@ -20,13 +20,37 @@ Optimizer = Literal["adamw", "sgd"]
 Loss = Literal["ce", "mse"]
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 LOSSES: tuple[str, ...] = ("ce", "mse")
-FILES = {
-    "inference": "inference.onnx",
-    "training": "training_model.onnx",
-    "eval": "eval_model.onnx",
-    "optimizer": "optimizer_model.onnx",
-    "checkpoint": "checkpoint",
+# The backend a directory was built for decides its files. A manifest without "backend" was
+# written before there was a choice: onnxruntime-training.
+BACKENDS: tuple[str, ...] = ("onnxruntime", "onnxruntime-training")
+DEFAULT_BACKEND = "onnxruntime"
+LEGACY_BACKEND = "onnxruntime-training"
+BACKEND_FILES: dict[str, dict[str, str]] = {
+    # standard ai.onnx graphs (orbitfl.models.autodiff) that stock onnxruntime runs
+    "onnxruntime": {
+        "inference": "inference.onnx",
+        "train_step": "train_step.onnx",
+        "eval_step": "eval_step.onnx",
+        "params": "params.npz",
+    },
+    # onnxruntime.training.artifacts.generate_artifacts
+    "onnxruntime-training": {
+        "inference": "inference.onnx",
+        "training": "training_model.onnx",
+        "eval": "eval_model.onnx",
+        "optimizer": "optimizer_model.onnx",
+        "checkpoint": "checkpoint",
+    },
 }
+FILES = BACKEND_FILES[LEGACY_BACKEND]  # the ORT-training files, as before backends existed
+
+
+def files_for(backend: str) -> dict[str, str]:
+    """The files an artifact directory of ``backend`` holds (besides manifest.json)."""
+    try:
+        return BACKEND_FILES[backend]
+    except KeyError:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}") from None
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,11 @@ class Manifest:
     parameters: dict[str, tuple[int, ...]]
     trainable: list[str]
     groups: dict[str, list[str]]
+    backend: str = LEGACY_BACKEND
+
+    @property
+    def files(self) -> dict[str, str]:
+        return files_for(self.backend)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,7 +86,8 @@ class Manifest:
             "parameters": {k: list(v) for k, v in self.parameters.items()},
             "trainable": self.trainable,
             "groups": self.groups,
-            "files": FILES,
+            "backend": self.backend,
+            "files": files_for(self.backend),
         }
 
     @classmethod
@@ -77,6 +107,7 @@ class Manifest:
             parameters={k: tuple(int(d) for d in v) for k, v in data["parameters"].items()},
             trainable=[str(n) for n in data["trainable"]],
             groups={k: [str(n) for n in v] for k, v in data.get("groups", {}).items()},
+            backend=str(data.get("backend", LEGACY_BACKEND)),
         )
 
 

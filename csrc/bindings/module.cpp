@@ -8,6 +8,7 @@ namespace py = pybind11;
 namespace orbitfl::bindings {
 void register_quant(py::module_& m);
 void register_cluster(py::module_& m);
+void register_optim(py::module_& m);
 }  // namespace orbitfl::bindings
 
 #ifndef ORBITFL_VERSION
@@ -35,4 +36,5 @@ PYBIND11_MODULE(_core, m) {
   });
   orbitfl::bindings::register_quant(m);
   orbitfl::bindings::register_cluster(m);
+  orbitfl::bindings::register_optim(m);
 }

@@ -192,3 +192,16 @@ def gcc_encode(
 def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
     """Inverse of gcc_encode; ValueError for a short mask or ids buffer, an id >= len(centroids),
     or len(exact) != n - (ones among the mask's first n bits)."""
+
+# --- optimizer steps (orbitfl.agent.optim), in place over flat float32 arrays of one length ---------
+
+def adamw_step(
+    p: F32, g: F32, m: F32, v: F32, b1: float, b2: float, lr_c: float, eps: float, decay: float
+) -> None:
+    """ORT training's AdamW (adam_mode 1): m, v updated; p -= lr_c m / (sqrt(v) + eps); p *= decay."""
+
+def sgd_step(p: F32, g: F32, sq: F32, lr: float, beta: float) -> None:
+    """p -= lr g; sq = beta sq + (1 - beta) g^2."""
+
+def optim_simd() -> str:
+    """The path adamw_step takes on this CPU: "avx512", "avx2" or "generic"."""

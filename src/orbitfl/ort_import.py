@@ -35,8 +35,9 @@ def _package_dir() -> Path:
     spec = importlib.util.find_spec("onnxruntime")  # locating does not run onnxruntime/__init__
     if spec is None or not spec.submodule_search_locations:
         raise OrtUnavailableError(
-            "onnxruntime is not installed. On-device training needs onnxruntime-training 1.19.2 "
-            "(x86-64, CPython 3.10/3.11): pip install 'orbitfl[train]'. See docs/training.md for boards."
+            "onnxruntime is not installed. On-device training needs stock onnxruntime >= 1.20 "
+            "(x86-64 and aarch64): pip install onnxruntime (or 'orbitfl[train]' to build artifacts "
+            "too). See docs/training.md."
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -78,8 +79,9 @@ def training_api() -> Any:
         return importlib.import_module("onnxruntime.training.api")
     except ImportError as exc:
         raise OrtUnavailableError(
-            f"this onnxruntime has no on-device training API ({exc}); install onnxruntime-training "
-            "1.19.2 (x86-64, CPython 3.10/3.11) instead of onnxruntime: pip install 'orbitfl[train]'"
+            f"this onnxruntime has no on-device training API ({exc}); the old backend needs "
+            "onnxruntime-training 1.19.2 (x86-64, CPython 3.10/3.11) instead of onnxruntime: "
+            "pip install 'orbitfl[ort-training]' in its own venv (tools/dev.py ortt)"
         ) from None
 
 
@@ -90,6 +92,6 @@ def training_artifacts() -> Any:
         return importlib.import_module("onnxruntime.training.artifacts")
     except ImportError as exc:
         raise OrtUnavailableError(
-            f"this onnxruntime cannot generate training artifacts ({exc}); install onnxruntime-training "
-            "1.19.2 and onnx 1.17: pip install 'orbitfl[train]'"
+            f"this onnxruntime cannot generate onnxruntime-training artifacts ({exc}); that needs "
+            "onnxruntime-training 1.19.2 and onnx 1.17: pip install 'orbitfl[ort-training]'"
         ) from None

@@ -1,20 +1,29 @@
-"""``orbitfl bench training``: ONNX Runtime on-device training against PyTorch CPU, side by side.
+"""``orbitfl bench training``: the trainer backends and PyTorch CPU, side by side.
 
 For each model (``mlp``, ``lenet-s``) on scikit-learn's digits, each backend trains in its own
-fresh subprocess so that its peak RSS (``ru_maxrss``) counts only its own imports and work. Both
-start from the same initial weights, see the same batches in the same order (AdamW, same learning
-rate, weight decay 0.01, batch 32) and use the same number of CPU threads. The data and the ORT
-artifacts are prepared by the parent and handed over as files, so neither worker loads scikit-learn
-or onnx, as on a board. The PyTorch worker is the only code in orbitfl that imports torch; it runs
-only here, only when torch is installed, and never in the runtime.
+fresh subprocess so that its peak RSS (VmHWM) counts only its own imports and work:
+
+- ``onnxruntime``: :class:`~orbitfl.agent.graph_trainer.GraphTrainer`, the default (stock ORT);
+- ``onnxruntime-training``: :class:`~orbitfl.agent.ort_trainer.OrtTrainer`, run with the Python of
+  ``.venv-ortt`` (``python3 tools/dev.py ortt``; x86-64, CPython <= 3.11), which also builds its
+  artifacts, since onnxruntime-training cannot share a venv with stock onnxruntime;
+- ``pytorch``: a twin of the model in PyTorch, only when torch is importable.
+
+All start from the same initial weights, see the same batches in the same order and use the same
+hyper-parameters: AdamW with ONNX Runtime training's defaults (lr 1e-3, betas 0.9/0.999, eps 1e-6,
+weight decay 0.0, bias correction), batch 32, the same number of CPU threads. The data and the
+artifacts are prepared by the parent and handed over as files, so no worker loads scikit-learn
+(nor, for the ORT workers, onnx), as on a board. The PyTorch worker is the only code in orbitfl that
+imports torch; it runs only here, only when torch is installed, and never in the runtime.
 
 Rows (``--json``): model, backend, sec_per_epoch (wall clock, median over epochs after the first),
 min_sec_per_epoch (the fastest, least disturbed by other load), cpu_sec_per_epoch and
 min_cpu_sec_per_epoch (the process's CPU time per epoch, all its threads: on a shared machine the
 wall clock mostly measures the other processes, the CPU time what the backend itself spent),
-peak_rss_mib, accuracy (digits test set after the last epoch), epochs, threads, import_sec.
-Each epoch is timed around the same scope in both workers: the shuffle and every batch's forward,
-backward and AdamW step; the ORT figure also includes the trainer's input checks and its per-batch
+peak_rss_mib, accuracy (digits test set after the last epoch), epochs, threads, import_sec; a
+backend that cannot run here has None figures and ``skipped`` saying why.
+Each epoch is timed around the same scope in every worker: the shuffle and every batch's forward,
+backward and AdamW step; the ORT figures also include the trainer's input checks and its per-batch
 loss and accuracy bookkeeping, which the PyTorch loop does not do.
 """
 
@@ -37,16 +46,21 @@ from typing import Any
 import numpy as np
 
 MODELS = ("mlp", "lenet-s")
-BACKENDS = ("onnxruntime", "pytorch")
+BACKENDS = ("onnxruntime", "onnxruntime-training", "pytorch")
+ORTT_PYTHON = Path(__file__).resolve().parents[2] / ".venv-ortt" / "bin" / "python"
 TARGET_SPEEDUP = 5.0
 TARGET_RSS_RATIO = 0.5
 LEARNING_RATE = 1e-3
+# ONNX Runtime training's AdamW defaults (its artifacts' AdamWOptimizer), GraphTrainer's, and the twin's.
+ADAM_BETAS, ADAM_EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-6, 0.0
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks")
     sub = parser.add_subparsers(dest="bench_command", metavar="WHAT")
-    p = sub.add_parser("training", help="ONNX Runtime vs PyTorch CPU training: s/epoch, peak RSS, accuracy")
+    p = sub.add_parser(
+        "training", help="trainer backends vs PyTorch CPU training: s/epoch, peak RSS, accuracy"
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument(
         "--models", default=",".join(MODELS), help="comma-separated zoo models (default mlp,lenet-s)"
@@ -68,34 +82,65 @@ def torch_available() -> bool:
 # --- parent ---------------------------------------------------------------------------------------
 
 
+def ortt_python() -> Path | None:
+    """The Python of .venv-ortt (onnxruntime-training 1.19.2), if it was created."""
+    env = os.environ.get("ORBITFL_ORTT_PYTHON")
+    py = Path(env) if env else ORTT_PYTHON
+    return py if py.exists() else None
+
+
+def _graph_builder_ready() -> bool:
+    import inspect
+
+    from orbitfl.models import artifacts
+
+    return "backend" in inspect.signature(artifacts.build_artifacts).parameters
+
+
 def _prepare(workdir: Path, model: str, seed: int) -> Path:
+    """The stock-ORT artifacts (and init.npz, the initial weights every worker starts from)."""
     from orbitfl.models import artifacts, zoo
 
     spec = zoo.build(model, seed=seed)
     art = workdir / model
-    artifacts.build_artifacts(spec, art, optimizer="adamw")
+    art.mkdir(parents=True, exist_ok=True)
     np.savez(art / "init.npz", **zoo.get_weights(spec.model))  # type: ignore[arg-type]
+    if _graph_builder_ready():
+        build: Any = artifacts.build_artifacts
+        build(spec, art, optimizer="adamw", backend="onnxruntime")
     return art
 
 
-def _run_worker(backend: str, art: Path, data: Path, epochs: int, threads: int, seed: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "orbitfl.training_bench",
-        "--worker",
-        backend,
-        str(art),
-        str(data),
-        str(epochs),
-        str(threads),
-        str(seed),
-    ]
+def _prepare_ortt(art: Path, model: str, seed: int) -> None:
+    """Runs in .venv-ortt: onnxruntime-training's own artifacts for the same model and init."""
+    import inspect
+
+    from orbitfl.models import artifacts, zoo
+
+    spec = zoo.build(model, seed=seed)
+    kw = (
+        {"backend": "onnxruntime-training"}
+        if "backend" in inspect.signature(artifacts.build_artifacts).parameters
+        else {}
+    )
+    artifacts.build_artifacts(spec, art, optimizer="adamw", **kw)
+
+
+def _run(cmd: list[str], threads: int, what: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{backend} worker failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def _run_worker(
+    backend: str, art: Path, data: Path, epochs: int, threads: int, seed: int, python: str = sys.executable
+) -> dict[str, Any]:
+    cmd = [python, "-m", "orbitfl.training_bench", "--worker", backend]
+    cmd += [str(art), str(data), str(epochs), str(threads), str(seed)]
+    out = _run(cmd, threads, f"{backend} worker")
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 1) -> list[dict[str, Any]]:
@@ -105,7 +150,7 @@ def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 
     from orbitfl.data import load_digits
 
     rows: list[dict[str, Any]] = []
-    have_torch = torch_available()
+    ortt = ortt_python()
     with tempfile.TemporaryDirectory(prefix="orbitfl-bench-") as tmp:
         work = Path(tmp)
         ds = load_digits(seed=seed)
@@ -113,21 +158,55 @@ def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 
         np.savez(data, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
         for model in models:
             art = _prepare(work, model, seed)
+            skipped: dict[str, str] = {}
+            if not (art / "train_step.onnx").exists():
+                skipped["onnxruntime"] = "this orbitfl's builder cannot write portable training graphs yet"
+            if ortt is None:
+                skipped["onnxruntime-training"] = (
+                    "no .venv-ortt with onnxruntime-training 1.19.2 (python3 tools/dev.py ortt; "
+                    "x86-64, Python <= 3.11 only)"
+                )
+            else:
+                ortt_art = work / f"{model}-ortt"
+                _run(
+                    [
+                        str(ortt),
+                        "-m",
+                        "orbitfl.training_bench",
+                        "--prepare-ortt",
+                        str(ortt_art),
+                        model,
+                        str(seed),
+                    ],
+                    threads,
+                    "building onnxruntime-training artifacts",
+                )
+                (ortt_art / "init.npz").write_bytes((art / "init.npz").read_bytes())
+            if not torch_available():
+                skipped["pytorch"] = "torch is not installed (pip install torch)"
             runs: dict[str, list[dict[str, Any]]] = {b: [] for b in BACKENDS}
-            for _ in range(repeats):
+            for _ in range(repeats):  # alternate the backends so they meet the same background load
                 for backend in BACKENDS:
-                    if backend != "pytorch" or have_torch:
-                        runs[backend].append(_run_worker(backend, art, data, epochs, threads, seed))
+                    if backend in skipped:
+                        continue
+                    if backend == "onnxruntime-training":
+                        res = _run_worker(
+                            backend, work / f"{model}-ortt", data, epochs, threads, seed, python=str(ortt)
+                        )
+                    else:
+                        res = _run_worker(backend, art, data, epochs, threads, seed)
+                    runs[backend].append(res)
             for backend in BACKENDS:
-                if not runs[backend]:
+                if backend in skipped:
                     rows.append(
                         {
                             "model": model,
                             "backend": backend,
                             "sec_per_epoch": None,
+                            "cpu_sec_per_epoch": None,
                             "peak_rss_mib": None,
                             "accuracy": None,
-                            "skipped": "torch is not installed (pip install torch)",
+                            "skipped": skipped[backend],
                         }
                     )
                     continue
@@ -144,23 +223,36 @@ def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per model: the default backend's CPU time, wall time and peak RSS as ratios of the others'."""
     lines = []
     by = {(r["model"], r["backend"]): r for r in rows}
     for model in dict.fromkeys(r["model"] for r in rows):
-        o, t = by.get((model, "onnxruntime")), by.get((model, "pytorch"))
-        if not o or not t or t.get("sec_per_epoch") is None:
-            lines.append(f"{model}: no PyTorch figures to compare (torch is not installed)")
+        o = by.get((model, "onnxruntime"))
+        if not o or o.get("cpu_sec_per_epoch") is None:
+            lines.append(f"{model}: no onnxruntime (GraphTrainer) figures to compare")
             continue
-        speed = t["sec_per_epoch"] / o["sec_per_epoch"]
-        best = t["min_sec_per_epoch"] / o["min_sec_per_epoch"]
-        cpu = t["cpu_sec_per_epoch"] / o["cpu_sec_per_epoch"]
-        rss = o["peak_rss_mib"] / t["peak_rss_mib"]
-        lines.append(
-            f"{model}: ORT {speed:.1f}x faster per epoch (fastest epochs {best:.1f}x, CPU time {cpu:.1f}x; "
-            f"target >= {TARGET_SPEEDUP:.0f}x: "
-            f"{'met' if speed >= TARGET_SPEEDUP else 'NOT met'}), peak RSS {rss:.2f} of PyTorch "
-            f"(target <= {TARGET_RSS_RATIO}: {'met' if rss <= TARGET_RSS_RATIO else 'NOT met'})"
-        )
+        for other in ("onnxruntime-training", "pytorch"):
+            t = by.get((model, other))
+            if not t or t.get("cpu_sec_per_epoch") is None:
+                lines.append(f"{model}: onnxruntime vs {other}: not measured ({(t or {}).get('skipped')})")
+                continue
+            cpu = o["cpu_sec_per_epoch"] / t["cpu_sec_per_epoch"]
+            wall = o["sec_per_epoch"] / t["sec_per_epoch"]
+            best = o["min_cpu_sec_per_epoch"] / t["min_cpu_sec_per_epoch"]
+            rss = o["peak_rss_mib"] / t["peak_rss_mib"]
+            line = (
+                f"{model}: onnxruntime / {other}: CPU time per epoch {cpu:.2f}x (fastest epochs "
+                f"{best:.2f}x), wall {wall:.2f}x, peak RSS {rss:.2f}x"
+            )
+            if other == "pytorch":
+                line += (
+                    f" (targets: {1 / cpu:.1f}x faster >= {TARGET_SPEEDUP:.0f}x "
+                    f"{'met' if 1 / cpu >= TARGET_SPEEDUP else 'NOT met'}; RSS <= {TARGET_RSS_RATIO} "
+                    f"{'met' if rss <= TARGET_RSS_RATIO else 'NOT met'})"
+                )
+            else:
+                line += f" (target CPU <= 1.00x: {'met' if cpu <= 1.0 else 'NOT met'})"
+            lines.append(line)
     return lines
 
 
@@ -182,17 +274,20 @@ def cmd_training(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"digits, {args.epochs} epochs, batch 32, AdamW lr {LEARNING_RATE}, {args.threads} thread(s)")
     print(
-        f"{'model':<9} {'backend':<12} {'s/epoch':>9} {'CPU s/epoch':>12} {'peak RSS MiB':>13} "
+        f"digits, {args.epochs} epochs, batch 32, AdamW lr {LEARNING_RATE} eps {ADAM_EPS} wd "
+        f"{WEIGHT_DECAY}, {args.threads} thread(s)"
+    )
+    print(
+        f"{'model':<9} {'backend':<21} {'s/epoch':>9} {'CPU s/epoch':>12} {'peak RSS MiB':>13} "
         f"{'accuracy':>9} {'import s':>9}"
     )
     for r in rows:
         if r.get("sec_per_epoch") is None:
-            print(f"{r['model']:<9} {r['backend']:<12} {r['skipped']}")
+            print(f"{r['model']:<9} {r['backend']:<21} {r['skipped']}")
             continue
         print(
-            f"{r['model']:<9} {r['backend']:<12} {r['sec_per_epoch']:>9.4f} {r['cpu_sec_per_epoch']:>12.4f} "
+            f"{r['model']:<9} {r['backend']:<21} {r['sec_per_epoch']:>9.4f} {r['cpu_sec_per_epoch']:>12.4f} "
             f"{r['peak_rss_mib']:>13.1f} "
             f"{r['accuracy']:>9.4f} {r['import_sec']:>9.2f}"
         )
@@ -237,15 +332,28 @@ def _result(
 
 
 def _worker_ort(
-    art: Path, data: dict[str, np.ndarray], epochs: int, threads: int, seed: int
+    art: Path, data: dict[str, np.ndarray], epochs: int, threads: int, seed: int, backend: str
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from orbitfl.agent.ort_trainer import OrtTrainer
-    from orbitfl.ort_import import training_api
+    from orbitfl.agent.train_loop import StepTrainer
 
-    training_api()
-    import_sec = time.perf_counter() - t0
-    trainer = OrtTrainer(art, learning_rate=LEARNING_RATE, threads=threads)
+    trainer: StepTrainer
+    if backend == "onnxruntime":
+        from orbitfl.agent.graph_trainer import GraphTrainer
+        from orbitfl.ort_import import onnxruntime
+
+        onnxruntime()
+        import_sec = time.perf_counter() - t0
+        trainer = GraphTrainer(art, learning_rate=LEARNING_RATE, threads=threads)
+    else:
+        from orbitfl.agent.ort_trainer import OrtTrainer
+        from orbitfl.ort_import import training_api
+
+        training_api()
+        import_sec = time.perf_counter() - t0
+        trainer = OrtTrainer(art, learning_rate=LEARNING_RATE, threads=threads)
+    with np.load(art / "init.npz") as z:
+        trainer.set_weights({k: z[k] for k in z.files})
     x, y = data["x_train"], data["y_train"]
     times, cpu = [], []
     for epoch in range(epochs):
@@ -254,8 +362,9 @@ def _worker_ort(
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     acc = trainer.evaluate(data["x_test"], data["y_test"]).accuracy
-    if "torch" in sys.modules:
-        raise RuntimeError("the ONNX Runtime worker imported torch")
+    for banned in ("torch", "onnx", "sklearn"):
+        if banned in sys.modules:
+            raise RuntimeError(f"the {backend} worker imported {banned}")
     return _result(times, cpu, float(acc or 0.0), import_sec, epochs, threads)
 
 
@@ -306,7 +415,9 @@ def _worker_torch(
     shape = [-1, *manifest["input_shape"]]
     x = torch.from_numpy(np.ascontiguousarray(data["x_train"])).reshape(shape)
     y = torch.from_numpy(data["y_train"])
-    opt = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
+    )
     loss_fn = nn.CrossEntropyLoss()
     n = len(x)
     times, cpu = [], []
@@ -333,13 +444,19 @@ def _worker_main(argv: list[str]) -> int:
     backend, art, data_path, epochs, threads, seed = argv
     with np.load(data_path) as z:
         data = {k: z[k] for k in z.files}
-    fn = _worker_ort if backend == "onnxruntime" else _worker_torch
-    print(json.dumps(fn(Path(art), data, int(epochs), int(threads), int(seed))))
+    if backend == "pytorch":
+        result = _worker_torch(Path(art), data, int(epochs), int(threads), int(seed))
+    else:
+        result = _worker_ort(Path(art), data, int(epochs), int(threads), int(seed), backend)
+    print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 8 and sys.argv[1] == "--worker":
         sys.exit(_worker_main(sys.argv[2:]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--prepare-ortt":
+        _prepare_ortt(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        sys.exit(0)
     print("usage: orbitfl bench training [--json]", file=sys.stderr)
     sys.exit(2)

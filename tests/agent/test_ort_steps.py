@@ -38,7 +38,9 @@ class _PublicOnly:
 
 @pytest.mark.parametrize(("model", "optimizer"), [("mlp", "adamw"), ("lenet-s", "sgd")])
 def test_direct_steps_match_the_public_api_bit_for_bit(tmp_path: Path, model: str, optimizer: str) -> None:
-    artifacts.build_artifacts(zoo.build(model, seed=3), tmp_path, optimizer=optimizer)
+    artifacts.build_artifacts(
+        zoo.build(model, seed=3), tmp_path, optimizer=optimizer, backend="onnxruntime-training"
+    )
     ds = load_digits(seed=1)
     x, y = ds.x_train[:300], ds.y_train[:300]
     direct, public = OrtTrainer(tmp_path), OrtTrainer(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -72,6 +73,11 @@ WRITER = textwrap.dedent(
 )
 
 
+# The writer's interpreter: this one, or under emulated aarch64 the emulated one (a guest cannot
+# exec another aarch64 binary by itself: tools/cross/aarch64.py says how, qemu and all).
+CHILD_PYTHON = shlex.split(os.environ.get("ORBITFL_CHILD_PYTHON", "")) or [sys.executable]
+
+
 def expected_frame(c: int) -> bytes:
     n = 20_000 + (c * 7919) % 1_000_000
     seed = hashlib.sha256(str(c).encode()).digest()
@@ -81,7 +87,7 @@ def expected_frame(c: int) -> bytes:
 def test_outbox_intact_after_sigkill_mid_write(tmp_path: Path) -> None:
     db = tmp_path / "agent.db"
     for attempt in range(3):  # kill at three different moments, reopening the same file each time
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([*CHILD_PYTHON, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         committed: list[str] = []
         deadline = time.monotonic() + 60

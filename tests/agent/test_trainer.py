@@ -1,4 +1,8 @@
-"""The ONNX Runtime trainer on real data: accuracy, frozen experts, weights, curvature, checkpoints."""
+"""Both trainer backends on real data: accuracy, frozen experts, weights, curvature, checkpoints.
+
+Every test runs once per backend (the ``backend`` fixture): "onnxruntime" (GraphTrainer, stock ORT)
+wherever onnxruntime is installed, "onnxruntime-training" (OrtTrainer) only where the training
+build is (.venv-ortt: x86-64, CPython <= 3.11); the other is skipped, saying why."""
 
 from __future__ import annotations
 
@@ -7,19 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from orbitfl.ort_import import OrtUnavailableError, training_api
-
-try:
-    training_api()
-except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training wheel
-    pytest.skip(str(exc), allow_module_level=True)
-
-from orbitfl.agent.ort_trainer import OrtTrainer
+from orbitfl.agent.backends import open_trainer
 from orbitfl.agent.trainer import CheckpointError, Trainer
 from orbitfl.models import artifacts, zoo
 
 from orbitfl.data import Dataset, load_digits
+from orbitfl.ort_import import OrtUnavailableError, onnxruntime, training_api
+
+
+def _unavailable(backend: str) -> str | None:
+    try:
+        onnxruntime() if backend == "onnxruntime" else training_api()
+    except OrtUnavailableError as exc:  # e.g. aarch64 or CPython 3.12+: no onnxruntime-training wheel
+        return str(exc)
+    return None
+
+
+@pytest.fixture(params=["onnxruntime", "onnxruntime-training"])
+def backend(request: pytest.FixtureRequest) -> str:
+    why = _unavailable(request.param)
+    if why:
+        pytest.skip(why)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +40,22 @@ def digits() -> Dataset:
     return load_digits(seed=0)
 
 
-def build(tmp: Path, name: str, **kw: object) -> Path:
+def build(tmp: Path, name: str, backend: str, **kw: object) -> Path:
     options = {k: v for k, v in kw.items() if k not in ("trainable", "optimizer")}
     artifacts.build_artifacts(
         zoo.build(name, **options),
         tmp,
         trainable=kw.get("trainable"),  # type: ignore[arg-type]
         optimizer=str(kw.get("optimizer", "adamw")),
+        backend=backend,
     )
     return tmp
 
 
-def test_trainer_implements_the_interface(tmp_path: Path) -> None:
-    assert isinstance(OrtTrainer(build(tmp_path, "mlp")), Trainer)
+def test_trainer_implements_the_interface(backend: str, tmp_path: Path) -> None:
+    t = open_trainer(build(tmp_path, "mlp", backend))
+    assert isinstance(t, Trainer)
+    assert type(t).__name__ == {"onnxruntime": "GraphTrainer", "onnxruntime-training": "OrtTrainer"}[backend]
 
 
 @pytest.mark.parametrize(
@@ -47,9 +63,9 @@ def test_trainer_implements_the_interface(tmp_path: Path) -> None:
     [("mlp", [(2e-3, 15), (5e-4, 5)]), ("lenet-s", [(3e-3, 10), (1e-3, 5), (3e-4, 5)])],
 )
 def test_centralised_digits_accuracy_at_least_97_percent(
-    tmp_path: Path, digits: Dataset, name: str, schedule: list[tuple[float, int]]
+    backend: str, tmp_path: Path, digits: Dataset, name: str, schedule: list[tuple[float, int]]
 ) -> None:
-    t = OrtTrainer(build(tmp_path, name))
+    t = open_trainer(build(tmp_path, name, backend))
     before = t.evaluate(digits.x_test, digits.y_test)
     for step, (lr, epochs) in enumerate(schedule):
         m = t.train(digits.x_train, digits.y_train, epochs=epochs, learning_rate=lr, seed=step)
@@ -63,11 +79,11 @@ def test_centralised_digits_accuracy_at_least_97_percent(
     assert np.mean(np.argmax(logits, 1) == digits.y_test) == pytest.approx(after.accuracy)
 
 
-def test_moe_trains_only_the_chosen_experts(tmp_path: Path, digits: Dataset) -> None:
+def test_moe_trains_only_the_chosen_experts(backend: str, tmp_path: Path, digits: Dataset) -> None:
     spec = zoo.build("moe", experts=4)
     chosen = zoo.expert_parameters(spec, [1, 3])
-    artifacts.build_artifacts(spec, tmp_path, trainable=chosen)
-    t = OrtTrainer(tmp_path)
+    artifacts.build_artifacts(spec, tmp_path, trainable=chosen, backend=backend)
+    t = open_trainer(tmp_path)
     assert t.trainable_names == chosen
     before = t.get_weights()
     m = t.train(digits.x_train, digits.y_train, epochs=3, learning_rate=3e-3)
@@ -81,8 +97,10 @@ def test_moe_trains_only_the_chosen_experts(tmp_path: Path, digits: Dataset) -> 
     assert set(t.second_moments()) == set(chosen)
 
 
-def test_weights_round_trip_and_bad_weights_are_refused(tmp_path: Path, digits: Dataset) -> None:
-    t = OrtTrainer(build(tmp_path, "mlp"))
+def test_weights_round_trip_and_bad_weights_are_refused(
+    backend: str, tmp_path: Path, digits: Dataset
+) -> None:
+    t = open_trainer(build(tmp_path, "mlp", backend))
     w = t.get_weights()
     assert list(w) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     new = {k: (v * 0.5).astype(np.float32) for k, v in w.items()}
@@ -92,8 +110,6 @@ def test_weights_round_trip_and_bad_weights_are_refused(tmp_path: Path, digits: 
     got["fc1.bias"][:] = 7  # a copy: the trainer is unaffected
     assert not np.any(t.get_weights()["fc1.bias"] == 7)
     # a set_weights'd model predicts what the same weights predict in plain ONNX Runtime inference
-    from orbitfl.ort_import import onnxruntime
-
     inf = zoo.with_weights(zoo.build("mlp").model, new)
     sess = onnxruntime().InferenceSession(inf.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(
@@ -117,8 +133,8 @@ def test_weights_round_trip_and_bad_weights_are_refused(tmp_path: Path, digits: 
         t.get_weights(["nope"])
 
 
-def test_bad_training_data_is_refused(tmp_path: Path, digits: Dataset) -> None:
-    t = OrtTrainer(build(tmp_path, "mlp"))
+def test_bad_training_data_is_refused(backend: str, tmp_path: Path, digits: Dataset) -> None:
+    t = open_trainer(build(tmp_path, "mlp", backend))
     x, y = digits.x_train[:40], digits.y_train[:40]
     with pytest.raises(TypeError, match=r"integer class labels"):
         t.train(x, y.astype(np.float32))
@@ -134,10 +150,10 @@ def test_bad_training_data_is_refused(tmp_path: Path, digits: Dataset) -> None:
         t.train(x, y, epochs=0)
 
 
-def test_adam_second_moments_are_the_optimizers_v(tmp_path: Path, digits: Dataset) -> None:
+def test_adam_second_moments_are_the_optimizers_v(backend: str, tmp_path: Path, digits: Dataset) -> None:
     """After one AdamW step from zero state, v = (1 - beta2) g^2. For the last bias of an MLP under
     mean cross-entropy, g = mean(softmax(logits) - onehot), computable here without ORT's help."""
-    t = OrtTrainer(build(tmp_path, "mlp"))
+    t = open_trainer(build(tmp_path, "mlp", backend))
     assert all(not v.any() for v in t.second_moments().values())  # zero before any step
     x, y = digits.x_train[:32], digits.y_train[:32]
     logits = t.predict(x).astype(np.float64)
@@ -151,8 +167,10 @@ def test_adam_second_moments_are_the_optimizers_v(tmp_path: Path, digits: Datase
     assert all(a.shape == t.parameter_shapes[k] and a.dtype == np.float32 for k, a in v.items())
 
 
-def test_sgd_second_moments_substitute_tracks_squared_gradients(tmp_path: Path, digits: Dataset) -> None:
-    t = OrtTrainer(build(tmp_path, "mlp", optimizer="sgd"), learning_rate=0.05)
+def test_sgd_second_moments_substitute_tracks_squared_gradients(
+    backend: str, tmp_path: Path, digits: Dataset
+) -> None:
+    t = open_trainer(build(tmp_path, "mlp", backend, optimizer="sgd"), learning_rate=0.05)
     x, y = digits.x_train[:32], digits.y_train[:32]
     logits = t.predict(x).astype(np.float64)
     p = np.exp(logits - logits.max(1, keepdims=True))
@@ -163,8 +181,8 @@ def test_sgd_second_moments_substitute_tracks_squared_gradients(tmp_path: Path, 
     np.testing.assert_allclose(t.second_moments()["fc2.bias"], g * g, rtol=1e-3, atol=1e-12)
 
 
-def test_save_restore_and_corrupted_checkpoints(tmp_path: Path, digits: Dataset) -> None:
-    t = OrtTrainer(build(tmp_path / "art", "mlp"))
+def test_save_restore_and_corrupted_checkpoints(backend: str, tmp_path: Path, digits: Dataset) -> None:
+    t = open_trainer(build(tmp_path / "art", "mlp", backend))
     t.train(digits.x_train, digits.y_train, epochs=2)
     ck = t.save(tmp_path / "a.ckpt")
     saved_w, saved_v = t.get_weights(), t.second_moments()
@@ -189,53 +207,55 @@ def test_save_restore_and_corrupted_checkpoints(tmp_path: Path, digits: Dataset)
     with pytest.raises(CheckpointError, match=r"cannot read"):
         t.restore(tmp_path / "missing.ckpt")
     # a valid checkpoint of another model is refused too
-    other = OrtTrainer(build(tmp_path / "art2", "mlp", hidden=[16]))
+    other = open_trainer(build(tmp_path / "art2", "mlp", backend, hidden=[16]))
     with pytest.raises(CheckpointError, match=r"different model"):
         other.restore(ck)
 
 
 def test_corrupted_checkpoint_in_a_checkpoint_dir_is_refused_not_ignored(
-    tmp_path: Path, digits: Dataset
+    backend: str, tmp_path: Path, digits: Dataset
 ) -> None:
-    art = build(tmp_path / "art", "mlp")
-    t = OrtTrainer(art)
+    art = build(tmp_path / "art", "mlp", backend)
+    t = open_trainer(art)
     t.train(digits.x_train, digits.y_train, epochs=1, checkpoint_dir=tmp_path / "ck")
     path = tmp_path / "ck" / "train.ckpt"
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"corrupted"):
-        OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=1, checkpoint_dir=tmp_path / "ck")
+        open_trainer(art).train(digits.x_train, digits.y_train, epochs=1, checkpoint_dir=tmp_path / "ck")
 
 
-def test_checkpoint_dir_resume_matches_an_uninterrupted_run(tmp_path: Path, digits: Dataset) -> None:
+def test_checkpoint_dir_resume_matches_an_uninterrupted_run(
+    backend: str, tmp_path: Path, digits: Dataset
+) -> None:
     """Stop mid-epoch (as a contact window would), resume in a new trainer: bit-identical result."""
-    art = build(tmp_path / "art", "lenet-s")
+    art = build(tmp_path / "art", "lenet-s", backend)
     x, y = digits.x_train, digits.y_train
-    ref = OrtTrainer(art)
+    ref = open_trainer(art)
     ref.train(x, y, epochs=2, seed=3)
 
-    first = OrtTrainer(art)
+    first = open_trainer(art)
     m1 = first.train(
         x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck", on_batch=lambda e, b: e == 1 and b == 7
     )
     assert m1.batches == 45 + 7 and m1.resumed_from is None
-    second = OrtTrainer(art)
+    second = open_trainer(art)
     m2 = second.train(x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck")
     assert m2.resumed_from == (1, 7) and m2.batches == 45 - 7
     assert [h["epoch"] for h in m2.history] == [1.0, 2.0]
     for k, v in ref.get_weights().items():
         assert v.tobytes() == second.get_weights()[k].tobytes(), k
     # the finished run is not trained again
-    assert OrtTrainer(art).train(x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck").batches == 0
+    assert open_trainer(art).train(x, y, epochs=2, seed=3, checkpoint_dir=tmp_path / "ck").batches == 0
     # a different run (other starting weights) does not pick up this checkpoint
-    fresh = OrtTrainer(art)
+    fresh = open_trainer(art)
     fresh.set_weights({"fc3.bias": np.ones(10, np.float32)})
     assert fresh.train(x, y, epochs=1, seed=3, checkpoint_dir=tmp_path / "ck").resumed_from is None
 
 
-def test_reset_optimizer_forgets_moments(tmp_path: Path, digits: Dataset) -> None:
-    t = OrtTrainer(build(tmp_path, "mlp"))
+def test_reset_optimizer_forgets_moments(backend: str, tmp_path: Path, digits: Dataset) -> None:
+    t = open_trainer(build(tmp_path, "mlp", backend))
     t.train(digits.x_train[:64], digits.y_train[:64])
     w = t.get_weights()
     assert any(v.any() for v in t.second_moments().values())
@@ -244,11 +264,11 @@ def test_reset_optimizer_forgets_moments(tmp_path: Path, digits: Dataset) -> Non
     assert all(np.array_equal(t.get_weights()[k], w[k]) for k in w)
 
 
-def test_spectral_cnn_learns_the_background_and_flags_targets(tmp_path: Path) -> None:
+def test_spectral_cnn_learns_the_background_and_flags_targets(backend: str, tmp_path: Path) -> None:
     from orbitfl.data import load_hyperspectral
 
     ds = load_hyperspectral(height=48, width=48, bands=64, target_fraction=0.02, seed=1)
-    t = OrtTrainer(build(tmp_path, "spectral-cnn"), learning_rate=3e-3)
+    t = open_trainer(build(tmp_path, "spectral-cnn", backend), learning_rate=3e-3)
     before = t.evaluate(ds.x_test, ds.y_test).loss
     t.train(ds.x_train, ds.y_train, epochs=15, batch_size=64)
     after = t.evaluate(ds.x_test, ds.y_test)
@@ -260,8 +280,8 @@ def test_spectral_cnn_learns_the_background_and_flags_targets(tmp_path: Path) ->
     assert np.median(err[labels > 0]) > 2 * np.median(err[labels == 0])
 
 
-def test_frozen_parameters_can_be_set_and_are_used(tmp_path: Path) -> None:
-    t = OrtTrainer(build(tmp_path, "mlp", trainable=["fc2"]))
+def test_frozen_parameters_can_be_set_and_are_used(backend: str, tmp_path: Path) -> None:
+    t = open_trainer(build(tmp_path, "mlp", backend, trainable=["fc2"]))
     assert t.trainable_names == ["fc2.weight", "fc2.bias"]
     x = np.random.default_rng(0).random((4, 64), dtype=np.float32)
     t.set_weights({"fc1.weight": np.zeros((128, 64), np.float32), "fc1.bias": np.zeros(128, np.float32)})
@@ -271,11 +291,11 @@ def test_frozen_parameters_can_be_set_and_are_used(tmp_path: Path) -> None:
 
 
 def test_cli_train_reports_accuracy_and_refuses_mismatched_data(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from orbitfl.cli import main
 
-    art = build(tmp_path / "art", "mlp")
+    art = build(tmp_path / "art", "mlp", backend)
     assert (
         main(
             ["model", "train", str(art), "--epochs", "5", "--json", "--save-weights", str(tmp_path / "w.npz")]
@@ -292,10 +312,12 @@ def test_cli_train_reports_accuracy_and_refuses_mismatched_data(
     assert "no manifest.json" in capsys.readouterr().err
 
 
-def test_stop_on_the_last_batch_of_an_epoch_ends_the_call_there(tmp_path: Path, digits: Dataset) -> None:
-    art = build(tmp_path / "art", "mlp")
+def test_stop_on_the_last_batch_of_an_epoch_ends_the_call_there(
+    backend: str, tmp_path: Path, digits: Dataset
+) -> None:
+    art = build(tmp_path / "art", "mlp", backend)
     per_epoch = -(-len(digits.x_train) // 32)
-    first = OrtTrainer(art).train(
+    first = open_trainer(art).train(
         digits.x_train,
         digits.y_train,
         epochs=3,
@@ -303,7 +325,7 @@ def test_stop_on_the_last_batch_of_an_epoch_ends_the_call_there(tmp_path: Path, 
         on_batch=lambda e, b: b == per_epoch,
     )
     assert first.batches == per_epoch and len(first.history) == 1
-    rest = OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=3, checkpoint_dir=tmp_path / "ck")
+    rest = open_trainer(art).train(digits.x_train, digits.y_train, epochs=3, checkpoint_dir=tmp_path / "ck")
     assert rest.resumed_from == (1, 0) and rest.batches == 2 * per_epoch and len(rest.history) == 3
-    capped = OrtTrainer(art).train(digits.x_train, digits.y_train, epochs=3, max_batches=per_epoch + 4)
+    capped = open_trainer(art).train(digits.x_train, digits.y_train, epochs=3, max_batches=per_epoch + 4)
     assert capped.batches == per_epoch + 4 and capped.epochs == pytest.approx(1 + 4 / per_epoch)

@@ -8,13 +8,7 @@ import sys
 
 import pytest
 
-from orbitfl.ort_import import OrtUnavailableError, training_api
-from orbitfl.training_bench import torch_available
-
-try:
-    training_api()
-except OrtUnavailableError as exc:
-    pytest.skip(str(exc), allow_module_level=True)
+from orbitfl.training_bench import ortt_python, torch_available
 
 
 @pytest.mark.integration
@@ -39,14 +33,25 @@ def test_bench_rows_side_by_side() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    assert [(r["model"], r["backend"]) for r in rows] == [("mlp", "onnxruntime"), ("mlp", "pytorch")]
-    ort = rows[0]
-    assert {"model", "backend", "sec_per_epoch", "peak_rss_mib", "accuracy"} <= set(ort)
-    assert ort["sec_per_epoch"] > 0 and 10 < ort["peak_rss_mib"] < 4096 and 0.5 < ort["accuracy"] <= 1
-    if torch_available():
-        assert rows[1]["peak_rss_mib"] > 0 and 0.5 < rows[1]["accuracy"] <= 1
-    else:
-        assert rows[1]["sec_per_epoch"] is None and "not installed" in rows[1]["skipped"]
+    assert [(r["model"], r["backend"]) for r in rows] == [
+        ("mlp", "onnxruntime"),
+        ("mlp", "onnxruntime-training"),
+        ("mlp", "pytorch"),
+    ]
+    for r in rows:
+        assert {"model", "backend", "sec_per_epoch", "cpu_sec_per_epoch", "peak_rss_mib", "accuracy"} <= set(
+            r
+        )
+        if r["sec_per_epoch"] is None:
+            assert r["skipped"], r
+            continue
+        assert r["sec_per_epoch"] > 0 and r["cpu_sec_per_epoch"] > 0, r
+        assert 10 < r["peak_rss_mib"] < 4096 and 0.5 < r["accuracy"] <= 1, r
+    by = {r["backend"]: r for r in rows}
+    assert (by["onnxruntime-training"]["sec_per_epoch"] is None) == (ortt_python() is None)
+    assert (by["pytorch"]["sec_per_epoch"] is None) == (not torch_available())
+    if not torch_available():
+        assert "not installed" in by["pytorch"]["skipped"]
 
 
 def test_bench_refuses_unknown_models() -> None:

@@ -1,4 +1,5 @@
-"""Real processes: training survives SIGKILL mid-epoch; no path of orbitfl imports torch."""
+"""The old backend (OrtTrainer) in real processes: training survives SIGKILL mid-epoch; no path of
+orbitfl imports torch. GraphTrainer's own process tests are in test_graph_trainer.py."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def progress(path: Path) -> tuple[int, int] | None:
 @pytest.mark.integration
 def test_training_survives_kill_9_mid_epoch_and_resumes(tmp_path: Path) -> None:
     art = tmp_path / "art"
-    artifacts.build_artifacts(zoo.build("lenet-s"), art)
+    artifacts.build_artifacts(zoo.build("lenet-s"), art, backend="onnxruntime-training")
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     ck = tmp_path / "ck"
@@ -145,8 +146,9 @@ TORCH_FREE = BLOCKER + textwrap.dedent(
     from orbitfl.data import load_digits
 
     out = sys.argv[1]
-    assert main(["model", "build", "mlp", "--out", out + "/mlp"]) == 0
-    assert main(["model", "build", "moe", "--out", out + "/moe", "--trainable", "expert.0"]) == 0
+    old = ["--backend", "onnxruntime-training"]
+    assert main(["model", "build", "mlp", "--out", out + "/mlp", *old]) == 0
+    assert main(["model", "build", "moe", "--out", out + "/moe", "--trainable", "expert.0", *old]) == 0
     from orbitfl.agent.ort_trainer import OrtTrainer
     d = load_digits()
     t = OrtTrainer(out + "/mlp")

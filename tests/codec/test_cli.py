@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +24,13 @@ KEYS = {
 }
 
 
+# This interpreter, or under emulated aarch64 the emulated one (tools/cross/aarch64.py sets it).
+CHILD_PYTHON = shlex.split(os.environ.get("ORBITFL_CHILD_PYTHON", "")) or [sys.executable]
+
+
 def orbitfl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orbitfl.cli", *args], capture_output=True, text=True, timeout=300, check=False
+        [*CHILD_PYTHON, "-m", "orbitfl.cli", *args], capture_output=True, text=True, timeout=300, check=False
     )
 
 

@@ -123,8 +123,75 @@ def test_kernel_outputs_bit_identical_on_x86_64_and_aarch64(built: Path, backend
     assert not differ, {k: (native.get(k), emulated.get(k)) for k in differ}
 
 
+def test_the_emulated_wheel_set_has_what_the_agent_extra_promises_a_board() -> None:
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["agent"]
+    wanted = {cross._name(r) for r in extra if "python_version < '3.11'" not in r}
+    have = {cross._name(r) for r in cross.requirements()}
+    assert wanted <= have, f"the emulated run lacks {wanted - have}"
+    assert not {"onnx", "scikit-learn", "torch", "onnxruntime-training"} & have
+
+
 def test_comparison_reports_every_difference() -> None:
     a = {"x": "1", "y": "2", "only-here": "3"}
     b = {"x": "1", "y": "different", "only-there": "4"}
     assert cross.compare_digests(a, b) == ["only-here", "only-there", "y"]
     assert cross.compare_digests(a, dict(a)) == []
+
+
+def _load_integration() -> ModuleType:
+    """tests/integration/conftest.py's Cluster and board_inputs: the same configs, keys and
+    processes as the native integration tests (loaded by path: tests/ is not a package)."""
+    path = ROOT / "tests" / "integration" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("orbitfl_tests_integration_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _portable_trainer() -> str | None:
+    from orbitfl.agent import backends
+
+    if "onnxruntime" not in backends.BACKENDS:
+        return "this orbitfl has no trainer on stock onnxruntime (the only one with an aarch64 wheel)"
+    return None
+
+
+@needs_cross
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_the_real_agent_under_emulated_aarch64_federates_with_an_x86_64_ground(
+    built: Path, tmp_path: Path
+) -> None:
+    """Hardware in the loop without the hardware: `orbitfl agent run` on aarch64 CPython under
+    qemu (stock onnxruntime, the cross-built _core, its SQLite outbox, CurveZMQ) against the host's
+    `orbitfl ground serve`; the board gets its artifacts and data from the host, never onnx."""
+    why = _portable_trainer()
+    if why:
+        pytest.skip(why)
+    it = _load_integration()
+    cluster = it.Cluster(tmp_path)
+    try:
+        art, (part,) = it.board_inputs(tmp_path, 1)
+        cluster.ground_config(rounds=3, min_updates=1, eval_dataset="digits", retransmit_s=30.0)
+        # Emulation is ~10x slower: heartbeats must not declare the link dead while it imports.
+        link = {"heartbeat_s": 1.0, "liveness": 10}
+        cluster.agent_config("pi-0", 0, 1, artifacts=art, data_file=part, link=link)
+        cluster.start_ground()
+        emulated = [*cross.qemu(cross.rootfs()), str(cross.target_python())]
+        cluster.start_agent("pi-0", python=emulated, env=cross.emulated_env())
+        cluster.wait("3 rounds", lambda: len(cluster.rounds()) >= 3, timeout_s=600)
+    finally:
+        codes = cluster.stop()
+    rounds = cluster.rounds()[:3]
+    log = cluster.log("pi-0")
+    assert [r["round"] for r in rounds] == [1, 2, 3] and all(r["updates"] == 1 for r in rounds), rounds
+    accuracy = [r["accuracy"] for r in rounds]
+    assert accuracy[2] > accuracy[0] and accuracy[2] > 0.5, (accuracy, log[-3000:])
+    assert codes["pi-0"] == 0 and codes["ground"] == 0, (codes, log[-3000:])
+    assert "agent pi-0 (aarch64, Python 3." in log and "CurveZMQ" in log, log[-3000:]
+    assert "trained" in log and "onnx is not installed here" in log, log[-3000:]
+    assert (tmp_path / "pi-0" / "outbox.sqlite").exists()
+    assert not (tmp_path / "pi-0" / "artifacts").exists(), "the board built artifacts itself"

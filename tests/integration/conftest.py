@@ -77,9 +77,15 @@ class Cluster:
         endpoint: str | None = None,
         pace_s: float = 0.0,
         link: dict[str, Any] | None = None,
+        artifacts: Path | None = None,
+        data_file: Path | None = None,
     ) -> Path:
+        """``artifacts`` (built ahead) and ``data_file`` (a partition file) are what a board gets
+        from the host instead of building or loading them itself."""
         self.key(name)
         p = self.root / f"{name}.toml"
+        board_agent = {"artifacts": str(artifacts)} if artifacts else {}
+        board_data = {"file": str(data_file)} if data_file else {}
         p.write_text(
             _toml(
                 {
@@ -90,8 +96,9 @@ class Cluster:
                         "secret_key": str(self.keys / f"{name}.key_secret"),
                         "ground_key": str(self.keys / "ground.key"),
                         "retransmit_s": 2.0,
+                        **board_agent,
                     },
-                    "data": {"partition": partition, "num_partitions": partitions, "seed": 0},
+                    "data": {"partition": partition, "num_partitions": partitions, "seed": 0, **board_data},
                     "train": {"pace_s": pace_s},
                     "link": {**LINK, **(link or {})},
                 }
@@ -99,20 +106,27 @@ class Cluster:
         )
         return p
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        python: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``orbitfl ARGS`` as a child process; ``python`` replaces this interpreter (e.g. an
+        emulated one), ``env`` the inherited environment."""
         old = self.procs.get(name)
         assert old is None or old.poll() is not None, f"{name} is still running"
         if name in self.logs:
             self.logs[name].close()
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed at teardown
         self.logs[name] = log
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         p = subprocess.Popen(
-            [*self.prefix.get(name, []), sys.executable, "-m", "orbitfl.cli", *args],
+            [*self.prefix.get(name, []), *(python or [sys.executable]), "-m", "orbitfl.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
         )
         self.procs[name] = p
         return p
@@ -120,8 +134,11 @@ class Cluster:
     def start_ground(self) -> subprocess.Popen[bytes]:
         return self.start("ground", "ground", "serve", "--config", str(self.root / "ground.toml"))
 
-    def start_agent(self, name: str) -> subprocess.Popen[bytes]:
-        return self.start(name, "agent", "run", "--config", str(self.root / f"{name}.toml"))
+    def start_agent(
+        self, name: str, *, python: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        cfg = str(self.root / f"{name}.toml")
+        return self.start(name, "agent", "run", "--config", cfg, python=python, env=env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         p = self.procs[name]
@@ -177,6 +194,27 @@ class Cluster:
         for f in self.logs.values():
             f.close()
         return codes
+
+
+def board_inputs(
+    root: Path, partitions: int, *, model: str = "mlp", seed: int = 0
+) -> tuple[Path, list[Path]]:
+    """What the host hands a board: training artifacts built ahead (onnx runs here, not there) and
+    each agent's share of the digits as a partition file (scikit-learn runs here, not there) —
+    the very shares the agents would otherwise compute from the same [data] settings."""
+    from orbitfl.agent.daemon import load_partition
+    from orbitfl.data.partition_file import write_partition
+    from orbitfl.models.artifacts import build_artifacts
+    from orbitfl.models.zoo import build
+    from orbitfl.runtime.config import DataSection
+
+    art = root / "prebuilt" / model
+    build_artifacts(build(model), art)
+    files = []
+    for i in range(partitions):
+        x, y = load_partition(DataSection(partition=i, num_partitions=partitions, seed=seed))
+        files.append(write_partition(root / "prebuilt" / f"part-{i}.npz", x, y))
+    return art, files
 
 
 @pytest.fixture

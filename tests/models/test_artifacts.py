@@ -1,4 +1,5 @@
-"""ORT training artifacts and `orbitfl model build`: files, manifest, trainable sets, refusals."""
+"""ORT training artifacts (backend "onnxruntime-training") and `orbitfl model build --backend
+onnxruntime-training`: files, manifest, trainable sets, refusals."""
 
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
     pytest.skip(str(exc), allow_module_level=True)
 
 import onnx
+
+if tuple(int(v) for v in onnx.__version__.split(".")[:2]) > (1, 17):
+    pytest.skip(f"ORT training artifacts need onnx <= 1.17, not {onnx.__version__}", allow_module_level=True)
+
 from orbitfl.models import artifacts, zoo
 from orbitfl.models.manifest import FILES, read_manifest
 
 from orbitfl.cli import main
+
+LEGACY = "onnxruntime-training"
 
 
 def graph_inputs(path: Path) -> list[str]:
@@ -28,7 +35,7 @@ def graph_inputs(path: Path) -> list[str]:
 @pytest.mark.parametrize("name", ["mlp", "lenet-s", "spectral-cnn", "moe"])
 def test_build_writes_every_artifact(tmp_path: Path, name: str) -> None:
     spec = zoo.build(name)
-    manifest = artifacts.build_artifacts(spec, tmp_path / name)
+    manifest = artifacts.build_artifacts(spec, tmp_path / name, backend=LEGACY)
     for fname in [*FILES.values(), "manifest.json"]:
         assert (tmp_path / name / fname).stat().st_size > 0, fname
     assert read_manifest(tmp_path / name) == manifest
@@ -44,7 +51,9 @@ def test_build_writes_every_artifact(tmp_path: Path, name: str) -> None:
 
 def test_only_named_parameters_get_gradients(tmp_path: Path) -> None:
     spec = zoo.build("moe", experts=3)
-    manifest = artifacts.build_artifacts(spec, tmp_path, trainable=["expert.1"], optimizer="sgd")
+    manifest = artifacts.build_artifacts(
+        spec, tmp_path, trainable=["expert.1"], optimizer="sgd", backend=LEGACY
+    )
     assert manifest.trainable == spec.groups["expert.1"] and manifest.optimizer == "sgd"
     outputs = [o.name for o in onnx.load(str(tmp_path / FILES["training"])).graph.output]
     grads = sorted(o.split("_grad")[0] for o in outputs if "_grad" in o)
@@ -75,6 +84,8 @@ def test_cli_build_list_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixtu
                 "fc3",
                 "--optimizer",
                 "sgd",
+                "--backend",
+                LEGACY,
             ]
         )
         == 0
@@ -96,6 +107,14 @@ def test_cli_build_list_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_cli_builds_a_users_own_onnx_model(tmp_path: Path) -> None:
     own = tmp_path / "own.onnx"
     onnx.save(zoo.build("mlp", hidden=[32], seed=5).model, str(own))
-    assert main(["model", "build", str(own), "--out", str(tmp_path / "a"), "--trainable", "fc2.weight"]) == 0
+    assert (
+        main(
+            [
+                *["model", "build", str(own), "--out", str(tmp_path / "a")],
+                *["--trainable", "fc2.weight", "--backend", LEGACY],
+            ]
+        )
+        == 0
+    )
     m = read_manifest(tmp_path / "a")
     assert m.model == "own" and m.trainable == ["fc2.weight"] and m.parameters["fc1.weight"] == (32, 64)

@@ -63,6 +63,16 @@ def test_a_good_agent_config_loads(tmp_path: Path) -> None:
     assert cfg.agent.state_dir == Path("/var/lib/orbitfl-agent")
     assert cfg.data.partition == 1 and cfg.train.epochs == 2
     assert not cfg.agent.insecure
+    assert cfg.agent.artifacts is None and cfg.data.file is None  # built on the spot, data set loaded
+
+
+def test_prebuilt_artifacts_and_a_partition_file_are_paths_next_to_the_config(tmp_path: Path) -> None:
+    text = AGENT.replace('ground_key = "ground.key"', 'ground_key = "ground.key"\nartifacts = "art/mlp"')
+    cfg = load_agent(write(tmp_path, text.replace("[data]", '[data]\nfile = "data/part.npz"')))
+    assert cfg.agent.artifacts == tmp_path / "art" / "mlp"
+    assert cfg.data.file == tmp_path / "data" / "part.npz"
+    with pytest.raises(ConfigError, match=r"data\.file: must be a non-empty path"):
+        load_agent(write(tmp_path, AGENT.replace("[data]", '[data]\nfile = ""')))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
     orbitfl model list
     orbitfl model build NAME|FILE.onnx --out DIR [--optimizer adamw|sgd] [--trainable NAME ...]
+                        [--backend onnxruntime|onnxruntime-training]
                         [--input 8x8|28x28|N] [--loss ce|mse] [--hidden N[,N]] [--classes N]
                         [--experts N] [--seed N]
     orbitfl model train DIR [--data digits|mnist1d|mnist|hyperspectral] [--epochs N] [--lr X]
@@ -47,10 +48,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("build", help="write the inference model and ORT training artifacts")
+    p = sub.add_parser("build", help="write the inference model and the training graphs")
     p.add_argument("name", help="a zoo model (see `orbitfl model list`) or the path of your own .onnx file")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "onnxruntime-training"],
+        help="onnxruntime (default): standard-op graphs for stock ONNX Runtime >= 1.20; "
+        "onnxruntime-training: ORT training artifacts (onnxruntime-training 1.19.2, onnx <= 1.17)",
+    )
     p.add_argument(
         "--trainable",
         nargs="+",
@@ -142,13 +150,19 @@ def cmd_build(args: argparse.Namespace) -> int:
                 return _fail("--task applies to your own .onnx models only")
             spec = artifacts.resolve_model(args.name, **options)
         manifest = artifacts.build_artifacts(
-            spec, args.out, optimizer=args.optimizer, trainable=args.trainable, loss=args.loss
+            spec,
+            args.out,
+            optimizer=args.optimizer,
+            trainable=args.trainable,
+            loss=args.loss,
+            backend=args.backend,
         )
     except (ValueError, ImportError) as exc:
         return _fail(str(exc))
     frozen = len(manifest.parameters) - len(manifest.trainable)
     print(
-        f"built {manifest.model} ({manifest.task}, loss {manifest.loss}, optimizer {manifest.optimizer}) in "
+        f"built {manifest.model} ({manifest.task}, loss {manifest.loss}, optimizer {manifest.optimizer}, "
+        f"backend {manifest.backend}) in "
         f"{args.out}: {len(manifest.trainable)} trainable, {frozen} frozen parameters"
     )
     return 0

@@ -130,6 +130,9 @@ class AgentSection:
     # Bytes one encoded update may take (what a contact window carries for FL): adaptive recipes
     # (alq) size each update to it, fixed ones over it are refused. Unset: no budget.
     uplink_budget_bytes: int | None = field(default=None, metadata=_m(_at_least(256)))
+    # Training artifacts built ahead on the host (`orbitfl model build`): the agent opens these and
+    # never builds any itself, so a board needs no onnx. Unset: built once into state_dir.
+    artifacts: Path | None = field(default=None, metadata=_m(path=True))
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,9 @@ class DataSection:
     num_partitions: int = field(default=1, metadata=_m(_at_least(1)))
     alpha: float = field(default=0.5, metadata=_m(_positive))  # Dirichlet concentration (non-IID)
     seed: int = field(default=0, metadata=_m())
+    # This agent's partition as an .npz the host wrote (orbitfl.data.partition_file): when set,
+    # the agent loads no data set (no scikit-learn on a board) and the keys above are not used.
+    file: Path | None = field(default=None, metadata=_m(path=True))
 
 
 @dataclass(frozen=True)
