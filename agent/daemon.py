@@ -34,7 +34,7 @@ from orbitfl.codec.inputs import recipe_needs
 from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
 from orbitfl.data.partition_file import PartitionFileError, read_partition, write_partition
-from orbitfl.models.manifest import Manifest, read_manifest
+from orbitfl.models.manifest import Manifest, model_name, read_manifest
 from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent
 from orbitfl.runtime.events import (
     GROUND,
@@ -77,7 +77,9 @@ class Board:
 
     def __init__(self, cfg: AgentSettings) -> None:
         t = cfg.train
-        art = cfg.agent.artifacts or cfg.agent.state_dir / "artifacts" / f"{t.model}-{t.optimizer}"
+        art = (
+            cfg.agent.artifacts or cfg.agent.state_dir / "artifacts" / f"{model_name(t.model)}-{t.optimizer}"
+        )
         manifest = self._manifest(cfg, art)
         x, y = load_partition(cfg.data)
         if int(np.prod(x.shape[1:])) != int(np.prod(manifest.input_shape)):
@@ -101,10 +103,10 @@ class Board:
                 raise ConfigError(f"agent.artifacts: {exc}") from None
             # Deferred on purpose: building needs onnx, the host's job, not a board's.
             from orbitfl.models.artifacts import build_artifacts
-            from orbitfl.models.zoo import build
+            from orbitfl.models.zoo import resolve
 
-            return build_artifacts(build(cfg.train.model), art, optimizer=cfg.train.optimizer)
-        if cfg.agent.artifacts is not None and manifest.model != cfg.train.model:
+            return build_artifacts(resolve(cfg.train.model), art, optimizer=cfg.train.optimizer)
+        if cfg.agent.artifacts is not None and manifest.model != model_name(cfg.train.model):
             raise ConfigError(
                 f"agent.artifacts: {art} holds model {manifest.model!r}, but train.model is "
                 f"{cfg.train.model!r} (the ground's federation.model)"
@@ -141,9 +143,9 @@ class Board:
             log.info("model v%d installed as %s (onnx is not installed here)", model.version, "model.npz")
             return
         # Deferred on purpose: the zoo needs onnx, which a board usually does not have.
-        from orbitfl.models.zoo import build, write_inference_model
+        from orbitfl.models.zoo import resolve, write_inference_model
 
-        spec = build(self.cfg.model)
+        spec = resolve(self.cfg.model)
         write_inference_model(spec, self.dir / "model.onnx", model.weights)
         if not self.inference.export_tflite:
             return

@@ -44,7 +44,7 @@ ROUNDS_FILE = "rounds.jsonl"
 
 
 def initial_weights(model: str, seed: int) -> dict[str, npt.NDArray[Any]]:
-    return zoo.get_weights(zoo.build(model, seed=seed).model)
+    return zoo.get_weights(zoo.resolve(model, seed=seed).model)
 
 
 def _where(cfg: GroundSettings) -> str:
@@ -83,7 +83,7 @@ class Evaluator:
 
     def __init__(self, model: str, seed: int, dataset: str, data_seed: int) -> None:
         self._ort = onnxruntime()
-        self.spec = zoo.build(model, seed=seed)
+        self.spec = zoo.resolve(model, seed=seed)
         data = load(dataset, seed=data_seed)
         self.x = np.ascontiguousarray(
             data.x_test.reshape((len(data.x_test), *self.spec.input_shape)), dtype=np.float32

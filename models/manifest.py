@@ -146,3 +146,13 @@ def check_weights(
         missing = [n for n in expected if n not in weights]
         if missing:
             raise ValueError(f"missing parameters: {', '.join(missing)}")
+
+
+def is_model_path(name_or_path: str) -> bool:
+    """Whether a ``model`` setting names the user's own ONNX file rather than a zoo model."""
+    return name_or_path.endswith(".onnx") or "/" in name_or_path
+
+
+def model_name(name_or_path: str) -> str:
+    """The name a manifest records for a ``model`` setting: the zoo name, or the file's stem."""
+    return Path(name_or_path).stem if is_model_path(name_or_path) else name_or_path

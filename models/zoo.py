@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from orbitfl.models.manifest import check_weights
+from orbitfl.models.manifest import check_weights, is_model_path
 
 # Opset 17 and IR 8: what onnxruntime-training 1.19 builds gradients for and what older and newer
 # runtimes (stock ONNX Runtime on ARM boards) all load.
@@ -376,6 +376,14 @@ def build(name: str, **options: Any) -> ModelSpec:
         return builder(**given)
     except TypeError as exc:  # an option this model does not take
         raise ValueError(f"model {name!r}: {exc}") from None
+
+
+def resolve(name_or_path: str, *, seed: int = 0) -> ModelSpec:
+    """A zoo model by name (initial weights seeded by ``seed``), or the user's own ``.onnx`` file
+    (its own initial weights): what a daemon's ``model`` setting names."""
+    if is_model_path(name_or_path):
+        return load_user_model(name_or_path)
+    return build(name_or_path, seed=seed)
 
 
 # --- user models --------------------------------------------------------------------------------

@@ -71,6 +71,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="alternate the backends' processes N times")
+    p.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="skip the agent-daemon row (peak RSS of a real agent over one lenet-s 28x28 round)",
+    )
     p.set_defaults(func=cmd_training)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
 
@@ -222,11 +227,128 @@ def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 
     return rows
 
 
+AGENT_TARGET_RSS_MIB = 100.0
+AGENT_SAMPLES = 512  # a board-sized share of the data
+
+
+def _vm_hwm_mib(pid: int) -> float | None:
+    """Peak resident memory of a live process (VmHWM of /proc/PID/status), MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def agent_daemon_row(seed: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Peak RSS of the real agent daemon over one federated round of lenet-s 28x28.
+
+    A real ``orbitfl ground serve`` and ``orbitfl agent run`` (separate processes, CurveZMQ on
+    127.0.0.1) federate one round: the agent trains an epoch, encodes its update with the demo's
+    default recipe and sends it. The agent runs as a board does: artifacts and its share of the data
+    built here beforehand (so it imports neither onnx nor scikit-learn). Its VmHWM is read once the
+    ground has closed the round, before the agent is stopped."""
+    from orbitfl.apps.demo import DEFAULT_RECIPE, free_port
+    from orbitfl.data import load_digits
+    from orbitfl.data.partition_file import write_partition
+    from orbitfl.models import zoo
+    from orbitfl.models.artifacts import build_artifacts
+    from orbitfl.runtime.keys import new_keypair
+
+    row: dict[str, Any] = {"model": "lenet-s-28x28", "backend": "agent-daemon", "recipe": DEFAULT_RECIPE}
+    with tempfile.TemporaryDirectory(prefix="orbitfl-bench-agent-") as tmp:
+        work = Path(tmp)
+        model = work / "lenet-s-28x28.onnx"
+        zoo.write_inference_model(zoo.build("lenet-s", input="28x28", seed=seed), model)
+        build_artifacts(zoo.load_user_model(model), work / "artifacts")
+        ds = load_digits(seed=seed)
+        # Digits upsampled to 28x28 (3x nearest, zero border): the geometry of MNIST, offline.
+        x = ds.x_train[:AGENT_SAMPLES].reshape(-1, 8, 8).repeat(3, axis=1).repeat(3, axis=2)
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
+        part = write_partition(work / "part.npz", x, ds.y_train[:AGENT_SAMPLES])
+        keys, allowed = work / "keys", work / "allowed"
+        new_keypair("ground", keys)
+        new_keypair("agent", keys, allow_dir=allowed)
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        (work / "ground.toml").write_text(
+            f"[ground]\nbind = {json.dumps(endpoint)}\nstate_dir = {json.dumps(str(work / 'g'))}\n"
+            f"secret_key = {json.dumps(str(keys / 'ground.key_secret'))}\n"
+            f"allowed_keys = {json.dumps(str(allowed))}\n"
+            f"[federation]\nmodel = {json.dumps(str(model))}\nrounds = 1\nmin_updates = 1\n"
+            f"codec = {json.dumps(DEFAULT_RECIPE)}\n"
+        )
+        (work / "agent.toml").write_text(
+            f'[agent]\nname = "agent"\nground = {json.dumps(endpoint)}\n'
+            f"state_dir = {json.dumps(str(work / 'a'))}\n"
+            f"secret_key = {json.dumps(str(keys / 'agent.key_secret'))}\n"
+            f"ground_key = {json.dumps(str(keys / 'ground.key'))}\n"
+            f"artifacts = {json.dumps(str(work / 'artifacts'))}\n"
+            f"[data]\nfile = {json.dumps(str(part))}\n[train]\nmodel = {json.dumps(str(model))}\n"
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cli = [sys.executable, "-m", "orbitfl.cli"]
+        procs: list[subprocess.Popen[bytes]] = []
+        logs = {n: open(work / f"{n}.log", "wb") for n in ("ground", "agent")}  # noqa: SIM115
+        try:
+            procs.append(
+                subprocess.Popen(
+                    [*cli, "ground", "serve", "--config", str(work / "ground.toml")],
+                    stdout=logs["ground"],
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
+            agent = subprocess.Popen(
+                [*cli, "agent", "run", "--config", str(work / "agent.toml")],
+                stdout=logs["agent"],
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            procs.append(agent)
+            rounds = work / "g" / "rounds.jsonl"
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end and not (rounds.exists() and rounds.read_text().strip()):
+                if any(p.poll() is not None for p in procs):
+                    break
+                time.sleep(0.2)
+            closed = rounds.exists() and bool(rounds.read_text().strip())
+            peak = _vm_hwm_mib(agent.pid) if closed and agent.poll() is None else None
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            for f in logs.values():
+                f.close()
+        if peak is None:
+            tail = (work / "agent.log").read_text(errors="replace")[-1500:]
+            row.update(peak_rss_mib=None, skipped=f"the round did not close: agent log ends {tail!r}")
+            return row
+        row.update(peak_rss_mib=round(peak, 1), target_mib=AGENT_TARGET_RSS_MIB, samples=AGENT_SAMPLES)
+    return row
+
+
 def _summary(rows: list[dict[str, Any]]) -> list[str]:
     """Per model: the default backend's CPU time, wall time and peak RSS as ratios of the others'."""
     lines = []
     by = {(r["model"], r["backend"]): r for r in rows}
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for r in rows:
+        if r["backend"] == "agent-daemon":
+            if r.get("peak_rss_mib") is None:
+                lines.append(f"agent daemon, one {r['model']} round: not measured ({r.get('skipped')})")
+            else:
+                ok = "met" if r["peak_rss_mib"] <= AGENT_TARGET_RSS_MIB else "NOT met"
+                lines.append(
+                    f"agent daemon, one {r['model']} round (train, encode with {r['recipe']!r}, send): "
+                    f"peak RSS {r['peak_rss_mib']:.1f} MiB (target <= {AGENT_TARGET_RSS_MIB:.0f}: {ok})"
+                )
+    for model in dict.fromkeys(r["model"] for r in rows if r["backend"] != "agent-daemon"):
         o = by.get((model, "onnxruntime"))
         if not o or o.get("cpu_sec_per_epoch") is None:
             lines.append(f"{model}: no onnxruntime (GraphTrainer) figures to compare")
@@ -271,6 +393,8 @@ def cmd_training(args: argparse.Namespace) -> int:
         print("orbitfl bench: error: --epochs must be >= 2 and --threads >= 1", file=sys.stderr)
         return 2
     rows = run(models, args.epochs, args.threads, args.seed, max(1, args.repeats))
+    if not args.no_agent:
+        rows.append(agent_daemon_row(args.seed))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -283,6 +407,8 @@ def cmd_training(args: argparse.Namespace) -> int:
         f"{'accuracy':>9} {'import s':>9}"
     )
     for r in rows:
+        if r["backend"] == "agent-daemon":
+            continue
         if r.get("sec_per_epoch") is None:
             print(f"{r['model']:<9} {r['backend']:<21} {r['skipped']}")
             continue

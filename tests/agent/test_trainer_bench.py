@@ -37,7 +37,12 @@ def test_bench_rows_side_by_side() -> None:
         ("mlp", "onnxruntime"),
         ("mlp", "onnxruntime-training"),
         ("mlp", "pytorch"),
+        ("lenet-s-28x28", "agent-daemon"),
     ]
+    agent = rows.pop()
+    # The real agent daemon closed a lenet-s 28x28 round with a real ground, and its peak was read.
+    assert agent.get("skipped") is None, agent
+    assert 20 < agent["peak_rss_mib"] < 4096 and agent["target_mib"] == 100.0, agent
     for r in rows:
         assert {"model", "backend", "sec_per_epoch", "cpu_sec_per_epoch", "peak_rss_mib", "accuracy"} <= set(
             r
