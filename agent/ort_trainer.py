@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from orbitfl.agent.ort_checkpoint import read_optimizer_state
 from orbitfl.agent.train_loop import CHECKPOINT_NAME, StepTrainer, check_learning_rate
 from orbitfl.agent.trainer import CheckpointError
 from orbitfl.models.manifest import FILES, Manifest, check_weights, read_manifest
-
 from orbitfl.ort_import import onnxruntime, training_api
 
 __all__ = ["CHECKPOINT_NAME", "DEFAULT_LR", "OrtTrainer"]

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from orbitfl.models import autodiff, zoo
 from orbitfl.models.manifest import (
     BACKENDS,
@@ -38,7 +39,6 @@ from orbitfl.models.manifest import (
     Manifest,
     files_for,
 )
-
 from orbitfl.ort_import import OrtUnavailableError
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from orbitfl.models.manifest import check_weights, is_model_path
 
 # Opset 17 and IR 8: what onnxruntime-training 1.19 builds gradients for and what older and newer

@@ -41,9 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("models", ("orbitfl.models",)),
     ("sides", ("orbitfl.agent", "orbitfl.ground")),
-    # training_bench is an app; it stays at the top of src/orbitfl until its test (owned by the
-    # trainer work) moves with it.
-    ("apps", ("orbitfl.apps", "orbitfl.training_bench")),
+    ("apps", ("orbitfl.apps",)),
     ("entry", ("orbitfl.cli",)),
 ]
 SIBLINGS = [("orbitfl.agent", "orbitfl.ground")]

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("orbitfl.agent.daemon", "the agent daemon that runs on a board"),
     "demo": ("orbitfl.apps.demo", "a ground and N agents as local processes: accuracy against bytes"),
     "model": ("orbitfl.apps.model", "model zoo: build ONNX Runtime training artifacts, train, export"),
-    "bench": ("orbitfl.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
+    "bench": ("orbitfl.apps.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
     "simulate": ("orbitfl.apps.sim.cli", "a constellation federating on a virtual clock, in one process"),
     "experiment": ("orbitfl.apps.experiment.sweep", "sweep codec x strategy x data split on the simulator"),
 }

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from orbitfl.agent.backends import open_trainer
 from orbitfl.agent.trainer import CheckpointError, Trainer
-from orbitfl.models import artifacts, zoo
-
 from orbitfl.data import Dataset, load_digits
+from orbitfl.models import artifacts, zoo
 from orbitfl.ort_import import OrtUnavailableError, onnxruntime, training_api
 
 

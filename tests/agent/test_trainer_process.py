@@ -24,9 +24,8 @@ except OrtUnavailableError as exc:  # e.g. aarch64: no onnxruntime-training whee
 
 from orbitfl.agent.ort_trainer import CHECKPOINT_NAME, OrtTrainer
 from orbitfl.agent.trainer import CheckpointError, read_checkpoint_file
-from orbitfl.models import artifacts, zoo
-
 from orbitfl.data import load_digits
+from orbitfl.models import artifacts, zoo
 
 EPOCHS, SEED = 4, 5
 

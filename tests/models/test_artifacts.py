@@ -20,10 +20,9 @@ import onnx
 if tuple(int(v) for v in onnx.__version__.split(".")[:2]) > (1, 17):
     pytest.skip(f"ORT training artifacts need onnx <= 1.17, not {onnx.__version__}", allow_module_level=True)
 
+from orbitfl.cli import main
 from orbitfl.models import artifacts, zoo
 from orbitfl.models.manifest import FILES, read_manifest
-
-from orbitfl.cli import main
 
 LEGACY = "onnxruntime-training"
 

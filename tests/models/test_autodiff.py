@@ -19,10 +19,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from orbitfl.models import artifacts, autodiff, zoo
-from orbitfl.models.manifest import read_manifest
 
 from orbitfl.cli import main
+from orbitfl.models import artifacts, autodiff, zoo
+from orbitfl.models.manifest import read_manifest
 
 FD_EPS = 1e-6
 FD_TOL = 1e-6  # relative, float64 analytic vs central differences

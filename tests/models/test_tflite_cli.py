@@ -14,9 +14,8 @@ pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
 from orbitfl.agent.inference import OnboardModel  # noqa: E402
-from orbitfl.models import zoo  # noqa: E402
-
 from orbitfl.cli import main  # noqa: E402
+from orbitfl.models import zoo  # noqa: E402
 from orbitfl.ort_import import onnxruntime  # noqa: E402
 
 
@@ -33,8 +32,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orbitfl.cli", "model", "export-tflite", *args],
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "model", "export-tflite", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_export_float_and_int8_from_the_command_line(files: dict[str, Path]) -> None:
@@ -42,8 +46,17 @@ def test_export_float_and_int8_from_the_command_line(files: dict[str, Path]) -> 
     f32 = cli("--onnx", str(files["onnx"]), "--weights", str(files["weights"]), "--out", str(d / "f.tflite"))
     assert f32.returncode == 0, f32.stderr
     assert "float32" in f32.stdout
-    i8 = cli("--onnx", str(files["onnx"]), "--weights", str(files["weights"]), "--out", str(d / "q.tflite"),
-             "--int8", "--calibration-data", "digits")
+    i8 = cli(
+        "--onnx",
+        str(files["onnx"]),
+        "--weights",
+        str(files["weights"]),
+        "--out",
+        str(d / "q.tflite"),
+        "--int8",
+        "--calibration-data",
+        "digits",
+    )
     assert i8.returncode == 0, i8.stderr
     assert "int8 (per-channel weights)" in i8.stdout
 
@@ -57,8 +70,22 @@ def test_export_float_and_int8_from_the_command_line(files: dict[str, Path]) -> 
 
 def test_per_tensor_with_calibration_file(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = files["dir"] / "qt.tflite"
-    rc = main(["model", "export-tflite", "--onnx", str(files["onnx"]), "--out", str(out), "--int8",
-               "--per-tensor", "--calibration-data", str(files["calib"]), "--weight-quantizer", "maxabs"])
+    rc = main(
+        [
+            "model",
+            "export-tflite",
+            "--onnx",
+            str(files["onnx"]),
+            "--out",
+            str(out),
+            "--int8",
+            "--per-tensor",
+            "--calibration-data",
+            str(files["calib"]),
+            "--weight-quantizer",
+            "maxabs",
+        ]
+    )
     assert rc == 0 and "per-tensor" in capsys.readouterr().out
     assert OnboardModel(out).predict(np.zeros((3, 1, 8, 8), np.float32)).shape == (3, 10)
 
@@ -73,8 +100,9 @@ def test_per_tensor_with_calibration_file(files: dict[str, Path], capsys: pytest
         (["--weights", "missing.npz"], 1, "weights file not found"),
     ],
 )
-def test_bad_options_are_refused(files: dict[str, Path], capsys: pytest.CaptureFixture[str],
-                                 extra: list[str], code: int, message: str) -> None:
+def test_bad_options_are_refused(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], extra: list[str], code: int, message: str
+) -> None:
     out = files["dir"] / "x.tflite"
     rc = main(["model", "export-tflite", "--onnx", str(files["onnx"]), "--out", str(out), *extra])
     assert rc == code
@@ -91,15 +119,21 @@ def test_bad_inputs_are_named(
 
     assert "ONNX model not found" in run("--onnx", str(tmp_path / "nope.onnx"))
     np.savez(tmp_path / "bad.npz", **{"conv9.weight": np.zeros(3, np.float32)})
-    assert "'conv9.weight' is not a parameter" in run("--onnx", str(files["onnx"]), "--weights",
-                                                     str(tmp_path / "bad.npz"))
+    assert "'conv9.weight' is not a parameter" in run(
+        "--onnx", str(files["onnx"]), "--weights", str(tmp_path / "bad.npz")
+    )
     np.save(tmp_path / "c.npy", np.zeros((5, 63), np.float32))
     assert "do not fit the model input (N, 1, 8, 8)" in run(
-        "--onnx", str(files["onnx"]), "--int8", "--calibration-data", str(tmp_path / "c.npy"))
-    tanh = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Tanh", ["input"], ["output"], name="squash")], "g",
-        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 4])],
-        [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["N", 4])]))
+        "--onnx", str(files["onnx"]), "--int8", "--calibration-data", str(tmp_path / "c.npy")
+    )
+    tanh = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Tanh", ["input"], ["output"], name="squash")],
+            "g",
+            [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 4])],
+            [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["N", 4])],
+        )
+    )
     onnx.save(tanh, str(tmp_path / "tanh.onnx"))
     err = run("--onnx", str(tmp_path / "tanh.onnx"))
     assert "ONNX operator 'Tanh' (node 'squash') is not supported" in err

@@ -22,13 +22,13 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("sklearn")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
 from orbitfl.agent.backends import open_trainer  # noqa: E402
 from orbitfl.agent.inference import OnboardModel  # noqa: E402
-from orbitfl.models.artifacts import build_artifacts  # noqa: E402
 from orbitfl.models import zoo  # noqa: E402
+from orbitfl.models.artifacts import build_artifacts  # noqa: E402
 from orbitfl.models.tflite import UnsupportedOpError, build_graph, export_tflite  # noqa: E402
 from orbitfl.models.tflite.reference import evaluate  # noqa: E402
-
 from orbitfl.ort_import import onnxruntime  # noqa: E402
 
 FLOAT_TOL = 1e-5
@@ -65,8 +65,12 @@ def digits() -> dict[str, np.ndarray]:
     order = np.random.default_rng(0).permutation(len(x))
     test, train = order[:360], order[360:]
     xs = (x / 16.0).astype(np.float32)
-    return {"x_train": xs[train], "y_train": y[train].astype(np.int64),
-            "x_test": xs[test], "y_test": y[test].astype(np.int64)}
+    return {
+        "x_train": xs[train],
+        "y_train": y[train].astype(np.int64),
+        "x_test": xs[test],
+        "y_test": y[test].astype(np.int64),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +90,14 @@ def litert(path: Path, x: np.ndarray) -> np.ndarray:
 # --- float --------------------------------------------------------------------------------------
 
 ZOO_CASES = [
-    ("mlp", {}), ("mlp", {"input": "8x8"}), ("lenet-s", {}), ("lenet-s", {"input": "28x28"}),
-    ("spectral-cnn", {}), ("spectral-cnn", {"classes": 5}),
-    ("moe", {}), ("moe", {"input": "8x8", "experts": 2}),
+    ("mlp", {}),
+    ("mlp", {"input": "8x8"}),
+    ("lenet-s", {}),
+    ("lenet-s", {"input": "28x28"}),
+    ("spectral-cnn", {}),
+    ("spectral-cnn", {"classes": 5}),
+    ("moe", {}),
+    ("moe", {"input": "8x8", "experts": 2}),
 ]
 
 
@@ -121,7 +130,9 @@ def test_float_export_with_trained_weights_matches_onnxruntime(
 
 def _model(nodes: list[Any], inits: dict[str, np.ndarray], in_shape: list[Any], out_shape: list[Any]) -> Any:
     graph = helper.make_graph(
-        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
@@ -148,8 +159,14 @@ def test_float_export_of_1d_conv_odd_padding_matmul_add_softmax(tmp_path: Path) 
         helper.make_node("Add", ["mm", "fc.b"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
     ]
-    inits = {"c1.w": _rand(4, 3, 5), "c1.b": _rand(4), "c2.w": _rand(6, 4, 3), "chan_bias": _rand(6, 1),
-             "fc.w": _rand(6 * 8, 5), "fc.b": _rand(5)}
+    inits = {
+        "c1.w": _rand(4, 3, 5),
+        "c1.b": _rand(4),
+        "c2.w": _rand(6, 4, 3),
+        "chan_bias": _rand(6, 1),
+        "fc.w": _rand(6 * 8, 5),
+        "fc.b": _rand(5),
+    }
     model = _model(nodes, inits, ["N", 3, 32], ["N", 5])
     x = np.random.default_rng(2).normal(size=(7, 3, 32)).astype(np.float32)
     graph = build_graph(model)
@@ -170,12 +187,22 @@ def test_reshape_and_fixed_batch(tmp_path: Path) -> None:
         helper.make_node("Gemm", ["r", "fc", "fcb"], ["h"], transB=1, alpha=0.5, beta=2.0),
         helper.make_node("Reshape", ["h", "to3d"], ["y"]),
     ]
-    inits = {"w": _rand(2, 1, 3, 3), "b": _rand(2), "to2d": np.array([0, -1], np.int64),
-             "fc": _rand(6, 2 * 5 * 5), "fcb": _rand(6), "to3d": np.array([-1, 2, 3], np.int64)}
+    inits = {
+        "w": _rand(2, 1, 3, 3),
+        "b": _rand(2),
+        "to2d": np.array([0, -1], np.int64),
+        "fc": _rand(6, 2 * 5 * 5),
+        "fcb": _rand(6),
+        "to3d": np.array([-1, 2, 3], np.int64),
+    }
     x = np.random.default_rng(4).normal(size=(5, 1, 5, 5)).astype(np.float32)
     dynamic = _model(nodes, inits, ["N", 1, 5, 5], ["N", 2, 3])
-    np.testing.assert_allclose(litert(export_tflite(dynamic, tmp_path / "d.tflite"), x), ort_run(dynamic, x),
-                               rtol=FLOAT_TOL, atol=FLOAT_TOL)
+    np.testing.assert_allclose(
+        litert(export_tflite(dynamic, tmp_path / "d.tflite"), x),
+        ort_run(dynamic, x),
+        rtol=FLOAT_TOL,
+        atol=FLOAT_TOL,
+    )
     fixed = _model(nodes, inits, [1, 1, 5, 5], [1, 2, 3])  # batch 1: OnboardModel runs sample by sample
     path = export_tflite(fixed, tmp_path / "f.tflite")
     assert OnboardModel(path).inputs[0].shape == (1, 1, 5, 5)
@@ -188,9 +215,11 @@ def test_flatten_after_conv_keeps_onnx_channel_order(tmp_path: Path) -> None:
     w = np.zeros((3, 2, 1, 1), np.float32)
     w[0, 0] = w[1, 1] = w[2, 0] = 1.0
     fc = np.arange(3 * 4 * 5, dtype=np.float32).reshape(1, -1)  # a different weight per position
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
-             helper.make_node("Flatten", ["c"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
     model = _model(nodes, {"w": w, "fc": fc}, ["N", 2, 4, 5], ["N", 1])
     x = np.random.default_rng(3).normal(size=(4, 2, 4, 5)).astype(np.float32)
     path = export_tflite(model, tmp_path / "flat.tflite")
@@ -203,7 +232,10 @@ def test_flatten_after_conv_keeps_onnx_channel_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize("weight_quantizer", ["laq", "maxabs"])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
 def test_int8_accuracy_within_one_point_of_float_on_digits(
-    tmp_path: Path, trained: dict[str, Any], digits: dict[str, np.ndarray], per_channel: bool,
+    tmp_path: Path,
+    trained: dict[str, Any],
+    digits: dict[str, np.ndarray],
+    per_channel: bool,
     weight_quantizer: str,
 ) -> None:
     for name, (spec, weights) in trained.items():
@@ -211,8 +243,15 @@ def test_int8_accuracy_within_one_point_of_float_on_digits(
         x_test = digits["x_test"].reshape(-1, *shape)
         calib = digits["x_train"][:400].reshape(-1, *shape)
         f32 = export_tflite(spec.model, tmp_path / f"{name}.f32.tflite", weights=weights)
-        i8 = export_tflite(spec.model, tmp_path / f"{name}.i8.tflite", weights=weights, mode="int8",
-                           per_channel=per_channel, calibration=calib, weight_quantizer=weight_quantizer)
+        i8 = export_tflite(
+            spec.model,
+            tmp_path / f"{name}.i8.tflite",
+            weights=weights,
+            mode="int8",
+            per_channel=per_channel,
+            calibration=calib,
+            weight_quantizer=weight_quantizer,
+        )
         acc_f = float((litert(f32, x_test).argmax(1) == digits["y_test"]).mean())
         acc_q = float((litert(i8, x_test).argmax(1) == digits["y_test"]).mean())
         assert acc_f >= 0.93, f"{name}: float model undertrained ({acc_f:.3f})"
@@ -220,8 +259,9 @@ def test_int8_accuracy_within_one_point_of_float_on_digits(
         assert i8.stat().st_size < 0.5 * f32.stat().st_size
 
 
-def test_int8_model_is_integer_inside_with_tflite_scale_rules(tmp_path: Path, trained: dict[str, Any],
-                                                             digits: dict[str, np.ndarray]) -> None:
+def test_int8_model_is_integer_inside_with_tflite_scale_rules(
+    tmp_path: Path, trained: dict[str, Any], digits: dict[str, np.ndarray]
+) -> None:
     spec, weights = trained["lenet-s"]
     calib = digits["x_train"][:200].reshape(-1, *spec.input_shape)
     graph = build_graph(spec.model, weights=weights, mode="int8", calibration=calib)
@@ -246,9 +286,8 @@ def test_int8_weights_come_from_the_laq_kernel(
     trained: dict[str, Any], digits: dict[str, np.ndarray]
 ) -> None:
     """Codes and scales are orbitfl._core.laq_quantize's, and fit better than max|w|/127."""
-    from orbitfl.models.tflite.quantize import maxabs_quantizer, quantize_weights
-
     from orbitfl import _core
+    from orbitfl.models.tflite.quantize import maxabs_quantizer, quantize_weights
 
     spec, weights = trained["lenet-s"]
     calib = digits["x_train"][:100].reshape(-1, *spec.input_shape)
@@ -270,15 +309,21 @@ def test_int8_weights_come_from_the_laq_kernel(
 # --- the file itself ----------------------------------------------------------------------------
 
 
-def test_file_layout_follows_the_tflite_rules(tmp_path: Path, trained: dict[str, Any],
-                                              digits: dict[str, np.ndarray]) -> None:
+def test_file_layout_follows_the_tflite_rules(
+    tmp_path: Path, trained: dict[str, Any], digits: dict[str, np.ndarray]
+) -> None:
     import tflite
 
     spec, weights = trained["lenet-s"]
     calib = digits["x_train"][:100].reshape(-1, *spec.input_shape)
     for mode in ("float", "int8"):
-        path = export_tflite(spec.model, tmp_path / f"{mode}.tflite", weights=weights, mode=mode,
-                             calibration=calib if mode == "int8" else None)
+        path = export_tflite(
+            spec.model,
+            tmp_path / f"{mode}.tflite",
+            weights=weights,
+            mode=mode,
+            calibration=calib if mode == "int8" else None,
+        )
         raw = path.read_bytes()
         assert raw[4:8] == b"TFL3"
         m = tflite.Model.GetRootAsModel(raw, 0)
@@ -311,8 +356,10 @@ def test_export_is_deterministic_and_atomic(tmp_path: Path) -> None:
 
 
 def test_unsupported_operator_is_named(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
-             helper.make_node("Sigmoid", ["h"], ["y"], name="gate")]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
+        helper.make_node("Sigmoid", ["h"], ["y"], name="gate"),
+    ]
     model = _model(nodes, {"w": _rand(3, 4)}, ["N", 4], ["N", 3])
     with pytest.raises(UnsupportedOpError, match=r"'Sigmoid' \(node 'gate'\)"):
         export_tflite(model, tmp_path / "x.tflite")
@@ -320,12 +367,20 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
 
 
 def test_unsupported_attributes_are_named(tmp_path: Path) -> None:
-    grouped = _model([helper.make_node("Conv", ["x", "w"], ["y"], group=2, name="dw")],
-                     {"w": _rand(4, 1, 3, 3)}, ["N", 2, 8, 8], ["N", 4, 6, 6])
+    grouped = _model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], group=2, name="dw")],
+        {"w": _rand(4, 1, 3, 3)},
+        ["N", 2, 8, 8],
+        ["N", 4, 6, 6],
+    )
     with pytest.raises(UnsupportedOpError, match="Conv node 'dw': group=2"):
         export_tflite(grouped, tmp_path / "x.tflite")
-    pooled = _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 0, 0],
-                                      name="mp")], {}, ["N", 1, 8, 8], ["N", 1, 8, 8])
+    pooled = _model(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 0, 0], name="mp")],
+        {},
+        ["N", 1, 8, 8],
+        ["N", 1, 8, 8],
+    )
     with pytest.raises(UnsupportedOpError, match="MaxPool node 'mp'"):
         export_tflite(pooled, tmp_path / "x.tflite")
 
@@ -424,13 +479,24 @@ def test_tflite_runtime_in_numpy1_environment_matches(
             calib = digits["x_train"][:300].reshape(-1, *spec.input_shape)
         for mode in ("float", "int8"):
             key = f"{name}-{mode}"
-            path = export_tflite(spec.model, tmp_path / f"{key}.tflite", weights=weights or None, mode=mode,
-                                 calibration=calib if mode == "int8" else None)
+            path = export_tflite(
+                spec.model,
+                tmp_path / f"{key}.tflite",
+                weights=weights or None,
+                mode=mode,
+                calibration=calib if mode == "int8" else None,
+            )
             np.save(tmp_path / f"{key}.x.npy", x)
-            cases[key] = {"model": str(path), "x": str(tmp_path / f"{key}.x.npy"),
-                          "out": str(tmp_path / f"{key}.out.npy")}
-            expected[key] = (ort_run(zoo.with_weights(spec.model, weights) if weights else spec.model, x)
-                             if mode == "float" else litert(path, x))
+            cases[key] = {
+                "model": str(path),
+                "x": str(tmp_path / f"{key}.x.npy"),
+                "out": str(tmp_path / f"{key}.out.npy"),
+            }
+            expected[key] = (
+                ort_run(zoo.with_weights(spec.model, weights) if weights else spec.model, x)
+                if mode == "float"
+                else litert(path, x)
+            )
     raw = Path(cases["lenet-s-int8"]["model"]).read_bytes()
     damaged = tmp_path / "damaged.tflite"
     noise = np.random.default_rng(8).integers(0, 256, len(raw) - 8, dtype=np.uint8)
@@ -438,7 +504,10 @@ def test_tflite_runtime_in_numpy1_environment_matches(
     agent_dir = str(Path(inference.__file__).parent)
     proc = subprocess.run(
         [str(TFLITE_PYTHON), "-c", _SCRIPT, agent_dir, json.dumps(cases), str(damaged)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,7 +12,6 @@ onnx = pytest.importorskip("onnx")  # the zoo needs onnx (the `train` extra)
 if importlib.util.find_spec("onnxruntime") is None:
     pytest.skip("onnxruntime is not installed", allow_module_level=True)
 from orbitfl.models import zoo  # noqa: E402
-
 from orbitfl.ort_import import onnxruntime  # noqa: E402
 
 TFLITE_OPS = {"Gemm", "Relu", "Conv", "MaxPool", "Flatten", "Reshape", "Softmax", "Add", "MatMul"}

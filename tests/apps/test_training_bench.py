@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from orbitfl.training_bench import ortt_python, torch_available
+from orbitfl.apps.training_bench import ortt_python, torch_available
 
 
 @pytest.mark.integration

@@ -47,7 +47,7 @@ import numpy as np
 
 MODELS = ("mlp", "lenet-s")
 BACKENDS = ("onnxruntime", "onnxruntime-training", "pytorch")
-ORTT_PYTHON = Path(__file__).resolve().parents[2] / ".venv-ortt" / "bin" / "python"
+ORTT_PYTHON = Path(__file__).resolve().parents[3] / ".venv-ortt" / "bin" / "python"
 TARGET_SPEEDUP = 5.0
 TARGET_RSS_RATIO = 0.5
 LEARNING_RATE = 1e-3
@@ -142,7 +142,7 @@ def _run(cmd: list[str], threads: int, what: str) -> str:
 def _run_worker(
     backend: str, art: Path, data: Path, epochs: int, threads: int, seed: int, python: str = sys.executable
 ) -> dict[str, Any]:
-    cmd = [python, "-m", "orbitfl.training_bench", "--worker", backend]
+    cmd = [python, "-m", "orbitfl.apps.training_bench", "--worker", backend]
     cmd += [str(art), str(data), str(epochs), str(threads), str(seed)]
     out = _run(cmd, threads, f"{backend} worker")
     return dict(json.loads(out.strip().splitlines()[-1]))
@@ -177,7 +177,7 @@ def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 
                     [
                         str(ortt),
                         "-m",
-                        "orbitfl.training_bench",
+                        "orbitfl.apps.training_bench",
                         "--prepare-ortt",
                         str(ortt_art),
                         model,
