@@ -73,7 +73,7 @@ class AdamW:
         lr_c = lr * math.sqrt(1.0 - b2**n) / (1.0 - b1**n) if self.bias_correction else lr
         if not self.numpy:
             decay = 1.0 - lr * self.weight_decay if self.weight_decay > 0.0 else 1.0
-            _core.adamw_step(p, g, m, v, b1, b2, lr_c, self.eps, decay)
+            _core.adamw_step(p, g, m, v, b1, b2, 1.0 - b1, 1.0 - b2, lr_c, self.eps, decay)
             return
         m *= b1
         np.multiply(g, 1.0 - b1, out=t)

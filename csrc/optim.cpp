@@ -7,36 +7,36 @@ namespace orbitfl {
 namespace {
 
 #define ORBITFL_ADAMW_BODY                                         \
-  const float c1 = 1.0f - b1;                                      \
-  const float c2 = 1.0f - b2;                                      \
   for (std::size_t i = 0; i < n; ++i) {                            \
     const float gi = g[i];                                         \
     const float mi = b1 * m[i] + c1 * gi;                          \
     const float vi = b2 * v[i] + c2 * (gi * gi);                   \
     m[i] = mi;                                                     \
     v[i] = vi;                                                     \
-    const float pi = p[i] - lr_c * mi / (std::sqrt(vi) + eps);     \
+    const float pi = p[i] - mi / (std::sqrt(vi) + eps) * lr_c;     \
     p[i] = pi * decay;                                             \
   }
 
 using AdamFn = void (*)(float* __restrict, const float* __restrict, float* __restrict, float* __restrict,
-                        std::size_t, float, float, float, float, float);
+                        std::size_t, float, float, float, float, float, float, float);
 
 void adamw_generic(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
-                   std::size_t n, float b1, float b2, float lr_c, float eps, float decay) {
+                   std::size_t n, float b1, float b2, float c1, float c2, float lr_c, float eps, float decay) {
   ORBITFL_ADAMW_BODY
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx2"))) void adamw_avx2(float* __restrict p, const float* __restrict g,
                                                 float* __restrict m, float* __restrict v, std::size_t n,
-                                                float b1, float b2, float lr_c, float eps, float decay) {
+                                                float b1, float b2, float c1, float c2, float lr_c, float eps,
+                                                float decay) {
   ORBITFL_ADAMW_BODY
 }
 
 __attribute__((target("avx512f"))) void adamw_avx512(float* __restrict p, const float* __restrict g,
                                                      float* __restrict m, float* __restrict v, std::size_t n,
-                                                     float b1, float b2, float lr_c, float eps, float decay) {
+                                                     float b1, float b2, float c1, float c2, float lr_c, float eps,
+                                                float decay) {
   ORBITFL_ADAMW_BODY
 }
 #endif
@@ -62,9 +62,9 @@ const Choice& chosen() {
 
 }  // namespace
 
-void adamw_step(float* p, const float* g, float* m, float* v, std::size_t n, float b1, float b2, float lr_c,
-                float eps, float decay) {
-  chosen().fn(p, g, m, v, n, b1, b2, lr_c, eps, decay);
+void adamw_step(float* p, const float* g, float* m, float* v, std::size_t n, float b1, float b2, float c1,
+                float c2, float lr_c, float eps, float decay) {
+  chosen().fn(p, g, m, v, n, b1, b2, c1, c2, lr_c, eps, decay);
 }
 
 void sgd_step(float* __restrict p, const float* __restrict g, float* __restrict sq, std::size_t n, float lr,

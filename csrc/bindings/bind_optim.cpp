@@ -44,8 +44,8 @@ void same_size(const py::array& p, const py::array& b, const char* name) {
 void register_optim(py::module_& m) {
   m.def(
       "adamw_step",
-      [](py::object p_obj, py::object g_obj, py::object m_obj, py::object v_obj, float b1, float b2, float lr_c,
-         float eps, float decay) {
+      [](py::object p_obj, py::object g_obj, py::object m_obj, py::object v_obj, float b1, float b2, float c1,
+         float c2, float lr_c, float eps, float decay) {
         py::array p = fast_checked(p_obj, "p");
         py::array g = fast_checked(g_obj, "g");
         py::array mm = fast_checked(m_obj, "m");
@@ -57,9 +57,9 @@ void register_optim(py::module_& m) {
         float* mp = wptr(mm, "m");
         float* vp = wptr(v, "v");
         const float* gp = static_cast<const float*>(g.data());
-        adamw_step(pp, gp, mp, vp, static_cast<std::size_t>(p.size()), b1, b2, lr_c, eps, decay);
+        adamw_step(pp, gp, mp, vp, static_cast<std::size_t>(p.size()), b1, b2, c1, c2, lr_c, eps, decay);
       },
-      py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("b1"), py::arg("b2"), py::arg("lr_c"),
+      py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("b1"), py::arg("b2"), py::arg("c1"), py::arg("c2"), py::arg("lr_c"),
       py::arg("eps"), py::arg("decay"));
   m.def(
       "sgd_step",

@@ -196,9 +196,20 @@ def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
 # --- optimizer steps (orbitfl.agent.optim), in place over flat float32 arrays of one length ---------
 
 def adamw_step(
-    p: F32, g: F32, m: F32, v: F32, b1: float, b2: float, lr_c: float, eps: float, decay: float
+    p: F32,
+    g: F32,
+    m: F32,
+    v: F32,
+    b1: float,
+    b2: float,
+    c1: float,
+    c2: float,
+    lr_c: float,
+    eps: float,
+    decay: float,
 ) -> None:
-    """ORT training's AdamW (adam_mode 1): m, v updated; p -= lr_c m / (sqrt(v) + eps); p *= decay."""
+    """ORT training's AdamW (adam_mode 1): m = b1 m + c1 g, v = b2 v + c2 g^2;
+    p -= m / (sqrt(v) + eps) * lr_c; p *= decay."""
 
 def sgd_step(p: F32, g: F32, sq: F32, lr: float, beta: float) -> None:
     """p -= lr g; sq = beta sq + (1 - beta) g^2."""
