@@ -375,9 +375,11 @@ def main(argv: list[str]) -> int:
     cpp_tests(target)
     system_tools()
     cross_setup()
-    run([str(target.bin / "pytest"), "-q"])
+    # A failing suite does not hide the second interpreter's result (nor the other way round).
+    print(f"+ {target.bin / 'pytest'} -q", flush=True)
+    code = subprocess.run([str(target.bin / "pytest"), "-q"], cwd=ROOT).returncode
     second_python_demo(target)
-    return 0
+    return code
 
 
 if __name__ == "__main__":
