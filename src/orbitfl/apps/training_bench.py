@@ -97,6 +97,7 @@ def ortt_python() -> Path | None:
 def _graph_builder_ready() -> bool:
     import inspect
 
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.models import artifacts
 
     return "backend" in inspect.signature(artifacts.build_artifacts).parameters
@@ -104,6 +105,7 @@ def _graph_builder_ready() -> bool:
 
 def _prepare(workdir: Path, model: str, seed: int) -> Path:
     """The stock-ORT artifacts (and init.npz, the initial weights every worker starts from)."""
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.models import artifacts, zoo
 
     spec = zoo.build(model, seed=seed)
@@ -120,6 +122,7 @@ def _prepare_ortt(art: Path, model: str, seed: int) -> None:
     """Runs in .venv-ortt: onnxruntime-training's own artifacts for the same model and init."""
     import inspect
 
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.models import artifacts, zoo
 
     spec = zoo.build(model, seed=seed)
@@ -152,6 +155,7 @@ def run(models: list[str], epochs: int, threads: int, seed: int, repeats: int = 
     """One row per (model, backend). With ``repeats`` > 1 the backends' processes alternate
     (ORT, PyTorch, ORT, ...) so both meet the same background load; the row keeps the median of the
     runs' per-epoch medians, the fastest epoch seen and the highest peak RSS."""
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.data import load_digits
 
     rows: list[dict[str, Any]] = []
@@ -250,6 +254,7 @@ def agent_daemon_row(seed: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
     default recipe and sends it. The agent runs as a board does: artifacts and its share of the data
     built here beforehand (so it imports neither onnx nor scikit-learn). Its VmHWM is read once the
     ground has closed the round, before the agent is stopped."""
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.apps.demo import DEFAULT_RECIPE, free_port
     from orbitfl.data import load_digits
     from orbitfl.data.partition_file import write_partition
@@ -379,6 +384,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_training(args: argparse.Namespace) -> int:
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.models.zoo import MODEL_NAMES
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -461,10 +467,12 @@ def _worker_ort(
     art: Path, data: dict[str, np.ndarray], epochs: int, threads: int, seed: int, backend: str
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
+    # Deferred: this module is also the workers' entry point; each loads only what it measures.
     from orbitfl.agent.train_loop import StepTrainer
 
     trainer: StepTrainer
     if backend == "onnxruntime":
+        # Deferred: this module is also the workers' entry point; each loads only what it measures.
         from orbitfl.agent.graph_trainer import GraphTrainer
         from orbitfl.ort_import import onnxruntime
 
@@ -472,6 +480,7 @@ def _worker_ort(
         import_sec = time.perf_counter() - t0
         trainer = GraphTrainer(art, learning_rate=LEARNING_RATE, threads=threads)
     else:
+        # Deferred: this module is also the workers' entry point; each loads only what it measures.
         from orbitfl.agent.ort_trainer import OrtTrainer
         from orbitfl.ort_import import training_api
 
