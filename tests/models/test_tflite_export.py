@@ -1,7 +1,7 @@
 """The ONNX -> TFLite exporter, checked against ONNX Runtime and run in LiteRT.
 
 Float models must match ONNX Runtime to 1e-5; int8 models must keep digits test accuracy within
-one point of the float model. Weights are trained here with ONNX Runtime on-device training.
+one point of the float model. Weights are trained here on stock ONNX Runtime (GraphTrainer).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from orbitfl.models import zoo  # noqa: E402
 from orbitfl.models.tflite import UnsupportedOpError, build_graph, export_tflite  # noqa: E402
 from orbitfl.models.tflite.reference import evaluate  # noqa: E402
 
-from orbitfl.ort_import import onnxruntime, training_api, training_artifacts  # noqa: E402
+from orbitfl.ort_import import onnxruntime  # noqa: E402
 
 FLOAT_TOL = 1e-5
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,28 +47,15 @@ def ort_run(model: Any, x: np.ndarray) -> np.ndarray:
 def train_ort(
     spec: zoo.ModelSpec, x: np.ndarray, y: np.ndarray, epochs: int, lr: float
 ) -> dict[str, np.ndarray]:
-    """Weights after `epochs` of AdamW with ONNX Runtime on-device training (cross-entropy)."""
-    art, api = training_artifacts(), training_api()
-    names = spec.parameter_names
+    """Weights after `epochs` of AdamW on stock ONNX Runtime (the default trainer, cross-entropy)."""
+    from orbitfl.agent.backends import open_trainer
+    from orbitfl.models.artifacts import build_artifacts
+
     with tempfile.TemporaryDirectory() as d:
-        art.generate_artifacts(
-            spec.model, requires_grad=names, loss=art.LossType.CrossEntropyLoss,
-            optimizer=art.OptimType.AdamW, artifact_directory=d,
-        )
-        state = api.CheckpointState.load_checkpoint(f"{d}/checkpoint")
-        module = api.Module(f"{d}/training_model.onnx", state, f"{d}/eval_model.onnx")
-        opt = api.Optimizer(f"{d}/optimizer_model.onnx", module)
-        opt.set_learning_rate(lr)
-        module.train()
-        rng = np.random.default_rng(0)
-        for _ in range(epochs):
-            order = rng.permutation(len(x))
-            for i in range(0, len(x) - 31, 32):
-                idx = order[i : i + 32]
-                module(x[idx], y[idx])
-                opt.step()
-                module.lazy_reset_grad()
-        return {n: np.array(state.parameters[n].data, dtype=np.float32) for n in names}
+        build_artifacts(spec, d, optimizer="adamw")
+        trainer = open_trainer(d, learning_rate=lr)
+        trainer.train(x, y, epochs=epochs, batch_size=32, seed=0)
+        return trainer.get_weights()
 
 
 @pytest.fixture(scope="module")
