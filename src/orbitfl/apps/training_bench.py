@@ -48,7 +48,8 @@ import numpy as np
 MODELS = ("mlp", "lenet-s")
 BACKENDS = ("onnxruntime", "onnxruntime-training", "pytorch")
 ORTT_PYTHON = Path(__file__).resolve().parents[3] / ".venv-ortt" / "bin" / "python"
-TARGET_SPEEDUP = 5.0
+# How much faster than PyTorch CPU per epoch the default backend should be (issue 8).
+TARGET_SPEEDUP = {"mlp": 5.0, "lenet-s": 2.0}
 TARGET_RSS_RATIO = 0.5
 LEARNING_RATE = 1e-3
 # ONNX Runtime training's AdamW defaults (its artifacts' AdamWOptimizer), GraphTrainer's, and the twin's.
@@ -372,9 +373,10 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
                 f"{best:.2f}x), wall {wall:.2f}x, peak RSS {rss:.2f}x"
             )
             if other == "pytorch":
+                speedup = TARGET_SPEEDUP.get(model, 5.0)
                 line += (
-                    f" (targets: {1 / cpu:.1f}x faster >= {TARGET_SPEEDUP:.0f}x "
-                    f"{'met' if 1 / cpu >= TARGET_SPEEDUP else 'NOT met'}; RSS <= {TARGET_RSS_RATIO} "
+                    f" (targets: {1 / cpu:.1f}x faster >= {speedup:.0f}x "
+                    f"{'met' if 1 / cpu >= speedup else 'NOT met'}; RSS <= {TARGET_RSS_RATIO} "
                     f"{'met' if rss <= TARGET_RSS_RATIO else 'NOT met'})"
                 )
             else:
