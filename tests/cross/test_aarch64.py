@@ -124,7 +124,10 @@ def test_kernel_outputs_bit_identical_on_x86_64_and_aarch64(built: Path, backend
 
 
 def test_the_emulated_wheel_set_has_what_the_agent_extra_promises_a_board() -> None:
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["agent"]
     wanted = {cross._name(r) for r in extra if "python_version < '3.11'" not in r}
