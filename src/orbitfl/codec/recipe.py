@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from orbitfl.codec.plugins import missing_stage_hint
 from orbitfl.codec.registry import REGISTRY, Param, Stage
 
 MAX_RECIPE_CHARS = 2000
@@ -179,7 +180,10 @@ def parse_stage(text: str, position: int = 0) -> Stage:
         raise ValueError(f"stage {text!r}: bad stage name {name!r}")
     cls = REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"unknown codec stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}")
+        hint = missing_stage_hint(name)  # loads the plug-ins, which may register it
+        cls = REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown codec stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}{hint}")
     if colon and not arg_text.strip():
         raise ValueError(f"stage {text!r}: ':' but no arguments")
     args = _parse_args(name, cls.params, [a.strip() for a in arg_text.split(",")] if colon else [])
