@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orbitfl.arrays import F32
-from orbitfl.codec import CodecState, Payload, Pipeline, rel_error
+from orbitfl.codec import CodecState, Payload, PayloadLimits, Pipeline, rel_error
 from orbitfl.kernels import BACKENDS
 
 from .conftest import layers
@@ -380,3 +380,21 @@ def test_alq_with_error_feedback_keeps_what_it_did_not_send(backend: str) -> Non
             got[n] += out[n].ravel() if n in out else 0.0
     for n in t:
         np.testing.assert_allclose(sent[n] - got[n], state.residuals[n], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "recipe", ["topk:0.01+ef|quant:8|zstd", "topk:0.05+ef|quant:4", "topk:0.1+ef|qsgd:4", "topk:0.02+ef|sign"]
+)
+def test_topk_error_feedback_is_input_minus_what_the_receiver_decodes(backend: str, recipe: str) -> None:
+    """The residual top-k keeps in place, plus the later stages' error on the k kept values, is
+    bit for bit x + r - decode(payload): what error feedback means, without decoding all n."""
+    pipe = Pipeline.parse(recipe, backend=backend)
+    state = pipe.new_state()
+    for r in range(3):
+        tensors = layers(seed=r)
+        before = {k: v.copy() for k, v in state.residuals.items()}
+        back = pipe.decode(Payload.from_wire(pipe.encode(tensors, state).to_wire(), limits=PayloadLimits()))
+        for name, x in tensors.items():
+            acc = x.reshape(-1) + before[name] if name in before else x.reshape(-1)
+            want = acc - back[name].reshape(-1)
+            assert np.array_equal(want.view(np.uint32), state.residuals[name].view(np.uint32)), (name, r)

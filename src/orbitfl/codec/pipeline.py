@@ -24,7 +24,7 @@ from orbitfl.arrays import F32
 from orbitfl.codec import stages as _stages  # noqa: F401  (registers the built-in stages)
 from orbitfl.codec.payload import DEFAULT_LIMITS, Payload, TensorRecord
 from orbitfl.codec.recipe import Chain, Recipe, parse_chain, parse_recipe
-from orbitfl.codec.registry import EncodeContext
+from orbitfl.codec.registry import EncodeContext, Encoded
 from orbitfl.kernels import backend as kernel_backend
 from orbitfl.kernels.alq import OVERHEAD_BYTES, allocate_bits
 
@@ -208,6 +208,11 @@ class Pipeline:
         try:
             residual: F32 | None = None
             acc = x
+            # A sparsifier first (top-k) whose kept values go through lossy stages: its kernel keeps
+            # the residual of the n - k dropped values in place, and only the k kept ones need the
+            # later stages' error added (the same floats as x + r - decode, without decoding n).
+            first = chain.float_stages[0]
+            fused = chain.ef and not chain.kernel_ef and first.kernel_ef and first.reports_kept
             if chain.ef:
                 old = state.residuals.get(name)
                 if old is not None and old.size != x.size:
@@ -216,29 +221,52 @@ class Pipeline:
                         "the model changed: start from a new state"
                     )
                 residual = np.zeros(x.size, np.float32) if old is None else old.copy()
-                if not chain.kernel_ef:
+                if not chain.kernel_ef and not fused:
                     acc = x + residual
             ctx = EncodeContext(self.kern, self._seed(state, name), curvature=curvature, bits=bits)
-            if chain.ef and chain.kernel_ef:
+            if chain.ef and (chain.kernel_ef or fused):
                 ctx.residual = residual
-            rec = self._encode_flat(acc, shape, chain, ctx)
+            rec, first_out = self._encode_flat(acc, shape, chain, ctx)
             if residual is not None:
-                if not chain.kernel_ef:
+                if fused:
+                    self._fold_kept_error(rec, first_out, residual)
+                elif not chain.kernel_ef:
                     residual = acc - self._decode_flat(rec)
                 new_res[name] = residual
         except ValueError as exc:
             raise ValueError(f"tensor {name!r} ({chain.text}): {exc}") from None
         return rec
 
-    def _encode_flat(self, x: F32, shape: tuple[int, ...], chain: Chain, ctx: EncodeContext) -> TensorRecord:
+    def _fold_kept_error(self, rec: TensorRecord, first: Encoded, residual: F32) -> None:
+        """residual[kept] = sent - decoded for the values the first (sparsifying) stage kept; its
+        kernel already left the dropped values in ``residual`` and zeros at the kept places."""
+        if first.kept is None or first.leftover is None:
+            raise ValueError(f"stage {rec.chain.float_stages[0].name!r} did not say which values it kept")
+        layout = rec.layout()
+        arrays = rec.arrays()
+        v: F32 | None = None
+        for stage, meta, (_, n), arr in reversed(
+            list(zip(rec.chain.float_stages, rec.meta, layout, arrays, strict=True))[1:]
+        ):
+            v = stage.decode(meta, arr, n, v, self.kern)
+        assert v is not None
+        if not np.isfinite(v).all():
+            raise ValueError("decoded values are not finite")
+        residual[first.kept] = first.leftover - v
+
+    def _encode_flat(
+        self, x: F32, shape: tuple[int, ...], chain: Chain, ctx: EncodeContext
+    ) -> tuple[TensorRecord, Encoded]:
         metas = []
         raw: list[bytes] = []
         v: F32 | None = x
+        first: Encoded | None = None
         for i, stage in enumerate(chain.float_stages):
             assert v is not None
             if i > 0:
                 ctx.residual = ctx.curvature = None
             enc = stage.encode(v, ctx)
+            first = first or enc
             metas.append(enc.meta)
             raw.extend(np.ascontiguousarray(a).tobytes() for a in enc.arrays)
             v = enc.leftover
@@ -250,7 +278,8 @@ class Pipeline:
             # Incompressible bytes (e.g. a tiny tensor) travel as they are.
             if len(blob) < len(joined):
                 rec.zdata = blob
-        return rec
+        assert first is not None
+        return rec, first
 
     def _encode_alq(
         self,

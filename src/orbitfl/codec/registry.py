@@ -90,6 +90,9 @@ class Encoded:
     meta: Meta
     arrays: list[NDArray[Any]]
     leftover: F32 | None = None
+    # A sparsifying stage (top-k) says where in its input the leftover values came from, so error
+    # feedback can fold the later stages' error into those k places instead of decoding all n.
+    kept: NDArray[np.uint32] | None = None
 
 
 @dataclass
@@ -103,6 +106,10 @@ class Stage:
     terminal: ClassVar[bool] = True  # consumes its whole input: nothing left for a next float stage
     lossless: ClassVar[bool] = False
     kernel_ef: ClassVar[bool] = False  # its kernel updates an error-feedback residual in place
+    # Encoded.kept names where its leftover came from, and its kernel's residual is the input at the
+    # dropped places and 0 at the kept ones (top-k): the pipeline then folds the later stages'
+    # error into the kept places only.
+    reports_kept: ClassVar[bool] = False
     default_ef: ClassVar[bool] = False
     first_only: ClassVar[bool] = False  # needs the whole tensor (curvature, budget)
     needs_curvature: ClassVar[bool] = False

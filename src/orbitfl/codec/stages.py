@@ -214,6 +214,7 @@ class TopK(FloatStage):
     )
     terminal = False
     kernel_ef = True
+    reports_kept = True
     meta_schema: ClassVar[Mapping[str, type]] = {"k": int, "ib": int}
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
@@ -221,7 +222,7 @@ class TopK(FloatStage):
         k = min(n, max(1, math.ceil(self.args["frac"] * n)))
         idx, vals = ctx.kern.topk(x, k, ctx.residual)
         buf = ctx.kern.delta_encode_indices(idx)
-        return Encoded({"k": k, "ib": int(buf.size)}, [buf], vals)
+        return Encoded({"k": k, "ib": int(buf.size)}, [buf], vals, kept=idx)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         k = _need(meta, "k", 0, n)
