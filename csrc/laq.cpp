@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -36,27 +37,70 @@ inline std::uint8_t nearest(double x, double alpha, int bits) {
   return static_cast<std::uint8_t>(r);
 }
 
+// A value's place in the sort: the unsigned order of these keys is the float order, and -0 gets
+// +0's key, so equal values (including the two zeros) keep their index order in a stable sort.
+inline std::uint32_t order_key(float v) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7FFFFFFFu) == 0) u = 0;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+struct Item {
+  std::uint32_t key;
+  float x;
+  float d;
+};
+
+// Stable LSD radix sort by key (digits of 11, 11 and 10 bits), so the order is exactly the
+// comparison sort "by value, then index" of the NumPy twin (np.argsort kind="stable"), at a few
+// streaming passes instead of n log n compares; a digit every key shares is skipped.
+void sort_by_value(std::vector<Item>& items) {
+  const std::size_t n = items.size();
+  std::vector<std::size_t> hist(3 * 2048, 0);
+  for (const Item& it : items) {
+    ++hist[it.key & 2047u];
+    ++hist[2048 + ((it.key >> 11) & 2047u)];
+    ++hist[4096 + (it.key >> 22)];
+  }
+  std::vector<Item> tmp(n);
+  Item* src = items.data();
+  Item* dst = tmp.data();
+  for (int pass = 0; pass < 3; ++pass) {
+    std::size_t* h = hist.data() + 2048 * pass;
+    const int shift = 11 * pass;
+    const std::uint32_t mask = pass == 2 ? 1023u : 2047u;
+    if (h[(src[0].key >> shift) & mask] == n) continue;
+    std::size_t sum = 0;
+    for (std::uint32_t b = 0; b <= mask; ++b) {
+      const std::size_t c = h[b];
+      h[b] = sum;
+      sum += c;
+    }
+    for (std::size_t i = 0; i < n; ++i) dst[h[(src[i].key >> shift) & mask]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != items.data()) std::copy(src, src + n, items.data());
+}
+
 // The alternation for bits >= 2, from alpha0 > 0. The values are sorted once (by value, then
 // index) with prefix sums of d*x and d; the code is monotone in x, so each alternation needs only
 // the L-1 positions where it steps (binary searches) and per-level sums from the prefix sums:
 // O(L log n) per step instead of a pass over the data.
 double fit_alpha(const float* x, const float* d, std::size_t n, int bits, const std::vector<double>& lev,
                  double alpha, int max_iter, double tol) {
-  struct Item {
-    float x;
-    std::size_t i;
-  };
-  std::vector<Item> items(n);
-  for (std::size_t i = 0; i < n; ++i) items[i] = {x[i], i};
-  std::sort(items.begin(), items.end(),
-            [](const Item& a, const Item& b) { return a.x < b.x || (!(b.x < a.x) && a.i < b.i); });
   std::vector<double> xs(n), pdx(n + 1, 0.0), pd(n + 1, 0.0);
-  for (std::size_t t = 0; t < n; ++t) {
-    xs[t] = static_cast<double>(items[t].x);
-    double ds = static_cast<double>(d[items[t].i]);
-    double dx = ds * xs[t];
-    pdx[t + 1] = t == 0 ? dx : pdx[t] + dx;
-    pd[t + 1] = t == 0 ? ds : pd[t] + ds;
+  {
+    std::vector<Item> items(n);
+    for (std::size_t i = 0; i < n; ++i) items[i] = {order_key(x[i]), x[i], d[i]};
+    sort_by_value(items);
+    for (std::size_t t = 0; t < n; ++t) {
+      xs[t] = static_cast<double>(items[t].x);
+      double ds = static_cast<double>(items[t].d);
+      double dx = ds * xs[t];
+      pdx[t + 1] = t == 0 ? dx : pdx[t] + dx;
+      pd[t + 1] = t == 0 ? ds : pd[t] + ds;
+    }
   }
   const std::size_t nlev = lev.size();
   std::vector<std::size_t> bound(nlev + 1);
