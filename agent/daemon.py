@@ -256,7 +256,6 @@ class AgentDaemon:
                     f"{exc.strerror or exc}"
                 ) from None
         self._status = ""
-        self._ever_up = False
         o = cfg.outages
         self._outage_rng = random.Random(o.seed)
         self._next_outage = self.mono() + self._outage_gap() if o.up_s > 0 and o.down_s > 0 else None
@@ -323,18 +322,17 @@ class AgentDaemon:
         now = self.mono()
         if self._next_outage is not None and now >= self._next_outage:
             down = self.cfg.outages.down_s
-            log.info("outage: link cut for %.1f s", down)
+            log.debug("outage: link cut for %.1f s", down)
             self.link.suspend(down)
             self._next_outage = now + down + self._outage_gap()
         for ev in self.link.poll(timeout_s):
             if isinstance(ev, Up):
-                # The first contact is news; every later one (each pass over a station) is detail.
-                log.log(logging.DEBUG if self._ever_up else logging.INFO, "link up: the ground answers")
-                self._ever_up = True
+                # Contacts are the events of a board's life (one per pass over a station): kept.
+                log.info("link up")
                 self._contact()
                 self._feed(LinkUp())
             elif isinstance(ev, Down):
-                log.debug("link down after %.1f s of silence", ev.silent_s)
+                log.info("link down after %.1f s of silence", ev.silent_s)
                 self._contact()
                 self._feed(LinkDown())
             elif isinstance(ev, KeyRefused):

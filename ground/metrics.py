@@ -32,6 +32,7 @@ class GroundMetrics:
     agents_registered: int = 0
     agents_online: int = 0
     agent_last_seen: dict[str, float] = field(default_factory=dict)  # agent -> wall time
+    agent_online: dict[str, bool] = field(default_factory=dict)  # agent -> heard within liveness
     rounds_closed: int = 0
     last_round_time: float | None = None  # wall time the last round closed
     last_round_seconds: float | None = None  # how long it was open
@@ -58,6 +59,7 @@ class GroundMetrics:
                 "agents_registered": self.agents_registered,
                 "agents_online": self.agents_online,
                 "agent_last_seen": dict(self.agent_last_seen),
+                "agent_online": dict(self.agent_online),
                 "rounds_closed": self.rounds_closed,
                 "last_round_time": self.last_round_time,
                 "last_round_seconds": self.last_round_seconds,
@@ -99,6 +101,12 @@ def families(s: dict[str, Any]) -> list[Family]:
             "gauge",
             "When each agent was last heard from (Unix time)",
             {(("agent", a),): t for a, t in sorted(s["agent_last_seen"].items())},
+        ),
+        Family(
+            "orbitfl_agent_online",
+            "gauge",
+            "1 while an agent is heard within liveness, 0 after it went silent or said bye",
+            {(("agent", a),): 1.0 if up else 0.0 for a, up in sorted(s["agent_online"].items())},
         ),
     ]
     if s["last_round_time"] is not None:

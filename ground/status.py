@@ -95,7 +95,7 @@ def read_status(cfg: GroundSettings, *, live: bool = True, now: float | None = N
             )
     samples = scrape(cfg.ground.metrics) if live and cfg.ground.metrics else None
     live_seen = _labelled(samples, "orbitfl_agent_last_seen_timestamp_seconds", "agent") if samples else {}
-    liveness_s = cfg.link.heartbeat_s * cfg.link.liveness
+    live_online = _labelled(samples, "orbitfl_agent_online", "agent") if samples else {}
     agent_rows = []
     for aid, software, held, first, hello_seen, last_update, updates in agents:
         seen = max(x for x in (hello_seen, last_update, live_seen.get(aid)) if x is not None)
@@ -107,7 +107,8 @@ def read_status(cfg: GroundSettings, *, live: bool = True, now: float | None = N
                 "first_seen": first,
                 "last_seen": seen,
                 "last_seen_ago_s": round(max(0.0, now - seen), 1),
-                "online": (now - live_seen[aid] <= liveness_s) if aid in live_seen else None,
+                # Live only: an agent this ground has not heard from since it started is offline.
+                "online": bool(live_online.get(aid, 0.0)) if samples is not None else None,
                 "last_update": last_update,
                 "updates": updates,
             }

@@ -16,7 +16,9 @@ from orbitfl.runtime.observe import Health, parse_text
 def scrape(port: int, path: str = "/metrics") -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         body: bytes = r.read()
-        assert r.headers["Content-Type"].startswith("text/plain" if path == "/metrics" else "application/json")
+        assert r.headers["Content-Type"].startswith(
+            "text/plain" if path == "/metrics" else "application/json"
+        )
     return body.decode()
 
 

@@ -94,10 +94,12 @@ def test_status_and_revoke_against_a_running_ground_with_no_restart(cluster: Any
     (c.root / "ground.log").touch()
     st = os.stat(c.root / "ground.log")
     notify = Datagrams(tmp_path / "notify.sock")
-    env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}", NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    env = dict(
+        os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}", NOTIFY_SOCKET=str(tmp_path / "notify.sock")
+    )
     try:
         c.start("ground", "ground", "serve", "--config", str(c.root / "ground.toml"), env=env)
-        c.start_agent("sat-a")
+        c.start_agent("sat-a", verbose=False)
         c.start_agent("sat-b")
         c.wait(
             "both agents to contribute",
@@ -162,6 +164,11 @@ def test_status_and_revoke_against_a_running_ground_with_no_restart(cluster: Any
         assert rounds and len(rounds) == len(set(rounds)), "a round was logged twice"
         assert "<6>orbitfl.ground: 'sat-a' joined" in log
         assert "<4>" in log  # the refusals are warnings
+        # An agent's quiet default: one line per round, not every step of it.
+        quiet = c.log("sat-a")
+        trained = len(re.findall(r"INFO orbitfl.agent: round \d+: trained", quiet))
+        assert trained >= 3 and "is in the outbox" not in quiet and "acknowledged" not in quiet
+        assert len([x for x in quiet.splitlines() if " INFO " in x]) <= trained + 3
     finally:
         notify.close()
     statuses = notify.got

@@ -87,7 +87,9 @@ def test_keys_list_and_revoke_edit_the_allow_list_and_signal_the_ground(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    assert sorted(p.name for p in allowed.iterdir()) == ["sat-2.key"], "the folder must hold no half-revoked file"
+    assert sorted(p.name for p in allowed.iterdir()) == ["sat-2.key"], (
+        "the folder must hold no half-revoked file"
+    )
     # A stale pid file: the key is revoked all the same, and the operator is told the ground was not reached.
     assert main(["keys", "revoke", "sat-2", "--allow", str(allowed), "--pidfile", str(pidfile)]) == 1
     assert "no process" in capsys.readouterr().err

@@ -326,7 +326,9 @@ def test_a_revoked_key_is_refused_on_its_open_connection_and_at_its_next_handsha
         g.poll(0.1)  # the refusal's monitor event
         logged = [r.getMessage() for r in caplog.records]
         assert any(key in m and "sat-1" in m and "open connection" in m for m in logged), logged
-        assert any(key in m and "handshake refused" in m and "revoked agent sat-1" in m for m in logged), logged
+        assert any(key in m and "handshake refused" in m and "revoked agent sat-1" in m for m in logged), (
+            logged
+        )
         # The long backoff holds: no redial within the next second, while sat-2 stays served.
         reconnects = a.stats.reconnects
         pump(g, [a, b], lambda got, ev: False, timeout_s=1.0)

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TextIO
 
 # sd-daemon(3) priorities: journald reads a leading "<N>" as the line's syslog level.
+_HANDLER = "orbitfl.stderr"
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -54,9 +55,11 @@ def setup_logging(verbose: bool = False, *, journal: bool | None = None) -> None
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name(_HANDLER)
     root = logging.getLogger()
     for h in list(root.handlers):
-        root.removeHandler(h)
+        if h.get_name() == _HANDLER:  # called again (tests): one line per event, not two
+            root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # pyzmq's authenticator logs every handshake at DEBUG; the link logs refusals itself.
