@@ -76,12 +76,14 @@ def test_healthz_answers_health_not_metrics_and_turns_503_when_the_loop_stalls()
         now[0] += 6.0  # no tick for longer than stale_s
         with pytest.raises(urllib.error.HTTPError) as err:
             scrape(server.port, "/healthz")
-        assert err.value.code == 503
-        assert json.loads(err.value.read())["last_tick_age_s"] == pytest.approx(6.0)
+        with err.value as resp:
+            assert resp.code == 503
+            assert json.loads(resp.read())["last_tick_age_s"] == pytest.approx(6.0)
         health.tick()
         assert json.loads(scrape(server.port, "/healthz"))["serving"] is True
         with pytest.raises(urllib.error.HTTPError) as err:
             scrape(server.port, "/nothing")
-        assert err.value.code == 404
+        with err.value as resp:
+            assert resp.code == 404
     finally:
         server.close()

@@ -87,6 +87,8 @@ def test_keys_list_and_revoke_edit_the_allow_list_and_signal_the_ground(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
     assert sorted(p.name for p in allowed.iterdir()) == ["sat-2.key"], (
         "the folder must hold no half-revoked file"
     )

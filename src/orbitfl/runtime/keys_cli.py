@@ -47,7 +47,8 @@ def where(args: argparse.Namespace) -> Where:
             )
         return Where(cfg.ground.allowed_keys, cfg.ground.state_dir / PID_FILE)
     if args.allow:
-        return Where(Path(args.allow), Path(args.pidfile) if args.pidfile else None)
+        pidfile = getattr(args, "pidfile", None)
+        return Where(Path(args.allow), Path(pidfile) if pidfile else None)
     raise KeysError("give --config GROUND_TOML or --allow DIR")
 
 
