@@ -285,6 +285,9 @@ class GroundDaemon:
             self.metrics.agents_online = online
             self.metrics.agents_registered = len({p.agent_id for p in peers})
             self.metrics.agent_online = {p.agent_id: p.online for p in peers}
+            self.metrics.agent_model = {
+                p.agent_id: p.model_version for p in peers if p.model_version is not None
+            }
             # The link hears heartbeats too, so its times are the freshest; shown as Unix time.
             for peer, seen in self.link.last_seen.items():
                 self.metrics.agent_last_seen[peer] = wall - (now - seen)

@@ -33,6 +33,7 @@ class GroundMetrics:
     agents_online: int = 0
     agent_last_seen: dict[str, float] = field(default_factory=dict)  # agent -> wall time
     agent_online: dict[str, bool] = field(default_factory=dict)  # agent -> heard within liveness
+    agent_model: dict[str, int] = field(default_factory=dict)  # agent -> global version it holds
     rounds_closed: int = 0
     last_round_time: float | None = None  # wall time the last round closed
     last_round_seconds: float | None = None  # how long it was open
@@ -60,6 +61,7 @@ class GroundMetrics:
                 "agents_online": self.agents_online,
                 "agent_last_seen": dict(self.agent_last_seen),
                 "agent_online": dict(self.agent_online),
+                "agent_model": dict(self.agent_model),
                 "rounds_closed": self.rounds_closed,
                 "last_round_time": self.last_round_time,
                 "last_round_seconds": self.last_round_seconds,
@@ -107,6 +109,12 @@ def families(s: dict[str, Any]) -> list[Family]:
             "gauge",
             "1 while an agent is heard within liveness, 0 after it went silent or said bye",
             {(("agent", a),): 1.0 if up else 0.0 for a, up in sorted(s["agent_online"].items())},
+        ),
+        Family(
+            "orbitfl_agent_model_version",
+            "gauge",
+            "The global model version each agent last said it holds",
+            {(("agent", a),): float(v) for a, v in sorted(s["agent_model"].items())},
         ),
     ]
     if s["last_round_time"] is not None:

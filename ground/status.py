@@ -96,6 +96,7 @@ def read_status(cfg: GroundSettings, *, live: bool = True, now: float | None = N
     samples = scrape(cfg.ground.metrics) if live and cfg.ground.metrics else None
     live_seen = _labelled(samples, "orbitfl_agent_last_seen_timestamp_seconds", "agent") if samples else {}
     live_online = _labelled(samples, "orbitfl_agent_online", "agent") if samples else {}
+    live_model = _labelled(samples, "orbitfl_agent_model_version", "agent") if samples else {}
     agent_rows = []
     for aid, software, held, first, hello_seen, last_update, updates in agents:
         seen = max(x for x in (hello_seen, last_update, live_seen.get(aid)) if x is not None)
@@ -103,7 +104,8 @@ def read_status(cfg: GroundSettings, *, live: bool = True, now: float | None = N
             {
                 "name": aid,
                 "software": software,
-                "model_version": held,
+                # What it said at its last HELLO, or since (heartbeats) when the daemon answers.
+                "model_version": int(live_model[aid]) if aid in live_model else held,
                 "first_seen": first,
                 "last_seen": seen,
                 "last_seen_ago_s": round(max(0.0, now - seen), 1),

@@ -112,7 +112,9 @@ def test_status_and_revoke_against_a_running_ground_with_no_restart(cluster: Any
         assert s["model_version"] >= 3 and s["rounds_closed"] >= 3
         assert s["agents"]["registered"] == 2 and s["agents"]["online"] == 2
         assert {a["name"]: a["online"] for a in s["agents"]["list"]} == {"sat-a": True, "sat-b": True}
-        assert all(a["last_update"] is not None for a in s["agents"]["list"])
+        assert all(
+            a["last_update"] is not None and a["model_version"] is not None for a in s["agents"]["list"]
+        )
         assert s["bytes"]["up"] > 0 and s["bytes"]["down"] > 0 and s["bytes"]["accepted_updates"] > 0
         accs = [x["accuracy"] for x in s["accuracy"]]
         assert len(accs) >= 3 and all(0.0 <= a <= 1.0 for a in accs)

@@ -27,6 +27,10 @@ class KeysError(Exception):
     """A keys command that cannot do what was asked; the message is the one line to print."""
 
 
+class NotRunning(KeysError):
+    """No ground runs to reload: nothing is wrong, it reads the allow-list when it starts."""
+
+
 @dataclass(frozen=True)
 class Where:
     """The allow-list folder, and the ground's pid file when known (from its config)."""
@@ -93,7 +97,7 @@ def signal_ground(pid_file: Path) -> int:
     try:
         pid = int(pid_file.read_text().strip())
     except FileNotFoundError:
-        raise KeysError(
+        raise NotRunning(
             f"no running ground ({pid_file} does not exist); it reads the allow-list when it starts"
         ) from None
     except (OSError, ValueError) as exc:
@@ -101,7 +105,7 @@ def signal_ground(pid_file: Path) -> int:
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        raise KeysError(
+        raise NotRunning(
             f"no process {pid} (stale {pid_file}); it reads the allow-list when it starts"
         ) from None
     except PermissionError:
@@ -142,6 +146,9 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         return 0
     try:
         pid = signal_ground(w.pid_file)
+    except NotRunning as exc:
+        print(exc)
+        return 0
     except KeysError as exc:
         print(f"orbitfl keys revoke: {exc}", file=sys.stderr)
         return 1
