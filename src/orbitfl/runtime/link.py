@@ -42,6 +42,7 @@ DEFAULT_MAX_MSG_SIZE = 16 * 1024 * 1024
 # new identity, so a reconnect never collides with the ROUTER's memory of the previous socket.
 _ID_SEP = b"\x00"
 _TAG_BYTES = 6
+_REFUSAL_LOG_S = 60.0  # at most one log line per refused key in this interval
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -262,6 +263,7 @@ class GroundLink:
         self._allow: AllowList | None = None
         self._allowed_dir: Path | None = None
         self._revoked_seen: set[bytes] = set()
+        self._refusal_log: dict[str, tuple[float | None, int]] = {}  # key -> (last logged, quiet since)
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.linger = 0
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
@@ -407,9 +409,19 @@ class GroundLink:
                 if self._allow is None:
                     log.warning("handshake refused (%s)", _event_name(event["event"]))
         if self._allow is not None:
+            now = self.clock()
             for key, former in self._allow.refusals():
+                # A client redialling in a tight loop gets one line a minute, not one per attempt.
+                last, quiet = self._refusal_log.get(key, (None, 0))
+                if last is not None and now - last < _REFUSAL_LOG_S:
+                    self._refusal_log[key] = (last, quiet + 1)
+                    continue
+                if len(self._refusal_log) > 4096:
+                    self._refusal_log.clear()
+                self._refusal_log[key] = (now, 0)
                 who = f"revoked agent {former}" if former else "not in the allow-list"
-                log.warning("handshake refused: key %s (%s)", key, who)
+                more = f"; {quiet} more refused since the last line" if quiet else ""
+                log.warning("handshake refused: key %s (%s)%s", key, who, more)
 
     def _send_raw(self, rid: bytes, frame: bytes) -> bool:
         try:
