@@ -6,6 +6,9 @@ sockets need and the federation logic must not see:
 - CurveZMQ encryption and authentication by default. The ground admits only agents whose public
   key is in an allow-list folder; an unknown key is refused by the ZAP handler at the handshake,
   so its frames never reach the application. Plaintext needs an explicit ``insecure=True``.
+  ``reload_keys`` rereads the folder while serving (SIGHUP in the daemon): a removed key is refused
+  at its next handshake and its open connection is no longer served; each refusal is logged with
+  the z85 key and the name it had. An agent whose key is refused waits ``refused_backoff_s``.
 - ``MAXMSGSIZE`` on every socket, so an oversize frame is dropped by libzmq before it is read.
 - Liveness with heartbeats (zguide's Paranoid Pirate): an empty frame is a heartbeat, which no
   valid message can be. The agent pings when it has sent nothing for an interval; the ground
