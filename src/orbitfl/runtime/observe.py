@@ -115,7 +115,10 @@ class ObserveServer:
         host, _, port = host_port.rpartition(":")
         self._server = _Server((host.strip("[]"), int(port)), metrics, health)
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="observe", daemon=True)
+        # A short poll so that close() (the daemon stopping) does not wait half a second.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="observe", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
