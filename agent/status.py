@@ -30,7 +30,7 @@ class StatusError(Exception):
     """The status cannot be read; the one line to print."""
 
 
-def _scrape(host_port: str, timeout_s: float = 2.0) -> dict[str, float] | None:
+def _scrape(host_port: str, timeout_s: float = 5.0) -> dict[str, float] | None:
     host, _, port = host_port.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"

@@ -41,7 +41,7 @@ def open_readonly(db: Path) -> sqlite3.Connection:
     return con
 
 
-def scrape(host_port: str, timeout_s: float = 2.0) -> dict[str, float] | None:
+def scrape(host_port: str, timeout_s: float = 5.0) -> dict[str, float] | None:
     """The samples of the daemon's /metrics, or None when it does not answer."""
     host, _, port = host_port.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
