@@ -29,7 +29,10 @@ import numpy.typing as npt
 from orbitfl.agent.backends import open_trainer
 from orbitfl.agent.learner import Learner, share_indices
 from orbitfl.agent.machine import AgentConfig, AgentMachine
+from orbitfl.agent.metrics import AgentMetrics, AgentMetricsServer
 from orbitfl.agent.outbox import Outbox
+from orbitfl.agent.status import LAST_CONTACT_KEY
+from orbitfl.agent.status import add_parser as add_status_parser
 from orbitfl.codec.inputs import recipe_needs
 from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
@@ -51,7 +54,18 @@ from orbitfl.runtime.events import (
     TrainingDone,
     TrainingFailed,
 )
-from orbitfl.runtime.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
+from orbitfl.runtime.link import (
+    AgentLink,
+    Backoff,
+    CurveClientKeys,
+    Down,
+    KeyRefused,
+    LinkError,
+    Received,
+    Up,
+    load_secret,
+)
+from orbitfl.runtime.observe import Health
 from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.agent")
@@ -140,7 +154,7 @@ class Board:
         if importlib.util.find_spec("onnx") is None:
             # A board without onnx (the usual case) keeps the model as its weights.
             save_weights(self.dir / "model.npz", model.weights)
-            log.info("model v%d installed as %s (onnx is not installed here)", model.version, "model.npz")
+            log.debug("model v%d installed as %s (onnx is not installed here)", model.version, "model.npz")
             return
         # Deferred on purpose: the zoo needs onnx, which a board usually does not have.
         from orbitfl.models.zoo import resolve, write_inference_model
@@ -164,7 +178,7 @@ class Board:
             calibration=x[:128] if int8 else None,
         )
         acc = accuracy(OnboardModel(path).run(x)[0], self.learner.y)
-        log.info(
+        log.debug(
             "model v%d exported to %s (%s); onboard accuracy on local data %.4f",
             model.version,
             path.name,
@@ -226,7 +240,22 @@ class AgentDaemon:
             heartbeat_s=lk.heartbeat_s,
             liveness=lk.liveness,
             backoff=Backoff(lk.backoff_initial_s, lk.backoff_max_s),
+            refused_backoff_s=a.key_refused_retry_s,
         )
+        self.metrics = AgentMetrics()
+        self.health = Health(mono, stale_s=max(10.0, 20 * TICK_S))
+        self.metrics_server: AgentMetricsServer | None = None
+        if a.metrics:
+            try:
+                self.metrics_server = AgentMetricsServer(self.metrics, a.metrics, self.health)
+            except OSError as exc:
+                self.link.close()
+                self.outbox.close()
+                raise ConfigError(
+                    f"{cfg.source or 'config'}: agent.metrics: cannot listen on {a.metrics}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+        self._status = ""
         o = cfg.outages
         self._outage_rng = random.Random(o.seed)
         self._next_outage = self.mono() + self._outage_gap() if o.up_s > 0 and o.down_s > 0 else None
@@ -259,10 +288,15 @@ class AgentDaemon:
                         log.error("could not install model v%d: %s", a.version, exc)
                     self.counts["models_applied"] += 1
                 elif isinstance(a, Log):
-                    log.log(logging.getLevelName(a.level), "%s", a.text)
+                    # Quiet by default: the machine's routine steps are detail (-v); one line per
+                    # round comes from _train, and warnings and errors always show.
+                    level = logging.getLevelName(a.level)
+                    log.log(logging.DEBUG if level == logging.INFO else level, "%s", a.text)
                 elif isinstance(a, Count):
                     key = a.name + "".join(f"{{{k}={v}}}" for k, v in a.labels)
                     self.counts[key] += a.n
+                    with self.metrics.lock:
+                        self.metrics.events[(a.name, a.labels)] += a.n
 
     def _train(self, a: StartTraining) -> TrainingDone | TrainingFailed:
         t0 = time.monotonic()
@@ -270,12 +304,17 @@ class AgentDaemon:
             done = self.board.train(a)
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             return TrainingFailed(a.task.task_id, f"{type(exc).__name__}: {exc}")
+        with self.metrics.lock:
+            self.metrics.rounds_trained += 1
         log.info(
-            "trained %s on %d samples in %.2f s (loss %.4f)",
+            "round %d: trained %s on model v%d, %d samples in %.2f s (loss %.4f); %d update(s) waiting",
+            a.task.round,
             a.task.task_id,
+            a.task.model_version,
             done.samples,
             time.monotonic() - t0,
             done.metrics.get("loss", float("nan")),
+            self.outbox.pending(),
         )
         return done
 
@@ -283,16 +322,28 @@ class AgentDaemon:
         now = self.mono()
         if self._next_outage is not None and now >= self._next_outage:
             down = self.cfg.outages.down_s
-            log.info("outage: link cut for %.1f s", down)
+            log.debug("outage: link cut for %.1f s", down)
             self.link.suspend(down)
             self._next_outage = now + down + self._outage_gap()
         for ev in self.link.poll(timeout_s):
             if isinstance(ev, Up):
+                # Contacts are the events of a board's life (one per pass over a station): kept.
                 log.info("link up")
+                self._contact()
                 self._feed(LinkUp())
             elif isinstance(ev, Down):
                 log.info("link down after %.1f s of silence", ev.silent_s)
+                self._contact()
                 self._feed(LinkDown())
+            elif isinstance(ev, KeyRefused):
+                with self.metrics.lock:
+                    self.metrics.key_refused += 1
+                log.warning(
+                    "the ground refused this agent's key %s (revoked or not in its allow-list); "
+                    "dialling again in %.0f s",
+                    self._public_key(),
+                    ev.retry_s,
+                )
             elif isinstance(ev, Received):
                 self._feed(MessageReceived(GROUND, ev.frame))
         now = self.mono()
@@ -303,7 +354,43 @@ class AgentDaemon:
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             self._feed(Tick())
+            self._observe(now)
+        self.health.tick()
         self.notifier.watchdog(now)
+
+    def _public_key(self) -> str:
+        a = self.cfg.agent
+        if a.insecure or a.secret_key is None:
+            return "(none: plaintext)"
+        try:
+            return load_secret(a.secret_key)[0].decode("ascii", "replace")
+        except LinkError:
+            return f"in {a.secret_key}"
+
+    def _contact(self) -> None:
+        """Remember when the ground was last heard from, for `orbitfl agent status` (per link event,
+        not per frame: a board's storage is not for a write every heartbeat)."""
+        heard = self.wall() - max(0.0, self.mono() - self.link.last_heard)
+        self.outbox.set(LAST_CONTACT_KEY, repr(heard).encode())
+
+    def _observe(self, now: float) -> None:
+        """Per tick: the link and outbox figures for the metrics and STATUS= for systemd."""
+        st = self.link.stats
+        pending = self.outbox.pending()
+        up = self.link.up
+        with self.metrics.lock:
+            m = self.metrics
+            m.link_up = up
+            m.outbox = pending
+            m.model_version = self.machine.version
+            m.bytes_in, m.bytes_out, m.reconnects = st.bytes_in, st.bytes_out, st.reconnects
+            if up:
+                m.last_contact = self.wall() - max(0.0, now - self.link.last_heard)
+        held = "no model" if self.machine.version is None else f"model v{self.machine.version}"
+        status = f"{'linked' if up else 'not linked'}, {held}, {pending} update(s) in the outbox"
+        if status != self._status:
+            self._status = status
+            self.notifier.status(status)
 
     def run(self) -> int:
         self._next_tick = self.mono()
@@ -331,6 +418,9 @@ class AgentDaemon:
         return 0
 
     def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         self.link.close()
         self.outbox.close()
 
@@ -377,6 +467,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
+    add_status_parser(sub)
     part = sub.add_parser(
         "partition", help="on the host: write this agent's share of the data as a file for the board"
     )

@@ -28,14 +28,18 @@ from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
+from orbitfl.ground.status import DP_EPSILON_KEY
+from orbitfl.ground.status import add_parser as add_status_parser
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import make_strategy
 from orbitfl.models import zoo
 from orbitfl.ort_import import onnxruntime
 from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground
 from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
+from orbitfl.runtime.keys_cli import PID_FILE
 from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError
-from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
+from orbitfl.runtime.observe import Health
+from orbitfl.runtime.service import Notifier, Reload, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.ground")
 
@@ -109,10 +113,12 @@ class GroundDaemon:
         notifier: Notifier | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        reload: Reload | None = None,
     ) -> None:
         self.cfg = cfg
         self.shutdown = shutdown or Shutdown()
         self.notifier = notifier or Notifier()
+        self.reload = reload or Reload()
         self.wall = wall
         self.mono = mono
         self.metrics = GroundMetrics()
@@ -139,12 +145,20 @@ class GroundDaemon:
             max_msg_size=cfg.link.max_msg_size,
             heartbeat_s=cfg.link.heartbeat_s,
         )
-        self.metrics_server = MetricsServer(self.metrics, g.metrics) if g.metrics else None
+        # A loop that has not ticked for several watchdog-sized pauses is not serving.
+        self.health = Health(mono, stale_s=max(10.0, 20 * TICK_S))
+        self.metrics_server = MetricsServer(self.metrics, g.metrics, self.health) if g.metrics else None
         self._silent: set[str] = set()
         self._next_tick = 0.0
         self._auth_seen = 0
+        self._revoked_seen = 0
+        self._status = ""
+        current = self.store.current_round()
+        self._round_opened = current.opened_at if current is not None and current.opened_at else wall()
         self.metrics.model_version = self.machine.version
         self.metrics.round = self.machine.round
+        self.metrics.rounds_closed = self.store.rounds_closed()
+        self.metrics.dp_epsilon = self._dp_epsilon()
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -172,10 +186,25 @@ class GroundDaemon:
             elif isinstance(a, RoundClosed):
                 self._report_round(a)
 
+    def _dp_epsilon(self) -> float | None:
+        raw = self.store.get_meta(DP_EPSILON_KEY)
+        try:
+            return None if raw is None else float(raw)
+        except ValueError:
+            return None
+
     def _report_round(self, rc: RoundClosed) -> None:
         acc = None
         if self.evaluator is not None:
             acc = self.evaluator.accuracy(self.machine.global_model)
+        now = self.wall()
+        with self.metrics.lock:
+            self.metrics.rounds_closed += 1
+            self.metrics.last_round_time = now
+            self.metrics.last_round_seconds = max(0.0, now - self._round_opened)
+            self.metrics.accuracy = acc if acc is not None else self.metrics.accuracy
+        self.metrics.dp_epsilon = self._dp_epsilon()
+        self._round_opened = now
         row = {
             "round": rc.round,
             "version": rc.version,
@@ -185,7 +214,7 @@ class GroundDaemon:
             # What the same updates cost as raw float32 tensors (the FedAvg baseline).
             "float32_bytes": rc.updates * self.n_params * 4,
             "accuracy": acc,
-            "time": self.wall(),
+            "time": now,
         }
         with open(self.cfg.ground.state_dir / ROUNDS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -212,6 +241,7 @@ class GroundDaemon:
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             self._execute(self.machine.handle(Tick(), self.wall()))
+            self._observe(now)
             # A peer silent past liveness is reported once; its pending work stays with the machine.
             limit = self.cfg.link.heartbeat_s * self.cfg.link.liveness
             for peer, seen in self.link.last_seen.items():
@@ -225,7 +255,46 @@ class GroundDaemon:
             if st.auth_failures > self._auth_seen:
                 self.metrics.updates_refused["unknown_key"] += st.auth_failures - self._auth_seen
                 self._auth_seen = st.auth_failures
+            if st.refused_revoked > self._revoked_seen:
+                self.metrics.updates_refused["revoked_key"] += st.refused_revoked - self._revoked_seen
+                self._revoked_seen = st.refused_revoked
+        if self.reload.take():
+            self._reload_keys()
+        self.health.tick()
         self.notifier.watchdog(now)
+
+    def _reload_keys(self) -> None:
+        try:
+            added, removed = self.link.reload_keys()
+        except LinkError as exc:
+            log.error("allow-list not reloaded, the previous one stays in force: %s", exc)
+            return
+        log.info(
+            "allow-list reloaded: %d key(s); added %s; revoked %s",
+            len(self.link.allowed_names()),
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+        )
+
+    def _observe(self, now: float) -> None:
+        """Per tick: the agents' figures for the metrics and the one-line STATUS= for systemd."""
+        peers = list(self.machine.peers.values())
+        online = sum(1 for p in peers if p.online)
+        wall = self.wall()
+        with self.metrics.lock:
+            self.metrics.agents_online = online
+            self.metrics.agents_registered = len({p.agent_id for p in peers})
+            self.metrics.agent_online = {p.agent_id: p.online for p in peers}
+            self.metrics.agent_model = {
+                p.agent_id: p.model_version for p in peers if p.model_version is not None
+            }
+            # The link hears heartbeats too, so its times are the freshest; shown as Unix time.
+            for peer, seen in self.link.last_seen.items():
+                self.metrics.agent_last_seen[peer] = wall - (now - seen)
+        status = f"round {self.machine.round}, model v{self.machine.version}, {online} agent(s) online"
+        if status != self._status:
+            self._status = status
+            self.notifier.status(status)
 
     def run(self) -> int:
         self._next_tick = self.mono()
@@ -243,6 +312,7 @@ class GroundDaemon:
                 self.cfg.ground.metrics.rpartition(":")[0],
                 self.metrics_server.port,
             )
+        self._write_pid()
         serve(
             self.notifier,
             self.shutdown,
@@ -255,7 +325,19 @@ class GroundDaemon:
         log.info("ground stopped (signal %s)", self.shutdown.signal)
         return 0
 
+    def _write_pid(self) -> None:
+        path = self.cfg.ground.state_dir / PID_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+
     def close(self) -> None:
+        pid = self.cfg.ground.state_dir / PID_FILE
+        try:
+            if pid.read_text().strip() == str(os.getpid()):
+                pid.unlink()
+        except OSError:
+            pass  # never written (a test that drives step()) or already gone
         self.link.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -270,7 +352,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.insecure and not cfg.ground.insecure:
             cfg = _force_insecure(cfg)
         shutdown = Shutdown().install()
-        daemon = GroundDaemon(cfg, shutdown=shutdown)
+        daemon = GroundDaemon(cfg, shutdown=shutdown, reload=Reload().install())
     except (ConfigError, LinkError) as exc:
         print(f"orbitfl ground serve: {exc}", file=sys.stderr)
         return 2
@@ -293,3 +375,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
+    add_status_parser(sub)

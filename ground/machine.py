@@ -377,6 +377,8 @@ class GroundMachine:
         self.peers[peer] = p
         self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
         out.append(Count("hellos"))
+        held = "no model" if msg.model_version is None else f"model v{msg.model_version}"
+        out.append(Log("INFO", f"{msg.agent_id!r} joined ({msg.software}, holding {held})"))
         out.append(Gauge("agents_known", len(self.store.agents())))
         self._offer_task(peer, p, now, out)
 
@@ -526,7 +528,6 @@ class GroundMachine:
         out.append(RoundClosed(closed, new_version, n, samples, nbytes))
         out.append(Gauge("model_version", new_version))
         out.append(Gauge("round", self.round))
-        out.append(Log("INFO", f"round {closed} closed: {n} updates, {samples} samples -> v{new_version}"))
         for peer, p in self.peers.items():
             if p.online:
                 self._offer_task(peer, p, now, out)

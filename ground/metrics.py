@@ -1,21 +1,21 @@
-"""The ground's metrics in Prometheus text format.
+"""The ground's metrics in Prometheus text format, and its ``/metrics`` + ``/healthz`` endpoint.
 
-The daemon loop owns the numbers and updates them in place; an HTTP thread from prometheus_client
-renders them at scrape time through a collector, so no metric is ever half-updated by two threads
-and the loop never waits for a scraper.
+The daemon loop owns the numbers and updates them under ``lock``; the HTTP thread renders a
+snapshot at scrape time, so no metric is ever half-updated by two threads and the loop never
+waits for a scraper. Names follow Prometheus conventions: counters end in ``_total``, byte
+counters in ``_bytes_total``, times in ``_seconds`` (timestamps are Unix seconds).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from orbitfl.runtime.observe import Family, Health, ObserveServer, render_text
 
 
 @dataclass
@@ -29,6 +29,16 @@ class GroundMetrics:
     round: int = 0
     model_version: int = 0
     agents_seen: set[str] = field(default_factory=set)
+    agents_registered: int = 0
+    agents_online: int = 0
+    agent_last_seen: dict[str, float] = field(default_factory=dict)  # agent -> wall time
+    agent_online: dict[str, bool] = field(default_factory=dict)  # agent -> heard within liveness
+    agent_model: dict[str, int] = field(default_factory=dict)  # agent -> global version it holds
+    rounds_closed: int = 0
+    last_round_time: float | None = None  # wall time the last round closed
+    last_round_seconds: float | None = None  # how long it was open
+    accuracy: float | None = None  # of the current global model on the ground's held-out data
+    dp_epsilon: float | None = None  # privacy spent so far, where the strategy reports it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def refuse(self, reason: str, n: int = 1) -> None:
@@ -47,60 +57,128 @@ class GroundMetrics:
                 "round": self.round,
                 "model_version": self.model_version,
                 "agents_seen": len(self.agents_seen),
+                "agents_registered": self.agents_registered,
+                "agents_online": self.agents_online,
+                "agent_last_seen": dict(self.agent_last_seen),
+                "agent_online": dict(self.agent_online),
+                "agent_model": dict(self.agent_model),
+                "rounds_closed": self.rounds_closed,
+                "last_round_time": self.last_round_time,
+                "last_round_seconds": self.last_round_seconds,
+                "accuracy": self.accuracy,
+                "dp_epsilon": self.dp_epsilon,
             }
 
 
-class _Collector(Collector):
-    def __init__(self, metrics: GroundMetrics) -> None:
-        self.metrics = metrics
+def _one(name: str, kind: str, help_: str, value: float) -> Family:
+    return Family(name, kind, help_, {(): float(value)})
 
-    def collect(self) -> Iterator[Metric]:
-        s = self.metrics.snapshot()
-        yield CounterMetricFamily(
-            "orbitfl_updates_accepted",
+
+def families(s: dict[str, Any]) -> list[Family]:
+    out = [
+        _one(
+            "orbitfl_updates_accepted_total",
+            "counter",
             "Updates accepted (persisted, then ACKed)",
-            value=s["updates_accepted"],
+            s["updates_accepted"],
+        ),
+        Family(
+            "orbitfl_updates_refused_total",
+            "counter",
+            "Frames or updates refused, by reason",
+            {(("reason", r),): float(n) for r, n in sorted(s["updates_refused"].items())},
+        ),
+        _one("orbitfl_received_bytes_total", "counter", "Bytes received in frames", s["bytes_in"]),
+        _one("orbitfl_sent_bytes_total", "counter", "Bytes sent in frames", s["bytes_out"]),
+        _one("orbitfl_frames_in_total", "counter", "Frames received", s["frames_in"]),
+        _one("orbitfl_frames_out_total", "counter", "Frames sent", s["frames_out"]),
+        _one("orbitfl_round", "gauge", "Current round", s["round"]),
+        _one("orbitfl_model_version", "gauge", "Current global model version", s["model_version"]),
+        _one("orbitfl_rounds_closed_total", "counter", "Rounds closed since start", s["rounds_closed"]),
+        _one("orbitfl_agents_seen", "gauge", "Distinct agents heard from since start", s["agents_seen"]),
+        _one("orbitfl_agents_registered", "gauge", "Agents that ever said HELLO", s["agents_registered"]),
+        _one("orbitfl_agents_online", "gauge", "Agents heard from within liveness", s["agents_online"]),
+        Family(
+            "orbitfl_agent_last_seen_timestamp_seconds",
+            "gauge",
+            "When each agent was last heard from (Unix time)",
+            {(("agent", a),): t for a, t in sorted(s["agent_last_seen"].items())},
+        ),
+        Family(
+            "orbitfl_agent_online",
+            "gauge",
+            "1 while an agent is heard within liveness, 0 after it went silent or said bye",
+            {(("agent", a),): 1.0 if up else 0.0 for a, up in sorted(s["agent_online"].items())},
+        ),
+        Family(
+            "orbitfl_agent_model_version",
+            "gauge",
+            "The global model version each agent last said it holds",
+            {(("agent", a),): float(v) for a, v in sorted(s["agent_model"].items())},
+        ),
+    ]
+    if s["last_round_time"] is not None:
+        out.append(
+            _one(
+                "orbitfl_last_round_timestamp_seconds",
+                "gauge",
+                "When the last round closed (Unix time)",
+                s["last_round_time"],
+            )
         )
-        refused = CounterMetricFamily(
-            "orbitfl_updates_refused", "Frames or updates refused, by reason", labels=["reason"]
+    if s["last_round_seconds"] is not None:
+        out.append(
+            _one(
+                "orbitfl_last_round_duration_seconds",
+                "gauge",
+                "How long the last round was open",
+                s["last_round_seconds"],
+            )
         )
-        for reason, n in sorted(s["updates_refused"].items()):
-            refused.add_metric([reason], n)
-        yield refused
-        yield CounterMetricFamily("orbitfl_bytes_in", "Bytes received in frames", value=s["bytes_in"])
-        yield CounterMetricFamily("orbitfl_bytes_out", "Bytes sent in frames", value=s["bytes_out"])
-        yield CounterMetricFamily("orbitfl_frames_in", "Frames received", value=s["frames_in"])
-        yield CounterMetricFamily("orbitfl_frames_out", "Frames sent", value=s["frames_out"])
-        yield GaugeMetricFamily("orbitfl_round", "Current round", value=s["round"])
-        yield GaugeMetricFamily(
-            "orbitfl_model_version", "Current global model version", value=s["model_version"]
+    if s["accuracy"] is not None:
+        out.append(
+            _one(
+                "orbitfl_accuracy",
+                "gauge",
+                "Global model accuracy on the ground's held-out data",
+                s["accuracy"],
+            )
         )
-        yield GaugeMetricFamily(
-            "orbitfl_agents_seen", "Distinct agents heard from since start", value=s["agents_seen"]
+    if s["dp_epsilon"] is not None:
+        out.append(
+            _one(
+                "orbitfl_dp_epsilon", "gauge", "Differential privacy spent so far (epsilon)", s["dp_epsilon"]
+            )
         )
-
-
-def registry_for(metrics: GroundMetrics) -> CollectorRegistry:
-    reg = CollectorRegistry(auto_describe=True)
-    reg.register(_Collector(metrics))
-    return reg
+    return out
 
 
 def render(metrics: GroundMetrics) -> str:
-    return generate_latest(registry_for(metrics)).decode()
+    return render_text(families(metrics.snapshot()))
 
 
 class MetricsServer:
-    """Serves ``/metrics`` on HOST:PORT (port 0 picks a free one; see ``port``)."""
+    """Serves ``/metrics`` and ``/healthz`` on HOST:PORT (port 0 picks a free one; see ``port``)."""
 
-    def __init__(self, metrics: GroundMetrics, host_port: str) -> None:
-        host, _, port = host_port.rpartition(":")
-        server, thread = start_http_server(int(port), addr=host, registry=registry_for(metrics))
-        self._server = server
-        self._thread = thread
-        self.port: int = server.server_port
+    def __init__(
+        self,
+        metrics: GroundMetrics,
+        host_port: str,
+        health: Health | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.health = health or Health(clock, stale_s=30.0)
+        m = metrics
+
+        def healthz() -> tuple[int, dict[str, object]]:
+            s = m.snapshot()
+            return self.health.report(
+                round=s["round"], model_version=s["model_version"], agents_online=s["agents_online"]
+            )
+
+        self._server = ObserveServer(host_port, lambda: render(m), healthz)
+        self.port: int = self._server.port
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.close()

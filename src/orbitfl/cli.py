@@ -18,7 +18,7 @@ from orbitfl import __version__
 # group name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("orbitfl.codec.cli", "compression recipes: benchmark and inspect"),
-    "keys": ("orbitfl.runtime.keys", "CurveZMQ key pairs for the ground and agents"),
+    "keys": ("orbitfl.runtime.keys_cli", "CurveZMQ key pairs for the ground and agents"),
     "ground": ("orbitfl.ground.daemon", "the ground station daemon"),
     "agent": ("orbitfl.agent.daemon", "the agent daemon that runs on a board"),
     "demo": ("orbitfl.apps.demo", "a ground and N agents as local processes: accuracy against bytes"),

@@ -135,10 +135,17 @@ class Cluster:
         return self.start("ground", "ground", "serve", "--config", str(self.root / "ground.toml"))
 
     def start_agent(
-        self, name: str, *, python: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        *,
+        python: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        verbose: bool = True,
     ) -> subprocess.Popen[bytes]:
+        """``verbose``: -v, every step in the log (what most tests wait for); else the quiet default."""
         cfg = str(self.root / f"{name}.toml")
-        return self.start(name, "agent", "run", "--config", cfg, python=python, env=env)
+        args = ["agent", "run", "--config", cfg, *(["-v"] if verbose else [])]
+        return self.start(name, *args, python=python, env=env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         p = self.procs[name]

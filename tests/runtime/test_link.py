@@ -15,9 +15,11 @@ from orbitfl.runtime.link import (
     Backoff,
     Down,
     GroundLink,
+    KeyRefused,
     LinkError,
     Received,
     Up,
+    load_public,
 )
 
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -290,3 +292,60 @@ def test_a_ground_restart_faster_than_liveness_is_still_seen_as_down_then_up(key
     finally:
         a.close()
         g.close()
+
+
+def test_a_revoked_key_is_refused_on_its_open_connection_and_at_its_next_handshake(
+    keys: Any, pump: Any, caplog: Any
+) -> None:
+    caplog.set_level("WARNING", logger="orbitfl.runtime.link")
+    with (
+        GroundLink(ANY_PORT, keys=keys.server()) as g,
+        AgentLink(
+            g.endpoint,
+            "sat-1",
+            keys=keys.client("sat-1"),
+            heartbeat_s=0.1,
+            liveness=3,
+            backoff=Backoff(initial_s=0.05, cap_s=0.1),
+            refused_backoff_s=30.0,
+        ) as a,
+        AgentLink(g.endpoint, "sat-2", keys=keys.client("sat-2"), heartbeat_s=0.1) as b,
+    ):
+        pump(g, [a, b], lambda got, ev: a.up and b.up)
+        (keys.allowed / "sat-1.key").unlink()
+        assert g.reload_keys() == ([], ["sat-1"])
+        assert g.allowed_names() == ["sat-2"]
+        assert a.send(b"update after revocation") and b.send(b"still welcome")
+        got, ev = pump(g, [a, b], lambda got, ev: any(isinstance(e, KeyRefused) for e in ev), timeout_s=10)
+        assert [r.peer for r in got] == ["sat-2"], "a revoked agent's frame reached the application"
+        assert g.stats.refused_revoked >= 1
+        refused = [e for e in ev if isinstance(e, KeyRefused)]
+        assert refused == [KeyRefused(30.0)], "the revoked agent must be told, once"
+        assert any(isinstance(e, Down) for e in ev) and not a.up
+        key = load_public(keys.dir / "sat-1.key").decode()
+        g.poll(0.1)  # the refusal's monitor event
+        logged = [r.getMessage() for r in caplog.records]
+        assert any(key in m and "sat-1" in m and "open connection" in m for m in logged), logged
+        assert any(key in m and "handshake refused" in m and "revoked agent sat-1" in m for m in logged), (
+            logged
+        )
+        # The long backoff holds: no redial within the next second, while sat-2 stays served.
+        reconnects = a.stats.reconnects
+        pump(g, [a, b], lambda got, ev: False, timeout_s=1.0)
+        assert a.stats.reconnects == reconnects and b.up
+        assert b.send(b"more")
+        got, _ = pump(g, [b], lambda got, ev: bool(got))
+        assert [r.peer for r in got] == ["sat-2"]
+
+
+def test_a_key_added_to_the_allow_list_is_admitted_after_a_reload(keys: Any, pump: Any) -> None:
+    import shutil
+
+    with GroundLink(ANY_PORT, keys=keys.server()) as g:
+        shutil.copyfile(keys.dir / "stranger.key", keys.allowed / "stranger.key")
+        assert g.reload_keys() == (["stranger"], [])
+        with AgentLink(g.endpoint, "stranger", keys=keys.client("stranger"), heartbeat_s=0.1) as a:
+            pump(g, [a], lambda got, ev: a.up)
+            assert a.send(b"hi")
+            got, _ = pump(g, [a], lambda got, ev: bool(got))
+            assert got == [Received("stranger", b"hi")]

@@ -78,3 +78,47 @@ def test_sigterm_and_sigint_request_shutdown(sig: int) -> None:
         assert s.requested and s.signal == sig
     finally:
         s.restore()
+
+
+def test_journal_is_detected_only_when_journal_stream_names_stderr(tmp_path: Path) -> None:
+    from orbitfl.runtime.service import stderr_is_journal
+
+    with open(tmp_path / "stderr", "w") as f, open(tmp_path / "other", "w") as g:
+        st, other = os.fstat(f.fileno()), os.fstat(g.fileno())
+        assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, f)
+        assert not stderr_is_journal({"JOURNAL_STREAM": f"{other.st_dev}:{other.st_ino}"}, f)
+        assert not stderr_is_journal({}, f)
+        assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"}, f)
+
+
+def test_journal_lines_carry_the_priority_and_no_timestamp(tmp_path: Path) -> None:
+    import logging
+
+    from orbitfl.runtime.service import JournalFormatter
+
+    fmt = JournalFormatter()
+
+    def line(level: int, msg: str) -> str:
+        return fmt.format(logging.LogRecord("orbitfl.ground", level, __file__, 1, msg, None, None))
+
+    assert line(logging.ERROR, "disk full") == "<3>orbitfl.ground: disk full"
+    assert line(logging.WARNING, "refused") == "<4>orbitfl.ground: refused"
+    assert line(logging.INFO, "round 1 -> v1") == "<6>orbitfl.ground: round 1 -> v1"
+    assert line(logging.DEBUG, "detail") == "<7>orbitfl.ground: detail"
+    assert "\n" not in line(logging.INFO, "two\nlines"), "one event must stay one journal entry"
+
+
+def test_sighup_requests_one_reload_and_does_not_stop_the_daemon() -> None:
+    from orbitfl.runtime.service import Reload
+
+    reload, shutdown = Reload().install(), Shutdown().install()
+    try:
+        assert not reload.take()
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reload.take(), "SIGHUP was not seen"
+        assert not reload.take(), "two SIGHUPs before a look are one reload"
+        assert not shutdown.requested
+    finally:
+        reload.restore()
+        shutdown.restore()

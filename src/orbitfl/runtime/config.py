@@ -133,6 +133,10 @@ class AgentSection:
     # Training artifacts built ahead on the host (`orbitfl model build`): the agent opens these and
     # never builds any itself, so a board needs no onnx. Unset: built once into state_dir.
     artifacts: Path | None = field(default=None, metadata=_m(path=True))
+    # Prometheus /metrics and /healthz on HOST:PORT ("" disables).
+    metrics: str = field(default="", metadata=_m(_host_port))
+    # After the ground refuses this agent's key (revoked), wait this long before dialling again.
+    key_refused_retry_s: float = field(default=600.0, metadata=_m(_positive))
 
 
 @dataclass(frozen=True)

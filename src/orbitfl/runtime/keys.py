@@ -1,4 +1,4 @@
-"""CurveZMQ key pairs: ``orbitfl keys new NAME --dir DIR``.
+"""CurveZMQ key pairs: ``orbitfl keys new NAME --dir DIR`` (the command is in keys_cli).
 
 A pair is two files in ZeroMQ's certificate format: ``NAME.key`` (public, goes into the ground's
 allow-list folder or to the agents) and ``NAME.key_secret`` (stays on its machine, mode 0600).
@@ -48,7 +48,7 @@ def new_keypair(name: str, directory: Path, *, allow_dir: Path | None = None) ->
     return Path(pub_s), Path(sec_s)
 
 
-def _cmd_new(args: argparse.Namespace) -> int:
+def cmd_new(args: argparse.Namespace) -> int:
     try:
         public, secret = new_keypair(
             args.name, Path(args.dir), allow_dir=Path(args.allow) if args.allow else None
@@ -61,13 +61,3 @@ def _cmd_new(args: argparse.Namespace) -> int:
     if args.allow:
         print(f"allowed:    {Path(args.allow) / public.name}")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("keys", help="CurveZMQ key pairs for the ground and agents")
-    sub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    new = sub.add_parser("new", help="create NAME.key (public) and NAME.key_secret in DIR")
-    new.add_argument("name", help="the agent's id, or e.g. 'ground' for the station")
-    new.add_argument("--dir", required=True, help="folder to write the key pair into")
-    new.add_argument("--allow", metavar="DIR", help="also copy the public key into this allow-list folder")
-    new.set_defaults(func=_cmd_new)

@@ -6,6 +6,9 @@ sockets need and the federation logic must not see:
 - CurveZMQ encryption and authentication by default. The ground admits only agents whose public
   key is in an allow-list folder; an unknown key is refused by the ZAP handler at the handshake,
   so its frames never reach the application. Plaintext needs an explicit ``insecure=True``.
+  ``reload_keys`` rereads the folder while serving (SIGHUP in the daemon): a removed key is refused
+  at its next handshake and its open connection is no longer served; each refusal is logged with
+  the z85 key and the name it had. An agent whose key is refused waits ``refused_backoff_s``.
 - ``MAXMSGSIZE`` on every socket, so an oversize frame is dropped by libzmq before it is read.
 - Liveness with heartbeats (zguide's Paranoid Pirate): an empty frame is a heartbeat, which no
   valid message can be. The agent pings when it has sent nothing for an interval; the ground
@@ -24,6 +27,7 @@ import os
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,7 @@ DEFAULT_MAX_MSG_SIZE = 16 * 1024 * 1024
 # new identity, so a reconnect never collides with the ROUTER's memory of the previous socket.
 _ID_SEP = b"\x00"
 _TAG_BYTES = 6
+_REFUSAL_LOG_S = 60.0  # at most one log line per refused key in this interval
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -72,7 +77,15 @@ class Down:
     silent_s: float
 
 
-LinkEvent = Received | Up | Down
+@dataclass(frozen=True)
+class KeyRefused:
+    """The ground refused this agent's key at the handshake; the link waits ``retry_s`` before
+    dialling again (a revoked key will not start working by itself a second later)."""
+
+    retry_s: float
+
+
+LinkEvent = Received | Up | Down | KeyRefused
 
 
 @dataclass
@@ -89,6 +102,7 @@ class LinkStats:
     auth_failures: int = 0
     reconnects: int = 0
     refused_unknown_peer: int = 0
+    refused_revoked: int = 0  # frames on a connection whose key was revoked since it was admitted
 
 
 @dataclass
@@ -169,11 +183,57 @@ def allowed_keys(allowed_dir: Path) -> dict[bytes, str]:
     return out
 
 
+class AllowList:
+    """The allow-list the ZAP handler consults at each handshake, replaceable while serving.
+
+    The ZAP thread calls ``callback``; the loop calls ``replace`` and ``refusals``. The key map is
+    swapped whole (one reference assignment), and refusals go through a deque, so neither side
+    needs a lock. Refused keys are remembered with the name they had, if they ever had one.
+    """
+
+    def __init__(self, names: dict[bytes, str]) -> None:
+        self.names = names
+        self.former: dict[bytes, str] = {}
+        self._refused: deque[bytes] = deque(maxlen=1024)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = key in self.names
+        if not ok:
+            self._refused.append(key)
+        return ok
+
+    def replace(self, names: dict[bytes, str]) -> tuple[list[str], list[str]]:
+        """Install ``names``; returns (added, removed) agent names."""
+        old = self.names
+        self.names = names
+        for k, n in old.items():
+            if k not in names:
+                self.former[k] = n
+        added = sorted(n for k, n in names.items() if k not in old)
+        removed = sorted(n for k, n in old.items() if k not in names)
+        return added, removed
+
+    def refusals(self) -> list[tuple[str, str | None]]:
+        """(z85 key, former agent name or None) of each handshake refused since the last call."""
+        out = []
+        while self._refused:
+            key = self._refused.popleft()
+            out.append((key.decode("ascii", "replace"), self.former.get(key)))
+        return out
+
+
 def _routing_id(name: str) -> bytes:
     raw = name.encode()
     if not raw or _ID_SEP in raw or len(raw) > 200:
         raise ValueError(f"agent name must be 1-200 bytes of UTF-8 without NUL, got {name!r}")
     return raw + _ID_SEP + secrets.token_bytes(_TAG_BYTES)
+
+
+def _event_name(event: int) -> str:
+    for name in ("HANDSHAKE_FAILED_AUTH", "HANDSHAKE_FAILED_PROTOCOL", "HANDSHAKE_FAILED_NO_DETAIL"):
+        if event & getattr(zmq, "EVENT_" + name):
+            return name.lower()
+    return str(event)
 
 
 class GroundLink:
@@ -203,6 +263,10 @@ class GroundLink:
         self._own_ctx = context is None
         self._ctx = context if context is not None else zmq.Context()
         self._auth: ThreadAuthenticator | None = None
+        self._allow: AllowList | None = None
+        self._allowed_dir: Path | None = None
+        self._revoked_seen: set[bytes] = set()
+        self._refusal_log: dict[str, tuple[float | None, int]] = {}  # key -> (last logged, quiet since)
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.linger = 0
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
@@ -216,10 +280,13 @@ class GroundLink:
         try:
             if keys is not None and not insecure:
                 self._names = allowed_keys(keys.allowed_dir)
+                self._allowed_dir = keys.allowed_dir
+                self._allow = AllowList(self._names)
                 public, secret = load_secret(keys.secret_file)
                 self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(__name__ + ".auth"))
                 self._auth.start()
-                self._auth.configure_curve(domain="*", location=os.fspath(keys.allowed_dir))
+                # A callback rather than a folder read once: the allow-list can change while serving.
+                self._auth.configure_curve_callback(domain="*", credentials_provider=self._allow)
                 self._sock.curve_server = True
                 self._sock.curve_secretkey = secret
                 self._sock.curve_publickey = public
@@ -238,6 +305,21 @@ class GroundLink:
     @property
     def secure(self) -> bool:
         return self._auth is not None
+
+    def allowed_names(self) -> list[str]:
+        return sorted(self._names.values())
+
+    def reload_keys(self) -> tuple[list[str], list[str]]:
+        """Reread the allow-list folder; returns (added, removed) agent names. A removed agent's
+        handshakes are refused from now on, and frames on its open connection are dropped."""
+        if self._allow is None or self._allowed_dir is None:
+            return [], []
+        names = allowed_keys(self._allowed_dir)  # a LinkError leaves the current list in place
+        added, removed = self._allow.replace(names)
+        self._names = names
+        for name in removed:
+            self._route.pop(name, None)
+        return added, removed
 
     def _peer_name(self, routing_id: bytes, user_id: str | None) -> str | None:
         if self._auth is not None:
@@ -281,6 +363,9 @@ class GroundLink:
                 user_id = uid if isinstance(uid, str) else None
             name = self._peer_name(rid, user_id)
             if name is None:
+                if user_id is not None and self._allow is not None:
+                    self._drop_revoked(rid, user_id, body.bytes == HEARTBEAT)
+                    continue
                 self.stats.refused_unknown_peer += 1
                 log.warning("frame from an unnamed peer dropped")
                 continue
@@ -297,16 +382,49 @@ class GroundLink:
             out.append(Received(name, data))
         return out
 
+    def _drop_revoked(self, rid: bytes, user_id: str, heartbeat: bool) -> None:
+        """A connection admitted before its key was revoked: nothing it sends is served, not even
+        heartbeats, so the agent soon declares the link down and its next handshake is refused."""
+        if not heartbeat:
+            self.stats.refused_revoked += 1
+        if rid in self._revoked_seen:
+            return
+        if len(self._revoked_seen) > 4096:
+            self._revoked_seen.clear()
+        self._revoked_seen.add(rid)
+        assert self._allow is not None
+        former = self._allow.former.get(user_id.encode())
+        log.warning(
+            "refused frames from revoked key %s (agent %s) on its open connection",
+            user_id,
+            former or "unknown",
+        )
+
     def _drain_monitor(self) -> None:
         while True:
             try:
                 msg = self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             event = parse_monitor_message(msg)
             if event["event"] & _HANDSHAKE_FAILED:
                 self.stats.auth_failures += 1
-                log.warning("handshake refused from %s", event.get("endpoint"))
+                if self._allow is None:
+                    log.warning("handshake refused (%s)", _event_name(event["event"]))
+        if self._allow is not None:
+            now = self.clock()
+            for key, former in self._allow.refusals():
+                # A client redialling in a tight loop gets one line a minute, not one per attempt.
+                last, quiet = self._refusal_log.get(key, (None, 0))
+                if last is not None and now - last < _REFUSAL_LOG_S:
+                    self._refusal_log[key] = (last, quiet + 1)
+                    continue
+                if len(self._refusal_log) > 4096:
+                    self._refusal_log.clear()
+                self._refusal_log[key] = (now, 0)
+                who = f"revoked agent {former}" if former else "not in the allow-list"
+                more = f"; {quiet} more refused since the last line" if quiet else ""
+                log.warning("handshake refused: key %s (%s)%s", key, who, more)
 
     def _send_raw(self, rid: bytes, frame: bytes) -> bool:
         try:
@@ -354,6 +472,8 @@ class GroundLink:
 class AgentLink:
     """An agent's DEALER, with liveness and reconnects. ``poll`` returns :data:`LinkEvent` s."""
 
+    _refused = False
+
     def __init__(
         self,
         endpoint: str,
@@ -365,11 +485,14 @@ class AgentLink:
         heartbeat_s: float = 1.0,
         liveness: int = 3,
         backoff: Backoff | None = None,
+        refused_backoff_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         if keys is None and not insecure:
             raise LinkError("an agent needs Curve keys; plaintext only with an explicit insecure=True")
+        if not refused_backoff_s > 0:
+            raise ValueError(f"refused_backoff_s must be > 0, got {refused_backoff_s}")
         if heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be > 0, got {heartbeat_s}")
         if liveness < 1:
@@ -383,6 +506,7 @@ class AgentLink:
         self.liveness = liveness
         self.max_msg_size = max_msg_size
         self.backoff = backoff or Backoff()
+        self.refused_backoff_s = refused_backoff_s
         self.clock = clock
         self.stats = LinkStats()
         self.up = False
@@ -402,6 +526,11 @@ class AgentLink:
     @property
     def secure(self) -> bool:
         return self._curve is not None
+
+    @property
+    def last_heard(self) -> float:
+        """Monotonic time a frame or heartbeat last came from the ground (or the last dial)."""
+        return self._last_heard
 
     def _open(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
@@ -423,7 +552,9 @@ class AgentLink:
             sock.curve_serverkey = server
         # A dropped TCP connection (the ground died or the contact ended) is seen at once, without
         # waiting for liveness to run out: the machine hears LinkDown and says HELLO again after.
-        self._mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # The ground's refusal of our key is seen too, so the agent waits long instead of redialling.
+        self._mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._refused = False
         sock.connect(self.endpoint)
         self._sock = sock
         now = self.clock()
@@ -441,7 +572,8 @@ class AgentLink:
             self._sock = None
 
     def _disconnected(self) -> bool:
-        """True if libzmq reported the connection dropped since the last look."""
+        """True if libzmq reported the connection dropped since the last look (and notes in
+        ``_refused`` a handshake the ground refused)."""
         if self._mon is None:
             return False
         dropped = False
@@ -450,7 +582,9 @@ class AgentLink:
                 msg = self._mon.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return dropped
-            dropped = dropped or parse_monitor_message(msg)["event"] == zmq.EVENT_DISCONNECTED
+            ev = parse_monitor_message(msg)["event"]
+            dropped = dropped or ev == zmq.EVENT_DISCONNECTED
+            self._refused = self._refused or ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
     def _ping(self) -> None:
         assert self._sock is not None
@@ -505,7 +639,17 @@ class AgentLink:
                 events.append(Received("ground", data))
         now = self.clock()
         silent = now - self._last_heard
-        if silent >= self.heartbeat_s * self.liveness or (self.up and self._disconnected()):
+        dropped = self._disconnected()
+        if self._refused:
+            self._close()
+            self.stats.auth_failures += 1
+            self._reconnect_at = now + self.refused_backoff_s
+            if self.up:
+                self.up = False
+                events.append(Down(silent))
+            events.append(KeyRefused(self.refused_backoff_s))
+            return events
+        if silent >= self.heartbeat_s * self.liveness or (self.up and dropped):
             # Lazy Pirate: a silent peer means a dead socket; throw it away and dial again later.
             self._close()
             self._reconnect_at = now + self.backoff.next_delay()

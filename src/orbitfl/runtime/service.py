@@ -13,17 +13,57 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
+from typing import TextIO
+
+# sd-daemon(3) priorities: journald reads a leading "<N>" as the line's syslog level.
+_HANDLER = "orbitfl.stderr"
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """One log line per event on stderr (journald adds the time and unit under systemd)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def stderr_is_journal(environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> bool:
+    """True when stderr is connected to journald (``JOURNAL_STREAM`` names its device:inode)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>name: message``: journald adds the time and unit, and keeps the priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 6)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += " " + self.formatException(record.exc_info).replace("\n", " | ")
+        # One event, one journal entry: an embedded newline would start an unprioritised line.
+        return f"<{prio}>" + text.replace("\n", " ")
+
+
+def setup_logging(verbose: bool = False, *, journal: bool | None = None) -> None:
+    """One log line per event on stderr: with a timestamp in a shell, with a priority prefix and
+    no timestamp when stderr is the journal (it stamps each line itself)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal() if journal is None else journal:
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name(_HANDLER)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if h.get_name() == _HANDLER:  # called again (tests): one line per event, not two
+            root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # pyzmq's authenticator logs every handshake at DEBUG; the link logs refusals itself.
+    logging.getLogger("orbitfl.runtime.link.auth").setLevel(logging.WARNING)
 
 
 class Notifier:
@@ -119,6 +159,37 @@ class Shutdown:
 
     def wait(self, timeout_s: float) -> bool:
         return self._event.wait(timeout_s)
+
+
+class Reload:
+    """Set by SIGHUP (``systemctl reload``); the daemon loop takes it between polls and rereads
+    what can change without a restart (the ground's allow-list)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous: object = None
+
+    def install(self) -> Reload:
+        self._previous = signal.signal(signal.SIGHUP, self._handle)
+        return self
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)  # type: ignore[arg-type]
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._event.set()
+
+    def request(self) -> None:
+        self._event.set()
+
+    def take(self) -> bool:
+        """True once per request (several SIGHUPs before a look are one reload)."""
+        if not self._event.is_set():
+            return False
+        self._event.clear()
+        return True
 
 
 def serve(
