@@ -28,6 +28,7 @@ class GroundMetrics:
     frames_out: int = 0
     round: int = 0
     model_version: int = 0
+    federation_finished: bool = False  # the configured rounds are all closed
     agents_seen: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -46,6 +47,7 @@ class GroundMetrics:
                 "frames_out": self.frames_out,
                 "round": self.round,
                 "model_version": self.model_version,
+                "federation_finished": int(self.federation_finished),
                 "agents_seen": len(self.agents_seen),
             }
 
@@ -74,6 +76,11 @@ class _Collector(Collector):
         yield GaugeMetricFamily("orbitfl_round", "Current round", value=s["round"])
         yield GaugeMetricFamily(
             "orbitfl_model_version", "Current global model version", value=s["model_version"]
+        )
+        yield GaugeMetricFamily(
+            "orbitfl_federation_finished",
+            "1 once every configured round is closed",
+            value=s["federation_finished"],
         )
         yield GaugeMetricFamily(
             "orbitfl_agents_seen", "Distinct agents heard from since start", value=s["agents_seen"]
