@@ -102,6 +102,11 @@ def _from_arrays(where: Path, arrays: dict[str, np.ndarray], seed: int) -> Datas
         raise DataError(f"{where}: x_test and y_test come together (found only one of them)")
     _check_pair(where, arrays, "x", "y")
     x, y = arrays["x"], arrays["y"]
+    # What the user's arrays are, before any split: refusals name these, not a split's pieces.
+    given = {
+        k: (tuple(int(d) for d in a.shape), int(a.max()) if np.issubdtype(a.dtype, np.integer) else None)
+        for k, a in arrays.items()
+    }
     if "x_test" in arrays:
         _check_pair(where, arrays, "x_test", "y_test")
         xt, yt = arrays["x_test"], arrays["y_test"]
@@ -132,7 +137,7 @@ def _from_arrays(where: Path, arrays: dict[str, np.ndarray], seed: int) -> Datas
         sample_shape=sample,
         num_classes=n_cls,
         task="classification" if classify else "regression",
-        info={"source": str(where)},
+        info={"source": str(where), "arrays": given},
     )
 
 
@@ -144,28 +149,29 @@ def check_fits(
     want = tuple(int(d) for d in input_shape)
     size = int(np.prod(want))
     src = data.info.get("source", data.name)
-    for key, arr in (("x", data.x_train), ("x_test", data.x_test)):
-        if len(arr) and int(np.prod(arr.shape[1:])) != size:
-            shape = (len(arr), *data.sample_shape)
+    given: dict[str, tuple[tuple[int, ...], int | None]] = data.info.get("arrays") or {
+        "x": ((len(data.x_train), *data.sample_shape), None),
+        "y": ((len(data.y_train),), _max_label(data.y_train)),
+        "x_test": ((len(data.x_test), *data.sample_shape), None),
+        "y_test": ((len(data.y_test),), _max_label(data.y_test)),
+    }
+    for key in ("x", "x_test"):
+        shape = given.get(key, ((0,), None))[0]
+        if shape[0] and int(np.prod(shape[1:])) != size:
             raise DataError(
                 f"{src}: {key} has shape {shape}, but the model's input expects samples of shape "
                 f"{want} ([N, {', '.join(map(str, want))}])"
             )
     if task != "classification" or num_outputs <= 0:
         return
-    for key, lab in (("y", data.y_train), ("y_test", data.y_test)):
-        if len(lab) and np.issubdtype(lab.dtype, np.integer) and int(lab.max()) >= num_outputs:
+    for key in ("y", "y_test"):
+        top = given.get(key, ((0,), None))[1]
+        if top is not None and top >= num_outputs:
             raise DataError(
-                f"{src}: {key} has label {int(lab.max())}, but the model has {num_outputs} outputs "
+                f"{src}: {key} has label {top}, but the model has {num_outputs} outputs "
                 f"(labels 0..{num_outputs - 1})"
             )
 
 
-def describe(data: Dataset) -> dict[str, Any]:
-    """A few facts for a log line."""
-    return {
-        "train": len(data.x_train),
-        "test": len(data.x_test),
-        "sample_shape": data.sample_shape,
-        "classes": data.num_classes,
-    }
+def _max_label(y: np.ndarray) -> int | None:
+    return int(y.max()) if len(y) and np.issubdtype(y.dtype, np.integer) else None
