@@ -16,7 +16,6 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -58,9 +57,10 @@ def load_source(source: str | Path, *, seed: int = 0) -> Dataset:
 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(p, allow_pickle=False) as npz:
-            if not isinstance(npz, Mapping):
-                raise DataError(f"{p}: a single array; an .npz with arrays x and y is expected")
+        loaded = np.load(p, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{p}: a single array; an .npz with arrays x and y is expected")
+        with loaded as npz:
             return {k: np.asarray(npz[k]) for k in npz.files if k in ARRAYS}
     except DataError:
         raise
