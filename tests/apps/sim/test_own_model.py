@@ -87,3 +87,19 @@ def test_demo_configs_carry_your_model_and_data(tmp_path: Path) -> None:
         assert tomllib.loads(cfg.read_text())["inference"]["export_tflite"] is False
     with pytest.raises(ValueError, match=r"--model: .* does not exist"):
         DemoSettings(model=str(tmp_path / "missing.onnx"))
+
+
+def test_experiment_takes_your_model_and_data_relative_to_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _model(tmp_path / "own.onnx")
+    _data(tmp_path / "own.npz")
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        '[experiment]\nseeds = [0]\n[base]\nmodel = "own.onnx"\nsats = 3\nplanes = 1\nrounds = 2\n'
+        'orbits = 10\nlr = 0.01\n[[datasets]]\ndataset = "own.npz"\npartition = "iid"\n'
+        '[[recipes]]\nname = "fp32"\ncodec = "fp32"\n'
+    )
+    out = tmp_path / "report"
+    assert main(["experiment", "--config", str(cfg), "--report", str(out)]) == 0, capsys.readouterr().err
+    assert "own.npz/iid" in capsys.readouterr().out
