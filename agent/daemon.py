@@ -256,8 +256,12 @@ class AgentDaemon:
         self.counts: Counter[str] = Counter()
         a, lk = cfg.agent, cfg.link
         a.state_dir.mkdir(parents=True, exist_ok=True)
-        self.board = board or Board(cfg)
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
+        try:
+            self.board = board or Board(cfg)
+        except BaseException:
+            self.outbox.close()
+            raise
         self.machine = AgentMachine(
             self.outbox, machine_config(cfg, getattr(self.board, "fingerprint", None))
         )
