@@ -143,3 +143,19 @@ def test_mismatched_agent_is_refused_with_one_line_on_both_sides(cluster: Cluste
     m = c.metrics()
     assert m.get('orbitfl_updates_refused_total{reason="model_mismatch"}') == 1.0
     assert c.procs["b1"].poll() is None  # it keeps running (and keeps its outbox)
+
+
+def test_ground_refuses_an_untrainable_model_and_data_that_does_not_fit(cluster: Cluster) -> None:
+    c = cluster
+    c.key("b0")
+    own_model(c.root / "elu.onnx", op="Elu")
+    cfg = c.ground_config(model=str(c.root / "elu.onnx"))
+    with pytest.raises(ConfigError, match=r"federation.model: unsupported op Elu in node 'act_0'"):
+        GroundDaemon(load_ground(cfg))
+    own_model(c.root / "own.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(c.root / "wide.npz", x=rng.normal(size=(20, 9)).astype(np.float32), y=rng.integers(0, 3, 20))
+    cfg = c.ground_config(model=str(c.root / "own.onnx"), eval_dataset=str(c.root / "wide.npz"))
+    with pytest.raises(ConfigError, match=r"federation.eval_dataset: .*wide.npz: x has shape \(20, 9\)"):
+        GroundDaemon(load_ground(cfg))
+    assert not (c.root / "ground").exists()  # refused before any state was made
