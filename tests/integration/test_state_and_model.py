@@ -15,8 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from orbitfl.agent.daemon import Board
+from orbitfl.agent.daemon import Board, artifacts_dir
 from orbitfl.ground.daemon import GroundDaemon
+from orbitfl.models.manifest import read_manifest
 from orbitfl.runtime.config import ConfigError, load_agent, load_ground
 
 from .conftest import Cluster, _toml
@@ -159,3 +160,22 @@ def test_ground_refuses_an_untrainable_model_and_data_that_does_not_fit(cluster:
     with pytest.raises(ConfigError, match=r"federation.eval_dataset: .*wide.npz: x has shape \(20, 9\)"):
         GroundDaemon(load_ground(cfg))
     assert not (c.root / "ground").exists()  # refused before any state was made
+
+
+def test_agent_rebuilds_when_the_model_file_changes_and_trains_only_what_it_is_told(cluster: Cluster) -> None:
+    c = cluster
+    rng = np.random.default_rng(0)
+    np.savez(c.root / "data.npz", x=rng.normal(size=(40, 6)).astype(np.float32), y=rng.integers(0, 3, 40))
+    own_model(c.root / "own.onnx")
+    cfg = agent_toml(c, "b1", data={"dataset": "data.npz"}, train={"model": "own.onnx"})
+    first = Board(load_agent(cfg))
+    own_model(c.root / "own.onnx", classes=4)  # same file name, another model
+    second = Board(load_agent(cfg))
+    assert first.fingerprint and second.fingerprint and first.fingerprint != second.fingerprint
+    assert read_manifest(artifacts_dir(load_agent(cfg))).parameters["b"] == (4,)
+
+    cfg = agent_toml(c, "b1", data={"dataset": "data.npz"}, train={"model": "own.onnx", "trainable": ["b"]})
+    board = Board(load_agent(cfg))
+    w = {"w": rng.normal(0, 0.5, (6, 4)).astype(np.float32), "b": np.full(4, 0.5, np.float32)}
+    done = board.learner.train(w, epochs=1, batch_size=8, seed=0)
+    assert not done.delta["w"].any() and done.delta["b"].any()  # the frozen weights stay put
