@@ -122,6 +122,9 @@ def test_changed_model_against_old_state_is_refused_until_reset(cluster: Cluster
         assert set(fresh.machine.global_model) == {"w", "b"}  # the new model's parameters
     finally:
         fresh.close()
+    cfg.write_text(cfg.read_text().replace("[federation]", '[federation]\ncodec = "quant:8"'))
+    with pytest.raises(ConfigError, match=r"with codec 'fp32', but the config says 'quant:8'"):
+        GroundDaemon(load_ground(cfg))
 
 
 def test_mismatched_agent_is_refused_with_one_line_on_both_sides(cluster: Cluster) -> None:
