@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import logging
 import os
@@ -34,9 +35,10 @@ from orbitfl.agent.outbox import Outbox
 from orbitfl.agent.status import LAST_CONTACT_KEY
 from orbitfl.agent.status import add_parser as add_status_parser
 from orbitfl.codec.inputs import recipe_needs
-from orbitfl.data.datasets import load
+from orbitfl.data.datasets import Dataset
 from orbitfl.data.metrics import accuracy
 from orbitfl.data.partition_file import PartitionFileError, read_partition, write_partition
+from orbitfl.data.user_data import DataError, check_fits, load_source
 from orbitfl.models.manifest import Manifest, model_name, read_manifest
 from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent
 from orbitfl.runtime.events import (
@@ -73,7 +75,7 @@ log = logging.getLogger("orbitfl.agent")
 TICK_S = 0.25
 
 
-def machine_config(cfg: AgentSettings) -> AgentConfig:
+def machine_config(cfg: AgentSettings, model_fingerprint: str | None = None) -> AgentConfig:
     """The one place the TOML settings become the machine's config (``*_s`` keys are seconds)."""
     a, lk = cfg.agent, cfg.link
     return AgentConfig(
@@ -82,7 +84,18 @@ def machine_config(cfg: AgentSettings) -> AgentConfig:
         retransmit_seconds=a.retransmit_s,
         chunk_bytes=lk.chunk_bytes,
         window=lk.window,
+        model_fingerprint=model_fingerprint or None,
     )
+
+
+def artifacts_dir(cfg: AgentSettings) -> Path:
+    """Where the agent keeps the artifacts it builds itself: one folder per model, optimizer and
+    choice of trainable parameters, so changing any of them never reuses a stale build."""
+    t = cfg.train
+    name = f"{model_name(t.model)}-{t.optimizer}"
+    if t.trainable:
+        name += "-" + hashlib.sha256("\n".join(t.trainable).encode()).hexdigest()[:8]
+    return cfg.agent.state_dir / "artifacts" / name
 
 
 class Board:
@@ -91,16 +104,10 @@ class Board:
 
     def __init__(self, cfg: AgentSettings) -> None:
         t = cfg.train
-        art = (
-            cfg.agent.artifacts or cfg.agent.state_dir / "artifacts" / f"{model_name(t.model)}-{t.optimizer}"
-        )
+        art = cfg.agent.artifacts or artifacts_dir(cfg)
         manifest = self._manifest(cfg, art)
-        x, y = load_partition(cfg.data)
-        if int(np.prod(x.shape[1:])) != int(np.prod(manifest.input_shape)):
-            raise ConfigError(
-                f"{cfg.data.file or cfg.data.dataset}: samples of shape {x.shape[1:]} do not fit "
-                f"model {manifest.model!r}'s input {manifest.input_shape}"
-            )
+        self.fingerprint = manifest.fingerprint
+        x, y = load_partition(cfg.data, manifest)
         self.learner = Learner(open_trainer(art, learning_rate=t.lr), x, y)
         self.cfg = t
         self.inference = cfg.inference
@@ -115,17 +122,41 @@ class Board:
         except (OSError, ValueError) as exc:
             if cfg.agent.artifacts is not None:
                 raise ConfigError(f"agent.artifacts: {exc}") from None
+            manifest = None
+        if cfg.agent.artifacts is None and (manifest is None or Board._changed(cfg, manifest)):
             # Deferred on purpose: building needs onnx, the host's job, not a board's.
             from orbitfl.models.artifacts import build_artifacts
             from orbitfl.models.zoo import resolve
 
-            return build_artifacts(resolve(cfg.train.model), art, optimizer=cfg.train.optimizer)
+            try:
+                return build_artifacts(
+                    resolve(cfg.train.model),
+                    art,
+                    optimizer=cfg.train.optimizer,
+                    trainable=list(cfg.train.trainable) or None,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"train.model: {exc}") from None
+        assert manifest is not None
         if cfg.agent.artifacts is not None and manifest.model != model_name(cfg.train.model):
             raise ConfigError(
                 f"agent.artifacts: {art} holds model {manifest.model!r}, but train.model is "
                 f"{cfg.train.model!r} (the ground's federation.model)"
             )
         return manifest
+
+    @staticmethod
+    def _changed(cfg: AgentSettings, manifest: Manifest) -> bool:
+        """Whether the model file behind a build made here has changed since (same name, other
+        graph): then the build is stale. Without onnx it cannot be told, and is kept."""
+        if not manifest.fingerprint or importlib.util.find_spec("onnx") is None:
+            return False
+        from orbitfl.models.zoo import fingerprint, resolve  # deferred: onnx, see above
+
+        try:
+            return fingerprint(resolve(cfg.train.model)) != manifest.fingerprint
+        except ValueError as exc:
+            raise ConfigError(f"train.model: {exc}") from None
 
     def train(self, start: StartTraining) -> TrainingDone:
         done = self.learner.train(
@@ -187,14 +218,26 @@ class Board:
         )
 
 
-def load_partition(d: DataSection) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
-    """This agent's samples and labels: the host-written file, or its share of a data set."""
+def load_partition(
+    d: DataSection, manifest: Manifest | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+    """This agent's samples and labels: the host-written file, or its share of a data set (built
+    in, or the user's own); refused with a ConfigError when they do not fit ``manifest``'s model."""
+    key = "data.file" if d.file is not None else "data.dataset"
+    try:
+        if d.file is not None:
+            x, y = read_partition(d.file)
+            data = Dataset(
+                str(d.file), x, y, x[:0], y[:0], tuple(x.shape[1:]), 0, info={"source": str(d.file)}
+            )
+        else:
+            data = load_source(d.dataset, seed=d.seed)
+        if manifest is not None:
+            check_fits(data, manifest.input_shape, manifest.num_outputs, task=manifest.task)
+    except (PartitionFileError, DataError, ImportError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
     if d.file is not None:
-        try:
-            return read_partition(d.file)
-        except PartitionFileError as exc:
-            raise ConfigError(f"data.file: {exc}") from None
-    data = load(d.dataset, seed=d.seed)
+        return data.x_train, data.y_train
     idx = share_indices(data.y_train, d.num_partitions, d.split, alpha=d.alpha, seed=d.seed)[d.partition]
     return np.ascontiguousarray(data.x_train[idx], dtype=np.float32), data.y_train[idx]
 
@@ -228,8 +271,14 @@ class AgentDaemon:
         a, lk = cfg.agent, cfg.link
         a.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
-        self.machine = AgentMachine(self.outbox, machine_config(cfg))
-        self.board = board or Board(cfg)
+        try:
+            self.board = board or Board(cfg)
+        except BaseException:
+            self.outbox.close()
+            raise
+        self.machine = AgentMachine(
+            self.outbox, machine_config(cfg, getattr(self.board, "fingerprint", None))
+        )
         keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
         self.link = AgentLink(
             a.ground,

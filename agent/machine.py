@@ -102,6 +102,11 @@ class AgentConfig:
     window: int = DEFAULT_WINDOW
     max_transfer_bytes: int = 512 << 20
     limits: Limits = DEFAULT_LIMITS
+    # orbitfl.models.zoo.fingerprint of the model this agent trains (None: not checked). Sent in
+    # HELLO; a TASK for another model is refused. After a model_mismatch the agent stays quiet
+    # (keeping its outbox) for mismatch_backoff_seconds, doubling up to an hour, then asks again.
+    model_fingerprint: str | None = None
+    mismatch_backoff_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.agent_id or ":" in self.agent_id or len(self.agent_id) > 128:
@@ -133,6 +138,8 @@ class AgentMachine:
         self._last_sent = 0.0
         self.refused: dict[str, int] = {}
         self.bytes_out = 0
+        self.quiet_until: float | None = None  # set while the ground and we disagree on the model
+        self._quiet_s = config.mismatch_backoff_seconds
 
     def _id(self) -> str:
         return f"{self.cfg.agent_id}:b{self._boot}.{next(self._ids)}"
@@ -149,18 +156,10 @@ class AgentMachine:
         out: list[Action] = []
         if isinstance(event, LinkUp):
             self.linked = True
-            self._send(
-                Hello(
-                    self._id(),
-                    self.cfg.agent_id,
-                    self.cfg.software,
-                    self.version,
-                    {**self.cfg.capabilities, "pending": self.outbox.pending()},
-                ),
-                now,
-                out,
-            )
-            self._start_upload(now, out, resume=True)
+            if self.quiet_until is None or now >= self.quiet_until:
+                self.quiet_until = None
+                self._hello(now, out)
+                self._start_upload(now, out, resume=True)
         elif isinstance(event, LinkDown):
             self.linked = False
             if self.upload is not None:
@@ -180,8 +179,47 @@ class AgentMachine:
             self._on_tick(now, out)
         return out
 
+    def _hello(self, now: float, out: list[Action]) -> None:
+        self._send(
+            Hello(
+                self._id(),
+                self.cfg.agent_id,
+                self.cfg.software,
+                self.version,
+                {**self.cfg.capabilities, "pending": self.outbox.pending()},
+                self.cfg.model_fingerprint,
+            ),
+            now,
+            out,
+        )
+
+    def _go_quiet(self, why: str, now: float, out: list[Action]) -> None:
+        """Stop asking for work the other side's model makes useless; ask again later."""
+        self.quiet_until = now + self._quiet_s
+        out.append(Count("model_mismatch"))
+        out.append(
+            Log(
+                "ERROR",
+                f"model mismatch: {why}; not asking the ground again for {self._quiet_s:.0f} s "
+                f"({self.outbox.pending()} update(s) kept in the outbox)",
+            )
+        )
+        self._quiet_s = min(self._quiet_s * 2, 3600.0)
+        self.task, self.training = None, False
+        if self.upload is not None:
+            self.upload.pause()
+            self._save_offset()
+        self._upload_sent_at = None
+
     def _on_tick(self, now: float, out: list[Action]) -> None:
         if not self.linked:
+            return
+        if self.quiet_until is not None:
+            if now < self.quiet_until:
+                return
+            self.quiet_until = None
+            self._hello(now, out)
+            self._start_upload(now, out, resume=True)
             return
         if self._upload_sent_at is not None and now - self._upload_sent_at >= self.cfg.retransmit_seconds:
             out.append(Count("retransmits"))
@@ -263,6 +301,15 @@ class AgentMachine:
         return True
 
     def _on_task(self, task: Task, now: float, out: list[Action]) -> None:
+        mine = self.cfg.model_fingerprint
+        if mine is not None and task.model_fingerprint is not None and task.model_fingerprint != mine:
+            text = (
+                f"task {task.task_id!r} is for model {task.model_fingerprint}, but this agent trains "
+                f"model {mine}: set train.model to the ground's federation.model"
+            )
+            self._go_quiet(text, now, out)
+            self._send(Nack(self._id(), task.id, Reason.MODEL_MISMATCH.value, text), now, out)
+            return
         if (self.task is not None and self.task.task_id == task.task_id) or self.outbox.has_task(
             task.task_id
         ):
@@ -339,7 +386,7 @@ class AgentMachine:
 
     def _start_upload(self, now: float, out: list[Action], resume: bool) -> None:
         """Send (or resume sending) the outbox head."""
-        if not self.linked:
+        if not self.linked or self.quiet_until is not None:
             return
         head = self.outbox.head()
         if head is None:
@@ -384,7 +431,12 @@ class AgentMachine:
     def _on_nack(self, msg: Nack, now: float, out: list[Action]) -> None:
         out.append(Count("nacks_received", (("reason", msg.reason),)))
         out.append(Log("WARNING", f"ground refused {msg.ref!r}: {msg.reason}: {msg.text}"))
+        if msg.reason == Reason.MODEL_MISMATCH.value:
+            self._go_quiet(f"the ground refused this agent: {msg.text}", now, out)
+            return
         if msg.ref is None or msg.ref != self._upload_id:
+            return
+        if self.quiet_until is not None:
             return
         if msg.reason in PERMANENT:
             self.outbox.drop(msg.ref, msg.reason, now)
@@ -392,17 +444,7 @@ class AgentMachine:
             self.upload, self._upload_id = None, None
             self._start_upload(now, out, resume=False)
         elif msg.reason == Reason.NOT_REGISTERED.value:
-            self._send(
-                Hello(
-                    self._id(),
-                    self.cfg.agent_id,
-                    self.cfg.software,
-                    self.version,
-                    {**self.cfg.capabilities, "pending": self.outbox.pending()},
-                ),
-                now,
-                out,
-            )
+            self._hello(now, out)
             self._start_upload(now, out, resume=True)
         elif msg.reason == Reason.CHECKSUM.value and self.upload is not None:
             self.upload.acked = self.upload.sent = 0

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -24,15 +25,15 @@ import numpy as np
 import numpy.typing as npt
 
 from orbitfl.codec.inputs import check_recipe
-from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
+from orbitfl.data.user_data import DataError, check_fits, load_source
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.status import DP_EPSILON_KEY
 from orbitfl.ground.status import add_parser as add_status_parser
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import make_strategy
-from orbitfl.models import zoo
+from orbitfl.models import autodiff, zoo
 from orbitfl.ort_import import onnxruntime
 from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground
 from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
@@ -47,15 +48,62 @@ TICK_S = 0.25
 ROUNDS_FILE = "rounds.jsonl"
 
 
+# What the state directory must agree with the config on (meta key -> what it is called).
+IDENTITY = {"model_fingerprint": "model", "strategy": "strategy", "codec": "codec"}
+# What a --reset-state removes from the state directory (the store's files and the round log);
+# anything else there (keys, say) is left alone.
+STATE_FILES = ("ground.db", "ground.db-wal", "ground.db-shm", "models", "ckpt", "spool", ROUNDS_FILE)
+
+
 def initial_weights(model: str, seed: int) -> dict[str, npt.NDArray[Any]]:
     return zoo.get_weights(zoo.resolve(model, seed=seed).model)
+
+
+def resolve_model(cfg: GroundSettings) -> zoo.ModelSpec:
+    """The federation's model, refused (ConfigError naming the key) when it cannot be loaded or
+    the agents' trainer could not train it (naming the op and node)."""
+    fed = cfg.federation
+    try:
+        spec = zoo.resolve(fed.model, seed=fed.model_seed)
+        autodiff.build_training_graphs(
+            spec.model, loss=spec.default_loss, num_outputs=spec.num_outputs or None
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{_where(cfg)}federation.model: {exc}") from None
+    return spec
+
+
+def reset_state(state_dir: Path) -> None:
+    """Delete a federation's stored state (models, rounds, log) so the next start is a new one."""
+    for name in STATE_FILES:
+        p = state_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def check_identity(store: GroundStore, state_dir: Path, want: Mapping[str, str], where: str) -> None:
+    """Refuse to serve a state directory made for another model, strategy or codec (the stored
+    models and the open round's updates belong to that one); record the identity of a new one."""
+    fresh = store.latest_version() is None
+    for key, what in IDENTITY.items():
+        had = store.get_meta(key)
+        if had is not None and not fresh and had != want[key]:
+            raise ConfigError(
+                f"{where}ground.state_dir {state_dir} holds a federation with {what} {had!r}, but "
+                f"the config says {want[key]!r}: use a new state_dir, or pass --reset-state to "
+                f"delete the old federation and start over"
+            )
+    for key in IDENTITY:
+        store.set_meta(key, want[key])
 
 
 def _where(cfg: GroundSettings) -> str:
     return f"{cfg.source}: " if cfg.source is not None else ""
 
 
-def machine_config(cfg: GroundSettings) -> GroundConfig:
+def machine_config(cfg: GroundSettings, model_fingerprint: str | None = None) -> GroundConfig:
     """The one place the TOML settings become the machine's config: ``codec`` is the machine's
     ``recipe``, ``*_s`` keys are seconds, 0 and "" mean none. A bad value is a ConfigError."""
     fed = cfg.federation
@@ -76,6 +124,7 @@ def machine_config(cfg: GroundSettings) -> GroundConfig:
             chunk_bytes=cfg.link.chunk_bytes,
             window=cfg.link.window,
             downlink_recipe=fed.downlink_codec or None,
+            model_fingerprint=model_fingerprint,
         )
     except ValueError as exc:
         raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
@@ -85,10 +134,16 @@ class Evaluator:
     """Scores a global model on held-out data with ONNX Runtime inference (the ground's own view of
     accuracy; agents never send their data)."""
 
-    def __init__(self, model: str, seed: int, dataset: str, data_seed: int) -> None:
+    def __init__(self, spec: zoo.ModelSpec, dataset: str, data_seed: int) -> None:
         self._ort = onnxruntime()
-        self.spec = zoo.resolve(model, seed=seed)
-        data = load(dataset, seed=data_seed)
+        self.spec = spec
+        try:
+            data = load_source(dataset, seed=data_seed)
+            check_fits(data, spec.input_shape, spec.num_outputs, task=spec.task)
+        except (DataError, ImportError) as exc:
+            raise ConfigError(f"federation.eval_dataset: {exc}") from None
+        if len(data.x_test) == 0:
+            raise ConfigError(f"federation.eval_dataset: {dataset} has no test samples")
         self.x = np.ascontiguousarray(
             data.x_test.reshape((len(data.x_test), *self.spec.input_shape)), dtype=np.float32
         )
@@ -114,6 +169,7 @@ class GroundDaemon:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         reload: Reload | None = None,
+        reset: bool = False,
     ) -> None:
         self.cfg = cfg
         self.shutdown = shutdown or Shutdown()
@@ -123,20 +179,31 @@ class GroundDaemon:
         self.mono = mono
         self.metrics = GroundMetrics()
         g, fed = cfg.ground, cfg.federation
+        spec = resolve_model(cfg)
+        fp = zoo.fingerprint(spec)
+        mcfg = machine_config(cfg, fp)
+        self.evaluator = Evaluator(spec, fed.eval_dataset, fed.data_seed) if fed.eval_dataset else None
+        if reset and g.state_dir.exists():
+            reset_state(g.state_dir)
+            log.warning("state in %s deleted (--reset-state): a new federation starts", g.state_dir)
         g.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = GroundStore(g.state_dir)
+        try:
+            check_identity(
+                self.store,
+                g.state_dir,
+                {"model_fingerprint": fp, "strategy": fed.strategy, "codec": fed.codec},
+                _where(cfg),
+            )
+        except ConfigError:
+            self.store.close()
+            raise
         self.n_params = 0
         init = None
         if self.store.latest_version() is None:
-            init = initial_weights(fed.model, fed.model_seed)
-        mcfg = machine_config(cfg)
+            init = zoo.get_weights(spec.model)
         self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
-        self.evaluator = (
-            Evaluator(fed.model, fed.model_seed, fed.eval_dataset, fed.data_seed)
-            if fed.eval_dataset
-            else None
-        )
         keys = None if g.insecure else CurveServerKeys(g.secret_key, g.allowed_keys)  # type: ignore[arg-type]
         self.link = GroundLink(
             g.bind,
@@ -159,6 +226,7 @@ class GroundDaemon:
         self.metrics.round = self.machine.round
         self.metrics.rounds_closed = self.store.rounds_closed()
         self.metrics.dp_epsilon = self._dp_epsilon()
+        self.metrics.federation_finished = self.machine.done and self.store.rounds_closed() > 0
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -183,6 +251,8 @@ class GroundDaemon:
                     m.round = int(a.value)
                 elif a.name == "model_version":
                     m.model_version = int(a.value)
+                elif a.name == "federation_finished":
+                    m.federation_finished = bool(a.value)
             elif isinstance(a, RoundClosed):
                 self._report_round(a)
 
@@ -306,6 +376,22 @@ class GroundDaemon:
             self.machine.version,
             self.machine.round,
         )
+        closed = self.store.rounds_closed()
+        if self.machine.continued_from is not None:
+            log.info(
+                "continuing the federation after %d rounds: federation.rounds is now %s",
+                self.machine.continued_from,
+                self.cfg.federation.rounds or "unlimited",
+            )
+        elif self.machine.done and closed:
+            log.info(
+                "the federation in %s finished after %d rounds (federation.rounds = %d); serving "
+                "the final model v%d (raise federation.rounds to continue)",
+                self.cfg.ground.state_dir,
+                closed,
+                closed,
+                self.machine.version,
+            )
         if self.metrics_server is not None:
             log.info(
                 "metrics on http://%s:%d/metrics",
@@ -352,7 +438,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.insecure and not cfg.ground.insecure:
             cfg = _force_insecure(cfg)
         shutdown = Shutdown().install()
-        daemon = GroundDaemon(cfg, shutdown=shutdown, reload=Reload().install())
+        daemon = GroundDaemon(cfg, shutdown=shutdown, reload=Reload().install(), reset=args.reset_state)
     except (ConfigError, LinkError) as exc:
         print(f"orbitfl ground serve: {exc}", file=sys.stderr)
         return 2
@@ -372,6 +458,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--config", required=True, help="the ground's TOML config")
     serve.add_argument(
         "--insecure", action="store_true", help="plaintext, no Curve keys: local development only"
+    )
+    serve.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="delete the federation stored in ground.state_dir and start a new one",
     )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)

@@ -88,6 +88,9 @@ class GroundConfig:
     # "quant:8 | zstd"): each new version is made exactly representable as the previous one plus
     # the recipe's decoded delta, and agents receive that compressed delta (see _compress_step).
     downlink_recipe: str | None = None
+    # orbitfl.models.zoo.fingerprint of the federation's model: sent in every TASK, and a HELLO
+    # stating another one is refused (model_mismatch). None: not checked.
+    model_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -145,6 +148,7 @@ class GroundMachine:
         self.duplicates = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.continued_from: int | None = None  # closed rounds when a finished federation resumed
         latest = store.latest_version()
         if latest is None:
             if initial_model is None:
@@ -158,9 +162,21 @@ class GroundMachine:
         self.global_model: TensorDict = global_
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
+        self._continue_finished()
         self._recover()
 
     # --- recovery ---------------------------------------------------------------------------------
+
+    def _continue_finished(self) -> None:
+        """A federation that ended at an earlier ``rounds`` goes on when more rounds are configured
+        (or none, i.e. endless): the next round opens on the latest global version."""
+        if self.store.current_round() is not None:
+            return
+        closed = self.store.rounds_closed()
+        if closed == 0 or (self.cfg.rounds is not None and closed >= self.cfg.rounds):
+            return
+        self.store.open_round(self.store.last_round() + 1, self.version, None, None)
+        self.continued_from = closed
 
     def _recover(self) -> None:
         """Rebuild the open round's partial sums: checkpoint, then replay the log after it."""
@@ -291,7 +307,15 @@ class GroundMachine:
         self._send_big(
             peer,
             Task(
-                mid, tid, self.round, self.version, self.cfg.recipe, dict(self.cfg.hints), deadline_in, blob
+                mid,
+                tid,
+                self.round,
+                self.version,
+                self.cfg.recipe,
+                dict(self.cfg.hints),
+                deadline_in,
+                blob,
+                self.cfg.model_fingerprint,
             ),
             now,
             out,
@@ -370,6 +394,14 @@ class GroundMachine:
             raise WireError(
                 Reason.BAD_ID, f"HELLO agent_id {msg.agent_id!r} is not this peer's name {peer!r}", msg.id
             )
+        mine = self.cfg.model_fingerprint
+        if mine is not None and msg.model_fingerprint is not None and msg.model_fingerprint != mine:
+            raise WireError(
+                Reason.MODEL_MISMATCH,
+                f"agent {msg.agent_id!r} trains model {msg.model_fingerprint}, but this federation's "
+                f"model is {mine}: give the agent the ground's federation.model as train.model",
+                msg.id,
+            )
         for other, q in list(self.peers.items()):
             if q.agent_id == msg.agent_id and other != peer:
                 del self.peers[other]  # the agent reconnected under a new routing id
@@ -390,6 +422,8 @@ class GroundMachine:
         prefix = f"{self.cfg.ground_id}:"
         if p is None or msg.ref is None or not msg.ref.startswith((prefix + "task.", prefix + "model.")):
             return
+        if msg.reason == Reason.MODEL_MISMATCH.value:
+            return  # resending the same model cannot help; the agent asks again when fixed
         if p.model_version is not None:
             p.model_version = None
             self._offer_task(peer, p, now, out)
@@ -528,6 +562,15 @@ class GroundMachine:
         out.append(RoundClosed(closed, new_version, n, samples, nbytes))
         out.append(Gauge("model_version", new_version))
         out.append(Gauge("round", self.round))
+        if last:
+            out.append(Gauge("federation_finished", 1))
+            out.append(
+                Log(
+                    "INFO",
+                    f"federation finished: {self.store.rounds_closed()} rounds, final model v{new_version}; "
+                    f"agents get it as they call in (raise federation.rounds to continue)",
+                )
+            )
         for peer, p in self.peers.items():
             if p.online:
                 self._offer_task(peer, p, now, out)

@@ -28,6 +28,7 @@ class GroundMetrics:
     frames_out: int = 0
     round: int = 0
     model_version: int = 0
+    federation_finished: bool = False  # the configured rounds are all closed
     agents_seen: set[str] = field(default_factory=set)
     agents_registered: int = 0
     agents_online: int = 0
@@ -56,6 +57,7 @@ class GroundMetrics:
                 "frames_out": self.frames_out,
                 "round": self.round,
                 "model_version": self.model_version,
+                "federation_finished": int(self.federation_finished),
                 "agents_seen": len(self.agents_seen),
                 "agents_registered": self.agents_registered,
                 "agents_online": self.agents_online,
@@ -96,6 +98,12 @@ def families(s: dict[str, Any]) -> list[Family]:
         _one("orbitfl_model_version", "gauge", "Current global model version", s["model_version"]),
         _one("orbitfl_rounds_closed_total", "counter", "Rounds closed since start", s["rounds_closed"]),
         _one("orbitfl_agents_seen", "gauge", "Distinct agents heard from since start", s["agents_seen"]),
+        _one(
+            "orbitfl_federation_finished",
+            "gauge",
+            "1 once every configured round is closed",
+            s["federation_finished"],
+        ),
         _one("orbitfl_agents_registered", "gauge", "Agents that ever said HELLO", s["agents_registered"]),
         _one("orbitfl_agents_online", "gauge", "Agents heard from within liveness", s["agents_online"]),
         Family(

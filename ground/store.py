@@ -347,6 +347,10 @@ class GroundStore:
         ).fetchone()
         return None if r is None else StoredRound(int(r[0]), int(r[1]), r[2], r[3])
 
+    def last_round(self) -> int:
+        """The highest round number ever opened (0 before the first)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0])
+
     def rounds_closed(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM rounds WHERE closed_at IS NOT NULL").fetchone()[0])
 

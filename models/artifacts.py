@@ -161,6 +161,7 @@ def build_artifacts(
             trainable=chosen,
             groups=dict(spec.groups),
             backend=backend,
+            fingerprint=zoo.fingerprint(spec),
         )
         (tmpdir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         for fname in [*files.values(), MANIFEST]:

@@ -68,6 +68,8 @@ class Manifest:
     trainable: list[str]
     groups: dict[str, list[str]]
     backend: str = LEGACY_BACKEND
+    # orbitfl.models.zoo.fingerprint of the inference model ("" in manifests written before it).
+    fingerprint: str = ""
 
     @property
     def files(self) -> dict[str, str]:
@@ -87,6 +89,7 @@ class Manifest:
             "trainable": self.trainable,
             "groups": self.groups,
             "backend": self.backend,
+            "fingerprint": self.fingerprint,
             "files": files_for(self.backend),
         }
 
@@ -108,6 +111,7 @@ class Manifest:
             trainable=[str(n) for n in data["trainable"]],
             groups={k: [str(n) for n in v] for k, v in data.get("groups", {}).items()},
             backend=str(data.get("backend", LEGACY_BACKEND)),
+            fingerprint=str(data.get("fingerprint", "")),
         )
 
 

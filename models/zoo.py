@@ -14,6 +14,7 @@ and Constant.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -423,6 +424,45 @@ def load_user_model(path: str | Path, *, task: Task | None = None) -> ModelSpec:
         )
     num_out = out_dims[-1] if out_dims and out_dims[-1] > 0 else 0
     return ModelSpec(p.stem, model, per_sample, task or "classification", num_out, options={"path": str(p)})
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def fingerprint(model: onnx.ModelProto | ModelSpec) -> str:
+    """A short hash of what makes two models exchangeable: the parameters' names, shapes and
+    dtypes, the graph's nodes (ops, wiring, attributes), constants and its input and output. Not
+    the weights, so every version of one federation's model has the same fingerprint, while a
+    different zoo model, options or ONNX file does not."""
+    proto = model.model if isinstance(model, ModelSpec) else model
+    g = proto.graph
+    h = hashlib.sha256()
+
+    def put(*parts: object) -> None:
+        h.update(repr(parts).encode())
+        h.update(b"\n")
+
+    for t in g.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            put("param", t.name, tuple(t.dims), t.data_type)
+        else:  # shapes, axes, indices: structure, so their values count
+            raw = numpy_helper.to_array(t).tobytes()
+            put("const", t.name, tuple(t.dims), t.data_type, hashlib.sha256(raw).hexdigest())
+    for node in g.node:
+        attrs = []
+        for a in node.attribute:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, onnx.TensorProto):
+                v = hashlib.sha256(v.SerializeToString()).hexdigest()
+            attrs.append((a.name, repr(v)))
+        put("node", node.domain, node.op_type, tuple(node.input), tuple(node.output), tuple(attrs))
+    for kind, values in (("in", g.input), ("out", g.output)):
+        for vi in values:
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim
+            )
+            put(kind, vi.name, vi.type.tensor_type.elem_type, dims)
+    return h.hexdigest()[:16]
 
 
 # --- weights ------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class DemoSettings:
     outage_pace_s: float = 1.0
     insecure: bool = False
     timeout_s: float = 600.0
+    # A zoo model or the path of your own .onnx; a built-in data set or the path of your data.
+    model: str = "mlp"
+    data: str = "digits"
 
     def __post_init__(self) -> None:
         if self.agents < 1:
@@ -60,6 +63,9 @@ class DemoSettings:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if not self.alpha > 0:
             raise ValueError(f"--alpha must be > 0, got {self.alpha}")
+        for flag, v in (("--model", self.model), ("--data", self.data)):
+            if ("/" in v or "." in v) and not Path(v).exists():
+                raise ValueError(f"{flag}: {v} does not exist")
         if self.outages and self.outage_down_s <= max(HEARTBEAT_S * LIVENESS, BACKOFF_MAX_S, RETRANSMIT_S):
             raise ValueError("outages must last longer than every link timeout")
 
@@ -98,9 +104,9 @@ def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
     ground.write_text(
         f'[ground]\nbind = "tcp://127.0.0.1:{port}"\nstate_dir = {_toml_str(work / "ground")}\n'
         f'{security_g}metrics = "127.0.0.1:{metrics}"\n\n'
-        f'[federation]\nmodel = "mlp"\nmodel_seed = {s.seed}\ncodec = {_toml_str(s.codec)}\n'
+        f"[federation]\nmodel = {_toml_str(s.model)}\nmodel_seed = {s.seed}\ncodec = {_toml_str(s.codec)}\n"
         f"rounds = {s.rounds}\nmin_updates = {fed_min}\nround_deadline_s = {deadline}\n"
-        f'max_staleness = 2\nretransmit_s = {RETRANSMIT_S}\neval_dataset = "digits"\n'
+        f"max_staleness = 2\nretransmit_s = {RETRANSMIT_S}\neval_dataset = {_toml_str(s.data)}\n"
         f"data_seed = {s.seed}\n\n{link}"
     )
     agents = []
@@ -124,10 +130,11 @@ def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
         cfg.write_text(
             f'[agent]\nname = "{name}"\nground = "tcp://127.0.0.1:{port}"\n'
             f"state_dir = {_toml_str(work / name)}\n{security_a}retransmit_s = {RETRANSMIT_S}\n\n"
-            f'[data]\ndataset = "digits"\nsplit = "dirichlet"\npartition = {i}\n'
+            f'[data]\ndataset = {_toml_str(s.data)}\nsplit = "dirichlet"\npartition = {i}\n'
             f"num_partitions = {s.agents}\nalpha = {s.alpha}\nseed = {s.seed}\n\n"
-            f'[train]\nmodel = "mlp"\nepochs = {s.epochs}\npace_s = {pace}\n\n'
-            "[inference]\nexport_tflite = true\n\n"
+            f"[train]\nmodel = {_toml_str(s.model)}\nepochs = {s.epochs}\npace_s = {pace}\n\n"
+            # the .tflite exporter knows the zoo's graphs; your own model stays ONNX
+            f"[inference]\nexport_tflite = {'true' if s.model == 'mlp' else 'false'}\n\n"
             f"{outages}{link}"
         )
         agents.append(cfg)
@@ -203,7 +210,7 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
     security = "plaintext (--insecure)" if s.insecure else "CurveZMQ keys in " + str(work / "keys")
     print(f"orbitfl demo: 1 ground + {s.agents} agents on 127.0.0.1, {security}", file=out)
     print(
-        f"  non-IID digits (Dirichlet alpha={s.alpha}), codec {s.codec!r}, {s.rounds} rounds"
+        f"  {s.model} on non-IID {s.data} (Dirichlet alpha={s.alpha}), codec {s.codec!r}, {s.rounds} rounds"
         + (
             f", contacts of ~{s.outage_up_s:.0f} s between {s.outage_down_s:.0f} s outages"
             if s.outages
@@ -299,6 +306,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             outages=args.outages,
             insecure=args.insecure,
             timeout_s=args.timeout,
+            model=str(Path(args.model).resolve()) if args.model else "mlp",
+            data=str(Path(args.data).resolve()) if args.data else "digits",
         )
         check_recipe(settings.codec)
         if args.compare:
@@ -365,6 +374,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--compare", action="store_true", help="run float32 first, then the codec, and compare")
     p.add_argument("--insecure", action="store_true", help="plaintext instead of CurveZMQ")
+    p.add_argument("--model", help="your own .onnx model (default: the zoo's mlp)")
+    p.add_argument(
+        "--data", help="your data: .npz (x, y[, x_test, y_test]), .npy or IDX folder (default: digits)"
+    )
     p.add_argument("--report", help="JSON report path (default: WORKDIR/report.json)")
     p.add_argument("--plot", help="PNG plot path (default: next to the report)")
     p.add_argument("--workdir", help="keep configs, keys, logs and state here (default: a temp folder)")

@@ -70,9 +70,36 @@ def _one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
-def _m(check: Check | None = None, path: bool = False) -> dict[str, Any]:
-    """A field's metadata: its check and whether it is a path (relative to the config file)."""
-    return {"check": check, "path": path}
+def _m(check: Check | None = None, path: bool = False, ref: bool = False) -> dict[str, Any]:
+    """A field's metadata: its check, whether it is a path (relative to the config file), and
+    whether it is a ``ref``: a built-in name or a path (then taken relative to the config file)."""
+    return {"check": check, "path": path, "ref": ref}
+
+
+DATASET_NAMES = ("digits", "mnist1d")
+# A ref with one of these endings or a path separator names a file or folder, not a built-in.
+_PATH_HINTS = (".onnx", ".npz", ".npy", ".gz")
+
+
+def is_path_ref(v: str) -> bool:
+    """Whether a ``model``/``dataset`` setting is a path rather than a built-in name."""
+    return "/" in v or v.startswith("~") or v.endswith(_PATH_HINTS) or v in (".", "..")
+
+
+def _dataset(*names: str) -> Check:
+    def check(v: Any) -> str | None:
+        if v in names or is_path_ref(v):
+            return None
+        shown = ", ".join(n if n else repr(n) for n in names)
+        return f"must be one of {shown} or a path to your data"
+
+    return check
+
+
+def _patterns(v: Any) -> str | None:
+    if not all(isinstance(p, str) and p.strip() for p in v):
+        return "must be a list of non-empty parameter names or patterns"
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,7 +126,7 @@ class GroundSection:
 
 @dataclass(frozen=True)
 class FederationSection:
-    model: str = field(default="mlp", metadata=_m())  # a zoo model name
+    model: str = field(default="mlp", metadata=_m(ref=True))  # a zoo model name or an .onnx path
     model_seed: int = field(default=0, metadata=_m())  # seeds the initial global weights
     strategy: str = field(default="fedavg", metadata=_m(_one_of("fedavg")))
     codec: str = field(default="fp32", metadata=_m())  # the recipe agents encode updates with
@@ -113,7 +140,8 @@ class FederationSection:
     task_ttl_s: float = field(default=0.0, metadata=_m(_non_negative))  # 0: tasks never expire
     retransmit_s: float = field(default=30.0, metadata=_m(_positive))
     # Held-out data the ground scores each new global model on ("" = no evaluation).
-    eval_dataset: str = field(default="", metadata=_m(_one_of("", "digits", "mnist1d")))
+    # A built-in data set, or the user's data (.npz, IDX or .npy folder): its test split is used.
+    eval_dataset: str = field(default="", metadata=_m(_dataset("", *DATASET_NAMES), ref=True))
     data_seed: int = field(default=0, metadata=_m())
 
 
@@ -141,7 +169,9 @@ class AgentSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    dataset: str = field(default="digits", metadata=_m(_one_of("digits", "mnist1d")))
+    # A built-in data set, or the user's data: an .npz (x, y[, x_test, y_test]), a folder of
+    # .npy files or of MNIST IDX files.
+    dataset: str = field(default="digits", metadata=_m(_dataset(*DATASET_NAMES), ref=True))
     split: str = field(default="dirichlet", metadata=_m(_one_of("dirichlet", "iid", "shards")))
     partition: int = field(default=0, metadata=_m(_at_least(0)))
     num_partitions: int = field(default=1, metadata=_m(_at_least(1)))
@@ -154,7 +184,10 @@ class DataSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    model: str = field(default="mlp", metadata=_m())  # must match the ground's federation.model
+    model: str = field(default="mlp", metadata=_m(ref=True))  # must match the ground's federation.model
+    # Parameters that train (names, globs, group prefixes as in `orbitfl model build --trainable`);
+    # empty: all. The others stay at the global model's values.
+    trainable: tuple[str, ...] = field(default=(), metadata=_m(_patterns))
     optimizer: str = field(default="adamw", metadata=_m(_one_of("adamw", "sgd")))
     epochs: int = field(default=1, metadata=_m(_at_least(1)))
     batch_size: int = field(default=32, metadata=_m(_at_least(1)))
@@ -212,6 +245,7 @@ _TYPE_NAMES = {
     float: "a number",
     str: "a string",
     Path: "a path string",
+    tuple: "a list of strings",
 }
 
 
@@ -224,6 +258,9 @@ def _coerce(where: str, expected: type, value: Any) -> Any:
     elif expected is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif expected is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
     else:  # str and Path
         ok = isinstance(value, str)
     if not ok:
@@ -256,6 +293,9 @@ def _section(cls: type[T], data: Any, name: str, base: Path, prefix: str) -> T:
                 raise ConfigError(f"{where}: must be a non-empty path")
             p = Path(value).expanduser()
             value = p if p.is_absolute() else base / p
+        if f.metadata.get("ref") and value and is_path_ref(value):
+            p = Path(value).expanduser()
+            value = str(p if p.is_absolute() else base / p)
         check: Check | None = f.metadata.get("check")
         if check is not None:
             problem = check(value)
@@ -267,7 +307,8 @@ def _section(cls: type[T], data: Any, name: str, base: Path, prefix: str) -> T:
 
 def _field_type(f: dataclasses.Field[Any]) -> type:
     t = str(f.type)
-    for name, typ in (("bool", bool), ("int", int), ("float", float), ("Path", Path), ("str", str)):
+    kinds = (("bool", bool), ("int", int), ("float", float), ("Path", Path), ("str", str), ("tuple", tuple))
+    for name, typ in kinds:
         if t.startswith(name):
             return typ
     raise TypeError(f"config field {f.name} has an unsupported type {t}")  # pragma: no cover

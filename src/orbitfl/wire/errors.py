@@ -27,6 +27,7 @@ class Reason(str, Enum):
     DUPLICATE = "duplicate"  # counted, not NACKed: a repeated update id is ACKed again, counted once
     UNKNOWN_TASK = "unknown_task"
     BUSY = "busy"  # too many transfers in flight from this peer
+    MODEL_MISMATCH = "model_mismatch"  # HELLO/TASK name another model (model_fingerprint)
 
 
 class WireError(ValueError):

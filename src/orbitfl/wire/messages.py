@@ -86,6 +86,19 @@ def _bool(d: Mapping[str, Any], key: str, kind: str) -> bool:
     return v
 
 
+FINGERPRINT_LEN = 64
+
+
+def _fingerprint(d: Mapping[str, Any], kind: str) -> str | None:
+    """The optional ``model_fingerprint``: lowercase hex, 8..64 chars (orbitfl.models.zoo.fingerprint)."""
+    v = _str(d, "model_fingerprint", kind, optional=True, max_len=FINGERPRINT_LEN)
+    if v is not None and (len(v) < 8 or any(c not in "0123456789abcdef" for c in v)):
+        raise WireError(
+            Reason.SCHEMA, f"{kind}.model_fingerprint: expected 8 to 64 lowercase hex digits", _ref(d)
+        )
+    return v  # type: ignore[no-any-return]
+
+
 def _map(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False) -> Any:
     v = d.get(key)
     if v is None and optional:
@@ -140,14 +153,19 @@ class Hello(Message):
     software: str = ""
     model_version: int | None = None  # None: holds no global model yet
     capabilities: dict[str, Any] = field(default_factory=dict)
+    # The model the agent trains (None: not known, e.g. an older agent); see TASK.model_fingerprint.
+    model_fingerprint: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {
+        out = {
             "agent_id": self.agent_id,
             "software": self.software,
             "model_version": self.model_version,
             "capabilities": self.capabilities,
         }
+        if self.model_fingerprint is not None:
+            out["model_fingerprint"] = self.model_fingerprint
+        return out
 
     @classmethod
     def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Hello:
@@ -161,6 +179,7 @@ class Hello(Message):
             _str(d, "software", k),
             _int(d, "model_version", k, optional=True),
             _map(d, "capabilities", k, optional=True),
+            _fingerprint(d, k),
         )
 
 
@@ -244,9 +263,12 @@ class Task(Message):
     hints: dict[str, Any] = field(default_factory=dict)
     deadline_in: float | None = None
     model: ModelBlob | None = None
+    # The federation's model (names, shapes, dtypes, graph; not weights): an agent training another
+    # model refuses the task instead of failing on the weights. None: not stated.
+    model_fingerprint: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {
+        out = {
             "task_id": self.task_id,
             "round": self.round,
             "model_version": self.model_version,
@@ -255,6 +277,9 @@ class Task(Message):
             "deadline_in": self.deadline_in,
             "model": None if self.model is None else self.model.to_wire(),
         }
+        if self.model_fingerprint is not None:
+            out["model_fingerprint"] = self.model_fingerprint
+        return out
 
     @classmethod
     def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Task:
@@ -269,6 +294,7 @@ class Task(Message):
             _map(d, "hints", k, optional=True),
             _float(d, "deadline_in", k, optional=True),
             None if model is None else ModelBlob.from_wire(model, "TASK.model"),
+            _fingerprint(d, k),
         )
 
 

@@ -253,7 +253,7 @@ def plot(records: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
         axes[1].legend(fontsize=7, loc="lower right")
         fig.suptitle(f"orbitfl experiment: {ds} ({part})")
         fig.tight_layout()
-        p = out / f"accuracy_{ds}_{part}.png"
+        p = out / f"accuracy_{Path(str(ds)).name}_{part}.png"  # your data's path: its file name
         fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)

@@ -38,6 +38,7 @@ from orbitfl.apps.sim.cli import load_toml
 from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
 from orbitfl.codec.inputs import check_recipe
 from orbitfl.ground.strategies import STRATEGIES
+from orbitfl.runtime.config import is_path_ref
 
 SECTIONS = ("experiment", "base", "datasets", "recipes")
 EXPERIMENT_KEYS = ("name", "seeds", "baseline", "target_accuracy")
@@ -71,6 +72,22 @@ def _tables(raw: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]
     if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
         raise ValueError(f"{where}: [[{key}]] must be an array of tables")
     return [dict(x) for x in v]
+
+
+def _own_paths(keys: dict[str, Any], where: str) -> dict[str, Any]:
+    """Your own model and data, given relative to the experiment file, as paths that work from
+    any folder (a zoo or data set name stays as it is)."""
+    here = Path(where).parent if Path(where).is_file() else None
+    for key in ("model", "dataset"):
+        v = keys.get(key)
+        if (
+            here is not None
+            and isinstance(v, str)
+            and is_path_ref(v)
+            and not Path(v).expanduser().is_absolute()
+        ):
+            keys[key] = str(here / v)
+    return keys
 
 
 def available_strategies() -> list[str]:
@@ -112,8 +129,8 @@ def plan(
         sp = dict(sp)
         if mnist is not None and sp.get("dataset") == "mnist":
             sp["mnist_path"] = mnist
-        ds = sp.get("dataset", base.get("dataset", "digits"))
-        split = f"{ds}/{sp.get('partition', base.get('partition', 'dirichlet'))}"
+        ds = str(sp.get("dataset", base.get("dataset", "digits")))
+        split = f"{Path(ds).name}/{sp.get('partition', base.get('partition', 'dirichlet'))}"
         if sp.get("dataset") == "mnist":
             path = sp.get("mnist_path")
             if not path or not Path(str(path)).is_dir():
@@ -125,7 +142,7 @@ def plan(
         for rec in recipes:
             rec = dict(rec)
             name = rec.pop("name")
-            keys = {**base, **sp, **rec}
+            keys = _own_paths({**base, **sp, **rec}, where)
             if target is not None:
                 keys.setdefault("target_accuracy", target)
             if orbits is not None:

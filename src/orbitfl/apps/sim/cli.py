@@ -19,8 +19,13 @@ OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--inclination", "inclination_deg", float, "inclination in degrees (default 97.6)"),
     ("--orbits", "orbits", float, "simulated duration in orbital periods (default 100)"),
     ("--rounds", "rounds", int, "stop after this many rounds (default: when the orbits end)"),
-    ("--model", "model", str, "zoo model (default mlp)"),
-    ("--dataset", "dataset", str, "digits | mnist | hyperspectral | mnist1d (default digits)"),
+    ("--model", "model", str, "zoo model, or the path of your own .onnx (default mlp)"),
+    (
+        "--dataset",
+        "dataset",
+        str,
+        "digits | mnist | hyperspectral | mnist1d, or your data: .npz, .npy or IDX folder (default digits)",
+    ),
     ("--mnist-path", "mnist_path", str, "folder with the MNIST IDX files (dataset mnist)"),
     ("--partition", "partition", str, "dirichlet | iid | shard (default dirichlet)"),
     ("--alpha", "alpha", float, "Dirichlet concentration of the non-IID split (default 0.5)"),
@@ -61,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
             base[dest] = v
     if args.stations:
         base["stations"] = list(args.stations)
+    if args.trainable:
+        base["trainable"] = list(args.trainable)
     return SimConfig.from_dict(base, str(args.config or "options"))
 
 
@@ -123,6 +130,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         metavar="NAME:LAT:LON[:MASK[:RATE]]",
         help="ground stations (default: svalbard, toulouse, hawaii)",
+    )
+    p.add_argument(
+        "--trainable",
+        nargs="+",
+        metavar="PATTERN",
+        help="train only these parameters (names, globs, group prefixes); default: all",
     )
     p.add_argument("--windows-out", help="also write the contact windows to this CSV")
     p.add_argument("--report", help="folder for report.json, rounds.csv and plots")

@@ -48,6 +48,7 @@ from orbitfl.apps.sim.orbits import (
 )
 from orbitfl.codec.inputs import check_recipe, recipe_needs
 from orbitfl.data.datasets import load
+from orbitfl.data.user_data import check_fits, load_source
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import STRATEGIES, make_strategy
@@ -58,7 +59,8 @@ from orbitfl.ground.strategies.assignment import (
     trainable_for,
 )
 from orbitfl.models.artifacts import build_artifacts
-from orbitfl.models.zoo import build, get_weights, moe_gates
+from orbitfl.models.manifest import is_model_path
+from orbitfl.models.zoo import build, get_weights, load_user_model, moe_gates
 from orbitfl.runtime.events import (
     GROUND,
     LinkDown,
@@ -94,6 +96,8 @@ class SimConfig:
     # federation
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Parameters that train (names, globs, group prefixes as in `orbitfl model build`); None: all.
+    trainable: list[str] | None = None
     dataset: str = "digits"
     mnist_path: str | None = None
     partition: str = "dirichlet"
@@ -222,14 +226,20 @@ class Learning:
         if cfg.dataset == "mnist":
             data = load("mnist", path=cfg.mnist_path)
         else:
-            data = load(cfg.dataset, seed=cfg.seed)
+            data = load_source(cfg.dataset, seed=cfg.seed)  # a built-in name or the user's data
         self.data = data
         opts = dict(cfg.model_options)
         if cfg.model in ("mlp", "moe", "lenet-s") and "input" not in opts:
             opts["input"] = "x".join(map(str, data.sample_shape))
         if cfg.model == "spectral-cnn" and "input" not in opts:
             opts["input"] = int(np.prod(data.sample_shape))
-        self.spec = build(cfg.model, seed=cfg.seed, **opts)
+        if is_model_path(cfg.model):
+            if opts:
+                raise ValueError(f"model_options apply to zoo models only, not to {cfg.model}")
+            self.spec = load_user_model(cfg.model)
+        else:
+            self.spec = build(cfg.model, seed=cfg.seed, **opts)
+        check_fits(data, self.spec.input_shape, self.spec.num_outputs, task=self.spec.task)
         self.initial = get_weights(self.spec.model)
         y = data.y_train
         split = "iid" if data.task != "classification" else cfg.partition
@@ -238,7 +248,7 @@ class Learning:
         )
         self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in shares]
         self.art = work / "artifacts"
-        build_artifacts(self.spec, self.art)
+        build_artifacts(self.spec, self.art, trainable=cfg.trainable)
         self.learners: dict[int, Learner] = {}
         self._bpv: dict[Any, float] = {}
         self.evaluator = self._new_trainer()
