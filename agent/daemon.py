@@ -35,7 +35,7 @@ from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
 from orbitfl.data.partition_file import PartitionFileError, read_partition, write_partition
 from orbitfl.models.manifest import Manifest, model_name, read_manifest
-from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent
+from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent, prepare_state_dir
 from orbitfl.runtime.events import (
     GROUND,
     ApplyModel,
@@ -51,7 +51,17 @@ from orbitfl.runtime.events import (
     TrainingDone,
     TrainingFailed,
 )
-from orbitfl.runtime.link import AgentLink, Backoff, CurveClientKeys, Down, LinkError, Received, Up
+from orbitfl.runtime.link import (
+    AgentLink,
+    Backoff,
+    CurveClientKeys,
+    Down,
+    LinkError,
+    Received,
+    Up,
+    load_public,
+    load_secret,
+)
 from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.agent")
@@ -105,7 +115,12 @@ class Board:
             from orbitfl.models.artifacts import build_artifacts
             from orbitfl.models.zoo import resolve
 
-            return build_artifacts(resolve(cfg.train.model), art, optimizer=cfg.train.optimizer)
+            try:
+                spec = resolve(cfg.train.model)
+            except ValueError as exc:
+                where = f"{cfg.source}: " if cfg.source is not None else ""
+                raise ConfigError(f"{where}train.model: {exc}") from None
+            return build_artifacts(spec, art, optimizer=cfg.train.optimizer)
         if cfg.agent.artifacts is not None and manifest.model != model_name(cfg.train.model):
             raise ConfigError(
                 f"agent.artifacts: {art} holds model {manifest.model!r}, but train.model is "
@@ -212,11 +227,24 @@ class AgentDaemon:
         self.mono = mono
         self.counts: Counter[str] = Counter()
         a, lk = cfg.agent, cfg.link
-        a.state_dir.mkdir(parents=True, exist_ok=True)
+        where = f"{cfg.source}: " if cfg.source is not None else ""
+        prepare_state_dir(a.state_dir, f"{where}agent.state_dir")
+        keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
+        if keys is not None:  # read here too, so that an error names its key
+            for key, read, path in (
+                ("secret_key", load_secret, keys.secret_file),
+                ("ground_key", load_public, keys.server_public_file),
+            ):
+                try:
+                    read(path)
+                except LinkError as exc:
+                    raise ConfigError(
+                        f"{where}agent.{key}: {exc}; make keys with `orbitfl keys new` "
+                        "(docs/operations.md, section 2)"
+                    ) from None
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
         self.machine = AgentMachine(self.outbox, machine_config(cfg))
         self.board = board or Board(cfg)
-        keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
         self.link = AgentLink(
             a.ground,
             a.name,

@@ -26,15 +26,16 @@ import numpy.typing as npt
 from orbitfl.codec.inputs import check_recipe
 from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
+from orbitfl.ground import export
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import make_strategy
 from orbitfl.models import zoo
 from orbitfl.ort_import import onnxruntime
-from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground
+from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground, prepare_state_dir
 from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
-from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError
+from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError, allowed_keys, load_secret
 from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.ground")
@@ -72,9 +73,20 @@ def machine_config(cfg: GroundSettings) -> GroundConfig:
             chunk_bytes=cfg.link.chunk_bytes,
             window=cfg.link.window,
             downlink_recipe=fed.downlink_codec or None,
+            keep_models=fed.keep_models,
+            keep_every=fed.keep_every,
         )
     except ValueError as exc:
         raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
+
+
+def _key_setting(where: str, read: Callable[[Path], object], path: Path) -> None:
+    try:
+        read(path)
+    except LinkError as exc:
+        raise ConfigError(
+            f"{where}: {exc}; make keys with `orbitfl keys new` (docs/operations.md, section 2)"
+        ) from None
 
 
 class Evaluator:
@@ -117,7 +129,11 @@ class GroundDaemon:
         self.mono = mono
         self.metrics = GroundMetrics()
         g, fed = cfg.ground, cfg.federation
-        g.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            zoo.resolve(fed.model, seed=fed.model_seed)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(cfg)}federation.model: {exc}") from None
+        prepare_state_dir(g.state_dir, f"{_where(cfg)}ground.state_dir")
         self.store = GroundStore(g.state_dir)
         self.n_params = 0
         init = None
@@ -132,14 +148,30 @@ class GroundDaemon:
             else None
         )
         keys = None if g.insecure else CurveServerKeys(g.secret_key, g.allowed_keys)  # type: ignore[arg-type]
-        self.link = GroundLink(
-            g.bind,
-            keys=keys,
-            insecure=g.insecure,
-            max_msg_size=cfg.link.max_msg_size,
-            heartbeat_s=cfg.link.heartbeat_s,
-        )
-        self.metrics_server = MetricsServer(self.metrics, g.metrics) if g.metrics else None
+        if keys is not None:  # read here too, so that an error names its key
+            _key_setting(f"{_where(cfg)}ground.secret_key", load_secret, keys.secret_file)
+            _key_setting(f"{_where(cfg)}ground.allowed_keys", allowed_keys, keys.allowed_dir)
+        try:
+            self.link = GroundLink(
+                g.bind,
+                keys=keys,
+                insecure=g.insecure,
+                max_msg_size=cfg.link.max_msg_size,
+                heartbeat_s=cfg.link.heartbeat_s,
+            )
+        except LinkError as exc:
+            raise ConfigError(
+                f"{_where(cfg)}ground.bind: {exc}; bind a free port of an address this host has "
+                "(tcp://*:PORT for all of them)"
+            ) from None
+        try:
+            self.metrics_server = MetricsServer(self.metrics, g.metrics) if g.metrics else None
+        except OSError as exc:
+            self.link.close()
+            raise ConfigError(
+                f"{_where(cfg)}ground.metrics: cannot listen on {g.metrics}: {exc.strerror}; "
+                'free the port, pick another or set metrics = "" to disable'
+            ) from None
         self._silent: set[str] = set()
         self._next_tick = 0.0
         self._auth_seen = 0
@@ -293,3 +325,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
+    export.register(sub)
