@@ -88,6 +88,11 @@ class GroundConfig:
     # "quant:8 | zstd"): each new version is made exactly representable as the previous one plus
     # the recipe's decoded delta, and agents receive that compressed delta (see _compress_step).
     downlink_recipe: str | None = None
+    # Retention: after each round keep the newest ``keep_models`` versions plus every
+    # ``keep_every``-th (0: none) and what a round, a download or an agent's delta base needs.
+    # None: keep every version (the simulator, tests).
+    keep_models: int | None = None
+    keep_every: int = 0
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -505,6 +510,15 @@ class GroundMachine:
         self.store.save_step(new_version, step, residual)
         return exact
 
+    def _prune(self) -> None:
+        """Drop old versions, never one still needed: the open round's base (the newest) and every
+        version an agent holds, which its next download is a delta from (``_make_blob``)."""
+        assert self.cfg.keep_models is not None
+        held = {p.model_version for p in self.peers.values()}
+        held |= {a.model_version for a in self.store.agents()}
+        protect = {v for v in held if v is not None} | {self.version}
+        self.store.prune_models(self.cfg.keep_models, self.cfg.keep_every, protect)
+
     def _close_round(self, now: float, out: list[Action]) -> None:
         n, samples, nbytes = self.store.round_stats(self.round)
         new = self.strategy.finalize(self.global_model)
@@ -517,6 +531,8 @@ class GroundMachine:
         next_deadline = None if last else now + self.cfg.round_seconds
         self.store.close_round(closed, new_version, new, now, next_round, next_deadline)
         self.version = new_version
+        if self.cfg.keep_models is not None:
+            self._prune()
         self.global_model = self.store.load_model(new_version) or new
         self.round = next_round or closed
         self.deadline = next_deadline
