@@ -43,10 +43,12 @@ def _first_dir(*candidates: Path) -> Path | None:
 
 
 def sources() -> tuple[Path, Path]:
-    """(folder holding the units, folder holding the docs): the installed wheel's, else the checkout's."""
+    """(folder holding the units, folder holding the docs): the checkout's when this orbitfl runs
+    from one (an editable install's copies under the prefix go stale as the checkout changes), else
+    the installed wheel's."""
     share = Path(sys.prefix) / "share"
-    units = _first_dir(share / "orbitfl" / "systemd", CHECKOUT / "tools" / "systemd")
-    docs = _first_dir(share / "doc" / "orbitfl", CHECKOUT / "docs")
+    units = _first_dir(CHECKOUT / "tools" / "systemd", share / "orbitfl" / "systemd")
+    docs = _first_dir(CHECKOUT / "docs", share / "doc" / "orbitfl")
     if units is None or docs is None or not all((units / u).is_file() for u in UNITS):
         raise ConfigError(
             f"the unit files are not installed with this orbitfl ({share / 'orbitfl' / 'systemd'} is "
