@@ -20,7 +20,7 @@ from orbitfl.ort_import import onnxruntime
 
 pytestmark = pytest.mark.integration
 
-ROUNDS, KEEP, EVERY = 7, 2, 3
+ROUNDS, KEEP, EVERY = 5, 2, 4
 
 
 def held_versions(state: Path) -> set[int]:
