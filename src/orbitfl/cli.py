@@ -44,21 +44,25 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_package(command: str, exc: ModuleNotFoundError) -> int:
+    """A missing optional dependency is an environment error like a bad config: one line, exit 2."""
+    if (exc.name or "orbitfl").partition(".")[0] == "orbitfl":
+        raise exc  # our own module missing is a broken install, not a missing extra
+    print(
+        f"orbitfl {command}: needs the Python package {exc.name!r}, which is not installed here; "
+        "install orbitfl with the extra that provides it (docs/operations.md, section 1)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    wanted = next((a for a in args_list if not a.startswith("-")), "")
     try:
         parser = build_parser(args_list)
     except ModuleNotFoundError as exc:
-        if (exc.name or "orbitfl").partition(".")[0] == "orbitfl":
-            raise  # our own module missing is a broken install, not a missing extra
-        # An environment error like a bad config: one line, exit 2, and what would fix it.
-        wanted = next((a for a in args_list if not a.startswith("-")), "")
-        print(
-            f"orbitfl {wanted}: needs the Python package {exc.name!r}, which is not installed here; "
-            "install orbitfl with the extra that provides it (docs/operations.md, section 1)",
-            file=sys.stderr,
-        )
-        return 2
+        return _missing_package(wanted, exc)
     args = parser.parse_args(args_list)
     if args.version:
         print(__version__)
@@ -74,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # units' RestartPreventExitStatus=2), for commands that do not report it themselves.
         print(f"orbitfl {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a deferred import of an optional dependency
+        return _missing_package(wanted, exc)
     except KeyboardInterrupt:
         return 130
 

@@ -391,3 +391,15 @@ def test_the_console_script_answers_as_the_forked_driver(
     )
     check(case, proc.returncode, proc.stderr)
     assert proc.stderr == ans["stderr"]
+
+
+def test_a_missing_optional_package_is_one_line_and_exit_2(world: dict[str, Any], tmp_path: Path) -> None:
+    """The ground without the `train` extra: `onnx` cannot be imported (shadowed here by a module
+    that fails as a missing one does)."""
+    (tmp_path / "onnx.py").write_text("raise ModuleNotFoundError(\"No module named 'onnx'\", name='onnx')\n")
+    argv = write_case(world, Case("ground-no-onnx", "ground", {}, ()))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", *argv], capture_output=True, text=True, timeout=120, env=env
+    )
+    check(Case("ground-no-onnx", "ground", {}, ("'onnx'", "extra")), proc.returncode, proc.stderr)
