@@ -44,8 +44,11 @@ def orbitfl(*args: str) -> subprocess.CompletedProcess[str]:
     reason="systemd-sysusers/systemd-tmpfiles not installed (Debian: apt-get install systemd)",
 )
 def test_sysusers_and_tmpfiles_make_the_user_and_the_folders_each_unit_runs_with(tmp_path: Path) -> None:
+    # The docs' steps, in a scratch root: stage the files, then the bare-name commands systemd runs.
     (tmp_path / "etc").mkdir()
-    for tool, conf in (("systemd-sysusers", "sysusers.d"), ("systemd-tmpfiles", "tmpfiles.d")):
+    staged = orbitfl("systemd", "install", "--prefix", str(tmp_path))
+    assert staged.returncode == 0, staged.stderr
+    for tool in ("systemd-sysusers", "systemd-tmpfiles"):
         args = ["--create"] if tool == "systemd-tmpfiles" else []
         if tool == "systemd-tmpfiles" and os.geteuid() != 0:
             args = (
@@ -56,7 +59,7 @@ def test_sysusers_and_tmpfiles_make_the_user_and_the_folders_each_unit_runs_with
             if not args:
                 pytest.skip("systemd-tmpfiles needs root to chown in a root folder")
         res = subprocess.run(
-            [tool, f"--root={tmp_path}", *args, str(SYSTEMD / conf / "orbitfl.conf")],
+            [tool, f"--root={tmp_path}", *args, "orbitfl.conf"],
             capture_output=True,
             text=True,
             timeout=30,
