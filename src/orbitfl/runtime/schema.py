@@ -46,6 +46,10 @@ def apply_schema(
             "upgrade orbitfl, or point state_dir at another folder"
         )
     if found == version:
+        # IF NOT EXISTS makes this a no-op on a current file, and still adds a table or index
+        # appended to ``ddl`` without a version bump (a new column always needs a migration).
+        for stmt in _statements(ddl):
+            db.execute(stmt)
         return found
     fresh = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0] == 0
     db.execute("BEGIN IMMEDIATE")
