@@ -44,6 +44,11 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# Long-running commands: an OSError after their start-up is not the user's input, and exit 2 would
+# keep systemd from restarting them (RestartPreventExitStatus=2).
+DAEMONS = ("ground serve", "agent run")
+
+
 def _missing_package(command: str, exc: ModuleNotFoundError) -> int:
     """A missing optional dependency is an environment error like a bad config: one line, exit 2."""
     if (exc.name or "orbitfl").partition(".")[0] == "orbitfl":
@@ -80,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as exc:  # a deferred import of an optional dependency
         return _missing_package(wanted, exc)
+    except OSError as exc:
+        if " ".join([a for a in args_list if not a.startswith("-")][:2]) in DAEMONS:
+            raise  # a daemon's own start-up reports its environment; later, a restart may help
+        # A one-shot command's path that cannot be read or written: the user's to fix, so exit 2.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"orbitfl {wanted}: {where}{exc.strerror or exc}; check the path and its permissions",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
 

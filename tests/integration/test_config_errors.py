@@ -230,9 +230,16 @@ def env_cases(world: dict[str, Any]) -> list[Case]:
         Case("ground-bad-codec", "ground", {"federation.codec": "nonsense:3"}, ("federation.codec",)),
         Case(
             "export-model-no-state",
-            "ground export-model --out {root}/out --config",
+            "ground export-model --out {root}/out --config {config}",
             {"ground.state_dir": str(root / "never-made")},
             ("never-made",),
+        ),
+        Case("model-build-out-in-proc", "model build mlp --out /proc/x/art", {}, ("/proc/x",)),
+        Case(
+            "model-build-out-under-a-file",
+            "model build mlp --out {root}/a-file/art",
+            {},
+            ("a-file",),
         ),
     ]
     locked = no_permission_dir(root)
@@ -282,7 +289,7 @@ def write_case(world: dict[str, Any], case: Case) -> list[str]:
         return ["ground", "serve", "--config", str(path)]
     if case.daemon == "agent":
         return ["agent", "run", "--config", str(path)]
-    return [*case.daemon.format(root=world["root"]).split(), str(path)]
+    return case.daemon.format(root=world["root"], config=path).split()
 
 
 ALL_CASES = [
@@ -321,6 +328,8 @@ ENV_IDS = [
     "ground-bad-value",
     "ground-bad-codec",
     "export-model-no-state",
+    "model-build-out-in-proc",
+    "model-build-out-under-a-file",
     "ground-state-no-permission",
     "agent-state-no-permission",
 ]
