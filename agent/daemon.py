@@ -222,7 +222,10 @@ class AgentDaemon:
     ) -> None:
         self.cfg = cfg
         self.shutdown = shutdown or Shutdown()
-        self.notifier = notifier or Notifier()
+        try:
+            self.notifier = notifier or Notifier()
+        except ValueError as exc:  # NOTIFY_SOCKET / WATCHDOG_USEC as systemd (or a wrapper) set them
+            raise ConfigError(f"environment: {exc}; fix the unit's or the caller's environment") from None
         self.wall = wall
         self.mono = mono
         self.counts: Counter[str] = Counter()

@@ -40,6 +40,7 @@ class Case:
     daemon: str  # "ground" | "agent" | a whole command line after `orbitfl`, space-separated
     edit: dict[str, Any]  # "section.key" -> value (None: delete), or "__text__" -> the whole file
     named: tuple[str, ...]  # what stderr must name
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # set for this process only
 
 
 def sections(settings: type) -> dict[str, type]:
@@ -234,6 +235,8 @@ def env_cases(world: dict[str, Any]) -> list[Case]:
             {"ground.state_dir": str(root / "never-made")},
             ("never-made",),
         ),
+        Case("ground-bad-notify-socket", "ground", {}, ("NOTIFY_SOCKET",), {"NOTIFY_SOCKET": "relative"}),
+        Case("agent-bad-watchdog", "agent", {}, ("WATCHDOG_USEC",), {"WATCHDOG_USEC": "soon"}),
         Case("model-build-out-in-proc", "model build mlp --out /proc/x/art", {}, ("/proc/x",)),
         Case(
             "model-build-out-under-a-file",
@@ -330,6 +333,8 @@ ENV_IDS = [
     "export-model-no-state",
     "model-build-out-in-proc",
     "model-build-out-under-a-file",
+    "ground-bad-notify-socket",
+    "agent-bad-watchdog",
     "ground-state-no-permission",
     "agent-state-no-permission",
 ]
@@ -338,10 +343,10 @@ ENV_IDS = [
 @pytest.fixture(scope="module")
 def results(world: dict[str, Any]) -> dict[str, tuple[Case, dict[str, Any]]]:
     cases = {c.id: c for c in [*ALL_CASES, *env_cases(world)]}
-    argvs = [write_case(world, c) for c in cases.values()]
+    runs = [{"argv": write_case(world, c), "env": c.env} for c in cases.values()]
     proc = subprocess.run(
         [sys.executable, str(HERE / "fork_cli.py")],
-        input=json.dumps(argvs),
+        input=json.dumps(runs),
         capture_output=True,
         text=True,
         timeout=600,
