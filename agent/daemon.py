@@ -40,7 +40,7 @@ from orbitfl.data.metrics import accuracy
 from orbitfl.data.partition_file import PartitionFileError, read_partition, write_partition
 from orbitfl.data.user_data import DataError, check_fits, load_source
 from orbitfl.models.manifest import Manifest, model_name, read_manifest
-from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent
+from orbitfl.runtime.config import AgentSettings, ConfigError, DataSection, load_agent, prepare_state_dir
 from orbitfl.runtime.events import (
     GROUND,
     ApplyModel,
@@ -65,6 +65,7 @@ from orbitfl.runtime.link import (
     LinkError,
     Received,
     Up,
+    load_public,
     load_secret,
 )
 from orbitfl.runtime.observe import Health
@@ -136,7 +137,8 @@ class Board:
                     trainable=list(cfg.train.trainable) or None,
                 )
             except ValueError as exc:
-                raise ConfigError(f"train.model: {exc}") from None
+                where = f"{cfg.source}: " if cfg.source is not None else ""
+                raise ConfigError(f"{where}train.model: {exc}") from None
         assert manifest is not None
         if cfg.agent.artifacts is not None and manifest.model != model_name(cfg.train.model):
             raise ConfigError(
@@ -264,12 +266,29 @@ class AgentDaemon:
     ) -> None:
         self.cfg = cfg
         self.shutdown = shutdown or Shutdown()
-        self.notifier = notifier or Notifier()
+        try:
+            self.notifier = notifier or Notifier()
+        except ValueError as exc:  # NOTIFY_SOCKET / WATCHDOG_USEC as systemd (or a wrapper) set them
+            raise ConfigError(f"environment: {exc}; fix the unit's or the caller's environment") from None
         self.wall = wall
         self.mono = mono
         self.counts: Counter[str] = Counter()
         a, lk = cfg.agent, cfg.link
-        a.state_dir.mkdir(parents=True, exist_ok=True)
+        where = f"{cfg.source}: " if cfg.source is not None else ""
+        prepare_state_dir(a.state_dir, f"{where}agent.state_dir")
+        keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
+        if keys is not None:  # read here too, so that an error names its key
+            for key, read, path in (
+                ("secret_key", load_secret, keys.secret_file),
+                ("ground_key", load_public, keys.server_public_file),
+            ):
+                try:
+                    read(path)
+                except LinkError as exc:
+                    raise ConfigError(
+                        f"{where}agent.{key}: {exc}; make keys with `orbitfl keys new` "
+                        "(docs/operations.md, section 2)"
+                    ) from None
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
         try:
             self.board = board or Board(cfg)
@@ -279,7 +298,6 @@ class AgentDaemon:
         self.machine = AgentMachine(
             self.outbox, machine_config(cfg, getattr(self.board, "fingerprint", None))
         )
-        keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
         self.link = AgentLink(
             a.ground,
             a.name,

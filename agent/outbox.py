@@ -20,7 +20,13 @@ from typing import Any
 import msgpack
 import numpy.typing as npt
 
+from orbitfl.runtime.schema import apply_schema
 from orbitfl.wire.tensors import TensorDict, tensors_from_wire, tensors_to_wire
+
+# PRAGMA user_version of the file (orbitfl.runtime.schema); bump it with a migration below.
+SCHEMA_VERSION = 1
+# version -> the SQL that makes it from the one before; 1 only stamps the unversioned 0.1.0 files.
+MIGRATIONS: dict[int, str] = {1: ""}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -51,7 +57,7 @@ class Outbox:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-        self.db.executescript(SCHEMA)
+        apply_schema(self.db, self.path, SCHEMA_VERSION, SCHEMA, MIGRATIONS)
 
     def close(self) -> None:
         self.db.close()

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from orbitfl.codec.inputs import check_recipe
 from orbitfl.data.metrics import accuracy
 from orbitfl.data.user_data import DataError, check_fits, load_source
+from orbitfl.ground import export
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.status import DP_EPSILON_KEY
@@ -35,10 +36,10 @@ from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import make_strategy
 from orbitfl.models import autodiff, zoo
 from orbitfl.ort_import import onnxruntime
-from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground
+from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground, prepare_state_dir
 from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
 from orbitfl.runtime.keys_cli import PID_FILE
-from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError
+from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError, allowed_keys, load_secret
 from orbitfl.runtime.observe import Health
 from orbitfl.runtime.service import Notifier, Reload, Shutdown, serve, setup_logging
 
@@ -125,9 +126,20 @@ def machine_config(cfg: GroundSettings, model_fingerprint: str | None = None) ->
             window=cfg.link.window,
             downlink_recipe=fed.downlink_codec or None,
             model_fingerprint=model_fingerprint,
+            keep_models=fed.keep_models,
+            keep_every=fed.keep_every,
         )
     except ValueError as exc:
         raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
+
+
+def _key_setting(where: str, read: Callable[[Path], object], path: Path) -> None:
+    try:
+        read(path)
+    except LinkError as exc:
+        raise ConfigError(
+            f"{where}: {exc}; make keys with `orbitfl keys new` (docs/operations.md, section 2)"
+        ) from None
 
 
 class Evaluator:
@@ -173,7 +185,10 @@ class GroundDaemon:
     ) -> None:
         self.cfg = cfg
         self.shutdown = shutdown or Shutdown()
-        self.notifier = notifier or Notifier()
+        try:
+            self.notifier = notifier or Notifier()
+        except ValueError as exc:  # NOTIFY_SOCKET / WATCHDOG_USEC as systemd (or a wrapper) set them
+            raise ConfigError(f"environment: {exc}; fix the unit's or the caller's environment") from None
         self.reload = reload or Reload()
         self.wall = wall
         self.mono = mono
@@ -186,7 +201,7 @@ class GroundDaemon:
         if reset and g.state_dir.exists():
             reset_state(g.state_dir)
             log.warning("state in %s deleted (--reset-state): a new federation starts", g.state_dir)
-        g.state_dir.mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(g.state_dir, f"{_where(cfg)}ground.state_dir")
         self.store = GroundStore(g.state_dir)
         try:
             check_identity(
@@ -205,16 +220,32 @@ class GroundDaemon:
         self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
         keys = None if g.insecure else CurveServerKeys(g.secret_key, g.allowed_keys)  # type: ignore[arg-type]
-        self.link = GroundLink(
-            g.bind,
-            keys=keys,
-            insecure=g.insecure,
-            max_msg_size=cfg.link.max_msg_size,
-            heartbeat_s=cfg.link.heartbeat_s,
-        )
+        if keys is not None:  # read here too, so that an error names its key
+            _key_setting(f"{_where(cfg)}ground.secret_key", load_secret, keys.secret_file)
+            _key_setting(f"{_where(cfg)}ground.allowed_keys", allowed_keys, keys.allowed_dir)
+        try:
+            self.link = GroundLink(
+                g.bind,
+                keys=keys,
+                insecure=g.insecure,
+                max_msg_size=cfg.link.max_msg_size,
+                heartbeat_s=cfg.link.heartbeat_s,
+            )
+        except LinkError as exc:
+            raise ConfigError(
+                f"{_where(cfg)}ground.bind: {exc}; bind a free port of an address this host has "
+                "(tcp://*:PORT for all of them)"
+            ) from None
         # A loop that has not ticked for several watchdog-sized pauses is not serving.
         self.health = Health(mono, stale_s=max(10.0, 20 * TICK_S))
-        self.metrics_server = MetricsServer(self.metrics, g.metrics, self.health) if g.metrics else None
+        try:
+            self.metrics_server = MetricsServer(self.metrics, g.metrics, self.health) if g.metrics else None
+        except OSError as exc:
+            self.link.close()
+            raise ConfigError(
+                f"{_where(cfg)}ground.metrics: cannot listen on {g.metrics}: {exc.strerror}; "
+                'free the port, pick another or set metrics = "" to disable'
+            ) from None
         self._silent: set[str] = set()
         self._next_tick = 0.0
         self._auth_seen = 0
@@ -467,3 +498,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
     add_status_parser(sub)
+    export.register(sub)

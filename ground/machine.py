@@ -91,6 +91,11 @@ class GroundConfig:
     # orbitfl.models.zoo.fingerprint of the federation's model: sent in every TASK, and a HELLO
     # stating another one is refused (model_mismatch). None: not checked.
     model_fingerprint: str | None = None
+    # Retention: after each round keep the newest ``keep_models`` versions plus every
+    # ``keep_every``-th (0: none) and what a round, a download or an agent's delta base needs.
+    # None: keep every version (the simulator, tests).
+    keep_models: int | None = None
+    keep_every: int = 0
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -541,6 +546,15 @@ class GroundMachine:
         self.store.save_step(new_version, step, residual)
         return exact
 
+    def _prune(self) -> None:
+        """Drop old versions, never one still needed: the open round's base (the newest) and every
+        version an agent holds, which its next download is a delta from (``_make_blob``)."""
+        assert self.cfg.keep_models is not None
+        held = {p.model_version for p in self.peers.values()}
+        held |= {a.model_version for a in self.store.agents()}
+        protect = {v for v in held if v is not None} | {self.version}
+        self.store.prune_models(self.cfg.keep_models, self.cfg.keep_every, protect)
+
     def _close_round(self, now: float, out: list[Action]) -> None:
         n, samples, nbytes = self.store.round_stats(self.round)
         new = self.strategy.finalize(self.global_model)
@@ -553,6 +567,8 @@ class GroundMachine:
         next_deadline = None if last else now + self.cfg.round_seconds
         self.store.close_round(closed, new_version, new, now, next_round, next_deadline)
         self.version = new_version
+        if self.cfg.keep_models is not None:
+            self._prune()
         self.global_model = self.store.load_model(new_version) or new
         self.round = next_round or closed
         self.deadline = next_deadline

@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +27,13 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from orbitfl.runtime.schema import apply_schema
 from orbitfl.wire.tensors import TensorDict, tensors_from_wire
+
+# PRAGMA user_version of the file (orbitfl.runtime.schema); bump it with a migration below.
+SCHEMA_VERSION = 1
+# version -> the SQL that makes it from the one before; 1 only stamps the unversioned 0.1.0 files.
+MIGRATIONS: dict[int, str] = {1: ""}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,7 +150,7 @@ class GroundStore:
         self.db = sqlite3.connect(self.root / "ground.db", isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-        self.db.executescript(SCHEMA)
+        apply_schema(self.db, self.root / "ground.db", SCHEMA_VERSION, SCHEMA, MIGRATIONS)
 
     def close(self) -> None:
         self.db.close()
@@ -219,6 +225,39 @@ class GroundStore:
     def latest_version(self) -> int | None:
         row = self.db.execute("SELECT MAX(version) FROM models").fetchone()
         return None if row[0] is None else int(row[0])
+
+    def prune_models(self, keep_last: int, keep_every: int, protect: Iterable[int] = ()) -> list[int]:
+        """Retention: delete every stored version except the newest ``keep_last``, each multiple of
+        ``keep_every`` (0: none) and those in ``protect`` (what an open round, a download under way
+        or a delta base an agent holds still needs); returns the versions deleted.
+
+        The rows go first, in one transaction, then the files (model, codec step, residual): a crash
+        in between leaves files no row names, which the next call removes, never a row without its file.
+        """
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        versions = [int(r[0]) for r in self.db.execute("SELECT version FROM models ORDER BY version")]
+        if not versions:
+            return []
+        latest = versions[-1]
+        keep = {v for v in versions if v > latest - keep_last} | set(protect)
+        if keep_every > 0:
+            keep |= {v for v in versions if v % keep_every == 0}
+        doomed = [v for v in versions if v not in keep]
+        if doomed:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany("DELETE FROM models WHERE version=?", [(v,) for v in doomed])
+        named = set(versions) - set(doomed)
+        # Files of versions above the latest belong to a round being closed (save_step): left alone.
+        for f in (self.root / "models").glob("[vdr]*.msgpack"):
+            digits = f.stem[1:]
+            if digits.isdigit() and int(digits) < latest and int(digits) not in named:
+                f.unlink(missing_ok=True)
+        return doomed
+
+    def model_versions(self) -> list[int]:
+        return [int(r[0]) for r in self.db.execute("SELECT version FROM models ORDER BY version")]
 
     # --- agents -----------------------------------------------------------------------------------
 

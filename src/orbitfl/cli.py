@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from orbitfl import __version__
+from orbitfl.runtime.config import ConfigError
 
 # group name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("orbitfl.apps.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
     "simulate": ("orbitfl.apps.sim.cli", "a constellation federating on a virtual clock, in one process"),
     "experiment": ("orbitfl.apps.experiment.sweep", "sweep codec x strategy x data split on the simulator"),
+    "systemd": ("orbitfl.apps.systemd", "install the systemd units, sysusers.d/tmpfiles.d files and docs"),
 }
 
 
@@ -42,9 +44,30 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# Long-running commands: an OSError after their start-up is not the user's input, and exit 2 would
+# keep systemd from restarting them (RestartPreventExitStatus=2).
+DAEMONS = ("ground serve", "agent run")
+
+
+def _missing_package(command: str, exc: ModuleNotFoundError) -> int:
+    """A missing optional dependency is an environment error like a bad config: one line, exit 2."""
+    if (exc.name or "orbitfl").partition(".")[0] == "orbitfl":
+        raise exc  # our own module missing is a broken install, not a missing extra
+    print(
+        f"orbitfl {command}: needs the Python package {exc.name!r}, which is not installed here; "
+        "install orbitfl with the extra that provides it (docs/operations.md, section 1)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(args_list)
+    wanted = next((a for a in args_list if not a.startswith("-")), "")
+    try:
+        parser = build_parser(args_list)
+    except ModuleNotFoundError as exc:
+        return _missing_package(wanted, exc)
     args = parser.parse_args(args_list)
     if args.version:
         print(__version__)
@@ -55,6 +78,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args))
+    except ConfigError as exc:
+        # The one place a command's config or environment error becomes a line and exit 2 (the
+        # units' RestartPreventExitStatus=2), for commands that do not report it themselves.
+        print(f"orbitfl {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a deferred import of an optional dependency
+        return _missing_package(wanted, exc)
+    except OSError as exc:
+        if " ".join([a for a in args_list if not a.startswith("-")][:2]) in DAEMONS:
+            raise  # a daemon's own start-up reports its environment; later, a restart may help
+        # A one-shot command's path that cannot be read or written: the user's to fix, so exit 2.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"orbitfl {wanted}: {where}{exc.strerror or exc}; check the path and its permissions",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,8 +45,16 @@ def _at_least(n: int) -> Check:
 
 
 def _endpoint(v: Any) -> str | None:
-    if not (v.startswith("tcp://") or v.startswith("ipc://")):
+    # Checked here in full: libzmq refuses a malformed endpoint only when the socket binds or
+    # dials, which for an agent is deep inside its loop.
+    scheme, sep, rest = v.partition("://")
+    if not sep or scheme not in ("tcp", "ipc"):
         return "must be a ZeroMQ endpoint starting with tcp:// or ipc://"
+    if scheme == "ipc":
+        return None if rest else "must name a socket path after ipc://"
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+        return "must be tcp://HOST:PORT (port 1-65535, or * to bind any)"
     return None
 
 
@@ -143,6 +152,10 @@ class FederationSection:
     # A built-in data set, or the user's data (.npz, IDX or .npy folder): its test split is used.
     eval_dataset: str = field(default="", metadata=_m(_dataset("", *DATASET_NAMES), ref=True))
     data_seed: int = field(default=0, metadata=_m())
+    # Retention of global versions in state_dir/models: the newest keep_models plus every
+    # keep_every-th (0: none), and any an open round or an agent's next download needs.
+    keep_models: int = field(default=8, metadata=_m(_at_least(1)))
+    keep_every: int = field(default=100, metadata=_m(_at_least(0)))
 
 
 @dataclass(frozen=True)
@@ -393,6 +406,33 @@ def parse_agent(
         link=link,
         source=source,
     )
+
+
+def prepare_state_dir(path: Path, where: str) -> Path:
+    """Create a daemon's ``state_dir`` (with parents) and check it is writable; ``where`` is the
+    file and dotted key (``"ground.toml: ground.state_dir"``). Each failure is a ConfigError that
+    says what is wrong with the path and what would fix it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where}: {path} exists and is not a folder; name a folder") from None
+    except NotADirectoryError:
+        raise ConfigError(
+            f"{where}: cannot create {path}: a parent is a regular file, not a folder; name another path"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{where}: no permission to create {path}; create it for this user "
+            f"(uid {os.getuid()}) or name a writable path"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot create {path}: {exc.strerror}; name a writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{where}: {path} is not writable by this user (uid {os.getuid()}); "
+            "chown it to the service's user or name another folder"
+        )
+    return path
 
 
 def load_ground(path: Path) -> GroundSettings:
