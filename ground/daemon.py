@@ -11,6 +11,7 @@ Exit codes: 0 after SIGTERM/SIGINT, 2 for a bad config or key, 1 for anything el
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import numpy.typing as npt
 from orbitfl.codec.inputs import check_recipe
 from orbitfl.data.datasets import load
 from orbitfl.data.metrics import accuracy
+from orbitfl.ground.admission import Guards
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.store import GroundStore
@@ -72,6 +74,7 @@ def machine_config(cfg: GroundSettings) -> GroundConfig:
             chunk_bytes=cfg.link.chunk_bytes,
             window=cfg.link.window,
             downlink_recipe=fed.downlink_codec or None,
+            guards=Guards(**dataclasses.asdict(cfg.admission)),
         )
     except ValueError as exc:
         raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
@@ -164,6 +167,8 @@ class GroundDaemon:
                         m.updates_refused[labels.get("reason", "unknown")] += a.n
                     elif a.name == "updates_duplicate":
                         m.updates_refused["duplicate"] += a.n
+                    elif a.name == "aggregates_refused":
+                        m.aggregates_refused += a.n
             elif isinstance(a, Gauge):
                 if a.name == "round":
                     m.round = int(a.value)
@@ -278,8 +283,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _force_insecure(cfg: GroundSettings) -> GroundSettings:
-    import dataclasses
-
     return dataclasses.replace(cfg, ground=dataclasses.replace(cfg.ground, insecure=True))
 
 

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 class GroundMetrics:
     updates_accepted: int = 0
     updates_refused: Counter[str] = field(default_factory=Counter)  # reason -> count
+    aggregates_refused: int = 0  # round aggregates that would have made the model non-finite
     bytes_in: int = 0
     bytes_out: int = 0
     frames_in: int = 0
@@ -40,6 +41,7 @@ class GroundMetrics:
             return {
                 "updates_accepted": self.updates_accepted,
                 "updates_refused": dict(self.updates_refused),
+                "aggregates_refused": self.aggregates_refused,
                 "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out,
                 "frames_in": self.frames_in,
@@ -67,6 +69,11 @@ class _Collector(Collector):
         for reason, n in sorted(s["updates_refused"].items()):
             refused.add_metric([reason], n)
         yield refused
+        yield CounterMetricFamily(
+            "orbitfl_aggregates_refused",
+            "Round aggregates refused (non-finite); the previous weights were kept",
+            value=s["aggregates_refused"],
+        )
         yield CounterMetricFamily("orbitfl_bytes_in", "Bytes received in frames", value=s["bytes_in"])
         yield CounterMetricFamily("orbitfl_bytes_out", "Bytes sent in frames", value=s["bytes_out"])
         yield CounterMetricFamily("orbitfl_frames_in", "Frames received", value=s["frames_in"])

@@ -33,6 +33,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from orbitfl.wire.errors import Reason
+from orbitfl.wire.messages import Nack, encode
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT = b""
@@ -198,6 +201,7 @@ class GroundLink:
         self.stats = LinkStats()
         self.last_seen: dict[str, float] = {}
         self._route: dict[str, bytes] = {}
+        self._multipart = 0  # multipart messages refused (each gets a NACK)
         self._names: dict[bytes, str] = {}
         # A context has one ZAP endpoint, so each ground gets its own context unless given one.
         self._own_ctx = context is None
@@ -267,8 +271,11 @@ class GroundLink:
             except zmq.Again:
                 break
             if len(parts) != 2:
-                # A ROUTER prepends the routing id; a DEALER that sent several parts is not ours.
+                # A ROUTER prepends the routing id; a DEALER that sent several parts (or none) is
+                # not speaking the protocol: it gets a NACK, and the frames never reach the machine.
                 self.stats.refused_unknown_peer += 1
+                if len(parts) > 2:
+                    self._refuse_multipart(parts[0].bytes, len(parts) - 1)
                 continue
             rid = parts[0].bytes
             body = parts[1]
@@ -296,6 +303,12 @@ class GroundLink:
             self.stats.bytes_in += len(data)
             out.append(Received(name, data))
         return out
+
+    def _refuse_multipart(self, rid: bytes, n: int) -> None:
+        self._multipart += 1
+        nack = Nack(f"link:m{self._multipart}", None, Reason.MALFORMED.value, f"a frame is one part, got {n}")
+        self._send_raw(rid, encode(nack))
+        log.warning("a %d-part message was refused", n)
 
     def _drain_monitor(self) -> None:
         while True:

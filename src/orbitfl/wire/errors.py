@@ -27,6 +27,8 @@ class Reason(str, Enum):
     DUPLICATE = "duplicate"  # counted, not NACKed: a repeated update id is ACKed again, counted once
     UNKNOWN_TASK = "unknown_task"
     BUSY = "busy"  # too many transfers in flight from this peer
+    NORM_BOUND = "norm_bound"  # an update's delta is larger than the ground's poisoning guard admits
+    INTERNAL = "internal"  # the receiver failed while handling the frame; the sender keeps it and retries
 
 
 class WireError(ValueError):
