@@ -35,10 +35,10 @@ from orbitfl.codec.inputs import RAW_RECIPES
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import MAX_INT, Hello, Message, Update
 
-# An UPDATE's id suffix is the outbox counter; other agent messages use "b<boot>.<n>" (or any
-# token ending in a digit), see docs/protocol.md.
+# An UPDATE's id suffix is the outbox counter (the ground dedupes on it); other agent messages use
+# "b<boot>.<n>", and any non-empty token is taken there (docs/protocol.md).
 _UPDATE_SUFFIX = re.compile(r"[0-9]{1,19}")
-_OTHER_SUFFIX = re.compile(r"[A-Za-z0-9._-]{0,63}[0-9]")
+_OTHER_SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NORMS_META = "admission.norms"
 
 
@@ -73,7 +73,8 @@ def delta_norm(tensors: Mapping[str, npt.NDArray[Any]]) -> float:
         flat = a.reshape(-1)
         if flat.dtype.kind != "f" or flat.dtype.itemsize < 4:
             flat = flat.astype(np.float32)
-        total += float(np.dot(flat, flat))
+        with np.errstate(over="ignore"):  # an overflow is an inf norm, refused by every bound
+            total += float(np.dot(flat, flat))
     return math.sqrt(total) if math.isfinite(total) else math.inf
 
 

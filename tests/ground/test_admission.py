@@ -49,8 +49,8 @@ def test_update_ids_need_the_agent_and_a_numeric_suffix(kit: Any, mid: str) -> N
     assert reasons(kit, g.rx("a1", raw_update("a1", 1, id=mid))) == ["bad_id"]
 
 
-@pytest.mark.parametrize("mid", ["fz", "fz:", "fz:abc"])
-def test_hello_ids_without_a_numeric_suffix_are_bad_id(kit: Any, mid: str) -> None:
+@pytest.mark.parametrize("mid", ["fz", "fz:", "fz:a b", "gz:1"])
+def test_hello_ids_without_the_agent_and_a_suffix_are_bad_id(kit: Any, mid: str) -> None:
     g = kit.ground()
     assert reasons(kit, g.rx("fz", encode(Hello(mid, "fz", "test", None, {})))) == ["bad_id"]
 
