@@ -216,6 +216,9 @@ class AgentDaemon:
         self.outbox = Outbox(a.state_dir / "outbox.sqlite")
         self.machine = AgentMachine(self.outbox, machine_config(cfg))
         self.board = board or Board(cfg)
+        learner = getattr(self.board, "learner", None)
+        if learner is not None:  # the ground caps each update's weight at what we register
+            self.machine.cfg.capabilities["max_samples"] = len(learner.x) * cfg.train.epochs
         keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
         self.link = AgentLink(
             a.ground,
