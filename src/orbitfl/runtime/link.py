@@ -275,7 +275,7 @@ class GroundLink:
                 # not speaking the protocol: it gets a NACK, and the frames never reach the machine.
                 self.stats.refused_unknown_peer += 1
                 if len(parts) > 2:
-                    self._refuse_multipart(parts[0].bytes, len(parts) - 1)
+                    self._refuse_multipart(parts[0].bytes, parts[1], len(parts) - 1)
                 continue
             rid = parts[0].bytes
             body = parts[1]
@@ -304,11 +304,21 @@ class GroundLink:
             out.append(Received(name, data))
         return out
 
-    def _refuse_multipart(self, rid: bytes, n: int) -> None:
+    def _refuse_multipart(self, rid: bytes, first: zmq.Frame, n: int) -> None:
+        user_id: str | None = None
+        if self._auth is not None:
+            try:
+                uid = first.get("User-Id")
+            except zmq.ZMQError:
+                uid = None
+            user_id = uid if isinstance(uid, str) else None
+        name = self._peer_name(rid, user_id)
+        if name is None:
+            return  # an unnamed peer gets nothing, as for a single frame
         self._multipart += 1
         nack = Nack(f"link:m{self._multipart}", None, Reason.MALFORMED.value, f"a frame is one part, got {n}")
         self._send_raw(rid, encode(nack))
-        log.warning("a %d-part message was refused", n)
+        log.warning("a %d-part message from %r was refused", n, name)
 
     def _drain_monitor(self) -> None:
         while True:
