@@ -26,7 +26,8 @@ MAX_INT = (1 << 63) - 1
 # Free-form maps (HELLO.capabilities, TASK.hints) stay small, shallow and of plain values: they are
 # stored as JSON and handed to strategies, so nesting or size chosen by a peer must not cost us.
 MAX_FREE_DEPTH = 4
-MAX_FREE_ITEMS = 1024
+MAX_FREE_ITEMS = 4096  # HELLO.capabilities: stored in the registry on every HELLO
+MAX_HINT_ITEMS = 1 << 16  # TASK.hints: e.g. EMS-FL's expert table, one entry per agent
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,11 @@ def _map(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False) -
     return v
 
 
-def _free(d: Mapping[str, Any], key: str, kind: str) -> dict[str, Any]:
+def _free(d: Mapping[str, Any], key: str, kind: str, max_items: int = MAX_FREE_ITEMS) -> dict[str, Any]:
     """A free-form map: string keys, values None/bool/int/finite float/str/bin or lists and maps of
-    them, at most MAX_FREE_DEPTH deep and MAX_FREE_ITEMS values in all."""
+    them, at most MAX_FREE_DEPTH deep and ``max_items`` values in all."""
     m: dict[str, Any] = _map(d, key, kind, optional=True)
-    budget = [MAX_FREE_ITEMS]
+    budget = [max_items]
 
     def ok(v: Any, depth: int) -> bool:
         budget[0] -= 1
@@ -139,7 +140,7 @@ def _free(d: Mapping[str, Any], key: str, kind: str) -> dict[str, Any]:
         raise WireError(
             Reason.SCHEMA,
             f"{kind}.{key}: values must be plain (nil, bool, 64-bit int, finite float, str, bin, lists"
-            f" and maps), at most {MAX_FREE_DEPTH} deep and {MAX_FREE_ITEMS} in all",
+            f" and maps), at most {MAX_FREE_DEPTH} deep and {max_items} in all",
             _ref(d),
         )
     return m
@@ -315,7 +316,7 @@ class Task(Message):
             _int(d, "round", k),
             _int(d, "model_version", k),
             _str(d, "recipe", k),
-            _free(d, "hints", k),
+            _free(d, "hints", k, MAX_HINT_ITEMS),
             _float(d, "deadline_in", k, optional=True),
             None if model is None else ModelBlob.from_wire(model, "TASK.model"),
         )
