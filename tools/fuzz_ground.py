@@ -200,6 +200,8 @@ class Ground:
                     f"the ground exited with {self.proc.returncode}:\n{self.log_text()[-2000:]}"
                 )
             time.sleep(0.1)
+        if "serving on" not in self.log_text():
+            raise RuntimeError(f"the ground did not start serving within 60 s:\n{self.log_text()[-2000:]}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
