@@ -298,6 +298,9 @@ class AgentDaemon:
         self.machine = AgentMachine(
             self.outbox, machine_config(cfg, getattr(self.board, "fingerprint", None))
         )
+        learner = getattr(self.board, "learner", None)
+        if learner is not None:  # the ground caps each update's weight at what we register
+            self.machine.cfg.capabilities["max_samples"] = len(learner.x) * cfg.train.epochs
         self.link = AgentLink(
             a.ground,
             a.name,

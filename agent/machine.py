@@ -61,6 +61,7 @@ from orbitfl.wire.messages import (
     decode,
     encode,
     make_id,
+    peek_id,
 )
 from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
@@ -87,6 +88,7 @@ PERMANENT = frozenset(
         Reason.UNKNOWN_TYPE,
         Reason.BAD_VERSION,
         Reason.MALFORMED,
+        Reason.NORM_BOUND,
     )
 )
 
@@ -272,6 +274,14 @@ class AgentMachine:
             out.append(Log("WARNING", f"refused frame from ground (id {err.ref!r}): {err}"))
             if self.linked:
                 self._send(Nack(self._id(), err.ref, err.reason.value, err.text), now, out)
+        except Exception as exc:  # a frame the checks missed costs that frame, never the outbox
+            self.refused[Reason.INTERNAL.value] = self.refused.get(Reason.INTERNAL.value, 0) + 1
+            out.append(Count("refused", (("reason", Reason.INTERNAL.value),)))
+            out.append(Log("ERROR", f"internal error on a frame from ground: {type(exc).__name__}: {exc}"))
+            if self.linked:
+                self._send(
+                    Nack(self._id(), peek_id(frame), Reason.INTERNAL.value, type(exc).__name__), now, out
+                )
 
     @staticmethod
     def _with_ref(ref: str, step: Callable[[], object]) -> None:

@@ -11,6 +11,7 @@ Exit codes: 0 after SIGTERM/SIGINT, 2 for a bad config or key, 1 for anything el
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from orbitfl.codec.inputs import check_recipe
 from orbitfl.data.metrics import accuracy
 from orbitfl.data.user_data import DataError, check_fits, load_source
 from orbitfl.ground import export
+from orbitfl.ground.admission import Guards
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.status import DP_EPSILON_KEY
@@ -128,6 +130,7 @@ def machine_config(cfg: GroundSettings, model_fingerprint: str | None = None) ->
             model_fingerprint=model_fingerprint,
             keep_models=fed.keep_models,
             keep_every=fed.keep_every,
+            guards=Guards(**dataclasses.asdict(cfg.admission)),
         )
     except ValueError as exc:
         raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
@@ -277,6 +280,8 @@ class GroundDaemon:
                         m.updates_refused[labels.get("reason", "unknown")] += a.n
                     elif a.name == "updates_duplicate":
                         m.updates_refused["duplicate"] += a.n
+                    elif a.name == "aggregates_refused":
+                        m.aggregates_refused += a.n
             elif isinstance(a, Gauge):
                 if a.name == "round":
                     m.round = int(a.value)
@@ -477,8 +482,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _force_insecure(cfg: GroundSettings) -> GroundSettings:
-    import dataclasses
-
     return dataclasses.replace(cfg, ground=dataclasses.replace(cfg.ground, insecure=True))
 
 

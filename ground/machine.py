@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orbitfl.codec.inputs import check_recipe
+from orbitfl.ground.admission import NORMS_META, Admission, Guards, delta_norm
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import FedAvg, Strategy
 from orbitfl.runtime.events import (
@@ -56,7 +57,7 @@ from orbitfl.wire.messages import (
     Update,
     decode,
     encode,
-    id_sender,
+    peek_id,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
 from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
@@ -96,6 +97,7 @@ class GroundConfig:
     # None: keep every version (the simulator, tests).
     keep_models: int | None = None
     keep_every: int = 0
+    guards: Guards = field(default_factory=Guards)  # the poisoning guards (ground/admission.py)
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -125,6 +127,7 @@ class _Peer:
     online: bool = True
     model_version: int | None = None
     last_seen: float = 0.0
+    max_samples: int | None = None  # what the agent registered in its HELLO (None: the config cap)
 
 
 class GroundMachine:
@@ -167,6 +170,7 @@ class GroundMachine:
         self.global_model: TensorDict = global_
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
+        self.admission = Admission(config.guards, self.global_model)
         self._continue_finished()
         self._recover()
 
@@ -197,12 +201,16 @@ class GroundMachine:
         if ck is not None:
             self._seq, arrays, scalars = ck
             self.strategy.load_state(arrays, scalars)
+        norms: list[float] = []  # the checkpoint's meta holds the window up to its position
         for row in self.store.logged(cur.round, self._seq):
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
-            self.strategy.accumulate(decode_payload(msg.payload, self.shapes), row.samples, row.staleness)
+            delta = decode_payload(msg.payload, self.shapes)
+            norms.append(delta_norm(delta))
+            self.strategy.accumulate(delta, row.samples, row.staleness)
             self._seq = row.seq
             self._since_ckpt += 1
+        self.admission.load_norms(self.store.get_meta(NORMS_META), norms)
         for aid in (a.agent_id for a in self.store.agents()):
             row_ = self.store.agent(aid)
             assert row_ is not None
@@ -356,6 +364,8 @@ class GroundMachine:
             msg = decode(frame, self.cfg.limits)
             p = self.peers.get(peer)
             if p is not None:
+                if not isinstance(msg, (Hello, Update)):  # those two check their ids with more context
+                    self.admission.check_id(msg, p.agent_id)
                 p.last_seen = now
                 p.online = True
             if isinstance(msg, Hello):
@@ -389,16 +399,39 @@ class GroundMachine:
                 raise WireError(Reason.UNKNOWN_TYPE, f"{msg.TYPE} is not something an agent sends", msg.id)
         except WireError as err:
             self._refuse(peer, err, out)
+        except Exception as exc:  # a bug or a failing disk must cost one frame, never the daemon
+            ref = peek_id(bytes(frame))
+            self.refused[Reason.INTERNAL.value] = self.refused.get(Reason.INTERNAL.value, 0) + 1
+            out.append(Count("refused", (("reason", Reason.INTERNAL.value),)))
+            out.append(
+                Log(
+                    "ERROR",
+                    f"internal error on a frame from peer {peer!r} (id {ref!r}): "
+                    f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
+            )
+            out.append(self._send(peer, Nack(self._id(), ref, Reason.INTERNAL.value, type(exc).__name__)))
+            self._resync(out)
+
+    def _resync(self, out: list[Action]) -> None:
+        """After an internal error, rebuild the in-memory round from the store, so an update that
+        was recorded but not folded in (or folded in but not recorded) cannot skew the aggregate;
+        the agent resends it and gets a duplicate ACK."""
+        try:
+            latest = self.store.latest_version()
+            if latest is not None and latest != self.version:
+                model = self.store.load_model(latest)
+                if model is not None:
+                    self.version, self.global_model = latest, model
+                    self.admission.set_model(model)
+            self._recover()
+        except Exception as exc:
+            out.append(
+                Log("ERROR", f"could not rebuild the round from the store: {type(exc).__name__}: {exc}")
+            )
 
     def _on_hello(self, peer: str, msg: Hello, now: float, out: list[Action]) -> None:
-        if id_sender(msg.id) != msg.agent_id:
-            raise WireError(
-                Reason.BAD_ID, f"HELLO id {msg.id!r} is not '<agent_id>:<n>' for {msg.agent_id!r}", msg.id
-            )
-        if self.cfg.bind_agent_to_peer and msg.agent_id != peer:
-            raise WireError(
-                Reason.BAD_ID, f"HELLO agent_id {msg.agent_id!r} is not this peer's name {peer!r}", msg.id
-            )
+        registered = self.admission.check_hello(msg, peer, self.cfg.bind_agent_to_peer)
         mine = self.cfg.model_fingerprint
         if mine is not None and msg.model_fingerprint is not None and msg.model_fingerprint != mine:
             raise WireError(
@@ -410,7 +443,7 @@ class GroundMachine:
         for other, q in list(self.peers.items()):
             if q.agent_id == msg.agent_id and other != peer:
                 del self.peers[other]  # the agent reconnected under a new routing id
-        p = _Peer(msg.agent_id, True, msg.model_version, now)
+        p = _Peer(msg.agent_id, True, msg.model_version, now, registered)
         self.peers[peer] = p
         self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
         out.append(Count("hellos"))
@@ -451,10 +484,7 @@ class GroundMachine:
         p = self.peers.get(peer)
         if p is None:
             raise WireError(Reason.NOT_REGISTERED, "send HELLO before UPDATE", msg.id)
-        if id_sender(msg.id) != p.agent_id:
-            raise WireError(
-                Reason.BAD_ID, f"update id {msg.id!r} does not belong to agent {p.agent_id!r}", msg.id
-            )
+        self.admission.check_id(msg, p.agent_id)
         if self.store.is_seen(msg.id):
             self.duplicates += 1
             out.append(Count("updates_duplicate"))
@@ -480,6 +510,7 @@ class GroundMachine:
         if why is not None:
             raise WireError(Reason.STALE, why, msg.id)
         task = self.store.task(msg.task_id)
+        self.admission.check_update(msg, p.agent_id, task, self.cfg.recipe, p.max_samples)
         if task is not None and task[2] is not None and now > task[2]:
             raise WireError(Reason.STALE, f"task {msg.task_id!r} expired (task_ttl policy)", msg.id)
         if self.store.contributed(p.agent_id, self.round):
@@ -491,16 +522,19 @@ class GroundMachine:
             check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
+        norm = self.admission.check_delta(msg, delta)
         # Durable first, then counted, then ACKed: an ACKed update is never lost.
         self._seq = self.store.accept_update(
             msg.id, p.agent_id, self.round, msg.samples, msg.base_version, staleness, frame, now
         )
         self.strategy.accumulate(delta, msg.samples, staleness)
+        self.admission.accepted(norm)
         self.accepted += 1
         self._since_ckpt += 1
         if self._since_ckpt >= self.cfg.checkpoint_every:
             arrays, scalars = self.strategy.state()
             self.store.save_checkpoint(self.round, self._seq, arrays, scalars)
+            self.store.set_meta(NORMS_META, self.admission.dump_norms())
             self._since_ckpt = 0
         out.append(Count("updates_accepted"))
         out.append(self._send(peer, Ack(self._id(), msg.id)))
@@ -557,19 +591,36 @@ class GroundMachine:
 
     def _close_round(self, now: float, out: list[Action]) -> None:
         n, samples, nbytes = self.store.round_stats(self.round)
-        new = self.strategy.finalize(self.global_model)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is refused below
+            new = self.strategy.finalize(self.global_model)
         closed = self.round
         new_version = self.version + 1
+        why = self.admission.aggregate_refusal(new)
+        if why is not None:
+            # The round's updates stay counted (they were ACKed) but their aggregate is not used:
+            # the next version carries the previous weights unchanged.
+            new = {k: np.array(v, copy=True) for k, v in self.global_model.items()}
+            out.append(Count("aggregates_refused"))
+            out.append(
+                Log(
+                    "ERROR",
+                    f"round {closed}: aggregate refused ({why}); "
+                    f"v{new_version} keeps v{self.version}'s weights",
+                )
+            )
         if self.cfg.downlink_recipe is not None:
             new = self._compress_step(new, new_version)
+
         last = self.cfg.rounds is not None and self.store.rounds_closed() + 1 >= self.cfg.rounds
         next_round = None if last else closed + 1
         next_deadline = None if last else now + self.cfg.round_seconds
+        self.store.set_meta(NORMS_META, self.admission.dump_norms())
         self.store.close_round(closed, new_version, new, now, next_round, next_deadline)
         self.version = new_version
         if self.cfg.keep_models is not None:
             self._prune()
         self.global_model = self.store.load_model(new_version) or new
+        self.admission.set_model(self.global_model)
         self.round = next_round or closed
         self.deadline = next_deadline
         self.strategy.reset(self.global_model)

@@ -22,6 +22,7 @@ from orbitfl.runtime.observe import Family, Health, ObserveServer, render_text
 class GroundMetrics:
     updates_accepted: int = 0
     updates_refused: Counter[str] = field(default_factory=Counter)  # reason -> count
+    aggregates_refused: int = 0  # round aggregates that would have made the model non-finite
     bytes_in: int = 0
     bytes_out: int = 0
     frames_in: int = 0
@@ -51,6 +52,7 @@ class GroundMetrics:
             return {
                 "updates_accepted": self.updates_accepted,
                 "updates_refused": dict(self.updates_refused),
+                "aggregates_refused": self.aggregates_refused,
                 "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out,
                 "frames_in": self.frames_in,
@@ -89,6 +91,12 @@ def families(s: dict[str, Any]) -> list[Family]:
             "counter",
             "Frames or updates refused, by reason",
             {(("reason", r),): float(n) for r, n in sorted(s["updates_refused"].items())},
+        ),
+        _one(
+            "orbitfl_aggregates_refused_total",
+            "counter",
+            "Round aggregates refused (non-finite); the previous weights were kept",
+            s["aggregates_refused"],
         ),
         _one("orbitfl_received_bytes_total", "counter", "Bytes received in frames", s["bytes_in"]),
         _one("orbitfl_sent_bytes_total", "counter", "Bytes sent in frames", s["bytes_out"]),

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS tasks (
   task_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, round INTEGER NOT NULL, issued_at REAL NOT NULL,
   expires_at REAL);
 """
+INT64_MAX = (1 << 63) - 1
 
 
 def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, sync: bool = True) -> None:
@@ -319,6 +320,9 @@ class GroundStore:
         now: float,
     ) -> int:
         """Record an accepted update durably (one committed transaction); returns its log position."""
+        for key, v in (("samples", samples), ("round", round_), ("base_version", base_version)):
+            if not 0 <= v <= INT64_MAX:  # the wire checks this too; SQLite would raise OverflowError
+                raise ValueError(f"{key} {v} does not fit a SQLite INTEGER")
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(

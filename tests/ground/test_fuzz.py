@@ -53,6 +53,8 @@ def test_mutated_frames_never_raise(kit: Any) -> None:
     assert answered > 0.9 * 4 * 400
     # still serving: a fresh, valid update from a fresh agent is accepted
     g.rx("a9", kit.hello("a9"))
-    acts = g.rx("a9", kit.update_frame("a9", 1))
+    small = {k: np.full(v.shape, 0.1, np.float32) for k, v in kit.MODEL.items()}
+    payload = encode_payload(recipe, small, Pipeline.parse(recipe).new_state())  # the task's recipe
+    acts = g.rx("a9", kit.update_frame("a9", 1, payload=payload))
     assert any(isinstance(m, Ack) and m.ref == "a9:1" for m in kit.sent(acts))
     assert not any(isinstance(m, Nack) for m in kit.sent(acts))

@@ -159,6 +159,20 @@ class FederationSection:
 
 
 @dataclass(frozen=True)
+class AdmissionSection:
+    """The ground's poisoning guards (orbitfl.ground.admission; docs/protocol.md, "Admission").
+    On by default; a ratio of 0 turns its bound off."""
+
+    max_samples: int = field(default=1_000_000, metadata=_m(_at_least(1)))
+    norm_model_ratio: float = field(default=10.0, metadata=_m(_non_negative))
+    norm_floor_rms: float = field(default=1.0, metadata=_m(_non_negative))
+    norm_median_ratio: float = field(default=10.0, metadata=_m(_non_negative))
+    median_window: int = field(default=64, metadata=_m(_at_least(1)))
+    median_min: int = field(default=8, metadata=_m(_at_least(1)))
+    refuse_non_finite_model: bool = field(default=True, metadata=_m())
+
+
+@dataclass(frozen=True)
 class AgentSection:
     name: str = field(metadata=_m(_name))
     ground: str = field(metadata=_m(_endpoint))
@@ -235,6 +249,7 @@ class GroundSettings:
     federation: FederationSection
     link: LinkSettings
     source: Path | None = None
+    admission: AdmissionSection = field(default_factory=AdmissionSection)
 
 
 @dataclass(frozen=True)
@@ -360,7 +375,7 @@ def _check_link(link: LinkSettings, prefix: str) -> None:
 def parse_ground(
     doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
 ) -> GroundSettings:
-    _check_sections(doc, {"ground", "federation", "link"}, prefix)
+    _check_sections(doc, {"ground", "federation", "link", "admission"}, prefix)
     if "ground" not in doc:
         raise ConfigError(f"{prefix}[ground]: required section is missing")
     ground = _section(GroundSection, doc.get("ground"), "ground", base, prefix)
@@ -373,7 +388,8 @@ def parse_ground(
     link = _section(LinkSettings, doc.get("link"), "link", base, prefix)
     _check_link(link, prefix)
     fed = _section(FederationSection, doc.get("federation"), "federation", base, prefix)
-    return GroundSettings(ground=ground, federation=fed, link=link, source=source)
+    adm = _section(AdmissionSection, doc.get("admission"), "admission", base, prefix)
+    return GroundSettings(ground=ground, federation=fed, link=link, source=source, admission=adm)
 
 
 def parse_agent(

@@ -37,6 +37,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from orbitfl.wire.errors import Reason
+from orbitfl.wire.messages import Nack, encode
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT = b""
@@ -258,6 +261,7 @@ class GroundLink:
         self.stats = LinkStats()
         self.last_seen: dict[str, float] = {}
         self._route: dict[str, bytes] = {}
+        self._multipart = 0  # multipart messages refused (each gets a NACK)
         self._names: dict[bytes, str] = {}
         # A context has one ZAP endpoint, so each ground gets its own context unless given one.
         self._own_ctx = context is None
@@ -349,8 +353,11 @@ class GroundLink:
             except zmq.Again:
                 break
             if len(parts) != 2:
-                # A ROUTER prepends the routing id; a DEALER that sent several parts is not ours.
+                # A ROUTER prepends the routing id; a DEALER that sent several parts (or none) is
+                # not speaking the protocol: it gets a NACK, and the frames never reach the machine.
                 self.stats.refused_unknown_peer += 1
+                if len(parts) > 2:
+                    self._refuse_multipart(parts[0].bytes, parts[1], len(parts) - 1)
                 continue
             rid = parts[0].bytes
             body = parts[1]
@@ -399,6 +406,22 @@ class GroundLink:
             user_id,
             former or "unknown",
         )
+
+    def _refuse_multipart(self, rid: bytes, first: zmq.Frame, n: int) -> None:
+        user_id: str | None = None
+        if self._auth is not None:
+            try:
+                uid = first.get("User-Id")
+            except zmq.ZMQError:
+                uid = None
+            user_id = uid if isinstance(uid, str) else None
+        name = self._peer_name(rid, user_id)
+        if name is None:
+            return  # an unnamed peer gets nothing, as for a single frame
+        self._multipart += 1
+        nack = Nack(f"link:m{self._multipart}", None, Reason.MALFORMED.value, f"a frame is one part, got {n}")
+        self._send_raw(rid, encode(nack))
+        log.warning("a %d-part message from %r was refused", n, name)
 
     def _drain_monitor(self) -> None:
         while True:

@@ -28,6 +28,8 @@ class Reason(str, Enum):
     UNKNOWN_TASK = "unknown_task"
     BUSY = "busy"  # too many transfers in flight from this peer
     MODEL_MISMATCH = "model_mismatch"  # HELLO/TASK name another model (model_fingerprint)
+    NORM_BOUND = "norm_bound"  # an update's delta is larger than the ground's poisoning guard admits
+    INTERNAL = "internal"  # the receiver failed while handling the frame; the sender keeps it and retries
 
 
 class WireError(ValueError):

@@ -20,6 +20,14 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: frozenset[int] = frozenset({PROTOCOL_VERSION})
 MAX_ID_LEN = 256
 MAX_TEXT_LEN = 4096
+# Every integer must fit a signed 64-bit SQLite INTEGER (and numpy's int64), so a store write or an
+# array index never overflows on a value a peer chose.
+MAX_INT = (1 << 63) - 1
+# Free-form maps (HELLO.capabilities, TASK.hints) stay small, shallow and of plain values: they are
+# stored as JSON and handed to strategies, so nesting or size chosen by a peer must not cost us.
+MAX_FREE_DEPTH = 4
+MAX_FREE_ITEMS = 4096  # HELLO.capabilities: stored in the registry on every HELLO
+MAX_HINT_ITEMS = 1 << 16  # TASK.hints: e.g. EMS-FL's expert table, one entry per agent
 
 
 @dataclass(frozen=True)
@@ -65,9 +73,19 @@ def _int(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False, m
     if optional and d.get(key) is None:
         return None
     v = _get(d, key, kind)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected an integer >= {minimum}, got {v!r}", _ref(d))
+    if not isinstance(v, int) or isinstance(v, bool) or not minimum <= v <= MAX_INT:
+        raise WireError(
+            Reason.SCHEMA,
+            f"{kind}.{key}: expected an integer in [{minimum}, 2**63-1], got {_short(v)}",
+            _ref(d),
+        )
     return v
+
+
+def _short(v: Any) -> str:
+    """A peer's value for a log line: repr, cut so a huge field cannot flood the log."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def _float(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False) -> Any:
@@ -107,6 +125,38 @@ def _map(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False) -
     if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
         raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected a map with string keys", _ref(d))
     return v
+
+
+def _free(d: Mapping[str, Any], key: str, kind: str, max_items: int = MAX_FREE_ITEMS) -> dict[str, Any]:
+    """A free-form map: string keys, values None/bool/int/finite float/str/bin or lists and maps of
+    them, at most MAX_FREE_DEPTH deep and ``max_items`` values in all."""
+    m: dict[str, Any] = _map(d, key, kind, optional=True)
+    budget = [max_items]
+
+    def ok(v: Any, depth: int) -> bool:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_FREE_DEPTH:
+            return False
+        if v is None or isinstance(v, (bool, str, bytes)):
+            return not isinstance(v, (str, bytes)) or len(v) <= MAX_TEXT_LEN
+        if isinstance(v, int):
+            return -MAX_INT - 1 <= v <= MAX_INT
+        if isinstance(v, float):
+            return v == v and v not in (float("inf"), float("-inf"))
+        if isinstance(v, list):
+            return all(ok(x, depth + 1) for x in v)
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and ok(x, depth + 1) for k, x in v.items())
+        return False
+
+    if not all(ok(v, 1) for v in m.values()):
+        raise WireError(
+            Reason.SCHEMA,
+            f"{kind}.{key}: values must be plain (nil, bool, 64-bit int, finite float, str, bin, lists"
+            f" and maps), at most {MAX_FREE_DEPTH} deep and {max_items} in all",
+            _ref(d),
+        )
+    return m
 
 
 def _bytes(d: Mapping[str, Any], key: str, kind: str, *, size: int | None = None) -> bytes:
@@ -178,7 +228,7 @@ class Hello(Message):
             agent,
             _str(d, "software", k),
             _int(d, "model_version", k, optional=True),
-            _map(d, "capabilities", k, optional=True),
+            _free(d, "capabilities", k),
             _fingerprint(d, k),
         )
 
@@ -291,7 +341,7 @@ class Task(Message):
             _int(d, "round", k),
             _int(d, "model_version", k),
             _str(d, "recipe", k),
-            _map(d, "hints", k, optional=True),
+            _free(d, "hints", k, MAX_HINT_ITEMS),
             _float(d, "deadline_in", k, optional=True),
             None if model is None else ModelBlob.from_wire(model, "TASK.model"),
             _fingerprint(d, k),

@@ -78,8 +78,11 @@ def decode_payload(d: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] |
         raise WireError(
             Reason.SCHEMA, "UPDATE.payload: a pipeline payload needs 'recipe' (str) and 'body' (map)"
         )
+    names = body.get("tensors")
+    if not isinstance(names, dict):
+        raise WireError(Reason.BAD_PAYLOAD, "UPDATE.payload.body.tensors: expected a map of name -> tensor")
     if shapes is not None:
-        unknown = sorted(set(map(str, body.get("tensors") or {})) - set(shapes))
+        unknown = sorted(set(map(str, names)) - set(shapes))
         if unknown:
             raise WireError(Reason.UNKNOWN_TENSOR, f"tensors not in the model: {unknown[:5]}")
     try:
