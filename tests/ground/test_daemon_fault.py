@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from orbitfl.apps.demo import free_port
 from orbitfl.ground.daemon import GroundDaemon
 from orbitfl.runtime.config import parse_ground
 from orbitfl.runtime.keys import new_keypair
@@ -40,7 +41,7 @@ def test_a_planted_fault_costs_one_frame_and_the_daemon_serves_on(
     cfg = parse_ground(
         {
             "ground": {
-                "bind": "tcp://127.0.0.1:0",
+                "bind": f"tcp://127.0.0.1:{free_port()}",
                 "state_dir": "state",
                 "secret_key": str(keys / "ground.key_secret"),
                 "allowed_keys": str(allowed),
