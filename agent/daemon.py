@@ -69,7 +69,7 @@ from orbitfl.runtime.link import (
     load_secret,
 )
 from orbitfl.runtime.observe import Health
-from orbitfl.runtime.service import Notifier, Shutdown, serve, setup_logging
+from orbitfl.runtime.service import LogLimiter, Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.agent")
 
@@ -273,6 +273,7 @@ class AgentDaemon:
         self.wall = wall
         self.mono = mono
         self.counts: Counter[str] = Counter()
+        self.log_limiter = LogLimiter()
         a, lk = cfg.agent, cfg.link
         where = f"{cfg.source}: " if cfg.source is not None else ""
         prepare_state_dir(a.state_dir, f"{where}agent.state_dir")
@@ -361,7 +362,9 @@ class AgentDaemon:
                     # Quiet by default: the machine's routine steps are detail (-v); one line per
                     # round comes from _train, and warnings and errors always show.
                     level = logging.getLevelName(a.level)
-                    log.log(logging.DEBUG if level == logging.INFO else level, "%s", a.text)
+                    line = self.log_limiter.line(a.key, a.text, self.mono())
+                    if line is not None:
+                        log.log(logging.DEBUG if level == logging.INFO else level, "%s", line)
                 elif isinstance(a, Count):
                     key = a.name + "".join(f"{{{k}={v}}}" for k, v in a.labels)
                     self.counts[key] += a.n

@@ -271,7 +271,7 @@ class AgentMachine:
         except WireError as err:
             self.refused[err.reason.value] = self.refused.get(err.reason.value, 0) + 1
             out.append(Count("refused", (("reason", err.reason.value),)))
-            out.append(Log("WARNING", f"refused frame from ground (id {err.ref!r}): {err}"))
+            out.append(Log("WARNING", f"refused frame from ground (id {err.ref!r}): {err}", err.reason.value))
             if self.linked:
                 self._send(Nack(self._id(), err.ref, err.reason.value, err.text), now, out)
         except Exception as exc:  # a frame the checks missed costs that frame, never the outbox

@@ -43,7 +43,7 @@ from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilen
 from orbitfl.runtime.keys_cli import PID_FILE
 from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError, allowed_keys, load_secret
 from orbitfl.runtime.observe import Health
-from orbitfl.runtime.service import Notifier, Reload, Shutdown, serve, setup_logging
+from orbitfl.runtime.service import LogLimiter, Notifier, Reload, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.ground")
 
@@ -196,6 +196,7 @@ class GroundDaemon:
         self.wall = wall
         self.mono = mono
         self.metrics = GroundMetrics()
+        self.log_limiter = LogLimiter()
         g, fed = cfg.ground, cfg.federation
         spec = resolve_model(cfg)
         fp = zoo.fingerprint(spec)
@@ -270,7 +271,9 @@ class GroundDaemon:
             if isinstance(a, Send):
                 self.link.send(a.peer, a.frame)  # a failed send is retried by the machine
             elif isinstance(a, Log):
-                log.log(logging.getLevelName(a.level), "%s", a.text)
+                line = self.log_limiter.line(a.key, a.text, self.mono())
+                if line is not None:
+                    log.log(logging.getLevelName(a.level), "%s", line)
             elif isinstance(a, Count):
                 labels = dict(a.labels)
                 with m.lock:

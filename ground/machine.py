@@ -233,7 +233,13 @@ class GroundMachine:
     def _refuse(self, peer: str, err: WireError, out: list[Action]) -> None:
         self.refused[err.reason.value] = self.refused.get(err.reason.value, 0) + 1
         out.append(Count("refused", (("reason", err.reason.value),)))
-        out.append(Log("WARNING", f"refused frame from {peer!r} (id {err.ref!r}): {err}"))
+        out.append(
+            Log(
+                "WARNING",
+                f"refused frame from {peer!r} (id {err.ref!r}): {err}",
+                f"{peer}:{err.reason.value}",
+            )
+        )
         out.append(self._send(peer, Nack(self._id(), err.ref, err.reason.value, err.text)))
 
     def _send(self, peer: str, msg: Message | bytes) -> Send:

@@ -122,3 +122,28 @@ def test_sighup_requests_one_reload_and_does_not_stop_the_daemon() -> None:
     finally:
         reload.restore()
         shutdown.restore()
+
+
+def test_log_limiter_holds_back_repeats_and_says_how_many() -> None:
+    from orbitfl.runtime.service import LogLimiter
+
+    lim = LogLimiter(interval_s=10.0, max_keys=2)
+    assert lim.line("peer:schema", "refused 1", 0.0) == "refused 1"
+    assert [lim.line("peer:schema", f"refused {i}", 1.0 + i) for i in range(5)] == [None] * 5
+    assert lim.line("other:schema", "other", 2.0) == "other"  # keys are independent
+    assert lim.line("peer:schema", "refused 9", 10.5) == (
+        "refused 9 (5 more like it in the last 10 s were not logged)"
+    )
+    assert lim.line(None, "always", 10.6) == "always" and lim.line(None, "always", 10.7) == "always"
+    lim.line("third", "x", 11.0)  # a third key evicts the oldest: memory stays bounded
+    assert len(lim._last) == 2
+
+
+def test_peer_text_cannot_forge_log_lines() -> None:
+    from orbitfl.runtime.service import printable
+
+    assert (
+        printable("bye\nFAKE 2026 INFO ground: all good\x1b[31m")
+        == "bye\\nFAKE 2026 INFO ground: all good\\x1b[31m"
+    )
+    assert printable("x" * 2000, limit=10) == "x" * 10 + "... (1990 more chars)"

@@ -98,6 +98,9 @@ class Log:
 
     level: str
     text: str
+    # Lines with the same key are rate-limited by the daemon (e.g. one peer's refusals for one
+    # reason), so a hostile or broken peer cannot fill the disk with them. None: always logged.
+    key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Living under systemd: sd_notify and clean shutdown on SIGTERM/SIGINT.
+"""Living under systemd: sd_notify, clean shutdown on SIGTERM/SIGINT, and log lines fit for the
+journal (priorities, rate limits, no control characters from peers).
 
 sd_notify is a datagram of ``KEY=value`` lines to the AF_UNIX socket named by ``NOTIFY_SOCKET``
 (a leading ``@`` means the abstract namespace). Outside systemd the variable is unset and every
@@ -212,3 +213,47 @@ def serve(
     finally:
         notifier.stopping()
         close()
+
+
+MAX_LINE_CHARS = 1000
+
+
+def printable(text: str, limit: int = MAX_LINE_CHARS) -> str:
+    """``text`` with control characters escaped and cut at ``limit``: text a peer chose (an id, a
+    BYE reason) must not be able to forge log lines or flood one line."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[:limit] + f"... ({len(out) - limit} more chars)"
+
+
+class LogLimiter:
+    """At most one line per key every ``interval_s``; the next line let through says how many
+    were held back. Keys are bounded (``max_keys``): past it the oldest are forgotten."""
+
+    def __init__(self, interval_s: float = 10.0, max_keys: int = 4096) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str, now: float) -> tuple[bool, int]:
+        """(log this line?, how many lines of this key were held back before it)."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False, 0
+        if last is None and len(self._last) >= self.max_keys:
+            oldest = min(self._last, key=self._last.__getitem__)
+            del self._last[oldest]
+            self._held.pop(oldest, None)
+        self._last[key] = now
+        return True, self._held.pop(key, 0)
+
+    def line(self, key: str | None, text: str, now: float) -> str | None:
+        """The line to log for ``text`` (escaped; with the held-back count), or None to skip it."""
+        if key is None:
+            return printable(text)
+        ok, held = self.admit(key, now)
+        if not ok:
+            return None
+        suffix = f" ({held} more like it in the last {self.interval_s:g} s were not logged)" if held else ""
+        return printable(text) + suffix
