@@ -359,7 +359,13 @@ class GroundMachine:
             for (peer, _), ob in self.outbound.items():
                 if peer == event.peer:
                     ob.pause()
-            out.append(Log("INFO", f"peer {event.peer!r} went silent; its pending work is kept"))
+            out.append(
+                Log(
+                    "INFO",
+                    f"peer {event.peer!r} went silent; its pending work is kept",
+                    f"{event.peer}:silent",
+                )
+            )
         return out
 
     def _on_frame(self, peer: str, frame: bytes, now: float, out: list[Action], count: bool = True) -> None:
@@ -394,9 +400,13 @@ class GroundMachine:
             elif isinstance(msg, Bye):
                 if p is not None:
                     p.online = False
-                out.append(Log("INFO", f"{peer!r} said bye ({msg.reason}); its pending work is kept"))
+                out.append(
+                    Log("INFO", f"{peer!r} said bye ({msg.reason}); its pending work is kept", f"{peer}:bye")
+                )
             elif isinstance(msg, Nack):
-                out.append(Log("WARNING", f"{peer!r} refused {msg.ref!r}: {msg.reason}: {msg.text}"))
+                out.append(
+                    Log("WARNING", f"{peer!r} refused {msg.ref!r}: {msg.reason}: {msg.text}", f"{peer}:nack")
+                )
                 out.append(Count("nacks_received", (("reason", msg.reason),)))
                 self._on_model_refused(peer, msg, now, out)
             elif isinstance(msg, Ack):
@@ -454,7 +464,7 @@ class GroundMachine:
         self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
         out.append(Count("hellos"))
         held = "no model" if msg.model_version is None else f"model v{msg.model_version}"
-        out.append(Log("INFO", f"{msg.agent_id!r} joined ({msg.software}, holding {held})"))
+        out.append(Log("INFO", f"{msg.agent_id!r} joined ({msg.software}, holding {held})", f"{peer}:hello"))
         out.append(Gauge("agents_known", len(self.store.agents())))
         self._offer_task(peer, p, now, out)
 

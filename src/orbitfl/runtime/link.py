@@ -37,6 +37,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from orbitfl.runtime.service import LogLimiter
 from orbitfl.wire.errors import Reason
 from orbitfl.wire.messages import Nack, encode
 
@@ -262,6 +263,7 @@ class GroundLink:
         self.last_seen: dict[str, float] = {}
         self._route: dict[str, bytes] = {}
         self._multipart = 0  # multipart messages refused (each gets a NACK)
+        self._log_limiter = LogLimiter()
         self._names: dict[bytes, str] = {}
         # A context has one ZAP endpoint, so each ground gets its own context unless given one.
         self._own_ctx = context is None
@@ -421,7 +423,11 @@ class GroundLink:
         self._multipart += 1
         nack = Nack(f"link:m{self._multipart}", None, Reason.MALFORMED.value, f"a frame is one part, got {n}")
         self._send_raw(rid, encode(nack))
-        log.warning("a %d-part message from %r was refused", n, name)
+        line = self._log_limiter.line(
+            f"{name}:multipart", f"a {n}-part message from {name!r} was refused", time.monotonic()
+        )
+        if line is not None:
+            log.warning("%s", line)
 
     def _drain_monitor(self) -> None:
         while True:
