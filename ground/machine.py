@@ -13,8 +13,10 @@ After a crash the machine rebuilds the strategy from the last checkpoint plus th
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +39,7 @@ from orbitfl.runtime.events import (
     Send,
     Tick,
 )
-from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler, Segments
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
@@ -56,6 +58,7 @@ from orbitfl.wire.messages import (
     Update,
     decode,
     encode,
+    encode_around,
     id_sender,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
@@ -79,6 +82,9 @@ class GroundConfig:
     window: int = DEFAULT_WINDOW
     retransmit_seconds: float = 30.0
     max_transfer_bytes: int = 512 << 20
+    # A partial upload with no chunk for this long is abandoned and its spool file deleted (long
+    # enough to span the gap between two contact windows of a low orbit several times over).
+    spool_ttl: float = 24 * 3600.0
     compress_downlink: bool = True
     limits: Limits = DEFAULT_LIMITS
     # The link names each peer by what it proved (the allow-listed Curve key's name). Requiring the
@@ -140,6 +146,9 @@ class GroundMachine:
         self.reasm = Reassembler(config.max_transfer_bytes, spool_dir=store.root / "spool")
         self.outbound: dict[tuple[str, str], Outbound] = {}
         self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
+        # The same, msgpack-encoded once and shared by every agent's transfer, with the sha256 of
+        # each message head + blob (see _frame).
+        self._blob_wire: dict[int, tuple[ModelBlob, bytes, dict[bytes, Any]]] = {}  # by id(blob)
         self.refused: dict[str, int] = {}
         self.accepted = 0
         self.duplicates = 0
@@ -170,6 +179,10 @@ class GroundMachine:
         self.strategy.reset(self.global_model)
         self._since_ckpt = 0
         self._seq = 0
+        self._ckpt_due = False
+        # A frame at least this large is worth less on disk than a checkpoint at the end of its
+        # batch (a quarter of the sums' size: four such updates cost one snapshot).
+        self._frameless_from = max(64 << 10, sum(a.nbytes for a in self.strategy.state()[0].values()) // 4)
         if cur is None:
             return
         ck = self.store.load_checkpoint(cur.round)
@@ -177,6 +190,9 @@ class GroundMachine:
             self._seq, arrays, scalars = ck
             self.strategy.load_state(arrays, scalars)
         for row in self.store.logged(cur.round, self._seq):
+            if not row.frame:
+                # Recorded without its frame by a batch, whose closing checkpoint commits with it.
+                raise RuntimeError(f"log row {row.seq} ({row.update_id}) has no frame and no checkpoint")
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
             self.strategy.accumulate(decode_payload(msg.payload, self.shapes), row.samples, row.staleness)
@@ -226,8 +242,8 @@ class GroundMachine:
             ob.last_progress = now
             self._pump(peer, ob, out)
             return
-        frame = encode(msg)
-        if len(frame) <= self.cfg.chunk_bytes:
+        frame = self._frame(msg)
+        if isinstance(frame, bytes):
             self.bytes_out += len(frame)
             out.append(Send(peer, frame))
             return
@@ -237,6 +253,28 @@ class GroundMachine:
         ob = Outbound(msg.id, frame, self.cfg.chunk_bytes, self.cfg.window, last_progress=now)
         self.outbound[key] = ob
         self._pump(peer, ob, out)
+
+    def _frame(self, msg: Message) -> bytes | Segments:
+        """``msg`` encoded; a TASK or MODEL carrying a model larger than a chunk comes back as
+        Segments around the shared encoded blob, so N agents downloading the same version hold one
+        copy of it, not N."""
+        blob = getattr(msg, "model", None)
+        if not isinstance(blob, ModelBlob):
+            return encode(msg)
+        cached = self._blob_wire.get(id(blob))
+        if cached is None or cached[0] is not blob:
+            if len(self._blob_wire) >= 16:
+                self._blob_wire.clear()
+            cached = self._blob_wire[id(blob)] = (blob, msgpack.packb(blob.to_wire(), use_bin_type=True), {})
+        _, wire, shas = cached
+        head, tail = encode_around(msg, "model", wire)
+        if len(head) + len(wire) + len(tail) <= self.cfg.chunk_bytes:
+            return head + wire + tail
+        sha = shas.get(head)
+        if sha is None:
+            sha = shas[head] = hashlib.sha256(head)
+            sha.update(wire)
+        return Segments([head, wire, tail], sha, hashed=2)
 
     def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
         for f in ob.next_chunks(self._id):
@@ -249,6 +287,7 @@ class GroundMachine:
         if blob is None:
             if len(self._blobs) >= 8 or any(v != self.version for v, _ in self._blobs):
                 self._blobs.clear()  # keep only a few blobs of the current version
+                self._blob_wire.clear()
             blob = self._blobs[key] = self._make_blob(held)
         return blob
 
@@ -299,6 +338,26 @@ class GroundMachine:
         out.append(Count("tasks_sent"))
 
     # --- the machine ------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the events handled inside are stored in one transaction, committed (one
+        fsync) when the block ends. The caller must execute the actions they returned (the ACKs)
+        only after the block, and then every ACKed update is durable.
+
+        Large updates are recorded without their frames inside a batch; before the commit the
+        strategy's sums are checkpointed once, in the same transaction, so recovery needs no
+        frame of them (see GroundStore.save_checkpoint).
+        """
+        with self.store.batch():
+            try:
+                yield
+            finally:
+                if self._ckpt_due and not self.done:
+                    arrays, scalars = self.strategy.state()
+                    self.store.save_checkpoint(self.round, self._seq, arrays, scalars)
+                    self._since_ckpt = 0
+                    self._ckpt_due = False
 
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
@@ -450,23 +509,39 @@ class GroundMachine:
             check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
-        # Durable first, then counted, then ACKed: an ACKed update is never lost.
+        # Durable first, then counted, then ACKed: an ACKed update is never lost. In a batch a large
+        # frame is left out of the log: the batch's closing checkpoint, committed with it, holds
+        # its contribution instead (one snapshot of the sums instead of N frames on disk).
+        frameless = self.store.in_batch and len(frame) >= self._frameless_from
         self._seq = self.store.accept_update(
-            msg.id, p.agent_id, self.round, msg.samples, msg.base_version, staleness, frame, now
+            msg.id,
+            p.agent_id,
+            self.round,
+            msg.samples,
+            msg.base_version,
+            staleness,
+            b"" if frameless else frame,
+            now,
+            size=len(frame),
         )
         self.strategy.accumulate(delta, msg.samples, staleness)
         self.accepted += 1
         self._since_ckpt += 1
+        self._ckpt_due = self._ckpt_due or frameless
         if self._since_ckpt >= self.cfg.checkpoint_every:
             arrays, scalars = self.strategy.state()
             self.store.save_checkpoint(self.round, self._seq, arrays, scalars)
             self._since_ckpt = 0
+            self._ckpt_due = False
         out.append(Count("updates_accepted"))
         out.append(self._send(peer, Ack(self._id(), msg.id)))
         if self.strategy.updates >= self.cfg.min_updates or self.strategy.ready:
             self._close_round(now, out)
 
     def _on_tick(self, now: float, out: list[Action]) -> None:
+        dropped = self.reasm.expire(now, self.cfg.spool_ttl)
+        if dropped:
+            out.append(Log("INFO", f"{dropped} partial upload(s) idle for {self.cfg.spool_ttl:.0f} s dropped"))
         if not self.done and self.deadline is not None and now >= self.deadline:
             if self.strategy.updates >= self.cfg.min_updates_at_deadline:
                 self._close_round(now, out)
@@ -523,6 +598,7 @@ class GroundMachine:
         self.strategy.reset(self.global_model)
         self._since_ckpt = 0
         self._seq = 0
+        self._ckpt_due = False  # the closed round's rows are folded into the model file
         out.append(RoundClosed(closed, new_version, n, samples, nbytes))
         out.append(Gauge("model_version", new_version))
         out.append(Gauge("round", self.round))
