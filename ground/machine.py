@@ -541,7 +541,9 @@ class GroundMachine:
     def _on_tick(self, now: float, out: list[Action]) -> None:
         dropped = self.reasm.expire(now, self.cfg.spool_ttl)
         if dropped:
-            out.append(Log("INFO", f"{dropped} partial upload(s) idle for {self.cfg.spool_ttl:.0f} s dropped"))
+            out.append(
+                Log("INFO", f"{dropped} partial upload(s) idle for {self.cfg.spool_ttl:.0f} s dropped")
+            )
         if not self.done and self.deadline is not None and now >= self.deadline:
             if self.strategy.updates >= self.cfg.min_updates_at_deadline:
                 self._close_round(now, out)

@@ -338,7 +338,15 @@ class GroundStore:
             self.db.execute(
                 "INSERT INTO seen(update_id, agent_id, round, samples, base_version, bytes, accepted_at) "
                 "VALUES(?, ?, ?, ?, ?, ?, ?)",
-                (update_id, agent_id, round_, samples, base_version, len(frame) if size is None else size, now),
+                (
+                    update_id,
+                    agent_id,
+                    round_,
+                    samples,
+                    base_version,
+                    len(frame) if size is None else size,
+                    now,
+                ),
             )
             cur = self.db.execute(
                 "INSERT INTO log(round, update_id, samples, staleness, frame) VALUES(?, ?, ?, ?, ?)",
@@ -392,7 +400,11 @@ class GroundStore:
 
     def _ckpt_path(self, round_: int, slot: int) -> Path:
         # Slot 0 keeps the name of the single checkpoint file stores had before slots.
-        return self.root / "ckpt" / (f"round-{round_:06d}.msgpack" if slot == 0 else f"round-{round_:06d}.1.msgpack")
+        return (
+            self.root
+            / "ckpt"
+            / (f"round-{round_:06d}.msgpack" if slot == 0 else f"round-{round_:06d}.1.msgpack")
+        )
 
     def load_checkpoint(self, round_: int) -> tuple[int, TensorDict, dict[str, float]] | None:
         cur = self.get_meta(f"ckpt/{round_}")

@@ -55,7 +55,7 @@ class Segments:
     def __getitem__(self, s: slice) -> bytes:
         start, stop, _ = s.indices(self._len)
         out = []
-        for p, at in zip(self.parts, self._starts):
+        for p, at in zip(self.parts, self._starts, strict=True):
             if at >= stop:
                 break
             if at + len(p) > start:

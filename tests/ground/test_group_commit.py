@@ -79,9 +79,7 @@ def test_an_exception_in_a_batch_keeps_what_was_accepted_before_it(kit: Any) -> 
 
 def test_agents_downloading_one_version_share_one_encoded_model(tmp_path: Path) -> None:
     model = {"w": np.arange(4096, dtype=np.float32).reshape(64, 64)}
-    m = GroundMachine(
-        GroundStore(tmp_path), GroundConfig(chunk_bytes=4096, compress_downlink=False), model
-    )
+    m = GroundMachine(GroundStore(tmp_path), GroundConfig(chunk_bytes=4096, compress_downlink=False), model)
     peers = [f"a{i}" for i in range(5)]
     frames: dict[str, list[bytes]] = {}
     for p in peers:
@@ -107,4 +105,3 @@ def test_agents_downloading_one_version_share_one_encoded_model(tmp_path: Path) 
         task = decode(whole)
         assert isinstance(task, Task) and task.task_id == f"r1/{p}" and task.model is not None
         assert np.array_equal(decode_model(task.model, None)["w"], model["w"])
-

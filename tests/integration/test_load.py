@@ -36,7 +36,18 @@ def load_tool() -> ModuleType:
 def test_load_smoke_twenty_agents_lose_nothing(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     res = subprocess.run(
-        [sys.executable, str(TOOL), "--agents", "20", "--seconds", "12", "--min-updates", "5", "--json", str(out)],
+        [
+            sys.executable,
+            str(TOOL),
+            "--agents",
+            "20",
+            "--seconds",
+            "12",
+            "--min-updates",
+            "5",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=110,
@@ -58,7 +69,9 @@ def test_sigkill_during_ingest_loses_no_acked_update_and_counts_none_twice(tmp_p
     seed = int(os.environ.get("ORBITFL_KILL_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     names = [f"k-{i}" for i in range(24)]
-    cfg, shapes, ep = lg.setup(tmp_path, names, lg.LOAD_MODEL, {"rounds": 0, "min_updates": 8, "retransmit_s": 1.0})
+    cfg, shapes, ep = lg.setup(
+        tmp_path, names, lg.LOAD_MODEL, {"rounds": 0, "min_updates": 8, "retransmit_s": 1.0}
+    )
     g = lg.start_ground(tmp_path, cfg, shapes, ep)
     fleet = lg.fleet_for(g, names, retransmit_s=1.0)
     acked_at_kill = []

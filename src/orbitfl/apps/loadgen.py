@@ -218,7 +218,9 @@ class Fleet:
             try:
                 ack, whole = self.reasm.accept(sim.name, msg, now, sim.next_id)
             except WireError:
-                ack = encode(ChunkAck(sim.next_id(), msg.transfer, self.reasm.next_offset(sim.name, msg.transfer)))
+                ack = encode(
+                    ChunkAck(sim.next_id(), msg.transfer, self.reasm.next_offset(sim.name, msg.transfer))
+                )
                 whole = None
             self._send(sim, ack)
             if whole is not None:
@@ -272,7 +274,7 @@ class Fleet:
         next_timer = 0.0
         while time.monotonic() < end and not until(self.stats):
             for sock, _ in self.poller.poll(50):
-                sim = self.sims[sock]  # type: ignore[index]
+                sim = self.sims[sock]
                 now = time.monotonic()
                 for _ in range(64):
                     try:
