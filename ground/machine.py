@@ -82,6 +82,10 @@ class GroundConfig:
     window: int = DEFAULT_WINDOW
     retransmit_seconds: float = 30.0
     max_transfer_bytes: int = 512 << 20
+    # Downlink chunks sent but not yet acknowledged, over all agents: what the ground holds in
+    # socket queues when a round closes and every agent wants the new model at once (each agent's
+    # own window is reached only while others are idle). At least one chunk.
+    downlink_inflight_bytes: int = 16 << 20
     # A partial upload with no chunk for this long is abandoned and its spool file deleted (long
     # enough to span the gap between two contact windows of a low orbit several times over).
     spool_ttl: float = 24 * 3600.0
@@ -276,10 +280,31 @@ class GroundMachine:
             sha.update(wire)
         return Segments([head, wire, tail], sha, hashed=2)
 
+    def _room(self) -> int:
+        """Downlink bytes that may still go out before some are acknowledged."""
+        flying = sum(ob.sent - ob.acked for ob in self.outbound.values())
+        return max(self.cfg.downlink_inflight_bytes - flying, 0)
+
     def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
-        for f in ob.next_chunks(self._id):
+        room = max(self._room(), min(self.cfg.chunk_bytes, self.cfg.downlink_inflight_bytes))
+        if ob.sent > ob.acked:
+            room = self._room()  # a transfer with chunks in flight takes only free room
+        for f in ob.next_chunks(self._id, max_bytes=room):
             self.bytes_out += len(f)
             out.append(Send(peer, f))
+
+    def _pump_waiting(self, out: list[Action]) -> None:
+        """Give room freed by acknowledgements to transfers waiting for it, longest waiting first."""
+        if self._room() < self.cfg.chunk_bytes:
+            return
+        waiting = [(ob.last_progress, k) for k, ob in self.outbound.items() if ob.sent < ob.total]
+        for _, (peer, tid) in sorted(waiting):
+            p = self.peers.get(peer)
+            if p is None or not p.online:
+                continue
+            self._pump(peer, self.outbound[(peer, tid)], out)
+            if self._room() < self.cfg.chunk_bytes:
+                return
 
     def _model_blob(self, held: int | None) -> ModelBlob:
         key = (self.version, held)
@@ -402,6 +427,7 @@ class GroundMachine:
                         del self.outbound[(peer, msg.transfer)]
                     else:
                         self._pump(peer, ob, out)
+                    self._pump_waiting(out)
             elif isinstance(msg, Heartbeat):
                 if p is not None and msg.model_version is not None:
                     p.model_version = msg.model_version
@@ -561,6 +587,7 @@ class GroundMachine:
                 ob.pause()
                 ob.last_progress = now
                 self._pump(peer, ob, out)
+        self._pump_waiting(out)
 
     def _compress_step(self, new: TensorDict, new_version: int) -> TensorDict:
         """Make the next version exactly ``old + decode(encode(new - old + residual))``.

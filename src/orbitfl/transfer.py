@@ -106,12 +106,16 @@ class Outbound:
         """The link dropped: whatever was sent but not acknowledged is resent next time."""
         self.sent = self.acked
 
-    def next_chunks(self, next_id: Callable[[], str]) -> list[bytes]:
-        """Frames of the chunks the window allows now."""
+    def next_chunks(self, next_id: Callable[[], str], max_bytes: int | None = None) -> list[bytes]:
+        """Frames of the chunks the window allows now (and ``max_bytes`` of data, if given)."""
         out: list[bytes] = []
         limit = self.acked + self.window * self.chunk_bytes
+        budget = max_bytes if max_bytes is not None else self.total
         while self.sent < self.total and self.sent < limit:
             end = min(self.sent + self.chunk_bytes, self.total)
+            if end - self.sent > budget:
+                break
+            budget -= end - self.sent
             out.append(
                 encode(
                     Chunk(

@@ -41,11 +41,11 @@ DEFAULT_MAX_MSG_SIZE = 16 * 1024 * 1024
 # (receive) or refuses a send (EAGAIN, retried by the machine): with MAXMSGSIZE this bounds what
 # one peer can make the ground hold in socket queues. An agent keeps a window of 8 chunks in
 # flight, so 16 leaves room for its acks and heartbeats without stalling it.
-DEFAULT_RCVHWM = 16
+DEFAULT_RCVHWM = 2
 DEFAULT_SNDHWM = 64
 # One poll hands the daemon at most this many bytes of frames (the rest wait in the queues
 # above): what the daemon holds at once, and the largest group commit.
-DEFAULT_POLL_BYTES = 32 * 1024 * 1024
+DEFAULT_POLL_BYTES = 8 * 1024 * 1024
 DEFAULT_POLL_FRAMES = 256
 # A routing id is the agent's name, a separator and a random tag; the tag makes each new socket a
 # new identity, so a reconnect never collides with the ROUTER's memory of the previous socket.
