@@ -28,6 +28,7 @@ def load_tool() -> ModuleType:
     spec = importlib.util.spec_from_file_location("orbitfl_tools_load_ground", TOOL)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 

@@ -54,7 +54,9 @@ def delta_value(agent: str, round_: int) -> float:
     """The constant every coordinate of ``agent``'s update for ``round_`` carries: distinct per
     (agent, round), so a double-counted or missing update moves the average."""
     h = int.from_bytes(hashlib.sha256(f"{agent}/{round_}".encode()).digest()[:4], "little")
-    return (h % 1000 + 1) * 1e-4
+    # Either sign, so the weights stay near their start and float32 keeps its resolution there;
+    # rounded to float32 as it travels.
+    return float(np.float32(((h % 2000) - 999.5) * 1e-4))
 
 
 def samples_of(agent: str) -> int:
@@ -306,8 +308,10 @@ class Fleet:
                     if sim.upload is not None:
                         # As the agent does: resend only the last chunk; the ground's CHUNK_ACK
                         # says where it really is and the window moves on from there.
-                        sim.upload.pause()
-                        sim.upload.sent = max(sim.upload.acked, sim.upload.total - self.chunk_bytes)
+                        if sim.upload.done:  # all confirmed, no ACK: the ground may have restarted
+                            sim.upload.sent = max(0, sim.upload.total - self.chunk_bytes)
+                        else:
+                            sim.upload.pause()
                         self._pump(sim, now)
                     else:
                         self._start_upload(sim, now)  # the ACK was lost, or the ground restarted
@@ -329,6 +333,13 @@ class Audit:
     double_counted: int  # rounds whose stored model is not FedAvg of its accepted updates exactly once
     rounds_checked: int
     max_error: float
+
+
+def task_round(update_id: str, default: int) -> int:
+    """The round of the task an update answered, from the id ``_make_update`` gives it."""
+    tail = update_id.rsplit(":", 1)[-1]
+    head = tail.split(".", 1)[0]
+    return int(head[1:]) if head.startswith("r") and head[1:].isdigit() else default
 
 
 def _load_model(path: Path) -> dict[str, npt.NDArray[Any]]:
@@ -359,16 +370,19 @@ def audit(state_dir: Path, acked: Iterable[str]) -> Audit:
     bad = 0
     worst = 0.0
     for rnd, base, result in rounds:
-        rows = [(a, n) for a, r, n in seen.values() if r == rnd]
+        # An update built on the previous round's task (stale by one) carries that round's value.
+        rows = [(a, task_round(i, r), n) for i, (a, r, n) in seen.items() if r == rnd]
         if not rows or base not in files or result not in files:
             continue
-        expect = sum(n * delta_value(a, rnd) for a, n in rows) / sum(n for _, n in rows)
+        expect = sum(n * delta_value(a, t) for a, t, n in rows) / sum(n for _, _, n in rows)
         old = _load_model(state_dir / "models" / files[base])
         new = _load_model(state_dir / "models" / files[result])
         # FedAvg sums in float64 and rounds once to float32, so the result is within one float32
         # spacing of the exact value; one update too many or too few moves it by ~1e-4 / updates.
         err = max(
-            float(np.max(np.abs(new[k].astype(np.float64) - old[k] - expect) - np.spacing(new[k])))
+            float(
+                np.max(np.abs(new[k].astype(np.float64) - old[k] - expect) - 2 * np.abs(np.spacing(new[k])))
+            )
             for k in old
         )
         worst = max(worst, err)

@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = b""
 DEFAULT_MAX_MSG_SIZE = 16 * 1024 * 1024
-# Frames libzmq may queue per peer, each way, before it stops reading that peer's TCP stream
-# (receive) or refuses a send (EAGAIN, retried by the machine): with MAXMSGSIZE this bounds what
-# one peer can make the ground hold in socket queues. An agent keeps a window of 8 chunks in
-# flight, so 16 leaves room for its acks and heartbeats without stalling it.
-DEFAULT_RCVHWM = 2
+# Frames libzmq may queue per peer before it stops reading that peer's TCP stream (receive): with
+# MAXMSGSIZE this bounds what one peer can make the ground hold in socket queues. Above an agent's
+# window (8 chunks) plus its acks and heartbeats, so a well-behaved agent never stalls its pipe:
+# libzmq 4.3.5 aborts (assertion !_io_error, stream_engine_base.cpp:310) when a peer disconnects
+# while its stalled input is being restarted, which a very small RCVHWM made happen under load.
+DEFAULT_RCVHWM = 32
 DEFAULT_SNDHWM = 64
 # One poll hands the daemon at most this many bytes of frames (the rest wait in the queues
 # above): what the daemon holds at once, and the largest group commit.
