@@ -9,6 +9,8 @@ Exactly-once: an UPDATE is checked, then recorded in the store in one committed 
 id in ``seen`` and its frame in the round's log), then folded into the strategy, and only then is
 the ACK action returned. A repeated id is ACKed again with ``duplicate`` and not folded twice.
 After a crash the machine rebuilds the strategy from the last checkpoint plus the logged frames.
+The daemon handles what arrives together inside ``batch()`` (group commit: one transaction and one
+fsync for all of it) and sends the returned ACKs only after the batch has committed.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class GroundConfig:
     max_transfer_bytes: int = 512 << 20
     # Downlink chunks sent but not yet acknowledged, over all agents: what the ground holds in
     # socket queues when a round closes and every agent wants the new model at once (each agent's
-    # own window is reached only while others are idle). At least one chunk.
+    # own window is reached only while others are idle). Transfers beyond it wait their turn.
     downlink_inflight_bytes: int = 16 << 20
     # A partial upload with no chunk for this long is abandoned and its spool file deleted (long
     # enough to span the gap between two contact windows of a low orbit several times over).
@@ -286,9 +288,9 @@ class GroundMachine:
         return max(self.cfg.downlink_inflight_bytes - flying, 0)
 
     def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
-        room = max(self._room(), min(self.cfg.chunk_bytes, self.cfg.downlink_inflight_bytes))
-        if ob.sent > ob.acked:
-            room = self._room()  # a transfer with chunks in flight takes only free room
+        room = self._room()
+        if room < self.cfg.chunk_bytes and all(o.sent == o.acked for o in self.outbound.values()):
+            room = self.cfg.chunk_bytes  # a budget below one chunk still lets one through at a time
         for f in ob.next_chunks(self._id, max_bytes=room):
             self.bytes_out += len(f)
             out.append(Send(peer, f))

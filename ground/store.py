@@ -8,9 +8,11 @@ What lives where and why:
   and one fsync (``batch``, group commit): the daemon holds their ACKs until it commits.
 - ``models/v<N>.msgpack``: each global version (tensors in the wire encoding), written to a
   temporary file, fsynced and renamed, so a reader sees the old file or the new, never a torn one.
-- ``ckpt/round-<R>.msgpack``: a snapshot of the strategy's partial sums with the log position it
-  covers. Recovery loads it and replays the logged updates after that position, so writing the
-  O(model) snapshot is needed only now and then, not per update.
+- ``ckpt/round-<R>.msgpack`` / ``round-<R>.1.msgpack``: two slots for a snapshot of the strategy's
+  partial sums with the log position it covers; ``meta`` names the valid one, in the transaction
+  of the rows it covers. Recovery loads it and replays the logged updates after that position, so
+  writing the O(model) snapshot is needed only now and then, not per update (and once per batch
+  for large updates, which a batch logs without their frames).
 """
 
 from __future__ import annotations

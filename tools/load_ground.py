@@ -6,7 +6,7 @@ store is audited: every ACKed update is in it (lost), and every closed round's m
 FedAvg of the updates the store accepted for it, each once (double-counted). The daemon's peak
 RSS is its ``VmHWM`` from /proc.
 
-    # issue 11 point 6: 200 agents for 3 minutes, ~166k-parameter model (chunked both ways)
+    # issue 11 point 6: 200 agents for 3 minutes, 165,930-parameter model (chunked both ways)
     .venv/bin/python tools/load_ground.py --agents 200 --seconds 180
     # issue 11 point 4: one round of N updates of a 1M-parameter float32 model, peak RSS per N
     .venv/bin/python tools/load_ground.py --burst 10,50,100
