@@ -46,7 +46,7 @@ def test_updates_in_a_batch_become_durable_together_when_it_ends(kit: Any, tmp_p
     assert g.reopen().strategy.updates == 3
 
 
-def test_a_checkpoint_in_a_batch_is_written_after_its_rows_commit(kit: Any) -> None:
+def test_a_checkpoint_in_a_batch_counts_only_once_its_rows_commit(kit: Any) -> None:
     g = kit.ground(min_updates=10, checkpoint_every=2)
     for a in ("a1", "a2", "a3"):
         g.rx(a, kit.hello(a))
