@@ -222,6 +222,9 @@ class GroundDaemon:
         if self.store.latest_version() is None:
             init = zoo.get_weights(spec.model)
         self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
+        swept = self.machine.reasm.sweep_spool(mcfg.spool_ttl, wall=wall)
+        if swept:
+            log.info("removed %d partial upload(s) abandoned before this start", swept)
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
         keys = None if g.insecure else CurveServerKeys(g.secret_key, g.allowed_keys)  # type: ignore[arg-type]
         if keys is not None:  # read here too, so that an error names its key
@@ -342,21 +345,32 @@ class GroundDaemon:
     # --- the loop ---------------------------------------------------------------------------------
 
     def step(self, timeout_s: float) -> None:
-        for r in self.link.poll(timeout_s):
-            self._silent.discard(r.peer)
-            self.metrics.agents_seen.add(r.peer)
-            self._execute(self.machine.handle(MessageReceived(r.peer, r.frame), self.wall()))
+        frames = self.link.poll(timeout_s)
         now = self.mono()
-        if now >= self._next_tick:
-            self._next_tick = now + TICK_S
-            self._execute(self.machine.handle(Tick(), self.wall()))
+        tick = now >= self._next_tick
+        actions: list[Any] = []
+        # Group commit: every frame the link had ready goes through the machine inside one store
+        # transaction, committed (one fsync) before any of the resulting sends leave, so an ACK is
+        # still never sent for an update that is not durable.
+        if frames or tick:
+            with self.machine.batch():
+                for r in frames:
+                    self._silent.discard(r.peer)
+                    self.metrics.agents_seen.add(r.peer)
+                    actions += self.machine.handle(MessageReceived(r.peer, r.frame), self.wall())
+                del frames  # the frames are in the store or dropped; do not hold them while sending
+                if tick:
+                    self._next_tick = now + TICK_S
+                    actions += self.machine.handle(Tick(), self.wall())
+                    # A peer silent past liveness is reported once; its pending work stays with the machine.
+                    limit = self.cfg.link.heartbeat_s * self.cfg.link.liveness
+                    for peer, seen in self.link.last_seen.items():
+                        if peer not in self._silent and now - seen > limit:
+                            self._silent.add(peer)
+                            actions += self.machine.handle(PeerSilent(peer), self.wall())
+            self._execute(actions)
+        if tick:
             self._observe(now)
-            # A peer silent past liveness is reported once; its pending work stays with the machine.
-            limit = self.cfg.link.heartbeat_s * self.cfg.link.liveness
-            for peer, seen in self.link.last_seen.items():
-                if peer not in self._silent and now - seen > limit:
-                    self._silent.add(peer)
-                    self._execute(self.machine.handle(PeerSilent(peer), self.wall()))
         st = self.link.stats
         with self.metrics.lock:
             self.metrics.bytes_in, self.metrics.bytes_out = st.bytes_in, st.bytes_out

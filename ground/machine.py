@@ -9,12 +9,16 @@ Exactly-once: an UPDATE is checked, then recorded in the store in one committed 
 id in ``seen`` and its frame in the round's log), then folded into the strategy, and only then is
 the ACK action returned. A repeated id is ACKed again with ``duplicate`` and not folded twice.
 After a crash the machine rebuilds the strategy from the last checkpoint plus the logged frames.
+The daemon handles what arrives together inside ``batch()`` (group commit: one transaction and one
+fsync for all of it) and sends the returned ACKs only after the batch has committed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +42,7 @@ from orbitfl.runtime.events import (
     Send,
     Tick,
 )
-from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler, Segments
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
@@ -57,6 +61,7 @@ from orbitfl.wire.messages import (
     Update,
     decode,
     encode,
+    encode_around,
     peek_id,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
@@ -80,6 +85,13 @@ class GroundConfig:
     window: int = DEFAULT_WINDOW
     retransmit_seconds: float = 30.0
     max_transfer_bytes: int = 512 << 20
+    # Downlink chunks sent but not yet acknowledged, over all agents: what the ground holds in
+    # socket queues when a round closes and every agent wants the new model at once (each agent's
+    # own window is reached only while others are idle). Transfers beyond it wait their turn.
+    downlink_inflight_bytes: int = 16 << 20
+    # A partial upload with no chunk for this long is abandoned and its spool file deleted (long
+    # enough to span the gap between two contact windows of a low orbit several times over).
+    spool_ttl: float = 24 * 3600.0
     compress_downlink: bool = True
     limits: Limits = DEFAULT_LIMITS
     # The link names each peer by what it proved (the allow-listed Curve key's name). Requiring the
@@ -151,6 +163,9 @@ class GroundMachine:
         self.reasm = Reassembler(config.max_transfer_bytes, spool_dir=store.root / "spool")
         self.outbound: dict[tuple[str, str], Outbound] = {}
         self._blobs: dict[tuple[int, int | None], ModelBlob] = {}  # encoded downlink models
+        # The same, msgpack-encoded once and shared by every agent's transfer, with the sha256 of
+        # each message head + blob (see _frame).
+        self._blob_wire: dict[int, tuple[ModelBlob, bytes, dict[bytes, Any]]] = {}  # by id(blob)
         self.refused: dict[str, int] = {}
         self.accepted = 0
         self.duplicates = 0
@@ -195,6 +210,10 @@ class GroundMachine:
         self.strategy.reset(self.global_model)
         self._since_ckpt = 0
         self._seq = 0
+        self._ckpt_due = False
+        # A frame at least this large is worth less on disk than a checkpoint at the end of its
+        # batch (a quarter of the sums' size: four such updates cost one snapshot).
+        self._frameless_from = max(64 << 10, sum(a.nbytes for a in self.strategy.state()[0].values()) // 4)
         if cur is None:
             return
         ck = self.store.load_checkpoint(cur.round)
@@ -203,6 +222,9 @@ class GroundMachine:
             self.strategy.load_state(arrays, scalars)
         norms: list[float] = []  # the checkpoint's meta holds the window up to its position
         for row in self.store.logged(cur.round, self._seq):
+            if not row.frame:
+                # Recorded without its frame by a batch, whose closing checkpoint commits with it.
+                raise RuntimeError(f"log row {row.seq} ({row.update_id}) has no frame and no checkpoint")
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
             delta = decode_payload(msg.payload, self.shapes)
@@ -261,8 +283,8 @@ class GroundMachine:
             ob.last_progress = now
             self._pump(peer, ob, out)
             return
-        frame = encode(msg)
-        if len(frame) <= self.cfg.chunk_bytes:
+        frame = self._frame(msg)
+        if isinstance(frame, bytes):
             self.bytes_out += len(frame)
             out.append(Send(peer, frame))
             return
@@ -273,10 +295,53 @@ class GroundMachine:
         self.outbound[key] = ob
         self._pump(peer, ob, out)
 
+    def _frame(self, msg: Message) -> bytes | Segments:
+        """``msg`` encoded; a TASK or MODEL carrying a model larger than a chunk comes back as
+        Segments around the shared encoded blob, so N agents downloading the same version hold one
+        copy of it, not N."""
+        blob = getattr(msg, "model", None)
+        if not isinstance(blob, ModelBlob):
+            return encode(msg)
+        cached = self._blob_wire.get(id(blob))
+        if cached is None or cached[0] is not blob:
+            if len(self._blob_wire) >= 16:
+                self._blob_wire.clear()
+            cached = self._blob_wire[id(blob)] = (blob, msgpack.packb(blob.to_wire(), use_bin_type=True), {})
+        _, wire, shas = cached
+        head, tail = encode_around(msg, "model", wire)
+        if len(head) + len(wire) + len(tail) <= self.cfg.chunk_bytes:
+            return head + wire + tail
+        sha = shas.get(head)
+        if sha is None:
+            sha = shas[head] = hashlib.sha256(head)
+            sha.update(wire)
+        return Segments([head, wire, tail], sha, hashed=2)
+
+    def _room(self) -> int:
+        """Downlink bytes that may still go out before some are acknowledged."""
+        flying = sum(ob.sent - ob.acked for ob in self.outbound.values())
+        return max(self.cfg.downlink_inflight_bytes - flying, 0)
+
     def _pump(self, peer: str, ob: Outbound, out: list[Action]) -> None:
-        for f in ob.next_chunks(self._id):
+        room = self._room()
+        if room < self.cfg.chunk_bytes and all(o.sent == o.acked for o in self.outbound.values()):
+            room = self.cfg.chunk_bytes  # a budget below one chunk still lets one through at a time
+        for f in ob.next_chunks(self._id, max_bytes=room):
             self.bytes_out += len(f)
             out.append(Send(peer, f))
+
+    def _pump_waiting(self, out: list[Action]) -> None:
+        """Give room freed by acknowledgements to transfers waiting for it, longest waiting first."""
+        if self._room() < self.cfg.chunk_bytes:
+            return
+        waiting = [(ob.last_progress, k) for k, ob in self.outbound.items() if ob.sent < ob.total]
+        for _, (peer, tid) in sorted(waiting):
+            p = self.peers.get(peer)
+            if p is None or not p.online:
+                continue
+            self._pump(peer, self.outbound[(peer, tid)], out)
+            if self._room() < self.cfg.chunk_bytes:
+                return
 
     def _model_blob(self, held: int | None) -> ModelBlob:
         key = (self.version, held)
@@ -284,6 +349,7 @@ class GroundMachine:
         if blob is None:
             if len(self._blobs) >= 8 or any(v != self.version for v, _ in self._blobs):
                 self._blobs.clear()  # keep only a few blobs of the current version
+                self._blob_wire.clear()
             blob = self._blobs[key] = self._make_blob(held)
         return blob
 
@@ -343,6 +409,26 @@ class GroundMachine:
 
     # --- the machine ------------------------------------------------------------------------------
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the events handled inside are stored in one transaction, committed (one
+        fsync) when the block ends. The caller must execute the actions they returned (the ACKs)
+        only after the block, and then every ACKed update is durable.
+
+        Large updates are recorded without their frames inside a batch; before the commit the
+        strategy's sums are checkpointed once, in the same transaction, so recovery needs no
+        frame of them (see GroundStore.save_checkpoint).
+        """
+        with self.store.batch():
+            try:
+                yield
+            finally:
+                if self._ckpt_due and not self.done:
+                    arrays, scalars = self.strategy.state()
+                    self.store.save_checkpoint(self.round, self._seq, arrays, scalars)
+                    self._since_ckpt = 0
+                    self._ckpt_due = False
+
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
         if self.deadline is None and not self.done:
@@ -394,6 +480,7 @@ class GroundMachine:
                         del self.outbound[(peer, msg.transfer)]
                     else:
                         self._pump(peer, ob, out)
+                    self._pump_waiting(out)
             elif isinstance(msg, Heartbeat):
                 if p is not None and msg.model_version is not None:
                     p.model_version = msg.model_version
@@ -440,6 +527,11 @@ class GroundMachine:
                 if model is not None:
                     self.version, self.global_model = latest, model
                     self.admission.set_model(model)
+            if self.store.in_batch and self.store.round_stats(self.round)[0] == self.strategy.updates:
+                # Store and sums agree (the failure changed neither, e.g. a write rolled back to
+                # its savepoint): nothing to rebuild, and this batch's frameless rows could not be
+                # replayed before its closing checkpoint anyway.
+                return
             self._recover()
         except Exception as exc:
             out.append(
@@ -539,25 +631,43 @@ class GroundMachine:
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
         norm = self.admission.check_delta(msg, delta)
-        # Durable first, then counted, then ACKed: an ACKed update is never lost.
+        # Durable first, then counted, then ACKed: an ACKed update is never lost. In a batch a large
+        # frame is left out of the log: the batch's closing checkpoint, committed with it, holds
+        # its contribution instead (one snapshot of the sums instead of N frames on disk).
+        frameless = self.store.in_batch and len(frame) >= self._frameless_from
         self._seq = self.store.accept_update(
-            msg.id, p.agent_id, self.round, msg.samples, msg.base_version, staleness, frame, now
+            msg.id,
+            p.agent_id,
+            self.round,
+            msg.samples,
+            msg.base_version,
+            staleness,
+            b"" if frameless else frame,
+            now,
+            size=len(frame),
         )
         self.strategy.accumulate(delta, msg.samples, staleness)
         self.admission.accepted(norm)
         self.accepted += 1
         self._since_ckpt += 1
+        self._ckpt_due = self._ckpt_due or frameless
         if self._since_ckpt >= self.cfg.checkpoint_every:
             arrays, scalars = self.strategy.state()
             self.store.save_checkpoint(self.round, self._seq, arrays, scalars)
             self.store.set_meta(NORMS_META, self.admission.dump_norms())
             self._since_ckpt = 0
+            self._ckpt_due = False
         out.append(Count("updates_accepted"))
         out.append(self._send(peer, Ack(self._id(), msg.id)))
         if self.strategy.updates >= self.cfg.min_updates or self.strategy.ready:
             self._close_round(now, out)
 
     def _on_tick(self, now: float, out: list[Action]) -> None:
+        dropped = self.reasm.expire(now, self.cfg.spool_ttl)
+        if dropped:
+            out.append(
+                Log("INFO", f"{dropped} partial upload(s) idle for {self.cfg.spool_ttl:.0f} s dropped")
+            )
         if not self.done and self.deadline is not None and now >= self.deadline:
             if self.strategy.updates >= self.cfg.min_updates_at_deadline:
                 self._close_round(now, out)
@@ -575,6 +685,7 @@ class GroundMachine:
                 ob.pause()
                 ob.last_progress = now
                 self._pump(peer, ob, out)
+        self._pump_waiting(out)
 
     def _compress_step(self, new: TensorDict, new_version: int) -> TensorDict:
         """Make the next version exactly ``old + decode(encode(new - old + residual))``.
@@ -642,6 +753,7 @@ class GroundMachine:
         self.strategy.reset(self.global_model)
         self._since_ckpt = 0
         self._seq = 0
+        self._ckpt_due = False  # the closed round's rows are folded into the model file
         out.append(RoundClosed(closed, new_version, n, samples, nbytes))
         out.append(Gauge("model_version", new_version))
         out.append(Gauge("round", self.round))

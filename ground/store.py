@@ -3,13 +3,16 @@
 What lives where and why:
 - ``ground.db``: agent registry, every accepted update id (dedupe forever), the log of accepted
   update frames of the open round (the write-ahead record of each contribution), rounds, tasks,
-  and the index of model versions. One transaction per accepted update, committed (fsync) before
-  the ACK leaves, so an ACKed update survives SIGKILL.
+  and the index of model versions. Each accepted update is committed (fsync) before its ACK
+  leaves, so an ACKed update survives SIGKILL. Updates that arrive together share one transaction
+  and one fsync (``batch``, group commit): the daemon holds their ACKs until it commits.
 - ``models/v<N>.msgpack``: each global version (tensors in the wire encoding), written to a
   temporary file, fsynced and renamed, so a reader sees the old file or the new, never a torn one.
-- ``ckpt/round-<R>.msgpack``: a snapshot of the strategy's partial sums with the log position it
-  covers. Recovery loads it and replays the logged updates after that position, so writing the
-  O(model) snapshot is needed only now and then, not per update.
+- ``ckpt/round-<R>.msgpack`` / ``round-<R>.1.msgpack``: two slots for a snapshot of the strategy's
+  partial sums with the log position it covers; ``meta`` names the valid one, in the transaction
+  of the rows it covers. Recovery loads it and replays the logged updates after that position, so
+  writing the O(model) snapshot is needed only now and then, not per update (and once per batch
+  for large updates, which a batch logs without their frames).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -152,6 +156,56 @@ class GroundStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         apply_schema(self.db, self.root / "ground.db", SCHEMA_VERSION, SCHEMA, MIGRATIONS)
+        self._in_batch = False
+        # File work that must wait for the batch's commit (see ``batch``), in order.
+        self._after_commit: list[Callable[[], None]] = []
+        self._batch_slots: dict[int, int] = {}  # round -> checkpoint slot written in this batch
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every write inside is one transaction, committed (one fsync) on leaving.
+
+        The caller must not let anything that depends on those writes being durable (an ACK) out
+        before the block ends. Reads inside see the batch's own writes, so dedupe works within it.
+        On an exception the batch is still committed: each write in it is whole (``accept_update``
+        is a savepoint) and matches what the caller's in-memory state already holds; the exception
+        then propagates. Nested calls join the outer batch.
+        """
+        if self._in_batch:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._in_batch = True
+        try:
+            yield
+        finally:
+            self._in_batch = False
+            self._batch_slots.clear()
+            self.db.execute("COMMIT")
+            todo, self._after_commit = self._after_commit, []
+            for fn in todo:
+                fn()
+
+    @property
+    def in_batch(self) -> bool:
+        return self._in_batch
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One all-or-nothing unit: its own committed transaction, or a savepoint in a batch."""
+        if self._in_batch:
+            self.db.execute("SAVEPOINT unit")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK TO unit")
+                self.db.execute("RELEASE unit")
+                raise
+            self.db.execute("RELEASE unit")
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield
 
     def close(self) -> None:
         self.db.close()
@@ -318,17 +372,26 @@ class GroundStore:
         staleness: int,
         frame: bytes,
         now: float,
+        size: int | None = None,
     ) -> int:
-        """Record an accepted update durably (one committed transaction); returns its log position."""
+        """Record an accepted update (committed now, or with the batch); returns its log position.
+        ``size``: the received frame's length when ``frame`` is left out of the log (b"")."""
         for key, v in (("samples", samples), ("round", round_), ("base_version", base_version)):
             if not 0 <= v <= INT64_MAX:  # the wire checks this too; SQLite would raise OverflowError
                 raise ValueError(f"{key} {v} does not fit a SQLite INTEGER")
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self.db.execute(
                 "INSERT INTO seen(update_id, agent_id, round, samples, base_version, bytes, accepted_at) "
                 "VALUES(?, ?, ?, ?, ?, ?, ?)",
-                (update_id, agent_id, round_, samples, base_version, len(frame), now),
+                (
+                    update_id,
+                    agent_id,
+                    round_,
+                    samples,
+                    base_version,
+                    len(frame) if size is None else size,
+                    now,
+                ),
             )
             cur = self.db.execute(
                 "INSERT INTO log(round, update_id, samples, staleness, frame) VALUES(?, ?, ?, ?, ?)",
@@ -357,14 +420,46 @@ class GroundStore:
     def save_checkpoint(
         self, round_: int, seq: int, arrays: Mapping[str, npt.NDArray[Any]], scalars: Mapping[str, float]
     ) -> None:
+        """Snapshot the strategy's sums covering the log up to ``seq``.
+
+        Two files per round take turns, and the one that counts is named in ``meta`` by the same
+        transaction as the rows it covers (now, or with the batch). So a snapshot written inside a
+        batch that then never commits is ignored after a crash, and the previous one is intact:
+        a checkpoint never counts a row the store does not hold. That is what lets a batch record
+        large updates without their frames (see GroundMachine.batch).
+        """
+        key = f"ckpt/{round_}"
+        slot = self._batch_slots.get(round_) if self._in_batch else None
+        if slot is None:
+            # The slot the committed entry does not name; within a batch, keep rewriting that one
+            # (the committed snapshot must survive until the batch commits).
+            # A slot-0 file without an entry is read as a pre-slot checkpoint, so a batch (whose
+            # entry may never commit) starts a round on slot 1.
+            cur = self.get_meta(key)
+            slot = 1 - int(cur.split(":")[0]) if cur else int(self._in_batch)
+            if self._in_batch:
+                self._batch_slots[round_] = slot
         data = tensor_writer(arrays, {"round": round_, "seq": seq, "scalars": dict(scalars)})
-        atomic_write(self.root / "ckpt" / f"round-{round_:06d}.msgpack", data, sync=self.durable)
+        atomic_write(self._ckpt_path(round_, slot), data, sync=self.durable)
+        self.set_meta(key, f"{slot}:{seq}")
+
+    def _ckpt_path(self, round_: int, slot: int) -> Path:
+        # Slot 0 keeps the name of the single checkpoint file stores had before slots.
+        return (
+            self.root
+            / "ckpt"
+            / (f"round-{round_:06d}.msgpack" if slot == 0 else f"round-{round_:06d}.1.msgpack")
+        )
 
     def load_checkpoint(self, round_: int) -> tuple[int, TensorDict, dict[str, float]] | None:
-        path = self.root / "ckpt" / f"round-{round_:06d}.msgpack"
-        if not path.exists():
+        cur = self.get_meta(f"ckpt/{round_}")
+        slot, seq = (int(x) for x in cur.split(":")) if cur is not None else (0, -1)
+        path = self._ckpt_path(round_, slot)
+        if cur is None and not path.exists():  # (a file without an entry: a store from before slots)
             return None
         arrays, extra = unpack_tensors(path.read_bytes())
+        if cur is not None and int(extra["seq"]) != seq:
+            raise RuntimeError(f"{path}: covers log position {extra['seq']}, the store says {seq}")
         return int(extra["seq"]), arrays, {str(k): float(v) for k, v in extra["scalars"].items()}
 
     # --- rounds -----------------------------------------------------------------------------------
@@ -416,8 +511,7 @@ class GroundStore:
         atomic_write(
             self.root / "models" / name, tensor_writer(tensors, {"version": version}), sync=self.durable
         )
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO models(version, file, created_at) VALUES(?, ?, ?)",
                 (version, name, now),
@@ -432,8 +526,17 @@ class GroundStore:
                     "VALUES(?, ?, ?, ?)",
                     (next_round, version, now, next_deadline),
                 )
-        ckpt = self.root / "ckpt" / f"round-{round_:06d}.msgpack"
-        ckpt.unlink(missing_ok=True)
+            self.db.execute("DELETE FROM meta WHERE key=?", (f"ckpt/{round_}",))
+        stale = [self._ckpt_path(round_, 0), self._ckpt_path(round_, 1)]
+
+        def drop() -> None:
+            for p in stale:
+                p.unlink(missing_ok=True)
+
+        if self._in_batch:
+            self._after_commit.append(drop)  # a crash before the commit still needs them
+        else:
+            drop()
 
     # --- tasks ------------------------------------------------------------------------------------
 

@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """Ground ingest throughput and peak memory: N updates of a ~1M-parameter model.
 
-Two measurements per recipe:
+Measurements per recipe, side by side:
 - ``core``: what the ground does per update besides the disk: wire decode of the frame, payload
   decode (codec), checks against the model (names, dtype, shape, finite), FedAvg accumulation.
 - ``durable``: the whole ``GroundMachine.handle`` on a real store in a temporary directory, i.e.
-  plus the SQLite commit (fsync) that must precede each ACK and the periodic checkpoints.
+  plus the SQLite commit (fsync) that must precede each ACK and the periodic checkpoints, with
+  group commit as the daemon does it: updates that arrive together (``--batch`` of them, what one
+  link poll hands over) share one transaction and one fsync.
+- ``durable1``: the same with one commit (fsync) per update, i.e. ``--batch 1``.
+- ``nosync``: the same on a store without fsync (``GroundStore(durable=False)``, what the simulator
+  uses), batched as ``durable``: the ceiling the disk's sync leaves.
 
 Throughput is GB/s of float32-equivalent (updates × params × 4 bytes / seconds). Peak memory is
 the tracemalloc peak of a second, traced run (NumPy reports its buffers to tracemalloc), counting
@@ -100,23 +105,31 @@ def bench_core(recipe: str, n: int, payloads: list[dict[str, Any]]) -> dict[str,
 
 
 def _durable_run(
-    recipe: str, n: int, payloads: list[dict[str, Any]], traced: bool
+    recipe: str, n: int, payloads: list[dict[str, Any]], traced: bool, batch: int, sync: bool
 ) -> tuple[float, float, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         if traced:
             tracemalloc.start()
-        m = GroundMachine(GroundStore(Path(tmp)), GroundConfig(min_updates=10**9, recipe=recipe), model())
+        store = GroundStore(Path(tmp), durable=sync)
+        m = GroundMachine(store, GroundConfig(min_updates=10**9, recipe=recipe), model())
         for i in range(n):
             a = f"a{i}"
             m.handle(MessageReceived(a, encode(Hello(f"{a}:h", a, "bench", 0, {}))), 0.0)
         spent = cpu = 0.0
-        for i in range(n):
-            f = frame(i, payloads[i % POOL])  # built outside the timed part
+        for lo in range(0, n, batch):
+            group = m.batch()
             t0, c0 = time.perf_counter(), time.process_time()
-            m.handle(MessageReceived(f"a{i}", f), 0.0)
+            group.__enter__()
+            for i in range(lo, min(n, lo + batch)):
+                spent += time.perf_counter() - t0
+                cpu += time.process_time() - c0
+                f = frame(i, payloads[i % POOL])  # built outside the timed part, one at a time
+                t0, c0 = time.perf_counter(), time.process_time()
+                m.handle(MessageReceived(f"a{i}", f), 0.0)
+                del f
+            group.__exit__(None, None, None)  # the commit (one fsync) and the batch's checkpoint
             spent += time.perf_counter() - t0
             cpu += time.process_time() - c0
-            del f
         peak = 0.0
         if traced:
             peak = float(tracemalloc.get_traced_memory()[1])
@@ -127,9 +140,11 @@ def _durable_run(
     return spent, cpu, peak, disk
 
 
-def bench_durable(recipe: str, n: int, payloads: list[dict[str, Any]]) -> dict[str, float]:
-    spent, cpu, _, disk = _durable_run(recipe, n, payloads, traced=False)
-    _, _, peak, _ = _durable_run(recipe, n, payloads, traced=True)
+def bench_durable(
+    recipe: str, n: int, payloads: list[dict[str, Any]], batch: int, sync: bool = True
+) -> dict[str, float]:
+    spent, cpu, _, disk = _durable_run(recipe, n, payloads, False, batch, sync)
+    _, _, peak, _ = _durable_run(recipe, n, payloads, True, batch, sync)
     return {"seconds": spent, "cpu_seconds": cpu, "peak_bytes": peak, "disk_bytes": disk}
 
 
@@ -142,11 +157,14 @@ def main(argv: list[str]) -> int:
         default=200,
         help="updates for the durable run (fp32 writes ~4 MB per update to disk)",
     )
+    ap.add_argument(
+        "--batch", type=int, default=32, help="updates per group commit in the durable and nosync runs"
+    )
     ap.add_argument("--recipes", default="fp32,topk:0.01+ef | quant:8 | zstd,quant:8 | zstd")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    if args.updates < 1 or args.durable_updates < 0:
-        ap.error("--updates must be >= 1 and --durable-updates >= 0")
+    if args.updates < 1 or args.durable_updates < 0 or args.batch < 1:
+        ap.error("--updates and --batch must be >= 1 and --durable-updates >= 0")
     params = sum(int(np.prod(s)) for s in SHAPES.values())
     model_bytes = 4 * params
     rng = np.random.default_rng(0)
@@ -165,9 +183,11 @@ def main(argv: list[str]) -> int:
         core = bench_core(recipe, args.updates, payloads)
         runs = [("core", args.updates, core)]
         if args.durable_updates:
-            d = bench_durable(recipe, args.durable_updates, payloads)
-            d["frame_bytes"] = core["frame_bytes"]
-            runs.append(("durable", args.durable_updates, d))
+            modes = [("durable", args.batch, True), ("durable1", 1, True), ("nosync", args.batch, False)]
+            for mode, batch, sync in modes:
+                d = bench_durable(recipe, args.durable_updates, payloads, batch, sync)
+                d["frame_bytes"] = core["frame_bytes"]
+                runs.append((mode, args.durable_updates, d))
         for mode, n, r in runs:
             gbs = n * model_bytes / r["seconds"] / 1e9
             gbs_cpu = n * model_bytes / r["cpu_seconds"] / 1e9

@@ -15,15 +15,61 @@ given.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import Chunk, ChunkAck, encode
 
 DEFAULT_CHUNK_BYTES = 256 << 10
 DEFAULT_WINDOW = 8
+SPOOL_SUFFIX = ".part"
+
+
+class Segments:
+    """A frame held as consecutive pieces and never joined: the ground sends one encoded model to
+    many agents, each inside its own message, so each transfer holds its own small head and tail
+    around one shared blob (O(1) memory per agent instead of a copy of the model).
+
+    ``prefix_sha`` (optional) is a sha256 object already fed with the leading pieces that are
+    shared across transfers, so the digest of each one hashes only what is its own."""
+
+    def __init__(self, parts: Sequence[bytes], prefix_sha: Any = None, hashed: int = 0) -> None:
+        self.parts = list(parts)
+        self._starts: list[int] = []
+        n = 0
+        for p in self.parts:
+            self._starts.append(n)
+            n += len(p)
+        self._len = n
+        self._prefix_sha = prefix_sha
+        self._hashed = hashed if prefix_sha is not None else 0  # leading pieces in prefix_sha
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, s: slice) -> bytes:
+        start, stop, _ = s.indices(self._len)
+        out = []
+        for p, at in zip(self.parts, self._starts, strict=True):
+            if at >= stop:
+                break
+            if at + len(p) > start:
+                out.append(p[max(0, start - at) : stop - at])
+        return b"".join(out)
+
+    def sha256(self) -> bytes:
+        h = self._prefix_sha.copy() if self._prefix_sha is not None else hashlib.sha256()
+        for p in self.parts[self._hashed :]:
+            h.update(p)
+        return h.digest()
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
 
 
 @dataclass
@@ -32,7 +78,7 @@ class Outbound:
     resume after a restart); ``sent`` is how far chunks have been sent in this contact."""
 
     transfer: str
-    frame: bytes
+    frame: bytes | Segments
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     window: int = DEFAULT_WINDOW
     acked: int = 0
@@ -44,7 +90,8 @@ class Outbound:
         if self.chunk_bytes <= 0 or self.window <= 0:
             raise ValueError("chunk_bytes and window must be positive")
         if not self.sha256:
-            self.sha256 = hashlib.sha256(self.frame).digest()
+            f = self.frame
+            self.sha256 = f.sha256() if isinstance(f, Segments) else hashlib.sha256(f).digest()
         self.sent = max(self.sent, self.acked)
 
     @property
@@ -59,12 +106,16 @@ class Outbound:
         """The link dropped: whatever was sent but not acknowledged is resent next time."""
         self.sent = self.acked
 
-    def next_chunks(self, next_id: Callable[[], str]) -> list[bytes]:
-        """Frames of the chunks the window allows now."""
+    def next_chunks(self, next_id: Callable[[], str], max_bytes: int | None = None) -> list[bytes]:
+        """Frames of the chunks the window allows now (and ``max_bytes`` of data, if given)."""
         out: list[bytes] = []
         limit = self.acked + self.window * self.chunk_bytes
+        budget = max_bytes if max_bytes is not None else self.total
         while self.sent < self.total and self.sent < limit:
             end = min(self.sent + self.chunk_bytes, self.total)
+            if end - self.sent > budget:
+                break
+            budget -= end - self.sent
             out.append(
                 encode(
                     Chunk(
@@ -127,7 +178,12 @@ class Inbound:
         self.size += len(piece)
 
     def read(self) -> bytes:
-        return bytes(self.buf) if self.path is None else self.path.read_bytes()[: self.total]
+        if self.path is None:
+            return bytes(self.buf)
+        # One buffer of exactly the frame's size (read_bytes()[:total] would hold two copies).
+        with open(self.path, "rb") as f:
+            data = f.read(self.total)
+        return data
 
     def discard(self) -> None:
         if self.path is not None:
@@ -216,7 +272,7 @@ class Reassembler:
         if self.spool_dir is None:
             return None
         h = hashlib.sha256(f"{peer}\0{c.transfer}\0{c.total}\0".encode() + c.sha256).hexdigest()
-        return self.spool_dir / f"{h[:40]}.part"
+        return self.spool_dir / f"{h[:40]}{SPOOL_SUFFIX}"
 
     def _forget(self, key: tuple[str, str]) -> None:
         t = self.transfers.pop(key, None)
@@ -231,3 +287,28 @@ class Reassembler:
 
     def held_bytes(self) -> int:
         return sum(t.size for t in self.transfers.values())
+
+    def expire(self, now: float, idle_s: float) -> int:
+        """Forget (and delete the spool file of) every transfer with no chunk for ``idle_s``:
+        an abandoned upload must not hold disk or the held-bytes budget forever. The sender, if it
+        comes back, is told offset 0 and starts again. Returns how many were dropped."""
+        old = [k for k, t in self.transfers.items() if now - t.last_seen >= idle_s]
+        for k in old:
+            self._forget(k)
+        return len(old)
+
+    def sweep_spool(self, max_age_s: float, *, wall: Callable[[], float] = time.time) -> int:
+        """At start: delete spool files not written for ``max_age_s`` (uploads abandoned before a
+        restart; younger ones stay, so an agent resumes where it stopped). Returns the count."""
+        if self.spool_dir is None:
+            return 0
+        n = 0
+        now = wall()
+        for p in self.spool_dir.glob(f"*{SPOOL_SUFFIX}"):
+            try:
+                if now - os.stat(p).st_mtime >= max_age_s:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:
+                pass
+        return n

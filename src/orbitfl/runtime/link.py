@@ -45,6 +45,17 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = b""
 DEFAULT_MAX_MSG_SIZE = 16 * 1024 * 1024
+# Frames libzmq may queue per peer before it stops reading that peer's TCP stream (receive): with
+# MAXMSGSIZE this bounds what one peer can make the ground hold in socket queues. Above an agent's
+# window (8 chunks) plus its acks and heartbeats, so a well-behaved agent never stalls its pipe:
+# libzmq 4.3.5 aborts (assertion !_io_error, stream_engine_base.cpp:310) when a peer disconnects
+# while its stalled input is being restarted, which a very small RCVHWM made happen under load.
+DEFAULT_RCVHWM = 32
+DEFAULT_SNDHWM = 64
+# One poll hands the daemon at most this many bytes of frames (the rest wait in the queues
+# above): what the daemon holds at once, and the largest group commit.
+DEFAULT_POLL_BYTES = 8 * 1024 * 1024
+DEFAULT_POLL_FRAMES = 256
 # A routing id is the agent's name, a separator and a random tag; the tag makes each new socket a
 # new identity, so a reconnect never collides with the ROUTER's memory of the previous socket.
 _ID_SEP = b"\x00"
@@ -276,6 +287,8 @@ class GroundLink:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.linger = 0
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
+        self._sock.setsockopt(zmq.RCVHWM, DEFAULT_RCVHWM)
+        self._sock.setsockopt(zmq.SNDHWM, DEFAULT_SNDHWM)
         # A reconnecting agent's new socket takes over its name at once (no waiting for the old
         # TCP connection to time out), and an unroutable send raises rather than vanishing.
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -341,15 +354,22 @@ class GroundLink:
         except UnicodeDecodeError:
             return None
 
-    def poll(self, timeout_s: float) -> list[Received]:
-        """Wait up to ``timeout_s`` and return every frame that arrived (heartbeats are answered here)."""
+    def poll(
+        self,
+        timeout_s: float,
+        max_bytes: int = DEFAULT_POLL_BYTES,
+        max_frames: int = DEFAULT_POLL_FRAMES,
+    ) -> list[Received]:
+        """Wait up to ``timeout_s`` and return the frames that arrived, up to ``max_frames`` or
+        about ``max_bytes`` (the rest stay queued for the next call; heartbeats are answered here)."""
         out: list[Received] = []
         events = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
         if self._monitor in events:
             self._drain_monitor()
         if self._sock not in events:
             return out
-        while True:
+        held = 0
+        while len(out) < max_frames and held < max_bytes:
             try:
                 parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -388,6 +408,7 @@ class GroundLink:
                 continue
             self.stats.frames_in += 1
             self.stats.bytes_in += len(data)
+            held += len(data)
             out.append(Received(name, data))
         return out
 

@@ -548,6 +548,21 @@ def encode(msg: Message) -> bytes:
     return out
 
 
+def encode_around(msg: Message, key: str, value: bytes) -> tuple[bytes, bytes]:
+    """``msg`` encoded as (head, tail) with ``key``'s value left out, so ``head + value + tail``
+    is a valid frame when ``value`` is that field already msgpack-encoded. Lets one encoded model
+    go to many agents inside their own messages without a copy per agent. ``key`` comes first,
+    so every message of one type shares the bytes up to the end of ``value``."""
+    d = msg.to_wire()
+    if key not in d:
+        raise KeyError(key)
+    d.pop(key)
+    pk = msgpack.Packer(use_bin_type=True)
+    head: bytes = pk.pack_map_header(len(d) + 1) + pk.pack(key)
+    tail = b"".join(pk.pack(k) + pk.pack(v) for k, v in d.items())
+    return head, tail
+
+
 def peek_id(frame: bytes) -> str | None:
     """Best effort: the id of a frame that failed to decode, so its NACK can name it. Skips other
     fields without materialising them, so an oversize field does not hide the id."""
