@@ -300,15 +300,22 @@ class GroundStore:
             keep |= {v for v in versions if v % keep_every == 0}
         doomed = [v for v in versions if v not in keep]
         if doomed:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
+            with self._transaction():  # in a batch: with it (a plain commit here would end the batch)
                 self.db.executemany("DELETE FROM models WHERE version=?", [(v,) for v in doomed])
         named = set(versions) - set(doomed)
-        # Files of versions above the latest belong to a round being closed (save_step): left alone.
-        for f in (self.root / "models").glob("[vdr]*.msgpack"):
-            digits = f.stem[1:]
-            if digits.isdigit() and int(digits) < latest and int(digits) not in named:
-                f.unlink(missing_ok=True)
+
+        def sweep() -> None:
+            # Files of versions above the latest belong to a round being closed (save_step): left alone.
+            for f in (self.root / "models").glob("[vdr]*.msgpack"):
+                digits = f.stem[1:]
+                if digits.isdigit() and int(digits) < latest and int(digits) not in named:
+                    f.unlink(missing_ok=True)
+
+        # In a batch the rows' deletion is not durable until the commit: the files wait for it.
+        if self._in_batch:
+            self._after_commit.append(sweep)
+        else:
+            sweep()
         return doomed
 
     def model_versions(self) -> list[int]:

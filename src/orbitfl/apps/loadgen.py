@@ -175,8 +175,9 @@ class Fleet:
         c = delta_value(sim.name, task.round)
         tensors = {k: np.full(s, c, np.float32) for k, s in self.shapes.items()}
         payload = {"codec": "fp32", "tensors": tensors_to_wire(tensors)}
-        # The id names (agent, round, run), so a resend after a lost ACK carries the same id.
-        uid = f"{sim.name}:r{task.round}.{self.tag}"
+        # The id names (run, round) as the decimal counter the protocol asks of an UPDATE id, so a
+        # resend after a lost ACK carries the same id and another run never reuses one.
+        uid = f"{sim.name}:{int(self.tag, 16) * 10**12 + task.round}"
         msg = Update(uid, task.task_id, task.round, task.model_version, samples_of(sim.name), {}, payload)
         return uid, encode(msg)
 
@@ -338,8 +339,7 @@ class Audit:
 def task_round(update_id: str, default: int) -> int:
     """The round of the task an update answered, from the id ``_make_update`` gives it."""
     tail = update_id.rsplit(":", 1)[-1]
-    head = tail.split(".", 1)[0]
-    return int(head[1:]) if head.startswith("r") and head[1:].isdigit() else default
+    return int(tail) % 10**12 if tail.isdigit() else default
 
 
 def _load_model(path: Path) -> dict[str, npt.NDArray[Any]]:
