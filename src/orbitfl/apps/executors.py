@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import importlib
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -166,8 +167,9 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home
         try:
-            # Deferred: Ray is a heavy optional dependency (the `ray` extra).
-            import ray
+            # Deferred: Ray is a heavy optional dependency (the `ray` extra); typed as Any, as its
+            # own annotations vary between releases.
+            ray: Any = importlib.import_module("ray")
         except ImportError:
             raise ImportError("executor 'ray' needs Ray: pip install 'orbitfl[ray]'") from None
         self._ray = ray
