@@ -48,9 +48,14 @@ def _table(path: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k not in WALL} for r in rows]
 
 
-def _same_report(a: Path, b: Path) -> None:
-    assert _table(a / "results.csv") == _table(b / "results.csv")
-    assert (a / "rounds.csv").read_text() == (b / "rounds.csv").read_text()
+def _same_report(a: Path, b: Path, seeds: set[str] | None = None) -> None:
+    """``b``'s tables equal ``a``'s (its rows of ``seeds`` only, when given)."""
+    want = [r for r in _table(a / "results.csv") if seeds is None or r["seed"] in seeds]
+    assert want == _table(b / "results.csv")
+    rounds = list(csv.DictReader((a / "rounds.csv").read_text().splitlines()))
+    if seeds is not None:
+        rounds = [r for r in rounds if r["seed"] in seeds]
+    assert rounds == list(csv.DictReader((b / "rounds.csv").read_text().splitlines()))
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +130,13 @@ def test_sweep_on_processes_is_identical(local_sweep: Path, tmp_path: Path) -> N
         "--config",
         str(QUICK),
         "--seeds",
-        "0,1",
+        "0",
         "--executor",
         "processes:2",
         "--report",
         str(tmp_path),
     )
-    _same_report(local_sweep, tmp_path)
+    _same_report(local_sweep, tmp_path, seeds={"0"})
 
 
 def test_interrupted_sweep_resumes_with_the_runs_done(local_sweep: Path, tmp_path: Path) -> None:
@@ -221,7 +226,7 @@ def ray_cluster() -> Iterator[str]:
         # period (raylet, GCS, workers) is killed, so no Ray process outlives the test.
         os.killpg(head.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=20)
+            head.wait(timeout=5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
         head.wait()
@@ -241,10 +246,10 @@ def test_ray_cluster_gives_identical_results(
         "--config",
         str(QUICK),
         "--seeds",
-        "0,1",
+        "0",
         "--executor",
         f"ray:{ray_cluster}",
         "--report",
         str(sweep),
     )
-    _same_report(local_sweep, sweep)
+    _same_report(local_sweep, sweep, seeds={"0"})

@@ -64,7 +64,7 @@ from orbitfl.ground.strategies.assignment import (
     assignment_hints,
     cluster_affinity,
 )
-from orbitfl.models.zoo import moe_gates
+from orbitfl.models.zoo import get_weights, moe_gates
 from orbitfl.runtime.events import (
     GROUND,
     LinkDown,
@@ -240,13 +240,14 @@ class Learning:
             lr=cfg.lr,
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
+            artifacts=str(work / "artifacts"),
         )
         self.bench = Workbench(self.setup, work / "artifacts")
         register_bench(self.bench)
         self.executor: Executor = executor or LocalExecutor()
         self.data = self.bench.data
         self.spec = self.bench.spec
-        self.initial = self.bench.initial
+        self.initial = get_weights(self.spec.model)
         self.parts = self.bench.parts
         self.art = self.bench.art
         self.states: dict[int, dict[str, Any]] = {}  # satellite -> optimizer state after its last job

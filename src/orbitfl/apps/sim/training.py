@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +30,9 @@ from orbitfl.agent.learner import Learner, share_indices
 from orbitfl.agent.train_loop import StepTrainer
 from orbitfl.data.datasets import Dataset, load
 from orbitfl.ground.strategies.assignment import trainable_for
-from orbitfl.models.artifacts import build_artifacts
-from orbitfl.models.zoo import ModelSpec, build, get_weights
+
+if TYPE_CHECKING:
+    from orbitfl.models.zoo import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TrainSetup:
     lr: float | None
     epochs: int
     batch_size: int
+    artifacts: str  # the simulator's training artifacts; a worker that cannot see them builds its own
 
 
 @dataclass(frozen=True)
@@ -83,20 +85,15 @@ def stateful(trainer: StepTrainer) -> Any:
 class Workbench:
     """Data split, model spec, training artifacts and one trainer for a :class:`TrainSetup`."""
 
-    def __init__(self, setup: TrainSetup, art: Path) -> None:
+    def __init__(self, setup: TrainSetup, art: Path, *, prebuilt: bool = False) -> None:
+        """``prebuilt``: open the artifacts in ``art`` instead of building the model and them (a
+        worker on the simulator's machine: no onnx import, no graph derivation)."""
         self.setup = setup
         if setup.dataset == "mnist":
             data = load("mnist", path=setup.mnist_path)
         else:
             data = load(setup.dataset, seed=setup.seed)
         self.data: Dataset = data
-        opts = dict(json.loads(setup.model_options))
-        if setup.model in ("mlp", "moe", "lenet-s") and "input" not in opts:
-            opts["input"] = "x".join(map(str, data.sample_shape))
-        if setup.model == "spectral-cnn" and "input" not in opts:
-            opts["input"] = int(np.prod(data.sample_shape))
-        self.spec: ModelSpec = build(setup.model, seed=setup.seed, **opts)
-        self.initial = get_weights(self.spec.model)
         y = data.y_train
         split = "iid" if data.task != "classification" else setup.partition
         shares = share_indices(
@@ -109,8 +106,27 @@ class Workbench:
         )
         self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in shares]
         self.art = art
-        build_artifacts(self.spec, art)
+        self._spec: ModelSpec | None = None
+        if not prebuilt:
+            opts = dict(json.loads(setup.model_options))
+            if setup.model in ("mlp", "moe", "lenet-s") and "input" not in opts:
+                opts["input"] = "x".join(map(str, data.sample_shape))
+            if setup.model == "spectral-cnn" and "input" not in opts:
+                opts["input"] = int(np.prod(data.sample_shape))
+            # Deferred: building a model and its graphs imports onnx, which a worker opening
+            # prebuilt artifacts never needs (it is most of a worker's start-up).
+            from orbitfl.models.artifacts import build_artifacts
+            from orbitfl.models.zoo import build
+
+            self._spec = build(setup.model, seed=setup.seed, **opts)
+            build_artifacts(self._spec, art)
         self.trainer = self.new_trainer()
+
+    @property
+    def spec(self) -> ModelSpec:
+        if self._spec is None:
+            raise RuntimeError("this workbench opened prebuilt artifacts and holds no model spec")
+        return self._spec
 
     def new_trainer(self) -> StepTrainer:
         return open_trainer(self.art, learning_rate=self.setup.lr)
@@ -151,6 +167,9 @@ def forget(setup: TrainSetup) -> None:
 
 def _worker_bench(setup: TrainSetup) -> Workbench:
     bench = _BENCHES.get(setup)
+    if bench is None and (Path(setup.artifacts) / "manifest.json").is_file():
+        bench = Workbench(setup, Path(setup.artifacts), prebuilt=True)
+        register(bench)
     if bench is None:
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         folder = tempfile.mkdtemp(prefix="orbitfl-worker-", dir=shm)
