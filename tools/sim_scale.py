@@ -13,7 +13,7 @@
 
 Each simulation runs in a child process of its own (its peak RSS, workers included, is the
 child's and its children's ``ru_maxrss``). The constellation: a Walker 97.6° t/p/1 at 550 km (t
-satellites, t/50 planes), five ground stations, mlp 784-128-10 on a Dirichlet(0.5) split of MNIST,
+satellites, t/50 planes), three ground stations (Svalbard, Toulouse, Punta Arenas), mlp 784-32-10 on a Dirichlet(0.5) split of MNIST,
 FedBuff-style asynchronous FedAvg (a round every t/10 updates), 20 orbits by default.
 """
 
@@ -39,9 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATIONS = [
     "svalbard:78.23:15.39:5",
     "toulouse:43.6:1.44:10",
-    "hawaii:19.82:-155.47:10",
     "punta-arenas:-53.16:-70.91:10",
-    "awarua:-46.53:168.38:10",
 ]
 
 
@@ -135,13 +133,14 @@ def config(sats: int, orbits: float, mnist: str) -> dict[str, Any]:
         "stations": STATIONS,
         "orbits": orbits,
         "model": "mlp",
+        "model_options": {"hidden": [32]},  # 784-32-10: 25,450 parameters, a 102 kB float32 update
         "dataset": "mnist",
         "mnist_path": mnist,
         "partition": "dirichlet",
         "strategy": "fedavg",
         "min_updates": max(1, sats // 10),
         "max_staleness": 8,
-        "epochs": 1,
+        "epochs": 2,
         "seed": 0,
     }
 
