@@ -120,7 +120,8 @@ def _run(
         f"uplink updates {res.uplink_update_bytes:,} B (float32 would be {res.float32_bytes:,} B: "
         f"{'-' if ratio is None else f'{ratio:.2f}'}x), all uplink {res.uplink_bytes:,} B, "
         f"downlink {res.downlink_bytes:,} B; "
-        f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s"
+        f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s "
+        f"({res.wall_seconds / max(1, len(res.rounds)):.2f} s per round)"
     )
     if res.time_to_target is not None:
         print(f"target accuracy {cfg.target_accuracy} reached at {res.time_to_target / 3600:.2f} h")
