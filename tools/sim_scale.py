@@ -126,21 +126,22 @@ print(json.dumps({"windows": res.windows, "rounds": len(res.rounds), "accepted":
 """
 
 
-def config(sats: int, orbits: float, mnist: str) -> dict[str, Any]:
+def config(sats: int, orbits: float, mnist: str, *, epochs: int = 2, hidden: int = 32) -> dict[str, Any]:
     return {
         "sats": sats,
         "planes": max(1, sats // 50),
         "stations": STATIONS,
         "orbits": orbits,
         "model": "mlp",
-        "model_options": {"hidden": [32]},  # 784-32-10: 25,450 parameters, a 102 kB float32 update
+        # 784-32-10 by default: 25,450 parameters, a 102 kB float32 update
+        "model_options": {"hidden": [hidden]},
         "dataset": "mnist",
         "mnist_path": mnist,
         "partition": "dirichlet",
         "strategy": "fedavg",
         "min_updates": max(1, sats // 10),
         "max_staleness": 8,
-        "epochs": 2,
+        "epochs": epochs,
         "seed": 0,
     }
 
@@ -185,7 +186,9 @@ def cmd_memory(args: argparse.Namespace) -> int:
     print(HEADER)
     rows = {}
     for sats in (100, 1000):
-        rows[sats] = run_child(config(sats, args.orbits, args.mnist), "local")
+        rows[sats] = run_child(
+            config(sats, args.orbits, args.mnist, epochs=args.epochs, hidden=args.hidden), "local"
+        )
         print(_row(f"{sats} sats, local", rows[sats]), flush=True)
     grow = rows[1000]["rss_mib"] - rows[100]["rss_mib"]
     print(f"peak RSS grows by {grow:.0f} MiB for 900 more satellites ({grow * 1024 / 900:.0f} KiB each)")
@@ -194,8 +197,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
-    cfg = config(args.sats, args.orbits, args.mnist)
-    print(f"load average before: {load()}")
+    cfg = config(args.sats, args.orbits, args.mnist, epochs=args.epochs, hidden=args.hidden)
+    print(
+        f"load average before: {load()}; {args.sats} sats, {args.orbits} orbits, mlp 784-{args.hidden}-10, "
+        f"{args.epochs} epochs"
+    )
     print(HEADER)
     got = {}
     for ex in ("processes:1", "processes:2"):
@@ -225,6 +231,8 @@ def main(argv: list[str]) -> int:
         p.add_argument("--mnist", required=True, help="folder with the MNIST IDX files (see `mnist`)")
         p.add_argument("--orbits", type=float, default=20.0)
         p.add_argument("--sats", type=int, default=1000)
+        p.add_argument("--epochs", type=int, default=2, help="local epochs (more: training-bound)")
+        p.add_argument("--hidden", type=int, default=32, help="mlp hidden width")
         p.set_defaults(func=fn)
     args = ap.parse_args(argv)
     return int(args.func(args))
