@@ -13,8 +13,9 @@
 
 Each simulation runs in a child process of its own (its peak RSS, workers included, is the
 child's and its children's ``ru_maxrss``). The constellation: a Walker 97.6° t/p/1 at 550 km (t
-satellites, t/50 planes), three ground stations (Svalbard, Toulouse, Punta Arenas), mlp 784-32-10 on a Dirichlet(0.5) split of MNIST,
-FedBuff-style asynchronous FedAvg (a round every t/10 updates), 20 orbits by default.
+satellites, t/50 planes), three ground stations (Svalbard, Toulouse, Punta Arenas), mlp 784-32-10
+on a Dirichlet(0.5) split of MNIST, FedAvg closing a round every t/10 updates (staleness up to 8),
+2 local epochs, 20 orbits by default.
 """
 
 from __future__ import annotations
