@@ -107,6 +107,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def submit(self, fn: Callable[..., T], *args: Any) -> Handle[T]: ...
 
+    def warm(self, fn: Callable[[Any], object], arg: Any) -> None:
+        """Start ``fn(arg)`` once per worker without waiting (each worker's one-time set-up, done
+        while the caller sets up its own side); nothing to do in this process."""
+        return None
+
     def map_unordered(self, fn: Callable[..., T], items: Iterable[Any]) -> Iterator[tuple[int, T]]:
         """(index, fn(item)) for every item, in the order they finish."""
         for i, item in enumerate(items):
@@ -141,6 +146,10 @@ class ProcessExecutor(Executor):
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Handle[T]:
         return _FutureHandle(self._pool.submit(fn, *args))
+
+    def warm(self, fn: Callable[[Any], object], arg: Any) -> None:
+        for _ in range(self.workers):
+            self._pool.submit(fn, arg)  # a worker that fails here fails again on its first job
 
     def map_unordered(self, fn: Callable[..., T], items: Iterable[Any]) -> Iterator[tuple[int, T]]:
         futures = {self._pool.submit(fn, item): i for i, item in enumerate(items)}
@@ -188,6 +197,7 @@ class RayExecutor(Executor):
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.spec = ExecutorSpec("ray", address=address)
         self._remote: dict[Callable[..., Any], Any] = {}
+        self._warming: list[Any] = []
 
     def _task(self, fn: Callable[..., Any]) -> Any:
         task = self._remote.get(fn)
@@ -197,6 +207,10 @@ class RayExecutor(Executor):
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Handle[T]:
         return _RayHandle(self._ray, self._task(fn).remote(*args))
+
+    def warm(self, fn: Callable[[Any], object], arg: Any) -> None:
+        task = self._task(fn)
+        self._warming = [task.remote(arg) for _ in range(self.workers)]
 
     def map_unordered(self, fn: Callable[..., T], items: Iterable[Any]) -> Iterator[tuple[int, T]]:
         task = self._task(fn)

@@ -54,6 +54,7 @@ from orbitfl.apps.sim.training import (
     stateful,
 )
 from orbitfl.apps.sim.training import forget as forget_bench
+from orbitfl.apps.sim.training import prepare as prepare_worker
 from orbitfl.apps.sim.training import register as register_bench
 from orbitfl.codec.inputs import check_recipe, recipe_needs
 from orbitfl.ground.machine import GroundConfig, GroundMachine
@@ -245,6 +246,7 @@ class Learning:
         self.bench = Workbench(self.setup, work / "artifacts")
         register_bench(self.bench)
         self.executor: Executor = executor or LocalExecutor()
+        self.executor.warm(prepare_worker, self.setup)
         self.data = self.bench.data
         self.spec = self.bench.spec
         self.initial = get_weights(self.spec.model)

@@ -180,6 +180,11 @@ def _worker_bench(setup: TrainSetup) -> Workbench:
     return bench
 
 
+def prepare(setup: TrainSetup) -> None:
+    """A worker's one-time set-up for ``setup`` (data split, trainer), ahead of its first job."""
+    _worker_bench(setup)
+
+
 def run_training(job: TrainJob) -> TrainOutcome:
     """The function executors run: one satellite's training job."""
     return _worker_bench(job.setup).train(job)
