@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import io
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,8 +33,10 @@ SIM = ["--sats", "6", "--planes", "2", "--orbits", "8", "--stations", "svalbard:
 WALL = ("wall_seconds",)
 
 
-def _orbitfl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+def _orbitfl(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(env or os.environ, RAY_USAGE_STATS_ENABLED="0")
     res = subprocess.run(
         [str(BIN / "orbitfl"), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
     )
@@ -176,7 +179,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
+def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
     """A real Ray head node of 2 CPUs on 127.0.0.1, as separate processes; always stopped."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip(
@@ -185,7 +188,11 @@ def ray_cluster() -> Iterator[str]:
         )
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ofray", dir="/tmp")  # short: Ray's socket paths live in it
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Token authentication with a token of this test's own, given to the head and to the drivers:
+    # a token another Ray left in ~/.ray must not decide whether they can talk.
+    env = dict(
+        os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)
+    )
     head = subprocess.Popen(
         [
             str(BIN / "ray"),
@@ -220,7 +227,7 @@ def ray_cluster() -> Iterator[str]:
                 time.sleep(0.2)
         else:
             pytest.fail("the Ray head did not start in 120 s")
-        yield address
+        yield address, env
     finally:
         # --block: the head stops its node on SIGTERM; what is left of the group after a grace
         # period (raylet, GCS, workers) is killed, so no Ray process outlives the test.
@@ -234,11 +241,12 @@ def ray_cluster() -> Iterator[str]:
 
 
 def test_ray_cluster_gives_identical_results(
-    ray_cluster: str, local_sim: Path, local_sweep: Path, tmp_path: Path
+    ray_cluster: tuple[str, dict[str, str]], local_sim: Path, local_sweep: Path, tmp_path: Path
 ) -> None:
+    address, env = ray_cluster
     sim = tmp_path / "sim"
-    res = _orbitfl("simulate", *SIM, "--executor", f"ray:{ray_cluster}", "--report", str(sim))
-    assert f"training on executor ray:{ray_cluster}" in res.stdout
+    res = _orbitfl("simulate", *SIM, "--executor", f"ray:{address}", "--report", str(sim), env=env)
+    assert f"training on executor ray:{address}" in res.stdout
     _same_report(local_sim, sim)
     sweep = tmp_path / "sweep"
     _orbitfl(
@@ -248,8 +256,9 @@ def test_ray_cluster_gives_identical_results(
         "--seeds",
         "0",
         "--executor",
-        f"ray:{ray_cluster}",
+        f"ray:{address}",
         "--report",
         str(sweep),
+        env=env,
     )
     _same_report(local_sweep, sweep, seeds={"0"})
