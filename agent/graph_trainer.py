@@ -214,6 +214,29 @@ class GraphTrainer(StepTrainer):
             return self._unflatten(self._opt.v)
         return self._unflatten(self._opt.second_moment())
 
+    # --- optimizer state alone ---------------------------------------------------------------------
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """A copy of the optimizer's moments and step count, without the weights: what a simulator
+        keeps per satellite so that one trainer can serve many (weights come with every task)."""
+        opt = self._opt
+        if isinstance(opt, AdamW):
+            return {"m": opt.m.copy(), "v": opt.v.copy(), "step": opt.step_count}
+        return {"sq": opt.sq.copy(), "sq_steps": opt.sq_steps}
+
+    def load_optimizer_state(self, state: Mapping[str, Any] | None) -> None:
+        """Put back what :meth:`optimizer_state` returned; ``None`` is a fresh optimizer."""
+        opt = self._opt
+        if state is None:
+            opt.reset()
+        elif isinstance(opt, AdamW):
+            opt.m[...] = state["m"]
+            opt.v[...] = state["v"]
+            opt.step_count = int(state["step"])
+        else:
+            opt.sq[...] = state["sq"]
+            opt.sq_steps = int(state["sq_steps"])
+
     # --- checkpoint state -------------------------------------------------------------------------
 
     def _state_blob(self) -> tuple[dict[str, Any], bytes]:

@@ -26,14 +26,20 @@ given); otherwise it is skipped with a message saying so.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from orbitfl.apps.executors import Executor, LocalExecutor, make_executor, parse_executor
 from orbitfl.apps.experiment.report import compare_to_baseline, run_record, write_report
+from orbitfl.apps.progress import Progress
 from orbitfl.apps.sim.cli import load_toml
 from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
 from orbitfl.codec.inputs import check_recipe
@@ -171,59 +177,156 @@ def plan(
     return Plan(str(exp.get("name", Path(where).stem)), baseline, runs, skipped)
 
 
+RUNS_DIR = "runs"  # one JSON per finished run: what an interrupted sweep resumes from
+
+
+def run_key(r: Run) -> str:
+    """A digest of everything that decides a run's numbers: a stored result is reused only for
+    the very same run."""
+    body = {"name": r.name, "split": r.split, "seed": r.seed, "config": asdict(r.config)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_file(out: Path, r: Run) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{r.name}-{r.split}-seed{r.seed}")
+    return out / RUNS_DIR / f"{slug}-{run_key(r)}.json"
+
+
+def stored_record(out: Path, r: Run) -> dict[str, Any] | None:
+    """The record a previous (perhaps interrupted) sweep left for ``r``, if whole and the same run."""
+    try:
+        data = json.loads(run_file(out, r).read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("key") != run_key(r)
+        or not isinstance(data.get("record"), dict)
+    ):
+        return None
+    return dict(data["record"])
+
+
+def _store_record(out: Path, r: Run, rec: dict[str, Any]) -> None:
+    path = run_file(out, r)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": run_key(r), "record": rec}, default=str))
+    os.replace(tmp, path)  # a sweep killed mid-write leaves no half record behind
+
+
+def _windows_key(c: SimConfig) -> tuple[Any, ...]:
+    return (
+        c.sats,
+        c.planes,
+        c.phasing,
+        c.altitude_km,
+        c.inclination_deg,
+        tuple(c.stations),
+        c.orbits,
+        c.windows_csv,
+        c.tle_file,
+        c.step_s,
+        c.rate_bps,
+    )
+
+
+def _labels(r: Run) -> dict[str, Any]:
+    c = r.config
+    return {
+        "name": r.name,
+        "codec": c.codec,
+        "strategy": c.strategy,
+        "dataset": c.dataset,
+        "partition": c.partition,
+        "seed": r.seed,
+        "model": c.model,
+    }
+
+
+def simulate_run(task: tuple[Run, Any]) -> dict[str, Any]:
+    """One run of a sweep, start to end, in whatever process the executor gives it."""
+    r, windows = task
+    return run_record(Simulation(r.config, windows=windows).run(), _labels(r))
+
+
 def run_plan(
-    p: Plan, out: Path, progress: Callable[[str], None] = print, verbose: bool = False
+    p: Plan,
+    out: Path,
+    progress: Callable[[str], None] = print,
+    verbose: bool = False,
+    executor: Executor | None = None,
+    display: Progress | None = None,
 ) -> list[Path]:
-    records: list[dict[str, Any]] = []
+    """Run the plan's runs (those not already stored in ``out``) on ``executor`` and write the
+    report. Finished runs are stored as they finish, so a sweep stopped half-way resumes where it
+    was; the report lists the runs in the plan's order whichever finished first."""
+    ex = executor or LocalExecutor()
+    records: list[dict[str, Any] | None] = [stored_record(out, r) for r in p.runs]
+    reused = sum(rec is not None for rec in records)
+    if reused:
+        progress(f"resuming: {reused} of {len(p.runs)} runs already in {out / RUNS_DIR}, skipped")
     windows_cache: dict[tuple[Any, ...], Any] = {}
-    t0 = time.monotonic()
-    for i, r in enumerate(p.runs, 1):
-        c = r.config
-        key = (
-            c.sats,
-            c.planes,
-            c.phasing,
-            c.altitude_km,
-            c.inclination_deg,
-            tuple(c.stations),
-            c.orbits,
-            c.windows_csv,
-            c.tle_file,
-            c.step_s,
-            c.rate_bps,
-        )
+    todo = [i for i, rec in enumerate(records) if rec is None]
+    for i in todo:
+        key = _windows_key(p.runs[i].config)
         if key not in windows_cache:
-            windows_cache[key] = load_windows(c)
-        sim = Simulation(c, windows=windows_cache[key], progress=progress if verbose else None)
-        res = sim.run()
-        rec = run_record(
-            res,
-            {
-                "name": r.name,
-                "codec": c.codec,
-                "strategy": c.strategy,
-                "dataset": c.dataset,
-                "partition": c.partition,
-                "seed": r.seed,
-                "model": c.model,
-            },
-        )
-        records.append(rec)
-        acc = "-" if res.final_accuracy is None else f"{res.final_accuracy:.4f}"
+            windows_cache[key] = load_windows(p.runs[i].config)
+    done_sim = sum(float(rec["sim_hours"]) * 3600 for rec in records if rec is not None)
+    done_rounds = sum(int(rec["rounds"]) for rec in records if rec is not None)
+    if display is not None:
+        display.update(done=reused, sim_s=done_sim, rounds=done_rounds, force=True)
+    t0 = time.monotonic()
+
+    def finished(i: int, rec: dict[str, Any]) -> None:
+        nonlocal done_sim, done_rounds
+        r = p.runs[i]
+        _store_record(out, r, rec)
+        records[i] = rec
+        done_sim += float(rec["sim_hours"]) * 3600
+        done_rounds += int(rec["rounds"])
+        acc = "-" if rec["final_accuracy"] is None else f"{rec['final_accuracy']:.4f}"
+        n_done = sum(x is not None for x in records)
         progress(
-            f"[{i}/{len(p.runs)}] {r.name:<22} {r.split:<22} seed {r.seed}: acc {acc}, "
-            f"{len(res.rounds)} rounds, uplink {res.uplink_update_bytes:,} B, "
-            f"{res.sim_seconds / 3600:.1f} sim h in {res.wall_seconds:.1f} s"
+            f"[{n_done}/{len(p.runs)}] {r.name:<22} {r.split:<22} seed {r.seed}: acc {acc}, "
+            f"{rec['rounds']} rounds, uplink {rec['uplink_bytes']:,} B, "
+            f"{rec['sim_hours']:.1f} sim h in {rec['wall_seconds']:.1f} s"
         )
+        if display is not None:
+            display.update(done=n_done, sim_s=done_sim, rounds=done_rounds, fraction=0.0, force=True)
+
+    if isinstance(ex, LocalExecutor):
+        # In this process: round lines (verbose) and the running run's simulated time on the bar.
+        for i in todo:
+            r = p.runs[i]
+
+            def watch(now: float, duration: float, rounds: int) -> None:
+                if display is not None:
+                    display.update(sim_s=done_sim + now, rounds=done_rounds + rounds, fraction=now / duration)
+
+            sim = Simulation(
+                r.config,
+                windows=windows_cache[_windows_key(r.config)],
+                progress=progress if verbose else None,
+                watch=watch,
+            )
+            finished(i, run_record(sim.run(), _labels(r)))
+    else:
+        tasks = [(p.runs[i], windows_cache[_windows_key(p.runs[i].config)]) for i in todo]
+        for j, rec in ex.map_unordered(simulate_run, tasks):
+            finished(todo[j], rec)
+    final = [rec for rec in records if rec is not None]
     if p.baseline:
-        compare_to_baseline(records, p.baseline)
+        compare_to_baseline(final, p.baseline)
     extra = {
         "experiment": p.name,
         "baseline": p.baseline,
         "skipped": p.skipped,
+        "executor": str(ex.spec),
+        "reused_runs": reused,
         "wall_seconds": round(time.monotonic() - t0, 1),
     }
-    return write_report(records, out, extra=extra)
+    return write_report(final, out, extra=extra)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -238,6 +341,7 @@ def _cmd(args: argparse.Namespace) -> int:
             seeds=seeds,
             orbits=args.orbits,
         )
+        spec = parse_executor(args.executor)
     except (ValueError, ImportError) as exc:
         print(f"orbitfl experiment: {exc}", file=sys.stderr)
         return 2
@@ -246,8 +350,20 @@ def _cmd(args: argparse.Namespace) -> int:
     if not p.runs:
         print("orbitfl experiment: nothing to run", file=sys.stderr)
         return 2
-    print(f"experiment {p.name!r}: {len(p.runs)} runs")
-    paths = run_plan(p, Path(args.report), verbose=args.verbose)
+    try:
+        executor = make_executor(spec)
+    except (ValueError, ImportError) as exc:
+        print(f"orbitfl experiment: {exc}", file=sys.stderr)
+        return 2
+    print(f"experiment {p.name!r}: {len(p.runs)} runs on executor {spec}", flush=True)
+    display = Progress(len(p.runs))
+    try:
+        paths = run_plan(
+            p, Path(args.report), display.line, verbose=args.verbose, executor=executor, display=display
+        )
+    finally:
+        display.close()
+        executor.close()
     print((Path(args.report) / "summary.md").read_text())
     print("wrote " + ", ".join(str(x) for x in paths))
     return 0
@@ -265,5 +381,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="skip recipes whose strategy or codec this build lacks instead of failing",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="print every round of every run")
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="where runs go: local (default, one at a time), processes[:N] (local cores), "
+        "ray[:ADDRESS] (Ray tasks; ADDRESS host:port or auto)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="print every round of every run (local)")
     p.set_defaults(func=_cmd)

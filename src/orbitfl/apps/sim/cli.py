@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orbitfl.apps.executors import Executor, make_executor, parse_executor
 from orbitfl.apps.experiment.report import run_record, write_report
+from orbitfl.apps.progress import Progress
 from orbitfl.apps.sim.orbits import write_csv
 from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
 
@@ -72,24 +74,52 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    executor: Executor | None = None
+    display = Progress(1)
     try:
+        spec = parse_executor(args.executor)
         cfg = config_from_args(args)
         windows = load_windows(cfg)
         if args.windows_out:
             write_csv(windows[0], args.windows_out)
             print(f"wrote {len(windows[0])} windows to {args.windows_out}")
-        sim = Simulation(cfg, progress=print, windows=windows)
+        executor = make_executor(spec)
+
+        def watch(now: float, duration: float, rounds: int) -> None:
+            display.update(sim_s=now, rounds=rounds, fraction=now / duration)
+
+        sim = Simulation(cfg, progress=display.line, windows=windows, executor=executor, watch=watch)
     except (ValueError, ImportError, OSError) as exc:
+        if executor is not None:
+            executor.close()
         print(f"orbitfl simulate: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, cfg, sim, windows, display, executor)
+    finally:
+        display.close()
+        executor.close()
+
+
+def _run(
+    args: argparse.Namespace,
+    cfg: SimConfig,
+    sim: Simulation,
+    windows: tuple[Any, ...],
+    display: Progress,
+    executor: Executor,
+) -> int:
     ws = windows[0]
     mean = sum(w.duration for w in ws) / len(ws)
     print(
         f"{len(windows[1])} satellites, {len(ws)} contact windows over {windows[2] / 3600:.1f} h "
         f"(mean {mean / 60:.1f} min); {cfg.model} on {cfg.dataset} ({cfg.partition}), "
-        f"codec {cfg.codec!r}, strategy {cfg.strategy!r}"
+        f"codec {cfg.codec!r}, strategy {cfg.strategy!r}; training on executor {executor.spec}",
+        flush=True,
     )
     res = sim.run()
+    display.update(done=1, sim_s=res.sim_seconds, rounds=len(res.rounds), fraction=0.0, force=True)
+    display.close()
     ratio = res.ratio_vs_float32
     print(
         f"done: {len(res.rounds)} rounds, final accuracy "
@@ -97,7 +127,8 @@ def _cmd(args: argparse.Namespace) -> int:
         f"uplink updates {res.uplink_update_bytes:,} B (float32 would be {res.float32_bytes:,} B: "
         f"{'-' if ratio is None else f'{ratio:.2f}'}x), all uplink {res.uplink_bytes:,} B, "
         f"downlink {res.downlink_bytes:,} B; "
-        f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s"
+        f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s "
+        f"({res.wall_seconds / max(1, len(res.rounds)):.2f} s per round)"
     )
     if res.time_to_target is not None:
         print(f"target accuracy {cfg.target_accuracy} reached at {res.time_to_target / 3600:.2f} h")
@@ -138,6 +169,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="train only these parameters (names, globs, group prefixes); default: all",
     )
     p.add_argument("--windows-out", help="also write the contact windows to this CSV")
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="where the satellites' training runs: local (default), processes[:N], ray[:ADDRESS]",
+    )
     p.add_argument("--report", help="folder for report.json, rounds.csv and plots")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd)

@@ -11,8 +11,8 @@ exactly-once ingestion, rounds, codecs — is the code the daemons run.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
+import json
 import math
 import os
 import random
@@ -28,12 +28,11 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from orbitfl.agent.backends import open_trainer
-from orbitfl.agent.learner import Learner, evaluate, share_indices
+from orbitfl.agent.learner import Learner, evaluate
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
 from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
-from orbitfl.agent.trainer import Trainer
+from orbitfl.apps.executors import Executor, Handle, LocalExecutor
 from orbitfl.apps.sim.orbits import (
     DEFAULT_STATIONS,
     Station,
@@ -46,9 +45,18 @@ from orbitfl.apps.sim.orbits import (
     tle_windows,
     walker_windows,
 )
+from orbitfl.apps.sim.training import (
+    TrainJob,
+    TrainOutcome,
+    TrainSetup,
+    Workbench,
+    run_training,
+    stateful,
+)
+from orbitfl.apps.sim.training import forget as forget_bench
+from orbitfl.apps.sim.training import prepare as prepare_worker
+from orbitfl.apps.sim.training import register as register_bench
 from orbitfl.codec.inputs import check_recipe, recipe_needs
-from orbitfl.data.datasets import load
-from orbitfl.data.user_data import check_fits, load_source
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import STRATEGIES, make_strategy
@@ -56,11 +64,8 @@ from orbitfl.ground.strategies.assignment import (
     assign_experts,
     assignment_hints,
     cluster_affinity,
-    trainable_for,
 )
-from orbitfl.models.artifacts import build_artifacts
-from orbitfl.models.manifest import is_model_path
-from orbitfl.models.zoo import build, get_weights, load_user_model, moe_gates
+from orbitfl.models.zoo import get_weights, moe_gates
 from orbitfl.runtime.events import (
     GROUND,
     LinkDown,
@@ -218,74 +223,68 @@ class SimResult:
 
 
 class Learning:
-    """The constellation's learners: one :class:`~orbitfl.agent.learner.Learner` per satellite (each
-    keeps its own optimizer state, as a board would) and the ground's held-out evaluation."""
+    """The constellation's learning: each satellite's share of the data and optimizer state (kept
+    here, between its jobs, as a board keeps its own), its training jobs — run by ``executor`` as
+    pure functions (:mod:`orbitfl.apps.sim.training`) and applied in the simulator's order — and the
+    ground's held-out evaluation."""
 
-    def __init__(self, cfg: SimConfig, n_agents: int, work: Path) -> None:
+    def __init__(self, cfg: SimConfig, n_agents: int, work: Path, executor: Executor | None = None) -> None:
         self.cfg = cfg
-        if cfg.dataset == "mnist":
-            data = load("mnist", path=cfg.mnist_path)
-        else:
-            data = load_source(cfg.dataset, seed=cfg.seed)  # a built-in name or the user's data
-        self.data = data
-        opts = dict(cfg.model_options)
-        if cfg.model in ("mlp", "moe", "lenet-s") and "input" not in opts:
-            opts["input"] = "x".join(map(str, data.sample_shape))
-        if cfg.model == "spectral-cnn" and "input" not in opts:
-            opts["input"] = int(np.prod(data.sample_shape))
-        if is_model_path(cfg.model):
-            if opts:
-                raise ValueError(f"model_options apply to zoo models only, not to {cfg.model}")
-            self.spec = load_user_model(cfg.model)
-        else:
-            self.spec = build(cfg.model, seed=cfg.seed, **opts)
-        check_fits(data, self.spec.input_shape, self.spec.num_outputs, task=self.spec.task)
-        self.initial = get_weights(self.spec.model)
-        y = data.y_train
-        split = "iid" if data.task != "classification" else cfg.partition
-        shares = share_indices(
-            y, n_agents, split, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client, seed=cfg.seed
+        self.setup = TrainSetup(
+            dataset=cfg.dataset,
+            mnist_path=cfg.mnist_path,
+            seed=cfg.seed,
+            model=cfg.model,
+            model_options=json.dumps(cfg.model_options, sort_keys=True),
+            partition=cfg.partition,
+            alpha=cfg.alpha,
+            shards_per_client=cfg.shards_per_client,
+            n_agents=n_agents,
+            lr=cfg.lr,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            artifacts=str(work / "artifacts"),
+            trainable=tuple(cfg.trainable) if cfg.trainable else None,
         )
-        self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in shares]
-        self.art = work / "artifacts"
-        build_artifacts(self.spec, self.art, trainable=cfg.trainable)
-        self.learners: dict[int, Learner] = {}
+        self.bench = Workbench(self.setup, work / "artifacts")
+        register_bench(self.bench)
+        self.executor: Executor = executor or LocalExecutor()
+        self.executor.warm(prepare_worker, self.setup)
+        self.data = self.bench.data
+        self.spec = self.bench.spec
+        self.initial = get_weights(self.spec.model)
+        self.parts = self.bench.parts
+        self.art = self.bench.art
+        self.states: dict[int, dict[str, Any]] = {}  # satellite -> optimizer state after its last job
         self._bpv: dict[Any, float] = {}
-        self.evaluator = self._new_trainer()
-        self.x_test = np.ascontiguousarray(data.x_test, np.float32)
-        self.y_test = data.y_test
+        self.evaluator = self.bench.new_trainer()
+        self.x_test = np.ascontiguousarray(self.data.x_test, np.float32)
+        self.y_test = self.data.y_test
 
-    def _new_trainer(self) -> Trainer:
-        return open_trainer(self.art, learning_rate=self.cfg.lr)
-
-    def learner(self, agent: int) -> Learner:
-        got = self.learners.get(agent)
-        if got is None:
-            got = self.learners[agent] = Learner(self._new_trainer(), *self.parts[agent])
-        return got
-
-    def train(
+    def start(
         self,
         agent: int,
         agent_id: str,
         weights: Mapping[str, npt.NDArray[Any]],
         round_: int,
         hints: Mapping[str, Any],
+    ) -> Handle[TrainOutcome]:
+        """Hand a job to the executor now; it starts from the satellite's state as of now, which
+        is its state when the result is applied: a satellite has one job at a time, and a job
+        replaced before its time is never applied."""
+        job = TrainJob(self.setup, agent, agent_id, round_, weights, hints, self.states.get(agent))
+        return self.executor.submit(run_training, job)
+
+    def train(
+        self, agent: int, handle: Handle[TrainOutcome]
     ) -> tuple[dict[str, npt.NDArray[Any]], int, dict[str, float]]:
-        seed = int.from_bytes(
-            hashlib.blake2b(f"{self.cfg.seed}:{agent}:{round_}".encode(), digest_size=4).digest(), "little"
-        )
-        # EMS-FL: a task assigning experts to this satellite makes it send only those (and the
-        # shared router); the others go back to the global values.
-        keep = trainable_for(hints, agent_id, list(weights))
-        done = self.learner(agent).train(
-            weights,
-            epochs=self.cfg.epochs,
-            batch_size=self.cfg.batch_size,
-            seed=seed,
-            keep=None if keep is None else set(keep),
-        )
+        """The job's result, applied: the satellite's optimizer state moves on."""
+        done = handle.result()
+        self.states[agent] = done.state
         return done.delta, done.samples, done.metrics
+
+    def close(self) -> None:
+        forget_bench(self.setup)
 
     def partial(
         self,
@@ -316,7 +315,8 @@ class Learning:
         self, agent: int, delta: Mapping[str, npt.NDArray[Any]]
     ) -> dict[str, npt.NDArray[np.float32]]:
         """LAQ's curvature estimate D = sqrt(Adam v) + eps of this satellite's optimizer."""
-        return self.learners[agent].curvature(delta)
+        stateful(self.evaluator).load_optimizer_state(self.states.get(agent))
+        return Learner(self.evaluator, self.x_test, self.y_test).curvature(delta)
 
     def affinity(self, agent: int, weights: Mapping[str, npt.NDArray[Any]]) -> list[float]:
         return [float(v) for v in moe_gates(weights, self.parts[agent][0]).mean(axis=0)]
@@ -389,7 +389,11 @@ class Simulation:
         work: Path | None = None,
         progress: Callable[[str], None] | None = None,
         windows: tuple[list[Window], list[str], float] | None = None,
+        executor: Executor | None = None,
+        watch: Callable[[float, float, int], None] | None = None,
     ) -> None:
+        """``executor`` runs the satellites' training jobs (default: here, one at a time);
+        ``watch(now, duration, rounds)`` is called at every tick, for a progress display."""
         if cfg.strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy {cfg.strategy!r} is not available in this build; available: {sorted(STRATEGIES)}"
@@ -401,7 +405,8 @@ class Simulation:
         self.work = self._workdir(work)
         self.windows, self.names, self.duration = self._contacts(windows)
         self.index = {n: i for i, n in enumerate(self.names)}
-        self.learn = Learning(cfg, len(self.names), self.work)
+        self.learn = Learning(cfg, len(self.names), self.work, executor)
+        self.watch = watch
         self.n_params = sum(int(v.size) for v in self.learn.initial.values())
         self.ground = self._new_ground()
         self.agents = [self._new_agent(i, n) for i, n in enumerate(self.names)]
@@ -469,6 +474,7 @@ class Simulation:
         self.links: dict[str, _Link] = {}
         self._serial = 0
         self._jobs: dict[str, StartTraining] = {}  # satellite -> the StartTraining being computed
+        self._training: dict[str, Handle[TrainOutcome]] = {}  # satellite -> its job, on the executor
         self._rng = random.Random(self.cfg.seed)
         self.rows: list[RoundRow] = []
         self.up_update = self.up_all = self.down_all = self.f32 = 0
@@ -558,6 +564,8 @@ class Simulation:
         )
 
     def close(self) -> None:
+        self._training.clear()
+        self.learn.close()
         self.ground.store.close()
         for a in self.agents:
             a.outbox.close()
@@ -586,6 +594,8 @@ class Simulation:
         for sat in list(self.links):
             self._agent(sat, Tick())
         self._push(self.now + self.cfg.tick_s, "tick", None)
+        if self.watch is not None:
+            self.watch(self.now, self.duration, len(self.rows))
 
     def _on_up(self, data: tuple[str, int, bytes]) -> None:
         sat, serial, frame = data
@@ -605,7 +615,7 @@ class Simulation:
             return  # replaced by a newer task before it finished
         del self._jobs[sat]
         i = self.index[sat]
-        delta, samples, metrics = self.learn.train(i, sat, job.weights, job.task.round, job.task.hints)
+        delta, samples, metrics = self.learn.train(i, self._training.pop(sat))
         need_curv, need_budget = recipe_needs(job.task.recipe, delta)
         # An adaptive (alq) recipe chooses what is sent itself: tensors it gives 0 bits stay off
         # the wire and the partial strategy averages each one over the agents that sent it.
@@ -635,6 +645,11 @@ class Simulation:
                 self._transmit(sat, a.frame, up=True)
             elif isinstance(a, StartTraining):
                 self._jobs[sat] = a
+                # Dispatched now, applied when its simulated time comes (in event order), so
+                # workers train while the loop goes on.
+                self._training[sat] = self.learn.start(
+                    self.index[sat], sat, a.weights, a.task.round, a.task.hints
+                )
                 self._push(self.now + self.cfg.epochs * self.cfg.seconds_per_epoch, "trained", (sat, a))
 
     def _ground(self, event: Any) -> None:
