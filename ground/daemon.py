@@ -29,7 +29,7 @@ from orbitfl.data.metrics import accuracy
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategies import make_strategy
+from orbitfl.ground.strategies import STRATEGIES, Strategy, make_strategy
 from orbitfl.models import zoo
 from orbitfl.ort_import import onnxruntime
 from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground
@@ -75,6 +75,28 @@ def machine_config(cfg: GroundSettings) -> GroundConfig:
         )
     except ValueError as exc:
         raise ConfigError(f"{_where(cfg)}federation: {exc}") from None
+
+
+def build_strategy(cfg: GroundSettings) -> Strategy:
+    """``federation.strategy`` with the options of the [strategy] section; a ConfigError names the
+    key (e.g. ``ground.toml: [strategy] beta1 must be in [0, 1), got 1.5``)."""
+    name = cfg.federation.strategy
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"{_where(cfg)}federation.strategy: unknown strategy {name!r} "
+            f"(known: {', '.join(sorted(STRATEGIES))})"
+        )
+    try:
+        strategy = make_strategy(name, **cfg.strategy)
+    except ValueError as exc:
+        raise ConfigError(f"{_where(cfg)}[strategy] {exc}") from None
+    held = getattr(strategy, "max_updates", None)  # the strategies that hold the round's updates
+    if isinstance(held, int) and cfg.federation.min_updates > held:
+        raise ConfigError(
+            f"{_where(cfg)}[strategy] max_updates: {name} holds at most {held} updates "
+            f"a round, below federation.min_updates ({cfg.federation.min_updates})"
+        )
+    return strategy
 
 
 class Evaluator:
@@ -124,7 +146,7 @@ class GroundDaemon:
         if self.store.latest_version() is None:
             init = initial_weights(fed.model, fed.model_seed)
         mcfg = machine_config(cfg)
-        self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
+        self.machine = GroundMachine(self.store, mcfg, init, build_strategy(cfg))
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
         self.evaluator = (
             Evaluator(fed.model, fed.model_seed, fed.eval_dataset, fed.data_seed)
@@ -165,7 +187,10 @@ class GroundDaemon:
                     elif a.name == "updates_duplicate":
                         m.updates_refused["duplicate"] += a.n
             elif isinstance(a, Gauge):
-                if a.name == "round":
+                if a.name.startswith("strategy_"):
+                    with m.lock:
+                        m.strategy[a.name[len("strategy_") :]] = float(a.value)
+                elif a.name == "round":
                     m.round = int(a.value)
                 elif a.name == "model_version":
                     m.model_version = int(a.value)
@@ -186,6 +211,9 @@ class GroundDaemon:
             "float32_bytes": rc.updates * self.n_params * 4,
             "accuracy": acc,
             "time": self.wall(),
+            "strategy": self.machine.strategy.name,
+            # e.g. DP's privacy spent so far
+            **{k: v for k, v in self.machine.strategy.report().items()},
         }
         with open(self.cfg.ground.state_dir / ROUNDS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -158,6 +158,8 @@ class GroundMachine:
         self.global_model: TensorDict = global_
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
+        # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
+        self._caps: dict[str, dict[str, Any]] = store.capabilities()
         self._recover()
 
     # --- recovery ---------------------------------------------------------------------------------
@@ -288,11 +290,11 @@ class GroundMachine:
         # chunked transfer.
         held = "none" if p.model_version is None else p.model_version
         mid = f"{self.cfg.ground_id}:task.{tid}.from{held}"
+        # The strategy's own hints first; the operator's configured hints win on a clash.
+        hints = {**self.strategy.task_hints(self._caps), **self.cfg.hints}
         self._send_big(
             peer,
-            Task(
-                mid, tid, self.round, self.version, self.cfg.recipe, dict(self.cfg.hints), deadline_in, blob
-            ),
+            Task(mid, tid, self.round, self.version, self.cfg.recipe, hints, deadline_in, blob),
             now,
             out,
         )
@@ -376,6 +378,7 @@ class GroundMachine:
         p = _Peer(msg.agent_id, True, msg.model_version, now)
         self.peers[peer] = p
         self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
+        self._caps[msg.agent_id] = dict(msg.capabilities)
         out.append(Count("hellos"))
         out.append(Gauge("agents_known", len(self.store.agents())))
         self._offer_task(peer, p, now, out)
@@ -508,6 +511,7 @@ class GroundMachine:
     def _close_round(self, now: float, out: list[Action]) -> None:
         n, samples, nbytes = self.store.round_stats(self.round)
         new = self.strategy.finalize(self.global_model)
+        figures = self.strategy.report()  # before reset: some are this round's (e.g. staleness)
         closed = self.round
         new_version = self.version + 1
         if self.cfg.downlink_recipe is not None:
@@ -515,6 +519,13 @@ class GroundMachine:
         last = self.cfg.rounds is not None and self.store.rounds_closed() + 1 >= self.cfg.rounds
         next_round = None if last else closed + 1
         next_deadline = None if last else now + self.cfg.round_seconds
+        if self.strategy.carries and next_round is not None:
+            # State kept across rounds (server moments, DP's round count) is checkpointed for the
+            # next round before this one closes: a crash in between recloses this round to the
+            # same result, and a crash after finds the next round's checkpoint.
+            self.strategy.reset(new)
+            arrays, scalars = self.strategy.state()
+            self.store.save_checkpoint(next_round, 0, arrays, scalars)
         self.store.close_round(closed, new_version, new, now, next_round, next_deadline)
         self.version = new_version
         self.global_model = self.store.load_model(new_version) or new
@@ -527,6 +538,11 @@ class GroundMachine:
         out.append(Gauge("model_version", new_version))
         out.append(Gauge("round", self.round))
         out.append(Log("INFO", f"round {closed} closed: {n} updates, {samples} samples -> v{new_version}"))
+        for key, value in figures.items():
+            out.append(Gauge(f"strategy_{key}", value))
+        if figures:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
+            out.append(Log("INFO", f"round {closed}: {self.strategy.name}: {shown}"))
         for peer, p in self.peers.items():
             if p.online:
                 self._offer_task(peer, p, now, out)

@@ -29,6 +29,7 @@ class GroundMetrics:
     round: int = 0
     model_version: int = 0
     agents_seen: set[str] = field(default_factory=set)
+    strategy: dict[str, float] = field(default_factory=dict)  # the strategy's figures, e.g. dp_epsilon
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def refuse(self, reason: str, n: int = 1) -> None:
@@ -47,6 +48,7 @@ class GroundMetrics:
                 "round": self.round,
                 "model_version": self.model_version,
                 "agents_seen": len(self.agents_seen),
+                "strategy": dict(self.strategy),
             }
 
 
@@ -78,6 +80,8 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "orbitfl_agents_seen", "Distinct agents heard from since start", value=s["agents_seen"]
         )
+        for key, value in sorted(s["strategy"].items()):
+            yield GaugeMetricFamily(f"orbitfl_strategy_{key}", f"Strategy figure {key}", value=value)
 
 
 def registry_for(metrics: GroundMetrics) -> CollectorRegistry:
