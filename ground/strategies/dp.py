@@ -86,6 +86,7 @@ class CentralDP(SumStrategy):
         self.server_lr = float(server_lr)
         self.seed = int(seed)
         self.noised_rounds = 0  # rounds released with noise since the federation began
+        self._eps = (0, 0.0)  # (rounds, ε) last computed
         self.clipped = 0
 
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -123,5 +124,10 @@ class CentralDP(SumStrategy):
         self.noised_rounds = int(scalars.get("dp.rounds", 0))
 
     def report(self) -> dict[str, float]:
-        eps = epsilon(self.noise_multiplier, self.noised_rounds, self.delta, self.sampling_rate)
+        if self._eps[0] != self.noised_rounds:  # the accountant takes a while; once per round
+            self._eps = (
+                self.noised_rounds,
+                epsilon(self.noise_multiplier, self.noised_rounds, self.delta, self.sampling_rate),
+            )
+        eps = self._eps[1]
         return {"dp_epsilon": eps, "dp_delta": self.delta, "dp_rounds": float(self.noised_rounds)}

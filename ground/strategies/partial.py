@@ -40,21 +40,21 @@ class PartialAverage(SumStrategy):
         staleness: str = "constant",
         staleness_alpha: float = 0.5,
         max_staleness: int | None = None,
-        agent_block: int = 256,
+        agent_block: int = 0,
         fraction: float = 0.5,
         budget_bytes: int = 0,
     ) -> None:
         if not server_lr > 0.0:
             raise ValueError(f"server_lr must be > 0, got {server_lr}")
         if agent_block < 0:
-            raise ValueError(f"agent_block must be >= 0 (0: whole tensors), got {agent_block}")
-        if block > 0 and agent_block % block:
+            raise ValueError(f"agent_block must be >= 0 (0: the same as block), got {agent_block}")
+        if block > 0 and agent_block > 0 and agent_block % block:
             raise ValueError(f"agent_block ({agent_block}) must be a multiple of block ({block})")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         if budget_bytes < 0:
             raise ValueError(f"budget_bytes must be >= 0 (0: none), got {budget_bytes}")
-        self.agent_block = int(agent_block)
+        self.agent_block = int(agent_block) or block
         self.fraction = float(fraction)
         self.budget_bytes = int(budget_bytes)
         super().__init__(
