@@ -213,7 +213,7 @@ class GroundDaemon:
             "time": self.wall(),
             "strategy": self.machine.strategy.name,
             # e.g. DP's privacy spent so far
-            **{k: v for k, v in self.machine.strategy.report().items()},
+            **self.machine.last_report,
         }
         with open(self.cfg.ground.state_dir / ROUNDS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

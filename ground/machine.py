@@ -160,6 +160,7 @@ class GroundMachine:
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
+        self.last_report: dict[str, float] = {}  # the strategy's figures of the last round closed
         self._recover()
 
     # --- recovery ---------------------------------------------------------------------------------
@@ -512,6 +513,7 @@ class GroundMachine:
         n, samples, nbytes = self.store.round_stats(self.round)
         new = self.strategy.finalize(self.global_model)
         figures = self.strategy.report()  # before reset: some are this round's (e.g. staleness)
+        self.last_report = figures
         closed = self.round
         new_version = self.version + 1
         if self.cfg.downlink_recipe is not None:

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from orbitfl.agent.backends import open_trainer
+from orbitfl.agent.learner import Learner
+from orbitfl.agent.strategy_side import train_task
+from orbitfl.data.partition_file import read_partition
 from orbitfl.ground.store import GroundStore
+from orbitfl.models.zoo import build, get_weights
 
 from .conftest import Cluster, board_inputs
 
@@ -52,10 +58,13 @@ def federate(
     rounds: int = 3,
     model: str = "mlp",
     timeout_s: float = 90.0,
+    pace: dict[int, float] | None = None,
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
     **federation: Any,
 ) -> tuple[Cluster, list[dict[str, Any]]]:
-    """Run ``agents`` agent processes (the last ``byzantine`` of them poisoned) against one ground
-    with ``strategy`` until ``rounds`` rounds are logged; returns the stopped cluster and the rows."""
+    """Run ``agents`` agent processes (the last ``byzantine`` of them poisoned; ``pace``: agent ->
+    seconds each job takes) against one ground with ``strategy`` until ``rounds`` rounds are logged
+    (or ``until`` holds for the rows); returns the stopped cluster and the rows."""
     art, parts = inputs.get(model, agents)
     c = Cluster(root)
     try:
@@ -66,36 +75,69 @@ def federate(
         c.start_ground()
         for i in range(agents):
             name = f"sat-{i}"
-            cfg = c.agent_config(name, i, agents, artifacts=art, data_file=parts[i])
+            cfg = c.agent_config(
+                name, i, agents, artifacts=art, data_file=parts[i], pace_s=(pace or {}).get(i, 0.0)
+            )
             if model != "mlp":
                 cfg.write_text(cfg.read_text().replace("[train]\n", f'[train]\nmodel = "{model}"\n'))
             poisoned = i >= agents - byzantine
             c.start_agent(name, python=[sys.executable, str(BYZANTINE)] if poisoned else None)
-        c.wait(f"{rounds} rounds of {strategy}", lambda: len(c.rounds()) >= rounds, timeout_s)
+        done = until or (lambda rows: len(rows) >= rounds)
+        c.wait(f"{strategy} to finish", lambda: done(c.rounds()), timeout_s)
         return c, c.rounds()
     finally:
         c.stop()
+
+
+def honest_norm(inputs: Inputs) -> float:
+    """The L2 norm of one honest first-round update, trained as the agents train (real trainer)."""
+    art, parts = inputs.get("mlp", 3)
+    x, y = read_partition(parts[0])
+    learner = Learner(open_trainer(art), x, y)
+    done = train_task(learner, "probe", get_weights(build("mlp").model), {}, epochs=1, batch_size=32, seed=1)
+    return float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in done.delta.values())))
+
+
+def steps(root: Path) -> list[float]:
+    """The L2 norm of each step the global model took, from the ground's stored versions."""
+    store = GroundStore(root / "ground")
+    try:
+        out = []
+        for v in range(1, (store.latest_version() or 0) + 1):
+            a, b = store.load_model(v - 1), store.load_model(v)
+            assert a is not None and b is not None
+            out.append(float(np.sqrt(sum(float(((b[k] - a[k]).astype(np.float64) ** 2).sum()) for k in a))))
+        return out
+    finally:
+        store.close()
 
 
 def test_robust_strategies_keep_a_byzantine_agent_from_moving_the_model(
     inputs: Inputs, tmp_path: Path
 ) -> None:
     """One of three agents sends every update sign-flipped ×100: FedAvg is thrown off; coordinate
-    median, trimmed mean, Krum and norm clipping keep learning from the two honest ones."""
-    final = {}
+    median, trimmed mean and Krum keep learning from the two honest ones; norm clipping (set as
+    its docs say, to about an honest update's norm, measured here on a board's share) bounds
+    every step of the model by that norm, where FedAvg's steps are a hundred times larger."""
+    max_norm = honest_norm(inputs)
+    final, moved = {}, {}
     for name, opts in (
         ("fedavg", {}),
         ("median", {}),
         ("trimmed", {"beta": 0.34}),
         ("krum", {"f": 1}),
-        ("clip", {}),
+        ("clip", {"max_norm": max_norm}),
     ):
-        _, rows = federate(inputs, tmp_path / name, name, opts, agents=3, byzantine=1, rounds=3)
+        _, rows = federate(inputs, tmp_path / name, name, opts, agents=3, byzantine=1, rounds=5)
         assert all(r["updates"] == 3 for r in rows), rows
         final[name] = rows[-1]["accuracy"]
-    for name in ("median", "trimmed", "krum", "clip"):
+        moved[name] = max(steps(tmp_path / name))
+    for name in ("median", "trimmed", "krum"):
         assert final[name] >= final["fedavg"] + 0.3, final
         assert final[name] >= 0.5, final
+    assert moved["clip"] <= max_norm * (1 + 1e-4), (moved, max_norm)
+    assert moved["fedavg"] > 10 * max_norm, (moved, max_norm)
+    assert final["clip"] > final["fedavg"], final
 
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
@@ -117,20 +159,21 @@ def test_central_dp_reports_the_privacy_spent_in_logs_metrics_and_rounds(
 
 def test_emsfl_agents_upload_only_their_experts(inputs: Inputs, tmp_path: Path) -> None:
     """Two agents report router affinity in HELLO, the ground assigns each two of the moe's four
-    experts, and each update carries only those and the router: about half the model's bytes."""
-    _, rows = federate(inputs, tmp_path, "emsfl", model="moe", agents=2, rounds=2)
+    experts, and each update carries only those and the router: about half the model's bytes.
+    (The first agent to say HELLO is alone at first and gets every expert for round 1.)"""
+    _, rows = federate(inputs, tmp_path, "emsfl", model="moe", agents=2, rounds=3)
     full = rows[0]["float32_bytes"] / rows[0]["updates"]  # the whole model as float32, per update
     router = 64 * 4 + 4
     expert = 64 * 32 + 32 + 32 * 10 + 10
     mine = (router + 2 * expert) * 4
-    for r in rows:
+    for r in rows[1:]:
         per_update = r["uplink_bytes"] / r["updates"]
         assert mine <= per_update < mine + 0.05 * full, (per_update, mine, full)
     store = GroundStore(tmp_path / "ground")
     try:
-        v0, v1 = store.load_model(0), store.load_model(1)
-        assert v0 is not None and v1 is not None
-        changed = sorted({k.split(".")[1] for k in v0 if k.startswith("expert.") and np.any(v0[k] != v1[k])})
+        v1, v2 = store.load_model(1), store.load_model(2)
+        assert v1 is not None and v2 is not None
+        changed = sorted({k.split(".")[1] for k in v1 if k.startswith("expert.") and np.any(v1[k] != v2[k])})
         assert changed == ["0", "1", "2", "3"]  # every expert is some agent's, none left behind
     finally:
         store.close()
@@ -138,9 +181,21 @@ def test_emsfl_agents_upload_only_their_experts(inputs: Inputs, tmp_path: Path) 
 
 def test_fedbuff_closes_at_k_with_staleness_weights(inputs: Inputs, tmp_path: Path) -> None:
     """Three agents, K = 2, and a round never waits for a third: each round applies the buffer at
-    two updates, and an update built on the previous version counts with weight 1/sqrt(2)."""
-    _, rows = federate(inputs, tmp_path, "fedbuff", {"buffer_size": 2}, agents=3, rounds=4, min_updates=10)
-    assert [r["updates"] for r in rows] == [2] * 4
+    two updates. One board is slower (each job takes 1.5 s), so its updates arrive built on an
+    older version and count with weight 1/sqrt(1 + staleness)."""
+    _, rows = federate(
+        inputs,
+        tmp_path,
+        "fedbuff",
+        {"buffer_size": 2},
+        agents=3,
+        rounds=60,
+        min_updates=10,
+        max_staleness=8,
+        pace={0: 0.3, 1: 0.3, 2: 1.5},
+        until=lambda rows: any(r.get("staleness_max", 0) >= 1 for r in rows),
+    )
+    assert all(r["updates"] == 2 for r in rows), rows
     stale = [r for r in rows if r["staleness_max"] >= 1]
     assert stale, rows
     for r in stale:
