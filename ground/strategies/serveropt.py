@@ -172,8 +172,8 @@ class _Adaptive(_ServerOpt):
         else:
             v *= np.float32(self.beta2)
             v += np.float32(1.0 - self.beta2) * sq
-        out: F32 = m / (np.sqrt(np.maximum(v, 0.0)) + np.float32(self.tau))
-        return out
+        denom = np.sqrt(np.maximum(v, np.float32(0.0))) + np.float32(self.tau)
+        return np.divide(m, denom, dtype=np.float32)
 
 
 class FedAdam(_Adaptive):
