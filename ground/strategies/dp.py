@@ -130,4 +130,9 @@ class CentralDP(SumStrategy):
                 epsilon(self.noise_multiplier, self.noised_rounds, self.delta, self.sampling_rate),
             )
         eps = self._eps[1]
-        return {"dp_epsilon": eps, "dp_delta": self.delta, "dp_rounds": float(self.noised_rounds)}
+        return {
+            "dp_epsilon": eps,
+            "dp_delta": self.delta,
+            "dp_rounds": float(self.noised_rounds),
+            "dp_clipped": float(self.clipped),
+        }

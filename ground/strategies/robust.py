@@ -67,6 +67,10 @@ class NormClip(SumStrategy):
     def _apply(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> TensorDict:
         return self.sums.apply(global_weights, self.server_lr, "w")
 
+    def report(self) -> dict[str, float]:
+        """How many of the round's updates were scaled down (all of them: max_norm is too low)."""
+        return {"clipped": float(self.clipped), "updates": float(self._n)}
+
 
 class _Held(StalenessLimit, Strategy):
     """Holds the round's updates (float32 copies) for an order statistic per coordinate."""
