@@ -56,8 +56,8 @@ class CentralDP(SumStrategy):
     def __init__(
         self,
         *,
-        clip_norm: float = 1.0,
-        noise_multiplier: float = 0.3,
+        clip_norm: float = 4.0,
+        noise_multiplier: float = 0.1,
         delta: float = 1e-5,
         sampling_rate: float = 1.0,
         server_lr: float = 1.0,

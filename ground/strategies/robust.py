@@ -42,7 +42,7 @@ class NormClip(SumStrategy):
     name = "clip"
 
     def __init__(
-        self, *, max_norm: float = 1.0, server_lr: float = 1.0, max_staleness: int | None = None
+        self, *, max_norm: float = 4.0, server_lr: float = 1.0, max_staleness: int | None = None
     ) -> None:
         if not (math.isfinite(max_norm) and max_norm > 0.0):
             raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")

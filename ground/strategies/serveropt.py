@@ -187,5 +187,19 @@ class FedYogi(_Adaptive):
 
 
 class FedAdagrad(_Adaptive):
+    """Adagrad's v only grows, so its steps shrink round by round; its default η is larger than
+    Adam's and Yogi's (as in Reddi et al.'s tuned values), chosen so the demo converges."""
+
     name = "fedadagrad"
     kind = "adagrad"
+
+    def __init__(
+        self,
+        *,
+        server_lr: float = 0.3,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        max_staleness: int | None = None,
+    ) -> None:
+        super().__init__(server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau, max_staleness=max_staleness)
