@@ -161,6 +161,7 @@ class GroundMachine:
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
         self.last_report: dict[str, float] = {}  # the strategy's figures of the last round closed
+        self._outstanding: dict[str, tuple[str, float]] = {}  # agent -> (task id, issued) unanswered
         self._recover()
 
     # --- recovery ---------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ class GroundMachine:
         return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
 
     def _task_id(self, agent: str) -> str:
-        return f"r{self.round}/{agent}"
+        return self._round_task_id(self.round, agent)
 
     def _offer_task(self, peer: str, p: _Peer, now: float, out: list[Action]) -> None:
         """Give ``p`` the current round's task, or the final model when training is over."""
@@ -285,6 +286,7 @@ class GroundMachine:
         tid = self._task_id(p.agent_id)
         expires = None if self.cfg.task_ttl is None else now + self.cfg.task_ttl
         self.store.put_task(tid, p.agent_id, self.round, now, expires)
+        self._outstanding[p.agent_id] = (tid, now)
         blob = None if p.model_version == self.version else self._model_blob(p.model_version)
         deadline_in = None if self.deadline is None else max(0.0, self.deadline - now)
         # The id depends only on what the task is, so a resend of the same task continues the same
@@ -418,6 +420,9 @@ class GroundMachine:
             raise WireError(
                 Reason.BAD_ID, f"update id {msg.id!r} does not belong to agent {p.agent_id!r}", msg.id
             )
+        if self._outstanding.get(p.agent_id, ("",))[0] == msg.task_id:
+            # answered, whether it is accepted or refused below: the agent is free for a new task
+            del self._outstanding[p.agent_id]
         if self.store.is_seen(msg.id):
             self.duplicates += 1
             out.append(Count("updates_duplicate"))
@@ -546,5 +551,22 @@ class GroundMachine:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
             out.append(Log("INFO", f"round {closed}: {self.strategy.name}: {shown}"))
         for peer, p in self.peers.items():
-            if p.online:
+            if p.online and not self._still_training(p.agent_id, now):
                 self._offer_task(peer, p, now, out)
+
+    def _still_training(self, agent_id: str, now: float) -> bool:
+        """Under an asynchronous strategy (FedBuff, EMS-FL), an agent that holds a task it has not
+        answered yet is left to finish: its update counts, stale, in a later round. Handing it the
+        next task instead would make it drop that work, so a board slower than the rest would
+        never contribute. (Its HELLO after a reconnect still gets a task, and so does an agent
+        whose task outlived ``task_ttl``, so one that lost its job is not left idle.)"""
+        if not self.strategy.asynchronous:
+            return False
+        issued = self._outstanding.get(agent_id)
+        if issued is None:
+            return False
+        return self.cfg.task_ttl is None or now - issued[1] < self.cfg.task_ttl
+
+    @staticmethod
+    def _round_task_id(round_: int, agent: str) -> str:
+        return f"r{round_}/{agent}"

@@ -27,6 +27,9 @@ class Strategy(ABC):
     #: whether ``state`` holds more than the round's sums (e.g. server moments), kept across
     #: rounds: ``reset`` keeps it, and the ground checkpoints it when a round opens
     carries: bool = False
+    #: whether stale updates are the design (FedBuff, EMS-FL): the ground lets an agent still
+    #: training when a round closes finish, instead of handing it the next round's task
+    asynchronous: bool = False
 
     @abstractmethod
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:

@@ -39,6 +39,7 @@ def expert_of(name: str, prefix: str = "expert.") -> int | None:
 
 class EMSFL(SumStrategy):
     name = "emsfl"
+    asynchronous = True
 
     def __init__(
         self,

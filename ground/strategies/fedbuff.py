@@ -35,6 +35,7 @@ class BufferFull(RuntimeError):
 
 class FedBuff(SumStrategy):
     name = "fedbuff"
+    asynchronous = True
 
     def __init__(
         self,

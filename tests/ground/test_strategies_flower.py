@@ -202,3 +202,27 @@ def test_every_catalog_strategy_builds_from_a_toml_with_its_defaults(tmp_path: P
 
     for name in STRATEGIES:
         assert build_strategy(load_ground(_toml(tmp_path, name, ""))).name == name
+
+
+@pytest.mark.parametrize(("name", "left_to_finish"), [("fedbuff", True), ("fedavg", False)])
+def test_an_asynchronous_strategy_lets_a_slow_agent_finish_its_task(
+    tmp_path: Path, name: str, left_to_finish: bool
+) -> None:
+    """At a round close FedBuff does not hand a still-training agent the next task (which would
+    make it drop its work); its update then arrives stale and counts. FedAvg (synchronous) does."""
+    opts = {"buffer_size": 2} if name == "fedbuff" else {}
+    m = _ground(tmp_path, name, opts, min_updates=2, max_staleness=4)
+    for a in ("a0", "a1", "slow"):
+        _rx(m, a, _hello(a))
+    d = _deltas(7, 3)
+    _rx(m, "a0", _update("a0", 1, d[0], 5, 0, 1))
+    acts = _rx(m, "a1", _update("a1", 1, d[1], 5, 0, 1))
+    assert m.version == 1
+    tasks = {
+        decode(a.frame).task_id for a in acts if isinstance(a, Send) and isinstance(decode(a.frame), Task)
+    }
+    assert ("r2/slow" in tasks) is not left_to_finish
+    assert {"r2/a0", "r2/a1"} <= tasks
+    acts = _rx(m, "slow", _update("slow", 1, d[2], 5, 0, 1))  # built on v0, staleness 1
+    assert not [a for a in acts if isinstance(a, Send) and isinstance(decode(a.frame), Nack)]
+    assert m.strategy.updates == 1

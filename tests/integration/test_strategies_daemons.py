@@ -181,8 +181,9 @@ def test_emsfl_agents_upload_only_their_experts(inputs: Inputs, tmp_path: Path) 
 
 def test_fedbuff_closes_at_k_with_staleness_weights(inputs: Inputs, tmp_path: Path) -> None:
     """Three agents, K = 2, and a round never waits for a third: each round applies the buffer at
-    two updates. One board is slower (each job takes 1.5 s), so its updates arrive built on an
-    older version and count with weight 1/sqrt(1 + staleness)."""
+    two updates. One board is slower (each job takes 1.5 s): the ground lets it finish instead of
+    handing it each new round's task, so its updates arrive built on an older version and count
+    with weight 1/sqrt(1 + staleness)."""
     _, rows = federate(
         inputs,
         tmp_path,
