@@ -34,6 +34,7 @@ from orbitfl.agent.metrics import AgentMetrics, AgentMetricsServer
 from orbitfl.agent.outbox import Outbox
 from orbitfl.agent.status import LAST_CONTACT_KEY
 from orbitfl.agent.status import add_parser as add_status_parser
+from orbitfl.agent.strategy_side import PartialHint, PartialSender, capabilities, train_task
 from orbitfl.codec.inputs import recipe_needs
 from orbitfl.data.datasets import Dataset
 from orbitfl.data.metrics import accuracy
@@ -76,8 +77,13 @@ log = logging.getLogger("orbitfl.agent")
 TICK_S = 0.25
 
 
-def machine_config(cfg: AgentSettings, model_fingerprint: str | None = None) -> AgentConfig:
-    """The one place the TOML settings become the machine's config (``*_s`` keys are seconds)."""
+def machine_config(
+    cfg: AgentSettings,
+    model_fingerprint: str | None = None,
+    capabilities: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """The one place the TOML settings become the machine's config (``*_s`` keys are seconds);
+    ``capabilities``: what HELLO reports of the board's strategy side (Board.capabilities)."""
     a, lk = cfg.agent, cfg.link
     return AgentConfig(
         agent_id=a.name,
@@ -86,6 +92,7 @@ def machine_config(cfg: AgentSettings, model_fingerprint: str | None = None) -> 
         chunk_bytes=lk.chunk_bytes,
         window=lk.window,
         model_fingerprint=model_fingerprint or None,
+        capabilities=dict(capabilities or {}),
     )
 
 
@@ -114,6 +121,12 @@ class Board:
         self.inference = cfg.inference
         self.dir = cfg.agent.state_dir
         self.budget_bytes = cfg.agent.uplink_budget_bytes
+        self.agent_id = cfg.agent.name
+        self.partial = PartialSender()
+
+    def capabilities(self) -> dict[str, Any]:
+        """EMS-FL's router affinity of the local data under the weights the board starts from."""
+        return capabilities(self.learner.trainer.get_weights(), self.learner.x)
 
     @staticmethod
     def _manifest(cfg: AgentSettings, art: Path) -> Manifest:
@@ -161,24 +174,35 @@ class Board:
             raise ConfigError(f"train.model: {exc}") from None
 
     def train(self, start: StartTraining) -> TrainingDone:
-        done = self.learner.train(
+        """One task, with its strategy's agent side (the simulator runs the same functions)."""
+        hints = start.task.hints
+        done = train_task(
+            self.learner,
+            self.agent_id,
             start.weights,
+            hints,
             epochs=self.cfg.epochs,
             batch_size=self.cfg.batch_size,
             max_batches=self.cfg.max_batches or None,
             seed=start.task.round,
         )
-        metrics = {"loss": done.metrics["loss"], "seconds": done.seconds}
-        if "train_accuracy" in done.metrics:
-            metrics["train_accuracy"] = done.metrics["train_accuracy"]
-        needs_curvature = recipe_needs(start.task.recipe, done.delta)[0]
+        metrics = {k: v for k, v in done.metrics.items() if k != "loss"}
+        metrics.update(loss=done.metrics["loss"], seconds=done.seconds)
+        delta = done.delta
+        needs_curvature, needs_budget = recipe_needs(start.task.recipe, delta)
+        hint = PartialHint.parse(hints.get("partial"))
+        # An adaptive (alq) recipe sizes the update to the budget itself.
+        if hint is not None and not needs_budget:
+            delta = self.partial.select(
+                delta, hint, start.task.recipe, self.budget_bytes, self.learner.curvature(delta)
+            )
         return TrainingDone(
             start.task.task_id,
-            done.delta,
+            delta,
             done.samples,
             metrics,
             budget_bytes=self.budget_bytes,
-            curvature=self.learner.curvature(done.delta) if needs_curvature else None,
+            curvature=self.learner.curvature(delta) if needs_curvature else None,
         )
 
     def apply(self, model: ApplyModel) -> None:
@@ -297,7 +321,8 @@ class AgentDaemon:
             self.outbox.close()
             raise
         self.machine = AgentMachine(
-            self.outbox, machine_config(cfg, getattr(self.board, "fingerprint", None))
+            self.outbox,
+            machine_config(cfg, getattr(self.board, "fingerprint", None), self.board.capabilities()),
         )
         learner = getattr(self.board, "learner", None)
         if learner is not None:  # the ground caps each update's weight at what we register

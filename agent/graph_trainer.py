@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class GraphTrainer(StepTrainer):
             offset += sizes[n]
         self._trainable_flat = self._flat[: self._n_trainable]
         self._load_params(files["params"])
+        self._prox_mu = 0.0
+        self._prox_anchor = np.zeros(0, np.float32)
 
         self._opt: AdamW | SGD = (
             AdamW(self._n_trainable) if self.manifest.optimizer == "adamw" else SGD(self._n_trainable)
@@ -164,6 +167,14 @@ class GraphTrainer(StepTrainer):
         """Forget the optimizer's moments and step count (e.g. at the start of a federated round)."""
         self._opt.reset()
 
+    def set_proximal(self, mu: float) -> None:
+        """FedProx: the gradient of μ/2·‖w − w₀‖² is added on the host, in place, before the
+        optimizer step (w₀: the trainable weights now)."""
+        if not (math.isfinite(mu) and mu >= 0.0):
+            raise ValueError(f"proximal mu must be a finite number >= 0, got {mu!r}")
+        self._prox_mu = float(mu)
+        self._prox_anchor = self._trainable_flat.copy() if mu > 0.0 else np.zeros(0, np.float32)
+
     # --- weights ----------------------------------------------------------------------------------
 
     def get_weights(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -185,6 +196,8 @@ class GraphTrainer(StepTrainer):
         outs = self._train_sess.run(self._train_outputs, feed)
         for view, g in zip(self._grad_views, outs[2:], strict=True):
             np.copyto(view, g)
+        if self._prox_mu > 0.0:
+            self._grad += np.float32(self._prox_mu) * (self._trainable_flat - self._prox_anchor)
         self._opt.step(self._trainable_flat, self._grad, self._learning_rate)
         return outs[0], outs[1]
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from orbitfl.agent.train_loop import StepTrainer
 from orbitfl.agent.trainer import Trainer
 from orbitfl.data.metrics import roc_auc
 from orbitfl.data.partition import dirichlet_partition, iid_partition, shard_partition
@@ -67,10 +68,18 @@ class Learner:
         seed: int,
         max_batches: int | None = None,
         keep: Collection[str] | None = None,
+        proximal_mu: float = 0.0,
     ) -> Trained:
-        """Train from ``weights``; the delta holds every tensor, or only those in ``keep``."""
+        """Train from ``weights``; the delta holds every tensor, or only those in ``keep``.
+        ``proximal_mu`` > 0: FedProx's μ/2·‖w − weights‖² joins the loss."""
         base = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self.trainer.set_weights(base)
+        # After set_weights: the anchor is the global model this round starts from; 0 clears a
+        # previous round's term.
+        if isinstance(self.trainer, StepTrainer):
+            self.trainer.set_proximal(proximal_mu)
+        elif proximal_mu > 0.0:
+            raise ValueError(f"{type(self.trainer).__name__} cannot train with a proximal term (FedProx)")
         m = self.trainer.train(
             self.x, self.y, epochs=epochs, batch_size=batch_size, max_batches=max_batches, seed=seed
         )

@@ -81,6 +81,12 @@ class StepTrainer(Trainer):
     def reset_optimizer(self) -> None:
         """Forget the optimizer's moments and step count (e.g. at the start of a federated round)."""
 
+    def set_proximal(self, mu: float) -> None:
+        """FedProx: add μ·(w − w₀) to every gradient from now on, w₀ the current weights (the
+        term μ/2·‖w − w₀‖² on the loss); μ = 0 turns it off. Backends that cannot refuse μ > 0."""
+        if mu != 0.0:
+            raise ValueError(f"the {type(self).__name__} backend cannot train with a proximal term (FedProx)")
+
     # --- data -------------------------------------------------------------------------------------
 
     def _inputs(self, x: np.ndarray) -> np.ndarray:

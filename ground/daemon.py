@@ -35,7 +35,7 @@ from orbitfl.ground.metrics import GroundMetrics, MetricsServer
 from orbitfl.ground.status import DP_EPSILON_KEY
 from orbitfl.ground.status import add_parser as add_status_parser
 from orbitfl.ground.store import GroundStore
-from orbitfl.ground.strategies import make_strategy
+from orbitfl.ground.strategies import STRATEGIES, Strategy, make_strategy
 from orbitfl.models import autodiff, zoo
 from orbitfl.ort_import import onnxruntime
 from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground, prepare_state_dir
@@ -145,6 +145,28 @@ def _key_setting(where: str, read: Callable[[Path], object], path: Path) -> None
         ) from None
 
 
+def build_strategy(cfg: GroundSettings) -> Strategy:
+    """``federation.strategy`` with the options of the [strategy] section; a ConfigError names the
+    key (e.g. ``ground.toml: [strategy] beta1 must be in [0, 1), got 1.5``)."""
+    name = cfg.federation.strategy
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"{_where(cfg)}federation.strategy: unknown strategy {name!r} "
+            f"(known: {', '.join(sorted(STRATEGIES))})"
+        )
+    try:
+        strategy = make_strategy(name, **cfg.strategy)
+    except ValueError as exc:
+        raise ConfigError(f"{_where(cfg)}[strategy] {exc}") from None
+    held = getattr(strategy, "max_updates", None)  # the strategies that hold the round's updates
+    if isinstance(held, int) and cfg.federation.min_updates > held:
+        raise ConfigError(
+            f"{_where(cfg)}[strategy] max_updates: {name} holds at most {held} updates "
+            f"a round, below federation.min_updates ({cfg.federation.min_updates})"
+        )
+    return strategy
+
+
 class Evaluator:
     """Scores a global model on held-out data with ONNX Runtime inference (the ground's own view of
     accuracy; agents never send their data)."""
@@ -221,7 +243,7 @@ class GroundDaemon:
         init = None
         if self.store.latest_version() is None:
             init = zoo.get_weights(spec.model)
-        self.machine = GroundMachine(self.store, mcfg, init, make_strategy(fed.strategy))
+        self.machine = GroundMachine(self.store, mcfg, init, build_strategy(cfg))
         swept = self.machine.reasm.sweep_spool(mcfg.spool_ttl, wall=wall)
         if swept:
             log.info("removed %d partial upload(s) abandoned before this start", swept)
@@ -289,7 +311,10 @@ class GroundDaemon:
                     elif a.name == "aggregates_refused":
                         m.aggregates_refused += a.n
             elif isinstance(a, Gauge):
-                if a.name == "round":
+                if a.name.startswith("strategy_"):
+                    with m.lock:
+                        m.strategy[a.name[len("strategy_") :]] = float(a.value)
+                elif a.name == "round":
                     m.round = int(a.value)
                 elif a.name == "model_version":
                     m.model_version = int(a.value)
@@ -327,6 +352,9 @@ class GroundDaemon:
             "float32_bytes": rc.updates * self.n_params * 4,
             "accuracy": acc,
             "time": now,
+            "strategy": self.machine.strategy.name,
+            # e.g. DP's privacy spent so far
+            **self.machine.last_report,
         }
         with open(self.cfg.ground.state_dir / ROUNDS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -186,6 +186,10 @@ class GroundMachine:
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
         self.admission = Admission(config.guards, self.global_model)
+        # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
+        self._caps: dict[str, dict[str, Any]] = store.capabilities()
+        self.last_report: dict[str, float] = {}  # the strategy's figures of the last round closed
+        self._outstanding: dict[str, tuple[str, float]] = {}  # agent -> (task id, issued) unanswered
         self._continue_finished()
         self._recover()
 
@@ -368,7 +372,7 @@ class GroundMachine:
         return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
 
     def _task_id(self, agent: str) -> str:
-        return f"r{self.round}/{agent}"
+        return self._round_task_id(self.round, agent)
 
     def _offer_task(self, peer: str, p: _Peer, now: float, out: list[Action]) -> None:
         """Give ``p`` the current round's task, or the final model when training is over."""
@@ -383,12 +387,15 @@ class GroundMachine:
         tid = self._task_id(p.agent_id)
         expires = None if self.cfg.task_ttl is None else now + self.cfg.task_ttl
         self.store.put_task(tid, p.agent_id, self.round, now, expires)
+        self._outstanding[p.agent_id] = (tid, now)
         blob = None if p.model_version == self.version else self._model_blob(p.model_version)
         deadline_in = None if self.deadline is None else max(0.0, self.deadline - now)
         # The id depends only on what the task is, so a resend of the same task continues the same
         # chunked transfer.
         held = "none" if p.model_version is None else p.model_version
         mid = f"{self.cfg.ground_id}:task.{tid}.from{held}"
+        # The strategy's own hints first; the operator's configured hints win on a clash.
+        hints = {**self.strategy.task_hints(self._caps), **self.cfg.hints}
         self._send_big(
             peer,
             Task(
@@ -397,7 +404,7 @@ class GroundMachine:
                 self.round,
                 self.version,
                 self.cfg.recipe,
-                dict(self.cfg.hints),
+                hints,
                 deadline_in,
                 blob,
                 self.cfg.model_fingerprint,
@@ -554,6 +561,7 @@ class GroundMachine:
         p = _Peer(msg.agent_id, True, msg.model_version, now, registered)
         self.peers[peer] = p
         self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
+        self._caps[msg.agent_id] = dict(msg.capabilities)
         out.append(Count("hellos"))
         held = "no model" if msg.model_version is None else f"model v{msg.model_version}"
         out.append(Log("INFO", f"{msg.agent_id!r} joined ({msg.software}, holding {held})", f"{peer}:hello"))
@@ -593,6 +601,9 @@ class GroundMachine:
         if p is None:
             raise WireError(Reason.NOT_REGISTERED, "send HELLO before UPDATE", msg.id)
         self.admission.check_id(msg, p.agent_id)
+        if self._outstanding.get(p.agent_id, ("",))[0] == msg.task_id:
+            # answered, whether it is accepted or refused below: the agent is free for a new task
+            del self._outstanding[p.agent_id]
         if self.store.is_seen(msg.id):
             self.duplicates += 1
             out.append(Count("updates_duplicate"))
@@ -720,6 +731,8 @@ class GroundMachine:
         n, samples, nbytes = self.store.round_stats(self.round)
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is refused below
             new = self.strategy.finalize(self.global_model)
+        figures = self.strategy.report()  # before reset: some are this round's (e.g. staleness)
+        self.last_report = figures
         closed = self.round
         new_version = self.version + 1
         why = self.admission.aggregate_refusal(new)
@@ -742,6 +755,13 @@ class GroundMachine:
         next_round = None if last else closed + 1
         next_deadline = None if last else now + self.cfg.round_seconds
         self.store.set_meta(NORMS_META, self.admission.dump_norms())
+        if self.strategy.carries and next_round is not None:
+            # State kept across rounds (server moments, DP's round count) is checkpointed for the
+            # next round before this one closes: a crash in between recloses this round to the
+            # same result, and a crash after finds the next round's checkpoint.
+            self.strategy.reset(new)
+            arrays, scalars = self.strategy.state()
+            self.store.save_checkpoint(next_round, 0, arrays, scalars)
         self.store.close_round(closed, new_version, new, now, next_round, next_deadline)
         self.version = new_version
         if self.cfg.keep_models is not None:
@@ -757,6 +777,11 @@ class GroundMachine:
         out.append(RoundClosed(closed, new_version, n, samples, nbytes))
         out.append(Gauge("model_version", new_version))
         out.append(Gauge("round", self.round))
+        for key, value in figures.items():
+            out.append(Gauge(f"strategy_{key}", value))
+        if figures:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
+            out.append(Log("INFO", f"round {closed}: {self.strategy.name}: {shown}"))
         if last:
             out.append(Gauge("federation_finished", 1))
             out.append(
@@ -767,5 +792,22 @@ class GroundMachine:
                 )
             )
         for peer, p in self.peers.items():
-            if p.online:
+            if p.online and not self._still_training(p.agent_id, now):
                 self._offer_task(peer, p, now, out)
+
+    def _still_training(self, agent_id: str, now: float) -> bool:
+        """Under an asynchronous strategy (FedBuff, EMS-FL), an agent that holds a task it has not
+        answered yet is left to finish: its update counts, stale, in a later round. Handing it the
+        next task instead would make it drop that work, so a board slower than the rest would
+        never contribute. (Its HELLO after a reconnect still gets a task, and so does an agent
+        whose task outlived ``task_ttl``, so one that lost its job is not left idle.)"""
+        if not self.strategy.asynchronous:
+            return False
+        issued = self._outstanding.get(agent_id)
+        if issued is None:
+            return False
+        return self.cfg.task_ttl is None or now - issued[1] < self.cfg.task_ttl
+
+    @staticmethod
+    def _round_task_id(round_: int, agent: str) -> str:
+        return f"r{round_}/{agent}"

@@ -41,6 +41,7 @@ class GroundMetrics:
     last_round_seconds: float | None = None  # how long it was open
     accuracy: float | None = None  # of the current global model on the ground's held-out data
     dp_epsilon: float | None = None  # privacy spent so far, where the strategy reports it
+    strategy: dict[str, float] = field(default_factory=dict)  # the strategy's figures, e.g. dp_epsilon
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def refuse(self, reason: str, n: int = 1) -> None:
@@ -71,6 +72,7 @@ class GroundMetrics:
                 "last_round_seconds": self.last_round_seconds,
                 "accuracy": self.accuracy,
                 "dp_epsilon": self.dp_epsilon,
+                "strategy": dict(self.strategy),
             }
 
 
@@ -166,6 +168,8 @@ def families(s: dict[str, Any]) -> list[Family]:
                 "orbitfl_dp_epsilon", "gauge", "Differential privacy spent so far (epsilon)", s["dp_epsilon"]
             )
         )
+    for key, value in sorted(s["strategy"].items()):
+        out.append(_one(f"orbitfl_strategy_{key}", "gauge", f"Strategy figure {key}", value))
     return out
 
 

@@ -348,6 +348,15 @@ class GroundStore:
         )
         return [AgentRow(*r) for r in rows]
 
+    def capabilities(self) -> dict[str, dict[str, Any]]:
+        """Each registered agent's last HELLO capabilities (agent id -> map)."""
+        rows = self.db.execute("SELECT agent_id, capabilities FROM agents ORDER BY agent_id")
+        out: dict[str, dict[str, Any]] = {}
+        for aid, caps in rows:
+            got = json.loads(caps)
+            out[str(aid)] = got if isinstance(got, dict) else {}
+        return out
+
     def agent(self, agent_id: str) -> AgentRow | None:
         r = self.db.execute(
             "SELECT agent_id, peer, software, model_version, first_seen, last_seen FROM agents "

@@ -91,7 +91,7 @@ def target_for(python: str | None) -> Target:
 # What each job installs on top of the package itself.
 EXTRAS = {
     "demo": "bench,data,train,litert,fed,sim",
-    "test": "test,dev,bench,data,train,litert,fed,sim,ray",
+    "test": "test,dev,bench,data,train,litert,fed,sim,ray,dp",
     "lint": "dev",
 }
 

@@ -126,37 +126,4 @@ def assignment_hints(
     return {"experts": {a: [int(e) for e in by_cluster[c]] for a, c in sorted(members.items())}}
 
 
-def experts_for(hints: Mapping[str, Any], agent_id: str) -> list[int] | None:
-    """The experts ``agent_id`` trains according to TASK hints (None: no EMS-FL assignment)."""
-    table = hints.get("experts")
-    if table is None:
-        return None
-    if not isinstance(table, Mapping):
-        raise ValueError("hints['experts'] must map agent ids to lists of expert indices")
-    got = table.get(agent_id)
-    if got is None:
-        return None
-    if not isinstance(got, list | tuple) or not all(isinstance(e, int) and e >= 0 for e in got):
-        raise ValueError(f"hints['experts'][{agent_id!r}] must be a list of expert indices >= 0, got {got!r}")
-    return [int(e) for e in got]
-
-
-def trainable_for(
-    hints: Mapping[str, Any],
-    agent_id: str,
-    names: Sequence[str],
-    shared: Sequence[str] = ("router.",),
-    prefix: str = "expert.",
-) -> list[str] | None:
-    """The parameters ``agent_id`` trains and uploads under EMS-FL: its experts' tensors plus the
-    shared ones whose names start with an entry of ``shared`` (e.g. the router); None when the
-    hints carry no assignment for it (train everything)."""
-    experts = experts_for(hints, agent_id)
-    if experts is None:
-        return None
-    mine = {f"{prefix}{e}." for e in experts}
-    known = {n[len(prefix) :].split(".", 1)[0] for n in names if n.startswith(prefix)}
-    missing = sorted(e for e in experts if str(e) not in known)
-    if missing:
-        raise ValueError(f"assigned experts {missing} are not in the model (it has {sorted(known)})")
-    return [n for n in names if n.startswith(tuple(mine)) or n.startswith(tuple(shared))]
+# The agent side of these hints (which experts an agent trains) is orbitfl.agent.strategy_side.

@@ -24,6 +24,12 @@ class Strategy(ABC):
     name: str = "strategy"
     #: whether an update may carry only some of the model's tensors
     partial_ok: bool = False
+    #: whether ``state`` holds more than the round's sums (e.g. server moments), kept across
+    #: rounds: ``reset`` keeps it, and the ground checkpoints it when a round opens
+    carries: bool = False
+    #: whether stale updates are the design (FedBuff, EMS-FL): the ground lets an agent still
+    #: training when a round closes finish, instead of handing it the next round's task
+    asynchronous: bool = False
 
     @abstractmethod
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -59,6 +65,16 @@ class Strategy(ABC):
     def ready(self) -> bool:
         """The strategy wants the round closed now (e.g. FedBuff's buffer holds K updates)."""
         return False
+
+    def task_hints(self, agents: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """What every TASK tells agents about this strategy's agent-side part (e.g. FedProx's μ,
+        EMS-FL's expert assignment), given each registered agent's HELLO capabilities (agent id ->
+        capabilities). Plain msgpack-able values; deterministic in its inputs."""
+        return {}
+
+    def report(self) -> dict[str, float]:
+        """Figures a user watches for this strategy (e.g. the privacy spent), for logs and metrics."""
+        return {}
 
 
 class StalenessLimit:

@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
+from orbitfl.ground.strategies.assignment import assign_experts, assignment_hints, cluster_affinity
 from orbitfl.ground.strategies.blocksums import SumStrategy
 from orbitfl.ground.strategies.staleness import Staleness
 from orbitfl.wire.tensors import TensorDict
@@ -37,6 +39,7 @@ def expert_of(name: str, prefix: str = "expert.") -> int | None:
 
 class EMSFL(SumStrategy):
     name = "emsfl"
+    asynchronous = True
 
     def __init__(
         self,
@@ -63,12 +66,41 @@ class EMSFL(SumStrategy):
         self.expert_lr = float(expert_lr)
         self.server_lr = float(server_lr)
         self._experts: list[str] = []
+        self._assigned_for: tuple[Any, ...] = ()
+        self._hints: dict[str, Any] = {}
 
     def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
         super().reset(global_weights)
         self._experts = [k for k in global_weights if expert_of(k, self.expert_prefix) is not None]
         if not self._experts:
             raise ValueError(f"emsfl: the model has no parameter named {self.expert_prefix}<i>.*")
+
+    def task_hints(self, agents: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The expert assignment from the router affinity agents reported in HELLO
+        (``capabilities["affinity"]``, one mean gate per expert on their local data). Each agent is
+        its own cluster while there are no more agents than experts; beyond that, agents are dealt
+        round-robin (by id) into as many clusters as there are experts. Agents that reported no
+        affinity get no assignment and train everything."""
+        n_exp = len({expert_of(k, self.expert_prefix) for k in self._experts})
+        reported: dict[str, npt.NDArray[np.float64]] = {}
+        for aid in sorted(agents):
+            aff = agents[aid].get("affinity")
+            if isinstance(aff, list) and len(aff) == n_exp and all(isinstance(a, int | float) for a in aff):
+                vec = np.asarray(aff, np.float64)
+                if np.all(np.isfinite(vec)) and np.all(vec >= 0):
+                    reported[aid] = vec
+        if not reported or n_exp == 0:
+            return {}
+        ids = sorted(reported)
+        n_clusters = min(len(ids), n_exp)
+        members = {aid: f"c{i % n_clusters}" for i, aid in enumerate(ids)}
+        key = tuple((aid, tuple(reported[aid].tolist())) for aid in ids)
+        if key != self._assigned_for:
+            clusters, aff = cluster_affinity(reported, members)
+            assignment = assign_experts(aff, -(-n_exp // len(clusters)), min_experts=1)
+            self._hints = assignment_hints(assignment, clusters, members)
+            self._assigned_for = key
+        return self._hints
 
     def contributions(self) -> dict[int, float]:
         """Expert -> weight it received this round (0 for an expert nobody trained)."""

@@ -35,6 +35,7 @@ class BufferFull(RuntimeError):
 
 class FedBuff(SumStrategy):
     name = "fedbuff"
+    asynchronous = True
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class FedBuff(SumStrategy):
         self.buffer_size = buffer_size
         self.server_lr = float(server_lr)
         self.weighting = weighting
+        self._stale: list[int] = []  # staleness of each buffered update (for report)
 
     @property
     def ready(self) -> bool:
@@ -75,9 +77,26 @@ class FedBuff(SumStrategy):
                 f"fedbuff: the buffer already holds K={self.buffer_size} updates; finalize first"
             )
 
+    def reset(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> None:
+        super().reset(global_weights)
+        self._stale = []
+
     def _weights(self, samples: int, staleness: int) -> tuple[float, float]:
         n = float(samples) if self.weighting == "samples" else 1.0
+        self._stale.append(staleness)
         return n * self.staleness(staleness), n
+
+    def report(self) -> dict[str, float]:
+        """The buffer just applied: its size, its stalest update and that update's weight s(τ)."""
+        stale = self._stale
+        if not stale:
+            return {}
+        worst = max(stale)
+        return {
+            "buffered": float(len(stale)),
+            "staleness_max": float(worst),
+            "staleness_weight_min": self.staleness(worst),
+        }
 
     def _apply(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> TensorDict:
         return self.sums.apply(global_weights, self.server_lr, "n")

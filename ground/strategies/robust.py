@@ -41,7 +41,9 @@ def l2_norm(delta: Mapping[str, npt.NDArray[Any]]) -> float:
 class NormClip(SumStrategy):
     name = "clip"
 
-    def __init__(self, *, max_norm: float, server_lr: float = 1.0, max_staleness: int | None = None) -> None:
+    def __init__(
+        self, *, max_norm: float = 4.0, server_lr: float = 1.0, max_staleness: int | None = None
+    ) -> None:
         if not (math.isfinite(max_norm) and max_norm > 0.0):
             raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
         if not server_lr > 0.0:
@@ -64,6 +66,10 @@ class NormClip(SumStrategy):
 
     def _apply(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> TensorDict:
         return self.sums.apply(global_weights, self.server_lr, "w")
+
+    def report(self) -> dict[str, float]:
+        """How many of the round's updates were scaled down (all of them: max_norm is too low)."""
+        return {"clipped": float(self.clipped), "updates": float(self._n)}
 
 
 class _Held(StalenessLimit, Strategy):
@@ -191,4 +197,74 @@ class TrimmedMean(_Held):
         k = math.floor(self.beta * m)
         s = np.sort(stacked.astype(np.float64), axis=0)
         out: npt.NDArray[np.float64] = s[k : m - k].mean(axis=0)
+        return out
+
+
+class Krum(_Held):
+    """Krum and Multi-Krum (Blanchard et al. NeurIPS 2017). Each held update i is scored by the sum
+    of squared L2 distances to its n − f − 2 nearest other updates (``f``: how many Byzantine
+    agents to tolerate); the ``multi`` lowest-scored updates are averaged, unweighted (``multi`` =
+    1: Krum, which picks one update). A tensor an update does not carry counts as a zero delta in
+    the distances. With fewer than f + 3 updates (a round closed at its deadline) the neighbour
+    count is clamped to at least 1 rather than refusing the round, and ``multi`` to the updates
+    held. Memory: the held updates, at most ``max_updates`` (see module docstring)."""
+
+    name = "krum"
+
+    def __init__(
+        self,
+        *,
+        f: int = 1,
+        multi: int = 1,
+        max_updates: int = 64,
+        server_lr: float = 1.0,
+        max_staleness: int | None = None,
+    ) -> None:
+        if f < 0:
+            raise ValueError(f"f (Byzantine agents tolerated) must be >= 0, got {f}")
+        if multi < 1:
+            raise ValueError(f"multi (updates averaged) must be >= 1, got {multi}")
+        super().__init__(max_updates=max_updates, server_lr=server_lr, max_staleness=max_staleness)
+        self.f = int(f)
+        self.multi = int(multi)
+        self.selected: list[int] = []  # indices (in arrival order) of the last round's chosen updates
+
+    def _chosen(self) -> list[int]:
+        n = len(self._held)
+        if n <= 1:
+            return list(range(n))
+        d2 = np.zeros((n, n))
+        for name in self._shapes:
+            for i in range(n):
+                a = self._held[i].get(name)
+                for j in range(i + 1, n):
+                    b = self._held[j].get(name)
+                    if a is None and b is None:
+                        continue
+                    diff = (a if a is not None else 0.0) - (b if b is not None else np.float32(0.0))
+                    flat = np.asarray(diff, np.float32).reshape(-1)
+                    v = float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+                    d2[i, j] += v
+                    d2[j, i] += v
+        k = max(1, min(n - 1, n - self.f - 2))
+        scores = [float(np.sort(np.delete(d2[i], i))[:k].sum()) for i in range(n)]
+        # Ties broken by arrival order, so a replay picks the same updates.
+        order = sorted(range(n), key=lambda i: (scores[i], i))
+        return sorted(order[: min(self.multi, n)])
+
+    def finalize(self, global_weights: Mapping[str, npt.NDArray[Any]]) -> TensorDict:
+        self._check_open()
+        self.selected = self._chosen()
+        self._held = [self._held[i] for i in self.selected]
+        out: TensorDict = {}
+        for name, g in global_weights.items():
+            sent = [h.get(name) for h in self._held]
+            if all(s is None for s in sent):
+                out[name] = np.array(g, copy=True)
+                continue
+            zeros = np.zeros(np.shape(g), np.float32)
+            step = np.mean(np.stack([s if s is not None else zeros for s in sent]).astype(np.float64), axis=0)
+            out[name] = (np.asarray(g, np.float64) + self.server_lr * step).astype(np.asarray(g).dtype)
+        self._finalized = True
+        self._held = []
         return out

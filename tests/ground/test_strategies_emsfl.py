@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
+from orbitfl.agent.strategy_side import experts_for
 from orbitfl.ground.strategies import make_strategy
 from orbitfl.ground.strategies.assignment import (
     assign_experts,
     assignment_hints,
     cluster_affinity,
-    experts_for,
     router_affinity,
     total_affinity,
 )
@@ -175,7 +175,7 @@ def test_assignment_travels_as_task_hints() -> None:
 
 
 def test_trainable_for_names_the_agents_experts_and_the_router() -> None:
-    from orbitfl.ground.strategies.assignment import trainable_for
+    from orbitfl.agent.strategy_side import trainable_for
 
     names = ["router.weight", "router.bias", *(f"expert.{e}.fc{j}.weight" for e in range(3) for j in (1, 2))]
     hints = {"experts": {"a1": [0, 2]}}

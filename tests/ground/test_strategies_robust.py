@@ -130,9 +130,6 @@ def test_every_registered_strategy_builds_and_bad_options_name_the_strategy() ->
 
     assert {"fedavg", "partial", "fedbuff", "emsfl", "clip", "median", "trimmed"} <= set(STRATEGIES)
     for name in STRATEGIES:
-        s = make_strategy(name, **({"max_norm": 1.0} if name == "clip" else {}))
-        assert s.name == name
-    with pytest.raises(ValueError, match=r"strategy 'clip'.*max_norm"):
-        make_strategy("clip")
-    with pytest.raises(ValueError, match=r"strategy 'fedbuff'.*bufer_size"):
+        assert make_strategy(name).name == name  # every option has a default
+    with pytest.raises(ValueError, match=r"bufer_size: not an option of strategy 'fedbuff'"):
         make_strategy("fedbuff", bufer_size=3)

@@ -24,6 +24,11 @@ def test_demo_writes_a_report_and_a_plot(tmp_path: Path) -> None:
             "2",
             "--rounds",
             "3",
+            # The command-line contract other checks rely on: a strategy and one of its options.
+            "--strategy",
+            "fedadam",
+            "--strategy-option",
+            "server_lr=0.05",
             "--workdir",
             str(tmp_path / "work"),
             "--report",
@@ -42,6 +47,8 @@ def test_demo_writes_a_report_and_a_plot(tmp_path: Path) -> None:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert 0 < row["uplink_bytes"] < row["float32_bytes"], "the default codec must compress"
     assert rep["final_accuracy"] == rep["rounds"][-1]["accuracy"]
+    assert rep["strategy"] == "fedadam" and rep["strategy_options"] == {"server_lr": 0.05}
+    assert 'strategy = "fedadam"' in (tmp_path / "work" / "ground.toml").read_text()
     assert rep["exit_codes"] == {"ground": 0, "sat-0": 0, "sat-1": 0}
     png = report.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -52,6 +59,9 @@ def test_demo_writes_a_report_and_a_plot(tmp_path: Path) -> None:
     [
         (["--agents", "0"], "--agents must be >= 1"),
         (["--codec", "topk:0.1 | nosuchstage"], "nosuchstage"),
+        (["--strategy", "fedmagic"], "invalid choice: 'fedmagic'"),
+        (["--strategy", "fedadam", "--strategy-option", "beta1=1.5"], "beta1 must be in [0, 1), got 1.5"),
+        (["--strategy-option", "beta1"], "must be KEY=VALUE"),
     ],
 )
 def test_demo_refuses_bad_arguments_before_starting_anything(args: list[str], message: str) -> None:
@@ -60,3 +70,15 @@ def test_demo_refuses_bad_arguments_before_starting_anything(args: list[str], me
     )
     assert r.returncode == 2
     assert message in r.stderr
+
+
+def test_demo_help_lists_every_strategy() -> None:
+    from orbitfl.ground.strategies import STRATEGIES
+
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "demo", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    listed = text.split("aggregation strategy (default fedavg):", 1)[1].split("--strategy-option")[0]
+    assert sorted(n.strip() for n in listed.split(",")) == sorted(STRATEGIES)

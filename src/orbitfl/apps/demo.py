@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from orbitfl.codec.inputs import check_recipe
+from orbitfl.ground.strategies import STRATEGIES, make_strategy
+from orbitfl.models.manifest import is_model_path
 from orbitfl.runtime.keys import new_keypair
 
 DEFAULT_RECIPE = "topk:0.01+ef | quant:4 | zstd"
@@ -50,11 +52,24 @@ class DemoSettings:
     outage_pace_s: float = 1.0
     insecure: bool = False
     timeout_s: float = 600.0
-    # A zoo model or the path of your own .onnx; a built-in data set or the path of your data.
-    model: str = "mlp"
+    # A zoo model or the path of your own .onnx ("": the strategy's default); a built-in data set
+    # or the path of your data.
+    model: str = ""
     data: str = "digits"
+    strategy: str = "fedavg"
+    strategy_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def demo_model(self) -> str:
+        """Your model if given; else EMS-FL's mixture of experts, or the digits mlp for the rest."""
+        if self.model:
+            return self.model
+        return "moe" if self.strategy == "emsfl" else "mlp"
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy {self.strategy!r} is not one of {', '.join(sorted(STRATEGIES))}")
+        make_strategy(self.strategy, **dict(self.strategy_options))  # a bad option fails here, by name
         if self.agents < 1:
             raise ValueError(f"--agents must be >= 1, got {self.agents}")
         if self.rounds < 1:
@@ -104,10 +119,12 @@ def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
     ground.write_text(
         f'[ground]\nbind = "tcp://127.0.0.1:{port}"\nstate_dir = {_toml_str(work / "ground")}\n'
         f'{security_g}metrics = "127.0.0.1:{metrics}"\n\n'
-        f"[federation]\nmodel = {_toml_str(s.model)}\nmodel_seed = {s.seed}\ncodec = {_toml_str(s.codec)}\n"
+        f"[federation]\nmodel = {_toml_str(s.demo_model)}\nmodel_seed = {s.seed}\n"
+        f"codec = {_toml_str(s.codec)}\n"
         f"rounds = {s.rounds}\nmin_updates = {fed_min}\nround_deadline_s = {deadline}\n"
         f"max_staleness = 2\nretransmit_s = {RETRANSMIT_S}\neval_dataset = {_toml_str(s.data)}\n"
-        f"data_seed = {s.seed}\n\n{link}"
+        f'data_seed = {s.seed}\nstrategy = "{s.strategy}"\n\n{link}\n[strategy]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in s.strategy_options)
     )
     agents = []
     pace = s.outage_pace_s if s.outages else 0.0
@@ -132,9 +149,9 @@ def write_configs(work: Path, s: DemoSettings) -> tuple[Path, list[Path]]:
             f"state_dir = {_toml_str(work / name)}\n{security_a}retransmit_s = {RETRANSMIT_S}\n\n"
             f'[data]\ndataset = {_toml_str(s.data)}\nsplit = "dirichlet"\npartition = {i}\n'
             f"num_partitions = {s.agents}\nalpha = {s.alpha}\nseed = {s.seed}\n\n"
-            f"[train]\nmodel = {_toml_str(s.model)}\nepochs = {s.epochs}\npace_s = {pace}\n\n"
+            f"[train]\nmodel = {_toml_str(s.demo_model)}\nepochs = {s.epochs}\npace_s = {pace}\n\n"
             # the .tflite exporter knows the zoo's graphs; your own model stays ONNX
-            f"[inference]\nexport_tflite = {'true' if s.model == 'mlp' else 'false'}\n\n"
+            f"[inference]\nexport_tflite = {'false' if is_model_path(s.demo_model) else 'true'}\n\n"
             f"{outages}{link}"
         )
         agents.append(cfg)
@@ -249,6 +266,8 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
         # One round's accuracy moves by a point or two on 360 test digits; this is steadier.
         "accuracy_mean_last5": sum(r["accuracy"] for r in rows[-5:]) / len(rows[-5:]),
         "codec": s.codec,
+        "strategy": s.strategy,
+        "strategy_options": dict(s.strategy_options),
         "agents": s.agents,
         "outages": s.outages,
         "seconds": round(time.monotonic() - t0, 2),
@@ -257,7 +276,19 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
         "uplink_ratio": f32 / up if up else None,
         "exit_codes": codes,
         "rounds": [
-            {k: r[k] for k in ("round", "accuracy", "uplink_bytes", "float32_bytes", "updates", "samples")}
+            {
+                k: r[k]
+                for k in (
+                    "round",
+                    "accuracy",
+                    "uplink_bytes",
+                    "float32_bytes",
+                    "updates",
+                    "samples",
+                    "dp_epsilon",
+                )
+                if k in r
+            }
             for r in rows
         ],
     }
@@ -267,6 +298,25 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
         file=out,
     )
     return report
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` of --strategy-option; the value as a TOML scalar would read (a number, true or
+    false, else the string)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--strategy-option {text!r} must be KEY=VALUE")
+    value: Any = raw.strip()
+    if value in ("true", "false"):
+        value = value == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+    return key.strip(), value
 
 
 def plot(reports: list[dict[str, Any]], path: Path) -> None:
@@ -308,6 +358,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             model=str(Path(args.model).resolve()) if args.model else "mlp",
             data=str(Path(args.data).resolve()) if args.data else "digits",
+            strategy=args.strategy,
+            strategy_options=tuple(parse_option(o) for o in args.strategy_option),
         )
         check_recipe(settings.codec)
         if args.compare:
@@ -371,6 +423,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--outages",
         action="store_true",
         help="contact windows: ~3 s of link, then 8 s without (longer than every link timeout)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="fedavg",
+        choices=sorted(STRATEGIES),
+        metavar="NAME",
+        help="aggregation strategy (default fedavg): " + ", ".join(sorted(STRATEGIES)),
+    )
+    p.add_argument(
+        "--strategy-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the strategy, as in the ground's [strategy] section (repeatable)",
     )
     p.add_argument("--compare", action="store_true", help="run float32 first, then the codec, and compare")
     p.add_argument("--insecure", action="store_true", help="plaintext instead of CurveZMQ")

@@ -137,7 +137,9 @@ class GroundSection:
 class FederationSection:
     model: str = field(default="mlp", metadata=_m(ref=True))  # a zoo model name or an .onnx path
     model_seed: int = field(default=0, metadata=_m())  # seeds the initial global weights
-    strategy: str = field(default="fedavg", metadata=_m(_one_of("fedavg")))
+    # A name of orbitfl.ground.strategies' catalog (checked by the ground daemon, which knows it);
+    # its options go in the [strategy] section.
+    strategy: str = field(default="fedavg", metadata=_m(lambda v: None if v else "must be non-empty"))
     codec: str = field(default="fp32", metadata=_m())  # the recipe agents encode updates with
     # The recipe new global models travel down with, as deltas ("": whole or lossless xor deltas).
     downlink_codec: str = field(default="", metadata=_m())
@@ -250,6 +252,9 @@ class GroundSettings:
     link: LinkSettings
     source: Path | None = None
     admission: AdmissionSection = field(default_factory=AdmissionSection)
+    # [strategy]: options of federation.strategy (name -> a number, boolean or string), checked
+    # against the strategy when the ground builds it
+    strategy: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -375,7 +380,7 @@ def _check_link(link: LinkSettings, prefix: str) -> None:
 def parse_ground(
     doc: Mapping[str, Any], base: Path, prefix: str = "", source: Path | None = None
 ) -> GroundSettings:
-    _check_sections(doc, {"ground", "federation", "link", "admission"}, prefix)
+    _check_sections(doc, {"ground", "federation", "link", "admission", "strategy"}, prefix)
     if "ground" not in doc:
         raise ConfigError(f"{prefix}[ground]: required section is missing")
     ground = _section(GroundSection, doc.get("ground"), "ground", base, prefix)
@@ -389,7 +394,28 @@ def parse_ground(
     _check_link(link, prefix)
     fed = _section(FederationSection, doc.get("federation"), "federation", base, prefix)
     adm = _section(AdmissionSection, doc.get("admission"), "admission", base, prefix)
-    return GroundSettings(ground=ground, federation=fed, link=link, source=source, admission=adm)
+    return GroundSettings(
+        ground=ground,
+        federation=fed,
+        link=link,
+        source=source,
+        admission=adm,
+        strategy=_options(doc.get("strategy"), prefix),
+    )
+
+
+def _options(data: Any, prefix: str) -> dict[str, Any]:
+    """The [strategy] table: flat scalars only (their meaning is the strategy's to check)."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}[strategy]: must be a table, got {type(data).__name__}")
+    for key, value in data.items():
+        if not isinstance(value, bool | int | float | str):
+            raise ConfigError(
+                f"{prefix}[strategy] {key}: must be a number, boolean or string, got {type(value).__name__}"
+            )
+    return dict(data)
 
 
 def parse_agent(

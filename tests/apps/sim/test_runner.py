@@ -256,3 +256,13 @@ def test_spacedml_alq_run_completes_with_every_update_within_its_window_budget(t
     assert all(sizes[t] <= budgets[t] for t in sizes), (sizes, budgets)
     assert min(budgets.values()) < 4 * res.n_params  # the budget binds: float32 would not fit
     assert res.uplink_update_bytes < res.float32_bytes
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "krum", "fedadam", "dp"])
+def test_the_simulator_runs_the_daemons_strategies_from_the_one_catalog(strategy: str) -> None:
+    """The strategies a Flower user expects run in the simulator as in the daemons: same catalog,
+    same hints (FedProx's μ reaches the agents' trainers through agent/strategy_side.py)."""
+    res = Simulation(small(strategy=strategy, rounds=2)).run()
+    assert [r.round for r in res.rounds] == [1, 2]
+    assert all(r.accuracy is not None and 0.0 <= r.accuracy <= 1.0 for r in res.rounds)
+    assert res.refused == {}

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from orbitfl.agent.learner import Learner, evaluate
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
-from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
+from orbitfl.agent.strategy_side import PartialHint, PartialSender, router_affinity
 from orbitfl.apps.executors import Executor, Handle, LocalExecutor
 from orbitfl.apps.sim.orbits import (
     DEFAULT_STATIONS,
@@ -65,7 +65,7 @@ from orbitfl.ground.strategies.assignment import (
     assignment_hints,
     cluster_affinity,
 )
-from orbitfl.models.zoo import get_weights, moe_gates
+from orbitfl.models.zoo import get_weights
 from orbitfl.runtime.events import (
     GROUND,
     LinkDown,
@@ -256,7 +256,7 @@ class Learning:
         self.parts = self.bench.parts
         self.art = self.bench.art
         self.states: dict[int, dict[str, Any]] = {}  # satellite -> optimizer state after its last job
-        self._bpv: dict[Any, float] = {}
+        self._partial = PartialSender()
         self.evaluator = self.bench.new_trainer()
         self.x_test = np.ascontiguousarray(self.data.x_test, np.float32)
         self.y_test = self.data.y_test
@@ -290,26 +290,12 @@ class Learning:
         self,
         agent: int,
         delta: dict[str, npt.NDArray[Any]],
-        opts: Mapping[str, Any],
+        hint: PartialHint,
         budget: int,
         recipe: str,
     ) -> dict[str, npt.NDArray[Any]]:
-        """SpaceDML partial weight averaging, agent side: the blocks that changed most (weighted by
-        the optimizer's curvature, loss-aware) that fit the byte budget; the rest are sent as zeros
-        and the ground's ``partial`` strategy (zero_is_unsent) leaves them alone."""
-        key = (recipe, tuple(sorted((k, v.shape) for k, v in delta.items())))
-        bpv = self._bpv.get(key)
-        if bpv is None:
-            bpv = self._bpv[key] = measure_bytes_per_value(recipe, delta)
-        sel = choose_blocks(
-            delta,
-            budget,
-            bpv,
-            block=int(opts.get("block", 256)),
-            overhead_bytes=float(opts.get("overhead_bytes", 64)),
-            importance=self.curvature(agent, delta),
-        )
-        return sel.tensors(delta)
+        """SpaceDML partial weight averaging, agent side (the agent daemon's PartialSender)."""
+        return self._partial.select(delta, hint, recipe, budget, self.curvature(agent, delta))
 
     def curvature(
         self, agent: int, delta: Mapping[str, npt.NDArray[Any]]
@@ -319,7 +305,7 @@ class Learning:
         return Learner(self.evaluator, self.x_test, self.y_test).curvature(delta)
 
     def affinity(self, agent: int, weights: Mapping[str, npt.NDArray[Any]]) -> list[float]:
-        return [float(v) for v in moe_gates(weights, self.parts[agent][0]).mean(axis=0)]
+        return router_affinity(weights, self.parts[agent][0]) or []
 
     def evaluate(self, weights: Mapping[str, npt.NDArray[Any]]) -> float:
         """Test accuracy; for the hyperspectral background model, the ROC AUC of detecting the rare
@@ -619,13 +605,9 @@ class Simulation:
         need_curv, need_budget = recipe_needs(job.task.recipe, delta)
         # An adaptive (alq) recipe chooses what is sent itself: tensors it gives 0 bits stay off
         # the wire and the partial strategy averages each one over the agents that sent it.
-        if isinstance(job.task.hints.get("partial"), dict) and not need_budget:
-            delta = self.learn.partial(
-                i, delta, job.task.hints["partial"], self.update_budget(sat), job.task.recipe
-            )
-        if self.learn.spec.groups.get("router"):
-            for e, a in enumerate(self.learn.affinity(i, job.weights)):
-                metrics[f"affinity/{e}"] = a
+        hint = PartialHint.parse(job.task.hints.get("partial"))
+        if hint is not None and not need_budget:
+            delta = self.learn.partial(i, delta, hint, self.update_budget(sat), job.task.recipe)
         self.stats[sat]["trainings"] += 1
         extra: dict[str, Any] = {}
         # SpaceDML's adaptive LAQ sizes the update to what the next window can carry; loss-aware

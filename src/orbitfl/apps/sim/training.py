@@ -27,10 +27,10 @@ import numpy.typing as npt
 
 from orbitfl.agent.backends import open_trainer
 from orbitfl.agent.learner import Learner, share_indices
+from orbitfl.agent.strategy_side import train_task
 from orbitfl.agent.train_loop import StepTrainer
 from orbitfl.data.datasets import Dataset, load
 from orbitfl.data.user_data import check_fits, load_source
-from orbitfl.ground.strategies.assignment import trainable_for
 
 if TYPE_CHECKING:
     from orbitfl.models.zoo import ModelSpec
@@ -147,15 +147,15 @@ class Workbench:
             hashlib.blake2b(f"{self.setup.seed}:{job.agent}:{job.round}".encode(), digest_size=4).digest(),
             "little",
         )
-        # EMS-FL: a task assigning experts to this satellite makes it send only those (and the
-        # shared router); the others go back to the global values.
-        keep = trainable_for(job.hints, job.agent_id, list(job.weights))
-        done = Learner(trainer, *self.parts[job.agent]).train(
+        # The strategy's agent side (EMS-FL's experts only, FedProx's term) is the agent daemon's.
+        done = train_task(
+            Learner(trainer, *self.parts[job.agent]),
+            job.agent_id,
             job.weights,
+            job.hints,
             epochs=self.setup.epochs,
             batch_size=self.setup.batch_size,
             seed=seed,
-            keep=None if keep is None else set(keep),
         )
         return TrainOutcome(done.delta, done.samples, done.metrics, trainer.optimizer_state())
 
