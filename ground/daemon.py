@@ -340,6 +340,9 @@ class GroundDaemon:
             self.metrics.last_round_time = now
             self.metrics.last_round_seconds = max(0.0, now - self._round_opened)
             self.metrics.accuracy = acc if acc is not None else self.metrics.accuracy
+        eps = self.machine.last_report.get("dp_epsilon")
+        if eps is not None:  # kept in the store too, so `orbitfl ground status` reads it offline
+            self.store.set_meta(DP_EPSILON_KEY, repr(float(eps)))
         self.metrics.dp_epsilon = self._dp_epsilon()
         self._round_opened = now
         row = {

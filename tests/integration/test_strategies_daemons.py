@@ -71,7 +71,10 @@ def federate(
         fed = {"min_updates": agents, "eval_dataset": "digits", "model": model, "strategy": strategy}
         path = c.ground_config(rounds=rounds, **{**fed, **federation})
         opts = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (options or {}).items())
-        path.write_text(path.read_text() + f"\n[strategy]\n{opts}")
+        # The admission norm bound (on by default) already refuses a x100 update before any
+        # strategy sees it; off here, so what is measured is the strategy's own robustness.
+        guards = "norm_model_ratio = 0.0\nnorm_median_ratio = 0.0\n" if byzantine else ""
+        path.write_text(path.read_text() + f"\n[strategy]\n{opts}\n[admission]\n{guards}")
         c.start_ground()
         for i in range(agents):
             name = f"sat-{i}"

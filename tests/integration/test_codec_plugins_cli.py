@@ -1,7 +1,7 @@
-"""Codec plug-ins: a stage from another package, found through the ``orbitfl.codecs`` entry-point
-group, works in every command that parses a recipe. The plug-in is docs/codecs.md's own example,
-built into a wheel and pip-installed into a folder on PYTHONPATH; each check runs in a fresh
-process, as a user's would."""
+"""Codec plug-ins (subprocesses: not in the emulated aarch64 codec suite). A stage from another
+package, found through the ``orbitfl.codecs`` entry-point group, works in every command that
+parses a recipe. The plug-in is docs/codecs.md's own example, built into a wheel and pip-installed
+into a folder on PYTHONPATH; each check runs in a fresh process, as a user's would."""
 
 from __future__ import annotations
 
