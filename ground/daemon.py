@@ -243,7 +243,11 @@ class GroundDaemon:
         init = None
         if self.store.latest_version() is None:
             init = zoo.get_weights(spec.model)
-        self.machine = GroundMachine(self.store, mcfg, init, build_strategy(cfg))
+        try:
+            self.machine = GroundMachine(self.store, mcfg, init, build_strategy(cfg))
+        except ValueError as exc:  # e.g. a strategy that needs another model (emsfl: experts)
+            self.store.close()
+            raise ConfigError(f"{_where(cfg)}federation.strategy: {exc}") from None
         swept = self.machine.reasm.sweep_spool(mcfg.spool_ttl, wall=wall)
         if swept:
             log.info("removed %d partial upload(s) abandoned before this start", swept)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from orbitfl.apps.demo import free_port
+
 pytestmark = pytest.mark.integration
 
 
@@ -82,3 +84,32 @@ def test_demo_help_lists_every_strategy() -> None:
     text = " ".join(r.stdout.split())
     listed = text.split("aggregation strategy (default fedavg):", 1)[1].split("--strategy-option")[0]
     assert sorted(n.strip() for n in listed.split(",")) == sorted(STRATEGIES)
+
+
+def test_demo_with_emsfl_runs_the_mixture_of_experts(tmp_path: Path) -> None:
+    """EMS-FL needs experts: with no --model the demo picks the zoo's moe for it (the mlp would be
+    refused by the ground at start, in one line naming federation.strategy)."""
+    report = tmp_path / "r.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "demo", "--strategy", "emsfl", "--rounds", "2", "--agents", "2",
+         "--insecure", "--report", str(report), "--timeout", "240"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads(report.read_text())
+    assert rep["strategy"] == "emsfl" and len(rep["rounds"]) == 2
+
+
+def test_a_strategy_the_model_cannot_serve_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "ground.toml"
+    cfg.write_text(
+        f'[ground]\nbind = "tcp://127.0.0.1:{free_port()}"\nstate_dir = "{tmp_path / "g"}"\ninsecure = true\n'
+        '[federation]\nmodel = "mlp"\nstrategy = "emsfl"\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "orbitfl.cli", "ground", "serve", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "federation.strategy" in lines[0] and "Traceback" not in r.stderr, lines

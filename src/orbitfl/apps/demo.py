@@ -227,7 +227,8 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
     security = "plaintext (--insecure)" if s.insecure else "CurveZMQ keys in " + str(work / "keys")
     print(f"orbitfl demo: 1 ground + {s.agents} agents on 127.0.0.1, {security}", file=out)
     print(
-        f"  {s.model} on non-IID {s.data} (Dirichlet alpha={s.alpha}), codec {s.codec!r}, {s.rounds} rounds"
+        f"  {s.demo_model} on non-IID {s.data} (Dirichlet alpha={s.alpha}), codec {s.codec!r}, "
+        f"strategy {s.strategy}, {s.rounds} rounds"
         + (
             f", contacts of ~{s.outage_up_s:.0f} s between {s.outage_down_s:.0f} s outages"
             if s.outages
@@ -356,7 +357,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             outages=args.outages,
             insecure=args.insecure,
             timeout_s=args.timeout,
-            model=str(Path(args.model).resolve()) if args.model else "mlp",
+            model=str(Path(args.model).resolve()) if args.model else "",
             data=str(Path(args.data).resolve()) if args.data else "digits",
             strategy=args.strategy,
             strategy_options=tuple(parse_option(o) for o in args.strategy_option),
