@@ -38,6 +38,7 @@ import zmq.auth
 from orbitfl.apps.demo import free_port
 from orbitfl.ground.store import unpack_tensors
 from orbitfl.runtime.keys import new_keypair
+from orbitfl.runtime.observe import parse_text
 from orbitfl.transfer import Outbound
 from orbitfl.wire import Ack, Bye, ChunkAck, Heartbeat, Hello, Nack, Task, Update, decode, encode
 from orbitfl.wire.model_codec import decode_model
@@ -222,12 +223,7 @@ class Ground:
                 text = r.read().decode()
         except OSError:
             return {}
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("orbitfl_"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return {k: v for k, v in parse_text(text).items() if k.startswith("orbitfl_")}
 
     def model_files(self) -> dict[str, str]:
         """Model file name -> sha256 of its bytes."""

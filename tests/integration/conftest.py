@@ -17,6 +17,7 @@ import pytest
 
 from orbitfl.apps.demo import free_port
 from orbitfl.runtime.keys import new_keypair
+from orbitfl.runtime.observe import parse_text
 
 LINK = {"heartbeat_s": 0.3, "liveness": 3, "backoff_initial_s": 0.1, "backoff_max_s": 1.0}
 
@@ -161,12 +162,7 @@ class Cluster:
                 text = r.read().decode()
         except OSError:
             return {}
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("orbitfl_"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return {k: v for k, v in parse_text(text).items() if k.startswith("orbitfl_")}
 
     def rounds(self) -> list[dict[str, Any]]:
         p = self.root / "ground" / "rounds.jsonl"
