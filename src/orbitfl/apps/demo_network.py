@@ -21,17 +21,28 @@ from orbitfl.runtime.keys import new_keypair
 class NetworkDemo(Protocol):
     """What of the demo's settings the configs need (orbitfl.apps.demo.DemoSettings)."""
 
-    agents: int
-    rounds: int
-    stations: int
-    codec: str
-    epochs: int
-    alpha: float
-    seed: int
-    insecure: bool
-    data: str
-    strategy: str
-    strategy_options: tuple[tuple[str, Any], ...]
+    @property
+    def agents(self) -> int: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def stations(self) -> int: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def insecure(self) -> bool: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def strategy_options(self) -> tuple[tuple[str, Any], ...]: ...
 
     @property
     def demo_model(self) -> str: ...
