@@ -316,3 +316,17 @@ def test_revocation_reaches_every_station(net: Net) -> None:
     net.link("s1", True)
     net.pump()
     assert net.st["s1"].allowed == {}
+
+
+def test_agent_does_not_answer_a_task_again_at_a_station_that_offers_it_late(tmp_path: Path) -> None:
+    net = Net(tmp_path, ["s1", "s2"], ["a1", "a2"])
+    net.link("s1", True)
+    net.pump()
+    net.move("a1", "s1")
+    net.pump()
+    net.step()  # a1's r1 update ACKed by s1 (the round waits for a2)
+    net.link("s2", True)
+    net.pump()
+    net.move("a1", "s2")  # s2 offers r1 again: the agent knows it answered it
+    net.pump()
+    assert net.trainings["a1"] == [] and net.ag["a1"].outbox.has_task("r1/a1")

@@ -120,7 +120,9 @@ def write_network_configs(
         cfg.write_text(
             f'[agent]\nname = "{name}"\nground = "{endpoints[order[0]]}"\n'
             f"stations = [{', '.join(_q(endpoints[j]) for j in others)}]\n"
-            f"state_dir = {_q(work / name)}\n{sec}retransmit_s = {retransmit_s}\n\n"
+            # A station refuses every key until its first sync with the aggregator: redial soon.
+            f"state_dir = {_q(work / name)}\n{sec}retransmit_s = {retransmit_s}\n"
+            "key_refused_retry_s = 2.0\n\n"
             f'[data]\ndataset = {_q(s.data)}\nsplit = "dirichlet"\npartition = {i}\n'
             f"num_partitions = {s.agents}\nalpha = {s.alpha}\nseed = {s.seed}\n\n"
             f"[train]\nmodel = {_q(s.demo_model)}\nepochs = {s.epochs}\n\n"

@@ -14,6 +14,7 @@ even across a crash.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ from orbitfl.wire.tensors import TensorDict, tensors_from_wire, tensors_to_wire
 SCHEMA_VERSION = 1
 # version -> the SQL that makes it from the one before; 1 only stamps the unversioned 0.1.0 files.
 MIGRATIONS: dict[int, str] = {1: ""}
+
+# The tasks of the last this many ACKed updates are remembered: enough for the rounds a task can
+# be offered again in (by another station that has not heard the round closed yet).
+ACKED_TASKS = 16
+ACKED_TASKS_KEY = "acked_tasks"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -131,8 +137,16 @@ class Outbox:
         return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def has_task(self, task_id: str) -> bool:
+        """Whether ``task_id`` was answered: an update for it waits here, was dropped, or was
+        ACKed recently (a ground network's other station may offer the same task again)."""
         q = "SELECT 1 FROM outbox WHERE task_id=? UNION SELECT 1 FROM dropped WHERE task_id=?"
-        return self.db.execute(q, (task_id, task_id)).fetchone() is not None
+        if self.db.execute(q, (task_id, task_id)).fetchone() is not None:
+            return True
+        return task_id in self._acked_tasks()
+
+    def _acked_tasks(self) -> list[str]:
+        raw = self.get(ACKED_TASKS_KEY)
+        return [] if raw is None else [str(t) for t in json.loads(raw)]
 
     def set_offset(self, update_id: str, offset: int) -> None:
         # Each call is a durable commit; the machine calls it every OFFSET_SAVE_BYTES of progress and
@@ -140,9 +154,18 @@ class Outbox:
         self.db.execute("UPDATE outbox SET acked_offset=? WHERE update_id=?", (offset, update_id))
 
     def ack(self, update_id: str) -> bool:
-        """The ground holds it durably: forget it. Returns whether it was here."""
-        cur = self.db.execute("DELETE FROM outbox WHERE update_id=?", (update_id,))
-        return cur.rowcount > 0
+        """The ground holds it durably: forget it (its task is remembered among the last
+        ACKED_TASKS answered). Returns whether it was here."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            r = self.db.execute("SELECT task_id FROM outbox WHERE update_id=?", (update_id,)).fetchone()
+            if r is None:
+                return False
+            self.db.execute("DELETE FROM outbox WHERE update_id=?", (update_id,))
+            kept = [t for t in self._acked_tasks() if t != r[0]][-(ACKED_TASKS - 1) :]
+            tasks = [*kept, str(r[0])]
+            self.set(ACKED_TASKS_KEY, json.dumps(tasks).encode())
+        return True
 
     def drop(self, update_id: str, reason: str, now: float) -> bool:
         """The ground refused it for good: forget it, remember why (and that its task is done)."""
