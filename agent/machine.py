@@ -68,6 +68,8 @@ from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict
 
+UNSYNCED_RETRY_S = 2.0  # after a station's unsynced / not_allowed, HELLO again this much later
+
 # The ground will refuse these again on a resend: drop the update instead of retrying forever.
 PERMANENT = frozenset(
     r.value
@@ -397,6 +399,10 @@ class AgentMachine:
         out.append(Log("WARNING", f"ground refused {msg.ref!r}: {msg.reason}: {msg.text}"))
         if msg.reason == Reason.MODEL_MISMATCH.value:
             self._go_quiet(f"the ground refused this agent: {msg.text}", now, out)
+            return
+        if msg.reason in (Reason.UNSYNCED.value, Reason.NOT_ALLOWED.value):
+            # A ground-network station not ready for us yet: say HELLO again in a while.
+            self.quiet_until = now + UNSYNCED_RETRY_S
             return
         if msg.ref is None or msg.ref != self.uploader.upload_id:
             return

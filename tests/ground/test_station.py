@@ -228,8 +228,7 @@ def test_unsynced_station_refuses_agents_without_dropping_their_work(net: Net) -
     assert net.ag["a1"].refused == {} and net.ag["a1"].version is None
     net.link("s1", True)
     net.pump()
-    net.move("a1", None)
-    net.move("a1", "s1")
+    net.tick(3.0)  # the agent says HELLO again a while after the refusal
     net.pump()
     assert net.trainings["a1"], "after the sync the station hands out tasks"
 
