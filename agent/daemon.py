@@ -31,7 +31,6 @@ from orbitfl.agent.backends import open_trainer
 from orbitfl.agent.learner import Learner, share_indices
 from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.metrics import AgentMetrics, AgentMetricsServer
-from orbitfl.agent.outbox import Outbox
 from orbitfl.agent.status import LAST_CONTACT_KEY
 from orbitfl.agent.status import add_parser as add_status_parser
 from orbitfl.agent.strategy_side import PartialHint, PartialSender, capabilities, train_task
@@ -70,6 +69,7 @@ from orbitfl.runtime.link import (
     load_secret,
 )
 from orbitfl.runtime.observe import Health
+from orbitfl.runtime.outbox import Outbox
 from orbitfl.runtime.service import LogLimiter, Notifier, Shutdown, serve, setup_logging
 
 log = logging.getLogger("orbitfl.agent")
@@ -298,15 +298,24 @@ class AgentDaemon:
         self.mono = mono
         self.counts: Counter[str] = Counter()
         self.log_limiter = LogLimiter()
-        a, lk = cfg.agent, cfg.link
+        a = cfg.agent
         where = f"{cfg.source}: " if cfg.source is not None else ""
         prepare_state_dir(a.state_dir, f"{where}agent.state_dir")
         keys = None if a.insecure else CurveClientKeys(a.secret_key, a.ground_key)  # type: ignore[arg-type]
+        # The ground, then the other stations of a ground network, in the order they are visited.
+        self._grounds: list[tuple[str, CurveClientKeys | None]] = [(a.ground, keys)]
+        for i, endpoint in enumerate(a.stations):
+            skeys = None if keys is None else CurveClientKeys(keys.secret_file, Path(a.station_keys[i]))
+            self._grounds.append((endpoint, skeys))
+        self._at = 0
+        self._pass_over = False
         if keys is not None:  # read here too, so that an error names its key
-            for key, read, path in (
+            checks = [
                 ("secret_key", load_secret, keys.secret_file),
                 ("ground_key", load_public, keys.server_public_file),
-            ):
+            ]
+            checks += [("station_keys", load_public, Path(k)) for k in a.station_keys]
+            for key, read, path in checks:
                 try:
                     read(path)
                 except LinkError as exc:
@@ -327,17 +336,7 @@ class AgentDaemon:
         learner = getattr(self.board, "learner", None)
         if learner is not None:  # the ground caps each update's weight at what we register
             self.machine.cfg.capabilities["max_samples"] = len(learner.x) * cfg.train.epochs
-        self.link = AgentLink(
-            a.ground,
-            a.name,
-            keys=keys,
-            insecure=a.insecure,
-            max_msg_size=lk.max_msg_size,
-            heartbeat_s=lk.heartbeat_s,
-            liveness=lk.liveness,
-            backoff=Backoff(lk.backoff_initial_s, lk.backoff_max_s),
-            refused_backoff_s=a.key_refused_retry_s,
-        )
+        self.link = self._make_link(0)
         self.metrics = AgentMetrics()
         self.health = Health(mono, stale_s=max(10.0, 20 * TICK_S))
         self.metrics_server: AgentMetricsServer | None = None
@@ -357,6 +356,30 @@ class AgentDaemon:
         self._next_outage = self.mono() + self._outage_gap() if o.up_s > 0 and o.down_s > 0 else None
         self._next_tick = 0.0
         self._paced: list[tuple[float, TrainingDone | TrainingFailed]] = []
+
+    def _make_link(self, i: int) -> AgentLink:
+        a, lk = self.cfg.agent, self.cfg.link
+        endpoint, keys = self._grounds[i]
+        return AgentLink(
+            endpoint,
+            a.name,
+            keys=keys,
+            insecure=a.insecure,
+            max_msg_size=lk.max_msg_size,
+            heartbeat_s=lk.heartbeat_s,
+            liveness=lk.liveness,
+            backoff=Backoff(lk.backoff_initial_s, lk.backoff_max_s),
+            refused_backoff_s=a.key_refused_retry_s,
+        )
+
+    def _move_on(self) -> None:
+        """A ground network: the pass over this station is over; dial the next one."""
+        if self.link.up:
+            self._feed(LinkDown())
+        self.link.close()
+        self._at = (self._at + 1) % len(self._grounds)
+        self.link = self._make_link(self._at)
+        log.info("moving on to station %s", self._grounds[self._at][0])
 
     def _outage_gap(self) -> float:
         up = self.cfg.outages.up_s
@@ -391,6 +414,8 @@ class AgentDaemon:
                     if line is not None:
                         log.log(logging.DEBUG if level == logging.INFO else level, "%s", line)
                 elif isinstance(a, Count):
+                    if a.name == "updates_acked":
+                        self._pass_over = True
                     key = a.name + "".join(f"{{{k}={v}}}" for k, v in a.labels)
                     self.counts[key] += a.n
                     with self.metrics.lock:
@@ -433,6 +458,7 @@ class AgentDaemon:
                 log.info("link down after %.1f s of silence", ev.silent_s)
                 self._contact()
                 self._feed(LinkDown())
+                self._pass_over = True
             elif isinstance(ev, KeyRefused):
                 with self.metrics.lock:
                     self.metrics.key_refused += 1
@@ -444,6 +470,10 @@ class AgentDaemon:
                 )
             elif isinstance(ev, Received):
                 self._feed(MessageReceived(GROUND, ev.frame))
+        if self._pass_over:
+            self._pass_over = False
+            if len(self._grounds) > 1:
+                self._move_on()
         now = self.mono()
         due = [r for t, r in self._paced if t <= now]
         self._paced = [(t, r) for t, r in self._paced if t > now]

@@ -24,7 +24,6 @@ from typing import Any
 import msgpack
 
 from orbitfl import __version__
-from orbitfl.agent.outbox import Outbox, OutboxItem
 from orbitfl.runtime.events import (
     GROUND,
     Action,
@@ -41,7 +40,9 @@ from orbitfl.runtime.events import (
     TrainingDone,
     TrainingFailed,
 )
-from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler
+from orbitfl.runtime.outbox import Outbox
+from orbitfl.runtime.uplink import Uploader
+from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Reassembler
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
@@ -66,9 +67,6 @@ from orbitfl.wire.messages import (
 from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.payload import codec_state_from_dict, codec_state_to_dict, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict
-
-# Upload progress is stored at least this often (and at link down): a crash costs at most this much.
-OFFSET_SAVE_BYTES = 1 << 20
 
 # The ground will refuse these again on a resend: drop the update instead of retrying forever.
 PERMANENT = frozenset(
@@ -131,10 +129,7 @@ class AgentMachine:
         self.task: Task | None = None  # the task being trained
         self.training = False
         self.linked = False
-        self.upload: Outbound | None = None  # chunked upload of the outbox head
-        self._saved_offset = 0  # the upload's confirmed offset as last stored in the outbox
-        self._upload_id: str | None = None
-        self._upload_sent_at: float | None = None
+        self.uploader = Uploader(outbox, config, self._id)
         self.reasm = Reassembler(config.max_transfer_bytes, max_transfers_per_peer=2)
         self.codec_state: dict[str, Any] = {}  # recipe -> codec state (error feedback), kept in the outbox
         self._last_sent = 0.0
@@ -164,10 +159,7 @@ class AgentMachine:
                 self._start_upload(now, out, resume=True)
         elif isinstance(event, LinkDown):
             self.linked = False
-            if self.upload is not None:
-                self.upload.pause()
-                self._save_offset()
-            self._upload_sent_at = None
+            self.uploader.pause()
         elif isinstance(event, MessageReceived):
             self._on_frame(event.frame, now, out)
         elif isinstance(event, TrainingDone):
@@ -208,10 +200,7 @@ class AgentMachine:
         )
         self._quiet_s = min(self._quiet_s * 2, 3600.0)
         self.task, self.training = None, False
-        if self.upload is not None:
-            self.upload.pause()
-            self._save_offset()
-        self._upload_sent_at = None
+        self.uploader.pause()
 
     def _on_tick(self, now: float, out: list[Action]) -> None:
         if not self.linked:
@@ -223,7 +212,7 @@ class AgentMachine:
             self._hello(now, out)
             self._start_upload(now, out, resume=True)
             return
-        if self._upload_sent_at is not None and now - self._upload_sent_at >= self.cfg.retransmit_seconds:
+        if self.uploader.due(now, self.cfg.retransmit_seconds):
             out.append(Count("retransmits"))
             self._start_upload(now, out, resume=True)
         elif now - self._last_sent >= self.cfg.heartbeat_seconds:
@@ -256,14 +245,8 @@ class AgentMachine:
                 if whole is not None:
                     self._on_frame(whole, now, out)
             elif isinstance(msg, ChunkAck):
-                if self.upload is not None and msg.transfer == self.upload.transfer:
-                    self.upload.on_ack(msg, now)
-                    if self.upload.acked - self._saved_offset >= OFFSET_SAVE_BYTES or self.upload.done:
-                        self._save_offset()
-                    self._upload_sent_at = now
-                    if self.linked:
-                        for f in self.upload.next_chunks(self._id):
-                            self._send(f, now, out)
+                for f in self.uploader.on_chunk_ack(msg, now, self.linked):
+                    self._send(f, now, out)
             elif isinstance(msg, (Heartbeat, Bye)):
                 pass
             else:
@@ -375,7 +358,7 @@ class AgentMachine:
         self.task, self.training = None, False
         out.append(Count("updates_queued"))
         out.append(Log("INFO", f"update {uid} for {task.task_id!r} is in the outbox"))
-        if self.upload is None:
+        if self.uploader.upload_id is None:
             self._start_upload(now, out, resume=False)
 
     def _codec_state(self, recipe: str, out: list[Action]) -> Any:
@@ -395,48 +378,19 @@ class AgentMachine:
         return state
 
     def _start_upload(self, now: float, out: list[Action], resume: bool) -> None:
-        """Send (or resume sending) the outbox head."""
+        """Send (or resume sending) the outbox head (orbitfl.runtime.uplink)."""
         if not self.linked or self.quiet_until is not None:
             return
-        head = self.outbox.head()
-        if head is None:
-            self.upload, self._upload_id, self._upload_sent_at = None, None, None
-            return
-        self._upload_sent_at = now
-        if len(head.frame) <= self.cfg.chunk_bytes:
-            self.upload, self._upload_id = None, head.update_id
-            self._send(head.frame, now, out)
-            return
-        self._upload_id = head.update_id
-        if self.upload is None or self.upload.transfer != head.update_id:
-            self.upload = self._outbound(head)
-        else:
-            self.upload.pause()
-        if self.upload.done:
-            # Every byte was confirmed but no ACK came (the ground may have restarted before
-            # ingesting): send the last chunk again; the ground answers with where it really is.
-            self.upload.sent = max(0, self.upload.total - self.cfg.chunk_bytes)
-        for f in self.upload.next_chunks(self._id):
+        for f in self.uploader.start(now):
             self._send(f, now, out)
 
-    def _save_offset(self) -> None:
-        if self.upload is not None and self.upload.acked != self._saved_offset:
-            self.outbox.set_offset(self.upload.transfer, self.upload.acked)
-            self._saved_offset = self.upload.acked
-
-    def _outbound(self, item: OutboxItem) -> Outbound:
-        self._saved_offset = item.acked_offset
-        return Outbound(
-            item.update_id, item.frame, self.cfg.chunk_bytes, self.cfg.window, acked=item.acked_offset
-        )
-
     def _on_ack(self, ref: str, duplicate: bool, now: float, out: list[Action]) -> None:
-        if self.outbox.ack(ref):
+        held, frames = self.uploader.on_ack(ref, now, self.linked and self.quiet_until is None)
+        if held:
             out.append(Count("updates_acked"))
             out.append(Log("INFO", f"update {ref} acknowledged{' (duplicate)' if duplicate else ''}"))
-        if ref == self._upload_id:
-            self.upload, self._upload_id, self._upload_sent_at = None, None, None
-            self._start_upload(now, out, resume=False)
+        for f in frames:
+            self._send(f, now, out)
 
     def _on_nack(self, msg: Nack, now: float, out: list[Action]) -> None:
         out.append(Count("nacks_received", (("reason", msg.reason),)))
@@ -444,20 +398,15 @@ class AgentMachine:
         if msg.reason == Reason.MODEL_MISMATCH.value:
             self._go_quiet(f"the ground refused this agent: {msg.text}", now, out)
             return
-        if msg.ref is None or msg.ref != self._upload_id:
+        if msg.ref is None or msg.ref != self.uploader.upload_id:
             return
         if self.quiet_until is not None:
             return
-        if msg.reason in PERMANENT:
-            self.outbox.drop(msg.ref, msg.reason, now)
-            out.append(Count("updates_dropped", (("reason", msg.reason),)))
-            self.upload, self._upload_id = None, None
-            self._start_upload(now, out, resume=False)
-        elif msg.reason == Reason.NOT_REGISTERED.value:
+        if msg.reason == Reason.NOT_REGISTERED.value:
             self._hello(now, out)
             self._start_upload(now, out, resume=True)
-        elif msg.reason == Reason.CHECKSUM.value and self.upload is not None:
-            self.upload.acked = self.upload.sent = 0
-            self.outbox.set_offset(msg.ref, 0)
-            self._saved_offset = 0
-            self._start_upload(now, out, resume=True)
+            return
+        if msg.reason in PERMANENT:
+            out.append(Count("updates_dropped", (("reason", msg.reason),)))
+        for f in self.uploader.on_nack(msg.ref, msg.reason, PERMANENT, now, self.linked):
+            self._send(f, now, out)

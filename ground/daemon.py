@@ -30,15 +30,24 @@ from orbitfl.data.metrics import accuracy
 from orbitfl.data.user_data import DataError, check_fits, load_source
 from orbitfl.ground import export
 from orbitfl.ground.admission import Guards
+from orbitfl.ground.aggregator import AggregatorMachine
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.metrics import GroundMetrics, MetricsServer
+from orbitfl.ground.station_daemon import StationDaemon
 from orbitfl.ground.status import DP_EPSILON_KEY
 from orbitfl.ground.status import add_parser as add_status_parser
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import STRATEGIES, Strategy, make_strategy
 from orbitfl.models import autodiff, zoo
 from orbitfl.ort_import import onnxruntime
-from orbitfl.runtime.config import ConfigError, GroundSettings, load_ground, prepare_state_dir
+from orbitfl.runtime.config import (
+    ROLES,
+    ConfigError,
+    GroundSettings,
+    check_role,
+    load_ground,
+    prepare_state_dir,
+)
 from orbitfl.runtime.events import Count, Gauge, Log, MessageReceived, PeerSilent, RoundClosed, Send, Tick
 from orbitfl.runtime.keys_cli import PID_FILE
 from orbitfl.runtime.link import CurveServerKeys, GroundLink, LinkError, allowed_keys, load_secret
@@ -243,8 +252,14 @@ class GroundDaemon:
         init = None
         if self.store.latest_version() is None:
             init = zoo.get_weights(spec.model)
+        aggregator = g.role == "aggregator"
         try:
-            self.machine = GroundMachine(self.store, mcfg, init, build_strategy(cfg))
+            if aggregator:
+                self.machine: GroundMachine = AggregatorMachine(
+                    self.store, mcfg, init, build_strategy(cfg), allow=self._agent_keys()
+                )
+            else:
+                self.machine = GroundMachine(self.store, mcfg, init, build_strategy(cfg))
         except ValueError as exc:  # e.g. a strategy that needs another model (emsfl: experts)
             self.store.close()
             raise ConfigError(f"{_where(cfg)}federation.strategy: {exc}") from None
@@ -252,10 +267,12 @@ class GroundDaemon:
         if swept:
             log.info("removed %d partial upload(s) abandoned before this start", swept)
         self.n_params = sum(int(v.size) for v in self.machine.global_model.values())
-        keys = None if g.insecure else CurveServerKeys(g.secret_key, g.allowed_keys)  # type: ignore[arg-type]
+        # An aggregator's link admits stations; the agents' allow-list is what it distributes.
+        peers_key = "station_keys" if aggregator else "allowed_keys"
+        keys = None if g.insecure else CurveServerKeys(g.secret_key, getattr(g, peers_key))  # type: ignore[arg-type]
         if keys is not None:  # read here too, so that an error names its key
             _key_setting(f"{_where(cfg)}ground.secret_key", load_secret, keys.secret_file)
-            _key_setting(f"{_where(cfg)}ground.allowed_keys", allowed_keys, keys.allowed_dir)
+            _key_setting(f"{_where(cfg)}ground.{peers_key}", allowed_keys, keys.allowed_dir)
         try:
             self.link = GroundLink(
                 g.bind,
@@ -314,6 +331,8 @@ class GroundDaemon:
                         m.updates_refused["duplicate"] += a.n
                     elif a.name == "aggregates_refused":
                         m.aggregates_refused += a.n
+                    elif a.name in ("relays_accepted", "relays_late"):
+                        m.relays[a.name[len("relays_") :]] += a.n
             elif isinstance(a, Gauge):
                 if a.name.startswith("strategy_"):
                     with m.lock:
@@ -421,7 +440,27 @@ class GroundDaemon:
         self.health.tick()
         self.notifier.watchdog(now)
 
+    def _agent_keys(self) -> dict[str, str] | None:
+        """The agents' allow-list an aggregator distributes (name -> Z85 key; None: insecure)."""
+        g = self.cfg.ground
+        if g.insecure or g.allowed_keys is None:
+            return None
+        try:
+            return {name: key.decode("ascii") for key, name in allowed_keys(g.allowed_keys).items()}
+        except LinkError as exc:
+            raise ConfigError(f"{_where(self.cfg)}ground.allowed_keys: {exc}") from None
+
     def _reload_keys(self) -> None:
+        if isinstance(self.machine, AggregatorMachine):
+            try:
+                agents = self._agent_keys()
+            except ConfigError as exc:
+                log.error("agents' allow-list not reloaded, the previous one stays in force: %s", exc)
+            else:
+                if agents != self.machine.allow:
+                    with self.machine.batch():
+                        actions = self.machine.set_allow_list(agents, self.wall())
+                    self._execute(actions)
         try:
             added, removed = self.link.reload_keys()
         except LinkError as exc:
@@ -458,7 +497,8 @@ class GroundDaemon:
         self._next_tick = self.mono()
         mode = "plaintext (--insecure)" if not self.link.secure else "CurveZMQ"
         log.info(
-            "ground serving on %s (%s), model v%d, round %d",
+            "%s serving on %s (%s), model v%d, round %d",
+            "aggregator" if self.cfg.ground.role == "aggregator" else "ground",
             self.link.endpoint,
             mode,
             self.machine.version,
@@ -525,8 +565,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cfg = load_ground(Path(args.config))
         if args.insecure and not cfg.ground.insecure:
             cfg = _force_insecure(cfg)
+        if args.role is not None and args.role != cfg.ground.role:
+            cfg = dataclasses.replace(cfg, ground=dataclasses.replace(cfg.ground, role=args.role))
+            check_role(cfg.ground, f"{args.config} (with --role {args.role}): ")
         shutdown = Shutdown().install()
-        daemon = GroundDaemon(cfg, shutdown=shutdown, reload=Reload().install(), reset=args.reset_state)
+        daemon: GroundDaemon | StationDaemon
+        if cfg.ground.role == "station":
+            daemon = StationDaemon(cfg, shutdown=shutdown, reload=Reload().install(), reset=args.reset_state)
+        else:
+            daemon = GroundDaemon(cfg, shutdown=shutdown, reload=Reload().install(), reset=args.reset_state)
     except (ConfigError, LinkError) as exc:
         print(f"orbitfl ground serve: {exc}", file=sys.stderr)
         return 2
@@ -549,6 +596,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--reset-state",
         action="store_true",
         help="delete the federation stored in ground.state_dir and start a new one",
+    )
+    serve.add_argument(
+        "--role",
+        choices=ROLES,
+        help="both (default: one daemon serves agents and aggregates), station (serves agents, relays "
+        "to ground.upstream) or aggregator (serves stations); overrides ground.role",
     )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)

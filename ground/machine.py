@@ -506,7 +506,7 @@ class GroundMachine:
             elif isinstance(msg, Ack):
                 pass
             else:
-                raise WireError(Reason.UNKNOWN_TYPE, f"{msg.TYPE} is not something an agent sends", msg.id)
+                self._on_other(peer, msg, now, out)
         except WireError as err:
             self._refuse(peer, err, out)
         except Exception as exc:  # a bug or a failing disk must cost one frame, never the daemon
@@ -522,6 +522,14 @@ class GroundMachine:
             )
             out.append(self._send(peer, Nack(self._id(), ref, Reason.INTERNAL.value, type(exc).__name__)))
             self._resync(out)
+
+    def _task_of(self, msg: Update, agent_id: str) -> tuple[str, int, float | None] | None:
+        """The stored (agent, round, expires_at) of the task ``msg`` answers (None: none given)."""
+        return self.store.task(msg.task_id)
+
+    def _on_other(self, peer: str, msg: Message, now: float, out: list[Action]) -> None:
+        """A message type the agents' side does not take (the aggregator takes RELAY here)."""
+        raise WireError(Reason.UNKNOWN_TYPE, f"{msg.TYPE} is not something an agent sends", msg.id)
 
     def _resync(self, out: list[Action]) -> None:
         """After an internal error, rebuild the in-memory round from the store, so an update that
@@ -628,7 +636,7 @@ class GroundMachine:
         why = self.strategy.refusal(staleness)  # e.g. FedBuff's own max staleness
         if why is not None:
             raise WireError(Reason.STALE, why, msg.id)
-        task = self.store.task(msg.task_id)
+        task = self._task_of(msg, p.agent_id)
         self.admission.check_update(msg, p.agent_id, task, self.cfg.recipe, p.max_samples)
         if task is not None and task[2] is not None and now > task[2]:
             raise WireError(Reason.STALE, f"task {msg.task_id!r} expired (task_ttl policy)", msg.id)
@@ -642,13 +650,30 @@ class GroundMachine:
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
         norm = self.admission.check_delta(msg, delta)
+        self._accept(peer, p.agent_id, msg, frame, delta, norm, staleness, now, out)
+
+    def _accept(
+        self,
+        peer: str,
+        agent_id: str,
+        msg: Update,
+        frame: bytes,
+        delta: TensorDict,
+        norm: float,
+        staleness: int,
+        now: float,
+        out: list[Action],
+        ack_ref: str | None = None,
+    ) -> None:
+        """Record, fold in and ACK an admitted update (``ack_ref``: the id the ACK names, when it
+        is not the update's own, e.g. a station's RELAY), then close the round if it is full."""
         # Durable first, then counted, then ACKed: an ACKed update is never lost. In a batch a large
         # frame is left out of the log: the batch's closing checkpoint, committed with it, holds
         # its contribution instead (one snapshot of the sums instead of N frames on disk).
         frameless = self.store.in_batch and len(frame) >= self._frameless_from
         self._seq = self.store.accept_update(
             msg.id,
-            p.agent_id,
+            agent_id,
             self.round,
             msg.samples,
             msg.base_version,
@@ -669,7 +694,7 @@ class GroundMachine:
             self._since_ckpt = 0
             self._ckpt_due = False
         out.append(Count("updates_accepted"))
-        out.append(self._send(peer, Ack(self._id(), msg.id)))
+        out.append(self._send(peer, Ack(self._id(), ack_ref or msg.id)))
         if self.strategy.updates >= self.cfg.min_updates or self.strategy.ready:
             self._close_round(now, out)
 
@@ -679,6 +704,17 @@ class GroundMachine:
             out.append(
                 Log("INFO", f"{dropped} partial upload(s) idle for {self.cfg.spool_ttl:.0f} s dropped")
             )
+        self._on_deadline(now, out)
+        for (peer, _), ob in list(self.outbound.items()):
+            p = self.peers.get(peer)
+            if p is not None and p.online and now - ob.last_progress >= self.cfg.retransmit_seconds:
+                ob.pause()
+                ob.last_progress = now
+                self._pump(peer, ob, out)
+        self._pump_waiting(out)
+
+    def _on_deadline(self, now: float, out: list[Action]) -> None:
+        """Close the round at its deadline, or move the deadline on when it is too thin."""
         if not self.done and self.deadline is not None and now >= self.deadline:
             if self.strategy.updates >= self.cfg.min_updates_at_deadline:
                 self._close_round(now, out)
@@ -690,13 +726,6 @@ class GroundMachine:
                         "INFO", f"round {self.round}: deadline with {self.strategy.updates} updates; extended"
                     )
                 )
-        for (peer, _), ob in list(self.outbound.items()):
-            p = self.peers.get(peer)
-            if p is not None and p.online and now - ob.last_progress >= self.cfg.retransmit_seconds:
-                ob.pause()
-                ob.last_progress = now
-                self._pump(peer, ob, out)
-        self._pump_waiting(out)
 
     def _compress_step(self, new: TensorDict, new_version: int) -> TensorDict:
         """Make the next version exactly ``old + decode(encode(new - old + residual))``.

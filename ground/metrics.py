@@ -42,6 +42,10 @@ class GroundMetrics:
     accuracy: float | None = None  # of the current global model on the ground's held-out data
     dp_epsilon: float | None = None  # privacy spent so far, where the strategy reports it
     strategy: dict[str, float] = field(default_factory=dict)  # the strategy's figures, e.g. dp_epsilon
+    # A ground network (None where the role does not have it): a station's updates ACKed to agents
+    # and not yet ACKed by the aggregator, and relays counted on either side.
+    forward_backlog: int | None = None
+    relays: Counter[str] = field(default_factory=Counter)  # e.g. "acked", "duplicate", "accepted", "late"
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def refuse(self, reason: str, n: int = 1) -> None:
@@ -73,6 +77,8 @@ class GroundMetrics:
                 "accuracy": self.accuracy,
                 "dp_epsilon": self.dp_epsilon,
                 "strategy": dict(self.strategy),
+                "forward_backlog": self.forward_backlog,
+                "relays": dict(self.relays),
             }
 
 
@@ -166,6 +172,24 @@ def families(s: dict[str, Any]) -> list[Family]:
         out.append(
             _one(
                 "orbitfl_dp_epsilon", "gauge", "Differential privacy spent so far (epsilon)", s["dp_epsilon"]
+            )
+        )
+    if s["forward_backlog"] is not None:
+        out.append(
+            _one(
+                "orbitfl_forward_backlog",
+                "gauge",
+                "Updates this station ACKed to agents and the aggregator has not ACKed yet",
+                s["forward_backlog"],
+            )
+        )
+    if s["relays"]:
+        out.append(
+            Family(
+                "orbitfl_relays_total",
+                "counter",
+                "Relayed updates between stations and the aggregator, by outcome",
+                {(("outcome", k),): float(n) for k, n in sorted(s["relays"].items())},
             )
         )
     for key, value in sorted(s["strategy"].items()):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from orbitfl.apps.demo_network import write_network_configs
 from orbitfl.codec.inputs import check_recipe
 from orbitfl.ground.strategies import STRATEGIES, make_strategy
 from orbitfl.models.manifest import is_model_path
@@ -58,6 +59,9 @@ class DemoSettings:
     data: str = "digits"
     strategy: str = "fedavg"
     strategy_options: tuple[tuple[str, Any], ...] = ()
+    # A ground network: an aggregator and this many station daemons, agents moving between them
+    # (0: one ground daemon doing both).
+    stations: int = 0
 
     @property
     def demo_model(self) -> str:
@@ -72,6 +76,12 @@ class DemoSettings:
         make_strategy(self.strategy, **dict(self.strategy_options))  # a bad option fails here, by name
         if self.agents < 1:
             raise ValueError(f"--agents must be >= 1, got {self.agents}")
+        if self.stations < 0:
+            raise ValueError(f"--stations must be >= 0, got {self.stations}")
+        if self.stations and self.outages:
+            raise ValueError(
+                "--stations and --outages together are not supported: agents already move between stations"
+            )
         if self.rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if self.epochs < 1:
@@ -219,13 +229,30 @@ HEADER = f"{'round':>5}  {'agents':>6}  {'accuracy':>8}  {'uplink bytes':>12}  {
 
 def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str, Any]:
     check_recipe(s.codec)
-    ground_cfg, agent_cfgs = write_configs(work, s)
+    station_cfgs: list[Path] = []
+    if s.stations:
+        link = (
+            f"[link]\nheartbeat_s = {HEARTBEAT_S}\nliveness = {LIVENESS}\n"
+            f"backoff_initial_s = 0.2\nbackoff_max_s = {BACKOFF_MAX_S}\n"
+        )
+        ports = [free_port() for _ in range(2 + s.stations)]
+        net = write_network_configs(work, s, ports, link, RETRANSMIT_S, 120.0)
+        ground_cfg, station_cfgs, agent_cfgs, rounds_file = (
+            net.aggregator,
+            net.stations,
+            net.agents,
+            net.rounds_file,
+        )
+        what = f"1 aggregator + {s.stations} stations + {s.agents} agents moving between them"
+    else:
+        ground_cfg, agent_cfgs = write_configs(work, s)
+        rounds_file = work / "ground" / "rounds.jsonl"
+        what = f"1 ground + {s.agents} agents"
     procs = Processes(work)
-    rounds_file = work / "ground" / "rounds.jsonl"
     t0 = time.monotonic()
     shown = 0
     security = "plaintext (--insecure)" if s.insecure else "CurveZMQ keys in " + str(work / "keys")
-    print(f"orbitfl demo: 1 ground + {s.agents} agents on 127.0.0.1, {security}", file=out)
+    print(f"orbitfl demo: {what} on 127.0.0.1, {security}", file=out)
     print(
         f"  {s.demo_model} on non-IID {s.data} (Dirichlet alpha={s.alpha}), codec {s.codec!r}, "
         f"strategy {s.strategy}, {s.rounds} rounds"
@@ -239,7 +266,9 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
     print(f"  logs and state in {work}", file=out)
     print(HEADER, file=out, flush=True)
     try:
-        procs.start("ground", "ground", "serve", "--config", str(ground_cfg))
+        procs.start(ground_cfg.stem, "ground", "serve", "--config", str(ground_cfg))
+        for cfg in station_cfgs:
+            procs.start(cfg.stem, "ground", "serve", "--config", str(cfg))
         for cfg in agent_cfgs:
             procs.start(cfg.stem, "agent", "run", "--config", str(cfg))
         while True:
@@ -270,6 +299,7 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
         "strategy": s.strategy,
         "strategy_options": dict(s.strategy_options),
         "agents": s.agents,
+        "stations": s.stations,
         "outages": s.outages,
         "seconds": round(time.monotonic() - t0, 2),
         "uplink_bytes": up,
@@ -361,6 +391,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             data=str(Path(args.data).resolve()) if args.data else "digits",
             strategy=args.strategy,
             strategy_options=tuple(parse_option(o) for o in args.strategy_option),
+            stations=args.stations,
         )
         check_recipe(settings.codec)
         if args.compare:
@@ -415,6 +446,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("demo", help="a ground and N agents as local processes: accuracy against bytes")
     p.add_argument("--agents", type=int, default=4, help="number of agent processes (default 4)")
+    p.add_argument(
+        "--stations",
+        type=int,
+        default=0,
+        help="a ground network: an aggregator and this many station daemons, agents moving between "
+        "them round by round (default 0: one ground daemon)",
+    )
     p.add_argument("--rounds", type=int, default=60, help="federated rounds (default 60)")
     p.add_argument("--codec", default=DEFAULT_RECIPE, help=f"update recipe (default {DEFAULT_RECIPE!r})")
     p.add_argument("--epochs", type=int, default=2, help="local epochs per round (default 2)")

@@ -67,6 +67,14 @@ def _host_port(v: Any) -> str | None:
     return None
 
 
+def _all(check: Check, values: Any) -> str | None:
+    for v in values:
+        problem = check(v)
+        if problem:
+            return f"{v!r} {problem}"
+    return None
+
+
 def _name(v: Any) -> str | None:
     try:
         check_name(v)
@@ -123,6 +131,9 @@ class LinkSettings:
     window: int = field(default=8, metadata=_m(_at_least(1)))
 
 
+ROLES = ("both", "station", "aggregator")
+
+
 @dataclass(frozen=True)
 class GroundSection:
     bind: str = field(metadata=_m(_endpoint))
@@ -131,6 +142,14 @@ class GroundSection:
     secret_key: Path | None = field(default=None, metadata=_m(path=True))
     allowed_keys: Path | None = field(default=None, metadata=_m(path=True))
     metrics: str = field(default="", metadata=_m(_host_port))
+    # A ground network (docs/operations.md, "A ground network"): "both" is one daemon serving
+    # agents and aggregating; a "station" serves agents and relays to the aggregator at
+    # ``upstream``; an "aggregator" serves stations only, admitting those in ``station_keys``.
+    role: str = field(default="both", metadata=_m(_one_of(*ROLES)))
+    name: str = field(default="", metadata=_m(lambda v: None if v == "" else _name(v)))
+    upstream: str = field(default="", metadata=_m(lambda v: None if v == "" else _endpoint(v)))
+    upstream_key: Path | None = field(default=None, metadata=_m(path=True))
+    station_keys: Path | None = field(default=None, metadata=_m(path=True))
 
 
 @dataclass(frozen=True)
@@ -194,6 +213,12 @@ class AgentSection:
     metrics: str = field(default="", metadata=_m(_host_port))
     # After the ground refuses this agent's key (revoked), wait this long before dialling again.
     key_refused_retry_s: float = field(default=600.0, metadata=_m(_positive))
+    # A ground network: more stations than ``ground`` to federate through (ZeroMQ endpoints) and
+    # their public keys, in the same order. The agent moves on to the next station whenever its
+    # link is lost and after each ACKed update (a pass is over), as a satellite sees one station
+    # after another.
+    stations: tuple[str, ...] = field(default=(), metadata=_m(lambda v: _all(_endpoint, v)))
+    station_keys: tuple[str, ...] = field(default=(), metadata=_m())
 
 
 @dataclass(frozen=True)
@@ -384,12 +409,7 @@ def parse_ground(
     if "ground" not in doc:
         raise ConfigError(f"{prefix}[ground]: required section is missing")
     ground = _section(GroundSection, doc.get("ground"), "ground", base, prefix)
-    if not ground.insecure:
-        for key in ("secret_key", "allowed_keys"):
-            if getattr(ground, key) is None:
-                raise ConfigError(
-                    f"{prefix}ground.{key}: required unless ground.insecure = true (Curve is the default)"
-                )
+    check_role(ground, prefix)
     link = _section(LinkSettings, doc.get("link"), "link", base, prefix)
     _check_link(link, prefix)
     fed = _section(FederationSection, doc.get("federation"), "federation", base, prefix)
@@ -402,6 +422,45 @@ def parse_ground(
         admission=adm,
         strategy=_options(doc.get("strategy"), prefix),
     )
+
+
+# Keys that only one role uses: set for another, they would be silently ignored, so they are refused.
+_ROLE_KEYS = {
+    "name": ("station",),
+    "upstream": ("station",),
+    "upstream_key": ("station",),
+    "station_keys": ("aggregator",),
+    "allowed_keys": ("both", "aggregator"),
+}
+
+
+def check_role(ground: GroundSection, prefix: str = "") -> None:
+    """The [ground] keys the role needs are set, and none of another role's is."""
+    role = ground.role
+    for key, roles in _ROLE_KEYS.items():
+        value = getattr(ground, key)
+        if role not in roles and value not in (None, ""):
+            why = {
+                "allowed_keys": "a station gets the agents' allow-list from the aggregator; remove it",
+            }.get(key, f"only role {' or '.join(roles)} uses it; remove it or set ground.role")
+            raise ConfigError(f"{prefix}ground.{key}: set, but ground.role is {role!r}: {why}")
+    need: list[str] = []
+    if role == "station":
+        need += ["name", "upstream"]
+    if not ground.insecure:
+        need += {
+            "both": ["secret_key", "allowed_keys"],
+            "aggregator": ["secret_key", "allowed_keys", "station_keys"],
+            "station": ["secret_key", "upstream_key"],
+        }[role]
+    for key in need:
+        if getattr(ground, key) in (None, ""):
+            unless = "unless ground.insecure = true (Curve is the default)"
+            if role == "both":  # the single daemon's message, as before there were roles
+                raise ConfigError(f"{prefix}ground.{key}: required {unless}")
+            if key in ("name", "upstream"):
+                unless = "(the aggregator's endpoint and the station's name there)"
+            raise ConfigError(f"{prefix}ground.{key}: required for ground.role = {role!r} {unless}")
 
 
 def _options(data: Any, prefix: str) -> dict[str, Any]:
@@ -431,6 +490,17 @@ def parse_agent(
                 raise ConfigError(
                     f"{prefix}agent.{key}: required unless agent.insecure = true (Curve is the default)"
                 )
+    if not agent.insecure and len(agent.station_keys) != len(agent.stations):
+        raise ConfigError(
+            f"{prefix}agent.station_keys: one public key per entry of agent.stations "
+            f"({len(agent.stations)}), got {len(agent.station_keys)}"
+        )
+    if agent.station_keys:  # paths, relative to the config file like every other
+        keys = tuple(
+            str(Path(k).expanduser() if Path(k).expanduser().is_absolute() else base / k)
+            for k in agent.station_keys
+        )
+        agent = dataclasses.replace(agent, station_keys=keys)
     data = _section(DataSection, doc.get("data"), "data", base, prefix)
     if data.partition >= data.num_partitions:
         raise ConfigError(

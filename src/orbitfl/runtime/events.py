@@ -78,7 +78,35 @@ class TrainingFailed:
     error: str
 
 
-Event = MessageReceived | Tick | PeerSilent | LinkUp | LinkDown | TrainingDone | TrainingFailed
+@dataclass(frozen=True)
+class UpstreamUp:
+    """Station: the link to the aggregator is connected."""
+
+
+@dataclass(frozen=True)
+class UpstreamDown:
+    """Station: the link to the aggregator is lost; relays pause where they are."""
+
+
+@dataclass(frozen=True)
+class UpstreamReceived:
+    """Station: a frame arrived from the aggregator (untrusted bytes, like any other)."""
+
+    frame: bytes
+
+
+Event = (
+    MessageReceived
+    | Tick
+    | PeerSilent
+    | LinkUp
+    | LinkDown
+    | TrainingDone
+    | TrainingFailed
+    | UpstreamUp
+    | UpstreamDown
+    | UpstreamReceived
+)
 
 
 # --- actions --------------------------------------------------------------------------------------
@@ -151,4 +179,21 @@ class RoundClosed:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-Action = Send | Log | Count | Gauge | StartTraining | ApplyModel | RoundClosed
+@dataclass(frozen=True)
+class SendUpstream:
+    """Station: send ``frame`` to the aggregator (lost while the link is down; the machine resends)."""
+
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class AllowAgents:
+    """Station: the federation's agent allow-list changed (durable in the station's store): install
+    it in the link, so a revoked agent's handshakes are refused. ``keys``: agent name -> Z85 Curve
+    public key; None: no keys (insecure federation), any name is admitted."""
+
+    version: str
+    keys: Mapping[str, str] | None
+
+
+Action = Send | Log | Count | Gauge | StartTraining | ApplyModel | RoundClosed | SendUpstream | AllowAgents

@@ -29,6 +29,8 @@ class Reason(str, Enum):
     BUSY = "busy"  # too many transfers in flight from this peer
     MODEL_MISMATCH = "model_mismatch"  # HELLO/TASK name another model (model_fingerprint)
     NORM_BOUND = "norm_bound"  # an update's delta is larger than the ground's poisoning guard admits
+    NOT_ALLOWED = "not_allowed"  # a station: the agent is not in the federation's allow-list
+    UNSYNCED = "unsynced"  # a station that has no model from the aggregator yet; try later
     INTERNAL = "internal"  # the receiver failed while handling the frame; the sender keeps it and retries
 
 

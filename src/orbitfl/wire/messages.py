@@ -536,8 +536,123 @@ class ChunkAck(Message):
         return cls(mid, _str(d, "transfer", k, max_len=MAX_ID_LEN), _int(d, "next_offset", k))
 
 
+# --- the ground network: stations <-> aggregator (docs/protocol.md, "Stations") ---------------------
+
+
+@dataclass(frozen=True)
+class Relay(Message):
+    """Station -> aggregator: an agent's UPDATE the station admitted, stored and ACKed.
+
+    ``frame`` is the agent's UPDATE frame byte for byte (the aggregator decodes and dedupes it on
+    its own id, so one update relayed by two stations counts once); ``agent_id`` is the name the
+    station authenticated it as. The RELAY's own id is the station's outbox id (its ACK names it)."""
+
+    TYPE: ClassVar[str] = "RELAY"
+    agent_id: str = ""
+    frame: bytes = b""
+
+    def fields(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "frame": self.frame}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Relay:
+        k = cls.TYPE
+        agent = _str(d, "agent_id", k, max_len=128)
+        if not agent or ":" in agent:
+            raise WireError(Reason.SCHEMA, "RELAY.agent_id: must be non-empty and contain no ':'", mid)
+        return cls(mid, agent, _bytes(d, "frame", k))
+
+
+@dataclass(frozen=True)
+class State(Message):
+    """Aggregator -> station: what the station serves agents until the next STATE.
+
+    The round open at the aggregator, its base ``model_version`` (``model`` carries it, whole or as
+    a delta from the version the station said it holds, unless it holds it already), the round's
+    ``recipe`` and task ``hints``, seconds left in the round (``deadline_in``), the staleness bound,
+    the federation's model fingerprint, and ``done`` once the federation finished (then agents get
+    the final model instead of tasks)."""
+
+    TYPE: ClassVar[str] = "STATE"
+    round: int = 0
+    model_version: int = 0
+    recipe: str = "fp32"
+    hints: dict[str, Any] = field(default_factory=dict)
+    deadline_in: float | None = None
+    max_staleness: int = 1
+    done: bool = False
+    model: ModelBlob | None = None
+    model_fingerprint: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        out = {
+            "model": None if self.model is None else self.model.to_wire(),
+            "round": self.round,
+            "model_version": self.model_version,
+            "recipe": self.recipe,
+            "hints": self.hints,
+            "deadline_in": self.deadline_in,
+            "max_staleness": self.max_staleness,
+            "done": self.done,
+        }
+        if self.model_fingerprint is not None:
+            out["model_fingerprint"] = self.model_fingerprint
+        return out
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> State:
+        k = cls.TYPE
+        model = d.get("model")
+        return cls(
+            mid,
+            _int(d, "round", k),
+            _int(d, "model_version", k),
+            _str(d, "recipe", k),
+            _free(d, "hints", k, MAX_HINT_ITEMS),
+            _float(d, "deadline_in", k, optional=True),
+            _int(d, "max_staleness", k),
+            _bool(d, "done", k),
+            None if model is None else ModelBlob.from_wire(model, "STATE.model"),
+            _fingerprint(d, k),
+        )
+
+
+Z85_KEY_LEN = 40  # a CurveZMQ public key in Z85
+
+
+@dataclass(frozen=True)
+class Allow(Message):
+    """Aggregator -> station: the federation's agent allow-list, whole. ``keys`` maps each agent
+    name to its Z85 Curve public key; ``None`` means the federation runs without keys (insecure,
+    development only) and admits any name. ``version`` names the list (a digest), so a station
+    says in its HELLO which one it holds and gets a new one only when it changed."""
+
+    TYPE: ClassVar[str] = "ALLOW"
+    version: str = ""
+    keys: dict[str, str] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"version": self.version, "keys": self.keys}
+
+    @classmethod
+    def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Allow:
+        k = cls.TYPE
+        version = _str(d, "version", k, max_len=128)
+        raw = d.get("keys")
+        if raw is None:
+            return cls(mid, version, None)
+        keys = _map(d, "keys", k)
+        for name, key in keys.items():
+            if not name or len(name) > 128 or ":" in name:
+                raise WireError(Reason.SCHEMA, f"ALLOW.keys: bad agent name {_short(name)}", mid)
+            if not isinstance(key, str) or len(key) != Z85_KEY_LEN:
+                raise WireError(Reason.SCHEMA, f"ALLOW.keys.{name}: expected a 40-char Z85 key", mid)
+        return cls(mid, version, dict(keys))
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    m.TYPE: m for m in (Hello, Task, Update, Ack, Nack, Model, Heartbeat, Bye, Chunk, ChunkAck)
+    m.TYPE: m
+    for m in (Hello, Task, Update, Ack, Nack, Model, Heartbeat, Bye, Chunk, ChunkAck, Relay, State, Allow)
 }
 
 M = TypeVar("M", bound=Message)
