@@ -97,6 +97,9 @@ def parse_outages(raw: Any) -> OutageSpec:
     out: list[Outage] = []
     for i, item in enumerate(raw):
         at = f"{where}[{i}]"
+        station: Any
+        start: Any
+        end: Any
         if isinstance(item, str):
             parts = item.split(":")
             if len(parts) != 3 or not parts[0]:

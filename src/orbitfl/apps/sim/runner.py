@@ -709,7 +709,7 @@ class Simulation:
         assert self.net is not None
         self._network(self.net.arrive(data, self.now))
 
-    def _network(self, actions: list[tuple[str, Send | RoundClosed]]) -> None:
+    def _network(self, actions: list[tuple[str | None, Send | RoundClosed]]) -> None:
         """What the network's machines did for the radio and the report: a station's frame goes up
         to a satellite only over that station's antenna (a satellite now over another has left)."""
         for station, a in actions:
