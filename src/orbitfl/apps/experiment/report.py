@@ -37,6 +37,10 @@ COLUMNS = (
     "accepted_updates",
     "sim_hours",
     "wall_seconds",
+    "topology",
+    "backhaul_up_bytes",
+    "backhaul_down_bytes",
+    "backhaul_frames_lost",
 )
 SUMMARY_COLUMNS = (
     "name",
@@ -50,6 +54,7 @@ SUMMARY_COLUMNS = (
     "ratio_vs_float32",
     "sim_time_to_target_mean_h",
     "reached_target",
+    "backhaul_bytes_mean",
 )
 
 
@@ -74,6 +79,12 @@ def run_record(res: SimResult, labels: Mapping[str, Any]) -> dict[str, Any]:
         windows=res.windows,
         n_params=res.n_params,
         refused=res.refused,
+        topology=res.config.get("topology", "single"),
+        backhaul_up_bytes=res.backhaul_up_bytes,
+        backhaul_down_bytes=res.backhaul_down_bytes,
+        backhaul_frames_lost=res.backhaul_frames_lost,
+        station_stats=res.station_stats,
+        audit=res.audit,
         series=list(iter_rows(res.rounds)),
     )
     return rec
@@ -122,14 +133,19 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "ratio_vs_float32": mean(ratios),
                 "sim_time_to_target_mean_h": mean(ttt),
                 "reached_target": f"{len(ttt)}/{len(rs)}",
+                "backhaul_bytes_mean": mean(
+                    [float(r.get("backhaul_up_bytes", 0) + r.get("backhaul_down_bytes", 0)) for r in rs]
+                ),
             }
         )
     return out
 
 
 def markdown(summary: Sequence[Mapping[str, Any]]) -> str:
-    """The summary as a Markdown table (means over seeds), for docs and the terminal."""
-    head = (
+    """The summary as a Markdown table (means over seeds), for docs and the terminal; with a
+    backhaul column when a run had a station network."""
+    network = any(s.get("backhaul_bytes_mean") for s in summary)
+    head: tuple[str, ...] = (
         "run",
         "data",
         "seeds",
@@ -138,7 +154,7 @@ def markdown(summary: Sequence[Mapping[str, Any]]) -> str:
         "uplink B",
         "x less than fp32",
         "t to target (h)",
-    )
+    ) + (("backhaul B",) if network else ())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(v: Any, spec: str) -> str:
@@ -151,6 +167,7 @@ def markdown(summary: Sequence[Mapping[str, Any]]) -> str:
             f"{f(s['accuracy_gap_points'], '+.2f')} | {f(s['uplink_bytes_mean'], ',.0f')} | "
             f"{f(s['ratio_vs_float32'], '.1f')} | {f(s['sim_time_to_target_mean_h'], '.1f')} "
             f"({s['reached_target']}) |"
+            + (f" {f(s.get('backhaul_bytes_mean'), ',.0f')} |" if network else "")
         )
     return "\n".join(lines)
 

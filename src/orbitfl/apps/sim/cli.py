@@ -39,6 +39,20 @@ OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--tle", "tle_file", str, "propagate these TLEs with sgp4 instead of a Walker constellation"),
     ("--seed", "seed", int, "seed of data split, model and training (default 0)"),
     ("--target", "target_accuracy", float, "accuracy whose first simulated time is reported"),
+    (
+        "--topology",
+        "topology",
+        str,
+        "single (every station feeds one ground, the default) | stations (a station machine per "
+        "station, linked to one aggregator)",
+    ),
+    (
+        "--backhaul-latency",
+        "backhaul_latency_s",
+        float,
+        "station<->aggregator one-way latency, s (default 0.05)",
+    ),
+    ("--backhaul-rate-bps", "backhaul_rate_bps", float, "station<->aggregator rate (default: unlimited)"),
 )
 
 
@@ -70,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         base["stations"] = list(args.stations)
     if args.trainable:
         base["trainable"] = list(args.trainable)
+    if args.backhaul_outages:
+        base["backhaul_outages"] = list(args.backhaul_outages)
     return SimConfig.from_dict(base, str(args.config or "options"))
 
 
@@ -167,6 +183,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         metavar="PATTERN",
         help="train only these parameters (names, globs, group prefixes); default: all",
+    )
+    p.add_argument(
+        "--backhaul-outages",
+        nargs="+",
+        metavar="STATION:START_S:END_S",
+        help="station<->aggregator outages (topology stations), or random:MEAN_UP_S:MEAN_DOWN_S",
     )
     p.add_argument("--windows-out", help="also write the contact windows to this CSV")
     p.add_argument(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
@@ -33,6 +33,12 @@ from orbitfl.agent.machine import AgentConfig, AgentMachine
 from orbitfl.agent.outbox import Outbox
 from orbitfl.agent.strategy_side import PartialHint, PartialSender, router_affinity
 from orbitfl.apps.executors import Executor, Handle, LocalExecutor
+from orbitfl.apps.sim.backhaul import (
+    DEFAULT_BACKHAUL_LATENCY_S,
+    TOPOLOGIES,
+    BackhaulConfig,
+    parse_outages,
+)
 from orbitfl.apps.sim.orbits import (
     DEFAULT_STATIONS,
     Station,
@@ -79,6 +85,9 @@ from orbitfl.runtime.events import (
     TrainingDone,
 )
 
+if TYPE_CHECKING:
+    from orbitfl.apps.sim.network import StationNetwork
+
 PARTITIONS = ("dirichlet", "iid", "shard")
 
 
@@ -98,6 +107,12 @@ class SimConfig:
     rate_bps: float | None = None  # override every window's rate
     link_share: float = 1.0  # fraction of each window's rate given to federated learning
     latency_s: float = 0.02
+    # ground network: "single" feeds every station's traffic to one ground machine; "stations" runs
+    # a station machine per station, each linked to one aggregator (apps/sim/network.py)
+    topology: str = "single"
+    backhaul_latency_s: float | None = None  # None: DEFAULT_BACKHAUL_LATENCY_S with "stations"
+    backhaul_rate_bps: float | None = None  # None: the terrestrial links are never the bottleneck
+    backhaul_outages: Any = None  # schedule or random process, see backhaul.parse_outages
     # federation
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +175,7 @@ class SimConfig:
             raise ValueError(f"rate_bps must be > 0, got {self.rate_bps}")
         if self.dataset == "mnist" and not self.mnist_path:
             raise ValueError("dataset 'mnist' needs mnist_path: the folder holding the four IDX files")
+        self.backhaul()  # refuses a bad topology or backhaul setting here, by name
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> SimConfig:
@@ -175,6 +191,24 @@ class SimConfig:
     def walker(self) -> Walker:
         f = self.phasing if self.phasing is not None else (1 if self.planes > 1 else 0)
         return Walker(self.sats, self.planes, f, self.altitude_km, self.inclination_deg)
+
+    def backhaul(self) -> BackhaulConfig | None:
+        """The station links of the "stations" topology (None for "single")."""
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}")
+        given = [
+            k
+            for k in ("backhaul_latency_s", "backhaul_rate_bps", "backhaul_outages")
+            if getattr(self, k) is not None
+        ]
+        if self.topology == "single":
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} need topology = 'stations' (a single ground has no backhaul)"
+                )
+            return None
+        latency = DEFAULT_BACKHAUL_LATENCY_S if self.backhaul_latency_s is None else self.backhaul_latency_s
+        return BackhaulConfig(latency, self.backhaul_rate_bps, parse_outages(self.backhaul_outages))
 
     def station_list(self) -> list[Station]:
         return [parse_station(s) for s in self.stations] if self.stations else list(DEFAULT_STATIONS)
@@ -213,6 +247,12 @@ class SimResult:
     time_to_target: float | None
     refused: dict[str, int]
     agent_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the "stations" topology: bytes put on the station<->aggregator links, frames they lost
+    backhaul_up_bytes: int = 0
+    backhaul_down_bytes: int = 0
+    backhaul_frames_lost: int = 0
+    station_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    audit: dict[str, float] = field(default_factory=dict)  # StationNetwork.audit at the end
 
     @property
     def ratio_vs_float32(self) -> float | None:
@@ -394,6 +434,7 @@ class Simulation:
         self.learn = Learning(cfg, len(self.names), self.work, executor)
         self.watch = watch
         self.n_params = sum(int(v.size) for v in self.learn.initial.values())
+        self.net: StationNetwork | None = None
         self.ground = self._new_ground()
         self.agents = [self._new_agent(i, n) for i, n in enumerate(self.names)]
         self._reset_clock_and_counters()
@@ -438,6 +479,14 @@ class Simulation:
             retransmit_seconds=cfg.retransmit_s,
             chunk_bytes=cfg.chunk_bytes,
         )
+        if cfg.topology == "stations":
+            from orbitfl.apps.sim.network import build_network  # the station machines, only when used
+
+            self.net = build_network(
+                cfg, gcfg, self.learn.initial, strategy, self.windows, self.duration, self.work
+            )
+            self.net.schedule = lambda t, data: self._push(t, "net", data)
+            return self.net.aggregator
         return GroundMachine(GroundStore(self.work / "ground"), gcfg, self.learn.initial, strategy)
 
     def _new_agent(self, i: int, name: str) -> AgentMachine:
@@ -511,9 +560,13 @@ class Simulation:
 
     def run(self) -> SimResult:
         t0 = time.monotonic()
+        if self.net is not None:
+            for t, data in self.net.start_events():
+                self._push(t, "net", data)
         for w in self.windows:
             self._push(w.start, "open", w)
         self._push(0.0, "tick", None)
+        network: dict[str, Any] = {}
         try:
             while self._heap and not self.ground.done:
                 t, _, kind, data = heapq.heappop(self._heap)
@@ -521,6 +574,8 @@ class Simulation:
                     break
                 self.now = t
                 getattr(self, f"_on_{kind}")(data)
+            if self.net is not None:
+                network = self.net.result()  # read from the stores before they close
         finally:
             self.close()
         acc = self.rows[-1].accuracy if self.rows else None
@@ -547,12 +602,16 @@ class Simulation:
             time_to_target=ttt,
             refused=dict(self.ground.refused),
             agent_stats=self.stats,
+            **network,
         )
 
     def close(self) -> None:
         self._training.clear()
         self.learn.close()
-        self.ground.store.close()
+        if self.net is not None:
+            self.net.close()
+        else:
+            self.ground.store.close()
         for a in self.agents:
             a.outbox.close()
         if self._tmp is not None:
@@ -573,7 +632,7 @@ class Simulation:
             return
         del self.links[sat]
         self._agent(sat, LinkDown())
-        self._ground(PeerSilent(sat))
+        self._ground(PeerSilent(sat), ln.window.station)
 
     def _on_tick(self, _: None) -> None:
         self._ground(Tick())
@@ -587,7 +646,7 @@ class Simulation:
         sat, serial, frame = data
         ln = self.links.get(sat)
         if ln is not None and ln.serial == serial:
-            self._ground(MessageReceived(sat, frame))
+            self._ground(MessageReceived(sat, frame), ln.window.station)
 
     def _on_down(self, data: tuple[str, int, bytes]) -> None:
         sat, serial, frame = data
@@ -634,12 +693,34 @@ class Simulation:
                 )
                 self._push(self.now + self.cfg.epochs * self.cfg.seconds_per_epoch, "trained", (sat, a))
 
-    def _ground(self, event: Any) -> None:
+    def _ground(self, event: Any, station: str | None = None) -> None:
+        """``event`` to the ground: the one ground machine, or (topology "stations") the station
+        the satellite is in contact with (a Tick: every machine of the network)."""
+        if self.net is not None:
+            self._network(self.net.handle(station, event, self.now))
+            return
         for a in self.ground.handle(event, self.now):
             if isinstance(a, Send):
                 self._transmit(a.peer, a.frame, up=False)
             elif isinstance(a, RoundClosed):
                 self._on_round(a)
+
+    def _on_net(self, data: Any) -> None:
+        assert self.net is not None
+        self._network(self.net.arrive(data, self.now))
+
+    def _network(self, actions: list[tuple[str | None, Send | RoundClosed]]) -> None:
+        """What the network's machines did for the radio and the report: a station's frame goes up
+        to a satellite only over that station's antenna (a satellite now over another has left)."""
+        for station, a in actions:
+            if isinstance(a, RoundClosed):
+                self._on_round(a)
+                continue
+            ln = self.links.get(a.peer)
+            if ln is None or ln.window.station != station:
+                self.lost += 1
+                continue
+            self._transmit(a.peer, a.frame, up=False)
 
     def _on_round(self, rc: Any) -> None:
         self.accepted += rc.updates
