@@ -214,6 +214,13 @@ class SimResult:
     time_to_target: float | None
     refused: dict[str, int]
     agent_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # uplink air bytes by frame type (UPDATE, CHUNK, HELLO, HEARTBEAT, ...): sums to uplink_bytes
+    uplink_by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def control_uplink_bytes(self) -> int:
+        """Everything satellites sent that was not an update (HELLO, heartbeats, acks, NACKs)."""
+        return self.uplink_bytes - self.uplink_update_bytes
 
     @property
     def ratio_vs_float32(self) -> float | None:
@@ -467,6 +474,7 @@ class Simulation:
         self.up_update = self.up_all = self.down_all = self.f32 = 0
         self.accepted = 0
         self.lost = self.duplicated = 0
+        self.up_by_type: dict[str, int] = {}  # uplink air bytes per frame type (the control itemised)
         self._by_sat = {n: [w for w in self.windows if w.satellite == n] for n in self.names}
         self.stats: dict[str, dict[str, int]] = {n: {"windows": 0, "trainings": 0} for n in self.names}
 
@@ -548,6 +556,7 @@ class Simulation:
             time_to_target=ttt,
             refused=dict(self.ground.refused),
             agent_stats=self.stats,
+            uplink_by_type=dict(sorted(self.up_by_type.items())),
         )
 
     def close(self) -> None:
@@ -679,12 +688,7 @@ class Simulation:
         else:
             ln.down_free = arrive
         sent = n if arrive <= ln.window.end else max(0, min(n, int((ln.window.end - start) * rate)))
-        if up:
-            self.up_all += sent
-            if frame_type(frame) in ("UPDATE", "CHUNK"):
-                self.up_update += sent
-        else:
-            self.down_all += sent
+        self._count(frame, sent, up=up)
         if arrive + self.cfg.latency_s > ln.window.end:
             self.lost += 1
             return
@@ -692,7 +696,18 @@ class Simulation:
         self._push(arrive + self.cfg.latency_s, kind, (sat, ln.serial, frame))
         if self.cfg.duplicate_rate and self._rng.random() < self.cfg.duplicate_rate:
             self.duplicated += 1
+            self._count(frame, n, up=up)  # the link carried it twice: both copies are air bytes
             self._push(arrive + 2 * self.cfg.latency_s, kind, (sat, ln.serial, frame))
+
+    def _count(self, frame: bytes, sent: int, *, up: bool) -> None:
+        if not up:
+            self.down_all += sent
+            return
+        kind = frame_type(frame)
+        self.up_all += sent
+        self.up_by_type[kind] = self.up_by_type.get(kind, 0) + sent
+        if kind in ("UPDATE", "CHUNK"):
+            self.up_update += sent
 
     def update_budget(self, sat: str) -> int:
         """Bytes the satellite's next contact (the one open now, else the next to open) can carry
