@@ -374,6 +374,9 @@ class GroundDaemon:
             "updates": rc.updates,
             "samples": rc.samples,
             "uplink_bytes": rc.uplink_bytes,
+            # Every frame the agents sent since this process started, control traffic (HELLO,
+            # heartbeats, acks, NACKs), refused and duplicated updates included: the honest total.
+            "received_bytes": self.machine.bytes_in,
             # What the same updates cost as raw float32 tensors (the FedAvg baseline).
             "float32_bytes": rc.updates * self.n_params * 4,
             "accuracy": acc,

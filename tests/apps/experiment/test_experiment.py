@@ -54,7 +54,10 @@ def _write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_unavailable_strategy_is_named_or_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unavailable_strategy_is_named_or_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORBITFL_DATA_DIR", str(tmp_path / "no-data"))  # MNIST not installed here
     cfg = _write(
         tmp_path,
         """
@@ -84,7 +87,7 @@ partition = "iid"
         main(["experiment", "--config", str(cfg), "--report", str(tmp_path / "r"), "--skip-unavailable"]) == 0
     )
     out = capsys.readouterr().out
-    assert "MNIST needs the IDX files" in out
+    assert "MNIST is not installed" in out and "orbitfl data mnist" in out
     assert "skipped" in out
     rows = list(csv.DictReader((tmp_path / "r" / "results.csv").read_text().splitlines()))
     assert [r["name"] for r in rows] == ["mnist-less"]

@@ -73,6 +73,37 @@ def test_duplicated_frames_are_counted_once_by_the_real_ground(tmp_path: Path) -
     assert res.accepted_updates == 9
 
 
+def test_every_uplink_byte_is_counted_once_per_transmission(tmp_path: Path) -> None:
+    # Windows long and fast enough that no frame is cut: then every byte the satellites put on the
+    # air reached the real ground, which counts what it receives itself; duplicated deliveries are
+    # bytes the link carried twice, so both sides count them twice.
+    ws = [
+        Window(f"sat-{i:02d}", "gs", 3000.0 * k + 100.0 * i, 3000.0 * k + 100.0 * i + 900.0, 1e7)
+        for k in range(60)
+        for i in range(2)
+    ]
+    cfg = small(
+        sats=2,
+        windows_csv=str(write_csv(ws, tmp_path / "w.csv")),
+        orbits=40.0,
+        rounds=3,
+        duplicate_rate=0.3,
+        codec="topk:0.05+ef | quant:8 | zstd",
+    )
+    sim = Simulation(cfg, work=tmp_path / "run")
+    res = sim.run()
+    assert len(res.rounds) == 3 and res.frames_duplicated > 0
+    assert res.frames_lost == 0
+    # the run stops when the last round closes: frames still on their way were sent, not received
+    in_flight = sum(len(data[2]) for _, _, kind, data in sim._heap if kind == "up")
+    assert res.uplink_bytes == sim.ground.bytes_in + in_flight  # the ground counts what it receives
+    assert sum(res.uplink_by_type.values()) == res.uplink_bytes
+    assert res.uplink_by_type.get("UPDATE", 0) + res.uplink_by_type.get("CHUNK", 0) == res.uplink_update_bytes
+    assert res.uplink_by_type["HELLO"] > 0  # control traffic is on the air and in the total
+    assert res.control_uplink_bytes == res.uplink_bytes - res.uplink_update_bytes > 0
+    assert res.float32_bytes == res.accepted_updates * res.n_params * 4
+
+
 def test_same_seed_same_run_other_seed_other_run(tmp_path: Path) -> None:
     wins = load_windows(small())
     a = Simulation(small(seed=3), work=tmp_path / "a", windows=wins).run()
@@ -103,12 +134,13 @@ def test_unknown_strategy_names_the_available_ones(tmp_path: Path) -> None:
     assert all(n in str(e.value) for n in STRATEGIES)
 
 
-def test_bad_configs_are_refused() -> None:
+def test_bad_configs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown key"):
         SimConfig.from_dict({"satts": 3})
     with pytest.raises(ValueError, match="partition"):
         SimConfig(partition="random")
-    with pytest.raises(ValueError, match="mnist_path"):
+    monkeypatch.setenv("ORBITFL_DATA_DIR", str(tmp_path / "empty"))  # no MNIST cache here
+    with pytest.raises(ValueError, match=r"mnist_path.*orbitfl data mnist"):
         SimConfig(dataset="mnist")
     with pytest.raises(ValueError, match="orbits"):
         SimConfig(orbits=0)

