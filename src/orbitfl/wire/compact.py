@@ -201,7 +201,7 @@ def expand_payload(
         meta: list[dict[str, Any]] = []
         it = iter(e)
         for stage_keys in keys:
-            m = {k: v for k, v in zip(stage_keys, it) if v is not None}
+            m = {k: v for k, v in zip(stage_keys, it, strict=False) if v is not None}  # takes len(keys)
             meta.append(m)
         rec: dict[str, Any] = {
             "c": chains.setdefault(chain.text, len(chains)),
@@ -222,6 +222,12 @@ def expand_payload(
         "recipe": recipe,
         "body": {"v": _BODY_VERSION, "chains": list(chains), "tensors": tensors},
     }
+
+
+def as_full(d: Mapping[str, Any], layout: Layout | None, recipes: Mapping[bytes, str]) -> Mapping[str, Any]:
+    """``d`` in the full form: expanded when compact, else as it is (for readers of the full form,
+    e.g. a tool inspecting the codec body). WireError as ``expand_payload``."""
+    return expand_payload(d, layout, recipes) if d.get("codec") == COMPACT else d
 
 
 def _raw_tensors(entries: Sequence[Any], idx: Sequence[int], layout: Layout) -> dict[str, Any]:
