@@ -43,6 +43,7 @@ from orbitfl.runtime.events import (
 from orbitfl.runtime.outbox import Outbox
 from orbitfl.runtime.uplink import Uploader
 from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Reassembler
+from orbitfl.wire.compact import Layout, compact_payload, recipe_id
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
@@ -134,6 +135,7 @@ class AgentMachine:
         self.uploader = Uploader(outbox, config, self._id)
         self.reasm = Reassembler(config.max_transfer_bytes, max_transfers_per_peer=2)
         self.codec_state: dict[str, Any] = {}  # recipe -> codec state (error feedback), kept in the outbox
+        self._layout: tuple[int | None, Layout] | None = None  # the held model's, by version
         self._last_sent = 0.0
         self.refused: dict[str, int] = {}
         self.bytes_out = 0
@@ -344,6 +346,7 @@ class AgentMachine:
                 Log("ERROR", f"cannot encode the update of {task.task_id!r} with {task.recipe!r}: {exc}")
             )
             return
+        payload = self._compact(task, payload, out)
 
         def frame(counter: int) -> tuple[str, bytes]:
             uid = make_id(self.cfg.agent_id, counter)
@@ -362,6 +365,29 @@ class AgentMachine:
         out.append(Log("INFO", f"update {uid} for {task.task_id!r} is in the outbox"))
         if self.uploader.upload_id is None:
             self._start_upload(now, out, resume=False)
+
+    def _compact(self, task: Task, full: dict[str, Any], out: list[Action]) -> dict[str, Any]:
+        """The update's payload in the compact form when the task offers it for the recipe and the
+        model this agent holds (same ids), else as encoded."""
+        offer = task.compact
+        if offer is None:
+            return full
+        if self._layout is None or self._layout[0] != self.version:
+            self._layout = (self.version, Layout.of_tensors(self.weights))
+        layout = self._layout[1]
+        if offer.recipe_id != recipe_id(task.recipe) or offer.layout_id != layout.id:
+            out.append(Count("compact_declined"))
+            out.append(
+                Log(
+                    "WARNING",
+                    f"task {task.task_id!r} offers the compact form for recipe {offer.recipe_id.hex()} and "
+                    f"layout {offer.layout_id.hex()}; this agent has {recipe_id(task.recipe).hex()} and "
+                    f"{layout.id.hex()}: sending the full form",
+                )
+            )
+            return full
+        compact = compact_payload(full, task.recipe, layout)
+        return full if compact is None else compact
 
     def _codec_state(self, recipe: str, out: list[Action]) -> Any:
         """The codec state of ``recipe``: in memory, else as stored with the last update, else new."""

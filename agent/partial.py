@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orbitfl.arrays import F32
+from orbitfl.wire.compact import Layout, compact_payload
 from orbitfl.wire.payload import encode_payload, new_codec_state
 
 Mask = npt.NDArray[np.bool_]
@@ -164,14 +165,16 @@ def choose_blocks(
 
 def measure_bytes_per_value(recipe: str, sample: Mapping[str, npt.NDArray[Any]]) -> float:
     """Bytes the codec ``recipe`` spends per value on ``sample`` (e.g. a previous delta): the
-    encoded UPDATE payload's msgpack size over the number of values. Uses a fresh codec state, so
-    the agent's error-feedback memory is not touched. ValueError for a recipe the codec refuses."""
+    encoded UPDATE payload's msgpack size, in the compact form the agent sends, over the number of
+    values. Uses a fresh codec state, so the agent's error-feedback memory is not touched.
+    ValueError for a recipe the codec refuses."""
     import msgpack
 
     n = sum(int(np.size(v)) for v in sample.values())
     if n == 0:
         raise ValueError("sample holds no values")
     payload = encode_payload(recipe, sample, new_codec_state(recipe))
+    payload = compact_payload(payload, recipe, Layout.of_tensors(sample)) or payload
     return len(msgpack.packb(payload, use_bin_type=True)) / n
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orbitfl.codec.inputs import RAW_RECIPES
+from orbitfl.wire.compact import COMPACT, recipe_id
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import MAX_INT, Hello, Message, Update
 
@@ -137,8 +138,12 @@ class Admission:
             )
         codec = msg.payload.get("codec")
         sent = "fp32" if codec == "fp32" else msg.payload.get("recipe") if codec == "pipeline" else None
+        if codec == COMPACT:
+            rid = msg.payload.get("rid")
+            sent = recipe if rid == recipe_id(recipe) else f"recipe id {_hex(rid)}"
         want_raw = recipe in RAW_RECIPES
-        if (want_raw and codec != "fp32") or (not want_raw and sent != recipe):
+        raw_ok = codec == "fp32" or (codec == COMPACT and sent == recipe)
+        if (want_raw and not raw_ok) or (not want_raw and sent != recipe):
             raise WireError(
                 Reason.BAD_PAYLOAD,
                 f"payload encoded with {sent!r}, the task's recipe is {recipe!r}",
@@ -200,3 +205,8 @@ class Admission:
         for v in [*(saved if isinstance(saved, list) else []), *replayed]:
             if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0:
                 self.norms.append(float(v))
+
+
+def _hex(v: object) -> str:
+    """A peer's id field for a refusal text: hex when it is bytes, else its (short) repr."""
+    return v[:16].hex() if isinstance(v, bytes) else repr(v)[:40]

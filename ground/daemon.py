@@ -136,6 +136,7 @@ def machine_config(cfg: GroundSettings, model_fingerprint: str | None = None) ->
             chunk_bytes=cfg.link.chunk_bytes,
             window=cfg.link.window,
             downlink_recipe=fed.downlink_codec or None,
+            compact_updates=fed.compact_updates,
             model_fingerprint=model_fingerprint,
             keep_models=fed.keep_models,
             keep_every=fed.keep_every,
@@ -325,6 +326,8 @@ class GroundDaemon:
                 with m.lock:
                     if a.name == "updates_accepted":
                         m.updates_accepted += a.n
+                    elif a.name == "updates_compact":
+                        m.updates_compact += a.n
                     elif a.name == "refused":
                         m.updates_refused[labels.get("reason", "unknown")] += a.n
                     elif a.name == "updates_duplicate":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from orbitfl.runtime.events import (
     Tick,
 )
 from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler, Segments
+from orbitfl.wire.compact import COMPACT, Layout, recipe_id
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
@@ -50,6 +52,7 @@ from orbitfl.wire.messages import (
     Bye,
     Chunk,
     ChunkAck,
+    CompactOffer,
     Heartbeat,
     Hello,
     Limits,
@@ -67,6 +70,9 @@ from orbitfl.wire.messages import (
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
 from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
 from orbitfl.wire.tensors import TensorDict, check_against_model
+
+# Store meta key: the JSON list of every recipe text tasks have named (see _known_recipes).
+RECIPES_META = "compact.recipes"
 
 
 @dataclass
@@ -110,6 +116,9 @@ class GroundConfig:
     keep_models: int | None = None
     keep_every: int = 0
     guards: Guards = field(default_factory=Guards)  # the poisoning guards (ground/admission.py)
+    # Offer the compact UPDATE form in every TASK (orbitfl.wire.compact). The full form is always
+    # accepted; False only stops the offer (e.g. for agents forwarding to an older aggregator).
+    compact_updates: bool = True
 
     def __post_init__(self) -> None:
         if self.min_updates < 1 or self.min_updates_at_deadline < 1:
@@ -185,6 +194,8 @@ class GroundMachine:
         self.global_model: TensorDict = global_
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
+        self.layout = Layout.of(self.spec)
+        self.recipes = self._known_recipes()
         self.admission = Admission(config.guards, self.global_model)
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
@@ -194,6 +205,20 @@ class GroundMachine:
         self._recover()
 
     # --- recovery ---------------------------------------------------------------------------------
+
+    def _known_recipes(self) -> dict[bytes, str]:
+        """Recipe id -> text of every recipe this ground has asked for: compact updates still in
+        the round's log (or on their way) keep their meaning after the configured recipe changes."""
+        stored = self.store.get_meta(RECIPES_META)
+        loaded = json.loads(stored) if stored else []
+        texts = [t for t in loaded if isinstance(t, str)] if isinstance(loaded, list) else []
+        if self.cfg.recipe not in texts:
+            texts.append(self.cfg.recipe)
+            self.store.set_meta(RECIPES_META, json.dumps(texts))
+        return {recipe_id(t): t for t in texts}
+
+    def _decode(self, msg: Update) -> TensorDict:
+        return decode_payload(msg.payload, self.shapes, layout=self.layout, recipes=self.recipes)
 
     def _continue_finished(self) -> None:
         """A federation that ended at an earlier ``rounds`` goes on when more rounds are configured
@@ -231,7 +256,7 @@ class GroundMachine:
                 raise RuntimeError(f"log row {row.seq} ({row.update_id}) has no frame and no checkpoint")
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
-            delta = decode_payload(msg.payload, self.shapes)
+            delta = self._decode(msg)
             norms.append(delta_norm(delta))
             self.strategy.accumulate(delta, row.samples, row.staleness)
             self._seq = row.seq
@@ -408,6 +433,9 @@ class GroundMachine:
                 deadline_in,
                 blob,
                 self.cfg.model_fingerprint,
+                CompactOffer(recipe_id(self.cfg.recipe), self.layout.id)
+                if self.cfg.compact_updates
+                else None,
             ),
             now,
             out,
@@ -645,7 +673,7 @@ class GroundMachine:
                 Reason.STALE, f"agent {p.agent_id!r} already contributed to round {self.round}", msg.id
             )
         try:
-            delta = decode_payload(msg.payload, self.shapes)
+            delta = self._decode(msg)
             check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
@@ -694,6 +722,8 @@ class GroundMachine:
             self._since_ckpt = 0
             self._ckpt_due = False
         out.append(Count("updates_accepted"))
+        if msg.payload.get("codec") == COMPACT:
+            out.append(Count("updates_compact"))
         out.append(self._send(peer, Ack(self._id(), ack_ref or msg.id)))
         if self.strategy.updates >= self.cfg.min_updates or self.strategy.ready:
             self._close_round(now, out)

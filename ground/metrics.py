@@ -21,6 +21,7 @@ from orbitfl.runtime.observe import Family, Health, ObserveServer, render_text
 @dataclass
 class GroundMetrics:
     updates_accepted: int = 0
+    updates_compact: int = 0  # of them, in the compact payload form (orbitfl.wire.compact)
     updates_refused: Counter[str] = field(default_factory=Counter)  # reason -> count
     aggregates_refused: int = 0  # round aggregates that would have made the model non-finite
     bytes_in: int = 0
@@ -56,6 +57,7 @@ class GroundMetrics:
         with self.lock:
             return {
                 "updates_accepted": self.updates_accepted,
+                "updates_compact": self.updates_compact,
                 "updates_refused": dict(self.updates_refused),
                 "aggregates_refused": self.aggregates_refused,
                 "bytes_in": self.bytes_in,
@@ -93,6 +95,12 @@ def families(s: dict[str, Any]) -> list[Family]:
             "counter",
             "Updates accepted (persisted, then ACKed)",
             s["updates_accepted"],
+        ),
+        _one(
+            "orbitfl_updates_compact_total",
+            "counter",
+            "Accepted updates that came in the compact payload form",
+            s.get("updates_compact", 0),
         ),
         Family(
             "orbitfl_updates_refused_total",

@@ -41,6 +41,7 @@ from orbitfl.runtime.keys import new_keypair
 from orbitfl.runtime.observe import parse_text
 from orbitfl.transfer import Outbound
 from orbitfl.wire import Ack, Bye, ChunkAck, Heartbeat, Hello, Nack, Task, Update, decode, encode
+from orbitfl.wire.compact import Layout, compact_payload
 from orbitfl.wire.model_codec import decode_model
 from orbitfl.wire.payload import encode_payload, new_codec_state
 
@@ -344,10 +345,17 @@ def record(client: Client) -> Corpus:
         {},
         encode_payload("fp32", delta),
     )
+    # The compact form of the same update, as an agent sends it when the task offers it.
+    compact = compact_payload(payload, RECIPE, Layout.of_tensors(weights))
+    assert compact is not None and task.compact is not None
+    small = Update(
+        f"{AGENT}:900002", task.task_id, task.round, task.model_version, 100, {"loss": 0.5}, compact
+    )
     msgs = [
         hello,
         up,
         fp32,
+        small,
         Heartbeat(f"{AGENT}:b1.2", task.model_version, 1),
         Bye(f"{AGENT}:b1.3", "fuzz"),
         Ack(f"{AGENT}:b1.4", "ground:b1.1"),

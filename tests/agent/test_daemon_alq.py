@@ -19,6 +19,7 @@ from orbitfl.ground.store import GroundStore
 from orbitfl.runtime.config import ConfigError, load_agent
 from orbitfl.runtime.events import GROUND, LinkUp, MessageReceived, Send, StartTraining
 from orbitfl.wire import Update, decode
+from orbitfl.wire.compact import as_full
 
 AGENT = """
 [agent]
@@ -102,5 +103,6 @@ def test_learner_gives_curvature_and_budget_so_an_alq_update_fits(tmp_path: Path
         if down:
             run(MessageReceived(GROUND, down.pop(0)))
     assert len(updates) == 3
-    assert all(Payload.from_wire(u.payload["body"]).nbytes <= budget for u in updates)
+    bodies = [as_full(u.payload, ground.layout, ground.recipes)["body"] for u in updates]
+    assert all(Payload.from_wire(b).nbytes <= budget for b in bodies)
     assert ground.version == 3  # the ground decoded and applied each alq update

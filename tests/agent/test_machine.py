@@ -372,3 +372,45 @@ def test_agent_follows_a_compressed_downlink_bit_for_bit(tmp_path: Path) -> None
         for k, v in p.g.global_model.items():
             assert p.a.weights[k].tobytes() == v.tobytes()
     assert encodings == ["codec", "codec", "codec"]
+
+
+def _updates(p: Pair) -> list[Update]:
+    return [f for f in p.uplink_frames if isinstance(f, Update)]
+
+
+def test_the_agent_sends_the_compact_form_the_task_offers_and_the_round_closes(tmp_path: Path) -> None:
+    recipe = "topk:0.05+ef | quant:8 | zstd"
+    sizes = {}
+    for offer in (True, False):
+        p = Pair(tmp_path / str(offer), recipe=recipe, min_updates=1, compact_updates=offer)
+        p.agent(p.a.handle(LinkUp(), 0.0))
+        p.pump()
+        assert (p.trainings[0].task.compact is not None) == offer
+        p.train(0.5)
+        (u,) = _updates(p)
+        assert u.payload["codec"] == ("compact" if offer else "pipeline")
+        p.pump()
+        assert p.g.version == 1 and p.g.accepted == 1  # the round closed on it
+        sizes[offer] = len(encode(u))
+    # Same delta, same codec bytes: the compact frame drops the names, shapes and recipe texts.
+    assert sizes[True] < sizes[False] - 2 * len(recipe)
+
+
+def test_an_offer_for_another_model_layout_gets_the_full_form(tmp_path: Path) -> None:
+    from orbitfl.wire.compact import Layout
+
+    p = Pair(tmp_path, recipe="quant:8 | zstd", min_updates=1)
+    layout = p.g.layout
+    p.g.layout = Layout(layout.names, layout.shapes, layout.dtypes, b"\x00" * 8)  # a ground of another model
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.g.layout = layout
+    t = p.trainings.pop(0)
+    delta = {k: np.full(v.shape, 0.5, np.float32) for k, v in t.weights.items()}
+    acts = p.a.handle(TrainingDone(t.task.task_id, delta, 5, {"loss": 0.5}), 0.0)
+    assert [a for a in acts if getattr(a, "name", "") == "compact_declined"]
+    p.agent(acts)
+    (u,) = _updates(p)
+    assert u.payload["codec"] == "pipeline"
+    p.pump()
+    assert p.g.version == 1  # the full form was accepted

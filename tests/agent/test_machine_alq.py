@@ -28,6 +28,7 @@ from orbitfl.runtime.events import (
     TrainingDone,
 )
 from orbitfl.wire import Update, decode
+from orbitfl.wire.compact import as_full
 from orbitfl.wire.payload import decode_payload
 
 MODEL = {"w": np.zeros((200, 100), np.float32), "b": np.zeros(100, np.float32)}  # 20 100 values
@@ -95,11 +96,16 @@ def test_alq_update_fits_the_budget_and_the_ground_decodes_it(tmp_path: Path, bu
     link.done(t, delta, budget_bytes=budget, curvature=curv)
     link.pump()
     assert len(link.updates) == 1
-    body = link.updates[0].payload["body"]
+    body = as_full(link.updates[0].payload, link.g.layout, link.g.recipes)["body"]
     size = Payload.from_wire(body).nbytes
     assert size <= budget
     assert size > budget * 0.5  # the budget is used, not ignored
-    got = decode_payload(link.updates[0].payload, {k: v.shape for k, v in MODEL.items()})
+    got = decode_payload(
+        link.updates[0].payload,
+        {k: v.shape for k, v in MODEL.items()},
+        layout=link.g.layout,
+        recipes=link.g.recipes,
+    )
     flat_d = np.concatenate([delta[k].ravel() for k in sorted(got)])
     flat_g = np.concatenate([got[k].ravel() for k in sorted(got)])
     assert np.corrcoef(flat_d, flat_g)[0, 1] > 0.5  # the ground gets the update, quantized
@@ -114,7 +120,7 @@ def test_a_larger_budget_buys_a_more_accurate_update(tmp_path: Path) -> None:
         t = link.start()
         delta, curv = delta_and_curvature()
         link.done(t, delta, budget_bytes=budget, curvature=curv)
-        got = decode_payload(link.updates[0].payload)
+        got = decode_payload(link.updates[0].payload, layout=link.g.layout, recipes=link.g.recipes)
         errs.append(sum(float(np.sum((got.get(k, 0) - delta[k]) ** 2)) for k in delta))
     assert errs[1] < errs[0]
 

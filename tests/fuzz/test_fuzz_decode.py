@@ -18,14 +18,18 @@ from orbitfl.ground.machine import GroundConfig, GroundMachine
 from orbitfl.ground.store import GroundStore
 from orbitfl.runtime.events import Log, MessageReceived
 from orbitfl.wire import MESSAGE_TYPES, Hello, WireError, encode
+from orbitfl.wire.compact import Layout, recipe_id
 from orbitfl.wire.payload import decode_payload
 
 MODEL = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}
 SHAPES = {k: v.shape for k, v in MODEL.items()}
+LAYOUT = Layout.of_tensors(MODEL)
+RECIPES = {recipe_id(r): r for r in ("quant:8 | zstd", "fp32", "topk:0.3+ef | sign")}
 FIELDS = [
     "v", "type", "id", "agent_id", "software", "model_version", "capabilities", "task_id", "round",
     "base_version", "samples", "metrics", "payload", "ref", "duplicate", "reason", "text", "pending",
     "transfer", "offset", "total", "sha256", "data", "next_offset", "model", "recipe", "hints",
+    "compact", "rid", "lid", "mask", "t",
 ]  # fmt: skip
 
 leaf = (
@@ -35,7 +39,10 @@ leaf = (
     | st.floats()
     | st.text(max_size=12)
     | st.binary(max_size=40)
-    | st.sampled_from(["a1:1", "a1:b1.2", "fz", "fz:", "r1/a1", "float32", "fp32", "pipeline", "zstd"])
+    | st.sampled_from(
+        ["a1:1", "a1:b1.2", "fz", "fz:", "r1/a1", "float32", "fp32", "pipeline", "zstd", "compact"]
+    )
+    | st.sampled_from([LAYOUT.id, *RECIPES])
 )
 value = st.recursive(
     leaf,
@@ -70,6 +77,17 @@ def test_decode_payload_refuses_with_a_wire_error_or_decodes(d: dict[str, Any], 
     ):
         with contextlib.suppress(WireError):
             decode_payload(p, SHAPES)
+    for rid in RECIPES:
+        for p in (
+            {**d, "codec": "compact"},
+            {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "t": body},
+            {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "t": [body, body]},
+            {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "t": [[body, body], [body, body, body, body]]},
+            {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "t": [[body], [body]]},
+            {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "mask": body, "t": [[body]]},
+        ):
+            with contextlib.suppress(WireError):
+                decode_payload(p, SHAPES, layout=LAYOUT, recipes=RECIPES)
 
 
 def test_the_machine_answers_every_schema_frame_without_an_internal_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ durability across a crash between persisting and ACKing, deadlines, silent peers
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from orbitfl.runtime.events import Count, PeerSilent, RoundClosed, Tick
-from orbitfl.wire import Limits, Model, Reason, Task, encode
+from orbitfl.wire import Limits, Model, Reason, Task, decode, encode
 from orbitfl.wire.payload import encode_payload
 from orbitfl.wire.tensors import tensor_to_wire
 
@@ -398,3 +399,56 @@ def test_bad_downlink_recipe_is_a_value_error() -> None:
 
     with pytest.raises(ValueError):
         GroundConfig(downlink_recipe="no-such-stage:3")
+
+
+def _compact_frame(kit: Any, agent: str, n: int, recipe: str, value: float = 1.0) -> bytes:
+    from orbitfl.wire.compact import Layout, compact_payload
+
+    t = {k: np.full(v.shape, value, np.float32) for k, v in kit.MODEL.items()}
+    payload = compact_payload(encode_payload(recipe, t), recipe, Layout.of_tensors(kit.MODEL))
+    assert payload is not None
+    frame: bytes = kit.update_frame(agent, n, payload=payload)
+    return frame
+
+
+def test_compact_and_full_updates_count_alike_and_replay_after_a_recipe_change(kit: Any) -> None:
+    g = kit.ground(recipe="quant:8")
+    for a in ("a1", "a2"):
+        (task,) = [m for m in kit.sent(g.rx(a, kit.hello(a))) if m.TYPE == "TASK"]
+        assert task.compact is not None and task.compact.layout_id == g.m.layout.id
+    frame = _compact_frame(kit, "a1", 1, "quant:8", 1.0)
+    acts = g.rx("a1", frame)
+    assert kit.acks(acts) and any(getattr(x, "name", "") == "updates_compact" for x in acts)
+    assert kit.acks(g.rx("a2", kit.update_frame("a2", 1, payload=encode_payload("quant:8", {
+        k: np.full(v.shape, 3.0, np.float32) for k, v in kit.MODEL.items()
+    }))))  # fmt: skip
+    want = g.m.strategy.finalize(g.m.global_model)
+    np.testing.assert_allclose(want["w"], 2.0, rtol=1e-2)
+    # The operator changes the recipe: the open round's compact update still replays from the log.
+    g.cfg = dataclasses.replace(g.cfg, recipe="fp32")
+    m = g.reopen()
+    assert m.strategy.updates == 2
+    for k, v in m.strategy.finalize(m.global_model).items():
+        np.testing.assert_array_equal(v, want[k])
+
+
+def test_compact_updates_that_disagree_with_the_task_or_model_are_refused(kit: Any) -> None:
+    from orbitfl.wire.compact import recipe_id
+
+    g = kit.ground(recipe="quant:8")
+    g.rx("a1", kit.hello("a1"))
+    frame = _compact_frame(kit, "a1", 1, "quant:4")  # another recipe than the task's
+    (n,) = kit.nacks(g.rx("a1", frame))
+    assert n.reason == Reason.BAD_PAYLOAD.value and "recipe id" in n.text and n.ref == "a1:1"
+    frame = _compact_frame(kit, "a1", 2, "quant:8")
+    msg = decode(frame)
+    msg.payload["lid"] = b"\x01" * 8  # laid out for another model
+    (n,) = kit.nacks(g.rx("a1", encode(msg)))
+    assert n.reason == Reason.BAD_SHAPE.value and "laid out for model layout" in n.text
+    msg.payload.update(lid=g.m.layout.id, t=msg.payload["t"][:1])
+    (n,) = kit.nacks(g.rx("a1", encode(msg)))
+    assert n.reason == Reason.BAD_SHAPE.value and "holds 1 tensors" in n.text
+    msg.payload.update(rid=recipe_id("quant:8"), t=[[[b"\x00"]], [[b"\x00"]]])
+    (n,) = kit.nacks(g.rx("a1", encode(msg)))
+    assert n.reason in (Reason.BAD_SHAPE.value, Reason.BAD_PAYLOAD.value), n
+    assert g.m.strategy.updates == 0

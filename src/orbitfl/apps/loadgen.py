@@ -30,11 +30,13 @@ import zmq
 
 from orbitfl.runtime.link import load_public, load_secret
 from orbitfl.transfer import Outbound, Reassembler
+from orbitfl.wire.compact import Layout, compact_payload, recipe_id
 from orbitfl.wire.errors import WireError
 from orbitfl.wire.messages import (
     Ack,
     Chunk,
     ChunkAck,
+    CompactOffer,
     Heartbeat,
     Hello,
     Message,
@@ -174,7 +176,11 @@ class Fleet:
     def _make_update(self, sim: _Sim, task: Task) -> tuple[str, bytes]:
         c = delta_value(sim.name, task.round)
         tensors = {k: np.full(s, c, np.float32) for k, s in self.shapes.items()}
-        payload = {"codec": "fp32", "tensors": tensors_to_wire(tensors)}
+        payload: dict[str, Any] = {"codec": "fp32", "tensors": tensors_to_wire(tensors)}
+        if task.compact is not None:  # as an agent does: the compact form when the task offers it
+            layout = Layout.of({k: (tuple(s), "float32") for k, s in self.shapes.items()})
+            if task.compact == CompactOffer(recipe_id(task.recipe), layout.id):
+                payload = compact_payload(payload, task.recipe, layout) or payload
         # The id names (run, round) as the decimal counter the protocol asks of an UPDATE id, so a
         # resend after a lost ACK carries the same id and another run never reuses one.
         uid = f"{sim.name}:{int(self.tag, 16) * 10**12 + task.round}"

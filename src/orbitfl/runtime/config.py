@@ -162,6 +162,8 @@ class FederationSection:
     codec: str = field(default="fp32", metadata=_m())  # the recipe agents encode updates with
     # The recipe new global models travel down with, as deltas ("": whole or lossless xor deltas).
     downlink_codec: str = field(default="", metadata=_m())
+    # Offer agents the compact UPDATE payload (docs/protocol.md); the full form is always accepted.
+    compact_updates: bool = field(default=True, metadata=_m())
     rounds: int = field(default=0, metadata=_m(_at_least(0)))  # 0: run until stopped
     min_updates: int = field(default=2, metadata=_m(_at_least(1)))
     round_deadline_s: float = field(default=600.0, metadata=_m(_positive))

@@ -295,6 +295,30 @@ class ModelBlob:
         )
 
 
+COMPACT_ID_BYTES = 8  # the recipe and layout ids of orbitfl.wire.compact
+
+
+@dataclass(frozen=True)
+class CompactOffer:
+    """TASK.compact: the ground reads this task's UPDATE in the compact form (orbitfl.wire.compact)
+    for the recipe and model layout with these ids. Absent: send the full form. An agent that
+    computes other ids for the task's recipe or the model it holds sends the full form."""
+
+    recipe_id: bytes
+    layout_id: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"rid": self.recipe_id, "lid": self.layout_id}
+
+    @classmethod
+    def from_wire(cls, d: Any, where: str) -> CompactOffer:
+        if not isinstance(d, dict):
+            raise WireError(Reason.SCHEMA, f"{where}: expected a map")
+        return cls(
+            _bytes(d, "rid", where, size=COMPACT_ID_BYTES), _bytes(d, "lid", where, size=COMPACT_ID_BYTES)
+        )
+
+
 @dataclass(frozen=True)
 class Task(Message):
     """Ground -> agent: train round ``round`` on top of global ``model_version``.
@@ -316,6 +340,7 @@ class Task(Message):
     # The federation's model (names, shapes, dtypes, graph; not weights): an agent training another
     # model refuses the task instead of failing on the weights. None: not stated.
     model_fingerprint: str | None = None
+    compact: CompactOffer | None = None  # None: the ground reads the full payload form only
 
     def fields(self) -> dict[str, Any]:
         out = {
@@ -329,12 +354,15 @@ class Task(Message):
         }
         if self.model_fingerprint is not None:
             out["model_fingerprint"] = self.model_fingerprint
+        if self.compact is not None:
+            out["compact"] = self.compact.to_wire()
         return out
 
     @classmethod
     def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Task:
         k = cls.TYPE
         model = d.get("model")
+        compact = d.get("compact")
         return cls(
             mid,
             _str(d, "task_id", k, max_len=MAX_ID_LEN),
@@ -345,6 +373,7 @@ class Task(Message):
             _float(d, "deadline_in", k, optional=True),
             None if model is None else ModelBlob.from_wire(model, "TASK.model"),
             _fingerprint(d, k),
+            None if compact is None else CompactOffer.from_wire(compact, "TASK.compact"),
         )
 
 
@@ -353,7 +382,8 @@ class Update(Message):
     """Agent -> ground: the result of a task. The message id is the update id the ground dedupes
     on, so a resend (after a lost ACK, a reboot, a cut contact) carries the same id.
 
-    ``payload`` is the encoded tensors (orbitfl.wire.payload): validated by the codec when decoded.
+    ``payload`` is the encoded tensors (orbitfl.wire.payload), in the full form or, when the TASK
+    offered it, the compact one (orbitfl.wire.compact): validated by the codec when decoded.
     """
 
     TYPE: ClassVar[str] = "UPDATE"

@@ -3,7 +3,9 @@
 ``{"codec": "fp32", "tensors": {...}}`` carries raw float32 tensors (the baseline, what Flower
 sends), decoded as zero-copy views. ``{"codec": "pipeline", "recipe": "<recipe>", "body": ...}``
 carries ``orbitfl.codec.Payload.to_wire()`` of the recipe's pipeline; the codec validates the body
-(``Payload.from_wire`` with the model's shapes) before decoding it. Any refusal is a WireError.
+(``Payload.from_wire`` with the model's shapes) before decoding it. ``{"codec": "compact", ...}``
+is either of them with the recipe and the tensors' names and shapes by id (orbitfl.wire.compact),
+expanded with the receiver's model and recipes first. Any refusal is a WireError.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy.typing as npt
 
 from orbitfl.codec import CodecState, Payload
 from orbitfl.codec.inputs import RAW_RECIPES, check_encode_inputs, pipeline
+from orbitfl.wire.compact import COMPACT, Layout, expand_payload
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.tensors import TensorDict, tensors_from_wire, tensors_to_wire
 
@@ -60,19 +63,33 @@ def encode_payload(
             raise ValueError(f"recipe {recipe!r}: {raw} bytes of float32, over budget_bytes={budget}")
         return {"codec": "fp32", "tensors": tensors_to_wire(f32)}
     pipe = pipeline(recipe)
-    f32 = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    # ascontiguousarray alone makes a 0-d tensor 1-d, which the receiver's model shape refuses.
+    f32 = {k: np.ascontiguousarray(v, np.float32).reshape(np.shape(v)) for k, v in tensors.items()}
     body = pipe.encode(f32, state, curvature=curv, budget_bytes=budget).to_wire()
     return {"codec": "pipeline", "recipe": recipe, "body": body}
 
 
-def decode_payload(d: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None) -> TensorDict:
+def decode_payload(
+    d: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    layout: Layout | None = None,
+    recipes: Mapping[bytes, str] | None = None,
+) -> TensorDict:
     """Decode (and validate) an update payload to float tensors. ``shapes`` (name -> shape of the
-    model) lets the codec refuse unknown names and wrong shapes before decoding. Raises WireError."""
+    model) lets the codec refuse unknown names and wrong shapes before decoding. A compact payload
+    needs ``layout`` (the model) and ``recipes`` (recipe id -> text of the recipes this side accepts;
+    orbitfl.wire.compact.recipe_id). Raises WireError."""
     codec = d.get("codec")
+    if codec == COMPACT:
+        d = expand_payload(d, layout, recipes or {})
+        codec = d["codec"]
     if codec == "fp32":
         return tensors_from_wire(d.get("tensors"), "UPDATE.payload.tensors")
     if codec != "pipeline":
-        raise WireError(Reason.BAD_PAYLOAD, f"UPDATE.payload.codec {codec!r} is not 'fp32' or 'pipeline'")
+        raise WireError(
+            Reason.BAD_PAYLOAD, f"UPDATE.payload.codec {codec!r} is not 'fp32', 'pipeline' or 'compact'"
+        )
     recipe, body = d.get("recipe"), d.get("body")
     if not isinstance(recipe, str) or len(recipe) > MAX_RECIPE_LEN or not isinstance(body, dict):
         raise WireError(

@@ -10,6 +10,7 @@ import pytest
 
 from orbitfl.apps.sim.orbits import Window, write_csv
 from orbitfl.apps.sim.runner import SimConfig, Simulation, frame_type, load_windows
+from orbitfl.wire.compact import as_full
 
 
 def small(**kw: object) -> SimConfig:
@@ -194,7 +195,8 @@ def test_emsfl_assigns_disjoint_experts_and_satellites_upload_only_theirs(tmp_pa
         if up:
             msg = decode(frame)
             if isinstance(msg, Update):
-                uploads.append((sat, set(msg.payload["tensors"])))
+                full = as_full(msg.payload, sim.ground.layout, sim.ground.recipes)
+                uploads.append((sat, set(full["tensors"])))
         real(sat, frame, up=up)
 
     sim._transmit = spy  # type: ignore[method-assign]
@@ -231,7 +233,7 @@ def test_spacedml_partial_updates_fit_the_next_windows_budget(tmp_path: Path) ->
         if up:
             msg = decode(frame)
             if isinstance(msg, Update):
-                vals = decode_payload(msg.payload)
+                vals = decode_payload(msg.payload, layout=sim.ground.layout, recipes=sim.ground.recipes)
                 nonzero = sum(int((v != 0).sum()) for v in vals.values())
                 sent.append((len(frame), nonzero / sim.n_params))
         real(sat, frame, up=up)
@@ -277,7 +279,8 @@ def test_spacedml_alq_run_completes_with_every_update_within_its_window_budget(t
     def see_frame(sat: str, frame: bytes, *, up: bool) -> None:
         msg = decode(frame)
         if up and isinstance(msg, Update):
-            sizes[msg.task_id] = Payload.from_wire(msg.payload["body"]).nbytes
+            full = as_full(msg.payload, sim.ground.layout, sim.ground.recipes)
+            sizes[msg.task_id] = Payload.from_wire(full["body"]).nbytes
         transmit(sat, frame, up=up)
 
     sim._agent = see_done  # type: ignore[method-assign]

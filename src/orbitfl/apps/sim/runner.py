@@ -125,6 +125,8 @@ class SimConfig:
     alpha: float = 0.5
     shards_per_client: int = 2
     codec: str = "fp32"
+    # The ground offers the compact UPDATE payload (docs/protocol.md); false: every update in full.
+    compact_updates: bool = True
     strategy: str = "fedavg"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     hints: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +162,8 @@ class SimConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if not isinstance(self.compact_updates, bool):
+            raise ValueError(f"compact_updates must be true or false, got {self.compact_updates!r}")
         if not 0 < self.link_share <= 1:
             raise ValueError(f"link_share must be in (0, 1], got {self.link_share}")
         if not 0 < self.budget_fraction <= 1:
@@ -483,6 +487,7 @@ class Simulation:
             round_seconds=cfg.round_seconds,
             max_staleness=cfg.max_staleness,
             recipe=cfg.codec,
+            compact_updates=cfg.compact_updates,
             hints=hints,
             retransmit_seconds=cfg.retransmit_s,
             chunk_bytes=cfg.chunk_bytes,

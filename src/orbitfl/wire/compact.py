@@ -1,0 +1,255 @@
+"""The compact UPDATE payload: the recipe and the model's tensor layout by id, no per-tensor metadata
+that both sides already hold.
+
+The full form (``orbitfl.wire.payload``) repeats, in every update, the recipe text twice (in the
+payload and as the codec's chain list) and every tensor's name, dtype, shape and chain index. The
+receiver holds the model and the recipe it asked for, so the compact form sends instead::
+
+    {"codec": "compact",
+     "rid": bin(8),      # recipe_id(recipe): which recipe encoded it
+     "lid": bin(8),      # Layout.id: which tensor layout (names, shapes, dtypes) it is laid out for
+     "mask": bin,        # optional: bit i set when the layout's i-th tensor is sent (absent: all)
+     "t": [...]}         # one entry per sent tensor, in layout order (sorted names)
+
+An entry is the tensor's float32 little-endian bytes for raw float32 recipes, else
+``[*values, data]``: the codec's per-stage metadata as values in the order each stage declares its
+keys (``Stage.meta_schema``; nil for a key left out), then either the stages' arrays (a list of
+bin) or the byte stage's frame (one bin). The chain of each tensor is the one the recipe assigns to
+its name and size (``Pipeline.chain_for``), so it is not sent either, nor are the keys.
+
+Both ids are content hashes, so they mean the same on every node holding the same recipe text and
+model: a station forwards a compact update as it is and the aggregator resolves it with its own
+recipe and model. ``expand_payload`` turns a compact payload back into the full form, which the
+codec then validates as usual (lengths, metadata, values against the model's shapes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from orbitfl.codec.inputs import RAW_RECIPES, pipeline
+from orbitfl.codec.recipe import Chain
+from orbitfl.wire.errors import Reason, WireError
+from orbitfl.wire.messages import COMPACT_ID_BYTES as ID_BYTES
+
+COMPACT = "compact"
+# The full form's payload format version (orbitfl.codec.payload.FORMAT_VERSION) the expansion
+# produces; the codec refuses any other, so a change there shows up here in the tests.
+_BODY_VERSION = 1
+
+
+def recipe_id(recipe: str) -> bytes:
+    """The id of a recipe: the first 8 bytes of SHA-256 over its text, exactly as TASK.recipe
+    carries it (the ground compares the text, so two spellings of one pipeline are two recipes)."""
+    return hashlib.sha256(b"orbitfl-recipe/1\n" + recipe.encode()).digest()[:ID_BYTES]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The tensors of a model in the order the compact form lists them: sorted by name."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    id: bytes
+
+    @classmethod
+    def of(cls, spec: Mapping[str, tuple[tuple[int, ...], str]]) -> Layout:
+        """From name -> (shape, dtype name), e.g. the ground's model spec."""
+        names = tuple(sorted(spec))
+        shapes = tuple(tuple(int(s) for s in spec[n][0]) for n in names)
+        dtypes = tuple(str(spec[n][1]) for n in names)
+        h = hashlib.sha256(b"orbitfl-layout/1\n")
+        for n, s, d in zip(names, shapes, dtypes, strict=True):
+            h.update(f"{n}\0{list(s)}\0{d}\n".encode())
+        return cls(names, shapes, dtypes, h.digest()[:ID_BYTES])
+
+    @classmethod
+    def of_tensors(cls, tensors: Mapping[str, npt.NDArray[Any]]) -> Layout:
+        return cls.of({k: (tuple(np.shape(v)), np.asarray(v).dtype.name) for k, v in tensors.items()})
+
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+
+def compact_payload(full: Mapping[str, Any], recipe: str, layout: Layout) -> dict[str, Any] | None:
+    """The compact form of ``full`` (what ``encode_payload(recipe, ...)`` returned), or None when
+    it cannot be said compactly: a tensor not in ``layout`` or of another shape, a tensor whose
+    chain is not the one the recipe assigns it. The caller then sends ``full``: the receiver
+    refuses it by name, where a compact form would only say that the ids differ."""
+    index = layout.index()
+    codec = full.get("codec")
+    sent: dict[int, Any] = {}
+    if codec == "fp32":
+        if recipe not in RAW_RECIPES:
+            return None
+        for name, t in full["tensors"].items():
+            i = index.get(name)
+            if i is None or t["dtype"] != "float32" or tuple(t["shape"]) != layout.shapes[i]:
+                return None
+            if layout.dtypes[i] != "float32":
+                return None
+            sent[i] = t["data"]
+    elif codec == "pipeline":
+        if full.get("recipe") != recipe or recipe in RAW_RECIPES:  # raw recipes travel as "fp32"
+            return None
+        pipe = pipeline(recipe)
+        body = full["body"]
+        chains = body["chains"]
+        for name, rec in body["tensors"].items():
+            i = index.get(name)
+            if i is None or tuple(rec["shape"]) != layout.shapes[i] or layout.dtypes[i] != "float32":
+                return None
+            chain = pipe.chain_for(name, math.prod(layout.shapes[i]))
+            values = _meta_values(chain, rec["meta"]) if chains[rec["c"]] == chain.text else None
+            if values is None:
+                return None
+            sent[i] = [*values, rec["z"] if "z" in rec else rec["data"]]
+    else:
+        return None
+    order = sorted(sent)
+    out: dict[str, Any] = {"codec": COMPACT, "rid": recipe_id(recipe), "lid": layout.id}
+    if len(order) != len(layout.names):
+        mask = bytearray((len(layout.names) + 7) // 8)
+        for i in order:
+            mask[i >> 3] |= 1 << (i & 7)
+        out["mask"] = bytes(mask)
+    out["t"] = [sent[i] for i in order]
+    return out
+
+
+def sent_indices(d: Mapping[str, Any], layout: Layout) -> list[int]:
+    """Which of the layout's tensors a compact payload carries (its mask, checked). WireError."""
+    n = len(layout.names)
+    mask = d.get("mask")
+    if mask is None:
+        return list(range(n))
+    if not isinstance(mask, bytes) or len(mask) != (n + 7) // 8:
+        raise WireError(
+            Reason.SCHEMA, f"UPDATE.payload.mask: expected {(n + 7) // 8} bytes of bin for {n} tensors"
+        )
+    bits = np.unpackbits(np.frombuffer(mask, np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise WireError(Reason.SCHEMA, f"UPDATE.payload.mask: bits set past the model's {n} tensors")
+    return [int(i) for i in np.flatnonzero(bits)]
+
+
+def expand_payload(
+    d: Mapping[str, Any], layout: Layout | None, recipes: Mapping[bytes, str]
+) -> dict[str, Any]:
+    """The full form of a compact payload, for ``decode_payload`` to validate and decode.
+
+    ``layout`` is the receiver's model; ``recipes`` maps the recipe ids it accepts to their text.
+    Raises WireError: ``bad_payload`` for an unknown recipe id or a receiver without a model,
+    ``bad_shape`` for a payload laid out for another model or carrying another number of tensors,
+    ``schema`` for fields of the wrong type. Nothing is copied: the entries' bytes are reused."""
+    rid, lid, entries = d.get("rid"), d.get("lid"), d.get("t")
+    if (
+        not isinstance(rid, bytes)
+        or len(rid) != ID_BYTES
+        or not isinstance(lid, bytes)
+        or len(lid) != ID_BYTES
+    ):
+        raise WireError(
+            Reason.SCHEMA, f"UPDATE.payload: a compact payload needs 'rid' and 'lid', {ID_BYTES} bytes each"
+        )
+    if not isinstance(entries, list):
+        raise WireError(Reason.SCHEMA, "UPDATE.payload.t: expected a list of tensors")
+    if layout is None:
+        raise WireError(Reason.BAD_PAYLOAD, "a compact payload cannot be read here: this side holds no model")
+    if lid != layout.id:
+        raise WireError(
+            Reason.BAD_SHAPE,
+            f"UPDATE.payload is laid out for model layout {lid.hex()}; this side's model is {layout.id.hex()}"
+            f" ({len(layout.names)} tensors)",
+        )
+    recipe = recipes.get(rid)
+    if recipe is None:
+        known = ", ".join(f"{k.hex()} ({v!r})" for k, v in recipes.items()) or "none"
+        raise WireError(
+            Reason.BAD_PAYLOAD,
+            f"UPDATE.payload.rid {rid.hex()} names no recipe this side knows (known: {known})",
+        )
+    idx = sent_indices(d, layout)
+    if len(entries) != len(idx):
+        raise WireError(
+            Reason.BAD_SHAPE,
+            f"UPDATE.payload.t holds {len(entries)} tensors, the mask and model say {len(idx)}",
+        )
+    if recipe in RAW_RECIPES:
+        return {"codec": "fp32", "tensors": _raw_tensors(entries, idx, layout)}
+    pipe = pipeline(recipe)
+    chains: dict[str, int] = {}
+    tensors: dict[str, Any] = {}
+    for i, e in zip(idx, entries, strict=True):
+        name, shape = layout.names[i], layout.shapes[i]
+        where = f"UPDATE.payload.t[{name!r}]"
+        chain = pipe.chain_for(name, math.prod(shape))
+        keys = [list(stage.meta_schema) for stage in chain.float_stages]
+        n_values = sum(map(len, keys))
+        if not isinstance(e, list) or len(e) != n_values + 1:
+            raise WireError(
+                Reason.SCHEMA, f"{where}: expected {n_values} metadata values of {chain.text!r} and the data"
+            )
+        meta: list[dict[str, Any]] = []
+        it = iter(e)
+        for stage_keys in keys:
+            m = {k: v for k, v in zip(stage_keys, it, strict=False) if v is not None}  # takes len(keys)
+            meta.append(m)
+        rec: dict[str, Any] = {
+            "c": chains.setdefault(chain.text, len(chains)),
+            "dtype": "float32",
+            "shape": list(shape),
+            "meta": meta,
+        }
+        data = e[-1]
+        if isinstance(data, bytes):
+            rec["z"] = data
+        elif isinstance(data, list):
+            rec["data"] = data
+        else:
+            raise WireError(Reason.SCHEMA, f"{where}: data must be bin (compressed) or a list of bin")
+        tensors[name] = rec
+    return {
+        "codec": "pipeline",
+        "recipe": recipe,
+        "body": {"v": _BODY_VERSION, "chains": list(chains), "tensors": tensors},
+    }
+
+
+def as_full(d: Mapping[str, Any], layout: Layout | None, recipes: Mapping[bytes, str]) -> Mapping[str, Any]:
+    """``d`` in the full form: expanded when compact, else as it is (for readers of the full form,
+    e.g. a tool inspecting the codec body). WireError as ``expand_payload``."""
+    return expand_payload(d, layout, recipes) if d.get("codec") == COMPACT else d
+
+
+def _raw_tensors(entries: Sequence[Any], idx: Sequence[int], layout: Layout) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, e in zip(idx, entries, strict=True):
+        name = layout.names[i]
+        if not isinstance(e, bytes):
+            raise WireError(Reason.SCHEMA, f"UPDATE.payload.t[{name!r}]: expected the tensor's bytes (bin)")
+        out[name] = {"dtype": layout.dtypes[i], "shape": list(layout.shapes[i]), "data": e}
+    return out
+
+
+def _meta_values(chain: Chain, meta: Any) -> list[Any] | None:
+    """The chain's per-stage metadata maps as one list of values in the order the stages declare
+    their keys (``Stage.meta_schema``), None for a key a stage left out; None when ``meta`` holds a
+    key its stage does not declare (then the full form says it)."""
+    stages = chain.float_stages
+    if not isinstance(meta, list) or len(meta) != len(stages):
+        return None
+    out: list[Any] = []
+    for stage, m in zip(stages, meta, strict=True):
+        if not isinstance(m, dict) or set(m) - set(stage.meta_schema) or None in m.values():
+            return None
+        out.extend(m.get(k) for k in stage.meta_schema)
+    return out

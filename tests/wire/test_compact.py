@@ -1,0 +1,278 @@
+"""The compact UPDATE payload: every codec stage round-trips through it bit for bit on both kernel
+backends, it is smaller than the full form, and anything that disagrees with the receiver's model
+or recipes is refused with a WireError naming why."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from orbitfl.codec import Payload, Pipeline
+from orbitfl.codec.registry import REGISTRY
+from orbitfl.kernels import BACKENDS
+from orbitfl.wire import CompactOffer, Reason, Task, WireError, decode, encode
+from orbitfl.wire.compact import Layout, compact_payload, expand_payload, recipe_id
+from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
+
+# One recipe per built-in stage (zstd: as the byte stage of two of them). A stage added to
+# orbitfl.codec.stages without a line here fails test_every_built_in_stage_is_covered.
+STAGE_RECIPES = {
+    "fp32": "fp32; *.bias=fp16",  # plain "fp32" is raw float32, without the codec (tested below)
+    "fp16": "fp16",
+    "bf16": "bf16",
+    "quant": "quant:4",
+    "qsgd": "qsgd:4 | zstd",
+    "sign": "sign",
+    "efsign": "efsign",
+    "topk": "topk:0.1+ef | quant:8 | zstd",
+    "gcc": "gcc:4",
+    "coreset": "coreset:8,codebook=8",
+    "kmeans": "kmeans:4",
+    "laq": "laq:2",
+    "alq": "alq:0/1/2/4",
+    "zstd": "fp32 | zstd",
+}
+
+
+def model(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "conv.weight": rng.normal(0, 0.02, (8, 3, 3, 3)).astype(np.float32),
+        "fc.weight": rng.laplace(0, 0.01, (64, 48)).astype(np.float32),
+        "fc.bias": rng.normal(0, 0.1, 64).astype(np.float32),
+        "temp": np.array(0.7, np.float32),
+        "empty": np.zeros((0, 3), np.float32),
+    }
+
+
+LAYOUT = Layout.of_tensors(model())
+SHAPES = {k: v.shape for k, v in model().items()}
+
+
+def recipes(*texts: str) -> dict[bytes, str]:
+    return {recipe_id(t): t for t in texts}
+
+
+def encode_with(recipe: str, backend: str, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The full-form UPDATE payload of ``tensors``, encoded on ``backend``."""
+    pipe = Pipeline.parse(recipe, backend)
+    first = pipe.recipe.default.float_stages[0]
+    curvature = {k: np.full(v.shape, 2.0, np.float32) for k, v in tensors.items()}
+    budget = sum(v.nbytes for v in tensors.values()) // 6 if first.needs_budget else None
+    payload = pipe.encode(
+        tensors,
+        pipe.new_state(),
+        curvature=curvature if first.needs_curvature else None,
+        budget_bytes=budget,
+    )
+    return {"codec": "pipeline", "recipe": recipe, "body": payload.to_wire()}
+
+
+def packed(d: Any) -> int:
+    return len(msgpack.packb(d, use_bin_type=True))
+
+
+def test_every_built_in_stage_is_covered() -> None:
+    built_in = {n for n, cls in REGISTRY.items() if cls.__module__ == "orbitfl.codec.stages"}
+    assert built_in <= set(STAGE_RECIPES), sorted(built_in - set(STAGE_RECIPES))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stage", sorted(STAGE_RECIPES))
+def test_every_stage_round_trips_through_the_compact_form_bit_for_bit(backend: str, stage: str) -> None:
+    recipe = STAGE_RECIPES[stage]
+    full = encode_with(recipe, backend, model(1))
+    compact = compact_payload(full, recipe, LAYOUT)
+    assert compact is not None and compact["codec"] == "compact"
+    assert packed(compact) < packed(full)
+    # What travels: msgpack there and back, as in a frame.
+    back = msgpack.unpackb(msgpack.packb(compact, use_bin_type=True), raw=False)
+    expanded = expand_payload(back, LAYOUT, recipes(recipe))
+    pipe = Pipeline.parse(recipe, backend)
+    want = pipe.decode(Payload.from_wire(full["body"], expect=SHAPES))
+    got = pipe.decode(Payload.from_wire(expanded["body"], expect=SHAPES))
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        assert np.array_equal(got[name].view(np.uint32), want[name].view(np.uint32)), name
+    # The wire module's own decode path takes it too (the C++ backend on the receiving side).
+    decoded = decode_payload(back, SHAPES, layout=LAYOUT, recipes=recipes(recipe))
+    assert set(decoded) == set(want)
+
+
+def test_raw_float32_round_trips_and_sheds_names_shapes_dtypes() -> None:
+    t = model(2)
+    full = encode_payload("fp32", t)
+    compact = compact_payload(full, "fp32", LAYOUT)
+    assert compact is not None and "mask" not in compact
+    assert all(isinstance(e, bytes) for e in compact["t"])
+    out = decode_payload(compact, SHAPES, layout=LAYOUT, recipes=recipes("fp32"))
+    for k, v in t.items():
+        np.testing.assert_array_equal(out[k], v)
+    saved = packed(full) - packed(compact)
+    assert saved > sum(len(k) for k in t)  # at least every name, plus dtypes and shapes
+
+
+def test_overrides_choose_the_same_chains_on_both_sides() -> None:
+    recipe = "quant:4 | zstd; *.bias=fp32; <20=fp16"
+    full = encode_payload(recipe, model(3), new_codec_state(recipe))
+    assert len(full["body"]["chains"]) == 3
+    compact = compact_payload(full, recipe, LAYOUT)
+    assert compact is not None
+    expanded = expand_payload(compact, LAYOUT, recipes(recipe))
+    want = decode_payload(full, SHAPES)
+    got = decode_payload(expanded, SHAPES)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_a_partial_update_carries_a_mask_of_the_tensors_it_sends() -> None:
+    t = model(4)
+    part = {k: t[k] for k in ("fc.bias", "temp")}
+    recipe = "quant:8"
+    compact = compact_payload(encode_payload(recipe, part), recipe, LAYOUT)
+    assert compact is not None and len(compact["mask"]) == math.ceil(len(LAYOUT.names) / 8)
+    out = decode_payload(compact, SHAPES, layout=LAYOUT, recipes=recipes(recipe))
+    assert set(out) == set(part)
+
+
+def test_alq_leaving_tensors_out_is_said_by_the_mask(backend: str = "cpp") -> None:
+    recipe = "alq:0/1/2/4"
+    t = model(5)
+    pipe = Pipeline.parse(recipe, backend)
+    budget = 80  # too small for every tensor: alq gives some 0 bits
+    payload = pipe.encode(
+        t,
+        pipe.new_state(),
+        curvature={k: np.ones(v.shape, np.float32) for k, v in t.items()},
+        budget_bytes=budget,
+    )
+    full = {"codec": "pipeline", "recipe": recipe, "body": payload.to_wire()}
+    sent = set(full["body"]["tensors"])
+    assert sent < set(t)
+    compact = compact_payload(full, recipe, LAYOUT)
+    assert compact is not None and "mask" in compact
+    assert set(decode_payload(compact, SHAPES, layout=LAYOUT, recipes=recipes(recipe))) == sent
+
+
+def test_no_compact_form_for_tensors_the_layout_lacks_or_shapes_it_disagrees_with() -> None:
+    t = model(6)
+    assert (
+        compact_payload(encode_payload("fp32", {**t, "extra": np.ones(3, np.float32)}), "fp32", LAYOUT)
+        is None
+    )
+    bad = {**t, "fc.bias": np.ones(65, np.float32)}
+    assert compact_payload(encode_payload("quant:8", bad), "quant:8", LAYOUT) is None
+    # A payload of another recipe than the one named: the sender sends the full form.
+    assert compact_payload(encode_payload("quant:8", t), "quant:4", LAYOUT) is None
+
+
+def test_ids_are_content_hashes_that_mean_the_same_on_every_node() -> None:
+    assert recipe_id("quant:8 | zstd") == recipe_id("quant:8 | zstd") != recipe_id("quant:8|zstd")
+    assert len(recipe_id("fp32")) == 8
+    again = Layout.of({k: (v.shape, "float32") for k, v in reversed(list(model(9).items()))})
+    assert again.id == LAYOUT.id and again.names == LAYOUT.names  # order-free, weight-free
+    assert (
+        Layout.of({**{k: (v.shape, "float32") for k, v in model().items()}, "x": ((1,), "float32")}).id
+        != LAYOUT.id
+    )
+    assert (
+        Layout.of({k: ((9,) if k == "temp" else v.shape, "float32") for k, v in model().items()}).id
+        != LAYOUT.id
+    )
+
+
+def _compact(recipe: str = "quant:8 | zstd") -> dict[str, Any]:
+    c = compact_payload(encode_payload(recipe, model(7)), recipe, LAYOUT)
+    assert c is not None
+    return c
+
+
+def _refusal(
+    d: dict[str, Any], rec: dict[bytes, str] | None = None, layout: Layout | None = LAYOUT
+) -> WireError:
+    with pytest.raises(WireError) as info:
+        decode_payload(d, SHAPES, layout=layout, recipes=recipes("quant:8 | zstd") if rec is None else rec)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "text"),
+    [
+        (lambda d: d.update(lid=b"\x00" * 8), Reason.BAD_SHAPE, "laid out for model layout"),
+        (lambda d: d.update(rid=recipe_id("quant:4")), Reason.BAD_PAYLOAD, "names no recipe"),
+        (lambda d: d.update(rid=b"short"), Reason.SCHEMA, "'rid' and 'lid'"),
+        (lambda d: d.pop("lid"), Reason.SCHEMA, "'rid' and 'lid'"),
+        (lambda d: d.update(t=d["t"][:-1]), Reason.BAD_SHAPE, "holds 4 tensors"),
+        (lambda d: d.update(t={}), Reason.SCHEMA, "list of tensors"),
+        (lambda d: d.update(mask=b"\xff"), Reason.SCHEMA, "bits set past"),
+        (lambda d: d.update(mask=b"\x01\x00"), Reason.SCHEMA, "expected 1 bytes"),
+        (lambda d: d.update(mask=b"\x01"), Reason.BAD_SHAPE, "the mask and model say 1"),
+        (lambda d: d["t"].__setitem__(0, "x"), Reason.SCHEMA, "expected 0 metadata values"),
+        (lambda d: d["t"].__setitem__(0, [3, d["t"][0][-1]]), Reason.SCHEMA, "expected 0 metadata values"),
+        (lambda d: d["t"].__setitem__(0, [7]), Reason.SCHEMA, "data must be bin"),
+        # conv.weight's quant:8 arrays travel raw (incompressible), fc.weight's as a zstd frame.
+        (lambda d: d["t"].__setitem__(0, [[b"\x00" * 3, b"", b""]]), Reason.BAD_PAYLOAD, "expected 216"),
+        (lambda d: d["t"].__setitem__(3, [b"\x28\xb5\x2f\xfd garbage"]), Reason.BAD_PAYLOAD, "fc.weight"),
+    ],
+)
+def test_a_compact_payload_that_disagrees_with_the_model_is_refused(
+    change: Any, reason: Reason, text: str
+) -> None:
+    d = _compact()
+    change(d)
+    err = _refusal(d)
+    assert err.reason == reason, err
+    assert text in str(err)
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "text"),
+    [
+        (0, "x", "k must be an int"),
+        (0, 10**6, "k"),
+        (2, float("nan"), "scale"),
+        (2, None, "scale"),
+        (1, -1, "ib"),
+    ],
+)
+def test_metadata_values_the_codec_refuses_are_refused(index: int, value: Any, text: str) -> None:
+    recipe = "topk:0.1+ef | sign"
+    d = compact_payload(encode_payload(recipe, model(8), new_codec_state(recipe)), recipe, LAYOUT)
+    assert d is not None
+    entry = d["t"][3]  # fc.weight: [k, ib, scale, arrays]
+    assert len(entry) == 4 and isinstance(entry[0], int) and isinstance(entry[2], float)
+    entry[index] = value
+    err = _refusal(d, recipes(recipe))
+    assert err.reason == Reason.BAD_PAYLOAD and text in err.text, err
+
+
+def test_sizes_that_disagree_with_the_model_are_refused_for_raw_float32() -> None:
+    d = _compact("fp32")
+    d["t"][0] = d["t"][0][:-4]
+    err = _refusal(d, recipes("fp32"))
+    assert err.reason == Reason.BAD_SHAPE and "needs" in err.text
+
+
+def test_a_receiver_without_the_model_refuses_instead_of_guessing() -> None:
+    err = _refusal(_compact(), layout=None)
+    assert err.reason == Reason.BAD_PAYLOAD and "holds no model" in err.text
+
+
+def test_task_carries_the_offer_and_refuses_a_bad_one() -> None:
+    offer = CompactOffer(recipe_id("quant:8"), LAYOUT.id)
+    t = Task("g:task.r1/a1.fromnone", "r1/a1", 1, 0, "quant:8", compact=offer)
+    back = decode(encode(t))
+    assert isinstance(back, Task) and back.compact == offer
+    old = decode(encode(Task("g:t", "r1/a1", 1, 0, "quant:8")))
+    assert isinstance(old, Task) and old.compact is None
+    wire = t.to_wire()
+    for bad in ({"rid": b"x", "lid": LAYOUT.id}, {"lid": LAYOUT.id}, "yes"):
+        wire["compact"] = bad
+        with pytest.raises(WireError) as info:
+            decode(msgpack.packb(wire, use_bin_type=True))
+        assert info.value.reason == Reason.SCHEMA and "TASK.compact" in info.value.text
