@@ -185,6 +185,11 @@ class GroundMachine:
         self.global_model: TensorDict = global_
         self.spec = {k: (tuple(v.shape), v.dtype.name) for k, v in self.global_model.items()}
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
+        # Tensors an update carries besides the model's (SCAFFOLD's control-variate deltas): decoded
+        # and checked like the model's, handed to the strategy, left out of the admission's norm.
+        self._extra = self.strategy.extra_tensors(self.shapes)
+        self._spec_in = {**self.spec, **{k: (tuple(s), "float32") for k, s in self._extra.items()}}
+        self._shapes_in = {**self.shapes, **self._extra}
         self.admission = Admission(config.guards, self.global_model)
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
@@ -231,8 +236,8 @@ class GroundMachine:
                 raise RuntimeError(f"log row {row.seq} ({row.update_id}) has no frame and no checkpoint")
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
-            delta = decode_payload(msg.payload, self.shapes)
-            norms.append(delta_norm(delta))
+            delta = decode_payload(msg.payload, self._shapes_in)
+            norms.append(delta_norm(self._model_part(delta)))
             self.strategy.accumulate(delta, row.samples, row.staleness)
             self._seq = row.seq
             self._since_ckpt += 1
@@ -370,6 +375,9 @@ class GroundMachine:
         if base is None or {k: (tuple(v.shape), v.dtype.name) for k, v in base.items()} != self.spec:
             return encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
         return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
+
+    def _model_part(self, delta: TensorDict) -> TensorDict:
+        return {k: v for k, v in delta.items() if k not in self._extra} if self._extra else delta
 
     def _task_id(self, agent: str) -> str:
         return self._round_task_id(self.round, agent)
@@ -637,11 +645,11 @@ class GroundMachine:
                 Reason.STALE, f"agent {p.agent_id!r} already contributed to round {self.round}", msg.id
             )
         try:
-            delta = decode_payload(msg.payload, self.shapes)
-            check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
+            delta = decode_payload(msg.payload, self._shapes_in)
+            check_against_model(delta, self._spec_in, require_all=not self.strategy.partial_ok)
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
-        norm = self.admission.check_delta(msg, delta)
+        norm = self.admission.check_delta(msg, self._model_part(delta))
         # Durable first, then counted, then ACKed: an ACKed update is never lost. In a batch a large
         # frame is left out of the log: the batch's closing checkpoint, committed with it, holds
         # its contribution instead (one snapshot of the sums instead of N frames on disk).
