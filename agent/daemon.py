@@ -144,7 +144,8 @@ class Board:
         path = Path(self.dir) / CONTROL_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in control.items()})
+        arrays: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in control.items()}
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
 
     def capabilities(self) -> dict[str, Any]:

@@ -209,7 +209,7 @@ class TopK(FloatStage):
     """Keep the fraction ``frac`` of values of largest magnitude (at least one); indices travel as
     LEB128 varints of their gaps, the kept values go on to the next float stage."""
 
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
     )
     terminal = False
