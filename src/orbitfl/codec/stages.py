@@ -253,7 +253,7 @@ class Dgc(TopK):
 
     params = (
         Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
-        Param("momentum", float, 0.9, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+        Param("momentum", float, 0.5, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
         Param("warmup", int, 0, check=in_range(0, 1000)),
     )
     default_ef = True
