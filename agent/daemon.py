@@ -106,6 +106,9 @@ def artifacts_dir(cfg: AgentSettings) -> Path:
     return cfg.agent.state_dir / "artifacts" / name
 
 
+CONTROL_FILE = "scaffold_control.npz"  # SCAFFOLD's cᵢ of the board, beside its outbox
+
+
 class Board:
     """The board's learner, built from its TOML config: trains a task into an update and installs
     each new global model for onboard inference."""
@@ -123,6 +126,27 @@ class Board:
         self.budget_bytes = cfg.agent.uplink_budget_bytes
         self.agent_id = cfg.agent.name
         self.partial = PartialSender()
+
+    def _control(self) -> dict[str, np.ndarray] | None:
+        """SCAFFOLD's cᵢ of this board, kept in its state folder across reboots (None: none yet)."""
+        path = Path(self.dir) / CONTROL_FILE
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: unreadable SCAFFOLD control variate ({exc}); remove it to start over"
+            ) from None
+
+    def _keep_control(self, control: Mapping[str, np.ndarray]) -> None:
+        path = Path(self.dir) / CONTROL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        arrays: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in control.items()}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
 
     def capabilities(self) -> dict[str, Any]:
         """EMS-FL's router affinity of the local data under the weights the board starts from."""
@@ -185,7 +209,10 @@ class Board:
             batch_size=self.cfg.batch_size,
             max_batches=self.cfg.max_batches or None,
             seed=start.task.round,
+            control=self._control(),
         )
+        if done.mean_gradient is not None:
+            self._keep_control(done.mean_gradient)
         metrics = {k: v for k, v in done.metrics.items() if k != "loss"}
         metrics.update(loss=done.metrics["loss"], seconds=done.seconds)
         delta = done.delta

@@ -91,6 +91,9 @@ class GraphTrainer(StepTrainer):
         self._load_params(files["params"])
         self._prox_mu = 0.0
         self._prox_anchor = np.zeros(0, np.float32)
+        self._corr: np.ndarray | None = None  # SCAFFOLD's c − cᵢ, flat, trainable layout
+        self._gsum = np.zeros(0, np.float64)
+        self._gsteps = 0
 
         self._opt: AdamW | SGD = (
             AdamW(self._n_trainable) if self.manifest.optimizer == "adamw" else SGD(self._n_trainable)
@@ -175,6 +178,37 @@ class GraphTrainer(StepTrainer):
         self._prox_mu = float(mu)
         self._prox_anchor = self._trainable_flat.copy() if mu > 0.0 else np.zeros(0, np.float32)
 
+    def set_correction(self, correction: Mapping[str, np.ndarray] | None) -> None:
+        """SCAFFOLD: c − cᵢ added to every gradient on the host (after the raw gradient is summed
+        for :meth:`mean_gradient`); every trainable tensor must be given, with its shape (frozen
+        ones may be, and are ignored)."""
+        self._gsteps = 0
+        if correction is None:
+            self._corr = None
+            self._gsum = np.zeros(0, np.float64)
+            return
+        want = list(self.manifest.trainable)
+        missing = [n for n in want if n not in correction]
+        extra = [n for n in correction if n not in self.manifest.parameters]  # frozen ones: ignored
+        if missing or extra:
+            raise ValueError(f"SCAFFOLD correction: missing tensors {missing}, unknown tensors {extra}")
+        flat = np.zeros(self._n_trainable, np.float32)
+        offset = 0
+        for n in want:
+            c = np.asarray(correction[n], np.float32)
+            size = int(np.prod(self.manifest.parameters[n], dtype=np.int64))
+            if c.size != size or not np.isfinite(c).all():
+                raise ValueError(f"SCAFFOLD correction[{n!r}] must hold {size} finite values, got {c.size}")
+            flat[offset : offset + size] = c.reshape(-1)
+            offset += size
+        self._corr = flat
+        self._gsum = np.zeros(self._n_trainable, np.float64)
+
+    def mean_gradient(self) -> dict[str, np.ndarray]:
+        if self._corr is None or self._gsteps == 0:
+            raise ValueError("no SCAFFOLD training since set_correction: no gradients to average")
+        return self._unflatten((self._gsum / self._gsteps).astype(np.float32))
+
     # --- weights ----------------------------------------------------------------------------------
 
     def get_weights(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -196,6 +230,10 @@ class GraphTrainer(StepTrainer):
         outs = self._train_sess.run(self._train_outputs, feed)
         for view, g in zip(self._grad_views, outs[2:], strict=True):
             np.copyto(view, g)
+        if self._corr is not None:
+            self._gsum += self._grad
+            self._gsteps += 1
+            self._grad += self._corr
         if self._prox_mu > 0.0:
             self._grad += np.float32(self._prox_mu) * (self._trainable_flat - self._prox_anchor)
         self._opt.step(self._trainable_flat, self._grad, self._learning_rate)

@@ -49,6 +49,8 @@ class Trained:
     samples: int
     metrics: dict[str, float]  # loss, and train_accuracy for classifiers
     seconds: float  # wall time of the training run
+    # SCAFFOLD: the mean raw gradient of the run (the agent's new control variate); None without
+    mean_gradient: dict[str, npt.NDArray[Any]] | None = None
 
 
 class Learner:
@@ -69,17 +71,23 @@ class Learner:
         max_batches: int | None = None,
         keep: Collection[str] | None = None,
         proximal_mu: float = 0.0,
+        correction: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> Trained:
         """Train from ``weights``; the delta holds every tensor, or only those in ``keep``.
-        ``proximal_mu`` > 0: FedProx's μ/2·‖w − weights‖² joins the loss."""
+        ``proximal_mu`` > 0: FedProx's μ/2·‖w − weights‖² joins the loss. ``correction``
+        (SCAFFOLD's c − cᵢ per trainable tensor) joins every gradient, and the result carries the
+        run's mean raw gradient."""
         base = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self.trainer.set_weights(base)
         # After set_weights: the anchor is the global model this round starts from; 0 clears a
         # previous round's term.
         if isinstance(self.trainer, StepTrainer):
             self.trainer.set_proximal(proximal_mu)
+            self.trainer.set_correction(correction)
         elif proximal_mu > 0.0:
             raise ValueError(f"{type(self.trainer).__name__} cannot train with a proximal term (FedProx)")
+        elif correction is not None:
+            raise ValueError(f"{type(self.trainer).__name__} cannot train with SCAFFOLD's correction")
         m = self.trainer.train(
             self.x, self.y, epochs=epochs, batch_size=batch_size, max_batches=max_batches, seed=seed
         )
@@ -88,7 +96,11 @@ class Learner:
         metrics = {"loss": float(m.loss)}
         if m.accuracy is not None:
             metrics["train_accuracy"] = float(m.accuracy)
-        return Trained(delta, len(self.x), metrics, float(m.seconds))
+        mean_grad = None
+        if correction is not None and isinstance(self.trainer, StepTrainer):
+            mean_grad = self.trainer.mean_gradient()
+            self.trainer.set_correction(None)
+        return Trained(delta, len(self.x), metrics, float(m.seconds), mean_grad)
 
     def curvature(self, delta: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[np.float32]]:
         """Loss-aware codecs' curvature D = sqrt(v) + eps from the optimizer's second moments

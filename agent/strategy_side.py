@@ -7,7 +7,9 @@ The ground's strategy says in TASK hints what it needs from an agent (``Strategy
   gate per expert on its local data (:func:`capabilities`), from which the ground assigns experts;
 - ``proximal_mu`` (FedProx): the proximal term's μ, added to the trainer's gradient;
 - ``partial`` (SpaceDML partial averaging): send only the blocks that changed most, loss-weighted,
-  within a byte budget (:class:`PartialSender`).
+  within a byte budget (:class:`PartialSender`);
+- ``scaffold_c`` (SCAFFOLD): the ground's control variate c; the agent trains with c − cᵢ added
+  to every gradient, keeps the run's mean gradient as its new cᵢ and sends Δcᵢ with its delta.
 
 alq sizing to the next contact is the codec's (the TrainingDone ``budget_bytes``). Nothing here
 knows sockets, clocks or the ground's code: only hints, weights and the learner.
@@ -25,6 +27,9 @@ import numpy.typing as npt
 
 from orbitfl.agent.learner import Learner, Trained
 from orbitfl.agent.partial import choose_blocks, measure_bytes_per_value
+from orbitfl.wire.control import HINT as SCAFFOLD_HINT
+from orbitfl.wire.control import PREFIX as CONTROL_PREFIX
+from orbitfl.wire.control import control_from_hint
 
 ROUTER = ("router.weight", "router.bias")
 
@@ -73,6 +78,33 @@ def proximal_mu(hints: Mapping[str, Any]) -> float:
     return float(mu)
 
 
+def scaffold_control(
+    hints: Mapping[str, Any], weights: Mapping[str, npt.NDArray[Any]]
+) -> dict[str, npt.NDArray[np.float32]] | None:
+    """SCAFFOLD's c from TASK hints, one tensor per model tensor (None: not SCAFFOLD)."""
+    raw = hints.get(SCAFFOLD_HINT)
+    if raw is None:
+        return None
+    c = control_from_hint(raw, {k: tuple(np.shape(v)) for k, v in weights.items()})
+    missing = sorted(set(weights) - set(c))
+    if missing:
+        raise ValueError(f"hints[{SCAFFOLD_HINT!r}] lacks tensors {missing[:5]}")
+    return c
+
+
+def _own_control(
+    control: Mapping[str, npt.NDArray[Any]] | None, c: Mapping[str, npt.NDArray[np.float32]]
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The agent's cᵢ shaped like c: zeros at first, or for a tensor it had none for."""
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    for k, v in c.items():
+        mine = None if control is None else control.get(k)
+        if mine is not None and np.shape(mine) != v.shape:
+            raise ValueError(f"the agent's SCAFFOLD control variate {k!r} does not match the model")
+        out[k] = np.zeros_like(v) if mine is None else np.asarray(mine, np.float32)
+    return out
+
+
 def router_affinity(weights: Mapping[str, npt.NDArray[Any]], x: npt.NDArray[Any]) -> list[float] | None:
     """Mean router probability per expert, softmax(x Wᵀ + b), over the local samples ``x``; None
     for a model without a router (``router.weight``, ``router.bias``)."""
@@ -104,11 +136,20 @@ def train_task(
     batch_size: int,
     seed: int,
     max_batches: int | None = None,
+    control: Mapping[str, npt.NDArray[Any]] | None = None,
 ) -> Trained:
     """Train one task the way its strategy asks: only the assigned experts (EMS-FL), with the
-    proximal term (FedProx). The metrics carry the router affinity after training, so the ground
-    can follow how an agent's data leans."""
+    proximal term (FedProx), with SCAFFOLD's correction (``control``: the agent's cᵢ, None at
+    first; the new cᵢ comes back as ``Trained.mean_gradient`` for the caller to keep). The metrics
+    carry the router affinity after training, so the ground can follow how an agent's data leans."""
     keep = trainable_for(hints, agent_id, list(weights))
+    c = scaffold_control(hints, weights)
+    correction = None
+    if c is not None:
+        if keep is not None:
+            raise ValueError("SCAFFOLD and an EMS-FL expert assignment cannot be combined")
+        mine = _own_control(control, c)
+        correction = {k: c[k] - mine[k] for k in c}
     done = learner.train(
         weights,
         epochs=epochs,
@@ -117,7 +158,16 @@ def train_task(
         max_batches=max_batches,
         keep=None if keep is None else set(keep),
         proximal_mu=proximal_mu(hints),
+        correction=correction,
     )
+    if c is not None:
+        new = done.mean_gradient
+        assert new is not None
+        mine = _own_control(control, c)
+        for k in c:
+            # Tensors the trainer keeps frozen have no gradient: their cᵢ stays.
+            new.setdefault(k, mine[k])
+            done.delta[CONTROL_PREFIX + k] = (new[k] - mine[k]).astype(np.float32)
     aff = router_affinity(learner.trainer.get_weights([k for k in ROUTER if k in weights]), learner.x)
     if aff is not None:
         for e, a in enumerate(aff):

@@ -87,6 +87,17 @@ class StepTrainer(Trainer):
         if mu != 0.0:
             raise ValueError(f"the {type(self).__name__} backend cannot train with a proximal term (FedProx)")
 
+    def set_correction(self, correction: Mapping[str, np.ndarray] | None) -> None:
+        """SCAFFOLD: add ``correction`` (c − cᵢ, per trainable tensor) to every gradient from now on
+        and average the raw gradients seen (:meth:`mean_gradient`); None turns it off. Backends
+        that cannot refuse a correction."""
+        if correction is not None:
+            raise ValueError(f"the {type(self).__name__} backend cannot train with SCAFFOLD's correction")
+
+    def mean_gradient(self) -> dict[str, np.ndarray]:
+        """The mean raw minibatch gradient since :meth:`set_correction` (SCAFFOLD's new cᵢ)."""
+        raise ValueError(f"the {type(self).__name__} backend does not average gradients")
+
     # --- data -------------------------------------------------------------------------------------
 
     def _inputs(self, x: np.ndarray) -> np.ndarray:

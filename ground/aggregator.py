@@ -42,7 +42,6 @@ from orbitfl.wire.messages import (
     Update,
     decode,
 )
-from orbitfl.wire.payload import decode_payload
 from orbitfl.wire.tensors import check_against_model
 
 # What a station's HELLO carries in its capabilities: the allow-list version it holds.
@@ -215,11 +214,22 @@ class AggregatorMachine(GroundMachine):
             )
         if self.store.task(msg.task_id) is not None:
             raise WireError(Reason.STALE, f"task {msg.task_id!r} was answered already by another update")
-        delta = decode_payload(msg.payload, self.shapes)
-        check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
+        delta = self._decode(msg)  # compact updates too: ids are content hashes, the same on every node
+        check_against_model(delta, self._spec_in, require_all=not self.strategy.partial_ok)
         self.store.put_task(msg.task_id, r.agent_id, msg.round, now, None)
         self.relayed += 1
         if staleness > self.cfg.max_staleness:
             out.append(Count("relays_late"))
         out.append(Count("relays_accepted", (("station", p.agent_id),)))
-        self._accept(peer, r.agent_id, msg, r.frame, delta, delta_norm(delta), staleness, now, out, r.id)
+        self._accept(
+            peer,
+            r.agent_id,
+            msg,
+            r.frame,
+            delta,
+            delta_norm(self._model_part(delta)),
+            staleness,
+            now,
+            out,
+            r.id,
+        )

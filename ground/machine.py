@@ -196,6 +196,11 @@ class GroundMachine:
         self.shapes = {k: shape for k, (shape, _) in self.spec.items()}
         self.layout = Layout.of(self.spec)
         self.recipes = self._known_recipes()
+        # Tensors an update carries besides the model's (SCAFFOLD's control-variate deltas): decoded
+        # and checked like the model's, handed to the strategy, left out of the admission's norm.
+        self._extra = self.strategy.extra_tensors(self.shapes)
+        self._spec_in = {**self.spec, **{k: (tuple(s), "float32") for k, s in self._extra.items()}}
+        self._shapes_in = {**self.shapes, **self._extra}
         self.admission = Admission(config.guards, self.global_model)
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
@@ -218,7 +223,7 @@ class GroundMachine:
         return {recipe_id(t): t for t in texts}
 
     def _decode(self, msg: Update) -> TensorDict:
-        return decode_payload(msg.payload, self.shapes, layout=self.layout, recipes=self.recipes)
+        return decode_payload(msg.payload, self._shapes_in, layout=self.layout, recipes=self.recipes)
 
     def _continue_finished(self) -> None:
         """A federation that ended at an earlier ``rounds`` goes on when more rounds are configured
@@ -257,7 +262,7 @@ class GroundMachine:
             msg = decode(row.frame, self.cfg.limits)
             assert isinstance(msg, Update)
             delta = self._decode(msg)
-            norms.append(delta_norm(delta))
+            norms.append(delta_norm(self._model_part(delta)))
             self.strategy.accumulate(delta, row.samples, row.staleness)
             self._seq = row.seq
             self._since_ckpt += 1
@@ -395,6 +400,9 @@ class GroundMachine:
         if base is None or {k: (tuple(v.shape), v.dtype.name) for k, v in base.items()} != self.spec:
             return encode_model(self.version, self.global_model, compress=self.cfg.compress_downlink)
         return encode_model(self.version, self.global_model, base, held, compress=self.cfg.compress_downlink)
+
+    def _model_part(self, delta: TensorDict) -> TensorDict:
+        return {k: v for k, v in delta.items() if k not in self._extra} if self._extra else delta
 
     def _task_id(self, agent: str) -> str:
         return self._round_task_id(self.round, agent)
@@ -674,10 +682,10 @@ class GroundMachine:
             )
         try:
             delta = self._decode(msg)
-            check_against_model(delta, self.spec, require_all=not self.strategy.partial_ok)
+            check_against_model(delta, self._spec_in, require_all=not self.strategy.partial_ok)
         except WireError as err:
             raise WireError(err.reason, err.text, msg.id) from None
-        norm = self.admission.check_delta(msg, delta)
+        norm = self.admission.check_delta(msg, self._model_part(delta))
         self._accept(peer, p.agent_id, msg, frame, delta, norm, staleness, now, out)
 
     def _accept(

@@ -72,6 +72,12 @@ class Strategy(ABC):
         capabilities). Plain msgpack-able values; deterministic in its inputs."""
         return {}
 
+    def extra_tensors(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Tensors an update carries besides the model's ``shapes`` (name -> shape), e.g. SCAFFOLD's
+        control-variate deltas; the ground decodes and checks them like the model's and passes
+        them to :meth:`accumulate` with the delta."""
+        return {}
+
     def report(self) -> dict[str, float]:
         """Figures a user watches for this strategy (e.g. the privacy spent), for logs and metrics."""
         return {}

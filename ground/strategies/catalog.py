@@ -17,6 +17,7 @@ from orbitfl.ground.strategies.fedbuff import FedBuff
 from orbitfl.ground.strategies.fedprox import FedProx
 from orbitfl.ground.strategies.partial import PartialAverage
 from orbitfl.ground.strategies.robust import CoordinateMedian, Krum, NormClip, TrimmedMean
+from orbitfl.ground.strategies.scaffold import Scaffold
 from orbitfl.ground.strategies.serveropt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -35,6 +36,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         FedYogi,
         FedAdagrad,
         FedProx,
+        Scaffold,
         CentralDP,
     )
 }

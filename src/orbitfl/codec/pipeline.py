@@ -6,6 +6,8 @@ first stage's kernel can keep the residual itself and every later stage is lossl
 updates it in place; otherwise the pipeline decodes what it just encoded and takes the difference,
 so the residual always covers the whole chain's error (e.g. top-k *and* the quantization of the
 kept values). State changes only when encode succeeds.
+
+A first stage that keeps a momentum (``dgc``) also finds its per-tensor velocity in the state.
 """
 
 from __future__ import annotations
@@ -34,24 +36,25 @@ _EMPTY = parse_chain("fp32")
 
 @dataclass
 class CodecState:
-    """Per-tensor codec state kept by the sender between rounds: error-feedback residuals and the
-    round counter that keys stochastic rounding. ``to_dict``/``from_dict`` give a plain dict
-    (str/int/bytes/list/dict) to persist across reboots."""
+    """Per-tensor codec state kept by the sender between rounds: error-feedback residuals, DGC's
+    momenta, and the round counter that keys stochastic rounding. ``to_dict``/``from_dict`` give a
+    plain dict (str/int/bytes/list/dict) to persist across reboots."""
 
     residuals: dict[str, F32] = field(default_factory=dict)
     round: int = 0
     seed: int = 0
+    momenta: dict[str, F32] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "v": STATE_VERSION,
             "round": self.round,
             "seed": self.seed,
-            "residuals": {
-                name: {"dtype": "float32", "shape": [r.size], "data": r.tobytes()}
-                for name, r in self.residuals.items()
-            },
+            "residuals": _arrays_to_dict(self.residuals),
         }
+        if self.momenta:  # absent for recipes without momentum: their states read as before
+            d["momenta"] = _arrays_to_dict(self.momenta)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> CodecState:
@@ -62,22 +65,32 @@ class CodecState:
             raise ValueError(f"codec state round must be an int >= 0, got {rnd!r}")
         if type(seed) is not int or not 0 <= seed < 2**63:
             raise ValueError(f"codec state seed must be an int in 0..2**63-1, got {seed!r}")
-        if not isinstance(res, dict):
-            raise ValueError("codec state residuals must be a map")
-        residuals: dict[str, F32] = {}
-        for name, r in res.items():
-            if not isinstance(r, dict) or r.get("dtype") != "float32" or not isinstance(r.get("data"), bytes):
-                raise ValueError(f"codec state residuals[{name!r}] must be a float32 array map")
-            shape = r.get("shape")
-            if not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int:
-                raise ValueError(f"codec state residuals[{name!r}].shape must be [size]")
-            if len(r["data"]) != 4 * shape[0]:
-                raise ValueError(f"codec state residuals[{name!r}].data does not hold {shape[0]} float32")
-            a = np.frombuffer(r["data"], np.float32).copy()
-            if not np.isfinite(a).all():
-                raise ValueError(f"codec state residuals[{name!r}] has NaN or Inf values")
-            residuals[name] = a
-        return cls(residuals, rnd, seed)
+        residuals = _arrays_from_dict("residuals", res)
+        momenta = _arrays_from_dict("momenta", d.get("momenta", {}))
+        return cls(residuals, rnd, seed, momenta)
+
+
+def _arrays_to_dict(arrays: Mapping[str, F32]) -> dict[str, Any]:
+    return {name: {"dtype": "float32", "shape": [r.size], "data": r.tobytes()} for name, r in arrays.items()}
+
+
+def _arrays_from_dict(key: str, d: Any) -> dict[str, F32]:
+    if not isinstance(d, dict):
+        raise ValueError(f"codec state {key} must be a map")
+    out: dict[str, F32] = {}
+    for name, r in d.items():
+        if not isinstance(r, dict) or r.get("dtype") != "float32" or not isinstance(r.get("data"), bytes):
+            raise ValueError(f"codec state {key}[{name!r}] must be a float32 array map")
+        shape = r.get("shape")
+        if not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int:
+            raise ValueError(f"codec state {key}[{name!r}].shape must be [size]")
+        if len(r["data"]) != 4 * shape[0]:
+            raise ValueError(f"codec state {key}[{name!r}].data does not hold {shape[0]} float32")
+        a = np.frombuffer(r["data"], np.float32).copy()
+        if not np.isfinite(a).all():
+            raise ValueError(f"codec state {key}[{name!r}] has NaN or Inf values")
+        out[name] = a
+    return out
 
 
 class Pipeline:
@@ -151,11 +164,20 @@ class Pipeline:
         shapes = {name: tuple(int(s) for s in x.shape) for name, x in tensors.items()}
 
         new_res: dict[str, F32] = {}
+        new_mom: dict[str, F32] = {}
         records: dict[str, TensorRecord] = {}
         for name in flat:
             if name not in alq:
                 records[name] = self._encode_tensor(
-                    name, flat[name], shapes[name], chains[name], state, curv.get(name), None, new_res
+                    name,
+                    flat[name],
+                    shapes[name],
+                    chains[name],
+                    state,
+                    curv.get(name),
+                    None,
+                    new_res,
+                    new_mom,
                 )
         if alq:
             assert budget_bytes is not None
@@ -167,6 +189,7 @@ class Pipeline:
                 "(only alq adapts to a budget)"
             )
         state.residuals.update(new_res)
+        state.momenta.update(new_mom)
         state.round += 1
         return payload
 
@@ -204,6 +227,7 @@ class Pipeline:
         curvature: F32 | None,
         bits: int | None,
         new_res: dict[str, F32],
+        new_mom: dict[str, F32] | None = None,
     ) -> TensorRecord:
         try:
             residual: F32 | None = None
@@ -223,9 +247,13 @@ class Pipeline:
                 residual = np.zeros(x.size, np.float32) if old is None else old.copy()
                 if not chain.kernel_ef and not fused:
                     acc = x + residual
-            ctx = EncodeContext(self.kern, self._seed(state, name), curvature=curvature, bits=bits)
+            ctx = EncodeContext(
+                self.kern, self._seed(state, name), curvature=curvature, bits=bits, round=state.round
+            )
             if chain.ef and (chain.kernel_ef or fused):
                 ctx.residual = residual
+            if first.keeps_momentum:
+                ctx.momentum = self._momentum(state, name, x.size)
             rec, first_out = self._encode_flat(acc, shape, chain, ctx)
             if residual is not None:
                 if fused:
@@ -233,9 +261,26 @@ class Pipeline:
                 elif not chain.kernel_ef:
                     residual = acc - self._decode_flat(rec)
                 new_res[name] = residual
+            if ctx.momentum is not None:
+                if new_mom is None:
+                    raise ValueError(f"{first.name} keeps a momentum and cannot be sized by alq")
+                new_mom[name] = ctx.momentum
         except ValueError as exc:
             raise ValueError(f"tensor {name!r} ({chain.text}): {exc}") from None
         return rec
+
+    @staticmethod
+    def _momentum(state: CodecState, name: str, size: int) -> F32:
+        """A copy of the tensor's momentum (zeros the first time), for the stage to update."""
+        old = state.momenta.get(name)
+        if old is None:
+            return np.zeros(size, np.float32)
+        if old.size != size:
+            raise ValueError(
+                f"the codec state holds a momentum of {old.size} values for {size}; "
+                "the model changed: start from a new state"
+            )
+        return old.copy()
 
     def _fold_kept_error(self, rec: TensorRecord, first: Encoded, residual: F32) -> None:
         """residual[kept] = sent - decoded for the values the first (sparsifying) stage kept; its

@@ -81,6 +81,10 @@ class EncodeContext:
     residual: F32 | None = None  # only for the first stage when it updates the residual itself
     curvature: F32 | None = None  # only for the first stage
     bits: int | None = None  # the bit width chosen by ALQ for this tensor
+    # only for the first stage when it keeps a momentum (DGC): the sender's per-tensor velocity,
+    # owned by the pipeline and updated in place
+    momentum: F32 | None = None
+    round: int = 0  # the sender's encode count (DGC's sparsity warm-up)
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Stage:
     first_only: ClassVar[bool] = False  # needs the whole tensor (curvature, budget)
     needs_curvature: ClassVar[bool] = False
     needs_budget: ClassVar[bool] = False  # sizes its output to the encode's budget_bytes
+    keeps_momentum: ClassVar[bool] = False  # the codec state holds a momentum for it (DGC)
     meta_schema: ClassVar[Mapping[str, type]] = {}
 
     args: dict[str, Any] = field(default_factory=dict)

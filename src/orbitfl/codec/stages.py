@@ -209,7 +209,7 @@ class TopK(FloatStage):
     """Keep the fraction ``frac`` of values of largest magnitude (at least one); indices travel as
     LEB128 varints of their gaps, the kept values go on to the next float stage."""
 
-    params = (
+    params: ClassVar[tuple[Param, ...]] = (
         Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
     )
     terminal = False
@@ -239,6 +239,51 @@ class TopK(FloatStage):
         out = np.zeros(n, np.float32)
         out[idx] = leftover
         return out
+
+
+@register("dgc")
+class Dgc(TopK):
+    """Deep Gradient Compression (Lin et al., ICLR 2018): top-k of an accumulated *velocity* with
+    momentum correction and factor masking. Per tensor the sender keeps a momentum u and the
+    residual v: u = m·u + x, v = v + u, the k largest |v| are sent, and both u and v are zeroed
+    where they were sent (factor masking, so a sent coordinate's stale momentum does not push it
+    again). ``warmup`` rounds of exponentially decreasing density (DGC's 25 %, 6.25 %, ... until
+    ``frac``) ease the start. Error feedback is always on: the residual is v itself, and when
+    later stages quantize the sent values their error stays in v too."""
+
+    params = (
+        Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+        Param("momentum", float, 0.5, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+        Param("warmup", int, 0, check=in_range(0, 1000)),
+    )
+    default_ef = True
+    first_only = True
+    keeps_momentum = True
+
+    def validate_args(self) -> None:
+        if not self.ef:
+            raise ValueError("stage 'dgc': its residual is the accumulated velocity; +noef is not allowed")
+
+    def density(self, round_: int) -> float:
+        """The fraction sent at the sender's ``round_``-th encode (0-based), warm-up included."""
+        frac = float(self.args["frac"])
+        if round_ < self.args["warmup"]:
+            return max(frac, 0.25 ** (round_ + 1))
+        return frac
+
+    def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
+        u = ctx.momentum
+        if u is None or ctx.residual is None:
+            raise ValueError("dgc needs the codec state's momentum and residual for this tensor")
+        n = x.size
+        # In place, so the velocity costs two passes over memory and no temporary.
+        np.multiply(u, np.float32(self.args["momentum"]), out=u)
+        np.add(u, x, out=u)
+        k = min(n, max(1, math.ceil(self.density(ctx.round) * n)))
+        idx, vals = ctx.kern.topk(u, k, ctx.residual)  # v += u; v[sent] = 0
+        u[idx] = np.float32(0)  # factor masking
+        buf = ctx.kern.delta_encode_indices(idx)
+        return Encoded({"k": k, "ib": int(buf.size)}, [buf], vals, kept=idx)
 
 
 # --- GCC -------------------------------------------------------------------------------------------

@@ -301,3 +301,17 @@ def test_the_simulator_runs_the_daemons_strategies_from_the_one_catalog(strategy
     assert [r.round for r in res.rounds] == [1, 2]
     assert all(r.accuracy is not None and 0.0 <= r.accuracy <= 1.0 for r in res.rounds)
     assert res.refused == {}
+
+
+def test_scaffold_moves_in_the_simulator_with_its_control_bytes_counted() -> None:
+    """SCAFFOLD through the real machines: c goes down in every TASK, Δcᵢ up in every UPDATE (so
+    an update is about twice FedAvg's at fp32), and the global model still learns."""
+    kw = dict(sats=3, rounds=4, partition="dirichlet", alpha=0.3, epochs=1)
+    fed = Simulation(small(**kw)).run()
+    sc = Simulation(small(strategy="scaffold", **kw)).run()
+    assert sc.refused == {} and [r.round for r in sc.rounds] == [1, 2, 3, 4]
+    per_update = sc.uplink_update_bytes / sc.accepted_updates
+    assert 1.9 < per_update / (fed.uplink_update_bytes / fed.accepted_updates) < 2.1
+    assert sc.downlink_bytes > fed.downlink_bytes + sc.accepted_updates * 4 * sc.n_params
+    accs = [r.accuracy for r in sc.rounds]
+    assert accs[-1] is not None and accs[0] is not None and accs[-1] > max(0.3, accs[0])

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from orbitfl.models.zoo import ModelSpec
 
 
+CONTROL_KEY = "scaffold_control"  # a satellite's SCAFFOLD cᵢ, in its per-job state
+
+
 @dataclass(frozen=True)
 class TrainSetup:
     """What decides the data split, the model and the trainer (hashable: a worker's cache key)."""
@@ -165,8 +168,14 @@ class Workbench:
             epochs=self.setup.epochs,
             batch_size=self.setup.batch_size,
             seed=seed,
+            control=None if job.state is None else job.state.get(CONTROL_KEY),
         )
-        return TrainOutcome(done.delta, done.samples, done.metrics, trainer.optimizer_state())
+        state = trainer.optimizer_state()
+        if done.mean_gradient is not None:  # SCAFFOLD: the satellite's cᵢ, kept with its optimizer
+            state[CONTROL_KEY] = done.mean_gradient
+        elif job.state is not None and CONTROL_KEY in job.state:
+            state[CONTROL_KEY] = job.state[CONTROL_KEY]
+        return TrainOutcome(done.delta, done.samples, done.metrics, state)
 
 
 _BENCHES: dict[TrainSetup, Workbench] = {}

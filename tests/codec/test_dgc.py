@@ -1,0 +1,134 @@
+"""DGC (momentum correction and factor masking for top-k) against a NumPy re-statement of the
+paper's update, on both kernel backends; its state across rounds and reboots."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+
+from orbitfl.codec import CodecState, Payload, Pipeline
+
+N = 2000
+
+
+def _grads(rounds: int, seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    drift = rng.normal(size=N).astype(np.float32)
+    return [(drift + rng.normal(size=N)).astype(np.float32) for _ in range(rounds)]
+
+
+def _restated(xs: list[np.ndarray], frac: float, m: float) -> list[np.ndarray]:
+    """Lin et al. 2018, Alg. 1 with momentum correction and factor masking, in plain NumPy:
+    u = m·u + g; v = v + u; send the k largest |v|; zero u and v where sent."""
+    u = np.zeros(N, np.float32)
+    v = np.zeros(N, np.float32)
+    out = []
+    k = max(1, math.ceil(frac * N))
+    for g in xs:
+        u = (u * np.float32(m) + g).astype(np.float32)
+        v = (v + u).astype(np.float32)
+        idx = np.sort(np.argsort(-np.abs(v), kind="stable")[:k])
+        sent = np.zeros(N, np.float32)
+        sent[idx] = v[idx]
+        u[idx] = 0
+        v[idx] = 0
+        out.append(sent)
+    return out
+
+
+def test_dgc_sends_what_the_paper_sends(backend: str) -> None:
+    xs = _grads(12)
+    pipe = Pipeline.parse("dgc:0.03,momentum=0.8", backend)
+    state = pipe.new_state()
+    want = _restated(xs, 0.03, 0.8)
+    for x, w in zip(xs, want, strict=True):
+        got = pipe.decode(Payload.from_bytes(pipe.encode({"x": x}, state).to_bytes()))["x"]
+        np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-6)
+        sent = w != 0
+        assert (state.momenta["x"][sent] == 0).all() and (state.residuals["x"][sent] == 0).all()
+
+
+def test_dgc_without_momentum_is_topk_with_error_feedback(backend: str) -> None:
+    a, b = Pipeline.parse("dgc:0.05,momentum=0", backend), Pipeline.parse("topk:0.05+ef", backend)
+    sa, sb = a.new_state(), b.new_state()
+    for x in _grads(5):
+        pa, pb = a.encode({"x": x}, sa), b.encode({"x": x}, sb)
+        assert pa.records["x"].raw == pb.records["x"].raw
+        np.testing.assert_array_equal(a.decode(pa)["x"], b.decode(pb)["x"])
+        np.testing.assert_array_equal(sa.residuals["x"], sb.residuals["x"])
+
+
+@pytest.mark.parametrize("recipe", ["dgc:0.02|quant:4|zstd", "dgc:0.02,momentum=0.5|sign"])
+def test_the_residual_keeps_the_quantization_error_of_the_sent_values(backend: str, recipe: str) -> None:
+    """v after T rounds is exactly Σ u (before masking) − Σ decoded: what the later stages lost on
+    the kept values waits in v like the values top-k dropped."""
+    pipe = Pipeline.parse(recipe, backend)
+    m = float(pipe.recipe.default.float_stages[0].args["momentum"])
+    state = pipe.new_state()
+    pushed = np.zeros(N, np.float64)
+    got = np.zeros(N, np.float64)
+    for r, x in enumerate(_grads(30)):
+        u_prev = state.momenta.get("x", np.zeros(N, np.float32))
+        pushed += u_prev.astype(np.float64) * m + x
+        got += pipe.decode(pipe.encode({"x": x}, state))["x"]
+        np.testing.assert_allclose(pushed - got, state.residuals["x"], atol=2e-3 * (r + 1))
+
+
+def test_warm_up_sends_exponentially_fewer_values_until_frac(backend: str) -> None:
+    pipe = Pipeline.parse("dgc:0.01,warmup=4", backend)
+    state = pipe.new_state()
+    ks = [pipe.encode({"x": x}, state).records["x"].meta[0]["k"] for x in _grads(6)]
+    assert ks == [math.ceil(d * N) for d in (0.25, 0.0625, 0.015625, 0.01, 0.01, 0.01)]
+
+
+def test_dgc_state_survives_a_reboot_bit_for_bit(backend: str) -> None:
+    pipe = Pipeline.parse("dgc:0.05|quant:8|zstd; <100=fp32", backend)
+    t = {"w": np.zeros(N, np.float32), "b": np.zeros(10, np.float32)}
+    a = pipe.new_state(seed=7)
+    xs = _grads(6)
+    for x in xs[:3]:
+        pipe.encode({**t, "w": x}, a)
+    b = CodecState.from_dict(msgpack.unpackb(msgpack.packb(a.to_dict())))
+    assert set(b.momenta) == {"w"} and set(b.residuals) == {"w"}
+    for x in xs[3:]:
+        assert pipe.encode({**t, "w": x}, a).to_bytes() == pipe.encode({**t, "w": x}, b).to_bytes()
+    np.testing.assert_array_equal(a.momenta["w"], b.momenta["w"])
+    bad = a.to_dict()
+    bad["momenta"] = {"w": {"dtype": "float32", "shape": [3], "data": b"\0" * 8}}
+    with pytest.raises(ValueError, match="momenta"):
+        CodecState.from_dict(bad)
+
+
+def test_a_state_without_momenta_still_reads() -> None:
+    """States written before DGC existed have no "momenta" key."""
+    d = Pipeline.parse("topk:0.1+ef").new_state().to_dict()
+    assert "momenta" not in d
+    assert CodecState.from_dict(d).momenta == {}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "match"),
+    [
+        ("dgc:0.01+noef", "noef"),
+        ("dgc:0.01,momentum=1", "momentum"),
+        ("dgc:0", "frac"),
+        ("topk:0.1|dgc:0.1", "first stage"),
+        ("dgc:0.01,warmup=-1", "warmup"),
+    ],
+)
+def test_bad_dgc_recipes_are_refused_by_name(recipe: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Pipeline.parse(recipe)
+
+
+def test_a_changed_model_is_refused_not_mixed_into_the_momentum(backend: str) -> None:
+    pipe = Pipeline.parse("dgc:0.1", backend)
+    state = pipe.new_state()
+    pipe.encode({"x": np.ones(10, np.float32)}, state)
+    before = state.to_dict()
+    with pytest.raises(ValueError, match="model changed"):
+        pipe.encode({"x": np.ones(11, np.float32)}, state)
+    assert state.to_dict() == before
