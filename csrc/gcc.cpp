@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,37 @@ GccShape gcc_shape(std::size_t n, int k, double rho) {
   s.id_bits = gcc_id_bits(s.centroids);
   return s;
 }
+
+namespace {
+
+// The r-th smallest (1-based) of non-negative doubles, whose bit patterns order like the values:
+// a histogram of the top 16 bits (exponent and 4 mantissa bits) finds the bin holding rank r,
+// and nth_element over that bin's entries alone finishes it. Exact, as nth_element over all of
+// them, but two streaming passes instead of a copy of n doubles and a selection over it.
+double rth_smallest(const std::vector<double>& v, std::size_t r) {
+  constexpr int kShift = 48;
+  std::vector<std::size_t> hist(std::size_t{1} << (64 - kShift), 0);
+  for (double d : v) {
+    std::uint64_t u;
+    std::memcpy(&u, &d, 8);
+    ++hist[u >> kShift];
+  }
+  std::size_t below = 0, bin = 0;
+  while (below + hist[bin] < r) below += hist[bin++];
+  std::vector<double> cand(hist[bin] + 1);
+  std::size_t c = 0;
+  for (double d : v) {
+    std::uint64_t u;
+    std::memcpy(&u, &d, 8);
+    cand[c] = d;
+    c += (u >> kShift) == bin;
+  }
+  auto rth = cand.begin() + static_cast<std::ptrdiff_t>(r - below - 1);
+  std::nth_element(cand.begin(), rth, cand.begin() + static_cast<std::ptrdiff_t>(c));
+  return *rth;
+}
+
+}  // namespace
 
 void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residual, int iters,
                 std::uint64_t seed, KMeansMethod method, float* centroids, std::uint8_t* mask,
@@ -66,10 +98,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   } else if (shape.replaced > 0) {
     // The r-th smallest distance T: everything below T is replaced, then values at exactly T in
     // index order until r are taken (the lower index wins a tie).
-    std::vector<double> sorted(dist);
-    auto rth = sorted.begin() + static_cast<std::ptrdiff_t>(shape.replaced - 1);
-    std::nth_element(sorted.begin(), rth, sorted.end());
-    const double cut = *rth;
+    const double cut = rth_smallest(dist, shape.replaced);
     std::size_t at_cut = shape.replaced;
     for (std::size_t i = 0; i < n; ++i) at_cut -= dist[i] < cut ? 1 : 0;
     for (std::size_t i = 0; i < n; ++i) {

@@ -21,25 +21,30 @@ void check_finite(const float* x, std::size_t n, const char* name) {
   }
 }
 
-// Number of entries of the ascending a[0..len) strictly below v, without data-dependent branches
-// (the compiler turns the select into a conditional move): equals std::lower_bound.
-inline std::size_t count_below(const double* a, std::size_t len, double v) {
-  if (len == 0) return 0;
-  const double* base = a;
-  std::size_t n = len;
-  while (n > 1) {
-    std::size_t half = n / 2;
-    base = (base[half] < v) ? base + half : base;
-    n -= half;
-  }
-  return static_cast<std::size_t>(base - a) + (*base < v ? 1 : 0);
-}
-
-// Nearest of ascending centroids, ties to the lower id: v lies above count_below(mids, v) of the
-// midpoints; among equal centroids the first one takes the value.
+// Nearest of ascending centroids, ties to the lower id: v lies above count_below(v), the number
+// of midpoints strictly below it; among equal centroids the first one takes the value.
+//
+// count_below is found through a table instead of a binary search over the midpoints (a chain
+// of dependent loads per value, the cost of every assignment pass): a uniform grid of cells over
+// [mids[0], mids[k-2]], cell(v) = clamp(floor((v - mids[0]) * scale)), monotone in v because
+// each step is. below[c] = number of midpoints whose own cell is < c; those midpoints are all
+// < v when cell(v) == c, so below[c] <= count_below(v), and only midpoints in cell c can be
+// < v as well: a short forward scan finishes the count exactly. Same labels as the search.
 struct Labeler {
+  static constexpr std::size_t kCells = 4096;
   std::vector<double> mids;
   std::vector<std::uint8_t> first;  // first[j] = lowest id whose centroid equals c[j]
+  std::vector<std::uint16_t> below;
+  double base = 0.0, scale = 0.0;
+  std::size_t cells = 1;
+
+  std::size_t cell(double v) const {
+    double t = (v - base) * scale;
+    t = t < 0.0 ? 0.0 : t;
+    const double top = static_cast<double>(cells - 1);
+    t = t > top ? top : t;
+    return static_cast<std::size_t>(t);
+  }
 
   void reset(const float* c, int k) {
     mids.resize(static_cast<std::size_t>(k - 1));
@@ -48,8 +53,27 @@ struct Labeler {
       mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
     }
     for (int j = 0; j < k; ++j) first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
+    cells = 1;
+    base = mids.empty() ? 0.0 : mids.front();
+    scale = 0.0;
+    if (mids.size() > 1) {
+      const double s = static_cast<double>(kCells) / (mids.back() - mids.front());
+      if (std::isfinite(s) && s > 0.0) {
+        cells = kCells;
+        scale = s;
+      }
+    }
+    below.assign(cells + 1, 0);
+    for (double m : mids) ++below[cell(m) + 1];
+    for (std::size_t t = 0; t < cells; ++t) below[t + 1] = static_cast<std::uint16_t>(below[t + 1] + below[t]);
   }
-  std::size_t operator()(double v) const { return first[count_below(mids.data(), mids.size(), v)]; }
+
+  std::size_t operator()(double v) const {
+    const std::size_t nm = mids.size();
+    std::size_t j = below[cell(v)];
+    while (j < nm && mids[j] < v) ++j;
+    return first[j];
+  }
 };
 
 double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
