@@ -29,6 +29,7 @@ STAGE_RECIPES = {
     "sign": "sign",
     "efsign": "efsign",
     "topk": "topk:0.1+ef | quant:8 | zstd",
+    "dgc": "dgc:0.1 | quant:8 | zstd",
     "gcc": "gcc:4",
     "coreset": "coreset:8,codebook=8",
     "kmeans": "kmeans:4",
