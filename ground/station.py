@@ -207,6 +207,9 @@ class _AgentSide(GroundMachine):
         cfg = self.cfg
         cfg.recipe, cfg.max_staleness, cfg.hints = st.recipe, st.max_staleness, dict(st.hints)
         cfg.model_fingerprint = st.model_fingerprint
+        # The recipe comes from the aggregator, not this station's config: compact updates name it
+        # by id, so it joins the recipes this side can resolve (kept in the store for restarts).
+        self.recipes = self._known_recipes()
         self._finished = st.done
         if restore:
             return

@@ -329,3 +329,20 @@ def test_agent_does_not_answer_a_task_again_at_a_station_that_offers_it_late(tmp
     net.move("a1", "s2")  # s2 offers r1 again: the agent knows it answered it
     net.pump()
     assert net.trainings["a1"] == [] and net.ag["a1"].outbox.has_task("r1/a1")
+
+
+def test_compact_updates_in_the_aggregators_recipe_pass_stations(tmp_path: Path) -> None:
+    """The recipe is the aggregator's, not the station's config (fp32): a station resolves the
+    compact update's recipe id from the STATE it got, and the aggregator decodes the relay."""
+    net = Net(tmp_path, ["s1", "s2"], ["a1", "a2"], recipe="topk:0.1+ef | quant:8 | zstd")
+    net.link("s1", True)
+    net.link("s2", True)
+    net.pump()
+    net.move("a1", "s1")
+    net.move("a2", "s2")
+    net.settle()
+    net.step()
+    assert net.agg.version == 1 and net.agg.store.rounds_closed() == 1
+    assert all(s.agents is not None and s.agents.refused == {} for s in net.st.values())
+    net.audit()
+    assert set(net.counted()) == {"a1:1", "a2:1"}

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from orbitfl.agent import outbox
-from orbitfl.agent.outbox import Outbox
 from orbitfl.ground import store
 from orbitfl.ground.daemon import initial_weights
 from orbitfl.ground.store import GroundStore, tensor_writer
+from orbitfl.runtime import outbox
+from orbitfl.runtime.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 
