@@ -99,7 +99,12 @@ class AgentConfig:
     agent_id: str
     software: str = f"orbitfl/{__version__}"
     capabilities: dict[str, Any] = field(default_factory=dict)
+    # Idle this long, the agent tells the ground what changed (a HEARTBEAT with its model version),
+    # and only then: on a radio every idle byte is taken from updates, and liveness is the link's
+    # own (ZeroMQ heartbeats, or the contact window). keepalive_seconds bounds how stale the
+    # ground's view of a continuously linked agent (a UAV on a mesh) may grow; None: never resend.
     heartbeat_seconds: float = 15.0
+    keepalive_seconds: float | None = 600.0
     retransmit_seconds: float = 30.0
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     window: int = DEFAULT_WINDOW
@@ -116,6 +121,11 @@ class AgentConfig:
             raise ValueError(f"agent_id must be 1-128 chars without ':', got {self.agent_id!r}")
         if self.heartbeat_seconds <= 0 or self.retransmit_seconds <= 0:
             raise ValueError("heartbeat_seconds and retransmit_seconds must be > 0")
+        if self.keepalive_seconds is not None and self.keepalive_seconds < self.heartbeat_seconds:
+            raise ValueError(
+                f"keepalive_seconds ({self.keepalive_seconds}) must be >= heartbeat_seconds "
+                f"({self.heartbeat_seconds}), or None"
+            )
 
 
 class AgentMachine:
@@ -137,6 +147,8 @@ class AgentMachine:
         self.codec_state: dict[str, Any] = {}  # recipe -> codec state (error feedback), kept in the outbox
         self._layout: tuple[int | None, Layout] | None = None  # the held model's, by version
         self._last_sent = 0.0
+        self._told: int | None = None  # the model version the ground last heard from us, and when
+        self._told_at: float | None = None
         self.refused: dict[str, int] = {}
         self.bytes_out = 0
         self.quiet_until: float | None = None  # set while the ground and we disagree on the model
@@ -190,6 +202,11 @@ class AgentMachine:
             now,
             out,
         )
+        self._told, self._told_at = self.version, now
+
+    def _heartbeat(self, now: float, out: list[Action]) -> None:
+        self._send(Heartbeat(self._id(), self.version, self.outbox.pending()), now, out)
+        self._told, self._told_at = self.version, now
 
     def _go_quiet(self, why: str, now: float, out: list[Action]) -> None:
         """Stop asking for work the other side's model makes useless; ask again later."""
@@ -220,7 +237,10 @@ class AgentMachine:
             out.append(Count("retransmits"))
             self._start_upload(now, out, resume=True)
         elif now - self._last_sent >= self.cfg.heartbeat_seconds:
-            self._send(Heartbeat(self._id(), self.version, self.outbox.pending()), now, out)
+            keep = self.cfg.keepalive_seconds
+            told = self._told_at
+            if told is None or self._told != self.version or (keep is not None and now - told >= keep):
+                self._heartbeat(now, out)
 
     def _on_frame(self, frame: bytes, now: float, out: list[Action]) -> None:
         try:
@@ -294,7 +314,7 @@ class AgentMachine:
         out.append(ApplyModel(blob.version, weights))
         out.append(Log("INFO", f"holding global model v{blob.version}"))
         if self.linked:  # let the ground know which version to send deltas against
-            self._send(Heartbeat(self._id(), self.version, self.outbox.pending()), now, out)
+            self._heartbeat(now, out)
         return True
 
     def _on_task(self, task: Task, now: float, out: list[Action]) -> None:

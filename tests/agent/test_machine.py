@@ -183,17 +183,32 @@ def test_retransmit_after_silence(tmp_path: Path) -> None:
     assert p.a.outbox.pending() == 0
 
 
-def test_heartbeat_when_idle(tmp_path: Path) -> None:
+def test_idle_agent_sends_only_news_and_a_rare_keepalive(tmp_path: Path) -> None:
+    """On a radio an idle byte is taken from updates: once the ground knows the agent's model
+    version, idling sends nothing until keepalive_seconds, then one HEARTBEAT; never while unlinked."""
     p = Pair(tmp_path)
     p.agent(p.a.handle(LinkUp(), 0.0))
     p.pump()
+    keep = p.a.cfg.keepalive_seconds
+    assert keep is not None
     p.uplink_frames.clear()
-    p.agent(p.a.handle(Tick(), 20.0))
+    for t in range(20, int(keep), 20):
+        p.agent(p.a.handle(Tick(), float(t)))
+    assert p.uplink_frames == []  # the HELLO and the model's HEARTBEAT already said it all
+    p.agent(p.a.handle(Tick(), keep + 1.0))
     assert [f.TYPE for f in p.uplink_frames] == ["HEARTBEAT"]
-    p.cut(21.0)
     p.uplink_frames.clear()
-    p.agent(p.a.handle(Tick(), 60.0))
+    p.agent(p.a.handle(Tick(), keep + 30.0))
+    assert p.uplink_frames == []
+    p.cut(keep + 31.0)
+    p.agent(p.a.handle(Tick(), 3 * keep))
     assert p.uplink_frames == []  # nothing is sent while unlinked
+
+
+def test_keepalive_must_not_be_shorter_than_heartbeat() -> None:
+    with pytest.raises(ValueError, match="keepalive_seconds"):
+        AgentConfig("a1", heartbeat_seconds=30.0, keepalive_seconds=10.0)
+    assert AgentConfig("a1", keepalive_seconds=None).keepalive_seconds is None
 
 
 @pytest.mark.parametrize(
