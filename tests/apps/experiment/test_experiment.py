@@ -42,7 +42,7 @@ def test_quick_config_writes_table_and_plots(tmp_path: Path, capsys: pytest.Capt
     assert len(series) == int(rows[0]["rounds"]) >= 2
     ups = [s["uplink_update_bytes"] for s in series]
     assert ups == sorted(ups) and ups[0] > 0
-    png = out / "accuracy_digits_dirichlet.png"
+    png = out / "accuracy_digits_dirichlet-0.5.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "summary.csv").read_text().startswith("name,dataset,partition,seeds")
     assert "[2/2] topk-ef-q4" in capsys.readouterr().out
@@ -52,6 +52,60 @@ def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "c.toml"
     p.write_text(text)
     return p
+
+
+def test_splits_differing_only_in_alpha_are_separate_experiments(tmp_path: Path) -> None:
+    """Two Dirichlet splits of one data set (alpha 0.3 and 1.0) each get their own rows, plot and
+    float32 baseline: a gap or ratio is never taken against the other split's run."""
+    cfg = _write(
+        tmp_path,
+        """
+[experiment]
+seeds = [0]
+baseline = "fp32"
+[base]
+sats = 3
+planes = 1
+orbits = 4
+epochs = 1
+seconds_per_epoch = 60.0
+stations = ["svalbard:78.23:15.39:5"]
+[[datasets]]
+dataset = "digits"
+partition = "dirichlet"
+alpha = 0.3
+[[datasets]]
+dataset = "digits"
+partition = "dirichlet"
+alpha = 1.0
+[[recipes]]
+name = "fp32"
+codec = "fp32"
+[[recipes]]
+name = "fp16"
+codec = "fp16"
+""",
+    )
+    out = tmp_path / "r"
+    assert main(["experiment", "--config", str(cfg), "--report", str(out)]) == 0
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    by = {(r["name"], r["partition"]): r for r in rows}
+    assert set(by) == {(n, p) for n in ("fp32", "fp16") for p in ("dirichlet-0.3", "dirichlet-1")}
+    assert by[("fp32", "dirichlet-0.3")]["final_accuracy"] != by[("fp32", "dirichlet-1")]["final_accuracy"]
+    for part in ("dirichlet-0.3", "dirichlet-1"):
+        base, half = by[("fp32", part)], by[("fp16", part)]
+        assert float(base["accuracy_gap_points"]) == 0.0
+        want = float(base["uplink_bytes"]) / float(half["uplink_bytes"])
+        assert float(half["x_vs_fp32_run"]) == pytest.approx(want, rel=1e-5)
+        assert (out / f"accuracy_digits_{part}.png").is_file()
+    summary = list(csv.DictReader((out / "summary.csv").read_text().splitlines()))
+    assert sorted((s["name"], s["partition"], s["seeds"]) for s in summary) == sorted(
+        (n, p, "1") for n in ("fp32", "fp16") for p in ("dirichlet-0.3", "dirichlet-1")
+    )
+    # a rerun reuses every stored run and labels it the same way
+    assert main(["experiment", "--config", str(cfg), "--report", str(out)]) == 0
+    again = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert [(r["name"], r["partition"]) for r in again] == [(r["name"], r["partition"]) for r in rows]
 
 
 def test_unavailable_strategy_is_named_or_skipped(

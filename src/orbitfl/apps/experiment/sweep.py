@@ -233,6 +233,16 @@ def _windows_key(c: SimConfig) -> tuple[Any, ...]:
     )
 
 
+def partition_label(c: SimConfig) -> str:
+    """The split as the report groups it: two Dirichlet splits of one data set at different
+    concentrations (or shard counts) are different experiments, each with its own baseline."""
+    if c.partition == "dirichlet":
+        return f"dirichlet-{c.alpha:g}"
+    if c.partition == "shard":
+        return f"shard-{c.shards_per_client}"
+    return c.partition
+
+
 def _labels(r: Run) -> dict[str, Any]:
     c = r.config
     return {
@@ -240,7 +250,7 @@ def _labels(r: Run) -> dict[str, Any]:
         "codec": c.codec,
         "strategy": c.strategy,
         "dataset": c.dataset,
-        "partition": c.partition,
+        "partition": partition_label(c),
         "seed": r.seed,
         "model": c.model,
     }
@@ -265,6 +275,9 @@ def run_plan(
     was; the report lists the runs in the plan's order whichever finished first."""
     ex = executor or LocalExecutor()
     records: list[dict[str, Any] | None] = [stored_record(out, r) for r in p.runs]
+    for r, rec in zip(p.runs, records, strict=True):
+        if rec is not None:  # labels as this version writes them (the numbers are the run's own)
+            rec.update(_labels(r))
     reused = sum(rec is not None for rec in records)
     if reused:
         progress(f"resuming: {reused} of {len(p.runs)} runs already in {out / RUNS_DIR}, skipped")
