@@ -56,6 +56,32 @@ def test_demo_writes_a_report_and_a_plot(tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_demo_on_three_stations_converges(tmp_path: Path) -> None:
+    """`orbitfl demo --stations 3` (issue 14): an aggregator, three station daemons and four agents
+    that move between them, CurveZMQ end to end; every round gets all four updates, the model
+    learns, and every process exits cleanly."""
+    report = tmp_path / "report.json"
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "orbitfl.cli", "demo", "--stations", "3", "--rounds", "20"),
+            *("--workdir", str(tmp_path / "work"), "--report", str(report)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["stations"] == 3
+    assert [x["round"] for x in rep["rounds"]] == list(range(1, 21))
+    assert all(x["updates"] == 4 for x in rep["rounds"]), rep["rounds"]
+    assert rep["accuracy_mean_last5"] > 0.85, rep["rounds"]
+    assert rep["exit_codes"] == {
+        name: 0 for name in ("aggregator", "station-0", "station-1", "station-2")
+    } | {f"sat-{i}": 0 for i in range(4)}
+    assert 0 < rep["uplink_bytes"] < rep["uplink_total_bytes"] < rep["float32_bytes"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
