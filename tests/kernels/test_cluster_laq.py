@@ -289,3 +289,54 @@ def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
     for kern in (CPP, REF):
         with pytest.raises(ValueError, match="NaN or Inf"):
             kern.laq_quantize(x, d, 3)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_laq_errors_equal_one_laq_quantize_per_width(kern: ModuleType, n: int) -> None:
+    x, d = data(n, 11)
+    widths = [1, 2, 3, 4, 8, 2]
+    alphas, errors = kern.laq_errors(x, d, widths)
+    assert alphas.dtype == errors.dtype == np.float64 and alphas.size == errors.size == len(widths)
+    for w, a, e in zip(widths, alphas, errors, strict=True):
+        _, alpha, err = kern.laq_quantize(x, d, w)
+        assert a == alpha and e == err
+    assert kern.laq_errors(x, d, [])[0].size == 0
+
+
+def test_laq_errors_edge_inputs_agree_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    cases = [
+        (np.full(33, 0.75, np.float32), np.ones(33, np.float32)),  # all equal
+        (np.zeros(9, np.float32), np.ones(9, np.float32)),
+        (np.array([-0.0, 0.0, 1e-45, -1e-45], np.float32), np.ones(4, np.float32)),
+        # values spread over every exponent: thousands of buckets, most with one value
+        (
+            (rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000)).astype(np.float32),
+            rng.uniform(0.1, 10, 3000).astype(np.float32),
+        ),
+    ]
+    for x, d in cases:
+        a = CPP.laq_errors(x, d, range(1, 9), 100, 0.0)
+        b = REF.laq_errors(x, d, range(1, 9), 100, 0.0)
+        assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("call", "exc"),
+    [
+        (lambda k: k.laq_errors(X, D, "24"), TypeError),
+        (lambda k: k.laq_errors(X, D, 2), TypeError),
+        (lambda k: k.laq_errors(X, D, [2.0]), TypeError),
+        (lambda k: k.laq_errors(X, D, [True]), TypeError),
+        (lambda k: k.laq_errors(X, D, [0]), ValueError),
+        (lambda k: k.laq_errors(X, D, [9]), ValueError),
+        (lambda k: k.laq_errors(X, D[:4], [2]), ValueError),
+        (lambda k: k.laq_errors(X.astype(np.float64), D, [2]), TypeError),
+        (lambda k: k.laq_errors(X, D, [2], -1), ValueError),
+        (lambda k: k.laq_errors(np.array([1, np.nan], np.float32), np.ones(2, np.float32), [2]), ValueError),
+        (lambda k: k.laq_errors(np.ones(2, np.float32), np.array([1, 0], np.float32), []), ValueError),
+    ],
+)
+def test_laq_errors_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        call(kern)

@@ -93,13 +93,14 @@ def weighted_errors(
         xf = np.ascontiguousarray(x[name])
         df = np.ascontiguousarray(d[name])
         row: dict[int, float] = {}
-        for m in widths:
-            if m == 0:
-                x64 = xf.astype(np.float64)
-                row[0] = float(np.dot(df.astype(np.float64).ravel(), (x64 * x64).ravel()))
-            else:
-                row[m] = float(kern.laq_quantize(xf, df, m)[2])
-        table[name] = row
+        if 0 in widths:
+            x64 = xf.astype(np.float64)
+            row[0] = float(np.dot(df.astype(np.float64).ravel(), (x64 * x64).ravel()))
+        coded = [m for m in widths if m > 0]
+        # One call for every width: the kernel checks and buckets the tensor once for all of them.
+        _, errors = kern.laq_errors(xf, df, coded)
+        row.update({m: float(e) for m, e in zip(coded, errors, strict=True)})
+        table[name] = dict(sorted(row.items()))
     return table
 
 
