@@ -40,11 +40,13 @@ inline std::uint8_t nearest(double x, double alpha, int bits) {
 
 // A value's place in the sort: the unsigned order of these keys is the float order, and -0 gets
 // +0's key, so equal values (including the two zeros) keep their index order in a stable sort.
+// Branch-free: signs are random in an update, so branches here mispredict half the time.
 inline std::uint32_t order_key(float v) {
   std::uint32_t u;
   std::memcpy(&u, &v, 4);
-  if ((u & 0x7FFFFFFFu) == 0) u = 0;
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  u &= (u & 0x7FFFFFFFu) != 0 ? 0xFFFFFFFFu : 0u;
+  const std::uint32_t neg = static_cast<std::uint32_t>(static_cast<std::int32_t>(u) >> 31);
+  return u ^ (neg | 0x80000000u);
 }
 
 // order_key's inverse (the key of +0 and -0 gives +0, which rounds like -0 everywhere here).
@@ -56,72 +58,137 @@ inline double key_value(std::uint32_t k) {
 }
 
 // The values grouped by the top 16 bits of their order key: 65536 buckets of consecutive
-// values, each 1/128 to 1/256 of its magnitude wide. Built in two streaming passes (a histogram
-// with per-bucket sums, then a counting-sort scatter) instead of a full sort: the fit needs the
-// values one by one only in the few buckets a code boundary passes through.
+// values, each 1/128 to 1/256 of its magnitude wide. One streaming pass gives each bucket's count
+// and sums, instead of a full sort. The exact alternation reads values one by one only in the
+// buckets a code step passes through; those are gathered when first needed (with neighbours,
+// as the steps still move a little), by a scan of x that copies only the wanted buckets' values.
 struct Buckets {
+  static constexpr std::uint32_t kShift = 16;
+  static constexpr std::size_t kIds = std::size_t{1} << (32 - kShift);
+  static constexpr std::size_t kNone = ~std::size_t{0};
+  struct Item {
+    float x, d;
+  };
   // Per non-empty bucket (ascending): its smallest and largest possible key. A bucket holding a
   // finite value holds only finite keys (Inf and NaN patterns fill buckets of their own), so
   // both ends are finite values; the ends of the bucket, not its values' extremes, decide
   // whether a code step may pass through it, which costs one fewer compare per value.
   std::vector<std::uint32_t> kmin, kmax;
-  std::vector<double> pdx, pd;            // prefix sums over non-empty buckets of their d*x, d sums
-  std::vector<std::size_t> start;         // items[start[m] .. start[m+1]) are bucket m's
-  struct Item {
-    float x, d;
-  };
-  std::vector<Item> items;  // (x, d) grouped by bucket, index order within a bucket: one store each
+  std::vector<double> pdx, pd;     // prefix sums over the non-empty buckets of their d*x, d sums
+  std::vector<std::uint32_t> cnt;  // values per non-empty bucket
+  std::vector<std::size_t> slot;   // where bucket m's values (index order) start in items, or kNone
+  std::vector<Item> items;
+  const float* x = nullptr;
+  const float* d = nullptr;
+  std::size_t n = 0;
+
+  // Gathers the buckets of `want` not gathered yet in one pass over x: next[id] is where the
+  // next value of bucket id goes, kNone for buckets not taken in this pass.
+  void gather(const std::vector<std::size_t>& want) {
+    std::size_t end = items.size();
+    std::vector<std::size_t> next;
+    for (std::size_t m : want) {
+      if (slot[m] != kNone) continue;
+      if (next.empty()) next.assign(kIds, kNone);
+      slot[m] = end;
+      next[kmin[m] >> kShift] = end;
+      end += cnt[m];
+    }
+    if (next.empty()) return;
+    items.resize(end);
+    // Locals, so the stores below cannot be taken to alias the loop's bounds and inputs.
+    Item* out = items.data();
+    std::size_t* nx = next.data();
+    const float* xs = x;
+    const float* ds = d;
+    const std::size_t len = n;
+    for (std::size_t i = 0; i < len; ++i) {
+      std::size_t& p = nx[order_key(xs[i]) >> kShift];
+      if (p != kNone) out[p++] = {xs[i], ds[i]};
+    }
+  }
 };
 
-constexpr std::uint32_t kBucketShift = 16;
-constexpr std::size_t kBuckets = std::size_t{1} << (32 - kBucketShift);
-
 Buckets make_buckets(const float* x, const float* d, std::size_t n) {
-  std::vector<std::uint32_t> cnt(kBuckets, 0);
-  std::vector<double> sdx(kBuckets, 0.0), sd(kBuckets, 0.0);
+  constexpr std::size_t kIds = Buckets::kIds;
+  // One (d*x, d) pair per bucket (one cache line), through raw pointers: stores of doubles the
+  // compiler cannot rule out aliasing would otherwise reload each vector's data pointer.
+  struct Sums {
+    double dx, d;
+  };
+  std::vector<std::uint32_t> cnt_store(kIds, 0);
+  std::vector<Sums> sums_store(kIds, Sums{0.0, 0.0});
+  std::uint32_t* cnt = cnt_store.data();
+  Sums* sums = sums_store.data();
   for (std::size_t i = 0; i < n; ++i) {
-    const std::uint32_t k = order_key(x[i]);
-    const std::uint32_t b = k >> kBucketShift;
+    const std::uint32_t b = order_key(x[i]) >> Buckets::kShift;
     const double ds = static_cast<double>(d[i]);
     ++cnt[b];
-    sdx[b] += ds * static_cast<double>(x[i]);
-    sd[b] += ds;
+    sums[b].dx += ds * static_cast<double>(x[i]);
+    sums[b].d += ds;
   }
   Buckets bk;
-  std::vector<std::size_t> fill(kBuckets, 0);
-  std::size_t m = 0, pos = 0;
+  bk.x = x;
+  bk.d = d;
+  bk.n = n;
+  std::size_t m = 0;
   bk.pdx.push_back(0.0);
   bk.pd.push_back(0.0);
-  bk.start.push_back(0);
-  for (std::size_t b = 0; b < kBuckets; ++b) {
+  for (std::size_t b = 0; b < kIds; ++b) {
     if (cnt[b] == 0) continue;
-    bk.kmin.push_back(static_cast<std::uint32_t>(b << kBucketShift));
-    bk.kmax.push_back(static_cast<std::uint32_t>(b << kBucketShift) | ((1u << kBucketShift) - 1u));
+    bk.kmin.push_back(static_cast<std::uint32_t>(b << Buckets::kShift));
+    bk.kmax.push_back(static_cast<std::uint32_t>(b << Buckets::kShift) | ((1u << Buckets::kShift) - 1u));
     // p[1] = a[0], then p[t+1] = p[t] + a[t], as NumPy's cumsum
-    bk.pdx.push_back(m == 0 ? sdx[b] : bk.pdx.back() + sdx[b]);
-    bk.pd.push_back(m == 0 ? sd[b] : bk.pd.back() + sd[b]);
-    fill[b] = pos;
-    pos += cnt[b];
-    bk.start.push_back(pos);
+    bk.pdx.push_back(m == 0 ? sums[b].dx : bk.pdx.back() + sums[b].dx);
+    bk.pd.push_back(m == 0 ? sums[b].d : bk.pd.back() + sums[b].d);
+    bk.cnt.push_back(cnt[b]);
     ++m;
   }
-  bk.items.resize(n);
-  for (std::size_t i = 0; i < n; ++i) bk.items[fill[order_key(x[i]) >> kBucketShift]++] = {x[i], d[i]};
+  bk.slot.assign(m, Buckets::kNone);
   return bk;
 }
 
-// The alternation for bits >= 2, from alpha0 > 0. The code is monotone in x, so a bucket whose
-// smallest and largest value get the same code adds its sums in one step, and the buckets doing
-// so for one level are a contiguous run (prefix sums); only buckets a code step passes through
-// are read value by value. Per level: the run's prefix-sum difference, then those values in
-// bucket order, index order within. The codes of every step are exactly the nearest levels.
-double fit_alpha(const Buckets& bk, int bits, const std::vector<double>& lev, double alpha, int max_iter,
+// One alternation's update: alpha = sum_j lev_j T_dx[j] / sum_j lev_j^2 T_d[j] (sums in level
+// order), or false when it must stop (no weight, or a non-positive fit only rounding can give).
+bool update(const std::vector<double>& lev, const std::vector<double>& tdx, const std::vector<double>& td,
+            double& alpha, double tol, bool& converged) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t j = 0; j < lev.size(); ++j) {
+    double tn = lev[j] * tdx[j];
+    double tdd = (lev[j] * lev[j]) * td[j];
+    num = j == 0 ? tn : num + tn;
+    den = j == 0 ? tdd : den + tdd;
+  }
+  if (den == 0.0) return false;
+  double next = num / den;
+  if (!(next > 0.0)) return false;  // only rounding of the sums could get here; keep alpha
+  double delta = std::fabs(next - alpha);
+  alpha = next;
+  converged = delta <= tol * alpha;
+  return true;
+}
+
+constexpr std::size_t kCoarseMin = std::size_t{1} << 16;
+
+// The alternation for bits >= 2, from alpha0 > 0, in two phases of max_iter steps in all (at
+// least one exact).
+// Coarse: every bucket takes the code of its smallest possible value and adds its sums through
+// prefix sums (O(L log B) a step, no value read) until the update is within tol. Exact, from
+// there: the code is monotone in x, so the buckets whose smallest and largest value share a code
+// form one run per level (prefix sums) and only buckets a code step passes through are read
+// value by value, after the run, in bucket order, index order within. Its codes are exactly the
+// nearest levels; starting near the fixed point, its steps stay in a few buckets, so few values
+// are ever read.
+double fit_alpha(Buckets& bk, int bits, const std::vector<double>& lev, double alpha, int max_iter,
                  double tol) {
   const std::size_t nb = bk.kmin.size();
   const std::size_t nlev = lev.size();
   // first[j]: first bucket whose smallest (lo) / largest (hi) value has code >= j
   std::vector<std::size_t> first_lo(nlev + 1), first_hi(nlev + 1);
   std::vector<double> tdx(nlev), td(nlev);
+  std::vector<std::size_t> want;
+  // Neighbours gathered with a bucket a step passes through: 6-12 % of the magnitude each side.
+  constexpr std::size_t kMargin = 16;
   auto first_at_least = [&](const std::vector<std::uint32_t>& keys, std::size_t from, std::size_t j) {
     std::size_t lo = from, hi = nb;
     while (lo < hi) {
@@ -134,7 +201,23 @@ double fit_alpha(const Buckets& bk, int bits, const std::vector<double>& lev, do
     }
     return lo;
   };
-  for (int it = 0; it < max_iter; ++it) {
+  bool converged = false;
+  int coarse = 0;  // steps of the coarse phase: at most max_iter - 1, so max_iter bounds both
+  // Below kCoarseMin values the exact steps are cheap anyway, and a small tensor's coarse
+  // fixed point can be another than the exact alternation from max|x| reaches: skip it.
+  while (bk.n >= kCoarseMin && coarse + 1 < max_iter && !converged) {
+    ++coarse;
+    first_lo[0] = 0;
+    first_lo[nlev] = nb;
+    for (std::size_t j = 1; j < nlev; ++j) first_lo[j] = first_at_least(bk.kmin, first_lo[j - 1], j);
+    for (std::size_t j = 0; j < nlev; ++j) {
+      tdx[j] = bk.pdx[first_lo[j + 1]] - bk.pdx[first_lo[j]];
+      td[j] = bk.pd[first_lo[j + 1]] - bk.pd[first_lo[j]];
+    }
+    if (!update(lev, tdx, td, alpha, tol, converged)) break;
+  }
+  converged = false;
+  for (int it = coarse; it < max_iter && !converged; ++it) {
     first_lo[0] = first_hi[0] = 0;
     first_lo[nlev] = first_hi[nlev] = nb;
     for (std::size_t j = 1; j < nlev; ++j) {
@@ -147,13 +230,31 @@ double fit_alpha(const Buckets& bk, int bits, const std::vector<double>& lev, do
       tdx[j] = a < b ? 0.0 + (bk.pdx[b] - bk.pdx[a]) : 0.0;
       td[j] = a < b ? 0.0 + (bk.pd[b] - bk.pd[a]) : 0.0;
     }
-    // Buckets with a step inside: [first_hi[j], first_lo[j]) for each step j, each visited once.
+    // Buckets with a step inside: [first_hi[j], first_lo[j]) for each step j, each visited once;
+    // any not gathered yet are gathered first, with their neighbours, in one scan.
+    bool missing = false;
+    for (std::size_t j = 1; j < nlev && !missing; ++j) {
+      for (std::size_t m = first_hi[j]; m < first_lo[j] && !missing; ++m) missing = bk.slot[m] == Buckets::kNone;
+    }
+    if (missing) {
+      want.clear();
+      std::size_t from = 0;
+      for (std::size_t j = 1; j < nlev; ++j) {
+        if (first_hi[j] >= first_lo[j]) continue;
+        const std::size_t lo = std::max(from, first_hi[j] > kMargin ? first_hi[j] - kMargin : 0);
+        const std::size_t hi = std::min(nb, first_lo[j] + kMargin);
+        for (std::size_t m = lo; m < hi; ++m) want.push_back(m);
+        from = std::max(from, hi);
+      }
+      bk.gather(want);
+    }
     std::size_t done = 0;
     for (std::size_t j = 1; j < nlev; ++j) {
       for (std::size_t m = std::max(first_hi[j], done); m < first_lo[j]; ++m) {
-        for (std::size_t p = bk.start[m]; p < bk.start[m + 1]; ++p) {
-          const double xv = static_cast<double>(bk.items[p].x);
-          const double dv = static_cast<double>(bk.items[p].d);
+        const Buckets::Item* v = bk.items.data() + bk.slot[m];
+        for (std::size_t p = 0; p < bk.cnt[m]; ++p) {
+          const double xv = static_cast<double>(v[p].x);
+          const double dv = static_cast<double>(v[p].d);
           const std::uint8_t c = nearest(xv, alpha, bits);
           tdx[c] += dv * xv;
           td[c] += dv;
@@ -161,19 +262,7 @@ double fit_alpha(const Buckets& bk, int bits, const std::vector<double>& lev, do
       }
       done = std::max(done, first_lo[j]);
     }
-    double num = 0.0, den = 0.0;
-    for (std::size_t j = 0; j < nlev; ++j) {
-      double tn = lev[j] * tdx[j];
-      double tdd = (lev[j] * lev[j]) * td[j];
-      num = j == 0 ? tn : num + tn;
-      den = j == 0 ? tdd : den + tdd;
-    }
-    if (den == 0.0) break;
-    double next = num / den;
-    if (!(next > 0.0)) break;  // only rounding of the sums could get here; keep alpha
-    double delta = std::fabs(next - alpha);
-    alpha = next;
-    if (delta <= tol * alpha) break;
+    if (!update(lev, tdx, td, alpha, tol, converged)) break;
   }
   return alpha;
 }

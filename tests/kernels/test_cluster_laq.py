@@ -340,3 +340,28 @@ def test_laq_errors_edge_inputs_agree_bit_for_bit() -> None:
 def test_laq_errors_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         call(kern)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 8])
+def test_large_tensors_take_the_coarse_phase_and_agree_bit_for_bit(bits: int) -> None:
+    # From 2**16 values on, the fit starts with steps over whole buckets; the parity tests
+    # above are too small to reach that path.
+    rng = np.random.default_rng(bits)
+    n = 70_000
+    x = rng.laplace(0.0, 1e-3, n).astype(np.float32)
+    x[::97] = 0.0
+    x[1::89] = -x[2::89][: x[1::89].size]  # values and their negatives
+    d = (np.abs(x) + np.abs(rng.normal(0.0, 1e-3, n)) + 1e-8).astype(np.float32)
+    for max_iter, tol in ((100, 1e-6), (3, 1e-6), (1, 0.0), (2000, 0.0)):
+        a = CPP.laq_quantize(x, d, bits, max_iter, tol)
+        b = REF.laq_quantize(x, d, bits, max_iter, tol)
+        assert a[0].tobytes() == b[0].tobytes() and a[1] == b[1] and a[2] == b[2], max_iter
+    # the exact steps end on the exact fixed point: codes are the nearest levels of alpha
+    packed, alpha, err = CPP.laq_quantize(x, d, bits, 100_000, 0.0)
+    codes = CPP.unpack_bits(packed, n, bits)
+    b64 = levels(bits)[codes]
+    x64, d64 = x.astype(np.float64), d.astype(np.float64)
+    assert alpha == pytest.approx(float((d64 * x64 * b64).sum() / (d64 * b64 * b64).sum()), rel=1e-5)
+    # alternation is coordinate descent, so more steps never lose more than alpha's float32
+    # rounding gives back
+    assert err <= CPP.laq_quantize(x, d, bits, 1)[2] * (1 + 1e-3)

@@ -419,6 +419,7 @@ def _nearest(xd: F64, alpha: float, bits: int) -> I64:
 
 
 BUCKET_SHIFT = 16  # the fit groups values by the top 16 bits of their order key
+COARSE_MIN = 1 << 16  # tensors with fewer values skip the fit's coarse phase
 
 
 def _order_key(xf: F32) -> NDArray[np.uint32]:
@@ -473,18 +474,44 @@ def _laq_buckets(xf: F32, dd: F64) -> _LaqBuckets:
     )
 
 
-def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int, tol: float) -> float:
-    """The alternation for bits >= 2 over values grouped in buckets of consecutive values.
+def _update(lev: F64, tdx: F64, td: F64, alpha: float, tol: float) -> tuple[float, bool] | None:
+    """alpha = sum lev T_dx / sum lev^2 T_d (sums in level order) and whether it converged, or
+    None when the alternation must stop (no weight, or a non-positive fit)."""
+    num = _seqsum(lev * tdx)
+    den = _seqsum((lev * lev) * td)
+    if den == 0.0:
+        return None
+    new = num / den
+    if not new > 0.0:
+        return None  # only rounding of the sums could get here; keep alpha
+    return new, abs(new - alpha) <= tol * new
 
-    The code is monotone in x: the buckets whose smallest and largest value share a code form
-    one run per level and add their sums through prefix sums; only the buckets a code step
-    passes through are read value by value (after the run, in bucket order, index order within
-    a bucket). The codes of every step are exactly the nearest levels.
+
+def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int, tol: float) -> float:
+    """The alternation for bits >= 2 in two phases, max_iter steps in all (csrc/laq.cpp).
+
+    Coarse (tensors of COARSE_MIN values or more): each bucket takes the code of its smallest
+    possible value and adds its sums through prefix sums, until the update is within tol. Exact, from there: the code is monotone in x, so
+    the buckets whose smallest and largest value share a code form one run per level and add
+    their sums through prefix sums; only the buckets a code step passes through are read value by
+    value (after the run, in bucket order, index order within a bucket). The codes of every exact
+    step are exactly the nearest levels.
     """
     nlev = lev.size
     nb = bk.lo.size
     steps = np.arange(1, nlev)
-    for _ in range(max_iter):
+    coarse = 0  # steps of the coarse phase: at most max_iter - 1, so max_iter bounds both
+    # small tensors skip it: cheap anyway, and their coarse fixed point can be another one
+    while bk.xs.size >= COARSE_MIN and coarse + 1 < max_iter:
+        coarse += 1
+        fl = np.concatenate(([0], np.searchsorted(_nearest(bk.lo, alpha, bits), steps), [nb]))
+        got = _update(lev, bk.pdx[fl[1:]] - bk.pdx[fl[:-1]], bk.pd[fl[1:]] - bk.pd[fl[:-1]], alpha, tol)
+        if got is None:
+            break
+        alpha, done = got
+        if done:
+            break
+    for _ in range(max_iter - coarse):
         first_lo = np.concatenate(([0], np.searchsorted(_nearest(bk.lo, alpha, bits), steps), [nb]))
         first_hi = np.concatenate(([0], np.searchsorted(_nearest(bk.hi, alpha, bits), steps), [nb]))
         a, b = first_lo[:-1], first_hi[1:]
@@ -495,25 +522,18 @@ def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int
         split = np.zeros(nb + 1, np.int64)
         np.add.at(split, first_hi[1:-1], 1)
         np.add.at(split, first_lo[1:-1], -1)
-        inside = np.cumsum(split)[:nb] > 0
-        m = np.flatnonzero(inside)
+        m = np.flatnonzero(np.cumsum(split)[:nb] > 0)
         cnt = bk.start[m + 1] - bk.start[m]
         pos = np.repeat(bk.start[m] - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt) + np.arange(cnt.sum())
         xs, ds = bk.xs[pos], bk.ds[pos]
-        codes = _nearest(xs, alpha, bits)
-        keys = np.concatenate((np.arange(nlev), codes))
+        keys = np.concatenate((np.arange(nlev), _nearest(xs, alpha, bits)))
         tdx = np.bincount(keys, weights=np.concatenate((tdx, ds * xs)), minlength=nlev)
         td = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev)
-        num = _seqsum(lev * tdx)
-        den = _seqsum((lev * lev) * td)
-        if den == 0.0:
+        got = _update(lev, tdx, td, alpha, tol)
+        if got is None:
             break
-        new = num / den
-        if not new > 0.0:
-            break  # only rounding of the sums could get here; keep alpha
-        delta = abs(new - alpha)
-        alpha = new
-        if delta <= tol * alpha:
+        alpha, done = got
+        if done:
             break
     return alpha
 
