@@ -491,11 +491,11 @@ def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int
     """The alternation for bits >= 2 in two phases, max_iter steps in all (csrc/laq.cpp).
 
     Coarse (tensors of COARSE_MIN values or more): each bucket takes the code of its smallest
-    possible value and adds its sums through prefix sums, until the update is within tol. Exact, from there: the code is monotone in x, so
-    the buckets whose smallest and largest value share a code form one run per level and add
-    their sums through prefix sums; only the buckets a code step passes through are read value by
-    value (after the run, in bucket order, index order within a bucket). The codes of every exact
-    step are exactly the nearest levels.
+    possible value and adds its sums through prefix sums, until the update is within tol.
+    Exact, from there: the code is monotone in x, so the buckets whose smallest and largest value
+    share a code form one run per level and add their sums through prefix sums; only the buckets
+    a code step passes through are read value by value (after the run, in bucket order, index
+    order within a bucket). The codes of every exact step are exactly the nearest levels.
     """
     nlev = lev.size
     nb = bk.lo.size
