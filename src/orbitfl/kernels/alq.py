@@ -94,8 +94,9 @@ def weighted_errors(
         df = np.ascontiguousarray(d[name])
         row: dict[int, float] = {}
         if 0 in widths:
-            x64 = xf.astype(np.float64)
-            row[0] = float(np.dot(df.astype(np.float64).ravel(), (x64 * x64).ravel()))
+            x64 = xf.astype(np.float64).ravel()
+            np.multiply(x64, x64, out=x64)  # in place: one float64 temporary fewer
+            row[0] = float(np.dot(df.astype(np.float64).ravel(), x64))
         coded = [m for m in widths if m > 0]
         # One call for every width: the kernel checks and buckets the tensor once for all of them.
         _, errors = kern.laq_errors(xf, df, coded)
