@@ -369,12 +369,22 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
 
 void laq_errors(const float* x, const float* d, std::size_t n, const int* widths, std::size_t nw, int max_iter,
                 double tol, double* alphas, double* errors) {
-  for (std::size_t w = 0; w < nw; ++w) check_laq_args(widths[w], max_iter, tol);
+  for (std::size_t w = 0; w < nw; ++w) check_laq_args(widths[w] == 0 ? 1 : widths[w], max_iter, tol);
   const double max_abs = check_inputs(x, d, n);
   std::unique_ptr<Buckets> bk;
   for (std::size_t w = 0; w < nw; ++w) {
     if (n == 0) {
       alphas[w] = errors[w] = 0.0;
+      continue;
+    }
+    if (widths[w] == 0) {  // not sent: x_hat = 0
+      double err = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const double xd = static_cast<double>(x[i]);
+        err += static_cast<double>(d[i]) * (xd * xd);
+      }
+      alphas[w] = 0.0;
+      errors[w] = err;
       continue;
     }
     const std::vector<double> lev = levels(widths[w]);

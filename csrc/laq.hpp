@@ -19,8 +19,8 @@ struct LaqResult {
 LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, int max_iter,
                        double tol, std::uint8_t* packed);
 
-// For each of nw widths (each in 1..8): the alpha laq_quantize fits and the weighted error it
-// reports, without the codes. One pass of checks and one bucketing of (x, d) serve all widths,
+// For each of nw widths (each in 0..8): the alpha laq_quantize fits and the weighted error it
+// reports, without the codes; width 0 (not sent) is alpha 0 and sum d * x^2, in index order. One pass of checks and one bucketing of (x, d) serve all widths,
 // so the results equal nw laq_quantize calls at a fraction of the cost (ALQ's allocation).
 void laq_errors(const float* x, const float* d, std::size_t n, const int* widths, std::size_t nw, int max_iter,
                 double tol, double* alphas, double* errors);

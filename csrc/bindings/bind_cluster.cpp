@@ -154,7 +154,7 @@ py::tuple laq_errors_py(const py::object& x, const py::object& d, const py::obje
   }
   std::vector<int> w;
   for (const py::handle& h : py::reinterpret_borrow<py::sequence>(widths)) {
-    w.push_back(int_range(h, "widths", 1, 8, "in 1..8"));
+    w.push_back(int_range(h, "widths", 0, 8, "in 0..8"));
   }
   const int mi = int_range(max_iter, "max_iter", 0, INT32_MAX, ">= 0");
   const double tl = real_in(tol, "tol");

@@ -151,8 +151,9 @@ def laq_errors(
     x: F32, d: F32, widths: Sequence[int], max_iter: int = 100, tol: float = 1e-6
 ) -> tuple[F64, F64]:
     """(alphas, errors), float64 arrays: the alpha and weighted error laq_quantize(x, d, w,
-    max_iter, tol) returns, for each w in widths (each in 1..8; TypeError for a str or a
-    non-sequence), bit for bit. The checks and the bucketing of (x, d) are done once for all
+    max_iter, tol) returns, for each w in widths (each in 0..8; TypeError for a str or a
+    non-sequence), bit for bit; w = 0 (not sent) gives alpha 0 and sum d * x**2 summed in
+    index order. The checks and the bucketing of (x, d) are done once for all
     widths and no codes are written: what ALQ's allocation needs per tensor."""
 
 def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:

@@ -294,12 +294,16 @@ def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
 @pytest.mark.parametrize("n", [0, 1, 7, 5000])
 def test_laq_errors_equal_one_laq_quantize_per_width(kern: ModuleType, n: int) -> None:
     x, d = data(n, 11)
-    widths = [1, 2, 3, 4, 8, 2]
+    widths = [1, 2, 3, 4, 8, 2, 0]
     alphas, errors = kern.laq_errors(x, d, widths)
     assert alphas.dtype == errors.dtype == np.float64 and alphas.size == errors.size == len(widths)
-    for w, a, e in zip(widths, alphas, errors, strict=True):
+    for w, a, e in zip(widths[:-1], alphas, errors, strict=False):
         _, alpha, err = kern.laq_quantize(x, d, w)
         assert a == alpha and e == err
+    # width 0: nothing sent, the whole weighted energy, summed in index order
+    x64, d64 = x.astype(np.float64), d.astype(np.float64)
+    assert alphas[-1] == 0.0
+    assert errors[-1] == float(np.cumsum(d64 * (x64 * x64))[-1] if n else 0.0)
     assert kern.laq_errors(x, d, [])[0].size == 0
 
 
@@ -316,8 +320,8 @@ def test_laq_errors_edge_inputs_agree_bit_for_bit() -> None:
         ),
     ]
     for x, d in cases:
-        a = CPP.laq_errors(x, d, range(1, 9), 100, 0.0)
-        b = REF.laq_errors(x, d, range(1, 9), 100, 0.0)
+        a = CPP.laq_errors(x, d, range(9), 100, 0.0)
+        b = REF.laq_errors(x, d, range(9), 100, 0.0)
         assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
 
 
@@ -328,7 +332,7 @@ def test_laq_errors_edge_inputs_agree_bit_for_bit() -> None:
         (lambda k: k.laq_errors(X, D, 2), TypeError),
         (lambda k: k.laq_errors(X, D, [2.0]), TypeError),
         (lambda k: k.laq_errors(X, D, [True]), TypeError),
-        (lambda k: k.laq_errors(X, D, [0]), ValueError),
+        (lambda k: k.laq_errors(X, D, [-1]), ValueError),
         (lambda k: k.laq_errors(X, D, [9]), ValueError),
         (lambda k: k.laq_errors(X, D[:4], [2]), ValueError),
         (lambda k: k.laq_errors(X.astype(np.float64), D, [2]), TypeError),

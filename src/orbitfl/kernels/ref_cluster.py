@@ -589,7 +589,8 @@ def laq_quantize(
 
 
 def laq_errors(x: F32, d: F32, widths: Any, max_iter: int = 100, tol: float = 1e-6) -> tuple[F64, F64]:
-    """(alphas, errors): what laq_quantize reports at each width (each in 1..8). See _core.pyi."""
+    """(alphas, errors): what laq_quantize reports at each width (each in 0..8; 0 is alpha 0 and
+    sum d * x**2). See _core.pyi."""
     xf = _array("x", x, np.float32)
     df = _array("d", d, np.float32)
     if isinstance(widths, (str, bytes)) or not isinstance(widths, (list, tuple, range, np.ndarray)):
@@ -597,8 +598,8 @@ def laq_errors(x: F32, d: F32, widths: Any, max_iter: int = 100, tol: float = 1e
     ws = []
     for w in widths:
         b = _int("widths", w)
-        if not 1 <= b <= 8:
-            raise ValueError(f"widths must be in 1..8, got {b}")
+        if not 0 <= b <= 8:
+            raise ValueError(f"widths must be in 0..8, got {b}")
         ws.append(b)
     mi = _int("max_iter", max_iter)
     if mi < 0:
@@ -614,8 +615,12 @@ def laq_errors(x: F32, d: F32, widths: Any, max_iter: int = 100, tol: float = 1e
         raise ValueError("d must be > 0 everywhere")
     alphas = np.zeros(len(ws))
     errors = np.zeros(len(ws))
+    xd = xf.astype(np.float64)
     for i, b in enumerate(ws):
-        _, alphas[i], errors[i] = laq_quantize(xf, df, b, mi, tl)
+        if b == 0:  # not sent: x_hat = 0
+            errors[i] = _seqsum(df.astype(np.float64) * (xd * xd))
+        else:
+            _, alphas[i], errors[i] = laq_quantize(xf, df, b, mi, tl)
     return alphas, errors
 
 
