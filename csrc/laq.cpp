@@ -367,6 +367,18 @@ LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, 
   return {alpha_f, err};
 }
 
+LaqResult laq_quantize_at(const float* x, const float* d, std::size_t n, int bits, double alpha,
+                          std::uint8_t* packed) {
+  check_laq_args(bits, 0, 0.0);
+  require(std::isfinite(alpha) && alpha >= 0.0 && alpha <= static_cast<double>(std::numeric_limits<float>::max()),
+          "alpha must be finite, >= 0 and within the float32 range");
+  check_inputs(x, d, n);
+  if (n == 0) return {0.0, 0.0};
+  const std::vector<double> lev = levels(bits);
+  const double alpha_f = static_cast<double>(static_cast<float>(alpha));
+  return {alpha_f, laq_codes(x, d, n, bits, lev, alpha_f, packed)};
+}
+
 void laq_errors(const float* x, const float* d, std::size_t n, const int* widths, std::size_t nw, int max_iter,
                 double tol, double* alphas, double* errors) {
   for (std::size_t w = 0; w < nw; ++w) check_laq_args(widths[w] == 0 ? 1 : widths[w], max_iter, tol);

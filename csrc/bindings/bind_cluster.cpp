@@ -122,7 +122,7 @@ py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
 }
 
 py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::object& bits,
-                          const py::object& max_iter, const py::object& tol) {
+                          const py::object& max_iter, const py::object& tol, const py::object& alpha) {
   py::array xa = checked<float>(x, "x");
   py::array da = checked<float>(d, "d");
   const int b = int_range(bits, "bits", 1, 8, "in 1..8");
@@ -137,10 +137,13 @@ py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::ob
   const float* xp = ptr<float>(xa);
   const float* dp = ptr<float>(da);
   std::uint8_t* pp = packed.mutable_data();
+  const bool given = !alpha.is_none();
+  const double a = given ? real_in(alpha, "alpha") : 0.0;
+  if (given && a < 0.0) throw py::value_error("alpha must be >= 0, got " + std::string(py::str(alpha)));
   LaqResult r;
   {
     py::gil_scoped_release release;
-    r = laq_quantize(xp, dp, n, b, mi, tl, pp);
+    r = given ? laq_quantize_at(xp, dp, n, b, a, pp) : laq_quantize(xp, dp, n, b, mi, tl, pp);
   }
   return py::make_tuple(packed, r.alpha, r.error);
 }
@@ -260,7 +263,7 @@ void register_cluster(py::module_& m) {
   m.def("kmeans_assign", &kmeans_assign_py, py::arg("x"), py::arg("centroids"),
         "Nearest centroid of each value, ties to the lower id: (labels, sse).");
   m.def("laq_quantize", &laq_quantize_py, py::arg("x"), py::arg("d"), py::arg("bits"), py::arg("max_iter") = 100,
-        py::arg("tol") = 1e-6, "Loss-aware quantization: (packed codes, alpha, weighted error).");
+        py::arg("tol") = 1e-6, py::arg("alpha") = py::none(), "Loss-aware quantization: (packed codes, alpha, weighted error).");
   m.def("laq_errors", &laq_errors_py, py::arg("x"), py::arg("d"), py::arg("widths"), py::arg("max_iter") = 100,
         py::arg("tol") = 1e-6, "(alphas, errors) laq_quantize reports at each width, sharing one pass.");
   m.def("laq_dequantize", &laq_dequantize_py, py::arg("packed"), py::arg("n"), py::arg("bits"), py::arg("alpha"),

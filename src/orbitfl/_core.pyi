@@ -127,7 +127,7 @@ def sign_decode(packed: U8, n: int, scale: float) -> F32:
 # The bit width per tensor under a byte budget: orbitfl.kernels.alq.allocate_bits (Python).
 # ---------------------------------------------------------------------------------------------
 def laq_quantize(
-    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6, alpha: float | None = None
 ) -> tuple[U8, float, float]:
     """Fit alpha and codes minimising sum d * (x - alpha * level[code])**2, alternating
     codes = nearest level of x / alpha (ties to even) and alpha = sum(d x b) / sum(d b^2), from
@@ -143,6 +143,9 @@ def laq_quantize(
     carries; a fit beyond the largest float32 is clamped to it) and the codes are the nearest
     levels for that alpha; the error is sum d * (x - laq_dequantize(...))**2 in float64.
     bits in 1..8. All-zero x: alpha = 0, codes of level 0 (bits == 1: of +1).
+    alpha (optional): skip the fit and take this alpha (rounded to float32; >= 0, finite, within
+    the float32 range, else ValueError) as where it ended: with the alpha laq_errors reported for
+    the same x, d, bits, max_iter and tol, the output is what the fit gives, without fitting again.
     NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every clustering kernel below, it
     refuses misaligned float32 views with ValueError.
     """

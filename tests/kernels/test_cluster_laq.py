@@ -369,3 +369,26 @@ def test_large_tensors_take_the_coarse_phase_and_agree_bit_for_bit(bits: int) ->
     # alternation is coordinate descent, so more steps never lose more than alpha's float32
     # rounding gives back
     assert err <= CPP.laq_quantize(x, d, bits, 1)[2] * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("n", [0, 5, 5000, 70_000])
+def test_laq_quantize_at_the_alpha_laq_errors_fitted_is_laq_quantize(kern: ModuleType, n: int) -> None:
+    x, d = data(n, 12)
+    widths = [1, 2, 4, 7]
+    alphas, errors = kern.laq_errors(x, d, widths)
+    for w, a, e in zip(widths, alphas, errors, strict=True):
+        want = kern.laq_quantize(x, d, w)
+        got = kern.laq_quantize(x, d, w, alpha=a)
+        assert got[0].tobytes() == want[0].tobytes() and got[1:] == want[1:] == (a, e)
+    # any alpha: the nearest codes for it, on both backends alike
+    for a in (0.0, 1e-3, 0.5, 3.4e38):
+        c, r = CPP.laq_quantize(x, d, 3, alpha=a), REF.laq_quantize(x, d, 3, alpha=a)
+        assert c[0].tobytes() == r[0].tobytes() and c[1:] == r[1:]
+
+
+@pytest.mark.parametrize("alpha", [-1.0, float("inf"), float("nan"), 1e39])
+def test_a_bad_given_alpha_is_a_value_error(kern: ModuleType, alpha: float) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        kern.laq_quantize(X, D, 2, alpha=alpha)
+    with pytest.raises(TypeError):
+        kern.laq_quantize(X, D, 2, alpha="0.5")

@@ -545,8 +545,22 @@ def _laq_bits(bits: Any) -> int:
     return b
 
 
+def _fit(xf: F32, dd: F64, b: int, lev: F64, mi: int, tl: float) -> float:
+    """The fitted alpha, before its float32 rounding (xf not empty)."""
+    xd = xf.astype(np.float64)
+    alpha = float(np.abs(xd).max())
+    if alpha > 0.0 and b == 1:
+        # codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
+        alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
+    elif alpha > 0.0 and mi > 0:
+        alpha = _fit_alpha(_laq_buckets(xf, dd), b, lev, alpha, mi, tl)
+    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
+    # the sums round), so near the top of float32 it can pass FLT_MAX: clamped there, as in the C++.
+    return alpha
+
+
 def laq_quantize(
-    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6, alpha: float | None = None
 ) -> tuple[U8, float, float]:
     """Loss-aware quantization (Hou & Kwok): (packed codes, alpha, weighted error). See _core.pyi."""
     xf = _array("x", x, np.float32)
@@ -560,6 +574,11 @@ def laq_quantize(
         raise ValueError(f"tol must be >= 0, got {tl}")
     if df.size != xf.size:
         raise ValueError(f"d must have the size of x ({xf.size}), got {df.size}")
+    given = None if alpha is None else _real("alpha", alpha)
+    if given is not None and given < 0.0:
+        raise ValueError(f"alpha must be >= 0, got {given}")
+    if given is not None and given > FLT32_MAX:
+        raise ValueError("alpha must be finite, >= 0 and within the float32 range")
     _finite("x", xf)
     _finite("d", df)
     if df.size and not (df > 0).all():
@@ -571,15 +590,8 @@ def laq_quantize(
         return np.zeros(0, np.uint8), 0.0, 0.0
     xd = xf.astype(np.float64)
     dd = df.astype(np.float64)
-    alpha = float(np.abs(xd).max())
-    if alpha > 0.0 and b == 1:
-        # codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
-        alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
-    elif alpha > 0.0 and mi > 0:
-        alpha = _fit_alpha(_laq_buckets(xf, dd), b, lev, alpha, mi, tl)
-    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
-    # the prefix sums round), so near the top of float32 it can pass FLT_MAX: clamped there, as in
-    # the C++.
+    # a given alpha is where the fit ended (laq_errors' alpha): codes and error only
+    alpha = given if given is not None else _fit(xf, dd, b, lev, mi, tl)
     alpha_f = float(np.float32(min(alpha, FLT32_MAX)))
     codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
