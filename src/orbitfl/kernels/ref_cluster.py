@@ -527,9 +527,9 @@ def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int
         pos = np.repeat(bk.start[m] - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt) + np.arange(cnt.sum())
         xs, ds = bk.xs[pos], bk.ds[pos]
         keys = np.concatenate((np.arange(nlev), _nearest(xs, alpha, bits)))
-        tdx = np.bincount(keys, weights=np.concatenate((tdx, ds * xs)), minlength=nlev)
-        td = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev)
-        got = _update(lev, tdx, td, alpha, tol)
+        sdx: F64 = np.bincount(keys, weights=np.concatenate((tdx, ds * xs)), minlength=nlev)
+        sd: F64 = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev)
+        got = _update(lev, sdx, sd, alpha, tol)
         if got is None:
             break
         alpha, done = got
