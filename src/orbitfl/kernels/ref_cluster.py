@@ -527,8 +527,9 @@ def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int
         pos = np.repeat(bk.start[m] - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt) + np.arange(cnt.sum())
         xs, ds = bk.xs[pos], bk.ds[pos]
         keys = np.concatenate((np.arange(nlev), _nearest(xs, alpha, bits)))
-        sdx: F64 = np.bincount(keys, weights=np.concatenate((tdx, ds * xs)), minlength=nlev)
-        sd: F64 = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev)
+        w_dx = np.concatenate((tdx, ds * xs))
+        sdx = np.bincount(keys, weights=w_dx, minlength=nlev).astype(np.float64, copy=False)
+        sd = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev).astype(np.float64, copy=False)
         got = _update(lev, sdx, sd, alpha, tol)
         if got is None:
             break
