@@ -529,7 +529,9 @@ def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int
         keys = np.concatenate((np.arange(nlev), _nearest(xs, alpha, bits)))
         w_dx = np.concatenate((tdx, ds * xs))
         sdx = np.bincount(keys, weights=w_dx, minlength=nlev).astype(np.float64, copy=False)
-        sd = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev).astype(np.float64, copy=False)
+        sd = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev).astype(
+            np.float64, copy=False
+        )
         got = _update(lev, sdx, sd, alpha, tol)
         if got is None:
             break
