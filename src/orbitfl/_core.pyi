@@ -134,9 +134,10 @@ def laq_quantize(
     alpha = max|x|, until |d alpha| <= tol * alpha (relative, so the result does not depend on the
     scale of x) or max_iter (>= 0) alternations. The values are grouped once into buckets of
     consecutive values (top 16 bits of their order); an alternation adds whole buckets through
-    prefix sums and reads value by value only the buckets a code step passes through. bits == 1
-    is the fixed point in closed form, alpha = sum(d |x|) / sum(d) with codes = (x >= 0),
-    whatever max_iter.
+    prefix sums and reads value by value only the buckets a code step passes through. From 2**16
+    values on, coarse alternations (each bucket coded as its smallest possible value) come first
+    and exact ones finish; max_iter counts both, at least one exact. bits == 1 is the fixed point
+    in closed form, alpha = sum(d |x|) / sum(d) with codes = (x >= 0), whatever max_iter.
 
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload
