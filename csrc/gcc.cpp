@@ -98,31 +98,31 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   } else if (shape.replaced > 0) {
     // The r-th smallest distance T: everything below T is replaced, then values at exactly T in
     // index order until r are taken (the lower index wins a tie).
+    // Without branches: about half the values are replaced, in no order a predictor could learn.
     const double cut = rth_smallest(dist, shape.replaced);
     std::size_t at_cut = shape.replaced;
     for (std::size_t i = 0; i < n; ++i) at_cut -= dist[i] < cut ? 1 : 0;
     for (std::size_t i = 0; i < n; ++i) {
-      if (dist[i] < cut) {
-        replaced[i] = 1;
-      } else if (dist[i] == cut && at_cut > 0) {
-        replaced[i] = 1;
-        --at_cut;
-      }
+      const std::size_t tie = (dist[i] == cut) & (at_cut > 0);
+      replaced[i] = static_cast<std::uint8_t>((dist[i] < cut) | tie);
+      at_cut -= tie;
     }
   }
 
-  std::vector<std::uint8_t> id_list;
-  id_list.reserve(shape.replaced);
-  std::size_t e = 0;
+  // Each value is written to both lists' next slot and only its own advances; a replaced value's
+  // exact copy goes to `sink`, as the last exact slot may be the buffer's end.
+  std::vector<std::uint8_t> id_list(shape.replaced + 1);
+  std::size_t e = 0, t = 0;
+  float sink = 0.0f;
   for (std::size_t i = 0; i < n; ++i) {
-    if (replaced[i]) {
-      id_list.push_back(labels[i]);
-      if (residual != nullptr) residual[i] = acc[i] - centroids[labels[i]];
-    } else {
-      exact[e++] = acc[i];
-      if (residual != nullptr) residual[i] = 0.0f;
-    }
+    const std::size_t rep = replaced[i];
+    id_list[t] = labels[i];
+    t += rep;
+    *(rep ? &sink : exact + e) = acc[i];
+    e += 1 - rep;
+    if (residual != nullptr) residual[i] = rep ? acc[i] - centroids[labels[i]] : 0.0f;
   }
+  id_list.resize(t);
   pack_bits_unchecked(replaced.data(), n, 1, mask);
   pack_bits_unchecked(id_list.data(), id_list.size(), shape.id_bits, ids);
 }

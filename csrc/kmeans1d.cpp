@@ -27,14 +27,14 @@ void check_finite(const float* x, std::size_t n, const char* name) {
 // count_below is found through a table instead of a binary search over the midpoints (a chain
 // of dependent loads per value, the cost of every assignment pass): a uniform grid of cells over
 // [mids[0], mids[k-2]], cell(v) = clamp(floor((v - mids[0]) * scale)), monotone in v because
-// each step is. below[c] = number of midpoints whose own cell is < c; those midpoints are all
-// < v when cell(v) == c, so below[c] <= count_below(v), and only midpoints in cell c can be
+// each step is. below_[c] = number of midpoints whose own cell is < c; those midpoints are all
+// < v when cell(v) == c, so below_[c] <= count_below(v), and only midpoints in cell c can be
 // < v as well: a short forward scan finishes the count exactly. Same labels as the search.
 struct Labeler {
   static constexpr std::size_t kCells = 4096;
   std::vector<double> mids;
   std::vector<std::uint8_t> first;  // first[j] = lowest id whose centroid equals c[j]
-  std::vector<std::uint16_t> below;
+  std::vector<std::uint16_t> below_;
   double base = 0.0, scale = 0.0;
   std::size_t cells = 1;
 
@@ -63,17 +63,20 @@ struct Labeler {
         scale = s;
       }
     }
-    below.assign(cells + 1, 0);
-    for (double m : mids) ++below[cell(m) + 1];
-    for (std::size_t t = 0; t < cells; ++t) below[t + 1] = static_cast<std::uint16_t>(below[t + 1] + below[t]);
+    below_.assign(cells + 1, 0);
+    for (double m : mids) ++below_[cell(m) + 1];
+    for (std::size_t t = 0; t < cells; ++t) below_[t + 1] = static_cast<std::uint16_t>(below_[t + 1] + below_[t]);
   }
 
-  std::size_t operator()(double v) const {
+  // The number of midpoints strictly below v.
+  std::size_t below(double v) const {
     const std::size_t nm = mids.size();
-    std::size_t j = below[cell(v)];
+    std::size_t j = below_[cell(v)];
     while (j < nm && mids[j] < v) ++j;
-    return first[j];
+    return j;
   }
+
+  std::size_t operator()(double v) const { return first[below(v)]; }
 };
 
 double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
@@ -224,31 +227,65 @@ void sorted_centroids(const float* x, std::size_t n, int k, bool exact, float* o
 }
 
 // Values on a uniform grid over [lo, hi], with each bin's count, sums of x - shift and value
-// range, and the values grouped by bin (index order within a bin).
+// range. Lloyd reads values one by one only in the bins a decision boundary passes through, a
+// few dozen of thousands: those bins' values (index order within a bin) are gathered when first
+// needed, with a margin of neighbours, by a scan that copies only them, instead of moving every
+// value into bin order up front.
 struct Bins {
+  static constexpr std::size_t kNone = ~std::size_t{0};
   double shift = 0.0;
+  double lo = 0.0, scale = 0.0;
   std::vector<std::int64_t> cnt;
   std::vector<double> s1, s2;
   std::vector<float> vmin, vmax;
-  std::vector<float> values;  // x grouped by bin, index order within a bin: contiguous reads
-  std::vector<std::size_t> start;
+  std::vector<std::size_t> slot;  // where bin t's values start in `values`, or kNone
+  std::vector<float> values;
+  const float* x = nullptr;
+  std::size_t n = 0;
+
+  std::size_t bin_of(double v) const {
+    return std::min(static_cast<std::size_t>((v - lo) * scale), cnt.size() - 1);
+  }
+
+  // Gathers the bins of `want` not gathered yet, in one pass over x.
+  void gather(const std::vector<std::size_t>& want) {
+    std::vector<std::size_t> next;
+    std::size_t end = values.size();
+    for (std::size_t t : want) {
+      if (slot[t] != kNone || cnt[t] == 0) continue;
+      if (next.empty()) next.assign(cnt.size(), kNone);
+      slot[t] = next[t] = end;
+      end += static_cast<std::size_t>(cnt[t]);
+    }
+    if (next.empty()) return;
+    values.resize(end);
+    float* out = values.data();
+    std::size_t* nx = next.data();
+    const float* xs = x;
+    const std::size_t len = n;
+    for (std::size_t i = 0; i < len; ++i) {
+      std::size_t& p = nx[bin_of(static_cast<double>(xs[i]))];
+      if (p != kNone) out[p++] = xs[i];
+    }
+  }
 };
 
 Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
   Bins b;
   b.shift = 0.5 * (lo + hi) + 0.0;
-  const double scale = static_cast<double>(nbins) / (hi - lo);
+  b.lo = lo;
+  b.scale = static_cast<double>(nbins) / (hi - lo);
+  b.x = x;
+  b.n = n;
   const std::size_t nb = static_cast<std::size_t>(nbins);
   b.cnt.assign(nb, 0);
   b.s1.assign(nb, 0.0);
   b.s2.assign(nb, 0.0);
   b.vmin.assign(nb, std::numeric_limits<float>::infinity());
   b.vmax.assign(nb, -std::numeric_limits<float>::infinity());
-  std::vector<std::uint16_t> bin(n);
   for (std::size_t i = 0; i < n; ++i) {
     double v = static_cast<double>(x[i]);
-    std::size_t t = std::min(static_cast<std::size_t>((v - lo) * scale), nb - 1);
-    bin[i] = static_cast<std::uint16_t>(t);
+    std::size_t t = b.bin_of(v);
     double d = v - b.shift;
     b.cnt[t] += 1;
     b.s1[t] += d;
@@ -256,39 +293,71 @@ Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
     b.vmin[t] = std::min(b.vmin[t], x[i]);
     b.vmax[t] = std::max(b.vmax[t], x[i]);
   }
-  b.start.assign(nb + 1, 0);
-  for (std::size_t t = 0; t < nb; ++t) b.start[t + 1] = b.start[t] + static_cast<std::size_t>(b.cnt[t]);
-  std::vector<std::size_t> fill(b.start.begin(), b.start.end() - 1);
-  b.values.resize(n);
-  for (std::size_t i = 0; i < n; ++i) b.values[fill[bin[i]]++] = x[i];
+  b.slot.assign(nb, Bins::kNone);
   return b;
 }
 
 // Lloyd on the raw values until no centroid moves. A bin whose smallest and largest value get
 // the same label adds its (count, sum) in one step; the values of bins straddling a boundary are
 // labelled one by one. Same result as per-value Lloyd; sums run in bin order, index order within.
-void lloyd(const Bins& b, float* c, int k, int iters) {
+void lloyd(Bins& b, float* c, int k, int iters) {
   Labeler label;
   std::vector<double> sums(static_cast<std::size_t>(k)), counts(static_cast<std::size_t>(k));
   std::vector<float> next(static_cast<std::size_t>(k));
   const std::size_t nb = b.cnt.size();
+  std::vector<std::size_t> j0(nb), j1(nb), want;
+  constexpr std::size_t kMargin = 1;  // neighbours gathered with a straddling bin, each side
   for (int it = 0; it < iters; ++it) {
     label.reset(c, k);
     std::fill(sums.begin(), sums.end(), 0.0);
     std::fill(counts.begin(), counts.end(), 0.0);
+    want.clear();
+    bool missing = false;
     for (std::size_t t = 0; t < nb; ++t) {
       if (b.cnt[t] == 0) continue;
-      std::size_t l0 = label(static_cast<double>(b.vmin[t]));
-      std::size_t l1 = label(static_cast<double>(b.vmax[t]));
+      j0[t] = label.below(static_cast<double>(b.vmin[t]));
+      j1[t] = label.below(static_cast<double>(b.vmax[t]));
+      if (label.first[j0[t]] != label.first[j1[t]]) {
+        missing = missing || b.slot[t] == Bins::kNone;
+        for (std::size_t u = t > kMargin ? t - kMargin : 0; u <= std::min(nb - 1, t + kMargin); ++u) want.push_back(u);
+      }
+    }
+    if (missing) b.gather(want);
+    for (std::size_t t = 0; t < nb; ++t) {
+      if (b.cnt[t] == 0) continue;
+      const std::size_t l0 = label.first[j0[t]], l1 = label.first[j1[t]];
       if (l0 == l1) {
         sums[l0] += b.s1[t];
         counts[l0] += static_cast<double>(b.cnt[t]);
         continue;
       }
-      for (std::size_t p = b.start[t]; p < b.start[t + 1]; ++p) {
-        double v = static_cast<double>(b.values[p]);
-        std::size_t l = label(v);
-        sums[l] += v - b.shift;
+      const float* v = b.values.data() + b.slot[t];
+      const std::size_t m = static_cast<std::size_t>(b.cnt[t]);
+      if (j1[t] == j0[t] + 1) {
+        // One midpoint inside: a value's label is l1 exactly when the midpoint is below it.
+        // Both labels' sums stay in registers, each value adding to one of them and +0.0 to the
+        // other (an identity: the sums start at +0.0 and so never become -0.0), with no branch.
+        const double mid = label.mids[j0[t]];
+        double sa = sums[l0], ca = counts[l0], sb = sums[l1], cb = counts[l1];
+        for (std::size_t p = 0; p < m; ++p) {
+          const double vd = static_cast<double>(v[p]);
+          const double d = vd - b.shift;
+          const bool up = mid < vd;
+          sa += up ? 0.0 : d;
+          ca += up ? 0.0 : 1.0;
+          sb += up ? d : 0.0;
+          cb += up ? 1.0 : 0.0;
+        }
+        sums[l0] = sa;
+        counts[l0] = ca;
+        sums[l1] = sb;
+        counts[l1] = cb;
+        continue;
+      }
+      for (std::size_t p = 0; p < m; ++p) {
+        double vd = static_cast<double>(v[p]);
+        std::size_t l = label(vd);
+        sums[l] += vd - b.shift;
         counts[l] += 1.0;
       }
     }

@@ -19,6 +19,19 @@ struct LaqResult {
 LaqResult laq_quantize(const float* x, const float* d, std::size_t n, int bits, int max_iter,
                        double tol, std::uint8_t* packed);
 
+// The codes and error laq_quantize gives when its fit ends at `alpha` (rounded to float32): for
+// an alpha laq_errors returned, the same bytes laq_quantize writes, without fitting again.
+// Throws InvalidArgument for alpha < 0, not finite or beyond the float32 range, and as
+// laq_quantize for bits and the inputs.
+LaqResult laq_quantize_at(const float* x, const float* d, std::size_t n, int bits, double alpha,
+                          std::uint8_t* packed);
+
+// For each of nw widths (each in 0..8): the alpha laq_quantize fits and the weighted error it
+// reports, without the codes; width 0 (not sent) is alpha 0 and sum d * x^2, in index order. One pass of checks and one bucketing of (x, d) serve all widths,
+// so the results equal nw laq_quantize calls at a fraction of the cost (ALQ's allocation).
+void laq_errors(const float* x, const float* d, std::size_t n, const int* widths, std::size_t nw, int max_iter,
+                double tol, double* alphas, double* errors);
+
 // out[i] = float(alpha * level[code i]). Throws InvalidArgument for a short buffer, a code
 // beyond the last level, bits outside 1..8 or a non-finite alpha.
 void laq_dequantize(const std::uint8_t* packed, std::size_t packed_len, std::size_t n, int bits,

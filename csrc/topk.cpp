@@ -51,12 +51,12 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
   const Acc acc{x, residual};
   // Radix selection of T = the k-th largest |acc| over its 31 magnitude bits: an 11-bit
-  // histogram of all values finds T's top bits; the magnitudes in that bin (their number is
-  // known) are gathered without branches, and two 10-bit histograms over just those finish T.
-  // Selection is exact, so the result equals a full sort with ties to the lower index. The first
-  // pass also checks that acc is finite (so x and the residual are), before anything is written.
-  std::uint32_t t = 0;   // the threshold magnitude (bits)
-  std::size_t need = 0;  // how many entries equal to t are taken, in index order
+  // histogram of all values finds T's top bits. A second pass writes the residual and gathers,
+  // without branches, every entry whose top bits reach T's (their number is known): those above
+  // are kept for sure, and two 10-bit histograms over the ones in T's bin finish T. Selection is
+  // exact, so the result equals a full sort with ties to the lower index. The first pass also
+  // checks that acc is finite (so x and the residual are), before anything is written. Two
+  // passes over the inputs; the rest touches only the k-odd gathered entries.
   if (k > 0 && k < n) {
     std::vector<std::size_t> hist(std::size_t{1} << 11);
     std::uint32_t bad = 0;
@@ -66,8 +66,7 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
       ++hist[u >> 20];  // a NaN's bin is still in range; it is refused just below
     }
     if (bad) throw_nonfinite(x, residual, n);
-    need = k;
-    // The bin, from the top, where the count reaches `need`; `need` becomes the rank inside it.
+    std::size_t need = k;  // becomes the rank inside the bin `descend` returns
     auto descend = [&need, &hist](std::uint32_t bins) {
       std::size_t above = 0;
       std::uint32_t b = bins - 1;
@@ -76,43 +75,58 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
       return b;
     };
     const std::uint32_t top = descend(1u << 11);
-    std::vector<std::uint32_t> cand(hist[top] + 1);
+    // (k - need) entries lie above T's bin and hist[top] in it
+    const std::size_t gathered = k - need + hist[top];
+    std::vector<std::uint32_t> gidx(gathered + 1);
+    std::vector<float> gval(gathered + 1);
     std::size_t c = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      const std::uint32_t u = mag_bits(acc(i));
-      cand[c] = u;
-      c += (u >> 20) == top;
+      const float a = acc(i);
+      const std::uint32_t bin = mag_bits(a) >> 20;
+      gidx[c] = static_cast<std::uint32_t>(i);
+      gval[c] = a;
+      c += bin >= top;
+      // entries in T's bin keep acc for now; the kept ones among them are zeroed below
+      if (residual) residual[i] = bin > top ? 0.0f : a;
     }
-    cand.resize(c);
     std::fill(hist.begin(), hist.begin() + 1024, 0);
-    for (const std::uint32_t u : cand) ++hist[(u >> 10) & 1023u];
+    for (std::size_t t = 0; t < gathered; ++t) {
+      const std::uint32_t u = mag_bits(gval[t]);
+      if ((u >> 20) == top) ++hist[(u >> 10) & 1023u];
+    }
     const std::uint32_t mid = descend(1024);
     std::fill(hist.begin(), hist.begin() + 1024, 0);
-    for (const std::uint32_t u : cand) {
-      if (((u >> 10) & 1023u) == mid) ++hist[u & 1023u];
+    for (std::size_t t = 0; t < gathered; ++t) {
+      const std::uint32_t u = mag_bits(gval[t]);
+      if ((u >> 10) == ((top << 10) | mid)) ++hist[u & 1023u];
     }
     const std::uint32_t low = descend(1024);
-    t = (top << 20) | (mid << 10) | low;
-  } else {
-    std::uint32_t bad = 0;
-    for (std::size_t i = 0; i < n; ++i) bad |= mag_bits(acc(i)) >= 0x7F800000u;
-    if (bad) throw_nonfinite(x, residual, n);
-    t = k == n ? 0 : 0xFFFFFFFFu;  // keep all (no magnitude is below 0) or none
-    need = 0;
+    const std::uint32_t thr = (top << 20) | (mid << 10) | low;
+    // `need` entries equal to thr are taken, in index order
+    std::size_t taken = 0;
+    for (std::size_t t = 0; t < gathered; ++t) {
+      const std::uint32_t u = mag_bits(gval[t]);
+      const bool keep = u > thr || (u == thr && need > 0);
+      if (!keep) continue;
+      if (u == thr) --need;
+      idx[taken] = gidx[t];
+      vals[taken] = gval[t];
+      ++taken;
+      if (residual) residual[gidx[t]] = 0.0f;
+    }
+    return;
   }
-  // One pass writes the kept entries and the new residual. k == n keeps all, k == 0 none.
-  std::size_t taken = 0;
+  std::uint32_t bad = 0;
+  for (std::size_t i = 0; i < n; ++i) bad |= mag_bits(acc(i)) >= 0x7F800000u;
+  if (bad) throw_nonfinite(x, residual, n);
+  // k == n keeps all, k == 0 none.
   for (std::size_t i = 0; i < n; ++i) {
     const float a = acc(i);
-    const std::uint32_t u = mag_bits(a);
-    const bool keep = k == n || u > t || (u == t && need > 0);
-    if (keep) {
-      if (u == t && k != n) --need;
-      idx[taken] = static_cast<std::uint32_t>(i);
-      vals[taken] = a;
-      ++taken;
+    if (k == n) {
+      idx[i] = static_cast<std::uint32_t>(i);
+      vals[i] = a;
     }
-    if (residual) residual[i] = keep ? 0.0f : a;
+    if (residual) residual[i] = k == n ? 0.0f : a;
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "bitpack.hpp"
 #include "bindings/checked_array.hpp"
@@ -121,7 +122,7 @@ py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
 }
 
 py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::object& bits,
-                          const py::object& max_iter, const py::object& tol) {
+                          const py::object& max_iter, const py::object& tol, const py::object& alpha) {
   py::array xa = checked<float>(x, "x");
   py::array da = checked<float>(d, "d");
   const int b = int_range(bits, "bits", 1, 8, "in 1..8");
@@ -136,12 +137,46 @@ py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::ob
   const float* xp = ptr<float>(xa);
   const float* dp = ptr<float>(da);
   std::uint8_t* pp = packed.mutable_data();
+  const bool given = !alpha.is_none();
+  const double a = given ? real_in(alpha, "alpha") : 0.0;
+  if (given && a < 0.0) throw py::value_error("alpha must be >= 0, got " + std::string(py::str(alpha)));
   LaqResult r;
   {
     py::gil_scoped_release release;
-    r = laq_quantize(xp, dp, n, b, mi, tl, pp);
+    r = given ? laq_quantize_at(xp, dp, n, b, a, pp) : laq_quantize(xp, dp, n, b, mi, tl, pp);
   }
   return py::make_tuple(packed, r.alpha, r.error);
+}
+
+py::tuple laq_errors_py(const py::object& x, const py::object& d, const py::object& widths,
+                        const py::object& max_iter, const py::object& tol) {
+  py::array xa = checked<float>(x, "x");
+  py::array da = checked<float>(d, "d");
+  if (py::isinstance<py::str>(widths) || py::isinstance<py::bytes>(widths) || !py::isinstance<py::sequence>(widths)) {
+    throw py::type_error("widths must be a sequence of ints, got " + type_name(widths));
+  }
+  std::vector<int> w;
+  for (const py::handle& h : py::reinterpret_borrow<py::sequence>(widths)) {
+    w.push_back(int_range(h, "widths", 0, 8, "in 0..8"));
+  }
+  const int mi = int_range(max_iter, "max_iter", 0, INT32_MAX, ">= 0");
+  const double tl = real_in(tol, "tol");
+  if (tl < 0.0) throw py::value_error("tol must be >= 0, got " + std::string(py::str(tol)));
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  if (static_cast<std::size_t>(da.size()) != n) {
+    throw py::value_error("d must have the size of x (" + std::to_string(n) + "), got " + std::to_string(da.size()));
+  }
+  py::array_t<double> alphas(static_cast<py::ssize_t>(w.size()));
+  py::array_t<double> errors(static_cast<py::ssize_t>(w.size()));
+  const float* xp = ptr<float>(xa);
+  const float* dp = ptr<float>(da);
+  double* ap = alphas.mutable_data();
+  double* ep = errors.mutable_data();
+  {
+    py::gil_scoped_release release;
+    laq_errors(xp, dp, n, w.data(), w.size(), mi, tl, ap, ep);
+  }
+  return py::make_tuple(alphas, errors);
 }
 
 py::array_t<float> laq_dequantize_py(const py::object& packed, const py::object& n, const py::object& bits,
@@ -228,7 +263,9 @@ void register_cluster(py::module_& m) {
   m.def("kmeans_assign", &kmeans_assign_py, py::arg("x"), py::arg("centroids"),
         "Nearest centroid of each value, ties to the lower id: (labels, sse).");
   m.def("laq_quantize", &laq_quantize_py, py::arg("x"), py::arg("d"), py::arg("bits"), py::arg("max_iter") = 100,
-        py::arg("tol") = 1e-6, "Loss-aware quantization: (packed codes, alpha, weighted error).");
+        py::arg("tol") = 1e-6, py::arg("alpha") = py::none(), "Loss-aware quantization: (packed codes, alpha, weighted error).");
+  m.def("laq_errors", &laq_errors_py, py::arg("x"), py::arg("d"), py::arg("widths"), py::arg("max_iter") = 100,
+        py::arg("tol") = 1e-6, "(alphas, errors) laq_quantize reports at each width, sharing one pass.");
   m.def("laq_dequantize", &laq_dequantize_py, py::arg("packed"), py::arg("n"), py::arg("bits"), py::arg("alpha"),
         "x_hat = alpha * level[code], as float32.");
   m.def("gcc_encode", &gcc_encode_py, py::arg("x"), py::arg("k") = 16, py::arg("rho") = 0.5,

@@ -139,6 +139,26 @@ TEST_CASE("laq: two bits, levels {-1, 0, 1}") {
   CHECK_THROWS(laq_quantize(x, d, 3, 9, 100, 1e-6, p), InvalidArgument);
 }
 
+TEST_CASE("laq: laq_errors equals laq_quantize at every width") {
+  std::vector<float> x(3001), d(3001);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(i)) * std::exp(0.002 * static_cast<double>(i)));
+    d[i] = 0.5f + static_cast<float>(i % 7);
+  }
+  const int widths[] = {1, 2, 3, 5, 8};
+  double alphas[5], errors[5];
+  laq_errors(x.data(), d.data(), x.size(), widths, 5, 100, 1e-6, alphas, errors);
+  std::vector<std::uint8_t> p(x.size());
+  for (int w = 0; w < 5; ++w) {
+    LaqResult r = laq_quantize(x.data(), d.data(), x.size(), widths[w], 100, 1e-6, p.data());
+    CHECK(r.alpha == alphas[w] && r.error == errors[w]);
+  }
+  const int bad[] = {2, 9};
+  CHECK_THROWS(laq_errors(x.data(), d.data(), x.size(), bad, 2, 100, 1e-6, alphas, errors), InvalidArgument);
+  d[5] = -1.0f;
+  CHECK_THROWS(laq_errors(x.data(), d.data(), x.size(), widths, 0, 100, 1e-6, alphas, errors), InvalidArgument);
+}
+
 TEST_CASE("gcc: half of {0, 1, 10, 11} replaced, residual, round trip") {
   const float x[] = {0, 1, 10, 11};
   float res[] = {0, 0, 0, 0};

@@ -15,6 +15,8 @@ Conventions for every kernel:
   so it is reproducible too.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -26,6 +28,7 @@ simd: str  # "neon", "sse2" or "scalar": the path the hot loops were built with
 U8 = NDArray[np.uint8]
 U16 = NDArray[np.uint16]
 U32 = NDArray[np.uint32]
+F64 = NDArray[np.float64]
 
 # ---------------------------------------------------------------------------------------------
 # Bit packing
@@ -124,23 +127,38 @@ def sign_decode(packed: U8, n: int, scale: float) -> F32:
 # The bit width per tensor under a byte budget: orbitfl.kernels.alq.allocate_bits (Python).
 # ---------------------------------------------------------------------------------------------
 def laq_quantize(
-    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6, alpha: float | None = None
 ) -> tuple[U8, float, float]:
     """Fit alpha and codes minimising sum d * (x - alpha * level[code])**2, alternating
     codes = nearest level of x / alpha (ties to even) and alpha = sum(d x b) / sum(d b^2), from
     alpha = max|x|, until |d alpha| <= tol * alpha (relative, so the result does not depend on the
-    scale of x) or max_iter (>= 0) alternations. Each alternation sums per level over the values
-    sorted once (prefix sums), so it costs O(L log n), not a pass. bits == 1 is the fixed point in
-    closed form, alpha = sum(d |x|) / sum(d) with codes = (x >= 0), whatever max_iter.
+    scale of x) or max_iter (>= 0) alternations. The values are grouped once into buckets of
+    consecutive values (top 16 bits of their order); an alternation adds whole buckets through
+    prefix sums and reads value by value only the buckets a code step passes through. From 2**16
+    values on, coarse alternations (each bucket coded as its smallest possible value) come first
+    and exact ones finish; max_iter counts both, at least one exact. bits == 1 is the fixed point
+    in closed form, alpha = sum(d |x|) / sum(d) with codes = (x >= 0), whatever max_iter.
 
     d is the curvature weight (e.g. sqrt(Adam v) + eps), float32, same size as x, all > 0.
     Returns (packed codes, alpha, weighted error). alpha is rounded to float32 (what a payload
     carries; a fit beyond the largest float32 is clamped to it) and the codes are the nearest
     levels for that alpha; the error is sum d * (x - laq_dequantize(...))**2 in float64.
     bits in 1..8. All-zero x: alpha = 0, codes of level 0 (bits == 1: of +1).
+    alpha (optional): skip the fit and take this alpha (rounded to float32; >= 0, finite, within
+    the float32 range, else ValueError) as where it ended: with the alpha laq_errors reported for
+    the same x, d, bits, max_iter and tol, the output is what the fit gives, without fitting again.
     NaN/Inf in x or d, d <= 0, tol < 0: ValueError. Like every clustering kernel below, it
     refuses misaligned float32 views with ValueError.
     """
+
+def laq_errors(
+    x: F32, d: F32, widths: Sequence[int], max_iter: int = 100, tol: float = 1e-6
+) -> tuple[F64, F64]:
+    """(alphas, errors), float64 arrays: the alpha and weighted error laq_quantize(x, d, w,
+    max_iter, tol) returns, for each w in widths (each in 0..8; TypeError for a str or a
+    non-sequence), bit for bit; w = 0 (not sent) gives alpha 0 and sum d * x**2 summed in
+    index order. The checks and the bucketing of (x, d) are done once for all
+    widths and no codes are written: what ALQ's allocation needs per tensor."""
 
 def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:
     """x_hat = float32(alpha * level[code]); ValueError for a code with no level (2**bits - 1 at

@@ -289,3 +289,106 @@ def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
     for kern in (CPP, REF):
         with pytest.raises(ValueError, match="NaN or Inf"):
             kern.laq_quantize(x, d, 3)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_laq_errors_equal_one_laq_quantize_per_width(kern: ModuleType, n: int) -> None:
+    x, d = data(n, 11)
+    widths = [1, 2, 3, 4, 8, 2, 0]
+    alphas, errors = kern.laq_errors(x, d, widths)
+    assert alphas.dtype == errors.dtype == np.float64 and alphas.size == errors.size == len(widths)
+    for w, a, e in zip(widths[:-1], alphas, errors, strict=False):
+        _, alpha, err = kern.laq_quantize(x, d, w)
+        assert a == alpha and e == err
+    # width 0: nothing sent, the whole weighted energy, summed in index order
+    x64, d64 = x.astype(np.float64), d.astype(np.float64)
+    assert alphas[-1] == 0.0
+    assert errors[-1] == float(np.cumsum(d64 * (x64 * x64))[-1] if n else 0.0)
+    assert kern.laq_errors(x, d, [])[0].size == 0
+
+
+def test_laq_errors_edge_inputs_agree_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    cases = [
+        (np.full(33, 0.75, np.float32), np.ones(33, np.float32)),  # all equal
+        (np.zeros(9, np.float32), np.ones(9, np.float32)),
+        (np.array([-0.0, 0.0, 1e-45, -1e-45], np.float32), np.ones(4, np.float32)),
+        # values spread over every exponent: thousands of buckets, most with one value
+        (
+            (rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000)).astype(np.float32),
+            rng.uniform(0.1, 10, 3000).astype(np.float32),
+        ),
+    ]
+    for x, d in cases:
+        a = CPP.laq_errors(x, d, range(9), 100, 0.0)
+        b = REF.laq_errors(x, d, range(9), 100, 0.0)
+        assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("call", "exc"),
+    [
+        (lambda k: k.laq_errors(X, D, "24"), TypeError),
+        (lambda k: k.laq_errors(X, D, 2), TypeError),
+        (lambda k: k.laq_errors(X, D, [2.0]), TypeError),
+        (lambda k: k.laq_errors(X, D, [True]), TypeError),
+        (lambda k: k.laq_errors(X, D, [-1]), ValueError),
+        (lambda k: k.laq_errors(X, D, [9]), ValueError),
+        (lambda k: k.laq_errors(X, D[:4], [2]), ValueError),
+        (lambda k: k.laq_errors(X.astype(np.float64), D, [2]), TypeError),
+        (lambda k: k.laq_errors(X, D, [2], -1), ValueError),
+        (lambda k: k.laq_errors(np.array([1, np.nan], np.float32), np.ones(2, np.float32), [2]), ValueError),
+        (lambda k: k.laq_errors(np.ones(2, np.float32), np.array([1, 0], np.float32), []), ValueError),
+    ],
+)
+def test_laq_errors_bad_arguments(kern: ModuleType, call: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        call(kern)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 8])
+def test_large_tensors_take_the_coarse_phase_and_agree_bit_for_bit(bits: int) -> None:
+    # From 2**16 values on, the fit starts with steps over whole buckets; the parity tests
+    # above are too small to reach that path.
+    rng = np.random.default_rng(bits)
+    n = 70_000
+    x = rng.laplace(0.0, 1e-3, n).astype(np.float32)
+    x[::97] = 0.0
+    x[1::89] = -x[2::89][: x[1::89].size]  # values and their negatives
+    d = (np.abs(x) + np.abs(rng.normal(0.0, 1e-3, n)) + 1e-8).astype(np.float32)
+    for max_iter, tol in ((100, 1e-6), (3, 1e-6), (1, 0.0), (2000, 0.0)):
+        a = CPP.laq_quantize(x, d, bits, max_iter, tol)
+        b = REF.laq_quantize(x, d, bits, max_iter, tol)
+        assert a[0].tobytes() == b[0].tobytes() and a[1] == b[1] and a[2] == b[2], max_iter
+    # the exact steps end on the exact fixed point: codes are the nearest levels of alpha
+    packed, alpha, err = CPP.laq_quantize(x, d, bits, 100_000, 0.0)
+    codes = CPP.unpack_bits(packed, n, bits)
+    b64 = levels(bits)[codes]
+    x64, d64 = x.astype(np.float64), d.astype(np.float64)
+    assert alpha == pytest.approx(float((d64 * x64 * b64).sum() / (d64 * b64 * b64).sum()), rel=1e-5)
+    # alternation is coordinate descent, so more steps never lose more than alpha's float32
+    # rounding gives back
+    assert err <= CPP.laq_quantize(x, d, bits, 1)[2] * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("n", [0, 5, 5000, 70_000])
+def test_laq_quantize_at_the_alpha_laq_errors_fitted_is_laq_quantize(kern: ModuleType, n: int) -> None:
+    x, d = data(n, 12)
+    widths = [1, 2, 4, 7]
+    alphas, errors = kern.laq_errors(x, d, widths)
+    for w, a, e in zip(widths, alphas, errors, strict=True):
+        want = kern.laq_quantize(x, d, w)
+        got = kern.laq_quantize(x, d, w, alpha=a)
+        assert got[0].tobytes() == want[0].tobytes() and got[1:] == want[1:] == (a, e)
+    # any alpha: the nearest codes for it, on both backends alike
+    for a in (0.0, 1e-3, 0.5, 3.4e38):
+        c, r = CPP.laq_quantize(x, d, 3, alpha=a), REF.laq_quantize(x, d, 3, alpha=a)
+        assert c[0].tobytes() == r[0].tobytes() and c[1:] == r[1:]
+
+
+@pytest.mark.parametrize("alpha", [-1.0, float("inf"), float("nan"), 1e39])
+def test_a_bad_given_alpha_is_a_value_error(kern: ModuleType, alpha: float) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        kern.laq_quantize(X, D, 2, alpha=alpha)
+    with pytest.raises(TypeError):
+        kern.laq_quantize(X, D, 2, alpha="0.5")

@@ -145,6 +145,19 @@ def cases(k: ModuleType, x: dict[str, F32]) -> dict[str, Callable[[], Any]]:
 
         out[f"laq/b{bits}"] = laq
 
+    # 2**16 values and more take the fit's coarse bucket phase first: four copies of the set,
+    # the later ones scaled by exact powers of two so they are not repeats.
+    big = np.concatenate([heavy * np.float32(2.0**-s) for s in range(4)]).astype(np.float32)
+    big_d = np.concatenate([x["curvature"]] * 4).astype(np.float32)
+    for bits in (2, 5, 8):
+
+        def laq_big(b: int = bits) -> Any:
+            packed, alpha, err = k.laq_quantize(big, big_d, b)
+            return packed, alpha, err, k.laq_quantize(big, big_d, b, alpha=alpha)[0]
+
+        out[f"laq/large/b{bits}"] = laq_big
+    out["laq_errors/large"] = lambda: k.laq_errors(big, big_d, list(range(9)))
+
     for method in ("optimal", "hist", "lloyd"):
         for kk in (2, 16, 256):
 

@@ -228,6 +228,7 @@ class Pipeline:
         bits: int | None,
         new_res: dict[str, F32],
         new_mom: dict[str, F32] | None = None,
+        alpha: float | None = None,
     ) -> TensorRecord:
         try:
             residual: F32 | None = None
@@ -248,7 +249,12 @@ class Pipeline:
                 if not chain.kernel_ef and not fused:
                     acc = x + residual
             ctx = EncodeContext(
-                self.kern, self._seed(state, name), curvature=curvature, bits=bits, round=state.round
+                self.kern,
+                self._seed(state, name),
+                curvature=curvature,
+                bits=bits,
+                alpha=alpha,
+                round=state.round,
             )
             if chain.ef and (chain.kernel_ef or fused):
                 ctx.residual = residual
@@ -357,6 +363,10 @@ class Pipeline:
         for n in names:
             old = state.residuals.get(n) if chains[n].ef else None
             alloc_x[n] = flat[n] + old if old is not None and old.size == flat[n].size else flat[n]
+        # The encode below sees exactly alloc_x (x + residual is the same float add in
+        # _encode_tensor; a zero residual only turns -0 into +0, which LAQ treats alike), so the
+        # scales the allocation fitted are the ones laq_quantize would fit again.
+        alphas: dict[str, dict[int, float]] = {}
         for _ in range(4):
             choices = chains[names[0]].float_stages[0].choices  # type: ignore[attr-defined]
             bits = allocate_bits(
@@ -364,6 +374,7 @@ class Pipeline:
                 {n: curv[n] for n in names},
                 max(0, kernel_budget),
                 backend=self.backend,
+                alphas=alphas,
                 **({} if choices is None else {"choices": choices}),
             )
             trial_res: dict[str, F32] = {}
@@ -372,7 +383,7 @@ class Pipeline:
                 b = int(bits.get(n, 0))
                 if b > 0:
                     out[n] = self._encode_tensor(
-                        n, flat[n], shapes[n], chains[n], state, curv[n], b, trial_res
+                        n, flat[n], shapes[n], chains[n], state, curv[n], b, trial_res, alpha=alphas[n][b]
                     )
                 elif chains[n].ef:  # not sent: the whole input waits in the residual
                     trial_res[n] = alloc_x[n].copy()

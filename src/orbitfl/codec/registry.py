@@ -81,6 +81,7 @@ class EncodeContext:
     residual: F32 | None = None  # only for the first stage when it updates the residual itself
     curvature: F32 | None = None  # only for the first stage
     bits: int | None = None  # the bit width chosen by ALQ for this tensor
+    alpha: float | None = None  # the LAQ scale ALQ's allocation already fitted at those bits
     # only for the first stage when it keeps a momentum (DGC): the sender's per-tensor velocity,
     # owned by the pipeline and updated in place
     momentum: F32 | None = None

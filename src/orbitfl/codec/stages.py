@@ -446,7 +446,8 @@ class Laq(FloatStage):
         if ctx.curvature is None:
             raise ValueError("laq needs a curvature array for this tensor")
         bits = self.args["bits"] if ctx.bits is None else ctx.bits
-        packed, alpha, _ = ctx.kern.laq_quantize(x, ctx.curvature, bits)
+        # alpha given: the allocation fitted it on these very values, so only the codes remain
+        packed, alpha, _ = ctx.kern.laq_quantize(x, ctx.curvature, bits, alpha=ctx.alpha)
         return Encoded({"alpha": float(alpha)}, [packed])
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:

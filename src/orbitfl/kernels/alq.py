@@ -82,9 +82,17 @@ def _tensors(x: Mapping[str, F32], d: Mapping[str, F32]) -> list[str]:
 
 
 def weighted_errors(
-    x: Mapping[str, F32], d: Mapping[str, F32], choices: Sequence[int], *, backend: str = "cpp"
+    x: Mapping[str, F32],
+    d: Mapping[str, F32],
+    choices: Sequence[int],
+    *,
+    backend: str = "cpp",
+    alphas: dict[str, dict[int, float]] | None = None,
 ) -> dict[str, dict[int, float]]:
-    """errors[t][m] = sum d * (x - x_hat)^2 of tensor t quantized by LAQ at m bits (m = 0: x_hat = 0)."""
+    """errors[t][m] = sum d * (x - x_hat)^2 of tensor t quantized by LAQ at m bits (m = 0: x_hat = 0).
+
+    If ``alphas`` is a dict, alphas[t][m] becomes the scale LAQ fitted: ``laq_quantize(...,
+    alpha=alphas[t][m])`` then encodes without fitting again."""
     names = _tensors(x, d)
     widths = _choices(choices)
     kern = kernel_backend(backend)
@@ -92,14 +100,12 @@ def weighted_errors(
     for name in names:
         xf = np.ascontiguousarray(x[name])
         df = np.ascontiguousarray(d[name])
-        row: dict[int, float] = {}
-        for m in widths:
-            if m == 0:
-                x64 = xf.astype(np.float64)
-                row[0] = float(np.dot(df.astype(np.float64).ravel(), (x64 * x64).ravel()))
-            else:
-                row[m] = float(kern.laq_quantize(xf, df, m)[2])
-        table[name] = row
+        # One call for every width: the kernel checks and buckets the tensor once for all of them
+        # (width 0, not sent, is sum d * x^2).
+        fitted, errors = kern.laq_errors(xf, df, widths)
+        table[name] = {m: float(e) for m, e in zip(widths, errors, strict=True)}
+        if alphas is not None:
+            alphas[name] = {m: float(a) for m, a in zip(widths, fitted, strict=True)}
     return table
 
 
@@ -130,12 +136,14 @@ def allocate_bits(
     *,
     choices: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7, 8),
     backend: str = "cpp",
+    alphas: dict[str, dict[int, float]] | None = None,
 ) -> dict[str, int]:
     """Bit width per tensor (0 = not sent) so the LAQ-coded update fits budget_bytes.
 
     Every tensor starts at its highest useful width; then, while the total exceeds the budget,
     the tensor whose next lower width adds the least weighted loss per byte saved steps down
     (ties: the name first in sorted order). ValueError if even the lowest widths do not fit.
+    ``alphas``: as in :func:`weighted_errors` (the fitted scale per tensor and width).
     """
     if isinstance(budget_bytes, bool):
         raise TypeError("budget_bytes must be an int, got bool")
@@ -145,7 +153,7 @@ def allocate_bits(
         raise TypeError(f"budget_bytes must be an int, got {type(budget_bytes).__name__}") from None
     if budget < 0:
         raise ValueError(f"budget_bytes must be >= 0, got {budget}")
-    table = weighted_errors(x, d, choices, backend=backend)
+    table = weighted_errors(x, d, choices, backend=backend, alphas=alphas)
     chains = {name: _frontier(x[name].size, row) for name, row in table.items()}
     floor_bytes = sum(chain[0][1] for chain in chains.values())
     if floor_bytes > budget:

@@ -25,6 +25,7 @@ __all__ = [
     "kmeans1d",
     "kmeans_assign",
     "laq_dequantize",
+    "laq_errors",
     "laq_quantize",
 ]
 
@@ -417,31 +418,125 @@ def _nearest(xd: F64, alpha: float, bits: int) -> I64:
     return np.clip(np.rint(u), 0.0, float(nlev - 1)).astype(np.int64)
 
 
-def _fit_alpha(xf: F32, dd: F64, bits: int, lev: F64, alpha: float, max_iter: int, tol: float) -> float:
-    """The alternation for bits >= 2 over values sorted once (by value, then index).
+BUCKET_SHIFT = 16  # the fit groups values by the top 16 bits of their order key
+COARSE_MIN = 1 << 16  # tensors with fewer values skip the fit's coarse phase
 
-    The code is monotone in x, so the codes of one step are L-1 step positions and the per-level
-    sums of d*x and d come from prefix sums: O(L log n) per step in the C++.
+
+def _order_key(xf: F32) -> NDArray[np.uint32]:
+    """Keys whose unsigned order is the float order; -0 gets +0's key."""
+    u = xf.view(np.uint32).copy()
+    u[(u & 0x7FFFFFFF) == 0] = 0
+    neg = (u & 0x80000000) != 0
+    out: NDArray[np.uint32] = np.where(neg, ~u, u | np.uint32(0x80000000)).astype(np.uint32)
+    return out
+
+
+def _key_value(k: NDArray[np.uint32]) -> F64:
+    """order_key's inverse, as float64 (both zeros come back as +0)."""
+    u = np.where((k & 0x80000000) != 0, k & np.uint32(0x7FFFFFFF), ~k).astype(np.uint32)
+    out: F64 = u.view(np.float32).astype(np.float64)
+    return out
+
+
+@dataclass
+class _LaqBuckets:
+    """Values grouped by the top bits of their order key (csrc/laq.cpp, make_buckets)."""
+
+    lo: F64  # per non-empty bucket, ascending: its smallest possible value (finite: Inf/NaN
+    hi: F64  # patterns have buckets of their own), and its largest
+    pdx: F64  # prefix sums over the buckets of their sums of d*x (index order within a bucket)
+    pd: F64  # and of d
+    start: I64  # xs[start[m]:start[m+1]] are bucket m's values, in index order
+    xs: F64
+    ds: F64
+
+
+def _laq_buckets(xf: F32, dd: F64) -> _LaqBuckets:
+    key = _order_key(xf)
+    b = (key >> BUCKET_SHIFT).astype(np.int64)
+    nb = 1 << (32 - BUCKET_SHIFT)
+    cnt = np.bincount(b, minlength=nb)
+    nz = np.flatnonzero(cnt)
+    xd = xf.astype(np.float64)
+    sdx = np.bincount(b, weights=dd * xd, minlength=nb)[nz]
+    sd = np.bincount(b, weights=dd, minlength=nb)[nz]
+    order = np.argsort(b, kind="stable")
+    start = np.concatenate(([0], np.cumsum(cnt[nz])))
+    first = (nz << BUCKET_SHIFT).astype(np.uint32)
+    return _LaqBuckets(
+        lo=_key_value(first),
+        hi=_key_value(first | np.uint32((1 << BUCKET_SHIFT) - 1)),
+        pdx=np.concatenate(([0.0], np.cumsum(sdx))),
+        pd=np.concatenate(([0.0], np.cumsum(sd))),
+        start=start,
+        xs=xd[order],
+        ds=dd[order],
+    )
+
+
+def _update(lev: F64, tdx: F64, td: F64, alpha: float, tol: float) -> tuple[float, bool] | None:
+    """alpha = sum lev T_dx / sum lev^2 T_d (sums in level order) and whether it converged, or
+    None when the alternation must stop (no weight, or a non-positive fit)."""
+    num = _seqsum(lev * tdx)
+    den = _seqsum((lev * lev) * td)
+    if den == 0.0:
+        return None
+    new = num / den
+    if not new > 0.0:
+        return None  # only rounding of the sums could get here; keep alpha
+    return new, abs(new - alpha) <= tol * new
+
+
+def _fit_alpha(bk: _LaqBuckets, bits: int, lev: F64, alpha: float, max_iter: int, tol: float) -> float:
+    """The alternation for bits >= 2 in two phases, max_iter steps in all (csrc/laq.cpp).
+
+    Coarse (tensors of COARSE_MIN values or more): each bucket takes the code of its smallest
+    possible value and adds its sums through prefix sums, until the update is within tol.
+    Exact, from there: the code is monotone in x, so the buckets whose smallest and largest value
+    share a code form one run per level and add their sums through prefix sums; only the buckets
+    a code step passes through are read value by value (after the run, in bucket order, index
+    order within a bucket). The codes of every exact step are exactly the nearest levels.
     """
-    order = np.argsort(xf, kind="stable")
-    xs = xf[order].astype(np.float64)
-    ds = dd[order]
-    pdx = np.concatenate(([0.0], np.cumsum(ds * xs)))
-    pd = np.concatenate(([0.0], np.cumsum(ds)))
-    n = xs.size
-    steps = np.arange(1, lev.size)
-    for _ in range(max_iter):
-        bound = np.concatenate(([0], np.searchsorted(_nearest(xs, alpha, bits), steps, side="left"), [n]))
-        num = _seqsum(lev * (pdx[bound[1:]] - pdx[bound[:-1]]))
-        den = _seqsum((lev * lev) * (pd[bound[1:]] - pd[bound[:-1]]))
-        if den == 0.0:
+    nlev = lev.size
+    nb = bk.lo.size
+    steps = np.arange(1, nlev)
+    coarse = 0  # steps of the coarse phase: at most max_iter - 1, so max_iter bounds both
+    # small tensors skip it: cheap anyway, and their coarse fixed point can be another one
+    while bk.xs.size >= COARSE_MIN and coarse + 1 < max_iter:
+        coarse += 1
+        fl = np.concatenate(([0], np.searchsorted(_nearest(bk.lo, alpha, bits), steps), [nb]))
+        got = _update(lev, bk.pdx[fl[1:]] - bk.pdx[fl[:-1]], bk.pd[fl[1:]] - bk.pd[fl[:-1]], alpha, tol)
+        if got is None:
             break
-        new = num / den
-        if not new > 0.0:
-            break  # only rounding of the prefix sums could get here; keep alpha
-        delta = abs(new - alpha)
-        alpha = new
-        if delta <= tol * alpha:
+        alpha, done = got
+        if done:
+            break
+    for _ in range(max_iter - coarse):
+        first_lo = np.concatenate(([0], np.searchsorted(_nearest(bk.lo, alpha, bits), steps), [nb]))
+        first_hi = np.concatenate(([0], np.searchsorted(_nearest(bk.hi, alpha, bits), steps), [nb]))
+        a, b = first_lo[:-1], first_hi[1:]
+        whole = a < b
+        tdx = np.where(whole, bk.pdx[b] - bk.pdx[np.minimum(a, b)], 0.0)
+        td = np.where(whole, bk.pd[b] - bk.pd[np.minimum(a, b)], 0.0)
+        # buckets with a step inside: [first_hi[j], first_lo[j]) for each step j, each once
+        split = np.zeros(nb + 1, np.int64)
+        np.add.at(split, first_hi[1:-1], 1)
+        np.add.at(split, first_lo[1:-1], -1)
+        m = np.flatnonzero(np.cumsum(split)[:nb] > 0)
+        cnt = bk.start[m + 1] - bk.start[m]
+        pos = np.repeat(bk.start[m] - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt) + np.arange(cnt.sum())
+        xs, ds = bk.xs[pos], bk.ds[pos]
+        keys = np.concatenate((np.arange(nlev), _nearest(xs, alpha, bits)))
+        w_dx = np.concatenate((tdx, ds * xs))
+        sdx = np.bincount(keys, weights=w_dx, minlength=nlev).astype(np.float64, copy=False)
+        sd = np.bincount(keys, weights=np.concatenate((td, ds)), minlength=nlev).astype(
+            np.float64, copy=False
+        )
+        got = _update(lev, sdx, sd, alpha, tol)
+        if got is None:
+            break
+        alpha, done = got
+        if done:
             break
     return alpha
 
@@ -453,8 +548,22 @@ def _laq_bits(bits: Any) -> int:
     return b
 
 
+def _fit(xf: F32, dd: F64, b: int, lev: F64, mi: int, tl: float) -> float:
+    """The fitted alpha, before its float32 rounding (xf not empty)."""
+    xd = xf.astype(np.float64)
+    alpha = float(np.abs(xd).max())
+    if alpha > 0.0 and b == 1:
+        # codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
+        alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
+    elif alpha > 0.0 and mi > 0:
+        alpha = _fit_alpha(_laq_buckets(xf, dd), b, lev, alpha, mi, tl)
+    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
+    # the sums round), so near the top of float32 it can pass FLT_MAX: clamped there, as in the C++.
+    return alpha
+
+
 def laq_quantize(
-    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6, alpha: float | None = None
 ) -> tuple[U8, float, float]:
     """Loss-aware quantization (Hou & Kwok): (packed codes, alpha, weighted error). See _core.pyi."""
     xf = _array("x", x, np.float32)
@@ -468,6 +577,11 @@ def laq_quantize(
         raise ValueError(f"tol must be >= 0, got {tl}")
     if df.size != xf.size:
         raise ValueError(f"d must have the size of x ({xf.size}), got {df.size}")
+    given = None if alpha is None else _real("alpha", alpha)
+    if given is not None and given < 0.0:
+        raise ValueError(f"alpha must be >= 0, got {given}")
+    if given is not None and given > FLT32_MAX:
+        raise ValueError("alpha must be finite, >= 0 and within the float32 range")
     _finite("x", xf)
     _finite("d", df)
     if df.size and not (df > 0).all():
@@ -479,21 +593,50 @@ def laq_quantize(
         return np.zeros(0, np.uint8), 0.0, 0.0
     xd = xf.astype(np.float64)
     dd = df.astype(np.float64)
-    alpha = float(np.abs(xd).max())
-    if alpha > 0.0 and b == 1:
-        # codes = sign(x) for every alpha > 0, so the alternation's fixed point is closed-form
-        alpha = _seqsum(dd * np.abs(xd)) / _seqsum(dd)
-    elif alpha > 0.0:
-        alpha = _fit_alpha(xf, dd, b, lev, alpha, mi, tl)
-    # The least-squares alpha can exceed max|x| (a value rounded to a small level pulls it up, and
-    # the prefix sums round), so near the top of float32 it can pass FLT_MAX: clamped there, as in
-    # the C++.
+    # a given alpha is where the fit ended (laq_errors' alpha): codes and error only
+    alpha = given if given is not None else _fit(xf, dd, b, lev, mi, tl)
     alpha_f = float(np.float32(min(alpha, FLT32_MAX)))
     codes = _nearest(xd, alpha_f, b) if alpha_f > 0.0 else np.full(n, zero_code, np.int64)
     xhat = (alpha_f * lev[codes]).astype(np.float32).astype(np.float64)
     e = xd - xhat
     err = _seqsum(dd * (e * e))
     return pack_bits(codes.astype(np.uint8), b), alpha_f, err
+
+
+def laq_errors(x: F32, d: F32, widths: Any, max_iter: int = 100, tol: float = 1e-6) -> tuple[F64, F64]:
+    """(alphas, errors): what laq_quantize reports at each width (each in 0..8; 0 is alpha 0 and
+    sum d * x**2). See _core.pyi."""
+    xf = _array("x", x, np.float32)
+    df = _array("d", d, np.float32)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, (list, tuple, range, np.ndarray)):
+        raise TypeError(f"widths must be a sequence of ints, got {type(widths).__name__}")
+    ws = []
+    for w in widths:
+        b = _int("widths", w)
+        if not 0 <= b <= 8:
+            raise ValueError(f"widths must be in 0..8, got {b}")
+        ws.append(b)
+    mi = _int("max_iter", max_iter)
+    if mi < 0:
+        raise ValueError(f"max_iter must be >= 0, got {mi}")
+    tl = _real("tol", tol)
+    if tl < 0.0:
+        raise ValueError(f"tol must be >= 0, got {tl}")
+    if df.size != xf.size:
+        raise ValueError(f"d must have the size of x ({xf.size}), got {df.size}")
+    _finite("x", xf)
+    _finite("d", df)
+    if df.size and not (df > 0).all():
+        raise ValueError("d must be > 0 everywhere")
+    alphas = np.zeros(len(ws))
+    errors = np.zeros(len(ws))
+    xd = xf.astype(np.float64)
+    for i, b in enumerate(ws):
+        if b == 0:  # not sent: x_hat = 0
+            errors[i] = _seqsum(df.astype(np.float64) * (xd * xd))
+        else:
+            _, alphas[i], errors[i] = laq_quantize(xf, df, b, mi, tl)
+    return alphas, errors
 
 
 def laq_dequantize(packed: U8, n: int, bits: int, alpha: float) -> F32:

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Old against new encoders, side by side in one run: encode GB/s, ratio and error per recipe.
+
+    nice -n 10 .venv/bin/python tools/bench_speedup.py --old /tmp/old-pkg
+
+``--old`` is a directory holding an older build of the package (e.g. main's, installed with
+``pip install --no-deps --no-build-isolation --target /tmp/old-pkg /path/to/main``). Two worker
+processes, one importing each build, encode the same synthetic update (``orbitfl codec bench``'s,
+about 3.95M values) in turns, repeat after repeat, so both see the same load on a shared
+machine; the best time of each counts. The new worker also times memcpy (``np.copyto`` of the
+same bytes). The old worker runs without ``site`` (so this checkout's editable install cannot
+shadow the old package) and finds NumPy and the other dependencies on this venv's site-packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+RECIPES = ("laq:2", "alq:0/1/2/4", "gcc:16", "coreset:16", "topk:0.01+ef|quant:8|zstd", "fp32|zstd")
+
+# The worker: reads recipes on stdin, answers one JSON line each (time of one encode, payload size,
+# relative error of the first round); "memcpy" answers the time of one copy of the input's bytes.
+WORKER = r"""
+import json, math, sys, time
+import numpy as np
+from orbitfl.codec import bench
+from orbitfl.codec.pipeline import Pipeline
+
+tensors = bench.synthetic_update()
+curv = bench.synthetic_curvature(tensors)
+n = sum(x.size for x in tensors.values())
+pipes = {}
+src = np.ones(n, np.float32)
+dst = np.empty_like(src)
+print(json.dumps({"values": n}), flush=True)
+for line in sys.stdin:
+    recipe = line.strip()
+    if recipe == "memcpy":
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        print(json.dumps({"time": time.perf_counter() - t0}), flush=True)
+        continue
+    kw = {}
+    if "laq" in recipe or "alq" in recipe:
+        kw["curvature"] = curv
+    if "alq" in recipe:
+        kw["budget_bytes"] = max(1, int(n * 2.0 / 8))
+    out = {}
+    if recipe not in pipes:
+        pipe = Pipeline.parse(recipe, "cpp")
+        payload = pipe.encode(tensors, pipe.new_state(), **kw)
+        dec = pipe.decode(payload)
+        err2 = sum(float(np.sum((x.astype(np.float64) - dec.get(k, 0.0)) ** 2)) for k, x in tensors.items())
+        ref2 = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in tensors.values())
+        out = {"bytes": payload.nbytes, "rel_error": math.sqrt(err2 / ref2)}
+        pipes[recipe] = (pipe, pipe.new_state())
+    pipe, state = pipes[recipe]
+    t0 = time.perf_counter()
+    pipe.encode(tensors, state, **kw)
+    out["time"] = time.perf_counter() - t0
+    print(json.dumps(out), flush=True)
+"""
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], flags: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *flags, "-c", WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.values = int(self._read()["values"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker exited with {self.proc.wait()}")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def ask(self, what: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", required=True, type=Path, help="directory holding the old orbitfl package")
+    ap.add_argument("--recipe", action="append", help="recipe (repeatable); default: the slow encoders")
+    ap.add_argument("--repeats", type=int, default=5, help="encodes per recipe and build (default 5)")
+    args = ap.parse_args()
+    if not (args.old / "orbitfl" / "__init__.py").exists():
+        ap.error(f"--old {args.old}: no orbitfl package there")
+    site = sysconfig.get_paths()["purelib"]
+    old_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.old), site]))
+    new = Worker(dict(os.environ), [])
+    old = Worker(old_env, ["-S"])
+    if old.values != new.values:
+        raise SystemExit(f"the builds made different bench sets ({old.values} and {new.values} values)")
+    nbytes = 4 * new.values
+    memcpy = min(new.ask("memcpy")["time"] for _ in range(20))
+    load = os.getloadavg()[0]
+    print(
+        f"{new.values} float32 values ({nbytes / 1e6:.1f} MB); memcpy {nbytes / memcpy / 1e9:.2f} GB/s; "
+        f"load average {load:.2f}; best of {args.repeats} encodes each, old and new in turns"
+    )
+    head = (
+        f"{'recipe':<28} {'old GB/s':>9} {'new GB/s':>9} {'speedup':>8} {'new/memcpy':>10} "
+        f"{'old ratio':>9} {'new ratio':>9} {'old err':>9} {'new err':>9}"
+    )
+    print(head)
+    for recipe in args.recipe or RECIPES:
+        first_old, first_new = old.ask(recipe), new.ask(recipe)
+        t_old, t_new = first_old["time"], first_new["time"]
+        for _ in range(args.repeats - 1):
+            t_old = min(t_old, old.ask(recipe)["time"])
+            t_new = min(t_new, new.ask(recipe)["time"])
+        print(
+            f"{recipe:<28} {nbytes / t_old / 1e9:9.3f} {nbytes / t_new / 1e9:9.3f} {t_old / t_new:7.2f}x "
+            f"{memcpy / t_new:10.3f} {nbytes / first_old['bytes']:9.3f} {nbytes / first_new['bytes']:9.3f} "
+            f"{first_old['rel_error']:9.3e} {first_new['rel_error']:9.3e}",
+            flush=True,
+        )
+        if not math.isclose(first_old["bytes"], first_new["bytes"], rel_tol=0.01):
+            print(f"  note: payload size changed by over 1 % ({first_old['bytes']} -> {first_new['bytes']})")
+    old.close()
+    new.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
