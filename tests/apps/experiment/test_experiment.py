@@ -48,6 +48,18 @@ def test_quick_config_writes_table_and_plots(tmp_path: Path, capsys: pytest.Capt
     assert "[2/2] topk-ef-q4" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("config", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_plans(config: Path) -> None:
+    """A shipped config that no longer parses (a renamed key, a stage or strategy gone) fails here,
+    not half an hour into someone's sweep."""
+    from orbitfl.apps.experiment.sweep import plan
+    from orbitfl.apps.sim.cli import load_toml
+
+    p = plan(load_toml(str(config)), str(config))
+    assert p.runs or p.skipped
+    assert p.baseline is None or any(r.name == p.baseline for r in p.runs) or p.skipped
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "c.toml"
     p.write_text(text)
