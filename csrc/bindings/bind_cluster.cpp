@@ -121,11 +121,14 @@ py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
   return py::make_tuple(labels, sse);
 }
 
-py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::object& bits,
-                          const py::object& max_iter, const py::object& tol, const py::object& alpha) {
-  py::array xa = checked<float>(x, "x");
-  py::array da = checked<float>(d, "d");
-  const int b = int_range(bits, "bits", 1, 8, "in 1..8");
+// The LAQ fit's shared arguments (max_iter, tol, and d the size of x), checked under the GIL.
+struct FitArgs {
+  int max_iter;
+  double tol;
+  std::size_t n;
+};
+
+FitArgs fit_args(const py::array& xa, const py::array& da, const py::object& max_iter, const py::object& tol) {
   const int mi = int_range(max_iter, "max_iter", 0, INT32_MAX, ">= 0");
   const double tl = real_in(tol, "tol");
   if (tl < 0.0) throw py::value_error("tol must be >= 0, got " + std::string(py::str(tol)));
@@ -133,6 +136,15 @@ py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::ob
   if (static_cast<std::size_t>(da.size()) != n) {
     throw py::value_error("d must have the size of x (" + std::to_string(n) + "), got " + std::to_string(da.size()));
   }
+  return {mi, tl, n};
+}
+
+py::tuple laq_quantize_py(const py::object& x, const py::object& d, const py::object& bits,
+                          const py::object& max_iter, const py::object& tol, const py::object& alpha) {
+  py::array xa = checked<float>(x, "x");
+  py::array da = checked<float>(d, "d");
+  const int b = int_range(bits, "bits", 1, 8, "in 1..8");
+  const auto [mi, tl, n] = fit_args(xa, da, max_iter, tol);
   py::array_t<std::uint8_t> packed(static_cast<py::ssize_t>(packed_size(n, b)));
   const float* xp = ptr<float>(xa);
   const float* dp = ptr<float>(da);
@@ -159,13 +171,7 @@ py::tuple laq_errors_py(const py::object& x, const py::object& d, const py::obje
   for (const py::handle& h : py::reinterpret_borrow<py::sequence>(widths)) {
     w.push_back(int_range(h, "widths", 0, 8, "in 0..8"));
   }
-  const int mi = int_range(max_iter, "max_iter", 0, INT32_MAX, ">= 0");
-  const double tl = real_in(tol, "tol");
-  if (tl < 0.0) throw py::value_error("tol must be >= 0, got " + std::string(py::str(tol)));
-  const std::size_t n = static_cast<std::size_t>(xa.size());
-  if (static_cast<std::size_t>(da.size()) != n) {
-    throw py::value_error("d must have the size of x (" + std::to_string(n) + "), got " + std::to_string(da.size()));
-  }
+  const auto [mi, tl, n] = fit_args(xa, da, max_iter, tol);
   py::array_t<double> alphas(static_cast<py::ssize_t>(w.size()));
   py::array_t<double> errors(static_cast<py::ssize_t>(w.size()));
   const float* xp = ptr<float>(xa);

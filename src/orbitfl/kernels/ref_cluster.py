@@ -562,13 +562,8 @@ def _fit(xf: F32, dd: F64, b: int, lev: F64, mi: int, tl: float) -> float:
     return alpha
 
 
-def laq_quantize(
-    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6, alpha: float | None = None
-) -> tuple[U8, float, float]:
-    """Loss-aware quantization (Hou & Kwok): (packed codes, alpha, weighted error). See _core.pyi."""
-    xf = _array("x", x, np.float32)
-    df = _array("d", d, np.float32)
-    b = _laq_bits(bits)
+def _fit_args(xf: F32, df: F32, max_iter: Any, tol: Any) -> tuple[int, float]:
+    """The LAQ fit's shared arguments, checked as the C++ binding checks them."""
     mi = _int("max_iter", max_iter)
     if mi < 0:
         raise ValueError(f"max_iter must be >= 0, got {mi}")
@@ -577,6 +572,17 @@ def laq_quantize(
         raise ValueError(f"tol must be >= 0, got {tl}")
     if df.size != xf.size:
         raise ValueError(f"d must have the size of x ({xf.size}), got {df.size}")
+    return mi, tl
+
+
+def laq_quantize(
+    x: F32, d: F32, bits: int, max_iter: int = 100, tol: float = 1e-6, alpha: float | None = None
+) -> tuple[U8, float, float]:
+    """Loss-aware quantization (Hou & Kwok): (packed codes, alpha, weighted error). See _core.pyi."""
+    xf = _array("x", x, np.float32)
+    df = _array("d", d, np.float32)
+    b = _laq_bits(bits)
+    mi, tl = _fit_args(xf, df, max_iter, tol)
     given = None if alpha is None else _real("alpha", alpha)
     if given is not None and given < 0.0:
         raise ValueError(f"alpha must be >= 0, got {given}")
@@ -616,14 +622,7 @@ def laq_errors(x: F32, d: F32, widths: Any, max_iter: int = 100, tol: float = 1e
         if not 0 <= b <= 8:
             raise ValueError(f"widths must be in 0..8, got {b}")
         ws.append(b)
-    mi = _int("max_iter", max_iter)
-    if mi < 0:
-        raise ValueError(f"max_iter must be >= 0, got {mi}")
-    tl = _real("tol", tol)
-    if tl < 0.0:
-        raise ValueError(f"tol must be >= 0, got {tl}")
-    if df.size != xf.size:
-        raise ValueError(f"d must have the size of x ({xf.size}), got {df.size}")
+    mi, tl = _fit_args(xf, df, max_iter, tol)
     _finite("x", xf)
     _finite("d", df)
     if df.size and not (df > 0).all():
