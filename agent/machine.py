@@ -115,6 +115,9 @@ class AgentConfig:
     # (keeping its outbox) for mismatch_backoff_seconds, doubling up to an hour, then asks again.
     model_fingerprint: str | None = None
     mismatch_backoff_seconds: float = 60.0
+    # After the first full HELLO of a boot, send the short form (its digest); a ground that does
+    # not hold it refuses with not_registered and gets the full one. False: always the full form.
+    short_hello: bool = True
 
     def __post_init__(self) -> None:
         if not self.agent_id or ":" in self.agent_id or len(self.agent_id) > 128:
@@ -153,6 +156,8 @@ class AgentMachine:
         self.bytes_out = 0
         self.quiet_until: float | None = None  # set while the ground and we disagree on the model
         self._quiet_s = config.mismatch_backoff_seconds
+        self._full_hello_sent = False
+        self._short_hello_id: str | None = None  # the last short HELLO, to know its refusal
 
     def _id(self) -> str:
         return f"{self.cfg.agent_id}:b{self._boot}.{next(self._ids)}"
@@ -160,6 +165,7 @@ class AgentMachine:
     def _send(self, msg: Message | bytes, now: float, out: list[Action]) -> None:
         frame = msg if isinstance(msg, bytes) else encode(msg)
         self.bytes_out += len(frame)
+        self.uploader.spent(len(frame))
         self._last_sent = now
         out.append(Send(GROUND, frame))
 
@@ -169,6 +175,7 @@ class AgentMachine:
         out: list[Action] = []
         if isinstance(event, LinkUp):
             self.linked = True
+            self.uploader.link_up(event.budget_bytes)
             if self.quiet_until is None or now >= self.quiet_until:
                 self.quiet_until = None
                 self._hello(now, out)
@@ -190,18 +197,20 @@ class AgentMachine:
         return out
 
     def _hello(self, now: float, out: list[Action]) -> None:
-        self._send(
-            Hello(
-                self._id(),
-                self.cfg.agent_id,
-                self.cfg.software,
-                self.version,
-                {**self.cfg.capabilities, "pending": self.outbox.pending()},
-                self.cfg.model_fingerprint,
-            ),
-            now,
-            out,
+        hello = Hello(
+            self._id(),
+            self.cfg.agent_id,
+            self.cfg.software,
+            self.version,
+            {**self.cfg.capabilities, "pending": self.outbox.pending()},
+            self.cfg.model_fingerprint,
         )
+        if self.cfg.short_hello and self._full_hello_sent:
+            hello = hello.short()
+            self._short_hello_id = hello.id
+        else:
+            self._full_hello_sent = True
+        self._send(hello, now, out)
         self._told, self._told_at = self.version, now
 
     def _heartbeat(self, now: float, out: list[Action]) -> None:
@@ -211,6 +220,7 @@ class AgentMachine:
     def _go_quiet(self, why: str, now: float, out: list[Action]) -> None:
         """Stop asking for work the other side's model makes useless; ask again later."""
         self.quiet_until = now + self._quiet_s
+        self._full_hello_sent = False  # the next HELLO is the full one the ground refused
         out.append(Count("model_mismatch"))
         out.append(
             Log(
@@ -265,7 +275,8 @@ class AgentMachine:
                         out,
                     )
                     raise WireError(err.reason, err.text, msg.transfer) from None
-                self._send(ack, now, out)
+                if ack is not None:
+                    self._send(ack, now, out)
                 if whole is not None:
                     self._on_frame(whole, now, out)
             elif isinstance(msg, ChunkAck):
@@ -445,6 +456,18 @@ class AgentMachine:
         out.append(Log("WARNING", f"ground refused {msg.ref!r}: {msg.reason}: {msg.text}"))
         if msg.reason == Reason.MODEL_MISMATCH.value:
             self._go_quiet(f"the ground refused this agent: {msg.text}", now, out)
+            return
+        if (
+            msg.reason == Reason.NOT_REGISTERED.value
+            and msg.ref is not None
+            and msg.ref == self._short_hello_id
+        ):
+            # The ground does not hold what our short HELLO stands for (it restarted, or it is
+            # another station): tell it in full.
+            self._short_hello_id, self._full_hello_sent = None, False
+            if self.quiet_until is None:
+                self._hello(now, out)
+                self._start_upload(now, out, resume=True)
             return
         if msg.reason in (Reason.UNSYNCED.value, Reason.NOT_ALLOWED.value):
             # A ground-network station not ready for us yet: say HELLO again in a while.

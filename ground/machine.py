@@ -65,6 +65,7 @@ from orbitfl.wire.messages import (
     decode,
     encode,
     encode_around,
+    hello_digest,
     peek_id,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
@@ -204,6 +205,8 @@ class GroundMachine:
         self.admission = Admission(config.guards, self.global_model)
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
+        # agent -> (digest, software, capabilities, fingerprint) of its last full HELLO
+        self._hellos: dict[str, tuple[bytes, str, dict[str, Any], str | None]] = {}
         self.last_report: dict[str, float] = {}  # the strategy's figures of the last round closed
         self._outstanding: dict[str, tuple[str, float]] = {}  # agent -> (task id, issued) unanswered
         self._continue_finished()
@@ -590,6 +593,16 @@ class GroundMachine:
             )
 
     def _on_hello(self, peer: str, msg: Hello, now: float, out: list[Action]) -> None:
+        if msg.digest is not None:
+            said = self._hellos.get(msg.agent_id)
+            if said is None or said[0] != msg.digest:
+                raise WireError(
+                    Reason.NOT_REGISTERED,
+                    f"this ground holds no HELLO of {msg.agent_id!r} with digest {msg.digest.hex()}: "
+                    "send the full HELLO",
+                    msg.id,
+                )
+            msg = msg.expanded(said[1], said[2], said[3])
         registered = self.admission.check_hello(msg, peer, self.cfg.bind_agent_to_peer)
         mine = self.cfg.model_fingerprint
         if mine is not None and msg.model_fingerprint is not None and msg.model_fingerprint != mine:
@@ -606,6 +619,10 @@ class GroundMachine:
         self.peers[peer] = p
         self.store.register_agent(msg.agent_id, peer, msg.software, msg.model_version, msg.capabilities, now)
         self._caps[msg.agent_id] = dict(msg.capabilities)
+        # What the agent's short HELLOs will stand for (kept in memory: after a restart the ground
+        # refuses a short HELLO once, and the agent sends the full one).
+        digest = hello_digest(msg.software, msg.capabilities, msg.model_fingerprint)
+        self._hellos[msg.agent_id] = (digest, msg.software, dict(msg.capabilities), msg.model_fingerprint)
         out.append(Count("hellos"))
         held = "no model" if msg.model_version is None else f"model v{msg.model_version}"
         out.append(Log("INFO", f"{msg.agent_id!r} joined ({msg.software}, holding {held})", f"{peer}:hello"))
@@ -636,7 +653,8 @@ class GroundMachine:
                 self._send(peer, ChunkAck(self._id(), c.transfer, self.reasm.next_offset(peer, c.transfer)))
             )
             raise WireError(err.reason, err.text, c.transfer) from None
-        out.append(self._send(peer, ack))
+        if ack is not None:
+            out.append(self._send(peer, ack))
         if whole is not None:
             self._on_frame(peer, whole, now, out, count=False)  # its bytes were counted as chunks
 

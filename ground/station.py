@@ -408,7 +408,8 @@ class StationMachine:
                 nxt = self.reasm.next_offset("up", msg.transfer)
                 self._send_up([encode(ChunkAck(self._id(), msg.transfer, nxt))], now, out)
                 raise WireError(err.reason, err.text, msg.transfer) from None
-            self._send_up([ack], now, out)
+            if ack is not None:
+                self._send_up([ack], now, out)
             if whole is not None:
                 self._on_message(decode(whole, self.cfg.ground.limits), now, out)
         elif isinstance(msg, ChunkAck):

@@ -1,8 +1,9 @@
 """Chunked, resumable transfers of large frames across contact windows.
 
 A frame larger than the chunk size travels as CHUNK messages (offset, total, sha256 of the whole).
-The receiver keeps what arrived in order and answers each chunk with CHUNK_ACK(next_offset): every
-byte before it is held. The sender keeps a window of unacknowledged chunks; when the link drops it
+The receiver keeps what arrived in order and answers with CHUNK_ACK(next_offset) (every byte before
+it is held) the last chunk of each burst (the sender marks it), the last chunk of the frame, and any
+chunk it could not take in order. The sender keeps a window of unacknowledged chunks; when the link drops it
 keeps its acknowledged offset, and in the next contact starts from there. Any disagreement (the
 receiver restarted and forgot, a gap, a chunk of another version of the transfer) is answered with
 the receiver's next_offset, so the sender always converges on the receiver's view. The whole frame
@@ -85,6 +86,11 @@ class Outbound:
     sent: int = 0
     last_progress: float = 0.0
     sha256: bytes = field(default=b"", repr=False)
+    # Resuming, the receiver may hold more than ``acked`` (chunks that did not ask for an ack, or
+    # whose ack was lost). So the first send is an empty chunk asking where it stands, and nothing
+    # else goes until the answer: one round trip instead of a window of duplicates.
+    probe: bool = False
+    probing: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0 or self.window <= 0:
@@ -93,6 +99,7 @@ class Outbound:
             f = self.frame
             self.sha256 = f.sha256() if isinstance(f, Segments) else hashlib.sha256(f).digest()
         self.sent = max(self.sent, self.acked)
+        self.probe = self.probe or self.acked > 0
 
     @property
     def total(self) -> int:
@@ -103,36 +110,69 @@ class Outbound:
         return self.acked >= self.total
 
     def pause(self) -> None:
-        """The link dropped: whatever was sent but not acknowledged is resent next time."""
+        """The link dropped: whatever was sent but not acknowledged is resent next time, after
+        asking the receiver how much of it arrived."""
+        if self.sent > self.acked or self.probing:
+            self.probe = True
+        self.probing = False
         self.sent = self.acked
 
-    def next_chunks(self, next_id: Callable[[], str], max_bytes: int | None = None) -> list[bytes]:
-        """Frames of the chunks the window allows now (and ``max_bytes`` of data, if given)."""
-        out: list[bytes] = []
+    def next_chunks(
+        self, next_id: Callable[[], str], max_bytes: int | None = None, air_bytes: int | None = None
+    ) -> list[bytes]:
+        """Frames of the chunks the window allows now (and ``max_bytes`` of data, if given). With
+        ``air_bytes`` (what the contact can still carry), only chunks that fit whole go: a chunk
+        cut by the end of the contact would be lost."""
+        air, overhead = air_bytes, 0
+        if air is not None:
+            # A chunk's bytes on the air beyond its data: the header (with an id of 64 chars, more
+            # than the machines' own) and the longest bin length prefix.
+            overhead = len(encode(Chunk("x" * 64, self.transfer, self.total, self.total, self.sha256))) + 5
+        if self.probing:
+            return []  # the probe's answer says where to go on from
+        if self.probe and self.acked < self.total:
+            if air is not None and air < overhead:
+                return []
+            self.probe, self.probing = False, True
+            return [encode(Chunk(next_id(), self.transfer, self.acked, self.total, self.sha256, b""))]
+        pieces: list[tuple[int, int]] = []
         limit = self.acked + self.window * self.chunk_bytes
         budget = max_bytes if max_bytes is not None else self.total
-        while self.sent < self.total and self.sent < limit:
-            end = min(self.sent + self.chunk_bytes, self.total)
-            if end - self.sent > budget:
+        at = self.sent
+        while at < self.total and at < limit:
+            end = min(at + self.chunk_bytes, self.total)
+            if end - at > budget or (air is not None and end - at + overhead > air):
                 break
-            budget -= end - self.sent
-            out.append(
-                encode(
-                    Chunk(
-                        next_id(),
-                        self.transfer,
-                        self.sent,
-                        self.total,
-                        self.sha256,
-                        self.frame[self.sent : end],
-                    )
+            budget -= end - at
+            if air is not None:
+                air -= end - at + overhead
+            pieces.append((at, end))
+            at = end
+        # Only the burst's last chunk asks for a CHUNK_ACK: the sender sends again when an ack
+        # comes (or after its retransmit timeout), so that keeps the transfer moving. A transfer
+        # longer than the window also asks every half window, so that ack arrives while the rest
+        # of the window is in flight and the transfer does not stall once per window.
+        half = max(1, self.window // 2) if self.total > limit else len(pieces)
+        out = [
+            encode(
+                Chunk(
+                    next_id(),
+                    self.transfer,
+                    start,
+                    self.total,
+                    self.sha256,
+                    self.frame[start:end],
+                    ack=i == len(pieces) - 1 or (i + 1) % half == 0,
                 )
             )
-            self.sent = end
+            for i, (start, end) in enumerate(pieces)
+        ]
+        self.sent = at
         return out
 
     def on_ack(self, ack: ChunkAck, now: float) -> None:
         """Move to the receiver's view. An offset behind ours means it lost data: resend from there."""
+        self.probing = False
         off = min(ack.next_offset, self.total)
         if off > self.acked:
             self.last_progress = now
@@ -193,7 +233,8 @@ class Inbound:
 class Reassembler:
     """All inbound transfers of one side, keyed by (peer, transfer id), with size bounds.
 
-    ``accept`` returns the CHUNK_ACK to send and, when a transfer completes and its checksum
+    ``accept`` returns the CHUNK_ACK to send (None: the chunk came in order and did not ask for
+    one) and, when a transfer completes and its checksum
     matches, the whole frame. A checksum mismatch raises WireError(CHECKSUM) and forgets the
     transfer, so a resend starts clean.
     """
@@ -220,7 +261,7 @@ class Reassembler:
 
     def accept(
         self, peer: str, c: Chunk, now: float, next_id: Callable[[], str]
-    ) -> tuple[bytes, bytes | None]:
+    ) -> tuple[bytes | None, bytes | None]:
         key = (peer, c.transfer)
         if c.total > self.max_total_bytes:
             raise WireError(
@@ -240,7 +281,8 @@ class Reassembler:
             self.transfers[key] = t
             self._held += t.size
         t.last_seen = now
-        if c.offset <= t.next_offset < c.offset + len(c.data):
+        in_order = c.offset <= t.next_offset < c.offset + len(c.data)
+        if in_order:
             piece = c.data[t.next_offset - c.offset :]
             if self._held + len(piece) > self.max_held_bytes:
                 raise WireError(
@@ -248,10 +290,12 @@ class Reassembler:
                 )
             t.append(piece)
             self._held += len(piece)
-        # else: a duplicate (already held) or a gap (ahead of us); either way answer where we are.
-        ack = encode(ChunkAck(next_id(), c.transfer, t.next_offset))
         if t.next_offset < t.total:
-            return ack, None
+            if in_order and not c.ack:
+                return None, None  # the burst's last chunk asks for the ack
+            # Asked for, or a duplicate (already held) or a gap (ahead of us): answer where we are.
+            return encode(ChunkAck(next_id(), c.transfer, t.next_offset)), None
+        ack = encode(ChunkAck(next_id(), c.transfer, t.next_offset))
         frame = t.read()
         self._forget(key)
         if hashlib.sha256(frame).digest() != t.sha256:

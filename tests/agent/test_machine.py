@@ -321,9 +321,14 @@ def test_model_download_cut_mid_transfer_resumes_in_next_contact(tmp_path: Path)
     p.cut(2.0)
     p.agent(p.a.handle(LinkUp(), 4000.0))
     p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 4000.0))  # HELLO again
+    # The ground first asks where the agent stands (an empty chunk), then resumes exactly there.
+    (probe,) = [decode(f) for f in p.to_agent]
+    assert isinstance(probe, Chunk) and probe.transfer == first[0].transfer and probe.data == b""
+    p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), 4000.0))
+    p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 4000.0))  # its CHUNK_ACK
     resumed = [decode(f) for f in p.to_agent]
     assert resumed and all(isinstance(c, Chunk) and c.transfer == first[0].transfer for c in resumed)
-    assert min(c.offset for c in resumed) == held  # the ground resumes exactly where the agent stands
+    assert min(c.offset for c in resumed) == held
     p.pump(4000.0)
     assert p.a.version == 0 and p.trainings
     for k, v in p.g.global_model.items():
@@ -429,3 +434,111 @@ def test_an_offer_for_another_model_layout_gets_the_full_form(tmp_path: Path) ->
     assert u.payload["codec"] == "pipeline"
     p.pump()
     assert p.g.version == 1  # the full form was accepted
+
+
+def test_agent_says_hello_in_full_once_then_short_and_in_full_to_a_ground_that_forgot(
+    tmp_path: Path,
+) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    first = p.uplink_frames[0]
+    assert isinstance(first, Hello) and first.digest is None and first.software
+    p.pump()
+    p.train(0.5)
+    p.pump()
+    p.cut(10.0)
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(LinkUp(), 5000.0))
+    second = p.uplink_frames[0]
+    assert isinstance(second, Hello) and second.digest is not None and not second.software
+    assert len(encode(second)) < len(encode(first))
+    p.pump(5000.0)
+    assert not [f for f in p.uplink_frames if isinstance(f, Hello) and f.digest is None]
+    assert p.g.peers["a1"].online and not p.a.refused
+    # A restarted ground holds no digest: it refuses the short HELLO once and gets the full one.
+    p.cut(5010.0)
+    p.restart_ground()
+    p.uplink_frames.clear()
+    p.agent(p.a.handle(LinkUp(), 9000.0))
+    p.pump(9000.0)
+    hellos = [f for f in p.uplink_frames if isinstance(f, Hello)]
+    assert [h.digest is None for h in hellos] == [False, True]
+    assert p.g.peers["a1"].online
+
+
+def test_a_downlink_transfer_is_acked_per_half_window_not_per_chunk(tmp_path: Path) -> None:
+    from orbitfl.wire import ChunkAck
+
+    rng = np.random.default_rng(9)
+    p = Pair(tmp_path, min_updates=1)
+    p.g.global_model = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in MODEL.items()}
+    p.g.store.save_model(0, p.g.global_model, 0.0)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    downlink: list[Any] = []
+    while p.to_ground or p.to_agent:
+        if p.to_ground:
+            p.ground(p.g.handle(MessageReceived("a1", p.to_ground.pop(0)), 0.0))
+        if p.to_agent:
+            downlink.append(decode(p.to_agent[0]))
+            p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), 0.0))
+    chunks_in = sum(isinstance(f, Chunk) for f in downlink)
+    acks = [f for f in p.uplink_frames if isinstance(f, ChunkAck)]
+    half = max(1, p.gcfg.window // 2)
+    assert p.a.version == 0 and p.trainings  # the whole model arrived, bit for bit
+    for k, v in p.g.global_model.items():
+        assert p.a.weights[k].tobytes() == v.tobytes()
+    assert chunks_in >= 5
+    assert 1 <= len(acks) <= -(-chunks_in // half) + 1 < chunks_in
+    if chunks_in <= p.gcfg.window:
+        assert len(acks) == 1  # it fit in the window: acked once, at its end
+
+
+def test_an_agent_told_its_pass_budget_sends_only_what_fits_and_finishes_next_pass(
+    tmp_path: Path,
+) -> None:
+    p = Pair(tmp_path)
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.train(1.0)  # an ~80 kB update: chunked
+    p.cut(10.0)
+    budget = 3 * CHUNK + 2000
+    p.uplink_frames.clear()
+    p.to_ground.clear()
+    sizes: list[int] = []
+    acts = p.a.handle(LinkUp(budget), 100.0)
+    p.agent(acts)
+    while p.to_ground or p.to_agent:
+        if p.to_ground:
+            f = p.to_ground.pop(0)
+            sizes.append(len(f))
+            p.ground(p.g.handle(MessageReceived("a1", f), 100.0))
+        if p.to_agent:
+            p.agent(p.a.handle(MessageReceived(GROUND, p.to_agent.pop(0)), 100.0))
+    assert sum(sizes) <= budget  # nothing beyond what the pass can carry
+    assert p.a.outbox.pending() == 1 and p.g.strategy.updates == 0
+    assert sum(isinstance(f, Chunk) and len(f.data) > 0 for f in p.uplink_frames) >= 2
+    p.cut(200.0)
+    p.agent(p.a.handle(LinkUp(), 5000.0))  # a pass of unknown size: the rest goes
+    p.pump(5000.0)
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1
+
+
+def test_a_whole_update_waits_for_a_pass_it_fits(tmp_path: Path) -> None:
+    p = Pair(tmp_path, chunk_bytes=1 << 20)
+    p.acfg.chunk_bytes = 1 << 20  # the ~80 kB update goes whole
+    p.agent(p.a.handle(LinkUp(), 0.0))
+    p.pump()
+    p.cut(1.0)
+    p.agent(p.a.handle(LinkUp(200_000), 50.0))
+    p.pump(50.0)
+    p.a.uploader.budget = 50_000  # near the end of the pass: 50 kB of 200 kB left
+    p.uplink_frames.clear()
+    p.train(1.0, now=60.0)
+    p.agent(p.a.handle(Tick(), 200.0))  # long past the retransmit time: still not sent
+    assert p.a.outbox.pending() == 1
+    assert not [f for f in p.uplink_frames if isinstance(f, Update)]
+    p.cut(100.0)
+    p.agent(p.a.handle(LinkUp(200_000), 5000.0))
+    p.pump(5000.0)
+    assert [f for f in p.uplink_frames if isinstance(f, Update)]
+    assert p.a.outbox.pending() == 0 and p.g.strategy.updates == 1

@@ -452,3 +452,44 @@ def test_compact_updates_that_disagree_with_the_task_or_model_are_refused(kit: A
     (n,) = kit.nacks(g.rx("a1", encode(msg)))
     assert n.reason in (Reason.BAD_SHAPE.value, Reason.BAD_PAYLOAD.value), n
     assert g.m.strategy.updates == 0
+
+
+def test_short_hello_stands_for_the_full_one_the_ground_took(kit: Any) -> None:
+    from orbitfl.wire import Hello
+
+    full = Hello("a1:h1", "a1", "orbitfl/9", None, {"max_samples": 40, "pending": 0}, "0123abcd")
+    g = kit.ground(min_updates=1)
+    assert [m for m in kit.sent(g.rx("a1", encode(full))) if isinstance(m, Task)]
+    short = Hello("a1:h2", "a1", "orbitfl/9", None, {"max_samples": 40, "pending": 3}, "0123abcd").short()
+    assert len(encode(short)) < len(encode(full)) // 2
+    (t,) = [m for m in kit.sent(g.rx("a1", encode(short))) if isinstance(m, Task)]
+    assert t.task_id == "r1/a1"  # the same task again: the short HELLO registered the agent
+    assert g.m._caps["a1"] == {"max_samples": 40, "pending": 3}
+    # the registered sample cap came back with it: 41 samples are refused
+    (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1, samples=41)))
+    assert n.reason == Reason.SCHEMA.value and "samples" in n.text
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["never seen", "capabilities changed", "restarted"],
+)
+def test_short_hello_the_ground_cannot_expand_is_refused_not_registered(kit: Any, why: str) -> None:
+    from orbitfl.wire import Hello
+
+    full = Hello("a1:h1", "a1", "orbitfl/9", None, {"max_samples": 40}, None)
+    g = kit.ground(min_updates=1)
+    short = full.short()
+    if why == "capabilities changed":
+        g.rx("a1", encode(full))
+        short = Hello("a1:h2", "a1", "orbitfl/9", None, {"max_samples": 41}, None).short()
+    elif why == "restarted":
+        g.rx("a1", encode(full))
+        g.reopen()
+    acts = g.rx("a1", encode(short))
+    (n,) = kit.nacks(acts)
+    assert n.reason == Reason.NOT_REGISTERED.value and n.ref == short.id and "full HELLO" in n.text
+    assert not [m for m in kit.sent(acts) if isinstance(m, Task)]
+    if why == "never seen":
+        (n,) = kit.nacks(g.rx("a1", kit.update_frame("a1", 1)))
+        assert n.reason == Reason.NOT_REGISTERED.value

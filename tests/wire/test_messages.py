@@ -43,6 +43,8 @@ def all_messages() -> list[Message]:
     return [
         Hello("a1:1", "a1", "orbitfl/0.1", 3, {"trainer": "ort", "pending": 2}),
         Hello("a1:2", "a1", "orbitfl/0.1", None, {}),
+        Hello("a1:3", "a1", "orbitfl/0.1", 3, {"trainer": "ort", "pending": 2}, "0123abcd").short(),
+        Hello("a1:4", "a1", "orbitfl/0.1", None, {}).short(),
         Task("ground:t1", "r1/a1", 1, 2, "fp32", {"experts": [0, 2]}, 120.5, blob),
         Task("ground:t2", "r1/a1", 1, 2, "topk", {}, None, None),
         Update("a1:7", "r1/a1", 1, 2, 64, {"loss": 0.25, "acc": 0.9}, payload),
@@ -53,6 +55,7 @@ def all_messages() -> list[Message]:
         Heartbeat("a1:b1.9", 3, 1),
         Bye("a1:b1.10", "shutdown"),
         Chunk("a1:b1.11", "a1:7", 10, 100, SHA, b"x" * 20),
+        Chunk("a1:b1.12", "a1:7", 30, 100, SHA, b"x" * 20, ack=False),
         ChunkAck("ground:b1.4", "a1:7", 30),
     ]
 
@@ -166,6 +169,29 @@ def refused(frame: bytes, limits: Limits | None = None) -> WireError:
             ),
             Reason.SCHEMA,
         ),
+        (frame_of({"v": 1, "type": "HELLO", "id": "a:1", "digest": b"\x00" * 7}), Reason.SCHEMA),
+        (frame_of({"v": 1, "type": "HELLO", "id": "a:1", "digest": "0" * 8}), Reason.SCHEMA),
+        (frame_of({"v": 1, "type": "HELLO", "id": "a1", "digest": b"\x00" * 8}), Reason.BAD_ID),
+        (
+            frame_of({"v": 1, "type": "HELLO", "id": "a:1", "digest": b"\x00" * 8, "pending": -1}),
+            Reason.SCHEMA,
+        ),
+        (
+            frame_of(
+                {
+                    "v": 1,
+                    "type": "CHUNK",
+                    "id": "a:1",
+                    "transfer": "t",
+                    "offset": 0,
+                    "total": 100,
+                    "sha256": SHA,
+                    "data": b"x" * 20,
+                    "ack": 0,
+                }
+            ),
+            Reason.SCHEMA,
+        ),
         (frame_of({1: 2}), Reason.MALFORMED),  # non-string map key
     ],
 )
@@ -249,3 +275,23 @@ def test_unknown_payload_codec_is_refused() -> None:
 def test_unsendable_dtype_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         tensor_to_wire(np.array(["a"], dtype=object))
+
+
+def test_a_short_hello_names_its_agent_by_its_id_and_its_settings_by_a_digest() -> None:
+    from orbitfl.wire.messages import hello_digest
+
+    full = Hello("sat3:b1.7", "sat3", "orbitfl/0.1", 4, {"max_samples": 9, "pending": 2}, "0123abcd")
+    short = decode_as(encode(full.short()), Hello)
+    assert short.agent_id == "sat3" and short.model_version == 4
+    assert short.capabilities == {"pending": 2} and short.software == ""
+    assert set(msgpack.unpackb(encode(short))) == {"v", "type", "id", "model_version", "digest", "pending"}
+    assert short.expanded("orbitfl/0.1", {"max_samples": 9, "pending": 0}, "0123abcd") == full
+    # pending changes every pass and map order is not meaning: neither moves the digest
+    assert short.digest == hello_digest("orbitfl/0.1", {"pending": 5, "max_samples": 9}, "0123abcd")
+    for other in (
+        ("orbitfl/0.2", {"max_samples": 9}, "0123abcd"),
+        ("orbitfl/0.1", {"max_samples": 10}, "0123abcd"),
+        ("orbitfl/0.1", {"max_samples": 9}, "0123abce"),
+        ("orbitfl/0.1", {"max_samples": 9}, None),
+    ):
+        assert hello_digest(*other) != short.digest

@@ -43,7 +43,8 @@ def test_transfer_cut_between_contacts_resumes_where_it_stopped() -> None:
             assert c.offset >= 2000
             sent_bytes += len(c.data)
             ack, whole = rx.accept("a", c, 1.0, next_id)
-            ob.on_ack(decode_as(ack, ChunkAck), 1.0)
+            if ack is not None:
+                ob.on_ack(decode_as(ack, ChunkAck), 1.0)
             if whole is not None:
                 done = whole
     assert done == frame
@@ -175,7 +176,7 @@ def test_lossy_reordering_link_with_contact_cuts_always_delivers_the_exact_frame
             if rnd.random() < loss:
                 continue
             ack, whole = rx.accept("a", decode_as(f, Chunk), float(step), next_id)
-            if rnd.random() >= loss:
+            if ack is not None and rnd.random() >= loss:
                 ob.on_ack(decode_as(ack, ChunkAck), float(step))
             got = whole or got
     assert got == frame
@@ -201,3 +202,92 @@ def test_spooled_transfer_survives_a_new_reassembler(tmp_path: Path) -> None:
             got = w or got
     assert got == frame
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_the_burst_end_and_each_half_window_of_a_long_transfer_ask_for_an_ack() -> None:
+    frame = os.urandom(20_500)
+    ob = Outbound("a:9", frame, chunk_bytes=1000, window=8)
+    rx = Reassembler(max_total_bytes=1 << 20)
+    asked: list[bool] = []
+    acks = 0
+    got = None
+    while got is None:
+        burst = [decode_as(f, Chunk) for f in ob.next_chunks(next_id)]
+        assert burst, "sender stalled"
+        for c in burst:
+            asked.append(c.ack)
+            ack, whole = rx.accept("a", c, 0.0, next_id)
+            assert (ack is not None) == (c.ack or whole is not None)
+            if ack is not None:
+                acks += 1
+                ob.on_ack(decode_as(ack, ChunkAck), 0.0)
+            got = whole or got
+    assert got == frame and ob.done
+    assert len(asked) == 21 and acks <= 21 // 4 + 2
+    assert asked[3] and asked[7] and not any(asked[:3]) and asked[-1]
+    # A transfer that fits in the window is acked once, at its end.
+    short = Outbound("a:14", os.urandom(6000), chunk_bytes=1000, window=8)
+    assert [decode_as(f, Chunk).ack for f in short.next_chunks(next_id)] == [False] * 5 + [True]
+    # A chunk from an older sender (no "ack" key: asks for one) is answered every time.
+    old = Outbound("a:10", frame, chunk_bytes=1000, window=8)
+    for f in old.next_chunks(next_id)[:3]:
+        c = decode_as(f, Chunk)
+        c = Chunk(c.id, c.transfer, c.offset, c.total, c.sha256, c.data)
+        ack, _ = rx.accept("b", c, 0.0, next_id)
+        assert ack is not None and decode_as(ack, ChunkAck).next_offset == c.offset + len(c.data)
+
+
+def test_a_chunk_that_does_not_ask_is_still_answered_when_it_is_out_of_order() -> None:
+    frame = os.urandom(6000)
+    ob = Outbound("a:11", frame, chunk_bytes=1000, window=8)
+    chunks = [decode_as(f, Chunk) for f in ob.next_chunks(next_id)]
+    assert not chunks[1].ack and not chunks[2].ack
+    rx = Reassembler(max_total_bytes=1 << 20)
+    assert rx.accept("a", chunks[0], 0.0, next_id)[0] is None
+    ack, _ = rx.accept("a", chunks[2], 0.0, next_id)  # a gap: where to resend from
+    assert ack is not None and decode_as(ack, ChunkAck).next_offset == 1000
+    assert rx.accept("a", chunks[1], 0.0, next_id)[0] is None
+    ack, _ = rx.accept("a", chunks[1], 0.0, next_id)  # a duplicate
+    assert ack is not None and decode_as(ack, ChunkAck).next_offset == 2000
+
+
+def test_a_resumed_transfer_asks_first_and_resends_nothing_the_receiver_holds() -> None:
+    frame = os.urandom(10_000)
+    ob = Outbound("a:12", frame, chunk_bytes=1000, window=8)
+    rx = Reassembler(max_total_bytes=1 << 20)
+    burst = [decode_as(f, Chunk) for f in ob.next_chunks(next_id)]
+    for c in burst[:3]:  # three arrive, none of them asked for an ack, then the contact ends
+        assert rx.accept("a", c, 0.0, next_id) == (None, None)
+    ob.pause()
+    assert ob.acked == 0
+    (probe,) = [decode_as(f, Chunk) for f in ob.next_chunks(next_id)]
+    assert probe.data == b"" and probe.ack and probe.offset == 0
+    assert ob.next_chunks(next_id) == []  # nothing more until the answer
+    ack, _ = rx.accept("a", probe, 1.0, next_id)
+    assert ack is not None
+    ob.on_ack(decode_as(ack, ChunkAck), 1.0)
+    sent, got = 0, None
+    while got is None:
+        for f in ob.next_chunks(next_id):
+            c = decode_as(f, Chunk)
+            sent += len(c.data)
+            ack, got = rx.accept("a", c, 1.0, next_id)
+            if ack is not None:
+                ob.on_ack(decode_as(ack, ChunkAck), 1.0)
+    assert got == frame and sent == 7000
+    # A lost probe is asked again after the retransmit timeout (the machines call pause then).
+    ob2 = Outbound("a:13", frame, chunk_bytes=1000, window=8, acked=4000)
+    (p1,) = ob2.next_chunks(next_id)
+    ob2.pause()
+    (p2,) = ob2.next_chunks(next_id)
+    assert decode_as(p1, Chunk).data == decode_as(p2, Chunk).data == b""
+
+
+def test_with_an_air_budget_only_chunks_that_fit_whole_are_sent() -> None:
+    frame = os.urandom(10_000)
+    ob = Outbound("a:15", frame, chunk_bytes=1000, window=8)
+    out = ob.next_chunks(next_id, air_bytes=3500)
+    assert 1 <= len(out) <= 3 and sum(len(f) for f in out) <= 3500
+    assert decode_as(out[-1], Chunk).ack  # the burst's end asks, as always
+    assert ob.next_chunks(next_id, air_bytes=50) == []  # not even the header fits
+    assert ob.sent == 1000 * len(out)

@@ -231,7 +231,8 @@ class Fleet:
                     ChunkAck(sim.next_id(), msg.transfer, self.reasm.next_offset(sim.name, msg.transfer))
                 )
                 whole = None
-            self._send(sim, ack)
+            if ack is not None:
+                self._send(sim, ack)
             if whole is not None:
                 self._on_frame(sim, whole, now)
         elif isinstance(msg, ChunkAck):

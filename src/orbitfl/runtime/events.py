@@ -44,7 +44,14 @@ class PeerSilent:
 
 @dataclass(frozen=True)
 class LinkUp:
-    """Agent: a contact window opened (the link is connected)."""
+    """Agent: a contact window opened (the link is connected).
+
+    ``budget_bytes``: what this contact can carry up, when the platform knows it (a predicted pass
+    times the radio's rate; the simulator knows it exactly). The agent then sends only what fits
+    whole (chunks of an upload, a whole update) and keeps the rest for the next contact, so no frame
+    is cut by the end of the window. None: unknown, send as the window and acks allow."""
+
+    budget_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,21 @@ class Uploader:
         self.upload_id: str | None = None  # the head being sent (whole or chunked)
         self.sent_at: float | None = None  # when it was last sent or made progress
         self._saved_offset = 0  # the upload's confirmed offset as last stored in the outbox
+        # What the contact can still carry (None: unknown), kept by the caller: ``link_up`` sets
+        # it and ``spent`` counts every frame sent, whoever built it.
+        self.budget: int | None = None
+        self._contact: int | None = None
+
+    def link_up(self, budget: int | None) -> None:
+        self.budget = self._contact = budget
+
+    def spent(self, n: int) -> None:
+        if self.budget is not None:
+            self.budget -= n
+
+    def _chunks(self) -> list[bytes]:
+        assert self.upload is not None
+        return self.upload.next_chunks(self._next_id, air_bytes=self.budget)
 
     def start(self, now: float) -> list[bytes]:
         """Frames that send (or resume sending) the outbox head; none when it is empty."""
@@ -52,6 +67,11 @@ class Uploader:
         self.sent_at = now
         if len(head.frame) <= self.sizes.chunk_bytes:
             self.upload, self.upload_id = None, head.update_id
+            n, left, contact = len(head.frame), self.budget, self._contact
+            if left is not None and contact is not None and left < n <= contact:
+                # It would be cut by this contact's end, and fits a contact like this one: wait.
+                self.sent_at = None
+                return []
             return [head.frame]
         self.upload_id = head.update_id
         if self.upload is None or self.upload.transfer != head.update_id:
@@ -62,7 +82,7 @@ class Uploader:
             # Every byte was confirmed but no ACK came (the receiver may have restarted before
             # ingesting): send the last chunk again; the receiver answers with where it really is.
             self.upload.sent = max(0, self.upload.total - self.sizes.chunk_bytes)
-        return self.upload.next_chunks(self._next_id)
+        return self._chunks()
 
     def pause(self) -> None:
         """The link went down: keep the confirmed offset (durably) and resend the rest later."""
@@ -82,7 +102,7 @@ class Uploader:
         if self.upload.acked - self._saved_offset >= OFFSET_SAVE_BYTES or self.upload.done:
             self.save_offset()
         self.sent_at = now
-        return self.upload.next_chunks(self._next_id) if linked else []
+        return self._chunks() if linked else []
 
     def on_ack(self, ref: str, now: float, linked: bool) -> tuple[bool, list[bytes]]:
         """The receiver holds ``ref`` durably: forget it and go on with the next. Returns whether

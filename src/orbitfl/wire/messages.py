@@ -8,6 +8,7 @@ and checks every field's type. docs/protocol.md describes each message and field
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -97,8 +98,8 @@ def _float(d: Mapping[str, Any], key: str, kind: str, *, optional: bool = False)
     return float(v)
 
 
-def _bool(d: Mapping[str, Any], key: str, kind: str) -> bool:
-    v = d.get(key, False)
+def _bool(d: Mapping[str, Any], key: str, kind: str, *, default: bool = False) -> bool:
+    v = d.get(key, default)
     if not isinstance(v, bool):
         raise WireError(Reason.SCHEMA, f"{kind}.{key}: expected a boolean", _ref(d))
     return v
@@ -194,9 +195,35 @@ class Message:
         raise NotImplementedError
 
 
+HELLO_DIGEST_BYTES = 8
+
+
+def _canonical(v: Any) -> Any:
+    """``v`` with every map's keys in sorted order, so equal maps pack to equal bytes."""
+    if isinstance(v, Mapping):
+        return {k: _canonical(v[k]) for k in sorted(v)}
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    return v
+
+
+def hello_digest(software: str, capabilities: Mapping[str, Any], fingerprint: str | None) -> bytes:
+    """What a short HELLO stands for: the first 8 bytes of SHA-256 over the full HELLO's
+    ``software``, ``capabilities`` (but ``pending``, which changes every pass) and
+    ``model_fingerprint``, keys sorted. Equal on every node for the same agent settings."""
+    caps = {k: v for k, v in capabilities.items() if k != "pending"}
+    blob = msgpack.packb([software, _canonical(caps), fingerprint], use_bin_type=True)
+    return hashlib.sha256(b"orbitfl-hello/1\n" + blob).digest()[:HELLO_DIGEST_BYTES]
+
+
 @dataclass(frozen=True)
 class Hello(Message):
-    """Agent -> ground on every link up: who I am and which model version I hold."""
+    """Agent -> ground on every link up: who I am and which model version I hold.
+
+    The short form (``digest`` set) stands for a full HELLO the ground already took: it carries
+    only ``model_version``, ``pending`` and the digest of the rest (``hello_digest``); the agent
+    name is the sender part of ``id``. An agent says HELLO on every pass, so the full form's
+    software string, capabilities and fingerprint would otherwise ride on every contact."""
 
     TYPE: ClassVar[str] = "HELLO"
     agent_id: str = ""
@@ -205,8 +232,14 @@ class Hello(Message):
     capabilities: dict[str, Any] = field(default_factory=dict)
     # The model the agent trains (None: not known, e.g. an older agent); see TASK.model_fingerprint.
     model_fingerprint: str | None = None
+    digest: bytes | None = None  # set: the short form; the ground looks the rest up by it
 
     def fields(self) -> dict[str, Any]:
+        if self.digest is not None:
+            out: dict[str, Any] = {"model_version": self.model_version, "digest": self.digest}
+            if "pending" in self.capabilities:
+                out["pending"] = self.capabilities["pending"]
+            return out
         out = {
             "agent_id": self.agent_id,
             "software": self.software,
@@ -217,9 +250,35 @@ class Hello(Message):
             out["model_fingerprint"] = self.model_fingerprint
         return out
 
+    def short(self) -> Hello:
+        """This HELLO in the short form."""
+        digest = hello_digest(self.software, self.capabilities, self.model_fingerprint)
+        pending = {"pending": self.capabilities["pending"]} if "pending" in self.capabilities else {}
+        return Hello(self.id, self.agent_id, "", self.model_version, pending, None, digest)
+
+    def expanded(self, software: str, capabilities: Mapping[str, Any], fingerprint: str | None) -> Hello:
+        """The full HELLO a short one stands for, given what its full form said before."""
+        caps = {k: v for k, v in capabilities.items() if k != "pending"}
+        caps.update(self.capabilities)  # this pass's ``pending``
+        return Hello(self.id, self.agent_id, software, self.model_version, caps, fingerprint)
+
     @classmethod
     def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Hello:
         k = cls.TYPE
+        if "digest" in d:
+            agent = mid.rpartition(":")[0]
+            if not agent or ":" in agent:
+                raise WireError(Reason.BAD_ID, f"HELLO id {mid!r}: the sender part names no agent", mid)
+            pending = _int(d, "pending", k, optional=True)
+            return cls(
+                mid,
+                agent,
+                "",
+                _int(d, "model_version", k, optional=True),
+                {} if pending is None else {"pending": pending},
+                None,
+                _bytes(d, "digest", k, size=HELLO_DIGEST_BYTES),
+            )
         agent = _str(d, "agent_id", k, max_len=128)
         if not agent or ":" in agent:
             raise WireError(Reason.SCHEMA, "HELLO.agent_id: must be non-empty and contain no ':'", mid)
@@ -520,15 +579,22 @@ class Chunk(Message):
     total: int = 0
     sha256: bytes = b""
     data: bytes = b""
+    # False: the receiver need not answer this chunk when it takes it in order. The sender asks
+    # (True, or the key absent, as older senders send it) on the last chunk of every burst, so the
+    # ack clock keeps running at one CHUNK_ACK per burst instead of one per chunk.
+    ack: bool = True
 
     def fields(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "transfer": self.transfer,
             "offset": self.offset,
             "total": self.total,
             "sha256": self.sha256,
             "data": self.data,
         }
+        if not self.ack:
+            out["ack"] = False
+        return out
 
     @classmethod
     def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Chunk:
@@ -540,6 +606,7 @@ class Chunk(Message):
             _int(d, "total", k, minimum=1),
             _bytes(d, "sha256", k, size=32),
             _bytes(d, "data", k),
+            _bool(d, "ack", k, default=True),
         )
         if c.offset + len(c.data) > c.total:
             raise WireError(

@@ -61,6 +61,8 @@ def test_a_payload_larger_than_a_window_completes_over_several_and_counts_once(t
     assert [r.updates for r in res.rounds] == [2, 2]
     # bytes on the air cover each update at least once, and not wildly more (resume, not restart)
     assert 4 * update_frame <= res.uplink_update_bytes < 4 * update_frame * 1.6
+    # the agents were told each pass's budget, so nothing they sent was cut by a window's end
+    assert res.uplink_frames_lost == 0
 
 
 def test_duplicated_frames_are_counted_once_by_the_real_ground(tmp_path: Path) -> None:

@@ -256,6 +256,7 @@ class SimResult:
     backhaul_up_bytes: int = 0
     backhaul_down_bytes: int = 0
     backhaul_frames_lost: int = 0
+    uplink_frames_lost: int = 0  # satellite -> ground frames cut by a window's end
     station_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     audit: dict[str, float] = field(default_factory=dict)  # StationNetwork.audit at the end
     # uplink air bytes by frame type (UPDATE, CHUNK, HELLO, HEARTBEAT, ...): sums to uplink_bytes
@@ -528,6 +529,7 @@ class Simulation:
         self.up_update = self.up_all = self.down_all = self.f32 = 0
         self.accepted = 0
         self.lost = self.duplicated = 0
+        self.lost_up = 0  # of them, frames a satellite sent that the window's end cut
         self.up_by_type: dict[str, int] = {}  # uplink air bytes per frame type (the control itemised)
         self._by_sat = {n: [w for w in self.windows if w.satellite == n] for n in self.names}
         self.stats: dict[str, dict[str, int]] = {n: {"windows": 0, "trainings": 0} for n in self.names}
@@ -607,6 +609,7 @@ class Simulation:
             accepted_updates=self.accepted,
             duplicates_seen=self.ground.duplicates,
             frames_lost=self.lost,
+            uplink_frames_lost=self.lost_up,
             frames_duplicated=self.duplicated,
             uplink_update_bytes=self.up_update,
             uplink_bytes=self.up_all,
@@ -638,7 +641,11 @@ class Simulation:
         self.links[w.satellite] = _Link(w, self._serial, w.start, w.start)
         self.stats[w.satellite]["windows"] += 1
         self._push(w.end, "close", (w.satellite, self._serial))
-        self._agent(w.satellite, LinkUp())
+        # The pass is known (the constellation's own prediction), so the agent is told what it
+        # can carry up: every byte that fits arrives before the window closes.
+        rate = w.rate_bps * self.cfg.link_share / 8.0
+        budget = max(0, int((w.end - w.start - self.cfg.latency_s) * rate))
+        self._agent(w.satellite, LinkUp(budget))
 
     def _on_close(self, data: tuple[str, int]) -> None:
         sat, serial = data
@@ -777,6 +784,7 @@ class Simulation:
         self._count(frame, sent, up=up)
         if arrive + self.cfg.latency_s > ln.window.end:
             self.lost += 1
+            self.lost_up += up
             return
         kind = "up" if up else "down"
         self._push(arrive + self.cfg.latency_s, kind, (sat, ln.serial, frame))
