@@ -344,7 +344,22 @@ def test_form_2_keeps_a_k_the_receiver_cannot_recompute() -> None:
     d = _form2(recipe, t)
     fc = d["t"][LAYOUT.names.index("fc.weight")]
     assert len(fc) == 4 and fc[0] == math.ceil(0.25 * t["fc.weight"].size)  # k, ib, scale, data
-    _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), decode_payload(full, SHAPES))
+    assert len(fc[-1]) == 1  # the index and sign arrays in one bin
+    want = decode_payload(full, SHAPES)
+    _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
+    # The arrays as separate bins (as form 1 sends them) are read in form 2 too.
+    i = LAYOUT.names.index("fc.weight")
+    e = d["t"][i]
+    sep = full["body"]["tensors"]["fc.weight"]["data"]
+    d["t"][i] = [*e[:-1], sep]
+    _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
+    # One bin that the metadata does not add up to: refused before any kernel runs.
+    d["t"][i] = [*e[:-1], [e[-1][0][:-1]]]
+    err = _refusal(d, recipes(recipe))
+    assert err.reason == Reason.BAD_PAYLOAD and "bytes of arrays, the metadata says" in err.text, err
+    d["t"][i] = [e[0], e[1], "x", e[-1]]
+    err = _refusal(d, recipes(recipe))
+    assert err.reason == Reason.BAD_PAYLOAD and "fc.weight" in err.text, err
 
 
 def test_floats_that_are_float32_travel_as_msgpack_float32_and_read_back_exactly() -> None:
@@ -379,11 +394,16 @@ def _refusal2(d: dict[str, Any], recipe: str) -> WireError:
         ("topk:0.1+ef | sign", lambda d: d.update(f=3), Reason.SCHEMA, "compact form 3"),
         ("topk:0.1+ef | sign", lambda d: d.update(f="2"), Reason.SCHEMA, "compact form '2'"),
         ("topk:0.1+ef | sign", lambda d: d.update(f=True), Reason.SCHEMA, "compact form True"),
+        ("topk:0.1+ef | sign", lambda d: d.update(id=d["id"][:8]), Reason.SCHEMA, "needs 'id', 16 bytes"),
+        ("topk:0.1+ef | sign", lambda d: d.pop("id"), Reason.SCHEMA, "needs 'id', 16 bytes"),
+        ("topk:0.1+ef | sign", lambda d: d.update(rid=d["id"][:8]), Reason.SCHEMA, "no 'rid' or 'lid'"),
+        ("topk:0.1+ef | sign", lambda d: d.update(id=d["id"][:8] + bytes(8)), Reason.BAD_SHAPE, "laid out"),
+        ("topk:0.1+ef | sign", lambda d: d.update(id=bytes(8) + LAYOUT.id), Reason.BAD_PAYLOAD, "no recipe"),
         # fc.weight, short ([scale, data]): one value too many, or none
         ("topk:0.1+ef | sign", lambda d: d["t"][3].insert(0, 5), Reason.SCHEMA, "or 1 with k and ib"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3].pop(0), Reason.SCHEMA, "expected 3 metadata"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(1, []), Reason.BAD_PAYLOAD, "recomputed"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].pop(), Reason.BAD_PAYLOAD, "list of 2 byte strings"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].pop(), Reason.BAD_PAYLOAD, "is missing"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3][1].__setitem__(0, b"\x01"), Reason.BAD_PAYLOAD, "ib"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3][1].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),

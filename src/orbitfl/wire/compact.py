@@ -8,6 +8,7 @@ receiver holds the model and the recipe it asked for, so the compact form sends 
     {"codec": "compact",
      "rid": bin(8),      # recipe_id(recipe): which recipe encoded it
      "lid": bin(8),      # Layout.id: which tensor layout (names, shapes, dtypes) it is laid out for
+                         # (form 2: one "id": bin(16), rid then lid)
      "mask": bin,        # optional: bit i set when the layout's i-th tensor is sent (absent: all)
      "t": [...]}         # one entry per sent tensor, in layout order (sorted names)
 
@@ -24,7 +25,9 @@ entries with less metadata, all of it restored exactly before the codec sees it:
   recomputes the same: ``k`` when it is ``min(n, max(1, ceil(frac·n)))`` (no warm-up in force), ``ib``
   (the index bytes) from the index array's own length, or, for a byte-stage frame, from the size the
   zstd frame header declares minus the chain's other arrays. An entry is then shorter by those
-  values; when any of them differs the entry lists every value, as in form 1.
+  values; when any of them differs the entry lists every value, as in form 1;
+- the arrays of an entry that are not a byte-stage frame travel concatenated in one bin (a list of
+  one bin), cut again at the sizes the metadata gives.
 
 Both ids are content hashes, so they mean the same on every node holding the same recipe text and
 model: a station forwards a compact update as it is and the aggregator resolves it with its own
@@ -132,15 +135,19 @@ def compact_payload(
                 return None
             data = rec["z"] if "z" in rec else rec["data"]
             if form >= 2:
+                if isinstance(data, list) and len(data) > 1:
+                    data = [b"".join(data)]  # one bin header, not one per array
                 short = _short_values(chain, rec["meta"], math.prod(layout.shapes[i]), data)
                 values = values if short is None else short
             sent[i] = [*values, data]
     else:
         return None
     order = sorted(sent)
-    out: dict[str, Any] = {"codec": COMPACT, "rid": recipe_id(recipe), "lid": layout.id}
+    out: dict[str, Any] = {"codec": COMPACT}
     if form >= 2:
-        out["f"] = form
+        out.update(f=form, id=recipe_id(recipe) + layout.id)  # one bin header, one key
+    else:
+        out.update(rid=recipe_id(recipe), lid=layout.id)
     if len(order) != len(layout.names):
         mask = bytearray((len(layout.names) + 7) // 8)
         for i in order:
@@ -148,6 +155,15 @@ def compact_payload(
         out["mask"] = bytes(mask)
     out["t"] = [sent[i] for i in order]
     return out
+
+
+def ids_of(d: Mapping[str, Any]) -> Any:
+    """The recipe id a compact payload names (form 1's 'rid', form 2's first half of 'id'), as
+    sent: not checked (``expand_payload`` does), so possibly not bytes."""
+    both = d.get("id")
+    if d.get("f", 1) != 1 and isinstance(both, bytes):
+        return both[:ID_BYTES]
+    return d.get("rid")
 
 
 def sent_indices(d: Mapping[str, Any], layout: Layout) -> list[int]:
@@ -175,16 +191,33 @@ def expand_payload(
     Raises WireError: ``bad_payload`` for an unknown recipe id or a receiver without a model,
     ``bad_shape`` for a payload laid out for another model or carrying another number of tensors,
     ``schema`` for fields of the wrong type. Nothing is copied: the entries' bytes are reused."""
-    rid, lid, entries = d.get("rid"), d.get("lid"), d.get("t")
-    if (
-        not isinstance(rid, bytes)
-        or len(rid) != ID_BYTES
-        or not isinstance(lid, bytes)
-        or len(lid) != ID_BYTES
-    ):
+    form = d.get("f", 1)
+    if type(form) is not int or form not in (1, FORM):
         raise WireError(
-            Reason.SCHEMA, f"UPDATE.payload: a compact payload needs 'rid' and 'lid', {ID_BYTES} bytes each"
+            Reason.SCHEMA, f"UPDATE.payload.f: compact form {form!r}; this side reads 1 and {FORM}"
         )
+    entries = d.get("t")
+    if form >= 2:
+        both = d.get("id")
+        if not isinstance(both, bytes) or len(both) != 2 * ID_BYTES or "rid" in d or "lid" in d:
+            raise WireError(
+                Reason.SCHEMA,
+                f"UPDATE.payload: a form-2 compact payload needs 'id', {2 * ID_BYTES} bytes, "
+                "and no 'rid' or 'lid'",
+            )
+        rid, lid = both[:ID_BYTES], both[ID_BYTES:]
+    else:
+        rid, lid = d.get("rid"), d.get("lid")
+        if (
+            not isinstance(rid, bytes)
+            or len(rid) != ID_BYTES
+            or not isinstance(lid, bytes)
+            or len(lid) != ID_BYTES
+        ):
+            raise WireError(
+                Reason.SCHEMA,
+                f"UPDATE.payload: a compact payload needs 'rid' and 'lid', {ID_BYTES} bytes each",
+            )
     if not isinstance(entries, list):
         raise WireError(Reason.SCHEMA, "UPDATE.payload.t: expected a list of tensors")
     if layout is None:
@@ -201,11 +234,6 @@ def expand_payload(
         raise WireError(
             Reason.BAD_PAYLOAD,
             f"UPDATE.payload.rid {rid.hex()} names no recipe this side knows (known: {known})",
-        )
-    form = d.get("f", 1)
-    if type(form) is not int or form not in (1, FORM):
-        raise WireError(
-            Reason.SCHEMA, f"UPDATE.payload.f: compact form {form!r}; this side reads 1 and {FORM}"
         )
     idx = sent_indices(d, layout)
     if len(entries) != len(idx):
@@ -247,6 +275,8 @@ def expand_payload(
                 raise WireError(
                     Reason.BAD_PAYLOAD, f"{where}: the left-out k and ib cannot be recomputed ({exc})"
                 ) from None
+        if form >= 2 and isinstance(data, list) and len(data) == 1 and isinstance(data[0], bytes):
+            data = _split(chain, meta, math.prod(shape), data[0], where)
         rec: dict[str, Any] = {
             "c": chains.setdefault(chain.text, len(chains)),
             "dtype": "float32",
@@ -328,21 +358,51 @@ def _derive(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data: Any) 
         fields, n = st.layout(m, n)
         pos += len(fields)
         total += sum(f.nbytes for f in fields)
-    if isinstance(data, list):
+    joined = isinstance(data, list) and len(data) == 1 and pos > 1  # form 2: the arrays in one bin
+    if isinstance(data, list) and not joined:
         for j, p, _ in at:
             if p >= len(data) or not isinstance(data[p], bytes):
                 raise ValueError(f"data[{p}] (the index bytes) is missing")
             out[j]["ib"] = len(data[p])
+        return out
+    if isinstance(data, list):
+        if not isinstance(data[0], bytes):
+            raise TypeError("data[0] must be bin")
+        declared = len(data[0])
     elif isinstance(data, bytes):
-        if len(at) != 1:
-            raise ValueError(f"a frame splits by one left-out ib, the chain has {len(at)}")
-        j, _, placeholder = at[0]
         declared = zstandard.frame_content_size(data)
         if declared < 0:
             raise ValueError("the zstd frame declares no content size")
-        out[j]["ib"] = declared - (total - placeholder)
     else:
         raise TypeError("data must be bin or a list of bin")
+    if len(at) != 1:
+        raise ValueError(f"the arrays' total size gives one left-out ib, the chain has {len(at)}")
+    j, _, placeholder = at[0]
+    out[j]["ib"] = declared - (total - placeholder)
+    return out
+
+
+def _split(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, blob: bytes, where: str) -> list[bytes]:
+    """Form 2's one bin of a tensor's arrays, cut at the sizes the metadata gives (one copy of
+    each array; they are the small, compressed side of an update). WireError as the codec would
+    refuse a wrong length: bad_payload."""
+    sizes: list[int] = []
+    try:
+        for st, m in zip(chain.float_stages, meta, strict=True):
+            fields, n = st.layout(m, n)
+            sizes.extend(f.nbytes for f in fields)
+    except (ValueError, TypeError) as exc:
+        raise WireError(Reason.BAD_PAYLOAD, f"{where}: metadata {exc}") from None
+    if len(sizes) < 2:
+        return [blob]
+    if sum(sizes) != len(blob):
+        raise WireError(
+            Reason.BAD_PAYLOAD, f"{where}: {len(blob)} bytes of arrays, the metadata says {sum(sizes)}"
+        )
+    out, at = [], 0
+    for size in sizes:
+        out.append(blob[at : at + size])
+        at += size
     return out
 
 
