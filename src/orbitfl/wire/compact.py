@@ -190,7 +190,9 @@ def expand_payload(
     ``layout`` is the receiver's model; ``recipes`` maps the recipe ids it accepts to their text.
     Raises WireError: ``bad_payload`` for an unknown recipe id or a receiver without a model,
     ``bad_shape`` for a payload laid out for another model or carrying another number of tensors,
-    ``schema`` for fields of the wrong type. Nothing is copied: the entries' bytes are reused."""
+    ``schema`` for fields of the wrong type or count, ``bad_payload`` for form-2 metadata that
+    cannot be recomputed or arrays that do not add up. The entries' bytes are reused, except that
+    a form-2 bin of concatenated (uncompressed) arrays is cut into copies of them."""
     form = d.get("f", 1)
     if type(form) is not int or form not in (1, FORM):
         raise WireError(
