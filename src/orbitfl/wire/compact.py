@@ -209,17 +209,18 @@ def expand_payload(
             )
         rid, lid = both[:ID_BYTES], both[ID_BYTES:]
     else:
-        rid, lid = d.get("rid"), d.get("lid")
+        rid_in, lid_in = d.get("rid"), d.get("lid")
         if (
-            not isinstance(rid, bytes)
-            or len(rid) != ID_BYTES
-            or not isinstance(lid, bytes)
-            or len(lid) != ID_BYTES
+            not isinstance(rid_in, bytes)
+            or len(rid_in) != ID_BYTES
+            or not isinstance(lid_in, bytes)
+            or len(lid_in) != ID_BYTES
         ):
             raise WireError(
                 Reason.SCHEMA,
                 f"UPDATE.payload: a compact payload needs 'rid' and 'lid', {ID_BYTES} bytes each",
             )
+        rid, lid = rid_in, lid_in
     if not isinstance(entries, list):
         raise WireError(Reason.SCHEMA, "UPDATE.payload.t: expected a list of tensors")
     if layout is None:
@@ -384,7 +385,7 @@ def _derive(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data: Any) 
     return out
 
 
-def _split(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, blob: bytes, where: str) -> list[bytes]:
+def _split(chain: Chain, meta: Sequence[dict[str, Any]], n: int, blob: bytes, where: str) -> list[bytes]:
     """Form 2's one bin of a tensor's arrays, cut at the sizes the metadata gives (one copy of
     each array; they are the small, compressed side of an update). WireError as the codec would
     refuse a wrong length: bad_payload."""
