@@ -43,6 +43,7 @@ from orbitfl.runtime.events import (
 from orbitfl.runtime.outbox import Outbox
 from orbitfl.runtime.uplink import Uploader
 from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Reassembler
+from orbitfl.wire.compact import FORM as COMPACT_FORM
 from orbitfl.wire.compact import Layout, compact_payload, recipe_id
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
@@ -383,7 +384,14 @@ class AgentMachine:
             uid = make_id(self.cfg.agent_id, counter)
             return uid, encode(
                 Update(
-                    uid, task.task_id, task.round, task.model_version, ev.samples, dict(ev.metrics), payload
+                    uid,
+                    task.task_id,
+                    task.round,
+                    task.model_version,
+                    ev.samples,
+                    dict(ev.metrics),
+                    payload,
+                    omit_task_id=task.compact is not None and task.compact.form >= 2,
                 )
             )
 
@@ -417,7 +425,7 @@ class AgentMachine:
                 )
             )
             return full
-        compact = compact_payload(full, task.recipe, layout)
+        compact = compact_payload(full, task.recipe, layout, min(offer.form, COMPACT_FORM))
         return full if compact is None else compact
 
     def _codec_state(self, recipe: str, out: list[Action]) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orbitfl.arrays import F32
-from orbitfl.wire.compact import Layout, compact_payload
+from orbitfl.wire.compact import FORM, Layout, compact_payload
 from orbitfl.wire.payload import encode_payload, new_codec_state
 
 Mask = npt.NDArray[np.bool_]
@@ -174,7 +174,7 @@ def measure_bytes_per_value(recipe: str, sample: Mapping[str, npt.NDArray[Any]])
     if n == 0:
         raise ValueError("sample holds no values")
     payload = encode_payload(recipe, sample, new_codec_state(recipe))
-    payload = compact_payload(payload, recipe, Layout.of_tensors(sample)) or payload
+    payload = compact_payload(payload, recipe, Layout.of_tensors(sample), FORM) or payload
     return len(msgpack.packb(payload, use_bin_type=True)) / n
 
 

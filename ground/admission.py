@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from orbitfl.codec.inputs import RAW_RECIPES
-from orbitfl.wire.compact import COMPACT, recipe_id
+from orbitfl.wire.compact import COMPACT, ids_of, recipe_id
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import MAX_INT, Hello, Message, Update
 
@@ -139,7 +139,7 @@ class Admission:
         codec = msg.payload.get("codec")
         sent = "fp32" if codec == "fp32" else msg.payload.get("recipe") if codec == "pipeline" else None
         if codec == COMPACT:
-            rid = msg.payload.get("rid")
+            rid = ids_of(msg.payload)
             sent = recipe if rid == recipe_id(recipe) else f"recipe id {_hex(rid)}"
         want_raw = recipe in RAW_RECIPES
         raw_ok = codec == "fp32" or (codec == COMPACT and sent == recipe)

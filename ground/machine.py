@@ -45,6 +45,7 @@ from orbitfl.runtime.events import (
 )
 from orbitfl.transfer import DEFAULT_CHUNK_BYTES, DEFAULT_WINDOW, Outbound, Reassembler, Segments
 from orbitfl.wire.compact import COMPACT, Layout, recipe_id
+from orbitfl.wire.compact import FORM as COMPACT_FORM
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import (
     DEFAULT_LIMITS,
@@ -67,6 +68,7 @@ from orbitfl.wire.messages import (
     encode_around,
     hello_digest,
     peek_id,
+    task_id_for,
 )
 from orbitfl.wire.model_codec import apply_step, encode_codec_chain, encode_model
 from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
@@ -444,7 +446,7 @@ class GroundMachine:
                 deadline_in,
                 blob,
                 self.cfg.model_fingerprint,
-                CompactOffer(recipe_id(self.cfg.recipe), self.layout.id)
+                CompactOffer(recipe_id(self.cfg.recipe), self.layout.id, COMPACT_FORM)
                 if self.cfg.compact_updates
                 else None,
             ),
@@ -895,4 +897,4 @@ class GroundMachine:
 
     @staticmethod
     def _round_task_id(round_: int, agent: str) -> str:
-        return f"r{round_}/{agent}"
+        return task_id_for(round_, agent)  # the UPDATE leaves it out when it is this

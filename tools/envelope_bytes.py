@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Bytes of envelope and per-tensor metadata in one UPDATE frame: the full form against the compact
-one (orbitfl.wire.compact), per zoo model and recipe.
+forms 1 and 2 (orbitfl.wire.compact), per zoo model and recipe.
 
 Each row encodes one delta of the model (Gaussian, sd 1e-3: what a round of SGD changes) with the
 recipe, wraps it in the UPDATE the agent machine sends (ids, task, round, samples, two metrics) and
@@ -13,7 +13,10 @@ splits the frame into:
 - ``header``: the payload's own fields (codec, recipe text or id, layout id, mask, chain list);
 - ``tensors``: per-tensor metadata (names, dtype, shape, chain index, stage metadata, framing).
 
-``envelope`` is everything but ``data``. The deltas are seeded, so the figures repeat.
+``envelope`` is everything but ``data``. Every part is measured as the agent packs it
+(``orbitfl.wire.messages.pack_f32``: float32 values as msgpack float32). Form 2 also leaves out the
+UPDATE's task_id, as an agent does for a ground offering it. The deltas are seeded, so the figures
+repeat.
 
     .venv/bin/python tools/envelope_bytes.py                      # every zoo model, default recipes
     .venv/bin/python tools/envelope_bytes.py --model lenet-s --recipe "topk:0.05+ef | sign | zstd"
@@ -28,13 +31,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 
 from orbitfl.models import zoo
-from orbitfl.wire.compact import Layout, compact_payload
-from orbitfl.wire.messages import Update, encode, make_id
+from orbitfl.wire.compact import FORM, Layout, compact_payload
+from orbitfl.wire.messages import Update, encode, make_id, pack_f32
 from orbitfl.wire.payload import encode_payload, new_codec_state
 
 RECIPES = (
@@ -47,7 +49,7 @@ RECIPES = (
 
 
 def _packed(v: Any) -> int:
-    return len(msgpack.packb(v, use_bin_type=True))
+    return len(pack_f32(v))
 
 
 def _bins(v: Any) -> int:
@@ -70,7 +72,7 @@ def _tensor_part(payload: Mapping[str, Any]) -> Any:
     return payload["t"]
 
 
-def split(payload: dict[str, Any], task_round: int = 12) -> dict[str, int]:
+def split(payload: dict[str, Any], task_round: int = 12, omit_task_id: bool = False) -> dict[str, int]:
     """The byte parts of the UPDATE frame carrying ``payload``."""
     msg = Update(
         make_id("sat07", 4242),
@@ -80,6 +82,7 @@ def split(payload: dict[str, Any], task_round: int = 12) -> dict[str, int]:
         480,
         {"loss": 0.4132, "accuracy": 0.8716},
         payload,
+        omit_task_id=omit_task_id,
     )
     frame = len(encode(msg))
     tensors = _tensor_part(payload)
@@ -112,10 +115,11 @@ def measure(models: Sequence[str], recipes: Sequence[str], seed: int) -> list[di
         for recipe in recipes:
             full = encode_payload(recipe, delta, new_codec_state(recipe))
             compact = compact_payload(full, recipe, layout)
-            if compact is None:
+            compact2 = compact_payload(full, recipe, layout, FORM)
+            if compact is None or compact2 is None:
                 raise SystemExit(f"{name} / {recipe}: the payload has no compact form")
-            before, after = split(full), split(compact)
-            if before["data"] != after["data"]:
+            before, form1, after = split(full), split(compact), split(compact2, omit_task_id=True)
+            if not before["data"] == form1["data"] == after["data"]:
                 raise SystemExit(f"{name} / {recipe}: the forms carry different data ({before}, {after})")
             rows.append(
                 {
@@ -124,6 +128,7 @@ def measure(models: Sequence[str], recipes: Sequence[str], seed: int) -> list[di
                     "params": params,
                     "recipe": recipe,
                     "before": before,
+                    "form1": form1,
                     "after": after,
                 }
             )
@@ -133,24 +138,26 @@ def measure(models: Sequence[str], recipes: Sequence[str], seed: int) -> list[di
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = (
         f"{'model':<13}{'tensors':>8}{'params':>9}  {'recipe':<31}{'data':>8}"
-        f"{'env full':>10}{'env compact':>13}{'frame full':>12}{'frame compact':>15}{'saved':>7}"
+        f"{'env full':>10}{'env c1':>8}{'env c2':>8}{'frame full':>12}{'frame c1':>10}{'frame c2':>10}"
+        f"{'saved':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
-        b, a = r["before"], r["after"]
+        b, c, a = r["before"], r["form1"], r["after"]
         saved = 1 - a["frame"] / b["frame"]
         lines.append(
             f"{r['model']:<13}{r['tensors']:>8}{r['params']:>9}  {r['recipe']:<31}{b['data']:>8}"
-            f"{b['envelope']:>10}{a['envelope']:>13}{b['frame']:>12}{a['frame']:>15}{saved:>7.1%}"
+            f"{b['envelope']:>10}{c['envelope']:>8}{a['envelope']:>8}{b['frame']:>12}{c['frame']:>10}"
+            f"{a['frame']:>10}{saved:>7.1%}"
         )
     lines.append("")
-    lines.append("envelope parts (full -> compact): message / payload header / per-tensor metadata")
+    lines.append(
+        "envelope parts (full -> compact form 1 -> form 2): message / payload header / per-tensor metadata"
+    )
     for r in rows:
-        b, a = r["before"], r["after"]
-        lines.append(
-            f"  {r['model']:<13}{r['recipe']:<31}{b['message']:>4} -> {a['message']:<4}"
-            f"{b['header']:>5} -> {a['header']:<5}{b['tensors']:>5} -> {a['tensors']}"
-        )
+        b, c, a = r["before"], r["form1"], r["after"]
+        parts = (f"{b[k]:>5} -> {c[k]:>4} -> {a[k]:<5}" for k in ("message", "header", "tensors"))
+        lines.append(f"  {r['model']:<13}{r['recipe']:<31}" + " ".join(parts))
     return "\n".join(lines)
 
 

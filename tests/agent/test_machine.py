@@ -416,6 +416,31 @@ def test_the_agent_sends_the_compact_form_the_task_offers_and_the_round_closes(t
     assert sizes[True] < sizes[False] - 2 * len(recipe)
 
 
+def test_the_agent_sends_the_form_the_offer_names_and_an_older_ground_gets_form_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orbitfl.ground.machine as gm
+    from orbitfl.wire.compact import FORM
+
+    recipe = "dgc:0.05 | sign | zstd"
+    sizes = {}
+    for form in (1, FORM):
+        monkeypatch.setattr(gm, "COMPACT_FORM", form)  # a ground of before form 2 offers no "f"
+        p = Pair(tmp_path / str(form), recipe=recipe, min_updates=1)
+        p.agent(p.a.handle(LinkUp(), 0.0))
+        p.pump()
+        task = p.trainings[0].task
+        assert task.compact is not None and task.compact.form == form
+        p.train(0.5)
+        (u,) = _updates(p)
+        assert u.payload["codec"] == "compact" and u.payload.get("f", 1) == form
+        assert u.omit_task_id == (form >= 2) and u.task_id == task.task_id
+        p.pump()
+        assert p.g.version == 1 and p.g.accepted == 1  # the round closed on it
+        sizes[form] = len(encode(u))
+    assert sizes[FORM] < sizes[1] - len("task_id")
+
+
 def test_an_offer_for_another_model_layout_gets_the_full_form(tmp_path: Path) -> None:
     from orbitfl.wire.compact import Layout
 

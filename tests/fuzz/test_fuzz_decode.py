@@ -29,7 +29,7 @@ FIELDS = [
     "v", "type", "id", "agent_id", "software", "model_version", "capabilities", "task_id", "round",
     "base_version", "samples", "metrics", "payload", "ref", "duplicate", "reason", "text", "pending",
     "transfer", "offset", "total", "sha256", "data", "next_offset", "model", "recipe", "hints",
-    "compact", "rid", "lid", "mask", "t",
+    "compact", "rid", "lid", "mask", "t", "f",
 ]  # fmt: skip
 
 leaf = (
@@ -85,6 +85,12 @@ def test_decode_payload_refuses_with_a_wire_error_or_decodes(d: dict[str, Any], 
             {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "t": [[body, body], [body, body, body, body]]},
             {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "t": [[body], [body]]},
             {"codec": "compact", "rid": rid, "lid": LAYOUT.id, "mask": body, "t": [[body]]},
+            # form 2: one id, short entries (k and ib recomputed), one bin of arrays
+            {"codec": "compact", "f": 2, "id": rid + LAYOUT.id, "t": body},
+            {"codec": "compact", "f": 2, "id": rid + LAYOUT.id, "t": [[body, body], [body, [body]]]},
+            {"codec": "compact", "f": 2, "id": rid + LAYOUT.id, "t": [[body], [body, body, body, body]]},
+            {"codec": "compact", "f": 2, "id": rid + LAYOUT.id, "t": [[body, [body]], [body, body]]},
+            {"codec": "compact", "f": body, "id": rid + LAYOUT.id, "rid": rid, "t": [[body], [body]]},
         ):
             with contextlib.suppress(WireError):
                 decode_payload(p, SHAPES, layout=LAYOUT, recipes=RECIPES)

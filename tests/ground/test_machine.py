@@ -12,7 +12,7 @@ import pytest
 
 from orbitfl.runtime.events import Count, PeerSilent, RoundClosed, Tick
 from orbitfl.wire import Limits, Model, Reason, Task, decode, encode
-from orbitfl.wire.payload import encode_payload
+from orbitfl.wire.payload import encode_payload, new_codec_state
 from orbitfl.wire.tensors import tensor_to_wire
 
 
@@ -430,6 +430,38 @@ def test_compact_and_full_updates_count_alike_and_replay_after_a_recipe_change(k
     assert m.strategy.updates == 2
     for k, v in m.strategy.finalize(m.global_model).items():
         np.testing.assert_array_equal(v, want[k])
+
+
+def test_form_2_updates_without_a_task_id_are_accepted_beside_form_1_and_full_ones(kit: Any) -> None:
+    from orbitfl.wire import Update
+    from orbitfl.wire.compact import FORM, Layout, compact_payload
+
+    g = kit.ground(recipe="topk:0.5+ef | sign | zstd", min_updates=3)
+    for a in ("a1", "a2", "a3"):
+        (task,) = [m for m in kit.sent(g.rx(a, kit.hello(a))) if m.TYPE == "TASK"]
+        assert task.compact is not None and task.compact.form == FORM
+    recipe = task.recipe
+    t = {k: np.full(v.shape, 1.0, np.float32) for k, v in kit.MODEL.items()}
+    full = encode_payload(recipe, t, new_codec_state(recipe))
+    new = compact_payload(full, recipe, Layout.of_tensors(kit.MODEL), FORM)
+    assert new is not None and new["f"] == FORM
+    frame = encode(Update("a1:1", "r1/a1", 1, 0, 10, {"loss": 0.5}, new, omit_task_id=True))
+    assert b"task_id" not in frame
+    acts = g.rx("a1", frame)
+    assert kit.acks(acts) and any(getattr(x, "name", "") == "updates_compact" for x in acts)
+    # Without a task_id, the round names the task: one never given is refused as before.
+    frame = encode(Update("a2:1", "r9/a2", 9, 0, 10, {}, new, omit_task_id=True))
+    assert b"task_id" not in frame
+    (n,) = kit.nacks(g.rx("a2", frame))
+    assert n.reason == Reason.UNKNOWN_TASK.value and "'r9/a2'" in n.text
+    # A task_id other than the derived one travels, and the round check still sees it.
+    frame = encode(Update("a2:2", "r1/a2", 9, 0, 10, {}, new, omit_task_id=True))
+    (n,) = kit.nacks(g.rx("a2", frame))
+    assert n.reason == Reason.SCHEMA.value and "round 9 is not task 'r1/a2'" in n.text
+    old = compact_payload(full, recipe, Layout.of_tensors(kit.MODEL))  # an older agent's form 1
+    assert kit.acks(g.rx("a2", kit.update_frame("a2", 3, payload=old)))
+    assert kit.acks(g.rx("a3", kit.update_frame("a3", 1, payload=full)))
+    assert g.m.round == 2  # the three closed round 1
 
 
 def test_compact_updates_that_disagree_with_the_task_or_model_are_refused(kit: Any) -> None:

@@ -4,6 +4,7 @@ or recipes is refused with a WireError naming why."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 
 from orbitfl.codec import Payload, Pipeline
+from orbitfl.codec.inputs import pipeline
 from orbitfl.codec.registry import REGISTRY
 from orbitfl.kernels import BACKENDS
-from orbitfl.wire import CompactOffer, Reason, Task, WireError, decode, encode
-from orbitfl.wire.compact import Layout, compact_payload, expand_payload, recipe_id
+from orbitfl.wire import CompactOffer, Reason, Task, Update, WireError, decode, encode
+from orbitfl.wire.compact import FORM, Layout, compact_payload, expand_payload, recipe_id
+from orbitfl.wire.messages import pack_f32
 from orbitfl.wire.payload import decode_payload, encode_payload, new_codec_state
 
 # One recipe per built-in stage (zstd: as the byte stage of two of them). A stage added to
@@ -82,16 +85,22 @@ def test_every_built_in_stage_is_covered() -> None:
     assert built_in <= set(STAGE_RECIPES), sorted(built_in - set(STAGE_RECIPES))
 
 
+@pytest.mark.parametrize("form", [1, FORM])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("stage", sorted(STAGE_RECIPES))
-def test_every_stage_round_trips_through_the_compact_form_bit_for_bit(backend: str, stage: str) -> None:
+def test_every_stage_round_trips_through_the_compact_form_bit_for_bit(
+    backend: str, stage: str, form: int
+) -> None:
     recipe = STAGE_RECIPES[stage]
     full = encode_with(recipe, backend, model(1))
-    compact = compact_payload(full, recipe, LAYOUT)
+    compact = compact_payload(full, recipe, LAYOUT, form)
     assert compact is not None and compact["codec"] == "compact"
     assert packed(compact) < packed(full)
-    # What travels: msgpack there and back, as in a frame.
-    back = msgpack.unpackb(msgpack.packb(compact, use_bin_type=True), raw=False)
+    if form > 1:
+        older = compact_payload(full, recipe, LAYOUT)
+        assert older is not None and len(pack_f32(compact)) <= len(pack_f32(older)) + 3  # + "f": 2
+    # What travels: msgpack there and back, as in a frame (floats as the agent packs them).
+    back = msgpack.unpackb(pack_f32(compact), raw=False)
     expanded = expand_payload(back, LAYOUT, recipes(recipe))
     pipe = Pipeline.parse(recipe, backend)
     want = pipe.decode(Payload.from_wire(full["body"], expect=SHAPES))
@@ -277,3 +286,198 @@ def test_task_carries_the_offer_and_refuses_a_bad_one() -> None:
         with pytest.raises(WireError) as info:
             decode(msgpack.packb(wire, use_bin_type=True))
         assert info.value.reason == Reason.SCHEMA and "TASK.compact" in info.value.text
+
+
+# --- form 2 ----------------------------------------------------------------------------------------
+
+
+def zmodel() -> dict[str, np.ndarray]:
+    """A delta whose top-k indices and signs repeat, so the byte stage shrinks them (a frame)."""
+    t = model(16)
+    n = t["fc.weight"].size
+    t["fc.weight"] = np.where(np.arange(n) % 4 == 0, 1.0, 1e-3).astype(np.float32).reshape(64, 48)
+    return t
+
+
+def _form2(recipe: str, tensors: dict[str, np.ndarray] | None = None, **kw: Any) -> dict[str, Any]:
+    if tensors is None:
+        tensors = zmodel() if "zstd" in recipe else model(11)
+    full = encode_payload(recipe, tensors, new_codec_state(recipe), **kw)
+    c = compact_payload(full, recipe, LAYOUT, FORM)
+    assert c is not None and c["f"] == FORM
+    back: dict[str, Any] = msgpack.unpackb(pack_f32(c), raw=False)
+    return back
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].shape == b[k].shape and np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)), k
+
+
+@pytest.mark.parametrize(
+    "recipe", ["topk:0.1+ef | sign", "dgc:0.05 | sign | zstd", "topk:0.2+ef | quant:8 | zstd", "dgc:0.3"]
+)
+def test_form_2_leaves_out_the_k_and_ib_the_receiver_recomputes(recipe: str) -> None:
+    t = zmodel()
+    full = encode_payload(recipe, t, new_codec_state(recipe))
+    d = _form2(recipe, t)
+    old = compact_payload(full, recipe, LAYOUT)
+    assert old is not None
+    kinds = set()
+    chains = [
+        pipeline(recipe).chain_for(n, math.prod(s)) for n, s in zip(LAYOUT.names, LAYOUT.shapes, strict=True)
+    ]
+    for e, e_old, chain in zip(d["t"], old["t"], chains, strict=True):
+        if chain.float_stages[0].name in ("topk", "dgc"):  # an empty tensor's chain is plain fp32
+            assert len(e) == len(e_old) - 2  # k and ib, every such tensor
+            kinds.add(type(e[-1]))
+    _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), decode_payload(full, SHAPES))
+    if "zstd" in recipe:
+        assert bytes in kinds  # ib recomputed from the frame's declared size at least once
+
+
+def test_form_2_keeps_a_k_the_receiver_cannot_recompute() -> None:
+    recipe = "dgc:0.05,warmup=2 | sign"  # the first round sends 25 %, not 5 %
+    t = model(13)
+    full = encode_payload(recipe, t, new_codec_state(recipe))
+    d = _form2(recipe, t)
+    fc = d["t"][LAYOUT.names.index("fc.weight")]
+    assert len(fc) == 4 and fc[0] == math.ceil(0.25 * t["fc.weight"].size)  # k, ib, scale, data
+    assert len(fc[-1]) == 1  # the index and sign arrays in one bin
+    want = decode_payload(full, SHAPES)
+    _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
+    # The arrays as separate bins (as form 1 sends them) are read in form 2 too.
+    i = LAYOUT.names.index("fc.weight")
+    e = d["t"][i]
+    sep = full["body"]["tensors"]["fc.weight"]["data"]
+    d["t"][i] = [*e[:-1], sep]
+    _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
+    # One bin that the metadata does not add up to: refused before any kernel runs.
+    d["t"][i] = [*e[:-1], [e[-1][0][:-1]]]
+    err = _refusal(d, recipes(recipe))
+    assert err.reason == Reason.BAD_PAYLOAD and "bytes of arrays, the metadata says" in err.text, err
+    d["t"][i] = [e[0], e[1], "x", e[-1]]
+    err = _refusal(d, recipes(recipe))
+    assert err.reason == Reason.BAD_PAYLOAD and "fc.weight" in err.text, err
+
+
+def test_floats_that_are_float32_travel_as_msgpack_float32_and_read_back_exactly() -> None:
+    exact, inexact = float(np.float32(0.1)), 0.1
+    for v in (exact, -0.0, 3.4028234663852886e38, float(np.float32(1e-45))):
+        b = pack_f32(v)
+        assert b[0] == 0xCA and len(b) == 5
+        back = msgpack.unpackb(b)
+        assert back == v and math.copysign(1, back) == math.copysign(1, v)
+    for v in (inexact, 1e300, float("nan"), float("inf"), 1e-50):
+        assert pack_f32(v) == msgpack.packb(v)  # float64: float32 would change it
+    doc = {"a": [1, "x", None, True, b"\x00" * 300, b"\x01" * 70000, {"s": exact}], "b": (inexact,)}
+    assert msgpack.unpackb(pack_f32(doc), raw=False) == msgpack.unpackb(msgpack.packb(doc), raw=False)
+    assert len(pack_f32(doc)) == len(msgpack.packb(doc, use_bin_type=True)) - 4
+    # The sign stage's scale is a float32 value: 4 bytes fewer per tensor, the values unchanged.
+    recipe = "sign"
+    c = compact_payload(encode_payload(recipe, model(14), new_codec_state(recipe)), recipe, LAYOUT)
+    assert c is not None
+    scales = [e[0] for e in c["t"] if len(e) == 2]  # the empty tensor's chain is fp32: no scale
+    assert len(scales) == len(LAYOUT.names) - 1 and all(float(np.float32(v)) == v for v in scales)
+    assert len(pack_f32(c)) == len(msgpack.packb(c, use_bin_type=True)) - 4 * len(scales)
+    assert msgpack.unpackb(pack_f32(c), raw=False) == c
+
+
+def _refusal2(d: dict[str, Any], recipe: str) -> WireError:
+    return _refusal(d, recipes(recipe))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "change", "reason", "text"),
+    [
+        ("topk:0.1+ef | sign", lambda d: d.update(f=3), Reason.SCHEMA, "compact form 3"),
+        ("topk:0.1+ef | sign", lambda d: d.update(f="2"), Reason.SCHEMA, "compact form '2'"),
+        ("topk:0.1+ef | sign", lambda d: d.update(f=True), Reason.SCHEMA, "compact form True"),
+        ("topk:0.1+ef | sign", lambda d: d.update(id=d["id"][:8]), Reason.SCHEMA, "needs 'id', 16 bytes"),
+        ("topk:0.1+ef | sign", lambda d: d.pop("id"), Reason.SCHEMA, "needs 'id', 16 bytes"),
+        ("topk:0.1+ef | sign", lambda d: d.update(rid=d["id"][:8]), Reason.SCHEMA, "no 'rid' or 'lid'"),
+        ("topk:0.1+ef | sign", lambda d: d.update(id=d["id"][:8] + bytes(8)), Reason.BAD_SHAPE, "laid out"),
+        ("topk:0.1+ef | sign", lambda d: d.update(id=bytes(8) + LAYOUT.id), Reason.BAD_PAYLOAD, "no recipe"),
+        # fc.weight, short ([scale, data]): one value too many, or none
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].insert(0, 5), Reason.SCHEMA, "or 1 with k and ib"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].pop(0), Reason.SCHEMA, "expected 3 metadata"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(1, []), Reason.BAD_PAYLOAD, "recomputed"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].pop(), Reason.BAD_PAYLOAD, "is missing"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].__setitem__(0, b"\x01"), Reason.BAD_PAYLOAD, "ib"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(0, float("nan")), Reason.BAD_PAYLOAD, "scale"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(-1, 7), Reason.SCHEMA, "data must be bin"),
+        # a frame: not zstd, no content size, or a size that makes ib impossible
+        ("dgc:0.05 | sign | zstd", lambda d: _set_z(d, b"\x00" * 9), Reason.BAD_PAYLOAD, "recomp"),
+        ("dgc:0.05 | sign | zstd", lambda d: _set_z(d, _zstd(b"\0" * 4, 0)), Reason.BAD_PAYLOAD, "content"),
+        ("dgc:0.05 | sign | zstd", lambda d: _set_z(d, _zstd(b"\x00" * 10**6)), Reason.BAD_PAYLOAD, "ib"),
+        ("dgc:0.05 | sign | zstd", lambda d: _set_z(d, _zstd(b"")), Reason.BAD_PAYLOAD, "ib"),
+    ],
+)  # fmt: skip
+def test_a_malformed_form_2_payload_is_refused_with_its_reason(
+    recipe: str, change: Any, reason: Reason, text: str
+) -> None:
+    d = _form2(recipe)
+    change(d)
+    err = _refusal2(d, recipe)
+    assert err.reason == reason, err
+    assert text in str(err), err
+
+
+def _zstd(raw: bytes, size: int = 1) -> bytes:
+    import zstandard
+
+    out: bytes = zstandard.ZstdCompressor(write_content_size=bool(size)).compress(raw)
+    return out
+
+
+def _set_z(d: dict[str, Any], blob: bytes) -> None:
+    (i,) = [j for j, e in enumerate(d["t"]) if isinstance(e[-1], bytes)][:1]
+    d["t"][i][-1] = blob
+
+
+def test_form_1_and_the_full_form_are_still_read() -> None:
+    recipe = "dgc:0.05 | sign | zstd"
+    t = model(15)
+    full = encode_payload(recipe, t, new_codec_state(recipe))
+    old = compact_payload(full, recipe, LAYOUT)
+    assert old is not None and "f" not in old
+    want = decode_payload(full, SHAPES)
+    _same(decode_payload(old, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
+    _same(decode_payload({**old, "f": 1}, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
+
+
+def test_the_offer_names_its_form_and_absent_means_1() -> None:
+    offer = CompactOffer(recipe_id("quant:8"), LAYOUT.id, FORM)
+    t = Task("g:t", "r1/a1", 1, 0, "quant:8", compact=offer)
+    back = decode(encode(t))
+    assert isinstance(back, Task) and back.compact == offer
+    assert CompactOffer(recipe_id("quant:8"), LAYOUT.id).to_wire().keys() == {"rid", "lid"}
+    newer = decode(msgpack.packb({**t.to_wire(), "compact": {**offer.to_wire(), "f": 9}}, use_bin_type=True))
+    assert isinstance(newer, Task) and newer.compact is not None and newer.compact.form == 9
+    for bad in (0, "2", 2.0, None):
+        with pytest.raises(WireError) as info:
+            decode(
+                msgpack.packb({**t.to_wire(), "compact": {**offer.to_wire(), "f": bad}}, use_bin_type=True)
+            )
+        assert info.value.reason == Reason.SCHEMA and "TASK.compact.f" in info.value.text
+
+
+def test_an_update_leaves_out_a_task_id_the_ground_derives_and_only_when_asked() -> None:
+    payload = {"codec": "fp32", "tensors": {}}
+    u = Update("sat-7:42", "r12/sat-7", 12, 11, 480, {"loss": 0.5}, payload, omit_task_id=True)
+    wire = msgpack.unpackb(encode(u), raw=False)
+    assert "task_id" not in wire
+    back = decode(encode(u))
+    assert back == u and isinstance(back, Update) and back.task_id == "r12/sat-7"
+    assert encode(back) == encode(u)  # a station re-encoding it forwards the same bytes
+    # Not asked (an older ground): the task_id travels. A name the ground would not derive: too.
+    for kept in (
+        dataclasses.replace(u, omit_task_id=False),
+        dataclasses.replace(u, task_id="r12/sat-8"),
+        dataclasses.replace(u, task_id="custom"),
+    ):
+        assert msgpack.unpackb(encode(kept), raw=False)["task_id"] == kept.task_id
+        assert decode(encode(kept)) == dataclasses.replace(kept, omit_task_id=False)

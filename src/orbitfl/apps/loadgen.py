@@ -30,13 +30,13 @@ import zmq
 
 from orbitfl.runtime.link import load_public, load_secret
 from orbitfl.transfer import Outbound, Reassembler
+from orbitfl.wire.compact import FORM as COMPACT_FORM
 from orbitfl.wire.compact import Layout, compact_payload, recipe_id
 from orbitfl.wire.errors import WireError
 from orbitfl.wire.messages import (
     Ack,
     Chunk,
     ChunkAck,
-    CompactOffer,
     Heartbeat,
     Hello,
     Message,
@@ -179,12 +179,23 @@ class Fleet:
         payload: dict[str, Any] = {"codec": "fp32", "tensors": tensors_to_wire(tensors)}
         if task.compact is not None:  # as an agent does: the compact form when the task offers it
             layout = Layout.of({k: (tuple(s), "float32") for k, s in self.shapes.items()})
-            if task.compact == CompactOffer(recipe_id(task.recipe), layout.id):
-                payload = compact_payload(payload, task.recipe, layout) or payload
+            offer = task.compact
+            if (offer.recipe_id, offer.layout_id) == (recipe_id(task.recipe), layout.id):
+                form = min(offer.form, COMPACT_FORM)
+                payload = compact_payload(payload, task.recipe, layout, form) or payload
         # The id names (run, round) as the decimal counter the protocol asks of an UPDATE id, so a
         # resend after a lost ACK carries the same id and another run never reuses one.
         uid = f"{sim.name}:{int(self.tag, 16) * 10**12 + task.round}"
-        msg = Update(uid, task.task_id, task.round, task.model_version, samples_of(sim.name), {}, payload)
+        msg = Update(
+            uid,
+            task.task_id,
+            task.round,
+            task.model_version,
+            samples_of(sim.name),
+            {},
+            payload,
+            omit_task_id=task.compact is not None and task.compact.form >= 2,
+        )
         return uid, encode(msg)
 
     def _start_upload(self, sim: _Sim, now: float) -> None:

@@ -8,6 +8,7 @@ receiver holds the model and the recipe it asked for, so the compact form sends 
     {"codec": "compact",
      "rid": bin(8),      # recipe_id(recipe): which recipe encoded it
      "lid": bin(8),      # Layout.id: which tensor layout (names, shapes, dtypes) it is laid out for
+                         # (form 2: one "id": bin(16), rid then lid)
      "mask": bin,        # optional: bit i set when the layout's i-th tensor is sent (absent: all)
      "t": [...]}         # one entry per sent tensor, in layout order (sorted names)
 
@@ -17,10 +18,21 @@ keys (``Stage.meta_schema``; nil for a key left out), then either the stages' ar
 bin) or the byte stage's frame (one bin). The chain of each tensor is the one the recipe assigns to
 its name and size (``Pipeline.chain_for``), so it is not sent either, nor are the keys.
 
+Form 2 (``"f": 2`` in the payload; sent only when TASK.compact offers ``f >= 2``) carries the same
+entries with less metadata, all of it restored exactly before the codec sees it:
+
+- the metadata a top-k stage (``topk``, ``dgc``) states about itself is left out when the receiver
+  recomputes the same: ``k`` when it is ``min(n, max(1, ceil(frac·n)))`` (no warm-up in force), ``ib``
+  (the index bytes) from the index array's own length, or, for a byte-stage frame, from the size the
+  zstd frame header declares minus the chain's other arrays. An entry is then shorter by those
+  values; when any of them differs the entry lists every value, as in form 1;
+- the arrays of an entry that are not a byte-stage frame travel concatenated in one bin (a list of
+  one bin), cut again at the sizes the metadata gives.
+
 Both ids are content hashes, so they mean the same on every node holding the same recipe text and
 model: a station forwards a compact update as it is and the aggregator resolves it with its own
-recipe and model. ``expand_payload`` turns a compact payload back into the full form, which the
-codec then validates as usual (lengths, metadata, values against the model's shapes).
+recipe and model. ``expand_payload`` turns a compact payload (either form) back into the full form,
+which the codec then validates as usual (lengths, metadata, values against the model's shapes).
 """
 
 from __future__ import annotations
@@ -33,9 +45,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from orbitfl.codec.inputs import RAW_RECIPES, pipeline
 from orbitfl.codec.recipe import Chain
+from orbitfl.codec.stages import TopK
 from orbitfl.wire.errors import Reason, WireError
 from orbitfl.wire.messages import COMPACT_ID_BYTES as ID_BYTES
 
@@ -43,6 +57,9 @@ COMPACT = "compact"
 # The full form's payload format version (orbitfl.codec.payload.FORMAT_VERSION) the expansion
 # produces; the codec refuses any other, so a change there shows up here in the tests.
 _BODY_VERSION = 1
+# The newest compact form this build writes and reads. Form 1 is the original (no "f" key); a
+# sender uses form 2 only when the TASK's offer says the receiver reads it.
+FORM = 2
 
 
 def recipe_id(recipe: str) -> bytes:
@@ -79,11 +96,16 @@ class Layout:
         return {n: i for i, n in enumerate(self.names)}
 
 
-def compact_payload(full: Mapping[str, Any], recipe: str, layout: Layout) -> dict[str, Any] | None:
-    """The compact form of ``full`` (what ``encode_payload(recipe, ...)`` returned), or None when
-    it cannot be said compactly: a tensor not in ``layout`` or of another shape, a tensor whose
-    chain is not the one the recipe assigns it. The caller then sends ``full``: the receiver
-    refuses it by name, where a compact form would only say that the ids differ."""
+def compact_payload(
+    full: Mapping[str, Any], recipe: str, layout: Layout, form: int = 1
+) -> dict[str, Any] | None:
+    """The compact form ``form`` (1 or 2, see the module text) of ``full`` (what
+    ``encode_payload(recipe, ...)`` returned), or None when it cannot be said compactly: a tensor
+    not in ``layout`` or of another shape, a tensor whose chain is not the one the recipe assigns
+    it. The caller then sends ``full``: the receiver refuses it by name, where a compact form would
+    only say that the ids differ."""
+    if form not in (1, FORM):
+        raise ValueError(f"compact form {form} is not 1 or {FORM}")
     index = layout.index()
     codec = full.get("codec")
     sent: dict[int, Any] = {}
@@ -111,11 +133,21 @@ def compact_payload(full: Mapping[str, Any], recipe: str, layout: Layout) -> dic
             values = _meta_values(chain, rec["meta"]) if chains[rec["c"]] == chain.text else None
             if values is None:
                 return None
-            sent[i] = [*values, rec["z"] if "z" in rec else rec["data"]]
+            data = rec["z"] if "z" in rec else rec["data"]
+            if form >= 2:
+                if isinstance(data, list) and len(data) > 1:
+                    data = [b"".join(data)]  # one bin header, not one per array
+                short = _short_values(chain, rec["meta"], math.prod(layout.shapes[i]), data)
+                values = values if short is None else short
+            sent[i] = [*values, data]
     else:
         return None
     order = sorted(sent)
-    out: dict[str, Any] = {"codec": COMPACT, "rid": recipe_id(recipe), "lid": layout.id}
+    out: dict[str, Any] = {"codec": COMPACT}
+    if form >= 2:
+        out.update(f=form, id=recipe_id(recipe) + layout.id)  # one bin header, one key
+    else:
+        out.update(rid=recipe_id(recipe), lid=layout.id)
     if len(order) != len(layout.names):
         mask = bytearray((len(layout.names) + 7) // 8)
         for i in order:
@@ -123,6 +155,15 @@ def compact_payload(full: Mapping[str, Any], recipe: str, layout: Layout) -> dic
         out["mask"] = bytes(mask)
     out["t"] = [sent[i] for i in order]
     return out
+
+
+def ids_of(d: Mapping[str, Any]) -> Any:
+    """The recipe id a compact payload names (form 1's 'rid', form 2's first half of 'id'), as
+    sent: not checked (``expand_payload`` does), so possibly not bytes."""
+    both = d.get("id")
+    if d.get("f", 1) != 1 and isinstance(both, bytes):
+        return both[:ID_BYTES]
+    return d.get("rid")
 
 
 def sent_indices(d: Mapping[str, Any], layout: Layout) -> list[int]:
@@ -149,17 +190,37 @@ def expand_payload(
     ``layout`` is the receiver's model; ``recipes`` maps the recipe ids it accepts to their text.
     Raises WireError: ``bad_payload`` for an unknown recipe id or a receiver without a model,
     ``bad_shape`` for a payload laid out for another model or carrying another number of tensors,
-    ``schema`` for fields of the wrong type. Nothing is copied: the entries' bytes are reused."""
-    rid, lid, entries = d.get("rid"), d.get("lid"), d.get("t")
-    if (
-        not isinstance(rid, bytes)
-        or len(rid) != ID_BYTES
-        or not isinstance(lid, bytes)
-        or len(lid) != ID_BYTES
-    ):
+    ``schema`` for fields of the wrong type or count, ``bad_payload`` for form-2 metadata that
+    cannot be recomputed or arrays that do not add up. The entries' bytes are reused, except that
+    a form-2 bin of concatenated (uncompressed) arrays is cut into copies of them."""
+    form = d.get("f", 1)
+    if type(form) is not int or form not in (1, FORM):
         raise WireError(
-            Reason.SCHEMA, f"UPDATE.payload: a compact payload needs 'rid' and 'lid', {ID_BYTES} bytes each"
+            Reason.SCHEMA, f"UPDATE.payload.f: compact form {form!r}; this side reads 1 and {FORM}"
         )
+    entries = d.get("t")
+    if form >= 2:
+        both = d.get("id")
+        if not isinstance(both, bytes) or len(both) != 2 * ID_BYTES or "rid" in d or "lid" in d:
+            raise WireError(
+                Reason.SCHEMA,
+                f"UPDATE.payload: a form-2 compact payload needs 'id', {2 * ID_BYTES} bytes, "
+                "and no 'rid' or 'lid'",
+            )
+        rid, lid = both[:ID_BYTES], both[ID_BYTES:]
+    else:
+        rid_in, lid_in = d.get("rid"), d.get("lid")
+        if (
+            not isinstance(rid_in, bytes)
+            or len(rid_in) != ID_BYTES
+            or not isinstance(lid_in, bytes)
+            or len(lid_in) != ID_BYTES
+        ):
+            raise WireError(
+                Reason.SCHEMA,
+                f"UPDATE.payload: a compact payload needs 'rid' and 'lid', {ID_BYTES} bytes each",
+            )
+        rid, lid = rid_in, lid_in
     if not isinstance(entries, list):
         raise WireError(Reason.SCHEMA, "UPDATE.payload.t: expected a list of tensors")
     if layout is None:
@@ -192,30 +253,43 @@ def expand_payload(
         name, shape = layout.names[i], layout.shapes[i]
         where = f"UPDATE.payload.t[{name!r}]"
         chain = pipe.chain_for(name, math.prod(shape))
-        keys = [list(stage.meta_schema) for stage in chain.float_stages]
-        n_values = sum(map(len, keys))
-        if not isinstance(e, list) or len(e) != n_values + 1:
+        n_values = len(_value_keys(chain, short=False))
+        n_short = len(_value_keys(chain, short=True))
+        short = form >= 2 and n_short < n_values and isinstance(e, list) and len(e) == n_short + 1
+        if not isinstance(e, list) or (not short and len(e) != n_values + 1):
+            also = f" (or {n_short} with k and ib left out)" if form >= 2 and n_short < n_values else ""
             raise WireError(
-                Reason.SCHEMA, f"{where}: expected {n_values} metadata values of {chain.text!r} and the data"
+                Reason.SCHEMA,
+                f"{where}: expected {n_values} metadata values{also} of {chain.text!r} and the data",
             )
+        data = e[-1]
+        if not isinstance(data, (bytes, list)):
+            raise WireError(Reason.SCHEMA, f"{where}: data must be bin (compressed) or a list of bin")
+        values = e[:-1]
         meta: list[dict[str, Any]] = []
-        it = iter(e)
-        for stage_keys in keys:
+        it = iter(values)
+        for stage_keys in _stage_keys(chain, short):
             m = {k: v for k, v in zip(stage_keys, it, strict=False) if v is not None}  # takes len(keys)
             meta.append(m)
+        if short:
+            try:
+                meta = _derive(chain, meta, math.prod(shape), data)
+            except (ValueError, TypeError, zstandard.ZstdError) as exc:
+                raise WireError(
+                    Reason.BAD_PAYLOAD, f"{where}: the left-out k and ib cannot be recomputed ({exc})"
+                ) from None
+        if form >= 2 and isinstance(data, list) and len(data) == 1 and isinstance(data[0], bytes):
+            data = _split(chain, meta, math.prod(shape), data[0], where)
         rec: dict[str, Any] = {
             "c": chains.setdefault(chain.text, len(chains)),
             "dtype": "float32",
             "shape": list(shape),
             "meta": meta,
         }
-        data = e[-1]
         if isinstance(data, bytes):
             rec["z"] = data
-        elif isinstance(data, list):
-            rec["data"] = data
         else:
-            raise WireError(Reason.SCHEMA, f"{where}: data must be bin (compressed) or a list of bin")
+            rec["data"] = data
         tensors[name] = rec
     return {
         "codec": "pipeline",
@@ -253,3 +327,106 @@ def _meta_values(chain: Chain, meta: Any) -> list[Any] | None:
             return None
         out.extend(m.get(k) for k in stage.meta_schema)
     return out
+
+
+def _derivable(stage: Any) -> bool:
+    """A top-k stage whose metadata is only what the receiver can recompute (k, ib). Another
+    schema (a new index coding, say) keeps its values on the wire."""
+    return isinstance(stage, TopK) and set(stage.meta_schema) == {"k", "ib"}
+
+
+def _stage_keys(chain: Chain, short: bool) -> list[list[str]]:
+    return [[] if short and _derivable(st) else list(st.meta_schema) for st in chain.float_stages]
+
+
+def _value_keys(chain: Chain, short: bool) -> list[str]:
+    """The key of every metadata value an entry lists, in order."""
+    return [k for keys in _stage_keys(chain, short) for k in keys]
+
+
+def _derive(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data: Any) -> list[dict[str, Any]]:
+    """``meta`` with every top-k stage's k and ib recomputed (those stages' maps are empty): k from
+    the recipe's fraction and the stage's input size, ib from the index array's length, or, for a
+    byte-stage frame, from the size its header declares minus the chain's other arrays. The same
+    function decides on the sender whether the values may be left out, so both sides agree.
+    ValueError, TypeError or zstandard.ZstdError when it cannot be done."""
+    out = [dict(m) for m in meta]
+    at: list[tuple[int, int, int]] = []  # (stage, position of its index array, placeholder ib)
+    pos = total = 0
+    for j, (st, m) in enumerate(zip(chain.float_stages, out, strict=True)):
+        if _derivable(st):
+            k = min(n, max(1, math.ceil(st.args["frac"] * n)))
+            m["k"] = m["ib"] = k  # ib = k is in range; the real ib replaces it below
+            at.append((j, pos, k))
+        fields, n = st.layout(m, n)
+        pos += len(fields)
+        total += sum(f.nbytes for f in fields)
+    joined = isinstance(data, list) and len(data) == 1 and pos > 1  # form 2: the arrays in one bin
+    if isinstance(data, list) and not joined:
+        for j, p, _ in at:
+            if p >= len(data) or not isinstance(data[p], bytes):
+                raise ValueError(f"data[{p}] (the index bytes) is missing")
+            out[j]["ib"] = len(data[p])
+        return out
+    if isinstance(data, list):
+        if not isinstance(data[0], bytes):
+            raise TypeError("data[0] must be bin")
+        declared = len(data[0])
+    elif isinstance(data, bytes):
+        declared = zstandard.frame_content_size(data)
+        if declared < 0:
+            raise ValueError("the zstd frame declares no content size")
+    else:
+        raise TypeError("data must be bin or a list of bin")
+    if len(at) != 1:
+        raise ValueError(f"the arrays' total size gives one left-out ib, the chain has {len(at)}")
+    j, _, placeholder = at[0]
+    out[j]["ib"] = declared - (total - placeholder)
+    return out
+
+
+def _split(chain: Chain, meta: Sequence[dict[str, Any]], n: int, blob: bytes, where: str) -> list[bytes]:
+    """Form 2's one bin of a tensor's arrays, cut at the sizes the metadata gives (one copy of
+    each array; they are the small, compressed side of an update). WireError as the codec would
+    refuse a wrong length: bad_payload."""
+    sizes: list[int] = []
+    try:
+        for st, m in zip(chain.float_stages, meta, strict=True):
+            fields, n = st.layout(m, n)
+            sizes.extend(f.nbytes for f in fields)
+    except (ValueError, TypeError) as exc:
+        raise WireError(Reason.BAD_PAYLOAD, f"{where}: metadata {exc}") from None
+    if len(sizes) < 2:
+        return [blob]
+    if sum(sizes) != len(blob):
+        raise WireError(
+            Reason.BAD_PAYLOAD, f"{where}: {len(blob)} bytes of arrays, the metadata says {sum(sizes)}"
+        )
+    out, at = [], 0
+    for size in sizes:
+        out.append(blob[at : at + size])
+        at += size
+    return out
+
+
+def _short_values(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data: Any) -> list[Any] | None:
+    """The entry's values with the top-k stages' k and ib left out, when ``_derive`` restores them
+    exactly; else None (then every value is listed)."""
+    if not any(_derivable(st) for st in chain.float_stages):
+        return None
+    kept = [{} if _derivable(st) else m for st, m in zip(chain.float_stages, meta, strict=True)]
+    try:
+        derived = _derive(chain, kept, n, data)
+    except (ValueError, TypeError, zstandard.ZstdError):
+        return None
+    if any(
+        {k: (type(v), v) for k, v in a.items()} != {k: (type(v), v) for k, v in b.items()}
+        for a, b in zip(derived, meta, strict=True)
+    ):
+        return None
+    return [
+        m.get(k)
+        for st, m in zip(chain.float_stages, meta, strict=True)
+        if not _derivable(st)
+        for k in st.meta_schema
+    ]

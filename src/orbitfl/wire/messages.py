@@ -9,6 +9,8 @@ and checks every field's type. docs/protocol.md describes each message and field
 from __future__ import annotations
 
 import hashlib
+import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -365,16 +367,28 @@ class CompactOffer:
 
     recipe_id: bytes
     layout_id: bytes
+    # The newest compact form the ground reads (orbitfl.wire.compact.FORM); absent on the wire
+    # means 1, what grounds read before forms were numbered.
+    form: int = 1
 
     def to_wire(self) -> dict[str, Any]:
-        return {"rid": self.recipe_id, "lid": self.layout_id}
+        out: dict[str, Any] = {"rid": self.recipe_id, "lid": self.layout_id}
+        if self.form != 1:
+            out["f"] = self.form
+        return out
 
     @classmethod
     def from_wire(cls, d: Any, where: str) -> CompactOffer:
         if not isinstance(d, dict):
             raise WireError(Reason.SCHEMA, f"{where}: expected a map")
+        form = d.get("f", 1)
+        # A newer ground may offer a form this agent does not know: it sends the newest it does.
+        if type(form) is not int or not 1 <= form <= 1 << 16:
+            raise WireError(Reason.SCHEMA, f"{where}.f: expected a form number >= 1, got {form!r}")
         return cls(
-            _bytes(d, "rid", where, size=COMPACT_ID_BYTES), _bytes(d, "lid", where, size=COMPACT_ID_BYTES)
+            _bytes(d, "rid", where, size=COMPACT_ID_BYTES),
+            _bytes(d, "lid", where, size=COMPACT_ID_BYTES),
+            form,
         )
 
 
@@ -453,28 +467,39 @@ class Update(Message):
     metrics: dict[str, float] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
 
+    # Leave task_id out of the frame when it is the ground's default name for the task,
+    # task_id_for(round, sender); only for a ground whose TASK offered compact form >= 2 (an older
+    # one refuses an UPDATE without it). Decoding sets it when the frame had none.
+    omit_task_id: bool = False
+
     def fields(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "round": self.round,
-            "base_version": self.base_version,
-            "samples": self.samples,
-            "metrics": self.metrics,
-            "payload": self.payload,
-        }
+        out: dict[str, Any] = {}
+        if not (self.omit_task_id and self.task_id == task_id_for(self.round, id_sender(self.id))):
+            out["task_id"] = self.task_id
+        out.update(
+            round=self.round,
+            base_version=self.base_version,
+            samples=self.samples,
+            metrics=self.metrics,
+            payload=self.payload,
+        )
+        return out
 
     @classmethod
     def from_fields(cls, mid: str, d: Mapping[str, Any]) -> Update:
         k = cls.TYPE
         samples = _int(d, "samples", k, minimum=1)
+        round_ = _int(d, "round", k)
+        omitted = "task_id" not in d
         return cls(
             mid,
-            _str(d, "task_id", k, max_len=MAX_ID_LEN),
-            _int(d, "round", k),
+            task_id_for(round_, id_sender(mid)) if omitted else _str(d, "task_id", k, max_len=MAX_ID_LEN),
+            round_,
             _int(d, "base_version", k),
             samples,
             _metrics(d, "metrics", k),
             _map(d, "payload", k),
+            omitted,
         )
 
 
@@ -756,8 +781,62 @@ M = TypeVar("M", bound=Message)
 
 
 def encode(msg: Message) -> bytes:
+    if isinstance(msg, Update):
+        return pack_f32(msg.to_wire())
     out: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
     return out
+
+
+_PK = msgpack.Packer(use_bin_type=True)
+_PK32 = msgpack.Packer(use_bin_type=True, use_single_float=True)
+_F32 = struct.Struct(">f")
+
+
+def _is_f32(v: float) -> bool:
+    if not math.isfinite(v):
+        return False  # a float32 NaN could not carry a float64 NaN's payload bits
+    try:
+        return bool(_F32.unpack(_F32.pack(v))[0] == v)
+    except OverflowError:
+        return False
+
+
+def pack_f32(obj: Any) -> bytes:
+    """msgpack of ``obj`` as ``packb(obj, use_bin_type=True)`` gives it, except that each float that
+    is exactly a float32 value goes as a msgpack float32 (5 bytes, not 9). Any msgpack reader reads
+    the same values back, so this is no change of protocol: the UPDATE's codec metadata (the sign
+    stage's scale, quantizer ranges: computed in float32) and metrics shrink by 4 bytes a value.
+    Bins are not copied until the one final join."""
+    out: list[bytes] = []
+    _pack_into(obj, out)
+    return b"".join(out)
+
+
+def _pack_into(v: Any, out: list[bytes]) -> None:
+    t = type(v)
+    if t is float:
+        out.append(_PK32.pack(v) if _is_f32(v) else _PK.pack(v))
+    elif t is bytes:
+        n = len(v)
+        out.append(
+            b"\xc4" + bytes((n,))
+            if n < 0x100
+            else struct.pack(">BH", 0xC5, n)
+            if n < 0x10000
+            else struct.pack(">BI", 0xC6, n)
+        )
+        out.append(v)
+    elif isinstance(v, dict):
+        out.append(_PK.pack_map_header(len(v)))
+        for k, x in v.items():
+            _pack_into(k, out)
+            _pack_into(x, out)
+    elif isinstance(v, (list, tuple)):
+        out.append(_PK.pack_array_header(len(v)))
+        for x in v:
+            _pack_into(x, out)
+    else:
+        out.append(_PK.pack(v))
 
 
 def encode_around(msg: Message, key: str, value: bytes) -> tuple[bytes, bytes]:
@@ -849,6 +928,12 @@ def decode_as(frame: bytes, cls: type[M], limits: Limits = DEFAULT_LIMITS) -> M:
 
 def make_id(sender: str, counter: int) -> str:
     return f"{sender}:{counter}"
+
+
+def task_id_for(round_: int, agent: str) -> str:
+    """The id the ground gives agent ``agent``'s task for round ``round_``; an UPDATE for it may
+    leave its task_id out (UPDATE, compact form 2)."""
+    return f"r{round_}/{agent}"
 
 
 def id_sender(mid: str) -> str:
