@@ -240,21 +240,24 @@ struct BitWriter {
 unsigned rice_best_param(const std::uint32_t* idx, std::size_t k) {
   check_ascending(idx, k);
   if (k == 0) return 0;
-  // cost(b) = k (b + 1) + sum (v >> b); one pass per b over the k gaps, each a plain vectorisable
-  // sum, so the search is exact rather than the mean-gap estimate, and k is small beside n.
-  unsigned best = 0;
-  std::uint64_t best_cost = ~std::uint64_t{0};
-  for (unsigned b = 0; b <= kRiceMaxParam; ++b) {
+  // cost(b) = k (b + 1) + sum (v >> b), one plain (vectorisable) pass over the k gaps per b.
+  // cost(b + 1) - cost(b) = k - sum ceil((v >> b) / 2) never decreases as b grows, so cost is
+  // convex: the first b whose successor is no cheaper is the smallest minimiser, and the search
+  // stops there after about b + 2 passes (exact, where the mean-gap estimate can be one off).
+  auto cost = [idx, k](unsigned b) {
     std::uint64_t q = static_cast<std::uint64_t>(idx[0]) >> b;  // v0 = idx[0] + 1 - 1
     for (std::size_t i = 1; i < k; ++i) q += (idx[i] - idx[i - 1] - 1u) >> b;
-    const std::uint64_t cost = q + static_cast<std::uint64_t>(k) * (b + 1);
-    if (cost < best_cost) {
-      best_cost = cost;
-      best = b;
-    }
-    if (q == 0) break;  // larger b only add bits
+    return q + static_cast<std::uint64_t>(k) * (b + 1);
+  };
+  unsigned b = 0;
+  std::uint64_t here = cost(0);
+  while (b < kRiceMaxParam) {
+    const std::uint64_t next = cost(b + 1);
+    if (next >= here) break;
+    here = next;
+    ++b;
   }
-  return best;
+  return b;
 }
 
 std::size_t rice_encoded_size(const std::uint32_t* idx, std::size_t k, unsigned b) {
