@@ -1,6 +1,7 @@
-"""How topk and dgc send their kept indices: Golomb-Rice (``idx=rice``, the default) or LEB128
-varints (``idx=varint``), on both kernel backends; the metadata, not the recipe text, says which, so
-payloads from before the choice existed still decode."""
+"""How topk and dgc send their kept indices: Golomb-Rice (``idx=rice``), LEB128 varints
+(``idx=varint``) or the shorter per tensor (``idx=auto``, the default), on both kernel backends;
+the metadata, not the recipe text, says which, so payloads from before the choice existed still
+decode."""
 
 from __future__ import annotations
 
@@ -29,13 +30,21 @@ def _wire(payload: Payload) -> dict[str, Any]:
     return msgpack.unpackb(payload.to_bytes())  # type: ignore[no-any-return]
 
 
+def _with_idx(stage: str, idx: str) -> str:
+    head, plus, mods = stage.partition("+")
+    return f"{head},idx={idx}{plus}{mods}"
+
+
 @pytest.mark.parametrize(
     ("stage", "rest"), [("dgc:0.02", "sign"), ("dgc:0.02", "sign|zstd"), ("topk:0.05+ef", "quant:4")]
 )
-def test_rice_decodes_to_exactly_what_varint_decodes_to(backend: str, stage: str, rest: str) -> None:
-    rice = Pipeline.parse(f"{stage} | {rest}", backend)
-    head, _, mods = stage.partition("+")
-    varint = Pipeline.parse(f"{head},idx=varint{'+' + mods if mods else ''} | {rest}", backend)
+@pytest.mark.parametrize("idx", ["rice", "auto"])
+def test_rice_decodes_to_exactly_what_varint_decodes_to(
+    backend: str, stage: str, rest: str, idx: str
+) -> None:
+    kern = kernels(backend)
+    rice = Pipeline.parse(f"{_with_idx(stage, idx)} | {rest}", backend)
+    varint = Pipeline.parse(f"{_with_idx(stage, 'varint')} | {rest}", backend)
     sr, sv = rice.new_state(), varint.new_state()
     for r in range(6):
         x = _update(r)
@@ -45,18 +54,45 @@ def test_rice_decodes_to_exactly_what_varint_decodes_to(backend: str, stage: str
         for name in x:
             np.testing.assert_array_equal(dr[name], dv[name])
             np.testing.assert_array_equal(sr.residuals[name], sv.residuals[name])
-        assert all("rb" in rec.meta[0] for rec in pr.records.values())
-        assert not any("rb" in rec.meta[0] for rec in pv.records.values())
+            m_r, m_v = pr.records[name].meta[0], pv.records[name].meta[0]
+            assert "rb" not in m_v
+            if idx == "rice":
+                assert "rb" in m_r
+            else:  # the shorter of the two, Rice on a tie
+                sent = dv[name].reshape(-1) != 0
+                kept = np.flatnonzero(sent).astype(np.uint32)
+                if kept.size == m_r["k"]:  # (no kept value that decodes to 0)
+                    rice_size = kern.rice_encode_indices(kept, kern.rice_best_param(kept)).size
+                    assert m_r["ib"] == min(rice_size, m_v["ib"])
+                    assert ("rb" in m_r) == (rice_size <= m_v["ib"])
         big_r, big_v = pr.records["big"], pv.records["big"]
-        assert big_r.meta[0]["ib"] < big_v.meta[0]["ib"]  # the index field itself
+        assert "rb" in big_r.meta[0] and big_r.meta[0]["ib"] < big_v.meta[0]["ib"]
         assert pr.nbytes < pv.nbytes
 
 
-def test_rice_is_the_default_and_varint_spells_itself() -> None:
-    assert Pipeline.parse("dgc:0.02 | sign | zstd").text == Pipeline.parse("dgc:0.02,idx=rice|sign|zstd").text
+def test_auto_sends_varints_where_rice_would_be_longer(backend: str) -> None:
+    """Runs of neighbours far apart: one Rice parameter fits neither the 1-gaps nor the jumps."""
+    rng = np.random.default_rng(5)
+    n = 1 << 20
+    x = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+    starts = np.sort(rng.choice(n // 4096, 50, replace=False)) * 4096
+    x[(starts[:, None] + np.arange(30)).ravel()] = 1.0
+    sizes = {}
+    for idx in ("auto", "rice", "varint"):
+        pipe = Pipeline.parse(f"topk:{1500 / n!r},idx={idx} | fp16", backend)
+        payload = pipe.encode({"w": x})
+        sizes[idx] = payload.records["w"].meta[0]
+        np.testing.assert_array_equal(pipe.decode(payload)["w"] != 0, x == 1.0)
+    assert sizes["rice"]["ib"] > sizes["varint"]["ib"]
+    assert sizes["auto"] == sizes["varint"]
+
+
+def test_auto_is_the_default_and_the_others_spell_themselves() -> None:
+    assert Pipeline.parse("dgc:0.02 | sign | zstd").text == Pipeline.parse("dgc:0.02,idx=auto|sign|zstd").text
     assert "idx" not in Pipeline.parse("dgc:0.02 | sign").text
-    text = Pipeline.parse("topk:0.1,idx=varint+ef | quant:4").text
-    assert "idx=varint" in text and Pipeline.parse(text).text == text
+    for idx in ("rice", "varint"):
+        text = Pipeline.parse(f"topk:0.1,idx={idx}+ef | quant:4").text
+        assert f"idx={idx}" in text and Pipeline.parse(text).text == text
     with pytest.raises(ValueError, match="idx"):
         Pipeline.parse("topk:0.1,idx=huffman")
 
@@ -94,6 +130,7 @@ def _big_meta(d: dict[str, Any]) -> dict[str, Any]:
 def test_impossible_rice_metadata_is_refused_before_decoding(change: Any, says: str) -> None:
     pipe = Pipeline.parse("dgc:0.02 | sign")
     d = _wire(pipe.encode(_update(1), pipe.new_state()))
+    assert "rb" in _big_meta(d)
     change(_big_meta(d))
     with pytest.raises(ValueError) as info:
         Payload.from_wire(d)

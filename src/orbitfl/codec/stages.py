@@ -204,12 +204,13 @@ class EfSign(Sign):
 
 
 # --- top-k -----------------------------------------------------------------------------------------
-# How the kept indices travel. Top-k gaps are near-geometric, and Rice at its best b comes within
-# ~1 % of their entropy while a varint spends 8 bits on every gap below 128; zstd cannot close
-# that gap on the ~1-2 kB index fields of one update (tools/bench_index_coding.py,
-# docs/codecs.md). Varints stay for payloads from before, and for index sets Rice codes badly
-# (gaps of two very different sizes).
-IDX_PARAM = Param("idx", str, "rice", check=one_of("rice", "varint"))
+# How the kept indices travel. Top-k gaps of a dense delta are near-geometric, and Rice at its
+# best b comes within ~1 % of their entropy while a varint spends 8 bits on every gap below 128;
+# zstd cannot close that gap on the ~1-2 kB index fields of one update. But Rice loses badly to
+# varints on runs of neighbours far apart (one b fits neither the 1-gaps nor the jumps), so the
+# default, `auto`, sends per tensor whichever is shorter: the metadata says which, at no cost on
+# the wire (tools/bench_index_coding.py, docs/codecs.md).
+IDX_PARAM = Param("idx", str, "auto", check=one_of("auto", "rice", "varint"))
 RICE_MAX_PARAM = 31
 
 
@@ -217,8 +218,9 @@ RICE_MAX_PARAM = 31
 class TopK(FloatStage):
     """Keep the fraction ``frac`` of values of largest magnitude (at least one); the kept values go
     on to the next float stage. The gaps between kept indices travel Golomb-Rice coded with the
-    parameter that makes them shortest (``idx=rice``, the default; ``rb`` in the metadata) or as
-    LEB128 varints (``idx=varint``, what every payload without ``rb`` holds)."""
+    parameter that makes them shortest (``idx=rice``; ``rb`` in the metadata) or as LEB128
+    varints (``idx=varint``, what every payload without ``rb`` holds); ``idx=auto``, the default,
+    takes the shorter of the two per tensor."""
 
     params: ClassVar[tuple[Param, ...]] = (
         Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
@@ -237,12 +239,16 @@ class TopK(FloatStage):
         return self._indices(ctx.kern, idx, vals)
 
     def _indices(self, kern: ModuleType, idx: NDArray[np.uint32], vals: F32) -> Encoded:
-        if self.args["idx"] == "varint":
-            buf = kern.delta_encode_indices(idx)
-            return Encoded({"k": int(idx.size), "ib": int(buf.size)}, [buf], vals, kept=idx)
-        b = kern.rice_best_param(idx)
-        buf = kern.rice_encode_indices(idx, b)
-        return Encoded({"k": int(idx.size), "ib": int(buf.size), "rb": int(b)}, [buf], vals, kept=idx)
+        mode = self.args["idx"]
+        k = int(idx.size)
+        varint = kern.delta_encode_indices(idx) if mode != "rice" else None
+        if mode != "varint":
+            b = kern.rice_best_param(idx)
+            rice = kern.rice_encode_indices(idx, b)
+            if varint is None or rice.size <= varint.size:
+                return Encoded({"k": k, "ib": int(rice.size), "rb": int(b)}, [rice], vals, kept=idx)
+        assert varint is not None
+        return Encoded({"k": k, "ib": int(varint.size)}, [varint], vals, kept=idx)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         # The metadata, not the recipe, says how the indices are coded: a payload encoded before
