@@ -205,4 +205,135 @@ void delta_decode_indices(const std::uint8_t* buf, std::size_t len, std::size_t 
   }
 }
 
+namespace {
+
+void check_rice_param(unsigned b) {
+  require(b <= kRiceMaxParam,
+          "b must be in 0.." + std::to_string(kRiceMaxParam) + ", got " + std::to_string(b));
+}
+
+void check_ascending(const std::uint32_t* idx, std::size_t k) {
+  for (std::size_t i = 1; i < k; ++i) require(idx[i] > idx[i - 1], "indices must be strictly ascending");
+}
+
+// Appends up to 57 bits LSB-first; whole bytes leave as soon as they are complete.
+struct BitWriter {
+  std::uint8_t* out;
+  std::uint64_t acc = 0;
+  unsigned nbits = 0;
+  void put(std::uint64_t value, unsigned len) {
+    acc |= value << nbits;
+    nbits += len;
+    while (nbits >= 8) {
+      *out++ = static_cast<std::uint8_t>(acc);
+      acc >>= 8;
+      nbits -= 8;
+    }
+  }
+  void finish() {
+    if (nbits) *out++ = static_cast<std::uint8_t>(acc);
+  }
+};
+
+}  // namespace
+
+unsigned rice_best_param(const std::uint32_t* idx, std::size_t k) {
+  check_ascending(idx, k);
+  if (k == 0) return 0;
+  // cost(b) = k (b + 1) + sum (v >> b), one plain (vectorisable) pass over the k gaps per b.
+  // cost(b + 1) - cost(b) = k - sum ceil((v >> b) / 2) never decreases as b grows, so cost is
+  // convex: the first b whose successor is no cheaper is the smallest minimiser, and the search
+  // stops there after about b + 2 passes (exact, where the mean-gap estimate can be one off).
+  auto cost = [idx, k](unsigned b) {
+    std::uint64_t q = static_cast<std::uint64_t>(idx[0]) >> b;  // v0 = idx[0] + 1 - 1
+    for (std::size_t i = 1; i < k; ++i) q += (idx[i] - idx[i - 1] - 1u) >> b;
+    return q + static_cast<std::uint64_t>(k) * (b + 1);
+  };
+  unsigned b = 0;
+  std::uint64_t here = cost(0);
+  while (b < kRiceMaxParam) {
+    const std::uint64_t next = cost(b + 1);
+    if (next >= here) break;
+    here = next;
+    ++b;
+  }
+  return b;
+}
+
+std::size_t rice_encoded_size(const std::uint32_t* idx, std::size_t k, unsigned b) {
+  check_rice_param(b);
+  check_ascending(idx, k);
+  std::uint64_t bits = static_cast<std::uint64_t>(k) * (b + 1);
+  if (k) bits += static_cast<std::uint64_t>(idx[0]) >> b;
+  for (std::size_t i = 1; i < k; ++i) bits += (idx[i] - idx[i - 1] - 1u) >> b;
+  return static_cast<std::size_t>((bits + 7) / 8);
+}
+
+void rice_encode_indices(const std::uint32_t* idx, std::size_t k, unsigned b, std::uint8_t* out) {
+  BitWriter w{out};
+  std::uint32_t prev_plus1 = 0;  // idx[i-1] + 1, so v = idx[i] - prev_plus1 cannot overflow
+  for (std::size_t i = 0; i < k; ++i) {
+    const std::uint32_t v = idx[i] - prev_plus1;
+    prev_plus1 = idx[i] + 1u;  // wraps only after the last possible index, never read again
+    std::uint64_t q = v >> b;
+    for (; q >= 32; q -= 32) w.put(0, 32);
+    const std::uint64_t low = v & ((std::uint64_t{1} << b) - 1);
+    w.put(0, static_cast<unsigned>(q));
+    w.put(1u | (low << 1), b + 1);
+  }
+  w.finish();
+}
+
+void rice_decode_indices(const std::uint8_t* buf, std::size_t len, std::size_t k, unsigned b,
+                         std::uint32_t* out) {
+  check_rice_param(b);
+  const std::uint64_t total = static_cast<std::uint64_t>(len) * 8;
+  const std::uint64_t max_q = 0xFFFFFFFFull >> b;  // (q << b) | low must stay below 2**32
+  std::uint64_t pos = 0;  // next bit to read
+  std::int64_t prev = -1;
+  for (std::size_t i = 0; i < k; ++i) {
+    // The unary part: zeros up to the next one bit, a byte at a time.
+    const std::uint64_t start = pos;
+    std::size_t byte = static_cast<std::size_t>(pos >> 3);
+    unsigned cur = byte < len ? static_cast<unsigned>(buf[byte] >> (pos & 7)) : 0u;
+    if (cur == 0) {
+      ++byte;
+      while (byte < len && buf[byte] == 0) ++byte;
+      if (byte >= len) {
+        throw InvalidArgument("buf is truncated: " + std::to_string(i) + " complete codes, " +
+                              std::to_string(k) + " expected");
+      }
+      pos = static_cast<std::uint64_t>(byte) * 8;
+      cur = buf[byte];
+    }
+    pos += static_cast<unsigned>(__builtin_ctz(cur));
+    const std::uint64_t q = pos - start;
+    require(q <= max_q, "buf decodes to a gap beyond uint32");
+    ++pos;  // the one bit
+    std::uint64_t low = 0;
+    if (b) {
+      if (pos + b > total) {
+        throw InvalidArgument("buf is truncated: " + std::to_string(i) + " complete codes, " +
+                              std::to_string(k) + " expected");
+      }
+      // b <= 31 bits starting at bit pos & 7 lie within 5 bytes, all inside buf (checked above).
+      const std::size_t first = static_cast<std::size_t>(pos >> 3);
+      const std::size_t last = static_cast<std::size_t>((pos + b - 1) >> 3);
+      std::uint64_t window = 0;
+      for (std::size_t j = first; j <= last; ++j) window |= static_cast<std::uint64_t>(buf[j]) << (8 * (j - first));
+      low = (window >> (pos & 7)) & ((std::uint64_t{1} << b) - 1);
+      pos += b;
+    }
+    const std::int64_t cur_idx = prev + 1 + static_cast<std::int64_t>((q << b) | low);
+    require(cur_idx <= 0xFFFFFFFFll, "buf decodes to an index beyond uint32");
+    out[i] = static_cast<std::uint32_t>(cur_idx);
+    prev = cur_idx;
+  }
+  const std::uint64_t used = (pos + 7) / 8;
+  require(used == len, "buf is overlong: " + std::to_string(len - used) + " bytes after " +
+                           std::to_string(k) + " codes");
+  require((pos & 7) == 0 || (buf[len - 1] >> (pos & 7)) == 0,
+          "buf has nonzero padding bits after the last code");
+}
+
 }  // namespace orbitfl

@@ -1,5 +1,5 @@
-// Top-k sparsification with an error-feedback residual, and delta + LEB128 coding of the kept
-// indices. Semantics: orbitfl/_core.pyi.
+// Top-k sparsification with an error-feedback residual, and delta + LEB128 or Golomb-Rice coding
+// of the kept indices. Semantics: orbitfl/_core.pyi.
 #pragma once
 
 #include <cstddef>
@@ -21,5 +21,23 @@ void delta_encode_indices(const std::uint32_t* idx, std::size_t k, std::uint8_t*
 // Decodes exactly k indices from buf[0..len); throws InvalidArgument on a truncated or overlong
 // buffer, a varint over 5 bytes or non-canonical, a zero gap, or an index beyond uint32.
 void delta_decode_indices(const std::uint8_t* buf, std::size_t len, std::size_t k, std::uint32_t* out);
+
+// Golomb-Rice (Golomb 1966, Rice 1979) coding of the same gaps, parameter b in 0..kRiceMaxParam:
+// v = gap - 1 travels as v >> b zero bits, a one bit, then the b low bits of v, all LSB-first
+// in a byte stream whose last byte is zero-padded.
+constexpr unsigned kRiceMaxParam = 31;
+// The b in 0..kRiceMaxParam giving the fewest bits (ties to the smaller b); 0 for k == 0.
+// Throws InvalidArgument unless strictly ascending.
+unsigned rice_best_param(const std::uint32_t* idx, std::size_t k);
+// Bytes rice_encode_indices will write; throws InvalidArgument unless strictly ascending or for
+// b > kRiceMaxParam.
+std::size_t rice_encoded_size(const std::uint32_t* idx, std::size_t k, unsigned b);
+// Writes the codes into out, which has rice_encoded_size bytes; call it only after that check.
+void rice_encode_indices(const std::uint32_t* idx, std::size_t k, unsigned b, std::uint8_t* out);
+// Decodes exactly k indices from buf[0..len); throws InvalidArgument on a truncated stream, bytes
+// or nonzero padding bits after the k-th code, an index beyond uint32, or b > kRiceMaxParam.
+// Never reads outside buf.
+void rice_decode_indices(const std::uint8_t* buf, std::size_t len, std::size_t k, unsigned b,
+                         std::uint32_t* out);
 
 }  // namespace orbitfl

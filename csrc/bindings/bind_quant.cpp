@@ -43,6 +43,13 @@ std::size_t count_arg(long long v, const char* name) {
   return static_cast<std::size_t>(v);
 }
 
+unsigned rice_param_arg(long long b) {
+  if (b < 0 || b > static_cast<long long>(kRiceMaxParam)) {
+    throw py::value_error("b must be in 0.." + std::to_string(kRiceMaxParam) + ", got " + std::to_string(b));
+  }
+  return static_cast<unsigned>(b);
+}
+
 std::size_t bucket_arg(long long v) {
   if (v < 1) throw py::value_error("bucket must be >= 1, got " + std::to_string(v));
   return static_cast<std::size_t>(v);
@@ -269,6 +276,68 @@ void register_quant(py::module_& m) {
         return out;
       },
       py::arg("buf"), py::arg("k"));
+
+  m.def(
+      "rice_best_param",
+      [](py::object indices) {
+        py::array a = checked<std::uint32_t>(indices, "indices");
+        const auto k = static_cast<std::size_t>(a.size());
+        const std::uint32_t* ip = cdata<std::uint32_t>(a);
+        unsigned b;
+        {
+          py::gil_scoped_release release;
+          b = rice_best_param(ip, k);
+        }
+        return static_cast<int>(b);
+      },
+      py::arg("indices"));
+
+  m.def(
+      "rice_encode_indices",
+      [](py::object indices, long long b) {
+        py::array a = checked<std::uint32_t>(indices, "indices");
+        const unsigned bb = rice_param_arg(b);
+        const auto k = static_cast<std::size_t>(a.size());
+        const std::uint32_t* ip = cdata<std::uint32_t>(a);
+        std::size_t size;
+        {
+          py::gil_scoped_release release;
+          size = rice_encoded_size(ip, k, bb);
+        }
+        py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(size));
+        std::uint8_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          rice_encode_indices(ip, k, bb, op);
+        }
+        return out;
+      },
+      py::arg("indices"), py::arg("b"));
+
+  m.def(
+      "rice_decode_indices",
+      [](py::object buf, long long k, long long b) {
+        py::array a = checked<std::uint8_t>(buf, "buf");
+        const std::size_t kk = count_arg(k, "k");
+        const unsigned bb = rice_param_arg(b);
+        // Each code takes at least b + 1 bits: a k beyond that is truncation, caught before
+        // allocating k outputs.
+        const auto len = static_cast<std::size_t>(a.size());
+        if (kk > len * 8 / (bb + 1)) {
+          throw py::value_error("buf is truncated: " + std::to_string(len) + " bytes cannot hold " +
+                                std::to_string(kk) + " codes of at least " + std::to_string(bb + 1) +
+                                " bits");
+        }
+        py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(kk));
+        const std::uint8_t* bp = cdata<std::uint8_t>(a);
+        std::uint32_t* op = wdata(out);
+        {
+          py::gil_scoped_release release;
+          rice_decode_indices(bp, len, kk, bb, op);
+        }
+        return out;
+      },
+      py::arg("buf"), py::arg("k"), py::arg("b"));
 
   m.def(
       "sign_encode",

@@ -202,6 +202,46 @@ TEST_CASE("top-k, delta coding and sign known answers") {
   CHECK_THROWS(topk(x.data(), nullptr, n, n + 1, idx.data(), vals.data()), InvalidArgument);
 }
 
+TEST_CASE("Golomb-Rice index coding") {
+  // gaps 1, 1, 4 -> v = 0, 0, 3; b = 1: [1 0] [1 0] [0 1 1], LSB first
+  const std::vector<std::uint32_t> small = {0, 1, 5};
+  CHECK(rice_encoded_size(small.data(), 3, 1) == 1);
+  std::uint8_t one = 0;
+  rice_encode_indices(small.data(), 3, 1, &one);
+  CHECK(one == 0x65);
+  std::vector<std::uint32_t> back(3);
+  rice_decode_indices(&one, 1, 3, 1, back.data());
+  CHECK(back == small);
+  const std::uint8_t padded = 0xE5;  // a nonzero padding bit
+  CHECK_THROWS(rice_decode_indices(&padded, 1, 3, 1, back.data()), InvalidArgument);
+  const std::vector<std::uint32_t> ends = {0, 0xFFFFFFFFu};
+  const unsigned b = rice_best_param(ends.data(), 2);
+  std::vector<std::uint8_t> enc(rice_encoded_size(ends.data(), 2, b));
+  rice_encode_indices(ends.data(), 2, b, enc.data());
+  std::vector<std::uint32_t> dec(2);
+  rice_decode_indices(enc.data(), enc.size(), 2, b, dec.data());
+  CHECK(dec == ends);
+  CHECK_THROWS(rice_decode_indices(enc.data(), enc.size() - 1, 2, b, dec.data()), InvalidArgument);
+  CHECK_THROWS(rice_encoded_size(ends.data(), 2, kRiceMaxParam + 1), InvalidArgument);
+  CHECK_THROWS(rice_decode_indices(enc.data(), enc.size(), 2, kRiceMaxParam + 1, dec.data()), InvalidArgument);
+  const std::vector<std::uint32_t> down = {3, 2};
+  CHECK_THROWS(rice_best_param(down.data(), 2), InvalidArgument);
+  // the top-k of a vector: geometric gaps, b near log2(mean gap * ln 2), round trip
+  const std::size_t n = 5003;
+  std::vector<float> x = input(n, 3);
+  std::vector<std::uint32_t> idx(100);
+  std::vector<float> vals(100);
+  topk(x.data(), nullptr, n, 100, idx.data(), vals.data());
+  const unsigned bb = rice_best_param(idx.data(), idx.size());
+  CHECK(bb >= 4 && bb <= 7);
+  std::vector<std::uint8_t> code(rice_encoded_size(idx.data(), idx.size(), bb));
+  rice_encode_indices(idx.data(), idx.size(), bb, code.data());
+  std::vector<std::uint32_t> got(idx.size());
+  rice_decode_indices(code.data(), code.size(), idx.size(), bb, got.data());
+  CHECK(got == idx);
+  CHECK(code.size() < delta_encoded_size(idx.data(), idx.size()));
+}
+
 int main() {
   std::printf("simd path: %s\n", simd_name());
   return orbitfl_test::run_all();

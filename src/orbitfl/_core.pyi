@@ -105,6 +105,19 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
     after k varints), a varint over 5 bytes or with a trailing zero group, a zero gap, or an index
     beyond uint32."""
 
+def rice_best_param(indices: U32) -> int:
+    """The Golomb-Rice parameter b in 0..31 coding these strictly ascending indices in the fewest
+    bits (ties to the smaller b); 0 for no indices. ValueError unless strictly ascending."""
+
+def rice_encode_indices(indices: U32, b: int) -> U8:
+    """Strictly ascending indices -> Golomb-Rice codes (Golomb 1966, Rice 1979) of their gaps:
+    v = gap - 1 (first gap from -1) as v >> b zero bits, a one bit, then the b low bits of v,
+    LSB-first, the last byte zero-padded. ValueError unless strictly ascending or b in 0..31."""
+
+def rice_decode_indices(buf: U8, k: int, b: int) -> U32:
+    """Inverse of rice_encode_indices; ValueError on a truncated stream, bytes or nonzero padding
+    bits after the k-th code, a gap or index beyond uint32, k < 0 or b outside 0..31."""
+
 # ---------------------------------------------------------------------------------------------
 # Sign compression and error-feedback sign (1 bit per value plus one scale)
 # ---------------------------------------------------------------------------------------------

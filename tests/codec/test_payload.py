@@ -191,7 +191,17 @@ def test_truncated_and_non_msgpack_bytes_are_refused() -> None:
 @given(data=st.data())
 def test_random_corruption_never_escapes_as_anything_but_value_error(be: str, data: st.DataObject) -> None:
     recipe = data.draw(
-        st.sampled_from(["quant:4|zstd", "topk:0.2+ef|quant:8", "efsign", "fp16", "fp32|zstd"])
+        st.sampled_from(
+            [
+                "quant:4|zstd",
+                "topk:0.2+ef|quant:8",
+                "topk:0.2,idx=varint+ef|quant:8",
+                "dgc:0.05,idx=rice|sign",
+                "efsign",
+                "fp16",
+                "fp32|zstd",
+            ]
+        )
     )
     pipe = Pipeline.parse(recipe, be)
     raw = bytearray(pipe.encode(layers(), pipe.new_state()).to_bytes())

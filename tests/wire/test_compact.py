@@ -245,17 +245,18 @@ def test_a_compact_payload_that_disagrees_with_the_model_is_refused(
     [
         (0, "x", "k must be an int"),
         (0, 10**6, "k"),
-        (2, float("nan"), "scale"),
-        (2, None, "scale"),
+        (3, float("nan"), "scale"),
+        (3, None, "scale"),
         (1, -1, "ib"),
+        (2, 32, "rb"),
     ],
 )
 def test_metadata_values_the_codec_refuses_are_refused(index: int, value: Any, text: str) -> None:
     recipe = "topk:0.1+ef | sign"
     d = compact_payload(encode_payload(recipe, model(8), new_codec_state(recipe)), recipe, LAYOUT)
     assert d is not None
-    entry = d["t"][3]  # fc.weight: [k, ib, scale, arrays]
-    assert len(entry) == 4 and isinstance(entry[0], int) and isinstance(entry[2], float)
+    entry = d["t"][3]  # fc.weight: [k, ib, rb, scale, arrays]
+    assert len(entry) == 5 and isinstance(entry[0], int) and isinstance(entry[3], float)
     entry[index] = value
     err = _refusal(d, recipes(recipe))
     assert err.reason == Reason.BAD_PAYLOAD and text in err.text, err

@@ -204,36 +204,73 @@ class EfSign(Sign):
 
 
 # --- top-k -----------------------------------------------------------------------------------------
+# How the kept indices travel. Top-k gaps of a dense delta are near-geometric, and Rice at its
+# best b comes within ~1 % of their entropy while a varint spends 8 bits on every gap below 128;
+# zstd cannot close that gap on the ~1-2 kB index fields of one update. But Rice loses badly to
+# varints on runs of neighbours far apart (one b fits neither the 1-gaps nor the jumps), so the
+# default, `auto`, sends per tensor whichever is shorter: the metadata says which, at no cost on
+# the wire (tools/bench_index_coding.py, docs/codecs.md).
+IDX_PARAM = Param("idx", str, "auto", check=one_of("auto", "rice", "varint"))
+RICE_MAX_PARAM = 31
+
+
 @register("topk")
 class TopK(FloatStage):
-    """Keep the fraction ``frac`` of values of largest magnitude (at least one); indices travel as
-    LEB128 varints of their gaps, the kept values go on to the next float stage."""
+    """Keep the fraction ``frac`` of values of largest magnitude (at least one); the kept values go
+    on to the next float stage. The gaps between kept indices travel Golomb-Rice coded with the
+    parameter that makes them shortest (``idx=rice``; ``rb`` in the metadata) or as LEB128
+    varints (``idx=varint``, what every payload without ``rb`` holds); ``idx=auto``, the default,
+    takes the shorter of the two per tensor."""
 
     params: ClassVar[tuple[Param, ...]] = (
         Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+        IDX_PARAM,
     )
     terminal = False
     kernel_ef = True
     reports_kept = True
-    meta_schema: ClassVar[Mapping[str, type]] = {"k": int, "ib": int}
+    # rb last: the compact form lists the values in this order, so k and ib keep their places
+    meta_schema: ClassVar[Mapping[str, type]] = {"k": int, "ib": int, "rb": int}
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         n = x.size
         k = min(n, max(1, math.ceil(self.args["frac"] * n)))
         idx, vals = ctx.kern.topk(x, k, ctx.residual)
-        buf = ctx.kern.delta_encode_indices(idx)
-        return Encoded({"k": k, "ib": int(buf.size)}, [buf], vals, kept=idx)
+        return self._indices(ctx.kern, idx, vals)
+
+    def _indices(self, kern: ModuleType, idx: NDArray[np.uint32], vals: F32) -> Encoded:
+        mode = self.args["idx"]
+        k = int(idx.size)
+        varint = kern.delta_encode_indices(idx) if mode != "rice" else None
+        if mode != "varint":
+            b = kern.rice_best_param(idx)
+            rice = kern.rice_encode_indices(idx, b)
+            if varint is None or rice.size <= varint.size:
+                return Encoded({"k": k, "ib": int(rice.size), "rb": int(b)}, [rice], vals, kept=idx)
+        assert varint is not None
+        return Encoded({"k": k, "ib": int(varint.size)}, [varint], vals, kept=idx)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
+        # The metadata, not the recipe, says how the indices are coded: a payload encoded before
+        # `idx` existed has no rb and varints under the very same recipe text, and still decodes.
         k = _need(meta, "k", 0, n)
-        ib = _need(meta, "ib", k, 5 * k)
+        if "rb" not in meta:
+            ib = _need(meta, "ib", k, 5 * k)
+        else:
+            b = _need(meta, "rb", 0, RICE_MAX_PARAM)
+            # k codes of b + 1 bits at least; their unary parts add at most sum(gap - 1) >> b
+            # bits, and the gaps sum to the last index + 1 <= n.
+            ib = _need(meta, "ib", -(-k * (b + 1) // 8), -(-(k * (b + 1) + ((n - k) >> b)) // 8))
         return [Field("index", "u1", ib)], k
 
     def decode(
         self, meta: Meta, arrays: list[NDArray[Any]], n: int, leftover: F32 | None, kern: ModuleType
     ) -> F32:
         assert leftover is not None
-        idx = kern.delta_decode_indices(arrays[0], int(meta["k"]))
+        if "rb" in meta:
+            idx = kern.rice_decode_indices(arrays[0], int(meta["k"]), int(meta["rb"]))
+        else:
+            idx = kern.delta_decode_indices(arrays[0], int(meta["k"]))
         if idx.size and int(idx[-1]) >= n:
             raise ValueError(f"index {int(idx[-1])} is out of range for {n} values")
         out = np.zeros(n, np.float32)
@@ -255,6 +292,7 @@ class Dgc(TopK):
         Param("frac", float, positional=True, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
         Param("momentum", float, 0.5, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
         Param("warmup", int, 0, check=in_range(0, 1000)),
+        IDX_PARAM,
     )
     default_ef = True
     first_only = True
@@ -282,8 +320,7 @@ class Dgc(TopK):
         k = min(n, max(1, math.ceil(self.density(ctx.round) * n)))
         idx, vals = ctx.kern.topk(u, k, ctx.residual)  # v += u; v[sent] = 0
         u[idx] = np.float32(0)  # factor masking
-        buf = ctx.kern.delta_encode_indices(idx)
-        return Encoded({"k": k, "ib": int(buf.size)}, [buf], vals, kept=idx)
+        return self._indices(ctx.kern, idx, vals)
 
 
 # --- GCC -------------------------------------------------------------------------------------------

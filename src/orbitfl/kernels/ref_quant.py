@@ -23,6 +23,9 @@ __all__ = [
     "from_float16",
     "pack_bits",
     "quantize",
+    "rice_best_param",
+    "rice_decode_indices",
+    "rice_encode_indices",
     "sign_decode",
     "sign_encode",
     "to_bfloat16",
@@ -384,6 +387,92 @@ def delta_decode_indices(buf: U8, k: int) -> U32:
     idx = np.cumsum(gaps) - 1
     if idx[-1] > 0xFFFFFFFF:
         raise ValueError("buf decodes to an index beyond uint32")
+    return idx.astype(np.uint32)
+
+
+RICE_MAX_PARAM = 31
+
+
+def _rice_param(b: Any) -> int:
+    bb = _int("b", b)
+    if not 0 <= bb <= RICE_MAX_PARAM:
+        raise ValueError(f"b must be in 0..{RICE_MAX_PARAM}, got {bb}")
+    return bb
+
+
+def _rice_values(indices: U32) -> NDArray[np.int64]:
+    """gap - 1 of each strictly ascending index (first gap from -1)."""
+    idx = _array("indices", indices, np.uint32).astype(np.int64)
+    v = np.diff(idx, prepend=-1) - 1
+    if (v < 0).any():
+        raise ValueError("indices must be strictly ascending")
+    return v
+
+
+def rice_best_param(indices: U32) -> int:
+    """The Golomb-Rice parameter b in 0..31 coding these indices in the fewest bits (ties to the
+    smaller b); 0 for no indices."""
+    v = _rice_values(indices)
+    if v.size == 0:
+        return 0
+    costs = [v.size * (b + 1) + int((v >> b).sum()) for b in range(RICE_MAX_PARAM + 1)]
+    return int(np.argmin(costs))  # argmin takes the first of equal costs
+
+
+def rice_encode_indices(indices: U32, b: int) -> U8:
+    """Strictly ascending indices -> Golomb-Rice codes of their gaps: v = gap - 1 as v >> b zero
+    bits, a one bit, the b low bits of v; LSB-first, the last byte zero-padded."""
+    v = _rice_values(indices)
+    bb = _rice_param(b)
+    q = v >> bb
+    ends = np.cumsum(q + 1 + bb)  # one past each code
+    stops = ends - bb - 1  # the one bit after each unary run
+    bits = np.zeros(int(ends[-1]) if v.size else 0, np.uint8)
+    bits[stops] = 1
+    for j in range(bb):
+        bits[stops + 1 + j] = (v >> j) & 1
+    return np.packbits(bits, bitorder="little")
+
+
+def rice_decode_indices(buf: U8, k: int, b: int) -> U32:
+    """Inverse of rice_encode_indices; ValueError on a truncated stream, bytes or nonzero padding
+    bits after the k-th code, or an index beyond uint32."""
+    raw = _array("buf", buf, np.uint8)
+    kk = _count("k", k)
+    bb = _rice_param(b)
+    if kk > raw.size * 8 // (bb + 1):
+        raise ValueError(
+            f"buf is truncated: {raw.size} bytes cannot hold {kk} codes of at least {bb + 1} bits"
+        )
+    bits = np.unpackbits(raw, bitorder="little")
+    total = bits.size
+    # A code starting at bit p has its stop bit at the first one at or after p; the walk from code
+    # to code is sequential, and skips the ones inside the remainders it has passed.
+    ones = np.flatnonzero(bits).tolist()
+    stops = np.empty(kk, np.int64)
+    pos = j = 0
+    for i in range(kk):
+        while j < len(ones) and ones[j] < pos:
+            j += 1
+        if j == len(ones) or ones[j] + 1 + bb > total:
+            raise ValueError(f"buf is truncated: {i} complete codes, {kk} expected")
+        stops[i] = ones[j]
+        pos = ones[j] + 1 + bb
+    starts = np.concatenate(([0], stops[:-1] + 1 + bb)) if kk else np.zeros(0, np.int64)
+    q = stops - starts
+    if (q > (0xFFFFFFFF >> bb)).any():
+        raise ValueError("buf decodes to a gap beyond uint32")
+    low = np.zeros(kk, np.int64)
+    for j in range(bb):
+        low |= bits[stops + 1 + j].astype(np.int64) << j
+    idx = np.cumsum((q << bb) | low) + np.arange(kk, dtype=np.int64)  # sum of gaps - 1
+    if kk and idx[-1] > 0xFFFFFFFF:
+        raise ValueError("buf decodes to an index beyond uint32")
+    used = (pos + 7) // 8
+    if used != raw.size:
+        raise ValueError(f"buf is overlong: {raw.size - used} bytes after {kk} codes")
+    if bits[pos:].any():
+        raise ValueError("buf has nonzero padding bits after the last code")
     return idx.astype(np.uint32)
 
 
