@@ -547,7 +547,8 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
     }
     lloyd(b, centroids, k, iters);
   }
-  return assign(x, n, centroids, k, labels);
+  // The coreset codec relabels against its quantized codebook: no labels wanted, no pass.
+  return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
 }
 
 void check_centroids(const float* centroids, int k) {

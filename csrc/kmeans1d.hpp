@@ -25,7 +25,7 @@ int kmeans_hist_bins(int k);
 // Clusters x[0..n) into k groups. centroids gets k ascending values (duplicates when x has fewer
 // than k distinct values), labels gets n ids (nearest centroid, ties to the lower id). Returns
 // the SSE. Throws InvalidArgument for k outside 1..256, k > n > 0, iters < 0, and NonFinite for
-// NaN/Inf in x. For n == 0 the centroids are zeros.
+// NaN/Inf in x. For n == 0 the centroids are zeros. labels == nullptr: centroids only, returns 0.
 double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
                 std::uint64_t seed, float* centroids, std::uint8_t* labels);
 

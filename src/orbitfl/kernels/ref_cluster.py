@@ -24,6 +24,7 @@ __all__ = [
     "gcc_encode",
     "kmeans1d",
     "kmeans_assign",
+    "kmeans_centroids",
     "laq_dequantize",
     "laq_errors",
     "laq_quantize",
@@ -399,6 +400,11 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
         c = _lloyd(xf, bins, c, it)
     labels, sse = _assign(xf, c)
     return c, labels, sse
+
+
+def kmeans_centroids(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0) -> F32:
+    """kmeans1d(...)[0]; the C++ backend skips the labelling pass."""
+    return kmeans1d(x, k, method, iters, seed)[0]
 
 
 def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
