@@ -551,6 +551,21 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
   return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
 }
 
+void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
+                      std::uint8_t* labels, std::size_t* hist, int hist_shift) {
+  Labeler label;
+  label.reset(centroids, k);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(x[i]);
+    const std::size_t l = label(v);
+    labels[i] = static_cast<std::uint8_t>(l);
+    const double d = std::fabs(v - static_cast<double>(centroids[l]));
+    std::uint64_t u;
+    std::memcpy(&u, &d, 8);
+    ++hist[u >> hist_shift];
+  }
+}
+
 void check_centroids(const float* centroids, int k) {
   require(k >= 1 && k <= kKMeansMaxK, "centroids must have 1..256 entries, got " + std::to_string(k));
   check_finite(centroids, static_cast<std::size_t>(k), "centroids");

@@ -37,4 +37,12 @@ void check_centroids(const float* centroids, int k);
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,
                      std::uint8_t* labels);
 
+// kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
+// and hist[b] += 1 for each value's distance to its centroid, |double(x) - double(c[label])|,
+// whose bit pattern >> hist_shift is b (hist holds 2^(64 - hist_shift) counters). For GCC,
+// which replaces the values nearest their centroid: one pass instead of labels, a distance
+// array of n doubles and a pass over it.
+void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
+                      std::uint8_t* labels, std::size_t* hist, int hist_shift);
+
 }  // namespace orbitfl
