@@ -101,26 +101,36 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     at_cut = r - less;
   }
 
-  // One pass: mark, and write each value to both lists' next slot, only its own advancing; a
-  // replaced value's exact copy goes to `sink`, as the last exact slot may be the buffer's end.
-  // Without branches: about half the values are replaced, in no order a predictor could learn.
+  // One pass marks each value and writes it to both lists' next slot, only its own advancing,
+  // without branches (about half the values are replaced, in no order a predictor could learn).
+  // Up to the last exact value the exact slot is in bounds, so it is written unconditionally;
+  // past it every value is replaced.
   std::vector<std::uint8_t> replaced(n);
   std::vector<std::uint8_t> id_list(r + 1);
+  std::uint8_t* rp = replaced.data();
+  std::uint8_t* ip = id_list.data();
   std::size_t e = 0, t = 0;
-  float sink = 0.0f;
-  const bool all = r == n;
-  const bool none = r == 0;
+  const std::size_t mark_all = r == n ? 1 : 0;
+  const std::size_t mark_none = r == 0 ? 1 : 0;
   for (std::size_t i = 0; i < n; ++i) {
     const double d = dist_of(acc, centroids, lab, i);
-    const std::size_t tie = (d == cut) & (at_cut > 0);
-    const std::size_t rep = all ? 1 : (none ? 0 : ((d < cut) | tie));
-    at_cut -= none || all ? 0 : tie;
-    replaced[i] = static_cast<std::uint8_t>(rep);
-    id_list[t] = lab[i];
+    const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
+    const std::size_t rep = (static_cast<std::size_t>(d < cut) | tie | mark_all) & (1 - mark_none);
+    at_cut -= tie;
+    rp[i] = static_cast<std::uint8_t>(rep);
+    ip[t] = lab[i];
     t += rep;
-    *(rep ? &sink : exact + e) = acc[i];
+    if (e < n - r) exact[e] = acc[i];
     e += 1 - rep;
-    if (residual != nullptr) residual[i] = rep ? acc[i] - centroids[lab[i]] : 0.0f;
+  }
+  if (residual != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const float diff = acc[i] - centroids[lab[i]];
+      std::uint32_t u;
+      std::memcpy(&u, &diff, 4);
+      u &= 0u - static_cast<std::uint32_t>(replaced[i]);
+      std::memcpy(residual + i, &u, 4);
+    }
   }
   id_list.resize(t);
   pack_bits_unchecked(replaced.data(), n, 1, mask);

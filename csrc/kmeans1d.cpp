@@ -555,6 +555,11 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
                       std::uint8_t* labels, std::size_t* hist, int hist_shift) {
   Labeler label;
   label.reset(centroids, k);
+  // Distances crowd into a few bins, so neighbours often hit the same counter: four interleaved
+  // histograms keep consecutive increments off each other's memory dependency.
+  const std::size_t bins = std::size_t{1} << (64 - hist_shift);
+  std::vector<std::size_t> more(3 * bins, 0);
+  std::size_t* h[4] = {hist, more.data(), more.data() + bins, more.data() + 2 * bins};
   for (std::size_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(x[i]);
     const std::size_t l = label(v);
@@ -562,8 +567,9 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
     const double d = std::fabs(v - static_cast<double>(centroids[l]));
     std::uint64_t u;
     std::memcpy(&u, &d, 8);
-    ++hist[u >> hist_shift];
+    ++h[i & 3][u >> hist_shift];
   }
+  for (std::size_t b = 0; b < bins; ++b) hist[b] += h[1][b] + h[2][b] + h[3][b];
 }
 
 void check_centroids(const float* centroids, int k) {
