@@ -295,6 +295,17 @@ struct Bins {
     return std::min(static_cast<std::size_t>(static_cast<std::int64_t>((v - lo) * scale)), cnt.size() - 1);
   }
 
+  // bin_of for a block of values, in a loop the compiler can vectorize (the scatter that uses
+  // the bins cannot be). Through int32: bins < 2^31, and 0 <= (v - lo) * scale.
+  static constexpr std::size_t kBlock = 256;
+  void bins_of(const float* v, std::size_t m, std::uint32_t* out) const {
+    const std::int32_t top = static_cast<std::int32_t>(cnt.size() - 1);
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::int32_t t = static_cast<std::int32_t>((static_cast<double>(v[p]) - lo) * scale);
+      out[p] = static_cast<std::uint32_t>(t < top ? t : top);
+    }
+  }
+
   // Sum of (value - shift) over the first q sorted values of the bin starting at `at`.
   double head(std::size_t at, std::size_t q) const { return q == 0 ? 0.0 : run[at + q - 1]; }
 
@@ -329,10 +340,15 @@ struct Bins {
     const std::size_t* st = step.data();
     const float* xs = x;
     const std::size_t len = n;
-    for (std::size_t i = 0; i < len; ++i) {
-      const std::size_t t = bin_of(static_cast<double>(xs[i]));
-      out[nx[t]] = xs[i];
-      nx[t] += st[t];
+    std::uint32_t tb[kBlock];
+    for (std::size_t i0 = 0; i0 < len; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, len - i0);
+      bins_of(xs + i0, m, tb);
+      for (std::size_t p = 0; p < m; ++p) {
+        const std::size_t t = tb[p];
+        out[nx[t]] = xs[i0 + p];
+        nx[t] += st[t];
+      }
     }
     values.resize(end);
     // Fresh bins took slots in ascending bin order, and bins are value ranges: one sort of the
@@ -364,15 +380,20 @@ Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
   b.s2.assign(nb, 0.0);
   b.vmin.assign(nb, std::numeric_limits<float>::infinity());
   b.vmax.assign(nb, -std::numeric_limits<float>::infinity());
-  for (std::size_t i = 0; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    std::size_t t = b.bin_of(v);
-    double d = v - b.shift;
-    b.cnt[t] += 1;
-    b.s1[t] += d;
-    b.s2[t] += d * d;
-    b.vmin[t] = std::min(b.vmin[t], x[i]);
-    b.vmax[t] = std::max(b.vmax[t], x[i]);
+  std::uint32_t tb[Bins::kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += Bins::kBlock) {
+    const std::size_t m = std::min(Bins::kBlock, n - i0);
+    b.bins_of(x + i0, m, tb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const float xv = x[i0 + p];
+      const double d = static_cast<double>(xv) - b.shift;
+      const std::size_t t = tb[p];
+      b.cnt[t] += 1;
+      b.s1[t] += d;
+      b.s2[t] += d * d;
+      b.vmin[t] = std::min(b.vmin[t], xv);
+      b.vmax[t] = std::max(b.vmax[t], xv);
+    }
   }
   b.slot.assign(nb, Bins::kNone);
   return b;
@@ -508,18 +529,22 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
                 std::uint64_t seed, float* centroids, std::uint8_t* labels) {
   require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
   require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
-  check_finite(x, n, "x");
   if (n == 0) {
     std::fill(centroids, centroids + k, 0.0f);
     return 0.0;
   }
+  // The finiteness check and the range in one pass the compiler can vectorize (no early exit).
+  float lo = x[0], hi = x[0];
+  int finite = 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+    finite &= std::fabs(v) <= std::numeric_limits<float>::max() ? 1 : 0;
+  }
+  if (!finite) throw NonFinite("x contains NaN or Inf");
   require(static_cast<std::size_t>(k) <= n,
           "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
-  float lo = x[0], hi = x[0];
-  for (std::size_t i = 1; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
   if (lo == hi) {
     std::fill(centroids, centroids + k, x[0] + 0.0f);
   } else if (method == KMeansMethod::Optimal) {
