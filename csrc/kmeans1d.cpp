@@ -82,26 +82,46 @@ struct Labeler {
   // The number of midpoints strictly below v: the same count of compare steps for every value
   // (the most midpoints one cell holds, usually 1), so no branch depends on v and none
   // mispredicts; a step adds 1 exactly while the next midpoint is below v.
-  std::size_t below(double v) const {
-    std::size_t j = below_[cell(v)];
+  std::size_t below(double v) const { return below_in(v, cell(v)); }
+
+  std::size_t operator()(double v) const { return first[below(v)]; }
+
+  // cell() for a block of values, in a loop the compiler can vectorize; int32 holds any cell.
+  static constexpr std::size_t kBlock = 256;
+  void cells_of(const float* x, std::size_t m, std::uint32_t* out) const {
+    const double top = static_cast<double>(cells - 1);
+    for (std::size_t p = 0; p < m; ++p) {
+      double t = (static_cast<double>(x[p]) - base) * scale;
+      t = t < 0.0 ? 0.0 : t;
+      t = t > top ? top : t;
+      out[p] = static_cast<std::uint32_t>(static_cast<std::int32_t>(t));
+    }
+  }
+
+  // below() given the value's cell.
+  std::size_t below_in(double v, std::size_t cell_of_v) const {
+    std::size_t j = below_[cell_of_v];
     const double* m = padded.data();
     for (std::size_t s = 0; s < steps; ++s) j += m[j] < v ? 1 : 0;
     return j;
   }
-
-  std::size_t operator()(double v) const { return first[below(v)]; }
 };
 
 double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
   Labeler label;
   label.reset(c, k);
   double sse = 0.0;
-  for (std::size_t i = 0; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    std::size_t l = label(v);
-    labels[i] = static_cast<std::uint8_t>(l);
-    double e = v - static_cast<double>(c[l]);
-    sse += e * e;
+  std::uint32_t cb[Labeler::kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
+    const std::size_t m = std::min(Labeler::kBlock, n - i0);
+    label.cells_of(x + i0, m, cb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const double v = static_cast<double>(x[i0 + p]);
+      const std::size_t l = label.first[label.below_in(v, cb[p])];
+      labels[i0 + p] = static_cast<std::uint8_t>(l);
+      const double e = v - static_cast<double>(c[l]);
+      sse += e * e;
+    }
   }
   return sse;
 }
@@ -585,14 +605,19 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
   const std::size_t bins = std::size_t{1} << (64 - hist_shift);
   std::vector<std::size_t> more(3 * bins, 0);
   std::size_t* h[4] = {hist, more.data(), more.data() + bins, more.data() + 2 * bins};
-  for (std::size_t i = 0; i < n; ++i) {
-    const double v = static_cast<double>(x[i]);
-    const std::size_t l = label(v);
-    labels[i] = static_cast<std::uint8_t>(l);
-    const double d = std::fabs(v - static_cast<double>(centroids[l]));
-    std::uint64_t u;
-    std::memcpy(&u, &d, 8);
-    ++h[i & 3][u >> hist_shift];
+  std::uint32_t cb[Labeler::kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
+    const std::size_t m = std::min(Labeler::kBlock, n - i0);
+    label.cells_of(x + i0, m, cb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const double v = static_cast<double>(x[i0 + p]);
+      const std::size_t l = label.first[label.below_in(v, cb[p])];
+      labels[i0 + p] = static_cast<std::uint8_t>(l);
+      const double d = std::fabs(v - static_cast<double>(centroids[l]));
+      std::uint64_t u;
+      std::memcpy(&u, &d, 8);
+      ++h[p & 3][u >> hist_shift];
+    }
   }
   for (std::size_t b = 0; b < bins; ++b) hist[b] += h[1][b] + h[2][b] + h[3][b];
 }
