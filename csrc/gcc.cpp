@@ -101,29 +101,33 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     at_cut = r - less;
   }
 
-  // One pass marks each value and writes it to both lists' next slot, only its own advancing,
-  // without branches (about half the values are replaced, in no order a predictor could learn).
-  // Up to the last exact value the exact slot is in bounds, so it is written unconditionally;
-  // past it every value is replaced.
-  std::vector<std::uint8_t> replaced(n);
-  std::vector<std::uint8_t> id_list(r + 1);
+  // Marks, then each value is written to both lists' next slot, only its own advancing, without
+  // branches (about half the values are replaced, in no order a predictor could learn). Up to
+  // the last exact value the exact slot is in bounds, so it is written whether or not the value
+  // is replaced (a later exact value overwrites it); past it every value is replaced.
+  std::vector<std::uint8_t> replaced(n, r == n ? 1 : 0);
   std::uint8_t* rp = replaced.data();
+  if (r > 0 && r < n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double d = dist_of(acc, centroids, lab, i);
+      const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
+      rp[i] = static_cast<std::uint8_t>(static_cast<std::size_t>(d < cut) | tie);
+      at_cut -= tie;
+    }
+  }
+  std::vector<std::uint8_t> id_list(r + 1);
   std::uint8_t* ip = id_list.data();
   std::size_t e = 0, t = 0;
-  const std::size_t mark_all = r == n ? 1 : 0;
-  const std::size_t mark_none = r == 0 ? 1 : 0;
+  const std::size_t ne = n - r;
   for (std::size_t i = 0; i < n; ++i) {
-    const double d = dist_of(acc, centroids, lab, i);
-    const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
-    const std::size_t rep = (static_cast<std::size_t>(d < cut) | tie | mark_all) & (1 - mark_none);
-    at_cut -= tie;
-    rp[i] = static_cast<std::uint8_t>(rep);
+    const std::size_t rep = rp[i];
     ip[t] = lab[i];
     t += rep;
-    if (e < n - r) exact[e] = acc[i];
+    if (e < ne) exact[e] = acc[i];
     e += 1 - rep;
   }
   if (residual != nullptr) {
+    // Selected by a bit mask, so an exact value's residual is +0.0, as the twin writes it.
     for (std::size_t i = 0; i < n; ++i) {
       const float diff = acc[i] - centroids[lab[i]];
       std::uint32_t u;

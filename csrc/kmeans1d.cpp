@@ -600,26 +600,28 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
                       std::uint8_t* labels, std::size_t* hist, int hist_shift) {
   Labeler label;
   label.reset(centroids, k);
-  // Distances crowd into a few bins, so neighbours often hit the same counter: four interleaved
-  // histograms keep consecutive increments off each other's memory dependency.
-  const std::size_t bins = std::size_t{1} << (64 - hist_shift);
-  std::vector<std::size_t> more(3 * bins, 0);
-  std::size_t* h[4] = {hist, more.data(), more.data() + bins, more.data() + 2 * bins};
+  // A block at a time, in three loops: cells (vectorizable), labels, then distances and their
+  // bins; the counters alone are bumped in a loop of their own, where a run of equal bins
+  // (distances crowd into a few) waits only on itself.
   std::uint32_t cb[Labeler::kBlock];
+  std::uint32_t hb[Labeler::kBlock];
   for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
     const std::size_t m = std::min(Labeler::kBlock, n - i0);
     label.cells_of(x + i0, m, cb);
     for (std::size_t p = 0; p < m; ++p) {
       const double v = static_cast<double>(x[i0 + p]);
       const std::size_t l = label.first[label.below_in(v, cb[p])];
-      labels[i0 + p] = static_cast<std::uint8_t>(l);
-      const double d = std::fabs(v - static_cast<double>(centroids[l]));
+      cb[p] = static_cast<std::uint32_t>(l);
+    }
+    for (std::size_t p = 0; p < m; ++p) {
+      labels[i0 + p] = static_cast<std::uint8_t>(cb[p]);
+      const double d = std::fabs(static_cast<double>(x[i0 + p]) - static_cast<double>(centroids[cb[p]]));
       std::uint64_t u;
       std::memcpy(&u, &d, 8);
-      ++h[p & 3][u >> hist_shift];
+      hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
     }
+    for (std::size_t p = 0; p < m; ++p) ++hist[hb[p]];
   }
-  for (std::size_t b = 0; b < bins; ++b) hist[b] += h[1][b] + h[2][b] + h[3][b];
 }
 
 void check_centroids(const float* centroids, int k) {
