@@ -32,31 +32,9 @@ GccShape gcc_shape(std::size_t n, int k, double rho) {
 
 namespace {
 
-// The r-th smallest (1-based) of non-negative doubles, whose bit patterns order like the values:
-// a histogram of the top 16 bits (exponent and 4 mantissa bits) finds the bin holding rank r,
-// and nth_element over that bin's entries alone finishes it. Exact, as nth_element over all of
-// them, but two streaming passes instead of a copy of n doubles and a selection over it.
-double rth_smallest(const std::vector<double>& v, std::size_t r) {
-  constexpr int kShift = 48;
-  std::vector<std::size_t> hist(std::size_t{1} << (64 - kShift), 0);
-  for (double d : v) {
-    std::uint64_t u;
-    std::memcpy(&u, &d, 8);
-    ++hist[u >> kShift];
-  }
-  std::size_t below = 0, bin = 0;
-  while (below + hist[bin] < r) below += hist[bin++];
-  std::vector<double> cand(hist[bin] + 1);
-  std::size_t c = 0;
-  for (double d : v) {
-    std::uint64_t u;
-    std::memcpy(&u, &d, 8);
-    cand[c] = d;
-    c += (u >> kShift) == bin;
-  }
-  auto rth = cand.begin() + static_cast<std::ptrdiff_t>(r - below - 1);
-  std::nth_element(cand.begin(), rth, cand.begin() + static_cast<std::ptrdiff_t>(c));
-  return *rth;
+// Distance of a value to its centroid, as the twin computes it.
+inline double dist_of(const float* acc, const float* c, const std::uint8_t* labels, std::size_t i) {
+  return std::fabs(static_cast<double>(acc[i]) - static_cast<double>(c[labels[i]]));
 }
 
 }  // namespace
@@ -72,55 +50,91 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   std::vector<float> acc_store;
   const float* acc = x;
   if (residual != nullptr) {
-    for (std::size_t i = 0; i < n; ++i) {
-      if (!std::isfinite(residual[i])) throw NonFinite("residual contains NaN or Inf");
-    }
+    // One pass: x + residual is stored and both the residual and the sum are checked; the
+    // messages keep their order (residual before sum) whatever values come first.
     acc_store.resize(n);
+    bool bad_res = false, bad_sum = false;
     for (std::size_t i = 0; i < n; ++i) {
       acc_store[i] = x[i] + residual[i];
-      if (!std::isfinite(acc_store[i])) throw NonFinite("x + residual contains NaN or Inf");
+      bad_res = bad_res || !std::isfinite(residual[i]);
+      bad_sum = bad_sum || !std::isfinite(acc_store[i]);
     }
+    if (bad_res) throw NonFinite("residual contains NaN or Inf");
+    if (bad_sum) throw NonFinite("x + residual contains NaN or Inf");
     acc = acc_store.data();
   }
   if (n == 0) return;
   const int ke = static_cast<int>(shape.centroids);
-  std::vector<std::uint8_t> labels(n);
-  kmeans1d(acc, n, ke, method, iters, seed, centroids, labels.data());
+  kmeans1d(acc, n, ke, method, iters, seed, centroids, nullptr);
 
-  // The floor(rho*n) values nearest their centroid, ties to the lower index.
-  std::vector<double> dist(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    dist[i] = std::fabs(static_cast<double>(acc[i]) - static_cast<double>(centroids[labels[i]]));
-  }
-  std::vector<std::uint8_t> replaced(n, 0);
-  if (shape.replaced == n) {
-    std::fill(replaced.begin(), replaced.end(), 1);
-  } else if (shape.replaced > 0) {
-    // The r-th smallest distance T: everything below T is replaced, then values at exactly T in
-    // index order until r are taken (the lower index wins a tie).
-    // Without branches: about half the values are replaced, in no order a predictor could learn.
-    const double cut = rth_smallest(dist, shape.replaced);
-    std::size_t at_cut = shape.replaced;
-    for (std::size_t i = 0; i < n; ++i) at_cut -= dist[i] < cut ? 1 : 0;
+  // The floor(rho*n) values nearest their centroid, ties to the lower index. The r-th smallest
+  // distance T is found without a distance array: non-negative doubles order like their bit
+  // patterns, so a histogram of the top 16 bits (made while labelling) finds the bin holding
+  // rank r, and nth_element over that bin's distances alone finishes it. Everything below T is
+  // replaced, then values at exactly T in index order until r are taken.
+  constexpr int kShift = 48;
+  std::vector<std::uint8_t> labels(n);
+  std::vector<std::size_t> hist(std::size_t{1} << (64 - kShift), 0);
+  assign_dist_hist(acc, n, centroids, ke, labels.data(), hist.data(), kShift);
+  const std::uint8_t* lab = labels.data();
+  const std::size_t r = shape.replaced;
+  double cut = 0.0;
+  std::size_t at_cut = 0;
+  if (r > 0 && r < n) {
+    std::size_t below = 0, bin = 0;
+    while (below + hist[bin] < r) below += hist[bin++];
+    std::vector<double> cand(hist[bin] + 1);
+    std::size_t c = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      const std::size_t tie = (dist[i] == cut) & (at_cut > 0);
-      replaced[i] = static_cast<std::uint8_t>((dist[i] < cut) | tie);
+      const double d = dist_of(acc, centroids, lab, i);
+      std::uint64_t u;
+      std::memcpy(&u, &d, 8);
+      cand[c] = d;
+      c += (u >> kShift) == bin;
+    }
+    auto rth = cand.begin() + static_cast<std::ptrdiff_t>(r - below - 1);
+    std::nth_element(cand.begin(), rth, cand.begin() + static_cast<std::ptrdiff_t>(c));
+    cut = *rth;
+    // Distances below T: the bins below, and the candidates below T (all left of rth now).
+    std::size_t less = below;
+    for (auto it = cand.begin(); it != rth; ++it) less += *it < cut ? 1 : 0;
+    at_cut = r - less;
+  }
+
+  // Marks, then each value is written to both lists' next slot, only its own advancing, without
+  // branches (about half the values are replaced, in no order a predictor could learn). Up to
+  // the last exact value the exact slot is in bounds, so it is written whether or not the value
+  // is replaced (a later exact value overwrites it); past it every value is replaced.
+  std::vector<std::uint8_t> replaced(n, r == n ? 1 : 0);
+  std::uint8_t* rp = replaced.data();
+  if (r > 0 && r < n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double d = dist_of(acc, centroids, lab, i);
+      const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
+      rp[i] = static_cast<std::uint8_t>(static_cast<std::size_t>(d < cut) | tie);
       at_cut -= tie;
     }
   }
-
-  // Each value is written to both lists' next slot and only its own advances; a replaced value's
-  // exact copy goes to `sink`, as the last exact slot may be the buffer's end.
-  std::vector<std::uint8_t> id_list(shape.replaced + 1);
+  std::vector<std::uint8_t> id_list(r + 1);
+  std::uint8_t* ip = id_list.data();
   std::size_t e = 0, t = 0;
-  float sink = 0.0f;
+  const std::size_t ne = n - r;
   for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t rep = replaced[i];
-    id_list[t] = labels[i];
+    const std::size_t rep = rp[i];
+    ip[t] = lab[i];
     t += rep;
-    *(rep ? &sink : exact + e) = acc[i];
+    if (e < ne) exact[e] = acc[i];
     e += 1 - rep;
-    if (residual != nullptr) residual[i] = rep ? acc[i] - centroids[labels[i]] : 0.0f;
+  }
+  if (residual != nullptr) {
+    // Selected by a bit mask, so an exact value's residual is +0.0, as the twin writes it.
+    for (std::size_t i = 0; i < n; ++i) {
+      const float diff = acc[i] - centroids[lab[i]];
+      std::uint32_t u;
+      std::memcpy(&u, &diff, 4);
+      u &= 0u - static_cast<std::uint32_t>(replaced[i]);
+      std::memcpy(residual + i, &u, 4);
+    }
   }
   id_list.resize(t);
   pack_bits_unchecked(replaced.data(), n, 1, mask);

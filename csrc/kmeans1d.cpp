@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -38,12 +39,16 @@ struct Labeler {
   double base = 0.0, scale = 0.0;
   std::size_t cells = 1;
 
+  std::size_t steps = 0;  // the most midpoints any one cell holds
+  std::vector<double> padded;  // mids, then +inf: a step past the last midpoint compares false
+
   std::size_t cell(double v) const {
     double t = (v - base) * scale;
     t = t < 0.0 ? 0.0 : t;
     const double top = static_cast<double>(cells - 1);
     t = t > top ? top : t;
-    return static_cast<std::size_t>(t);
+    // Through int64: a double -> size_t conversion is a compare-and-branch sequence on x86-64.
+    return static_cast<std::size_t>(static_cast<std::int64_t>(t));
   }
 
   void reset(const float* c, int k) {
@@ -65,30 +70,58 @@ struct Labeler {
     }
     below_.assign(cells + 1, 0);
     for (double m : mids) ++below_[cell(m) + 1];
-    for (std::size_t t = 0; t < cells; ++t) below_[t + 1] = static_cast<std::uint16_t>(below_[t + 1] + below_[t]);
+    steps = 0;
+    for (std::size_t t = 0; t < cells; ++t) {
+      steps = std::max<std::size_t>(steps, below_[t + 1]);
+      below_[t + 1] = static_cast<std::uint16_t>(below_[t + 1] + below_[t]);
+    }
+    padded.assign(mids.size() + steps + 1, kInf);
+    std::copy(mids.begin(), mids.end(), padded.begin());
   }
 
-  // The number of midpoints strictly below v.
-  std::size_t below(double v) const {
-    const std::size_t nm = mids.size();
-    std::size_t j = below_[cell(v)];
-    while (j < nm && mids[j] < v) ++j;
-    return j;
-  }
+  // The number of midpoints strictly below v: the same count of compare steps for every value
+  // (the most midpoints one cell holds, usually 1), so no branch depends on v and none
+  // mispredicts; a step adds 1 exactly while the next midpoint is below v.
+  std::size_t below(double v) const { return below_in(v, cell(v)); }
 
   std::size_t operator()(double v) const { return first[below(v)]; }
+
+  // cell() for a block of values, in a loop the compiler can vectorize; int32 holds any cell.
+  static constexpr std::size_t kBlock = 256;
+  void cells_of(const float* x, std::size_t m, std::uint32_t* out) const {
+    const double top = static_cast<double>(cells - 1);
+    for (std::size_t p = 0; p < m; ++p) {
+      double t = (static_cast<double>(x[p]) - base) * scale;
+      t = t < 0.0 ? 0.0 : t;
+      t = t > top ? top : t;
+      out[p] = static_cast<std::uint32_t>(static_cast<std::int32_t>(t));
+    }
+  }
+
+  // below() given the value's cell.
+  std::size_t below_in(double v, std::size_t cell_of_v) const {
+    std::size_t j = below_[cell_of_v];
+    const double* m = padded.data();
+    for (std::size_t s = 0; s < steps; ++s) j += m[j] < v ? 1 : 0;
+    return j;
+  }
 };
 
 double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
   Labeler label;
   label.reset(c, k);
   double sse = 0.0;
-  for (std::size_t i = 0; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    std::size_t l = label(v);
-    labels[i] = static_cast<std::uint8_t>(l);
-    double e = v - static_cast<double>(c[l]);
-    sse += e * e;
+  std::uint32_t cb[Labeler::kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
+    const std::size_t m = std::min(Labeler::kBlock, n - i0);
+    label.cells_of(x + i0, m, cb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const double v = static_cast<double>(x[i0 + p]);
+      const std::size_t l = label.first[label.below_in(v, cb[p])];
+      labels[i0 + p] = static_cast<std::uint8_t>(l);
+      const double e = v - static_cast<double>(c[l]);
+      sse += e * e;
+    }
   }
   return sse;
 }
@@ -227,10 +260,43 @@ void sorted_centroids(const float* x, std::size_t n, int k, bool exact, float* o
 }
 
 // Values on a uniform grid over [lo, hi], with each bin's count, sums of x - shift and value
-// range. Lloyd reads values one by one only in the bins a decision boundary passes through, a
-// few dozen of thousands: those bins' values (index order within a bin) are gathered when first
-// needed, with a margin of neighbours, by a scan that copies only them, instead of moving every
-// value into bin order up front.
+// range. Lloyd reads values only in the bins a decision boundary passes through, a few dozen of
+// thousands: those bins' values are gathered when first needed, with a margin of neighbours, by
+// a scan that copies only them, then sorted within their bin, with running sums of x - shift in
+// that order. A boundary then splits a bin at a binary-searched position, and the two parts'
+// sums are differences of running sums: a Lloyd round costs O(bins + k log m), not a pass over
+// every value of every straddling bin. The working buffer is 12 bytes (a float and a double) per
+// gathered value, a few per cent of n.
+// Ascending LSD radix sort of floats by their order-preserving keys (the sign bit flipped, a
+// negative value's other bits inverted too), 11 bits a pass, a pass skipped when all keys share its digit. It orders
+// -0.0 before +0.0, which compare equal, so any sort of them serves the binary searches.
+void radix_sort(float* v, std::size_t m) {
+  if (m < 2) return;
+  std::vector<std::uint32_t> a(m), b(m);
+  for (std::size_t i = 0; i < m; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, v + i, 4);
+    a[i] = u ^ ((u >> 31) ? 0xFFFFFFFFu : 0x80000000u);
+  }
+  for (int shift = 0; shift < 32; shift += 11) {
+    std::size_t hist[2048] = {};
+    for (std::size_t i = 0; i < m; ++i) ++hist[(a[i] >> shift) & 2047u];
+    if (hist[(a[0] >> shift) & 2047u] == m) continue;
+    std::size_t sum = 0;
+    for (std::size_t& h : hist) {
+      const std::size_t c = h;
+      h = sum;
+      sum += c;
+    }
+    for (std::size_t i = 0; i < m; ++i) b[hist[(a[i] >> shift) & 2047u]++] = a[i];
+    a.swap(b);
+  }
+  for (std::size_t i = 0; i < m; ++i) {
+    const std::uint32_t u = a[i] ^ ((a[i] >> 31) ? 0x80000000u : 0xFFFFFFFFu);
+    std::memcpy(v + i, &u, 4);
+  }
+}
+
 struct Bins {
   static constexpr std::size_t kNone = ~std::size_t{0};
   double shift = 0.0;
@@ -239,33 +305,84 @@ struct Bins {
   std::vector<double> s1, s2;
   std::vector<float> vmin, vmax;
   std::vector<std::size_t> slot;  // where bin t's values start in `values`, or kNone
-  std::vector<float> values;
+  std::vector<float> values;      // gathered bins' values, ascending within a bin
+  std::vector<double> run;        // run[p] = sum of (values - shift) from its bin's start to p
   const float* x = nullptr;
   std::size_t n = 0;
 
   std::size_t bin_of(double v) const {
-    return std::min(static_cast<std::size_t>((v - lo) * scale), cnt.size() - 1);
+    // Through int64, as in Labeler::cell (v >= lo, so the product is >= 0).
+    return std::min(static_cast<std::size_t>(static_cast<std::int64_t>((v - lo) * scale)), cnt.size() - 1);
   }
 
-  // Gathers the bins of `want` not gathered yet, in one pass over x.
+  // bin_of for a block of values, in a loop the compiler can vectorize (the scatter that uses
+  // the bins cannot be). Through int32: bins < 2^31, and 0 <= (v - lo) * scale.
+  static constexpr std::size_t kBlock = 256;
+  void bins_of(const float* v, std::size_t m, std::uint32_t* out) const {
+    const std::int32_t top = static_cast<std::int32_t>(cnt.size() - 1);
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::int32_t t = static_cast<std::int32_t>((static_cast<double>(v[p]) - lo) * scale);
+      out[p] = static_cast<std::uint32_t>(t < top ? t : top);
+    }
+  }
+
+  // Sum of (value - shift) over the first q sorted values of the bin starting at `at`.
+  double head(std::size_t at, std::size_t q) const { return q == 0 ? 0.0 : run[at + q - 1]; }
+
+  // Gathers the bins of `want` not gathered yet, in one pass over x, and sorts them.
   void gather(const std::vector<std::size_t>& want) {
-    std::vector<std::size_t> next;
-    std::size_t end = values.size();
+    std::vector<std::size_t> next, fresh;
+    const std::size_t start = values.size();
+    std::size_t end = start;
     for (std::size_t t : want) {
       if (slot[t] != kNone || cnt[t] == 0) continue;
-      if (next.empty()) next.assign(cnt.size(), kNone);
+      slot[t] = 0;  // taken; the slot is set below, in bin order
+      fresh.push_back(t);
+    }
+    std::sort(fresh.begin(), fresh.end());
+    if (!fresh.empty()) next.assign(cnt.size(), kNone);
+    for (std::size_t t : fresh) {
       slot[t] = next[t] = end;
       end += static_cast<std::size_t>(cnt[t]);
     }
     if (next.empty()) return;
-    values.resize(end);
+    // Without a branch (about one value in ten is wanted, at random): every value is stored,
+    // an unwanted one to a sink slot past the end that never advances.
+    std::vector<std::size_t> step(cnt.size(), 0);
+    for (std::size_t t = 0; t < cnt.size(); ++t) {
+      step[t] = next[t] == kNone ? 0 : 1;
+      next[t] = next[t] == kNone ? end : next[t];
+    }
+    values.resize(end + 1);
+    run.resize(end);
     float* out = values.data();
     std::size_t* nx = next.data();
+    const std::size_t* st = step.data();
     const float* xs = x;
     const std::size_t len = n;
-    for (std::size_t i = 0; i < len; ++i) {
-      std::size_t& p = nx[bin_of(static_cast<double>(xs[i]))];
-      if (p != kNone) out[p++] = xs[i];
+    std::uint32_t tb[kBlock];
+    for (std::size_t i0 = 0; i0 < len; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, len - i0);
+      bins_of(xs + i0, m, tb);
+      for (std::size_t p = 0; p < m; ++p) {
+        const std::size_t t = tb[p];
+        out[nx[t]] = xs[i0 + p];
+        nx[t] += st[t];
+      }
+    }
+    values.resize(end);
+    // Fresh bins took slots in ascending bin order, and bins are value ranges: one sort of the
+    // fresh region puts every fresh bin's values, ascending, at its slot.
+    radix_sort(out + start, end - start);
+    for (std::size_t t : fresh) {
+      float* v = out + slot[t];
+      const std::size_t m = static_cast<std::size_t>(cnt[t]);
+      double acc = 0.0;
+      for (std::size_t p = 0; p < m; ++p) {
+        const double d = static_cast<double>(v[p]) - shift;
+        acc = p == 0 ? d : acc + d;
+        run[slot[t] + p] = acc;
+      }
     }
   }
 };
@@ -283,23 +400,30 @@ Bins make_bins(const float* x, std::size_t n, double lo, double hi, int nbins) {
   b.s2.assign(nb, 0.0);
   b.vmin.assign(nb, std::numeric_limits<float>::infinity());
   b.vmax.assign(nb, -std::numeric_limits<float>::infinity());
-  for (std::size_t i = 0; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    std::size_t t = b.bin_of(v);
-    double d = v - b.shift;
-    b.cnt[t] += 1;
-    b.s1[t] += d;
-    b.s2[t] += d * d;
-    b.vmin[t] = std::min(b.vmin[t], x[i]);
-    b.vmax[t] = std::max(b.vmax[t], x[i]);
+  std::uint32_t tb[Bins::kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += Bins::kBlock) {
+    const std::size_t m = std::min(Bins::kBlock, n - i0);
+    b.bins_of(x + i0, m, tb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const float xv = x[i0 + p];
+      const double d = static_cast<double>(xv) - b.shift;
+      const std::size_t t = tb[p];
+      b.cnt[t] += 1;
+      b.s1[t] += d;
+      b.s2[t] += d * d;
+      b.vmin[t] = std::min(b.vmin[t], xv);
+      b.vmax[t] = std::max(b.vmax[t], xv);
+    }
   }
   b.slot.assign(nb, Bins::kNone);
   return b;
 }
 
 // Lloyd on the raw values until no centroid moves. A bin whose smallest and largest value get
-// the same label adds its (count, sum) in one step; the values of bins straddling a boundary are
-// labelled one by one. Same result as per-value Lloyd; sums run in bin order, index order within.
+// the same label adds its (count, sum) in one step; a bin straddling boundaries is cut at each
+// midpoint inside it (binary search over its sorted values) and each part adds its count and
+// its difference of running sums. The labels, hence the counts, are per-value Lloyd's; sums run
+// in bin order, and within a bin by parts in ascending order.
 void lloyd(Bins& b, float* c, int k, int iters) {
   Labeler label;
   std::vector<double> sums(static_cast<std::size_t>(k)), counts(static_cast<std::size_t>(k));
@@ -331,34 +455,22 @@ void lloyd(Bins& b, float* c, int k, int iters) {
         counts[l0] += static_cast<double>(b.cnt[t]);
         continue;
       }
-      const float* v = b.values.data() + b.slot[t];
+      const std::size_t at = b.slot[t];
+      const float* v = b.values.data() + at;
       const std::size_t m = static_cast<std::size_t>(b.cnt[t]);
-      if (j1[t] == j0[t] + 1) {
-        // One midpoint inside: a value's label is l1 exactly when the midpoint is below it.
-        // Both labels' sums stay in registers, each value adding to one of them and +0.0 to the
-        // other (an identity: the sums start at +0.0 and so never become -0.0), with no branch.
-        const double mid = label.mids[j0[t]];
-        double sa = sums[l0], ca = counts[l0], sb = sums[l1], cb = counts[l1];
-        for (std::size_t p = 0; p < m; ++p) {
-          const double vd = static_cast<double>(v[p]);
-          const double d = vd - b.shift;
-          const bool up = mid < vd;
-          sa += up ? 0.0 : d;
-          ca += up ? 0.0 : 1.0;
-          sb += up ? d : 0.0;
-          cb += up ? 1.0 : 0.0;
+      std::size_t q0 = 0;
+      for (std::size_t j = j0[t]; j <= j1[t]; ++j) {
+        // Values up to q1 have j midpoints below them: the first q1 values are <= mids[j].
+        std::size_t q1 = m;
+        if (j < j1[t]) {
+          const double mid = label.mids[j];
+          q1 = static_cast<std::size_t>(
+              std::upper_bound(v + q0, v + m, mid, [](double a, float e) { return a < static_cast<double>(e); }) - v);
         }
-        sums[l0] = sa;
-        counts[l0] = ca;
-        sums[l1] = sb;
-        counts[l1] = cb;
-        continue;
-      }
-      for (std::size_t p = 0; p < m; ++p) {
-        double vd = static_cast<double>(v[p]);
-        std::size_t l = label(vd);
-        sums[l] += vd - b.shift;
-        counts[l] += 1.0;
+        const std::size_t l = label.first[j];
+        sums[l] += b.head(at, q1) - b.head(at, q0);
+        counts[l] += static_cast<double>(q1 - q0);
+        q0 = q1;
       }
     }
     for (int j = 0; j < k; ++j) {
@@ -437,18 +549,22 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
                 std::uint64_t seed, float* centroids, std::uint8_t* labels) {
   require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
   require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
-  check_finite(x, n, "x");
   if (n == 0) {
     std::fill(centroids, centroids + k, 0.0f);
     return 0.0;
   }
+  // The finiteness check and the range in one pass the compiler can vectorize (no early exit).
+  float lo = x[0], hi = x[0];
+  int finite = 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+    finite &= std::fabs(v) <= std::numeric_limits<float>::max() ? 1 : 0;
+  }
+  if (!finite) throw NonFinite("x contains NaN or Inf");
   require(static_cast<std::size_t>(k) <= n,
           "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
-  float lo = x[0], hi = x[0];
-  for (std::size_t i = 1; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
   if (lo == hi) {
     std::fill(centroids, centroids + k, x[0] + 0.0f);
   } else if (method == KMeansMethod::Optimal) {
@@ -476,7 +592,36 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
     }
     lloyd(b, centroids, k, iters);
   }
-  return assign(x, n, centroids, k, labels);
+  // The coreset codec relabels against its quantized codebook: no labels wanted, no pass.
+  return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
+}
+
+void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
+                      std::uint8_t* labels, std::size_t* hist, int hist_shift) {
+  Labeler label;
+  label.reset(centroids, k);
+  // A block at a time, in three loops: cells (vectorizable), labels, then distances and their
+  // bins; the counters alone are bumped in a loop of their own, where a run of equal bins
+  // (distances crowd into a few) waits only on itself.
+  std::uint32_t cb[Labeler::kBlock];
+  std::uint32_t hb[Labeler::kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
+    const std::size_t m = std::min(Labeler::kBlock, n - i0);
+    label.cells_of(x + i0, m, cb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const double v = static_cast<double>(x[i0 + p]);
+      const std::size_t l = label.first[label.below_in(v, cb[p])];
+      cb[p] = static_cast<std::uint32_t>(l);
+    }
+    for (std::size_t p = 0; p < m; ++p) {
+      labels[i0 + p] = static_cast<std::uint8_t>(cb[p]);
+      const double d = std::fabs(static_cast<double>(x[i0 + p]) - static_cast<double>(centroids[cb[p]]));
+      std::uint64_t u;
+      std::memcpy(&u, &d, 8);
+      hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
+    }
+    for (std::size_t p = 0; p < m; ++p) ++hist[hb[p]];
+  }
 }
 
 void check_centroids(const float* centroids, int k) {

@@ -25,7 +25,7 @@ int kmeans_hist_bins(int k);
 // Clusters x[0..n) into k groups. centroids gets k ascending values (duplicates when x has fewer
 // than k distinct values), labels gets n ids (nearest centroid, ties to the lower id). Returns
 // the SSE. Throws InvalidArgument for k outside 1..256, k > n > 0, iters < 0, and NonFinite for
-// NaN/Inf in x. For n == 0 the centroids are zeros.
+// NaN/Inf in x. For n == 0 the centroids are zeros. labels == nullptr: centroids only, returns 0.
 double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
                 std::uint64_t seed, float* centroids, std::uint8_t* labels);
 
@@ -36,5 +36,13 @@ void check_centroids(const float* centroids, int k);
 // centroids (check_centroids).
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,
                      std::uint8_t* labels);
+
+// kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
+// and hist[b] += 1 for each value's distance to its centroid, |double(x) - double(c[label])|,
+// whose bit pattern >> hist_shift is b (hist holds 2^(64 - hist_shift) counters). For GCC,
+// which replaces the values nearest their centroid: one pass instead of labels, a distance
+// array of n doubles and a pass over it.
+void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
+                      std::uint8_t* labels, std::size_t* hist, int hist_shift);
 
 }  // namespace orbitfl

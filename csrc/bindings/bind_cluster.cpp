@@ -101,6 +101,24 @@ py::tuple kmeans1d_py(const py::object& x, const py::object& k, const py::object
   return py::make_tuple(c, labels, sse);
 }
 
+py::array_t<float> kmeans_centroids_py(const py::object& x, const py::object& k, const py::object& method,
+                                       const py::object& iters, const py::object& seed) {
+  py::array xa = checked<float>(x, "x");
+  const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
+  const KMeansMethod m = method_in(method);
+  const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
+  const std::uint64_t sd = seed_in(seed);
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  py::array_t<float> c(kk);
+  const float* xp = ptr<float>(xa);
+  float* cp = c.mutable_data();
+  {
+    py::gil_scoped_release release;
+    kmeans1d(xp, n, kk, m, it, sd, cp, nullptr);
+  }
+  return c;
+}
+
 py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
   py::array xa = checked<float>(x, "x");
   py::array ca = checked<float>(centroids, "centroids");
@@ -266,6 +284,8 @@ py::array_t<float> gcc_decode_py(const py::object& centroids, const py::object& 
 void register_cluster(py::module_& m) {
   m.def("kmeans1d", &kmeans1d_py, py::arg("x"), py::arg("k"), py::arg("method") = "hist", py::arg("iters") = 50,
         py::arg("seed") = 0, "1-D k-means: (centroids ascending, labels, sse). See _core.pyi.");
+  m.def("kmeans_centroids", &kmeans_centroids_py, py::arg("x"), py::arg("k"), py::arg("method") = "hist",
+        py::arg("iters") = 50, py::arg("seed") = 0, "kmeans1d's centroids alone, without labelling. See _core.pyi.");
   m.def("kmeans_assign", &kmeans_assign_py, py::arg("x"), py::arg("centroids"),
         "Nearest centroid of each value, ties to the lower id: (labels, sse).");
   m.def("laq_quantize", &laq_quantize_py, py::arg("x"), py::arg("d"), py::arg("bits"), py::arg("max_iter") = 100,

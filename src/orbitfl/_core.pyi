@@ -193,6 +193,9 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
     identical bit for bit in the NumPy reference. Empty x: k zero centroids. NaN/Inf: ValueError.
     """
 
+def kmeans_centroids(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0) -> F32:
+    """kmeans1d(...)[0] without the labelling pass (same checks, same centroids)."""
+
 def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
     """Label each value with its nearest centroid (centroids ascending, 1..256 of them;
     ties to the lower id, also among equal centroids); returns (labels, sse)."""

@@ -390,3 +390,15 @@ def test_nonfinite_anywhere_is_a_value_error_on_both_backends(
             kern.kmeans1d(x, 1, method)
         with pytest.raises(ValueError, match="NaN or Inf"):
             kern.kmeans_assign(x, np.zeros(1, np.float32))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_centroids_alone_equal_kmeans1d_and_share_its_checks(kern: ModuleType, method: str) -> None:
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.laplace(0.0, 1e-3, 60_000), rng.normal(0.02, 1e-3, 5_000)]).astype(np.float32)
+    c = kern.kmeans_centroids(x, 16, method, 30, 3)
+    np.testing.assert_array_equal(c, kern.kmeans1d(x, 16, method, 30, 3)[0])
+    with pytest.raises(ValueError):
+        kern.kmeans_centroids(x[:3], 4, method)
+    with pytest.raises(TypeError):
+        kern.kmeans_centroids(x.astype(np.float64), 4, method)

@@ -389,7 +389,8 @@ class Coreset(FloatStage):
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         kern = ctx.kern
         k = min(self.args["k"], x.size)
-        cents, labels, _ = kern.kmeans1d(x, k, self.args["method"], seed=ctx.seed)
+        # Centroids only: the labels come from the quantized codebook below.
+        cents = kern.kmeans_centroids(x, k, self.args["method"], seed=ctx.seed)
         cb = self.args["codebook"]
         meta: Meta = {"k": k}
         if cb == "fp32":

@@ -24,6 +24,7 @@ __all__ = [
     "gcc_encode",
     "kmeans1d",
     "kmeans_assign",
+    "kmeans_centroids",
     "laq_dequantize",
     "laq_errors",
     "laq_quantize",
@@ -280,26 +281,39 @@ def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
     """Lloyd iterations on the raw values until no centroid moves.
 
     A bin whose smallest and largest value get the same label contributes its (count, sum) in
-    one step; only values of bins that straddle a decision boundary are labelled one by one.
-    The result equals per-value Lloyd; the sums run in bin order, then index order within a bin.
+    one step; a bin straddling boundaries is cut at each midpoint inside it (a binary search over
+    its sorted values) and each part contributes its count and its difference of running sums of
+    x - shift in ascending order. The labels, hence the counts, are per-value Lloyd's; the sums
+    run in bin order, and within a bin by parts in ascending order.
     """
     k = c.size
     nz = np.flatnonzero(bins.cnt)
-    b_of = np.repeat(np.arange(bins.cnt.size), bins.cnt)  # bin of each position in `order`
+    runs: dict[int, tuple[F64, F64]] = {}  # bin -> (sorted values, running sums of value - shift)
     for _ in range(iters):
-        lab_lo = _labels(bins.vmin[nz].astype(np.float64), c)
-        lab_hi = _labels(bins.vmax[nz].astype(np.float64), c)
-        inner = lab_lo == lab_hi
-        split = np.zeros(bins.cnt.size, bool)
-        split[nz[~inner]] = True
-        vals = bins.order[split[b_of]]
-        keys = np.concatenate((nz[inner], b_of[split[b_of]]))
-        labs = np.concatenate((lab_lo[inner], _labels(x[vals].astype(np.float64), c)))
-        w = np.concatenate((bins.s1[nz[inner]], bins.d[vals]))
-        wc = np.concatenate((bins.cnt[nz[inner]].astype(np.float64), np.ones(vals.size)))
-        seq = np.argsort(keys, kind="stable")
-        sums = np.bincount(labs[seq], weights=w[seq], minlength=k)
-        counts = np.bincount(labs[seq], weights=wc[seq], minlength=k)
+        c64 = c.astype(np.float64)
+        mids = 0.5 * (c64[:-1] + c64[1:])
+        first = np.searchsorted(c, c, side="left")
+        j_lo = np.searchsorted(mids, bins.vmin[nz].astype(np.float64), side="left")
+        j_hi = np.searchsorted(mids, bins.vmax[nz].astype(np.float64), side="left")
+        inner = first[j_lo] == first[j_hi]
+        keys = [nz[inner]]
+        labs = [first[j_lo[inner]]]
+        w = [bins.s1[nz[inner]]]
+        wc = [bins.cnt[nz[inner]].astype(np.float64)]
+        for t, j0, j1 in zip(nz[~inner], j_lo[~inner], j_hi[~inner], strict=True):
+            if t not in runs:
+                v = np.sort(x[bins.order[bins.start[t] : bins.start[t + 1]]]).astype(np.float64)
+                runs[t] = (v, np.concatenate(([0.0], np.cumsum(v - bins.shift))))
+            v, head = runs[t]
+            cuts = np.concatenate(([0], np.searchsorted(v, mids[j0:j1], side="right"), [v.size]))
+            keys.append(np.full(j1 - j0 + 1, t))
+            labs.append(first[j0 : j1 + 1])
+            w.append(head[cuts[1:]] - head[cuts[:-1]])
+            wc.append((cuts[1:] - cuts[:-1]).astype(np.float64))
+        seq = np.argsort(np.concatenate(keys), kind="stable")
+        lab = np.concatenate(labs)[seq]
+        sums = np.bincount(lab, weights=np.concatenate(w)[seq], minlength=k)
+        counts = np.bincount(lab, weights=np.concatenate(wc)[seq], minlength=k)
         new = c.copy()
         has = counts > 0
         new[has] = (bins.shift + sums[has] / counts[has]).astype(np.float32) + np.float32(0.0)  # -0.0 -> +0.0
@@ -386,6 +400,11 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
         c = _lloyd(xf, bins, c, it)
     labels, sse = _assign(xf, c)
     return c, labels, sse
+
+
+def kmeans_centroids(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0) -> F32:
+    """kmeans1d(...)[0]; the C++ backend skips the labelling pass."""
+    return kmeans1d(x, k, method, iters, seed)[0]
 
 
 def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
