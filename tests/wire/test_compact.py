@@ -344,7 +344,7 @@ def test_form_2_keeps_a_k_the_receiver_cannot_recompute() -> None:
     full = encode_payload(recipe, t, new_codec_state(recipe))
     d = _form2(recipe, t)
     fc = d["t"][LAYOUT.names.index("fc.weight")]
-    assert len(fc) == 4 and fc[0] == math.ceil(0.25 * t["fc.weight"].size)  # k, ib, scale, data
+    assert len(fc) == 5 and fc[0] == math.ceil(0.25 * t["fc.weight"].size)  # k, ib, rb, scale, data
     assert len(fc[-1]) == 1  # the index and sign arrays in one bin
     want = decode_payload(full, SHAPES)
     _same(decode_payload(d, SHAPES, layout=LAYOUT, recipes=recipes(recipe)), want)
@@ -358,7 +358,7 @@ def test_form_2_keeps_a_k_the_receiver_cannot_recompute() -> None:
     d["t"][i] = [*e[:-1], [e[-1][0][:-1]]]
     err = _refusal(d, recipes(recipe))
     assert err.reason == Reason.BAD_PAYLOAD and "bytes of arrays, the metadata says" in err.text, err
-    d["t"][i] = [e[0], e[1], "x", e[-1]]
+    d["t"][i] = [e[0], e[1], e[2], "x", e[-1]]
     err = _refusal(d, recipes(recipe))
     assert err.reason == Reason.BAD_PAYLOAD and "fc.weight" in err.text, err
 
@@ -400,15 +400,17 @@ def _refusal2(d: dict[str, Any], recipe: str) -> WireError:
         ("topk:0.1+ef | sign", lambda d: d.update(rid=d["id"][:8]), Reason.SCHEMA, "no 'rid' or 'lid'"),
         ("topk:0.1+ef | sign", lambda d: d.update(id=d["id"][:8] + bytes(8)), Reason.BAD_SHAPE, "laid out"),
         ("topk:0.1+ef | sign", lambda d: d.update(id=bytes(8) + LAYOUT.id), Reason.BAD_PAYLOAD, "no recipe"),
-        # fc.weight, short ([scale, data]): one value too many, or none
-        ("topk:0.1+ef | sign", lambda d: d["t"][3].insert(0, 5), Reason.SCHEMA, "or 1 with k and ib"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3].pop(0), Reason.SCHEMA, "expected 3 metadata"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(1, []), Reason.BAD_PAYLOAD, "recomputed"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].pop(), Reason.BAD_PAYLOAD, "is missing"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].__setitem__(0, b"\x01"), Reason.BAD_PAYLOAD, "ib"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3][1].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),
+        # fc.weight, short ([rb, scale, data]): one value too many, or too few
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].insert(0, 5), Reason.SCHEMA, "or 2 with k and ib"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].pop(0), Reason.SCHEMA, "expected 4 metadata"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(2, []), Reason.BAD_PAYLOAD, "recomputed"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][2].pop(), Reason.BAD_PAYLOAD, "is missing"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][2].__setitem__(0, b"\x01"), Reason.BAD_PAYLOAD, "ib"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3][2].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(1, "x"), Reason.BAD_PAYLOAD, "recomputed"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(0, "x"), Reason.BAD_PAYLOAD, "recomputed"),
-        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(0, float("nan")), Reason.BAD_PAYLOAD, "scale"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(0, 99), Reason.BAD_PAYLOAD, "rb"),
+        ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(1, float("nan")), Reason.BAD_PAYLOAD, "scale"),
         ("topk:0.1+ef | sign", lambda d: d["t"][3].__setitem__(-1, 7), Reason.SCHEMA, "data must be bin"),
         # a frame: not zstd, no content size, or a size that makes ib impossible
         ("dgc:0.05 | sign | zstd", lambda d: _set_z(d, b"\x00" * 9), Reason.BAD_PAYLOAD, "recomp"),
@@ -482,3 +484,20 @@ def test_an_update_leaves_out_a_task_id_the_ground_derives_and_only_when_asked()
     ):
         assert msgpack.unpackb(encode(kept), raw=False)["task_id"] == kept.task_id
         assert decode(encode(kept)) == dataclasses.replace(kept, omit_task_id=False)
+
+
+def test_an_older_agents_form_1_without_the_index_coding_still_reads() -> None:
+    """Agents from before the Rice index coding list [k, ib, scale, data] for a top-k | sign tensor
+    (varints); the receiver reads that form 1 under the same recipe text."""
+    recipe, old = "topk:0.1+ef | sign", "topk:0.1,idx=varint+ef | sign"
+    t = model(15)
+    full = encode_payload(old, t, new_codec_state(old))
+    c = compact_payload(full, old, LAYOUT)
+    assert c is not None
+    for e in c["t"]:
+        if len(e) == 5:  # k, ib, rb (nil: varints), scale, data
+            assert e[2] is None
+            del e[2]
+    c["rid"] = recipe_id(recipe)
+    got = decode_payload(c, SHAPES, layout=LAYOUT, recipes=recipes(recipe))
+    _same(got, decode_payload(full, SHAPES))

@@ -255,8 +255,11 @@ def expand_payload(
         chain = pipe.chain_for(name, math.prod(shape))
         n_values = len(_value_keys(chain, short=False))
         n_short = len(_value_keys(chain, short=True))
+        n_legacy = len(_value_keys(chain, short=False, legacy=True))
         short = form >= 2 and n_short < n_values and isinstance(e, list) and len(e) == n_short + 1
-        if not isinstance(e, list) or (not short and len(e) != n_values + 1):
+        # An older agent's form 1 lists no index coding (varints): read it with its own keys.
+        legacy = form < 2 and n_legacy < n_values and isinstance(e, list) and len(e) == n_legacy + 1
+        if not isinstance(e, list) or (not short and not legacy and len(e) != n_values + 1):
             also = f" (or {n_short} with k and ib left out)" if form >= 2 and n_short < n_values else ""
             raise WireError(
                 Reason.SCHEMA,
@@ -268,7 +271,7 @@ def expand_payload(
         values = e[:-1]
         meta: list[dict[str, Any]] = []
         it = iter(values)
-        for stage_keys in _stage_keys(chain, short):
+        for stage_keys in _stage_keys(chain, short, legacy):
             m = {k: v for k, v in zip(stage_keys, it, strict=False) if v is not None}  # takes len(keys)
             meta.append(m)
         if short:
@@ -329,19 +332,34 @@ def _meta_values(chain: Chain, meta: Any) -> list[Any] | None:
     return out
 
 
+_DERIVED = ("k", "ib")  # what form 2 leaves out of a top-k stage's metadata
+_CODING = ("rb",)  # the index coding's own values: sent (nil for varints), never derived
+# Top-k metadata keys of the compact entries older agents send (before the Rice index coding).
+_LEGACY_TOPK = ("k", "ib")
+
+
 def _derivable(stage: Any) -> bool:
-    """A top-k stage whose metadata is only what the receiver can recompute (k, ib). Another
-    schema (a new index coding, say) keeps its values on the wire."""
-    return isinstance(stage, TopK) and set(stage.meta_schema) == {"k", "ib"}
+    """A top-k stage whose metadata is what the receiver can recompute (k, ib) plus the index
+    coding's parameter. Another schema keeps all its values on the wire."""
+    keys = set(stage.meta_schema) if isinstance(stage, TopK) else set()
+    return set(_DERIVED) <= keys <= set(_DERIVED) | set(_CODING)
 
 
-def _stage_keys(chain: Chain, short: bool) -> list[list[str]]:
-    return [[] if short and _derivable(st) else list(st.meta_schema) for st in chain.float_stages]
+def _stage_keys(chain: Chain, short: bool, legacy: bool = False) -> list[list[str]]:
+    out = []
+    for st in chain.float_stages:
+        keys = list(st.meta_schema)
+        if short and _derivable(st):
+            keys = [k for k in keys if k not in _DERIVED]
+        elif legacy and isinstance(st, TopK):
+            keys = [k for k in keys if k in _LEGACY_TOPK]
+        out.append(keys)
+    return out
 
 
-def _value_keys(chain: Chain, short: bool) -> list[str]:
+def _value_keys(chain: Chain, short: bool, legacy: bool = False) -> list[str]:
     """The key of every metadata value an entry lists, in order."""
-    return [k for keys in _stage_keys(chain, short) for k in keys]
+    return [k for keys in _stage_keys(chain, short, legacy) for k in keys]
 
 
 def _derive(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data: Any) -> list[dict[str, Any]]:
@@ -356,8 +374,12 @@ def _derive(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data: Any) 
     for j, (st, m) in enumerate(zip(chain.float_stages, out, strict=True)):
         if _derivable(st):
             k = min(n, max(1, math.ceil(st.args["frac"] * n)))
-            m["k"] = m["ib"] = k  # ib = k is in range; the real ib replaces it below
-            at.append((j, pos, k))
+            # A placeholder ib in the coding's range (the fewest bytes k indices can take); the
+            # real ib replaces it below.
+            b = m.get("rb")
+            m["k"] = k
+            m["ib"] = k if b is None else -(-k * (int(b) + 1) // 8)
+            at.append((j, pos, m["ib"]))
         fields, n = st.layout(m, n)
         pos += len(fields)
         total += sum(f.nbytes for f in fields)
@@ -414,7 +436,10 @@ def _short_values(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data:
     exactly; else None (then every value is listed)."""
     if not any(_derivable(st) for st in chain.float_stages):
         return None
-    kept = [{} if _derivable(st) else m for st, m in zip(chain.float_stages, meta, strict=True)]
+    kept = [
+        {k: v for k, v in m.items() if k not in _DERIVED} if _derivable(st) else m
+        for st, m in zip(chain.float_stages, meta, strict=True)
+    ]
     try:
         derived = _derive(chain, kept, n, data)
     except (ValueError, TypeError, zstandard.ZstdError):
@@ -426,7 +451,6 @@ def _short_values(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data:
         return None
     return [
         m.get(k)
-        for st, m in zip(chain.float_stages, meta, strict=True)
-        if not _derivable(st)
-        for k in st.meta_schema
+        for keys, m in zip(_stage_keys(chain, short=True), meta, strict=True)
+        for k in keys
     ]
