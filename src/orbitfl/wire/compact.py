@@ -449,8 +449,4 @@ def _short_values(chain: Chain, meta: Sequence[Mapping[str, Any]], n: int, data:
         for a, b in zip(derived, meta, strict=True)
     ):
         return None
-    return [
-        m.get(k)
-        for keys, m in zip(_stage_keys(chain, short=True), meta, strict=True)
-        for k in keys
-    ]
+    return [m.get(k) for keys, m in zip(_stage_keys(chain, short=True), meta, strict=True) for k in keys]
