@@ -80,41 +80,51 @@ KMeansMethod method_in(const py::handle& h) {
   return parse_kmeans_method(h.cast<std::string>());
 }
 
-py::tuple kmeans1d_py(const py::object& x, const py::object& k, const py::object& method, const py::object& iters,
-                      const py::object& seed) {
+// kmeans1d's and kmeans_centroids' arguments, checked under the GIL in one place.
+struct KMeansArgs {
+  py::array x;
+  int k;
+  KMeansMethod method;
+  int iters;
+  std::uint64_t seed;
+};
+
+KMeansArgs kmeans_args(const py::object& x, const py::object& k, const py::object& method, const py::object& iters,
+                       const py::object& seed) {
   py::array xa = checked<float>(x, "x");
   const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
   const KMeansMethod m = method_in(method);
   const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
-  const std::uint64_t sd = seed_in(seed);
-  const std::size_t n = static_cast<std::size_t>(xa.size());
-  py::array_t<float> c(kk);
+  return KMeansArgs{xa, kk, m, it, seed_in(seed)};
+}
+
+py::tuple kmeans1d_py(const py::object& x, const py::object& k, const py::object& method, const py::object& iters,
+                      const py::object& seed) {
+  const KMeansArgs a = kmeans_args(x, k, method, iters, seed);
+  const std::size_t n = static_cast<std::size_t>(a.x.size());
+  py::array_t<float> c(a.k);
   py::array_t<std::uint8_t> labels(static_cast<py::ssize_t>(n));
-  const float* xp = ptr<float>(xa);
+  const float* xp = ptr<float>(a.x);
   float* cp = c.mutable_data();
   std::uint8_t* lp = labels.mutable_data();
   double sse;
   {
     py::gil_scoped_release release;
-    sse = kmeans1d(xp, n, kk, m, it, sd, cp, lp);
+    sse = kmeans1d(xp, n, a.k, a.method, a.iters, a.seed, cp, lp);
   }
   return py::make_tuple(c, labels, sse);
 }
 
 py::array_t<float> kmeans_centroids_py(const py::object& x, const py::object& k, const py::object& method,
                                        const py::object& iters, const py::object& seed) {
-  py::array xa = checked<float>(x, "x");
-  const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
-  const KMeansMethod m = method_in(method);
-  const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
-  const std::uint64_t sd = seed_in(seed);
-  const std::size_t n = static_cast<std::size_t>(xa.size());
-  py::array_t<float> c(kk);
-  const float* xp = ptr<float>(xa);
+  const KMeansArgs a = kmeans_args(x, k, method, iters, seed);
+  const std::size_t n = static_cast<std::size_t>(a.x.size());
+  py::array_t<float> c(a.k);
+  const float* xp = ptr<float>(a.x);
   float* cp = c.mutable_data();
   {
     py::gil_scoped_release release;
-    kmeans1d(xp, n, kk, m, it, sd, cp, nullptr);
+    kmeans1d(xp, n, a.k, a.method, a.iters, a.seed, cp, nullptr);
   }
   return c;
 }
