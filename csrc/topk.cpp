@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -139,44 +140,96 @@ class RadixSelect {
   std::size_t gathered_ = 0;
 };
 
-// Appends (i, a[i]) for every i in [0, n) whose bin is >= top. Blocks of 16: a block without a
-// candidate (most of them, as ~k of n values are) costs one vectorisable scan and no branch per
-// value. `put(i, a)` sees every value (and may store it) before the block is scanned for
-// candidates.
+// Appends (i, a[i]) for every i in [0, n) whose magnitude bits are >= lim, storing at most cap of
+// them; returns how many there are (cap or fewer were stored) and sets `bad` if any a[i] is
+// NaN/Inf. Blocks of 16: a block without a candidate (most of them, as ~k of n values are) costs
+// one vectorisable scan and no branch per value. `put(i, a)` sees every value (and may store it).
 template <class Get, class Put>
-std::size_t gather(Get get, Put put, std::size_t n, std::uint32_t top, std::uint32_t* gidx, float* gval) {
-  const std::uint32_t lim = top << 20;
+std::size_t gather(Get get, Put put, std::size_t n, std::uint32_t lim, std::size_t cap, std::uint32_t* gidx,
+                   float* gval, bool& bad) {
   std::size_t c = 0;
   std::size_t i = 0;
   constexpr std::size_t B = 16;
   float a[B];
+  std::uint32_t nonfinite = 0;
+  auto take = [&](std::size_t at, float v) {
+    if (c < cap) {
+      gidx[c] = static_cast<std::uint32_t>(at);
+      gval[c] = v;
+    }
+    ++c;
+  };
   for (; i + B <= n; i += B) {
     std::uint32_t any = 0;
     for (std::size_t j = 0; j < B; ++j) {
       a[j] = get(i + j);
       put(i + j, a[j]);
-      any |= static_cast<std::uint32_t>(mag_bits(a[j]) >= lim);
+      const std::uint32_t u = mag_bits(a[j]);
+      any |= static_cast<std::uint32_t>(u >= lim);
+      nonfinite |= static_cast<std::uint32_t>(u >= 0x7F800000u);
     }
     if (!any) continue;
-    for (std::size_t j = 0; j < B; ++j) {
-      if (mag_bits(a[j]) >= lim) {
+    if (c + B <= cap) {
+      // Branchless: a candidate's place is written either way and kept by advancing c; a branch
+      // per value would mispredict about once per candidate.
+      for (std::size_t j = 0; j < B; ++j) {
         gidx[c] = static_cast<std::uint32_t>(i + j);
         gval[c] = a[j];
-        ++c;
+        c += mag_bits(a[j]) >= lim;
+      }
+    } else {
+      for (std::size_t j = 0; j < B; ++j) {
+        if (mag_bits(a[j]) >= lim) take(i + j, a[j]);
       }
     }
   }
   for (; i < n; ++i) {
     const float v = get(i);
     put(i, v);
-    if (mag_bits(v) >= lim) {
-      gidx[c] = static_cast<std::uint32_t>(i);
-      gval[c] = v;
-      ++c;
-    }
+    nonfinite |= static_cast<std::uint32_t>(mag_bits(v) >= 0x7F800000u);
+    if (mag_bits(v) >= lim) take(i, v);
   }
+  bad = nonfinite != 0;
   return c;
 }
+
+// A guess at the magnitude bits of the k-th largest of n (0 < k < n) from a strided sample of
+// 4096: the sample's entry a few standard deviations above rank k·4096/n, so that with high
+// probability at least k of the n reach it while only ~1.5 k do. 0 means no useful guess (too few
+// values, or k too large a share for one-pass gathering to pay).
+template <class Get>
+std::uint32_t guess_limit(Get get, std::size_t n, std::size_t k) {
+  constexpr std::size_t S = 4096;
+  if (n < 16 * S || k > n / 16) return 0;
+  const std::size_t stride = n / S;
+  std::vector<std::uint32_t> s(S);
+  for (std::size_t j = 0; j < S; ++j) s[j] = mag_bits(get(j * stride));
+  const double mean = static_cast<double>(k) * S / static_cast<double>(n);
+  const auto rank = static_cast<std::size_t>(mean + 4.0 * std::sqrt(mean) + 4.0);
+  if (rank >= S) return 0;
+  std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(rank), s.end(), std::greater<>());
+  return s[rank];
+}
+
+// Selection among candidates already gathered (every entry with magnitude bits >= some limit, in
+// index order, at least k of them): T >= the limit, so all the entries that reach T are there.
+template <class Zero>
+void select_gathered(std::uint32_t* gidx, float* gval, std::size_t c, std::size_t k, std::uint32_t* idx,
+                     float* vals, Zero zero) {
+  std::vector<std::size_t> hist;
+  histogram_top([gval](std::size_t t) { return gval[t]; }, c, hist);
+  RadixSelect sel(hist, k);
+  std::size_t kept = 0;  // keep those in T's bin or above, in index order
+  for (std::size_t t = 0; t < c; ++t) {
+    gidx[kept] = gidx[t];
+    gval[kept] = gval[t];
+    kept += (mag_bits(gval[t]) >> 20) >= sel.top();
+  }
+  sel.finish(gidx, gval, idx, vals, zero);
+}
+
+// Capacity of the one-pass gather: about twice the entries expected to reach the guess.
+std::size_t gather_cap(std::size_t n, std::size_t k) { return std::min(n, 3 * k + 4096); }
 
 }  // namespace
 
@@ -196,6 +249,7 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
     std::vector<std::uint32_t> gidx(sel.gathered());
     std::vector<float> gval(sel.gathered());
     const std::uint32_t above = (sel.top() + 1) << 20;  // magnitude bits of a bin above T's
+    bool bad = false;
     if (residual) {
       // entries in T's bin keep acc for now; the kept ones among them are zeroed in finish
       gather(
@@ -203,10 +257,10 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
           [residual, above](std::size_t i, float a) {
             residual[i] = mag_bits(a) >= above ? 0.0f : a;
           },
-          n, sel.top(), gidx.data(), gval.data());
+          n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
       sel.finish(gidx.data(), gval.data(), idx, vals, [residual](std::uint32_t i) { residual[i] = 0.0f; });
     } else {
-      gather(acc, [](std::size_t, float) {}, n, sel.top(), gidx.data(), gval.data());
+      gather(acc, [](std::size_t, float) {}, n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
       sel.finish(gidx.data(), gval.data(), idx, vals, [](std::uint32_t) {});
     }
     return;
@@ -223,6 +277,86 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
     }
     if (residual) residual[i] = k == n ? 0.0f : a;
   }
+}
+
+void dgc_select(const float* x, const float* u, const float* v, std::size_t n, float m, std::size_t k,
+                float* u_out, float* v_out, std::uint32_t* idx, float* vals) {
+  require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+  require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
+  require(std::isfinite(m) && m >= 0.0f && m <= 1.0f, "m must be in [0, 1], got " + std::to_string(m));
+  // The velocity v + (m·u + x), rounded as the NumPy steps round it (-ffp-contract=off: no FMA).
+  // It is non-finite iff an input is or the sums overflow, so one flag over it checks them all.
+  auto velocity = [x, u, v, m](std::size_t i) {
+    float w = u[i] * m;
+    w = w + x[i];
+    return v[i] + w;
+  };
+  // One pass computes both new states into the fresh outputs (so a failure leaves the caller's
+  // state as it was) and gathers every entry reaching a sampled guess at T; when at least k do,
+  // only those are looked at again. Otherwise (a rare bad guess, or small n) the outputs are
+  // histogrammed and gathered once more, as topk does.
+  auto store = [x, u, v, m, u_out, v_out](std::size_t i) {
+    float w = u[i] * m;
+    w = w + x[i];
+    u_out[i] = w;
+    const float a = v[i] + w;
+    v_out[i] = a;
+    return a;
+  };
+  auto zero = [u_out, v_out](std::uint32_t i) {
+    u_out[i] = 0.0f;
+    v_out[i] = 0.0f;
+  };
+  auto throw_bad = [&]() {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(u[i])) throw NonFinite("momentum contains NaN or Inf");
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(v[i])) throw NonFinite("residual contains NaN or Inf");
+    }
+    throw NonFinite("the velocity (residual + m * momentum + x) overflows float32");
+  };
+  const std::uint32_t lim = (k > 0 && k < n) ? guess_limit(velocity, n, k) : 0;
+  if (lim > 0) {
+    const std::size_t cap = gather_cap(n, k);
+    std::vector<std::uint32_t> gidx(cap);
+    std::vector<float> gval(cap);
+    bool bad = false;
+    const std::size_t c = gather(
+        store, [](std::size_t, float) {}, n, lim, cap, gidx.data(), gval.data(), bad);
+    if (bad) throw_bad();
+    if (c >= k && c <= cap) {
+      select_gathered(gidx.data(), gval.data(), c, k, idx, vals, zero);
+      return;
+    }
+  } else {
+    bool bad = false;
+    std::uint32_t none = 0;
+    gather(store, [](std::size_t, float) {}, n, 0xFFFFFFFFu, 0, &none, nullptr, bad);
+    if (bad) throw_bad();
+  }
+  // u_out and v_out hold the new states (all finite); select on v_out as topk does.
+  if (k == 0) return;
+  if (k == n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      idx[i] = static_cast<std::uint32_t>(i);
+      vals[i] = v_out[i];
+      u_out[i] = v_out[i] = 0.0f;
+    }
+    return;
+  }
+  auto get = [v_out](std::size_t i) { return v_out[i]; };
+  std::vector<std::size_t> hist;
+  histogram_top(get, n, hist);
+  RadixSelect sel(hist, k);
+  std::vector<std::uint32_t> gidx(sel.gathered());
+  std::vector<float> gval(sel.gathered());
+  bool bad = false;
+  gather(get, [](std::size_t, float) {}, n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
+  sel.finish(gidx.data(), gval.data(), idx, vals, zero);
 }
 
 namespace {

@@ -297,6 +297,7 @@ class Dgc(TopK):
     default_ef = True
     first_only = True
     keeps_momentum = True
+    replaces_state = True
 
     def validate_args(self) -> None:
         if not self.ef:
@@ -310,16 +311,15 @@ class Dgc(TopK):
         return frac
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
-        u = ctx.momentum
-        if u is None or ctx.residual is None:
+        if ctx.momentum is None or ctx.residual is None:
             raise ValueError("dgc needs the codec state's momentum and residual for this tensor")
         n = x.size
-        # In place, so the velocity costs two passes over memory and no temporary.
-        np.multiply(u, np.float32(self.args["momentum"]), out=u)
-        np.add(u, x, out=u)
         k = min(n, max(1, math.ceil(self.density(ctx.round) * n)))
-        idx, vals = ctx.kern.topk(u, k, ctx.residual)  # v += u; v[sent] = 0
-        u[idx] = np.float32(0)  # factor masking
+        # One fused kernel: u = m·u + x, v += u, the k largest |v|, u and v zeroed where sent. It
+        # reads the state and writes new arrays, so the pipeline need not copy the state first.
+        idx, vals, ctx.momentum, ctx.residual = ctx.kern.dgc_select(
+            x, ctx.momentum, ctx.residual, float(self.args["momentum"]), k
+        )
         return self._indices(ctx.kern, idx, vals)
 
 
