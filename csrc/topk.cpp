@@ -279,6 +279,58 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
   }
 }
 
+namespace {
+
+// The selection behind dgc_select and topk_into, which write their new state into fresh outputs:
+// velocity(i) is the value at i, store(i) computes it and writes the output(s) (returning it),
+// get(i) reads it back from the output, zero(i) masks a kept index, throw_bad() names what is
+// not finite. One pass stores every output and gathers every entry reaching a sampled guess at
+// T; when at least k do, only those are looked at again. Otherwise (a rare bad guess, small n or
+// large k) the stored values are histogrammed and gathered once more, as topk does.
+template <class Velocity, class Store, class Get, class Zero, class Bad>
+void select_into(std::size_t n, std::size_t k, Velocity velocity, Store store, Get get, Zero zero, Bad throw_bad,
+                 std::uint32_t* idx, float* vals) {
+  const std::uint32_t lim = (k > 0 && k < n) ? guess_limit(velocity, n, k) : 0;
+  if (lim > 0) {
+    const std::size_t cap = gather_cap(n, k);
+    std::vector<std::uint32_t> gidx(cap);
+    std::vector<float> gval(cap);
+    bool bad = false;
+    const std::size_t c = gather(
+        store, [](std::size_t, float) {}, n, lim, cap, gidx.data(), gval.data(), bad);
+    if (bad) throw_bad();
+    if (c >= k && c <= cap) {
+      select_gathered(gidx.data(), gval.data(), c, k, idx, vals, zero);
+      return;
+    }
+  } else {
+    bool bad = false;
+    std::uint32_t none = 0;
+    gather(store, [](std::size_t, float) {}, n, 0xFFFFFFFFu, 0, &none, nullptr, bad);
+    if (bad) throw_bad();
+  }
+  // The outputs hold the new states (all finite); select on the stored values as topk does.
+  if (k == 0) return;
+  if (k == n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      idx[i] = static_cast<std::uint32_t>(i);
+      vals[i] = get(i);
+      zero(static_cast<std::uint32_t>(i));
+    }
+    return;
+  }
+  std::vector<std::size_t> hist;
+  histogram_top(get, n, hist);
+  RadixSelect sel(hist, k);
+  std::vector<std::uint32_t> gidx(sel.gathered());
+  std::vector<float> gval(sel.gathered());
+  bool bad = false;
+  gather(get, [](std::size_t, float) {}, n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
+  sel.finish(gidx.data(), gval.data(), idx, vals, zero);
+}
+
+}  // namespace
+
 void dgc_select(const float* x, const float* u, const float* v, std::size_t n, float m, std::size_t k,
                 float* u_out, float* v_out, std::uint32_t* idx, float* vals) {
   require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
@@ -291,10 +343,7 @@ void dgc_select(const float* x, const float* u, const float* v, std::size_t n, f
     w = w + x[i];
     return v[i] + w;
   };
-  // One pass computes both new states into the fresh outputs (so a failure leaves the caller's
-  // state as it was) and gathers every entry reaching a sampled guess at T; when at least k do,
-  // only those are looked at again. Otherwise (a rare bad guess, or small n) the outputs are
-  // histogrammed and gathered once more, as topk does.
+  // Both new states go into the fresh outputs, so a failure leaves the caller's state as it was.
   auto store = [x, u, v, m, u_out, v_out](std::size_t i) {
     float w = u[i] * m;
     w = w + x[i];
@@ -319,44 +368,23 @@ void dgc_select(const float* x, const float* u, const float* v, std::size_t n, f
     }
     throw NonFinite("the velocity (residual + m * momentum + x) overflows float32");
   };
-  const std::uint32_t lim = (k > 0 && k < n) ? guess_limit(velocity, n, k) : 0;
-  if (lim > 0) {
-    const std::size_t cap = gather_cap(n, k);
-    std::vector<std::uint32_t> gidx(cap);
-    std::vector<float> gval(cap);
-    bool bad = false;
-    const std::size_t c = gather(
-        store, [](std::size_t, float) {}, n, lim, cap, gidx.data(), gval.data(), bad);
-    if (bad) throw_bad();
-    if (c >= k && c <= cap) {
-      select_gathered(gidx.data(), gval.data(), c, k, idx, vals, zero);
-      return;
-    }
-  } else {
-    bool bad = false;
-    std::uint32_t none = 0;
-    gather(store, [](std::size_t, float) {}, n, 0xFFFFFFFFu, 0, &none, nullptr, bad);
-    if (bad) throw_bad();
-  }
-  // u_out and v_out hold the new states (all finite); select on v_out as topk does.
-  if (k == 0) return;
-  if (k == n) {
-    for (std::size_t i = 0; i < n; ++i) {
-      idx[i] = static_cast<std::uint32_t>(i);
-      vals[i] = v_out[i];
-      u_out[i] = v_out[i] = 0.0f;
-    }
-    return;
-  }
-  auto get = [v_out](std::size_t i) { return v_out[i]; };
-  std::vector<std::size_t> hist;
-  histogram_top(get, n, hist);
-  RadixSelect sel(hist, k);
-  std::vector<std::uint32_t> gidx(sel.gathered());
-  std::vector<float> gval(sel.gathered());
-  bool bad = false;
-  gather(get, [](std::size_t, float) {}, n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
-  sel.finish(gidx.data(), gval.data(), idx, vals, zero);
+  select_into(
+      n, k, velocity, store, [v_out](std::size_t i) { return v_out[i]; }, zero, throw_bad, idx, vals);
+}
+
+void topk_into(const float* x, const float* residual, std::size_t n, std::size_t k, float* r_out,
+               std::uint32_t* idx, float* vals) {
+  require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+  require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
+  const Acc acc{x, residual};
+  auto store = [acc, r_out](std::size_t i) {
+    const float a = acc(i);
+    r_out[i] = a;
+    return a;
+  };
+  select_into(
+      n, k, acc, store, [r_out](std::size_t i) { return r_out[i]; },
+      [r_out](std::uint32_t i) { r_out[i] = 0.0f; }, [&]() { throw_nonfinite(x, residual, n); }, idx, vals);
 }
 
 namespace {

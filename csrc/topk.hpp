@@ -14,6 +14,12 @@ namespace orbitfl {
 void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::uint32_t* idx,
           float* vals);
 
+// topk with the residual written to r_out (n floats, not aliasing the inputs) instead of in
+// place: the same idx, vals and new residual; x and residual (null: zeros) are only read. Throws
+// as topk does (r_out is then unspecified).
+void topk_into(const float* x, const float* residual, std::size_t n, std::size_t k, float* r_out,
+               std::uint32_t* idx, float* vals);
+
 // Deep Gradient Compression's sender step, fused: u' = m·u + x, v' = v + u' (each product and sum
 // rounded to float32, no FMA), then the k indices of largest |v'| (ties to the lower index)
 // ascending into idx and v' at them into vals; u_out and v_out (n each, not aliasing the inputs)

@@ -235,6 +235,41 @@ void register_quant(py::module_& m) {
       py::arg("x"), py::arg("k"), py::arg("residual") = py::none());
 
   m.def(
+      "topk_ef",
+      [](py::object x, long long k, py::object residual) {
+        py::array a = checked<float>(x, "x");
+        const auto n = static_cast<std::size_t>(a.size());
+        const float* rp = nullptr;
+        py::array r;
+        if (!residual.is_none()) {
+          r = checked<float>(residual, "residual");
+          if (static_cast<std::size_t>(r.size()) != n) {
+            throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
+                                  std::to_string(r.size()));
+          }
+          rp = cdata<float>(r);
+        }
+        if (k < 0 || static_cast<std::size_t>(k) > n) {
+          throw py::value_error("k must be in 0..x.size (" + std::to_string(n) + "), got " +
+                                std::to_string(k));
+        }
+        const auto kk = static_cast<std::size_t>(k);
+        py::array_t<std::uint32_t> idx(static_cast<py::ssize_t>(kk));
+        py::array_t<float> vals(static_cast<py::ssize_t>(kk));
+        py::array_t<float> r_out(static_cast<py::ssize_t>(n));
+        const float* xp = cdata<float>(a);
+        std::uint32_t* ip = wdata(idx);
+        float* vp = wdata(vals);
+        float* rop = wdata(r_out);
+        {
+          py::gil_scoped_release release;
+          topk_into(xp, rp, n, kk, rop, ip, vp);
+        }
+        return py::make_tuple(idx, vals, r_out);
+      },
+      py::arg("x"), py::arg("k"), py::arg("residual") = py::none());
+
+  m.def(
       "dgc_select",
       [](py::object x, py::object momentum, py::object residual, double mom, long long k) {
         py::array a = checked<float>(x, "x");

@@ -97,6 +97,12 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     residual is left untouched).
     """
 
+def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]:
+    """topk(x, k, residual) with the new residual returned instead of written in place:
+    (indices, values, acc with the kept entries zeroed), acc = x + residual (or x). x and residual
+    (float32, C-contiguous, same size) are only read. Errors as topk's.
+    """
+
 def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[U32, F32, F32, F32]:
     """Deep Gradient Compression's sender step in one pass: u = m·momentum + x, v = residual + u
     (float32 product and sums, as NumPy rounds them), the k entries of largest |v| kept.

@@ -229,13 +229,19 @@ class TopK(FloatStage):
     terminal = False
     kernel_ef = True
     reports_kept = True
+    replaces_state = True
     # rb last: the compact form lists the values in this order, so k and ib keep their places
     meta_schema: ClassVar[Mapping[str, type]] = {"k": int, "ib": int, "rb": int}
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         n = x.size
         k = min(n, max(1, math.ceil(self.args["frac"] * n)))
-        idx, vals = ctx.kern.topk(x, k, ctx.residual)
+        if ctx.residual is None:
+            idx, vals = ctx.kern.topk(x, k)
+        else:
+            # The new residual in a new array while the kernel gathers: the state is only read,
+            # so the pipeline need not copy it first (replaces_state).
+            idx, vals, ctx.residual = ctx.kern.topk_ef(x, k, ctx.residual)
         return self._indices(ctx.kern, idx, vals)
 
     def _indices(self, kern: ModuleType, idx: NDArray[np.uint32], vals: F32) -> Encoded:

@@ -32,6 +32,7 @@ __all__ = [
     "to_bfloat16",
     "to_float16",
     "topk",
+    "topk_ef",
     "unpack_bits",
 ]
 
@@ -341,6 +342,28 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
         r[...] = acc
         r[idx] = np.float32(0)
     return idx, vals
+
+
+def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]:
+    """topk with the new residual returned, the inputs only read; see _core.pyi."""
+    v = _array("x", x, np.float32)
+    r = None if residual is None else _array("residual", residual, np.float32)
+    if r is not None and r.size != v.size:
+        raise ValueError(f"residual must have the size of x ({v.size}), got {r.size}")
+    kk = _int("k", k)
+    if not 0 <= kk <= v.size:
+        raise ValueError(f"k must be in 0..x.size ({v.size}), got {kk}")
+    _finite("x", v)
+    if r is not None:
+        _finite("residual", r)
+    if r is None:  # acc is x itself (no + 0, which would turn -0 into +0)
+        idx, vals = topk(v, kk)
+        out = v.copy()
+        out[idx] = np.float32(0)
+        return idx, vals, out
+    out = r.copy()
+    idx, vals = topk(v, kk, out)
+    return idx, vals, out
 
 
 def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[U32, F32, F32, F32]:
