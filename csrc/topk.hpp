@@ -14,6 +14,21 @@ namespace orbitfl {
 void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::uint32_t* idx,
           float* vals);
 
+// topk with the residual written to r_out (n floats, not aliasing the inputs) instead of in
+// place: the same idx, vals and new residual; x and residual (null: zeros) are only read. Throws
+// as topk does (r_out is then unspecified).
+void topk_into(const float* x, const float* residual, std::size_t n, std::size_t k, float* r_out,
+               std::uint32_t* idx, float* vals);
+
+// Deep Gradient Compression's sender step, fused: u' = m·u + x, v' = v + u' (each product and sum
+// rounded to float32, no FMA), then the k indices of largest |v'| (ties to the lower index)
+// ascending into idx and v' at them into vals; u_out and v_out (n each, not aliasing the inputs)
+// receive u' and v' zeroed at the kept indices. x, u and v are only read. Throws InvalidArgument
+// for k > n, n >= 2**32 or m outside [0, 1] (the binding asks m < 1), NonFinite for NaN/Inf in
+// x, u or v or an overflowing v' (the outputs are then unspecified).
+void dgc_select(const float* x, const float* u, const float* v, std::size_t n, float m, std::size_t k,
+                float* u_out, float* v_out, std::uint32_t* idx, float* vals);
+
 // Bytes delta_encode_indices will write; throws InvalidArgument unless strictly ascending.
 std::size_t delta_encoded_size(const std::uint32_t* idx, std::size_t k);
 // LEB128 varints of the gaps idx[0] + 1, idx[1] - idx[0], ...; out has delta_encoded_size bytes.

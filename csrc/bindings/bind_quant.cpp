@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "bitpack.hpp"
 #include "bindings/checked_array.hpp"
@@ -232,6 +233,80 @@ void register_quant(py::module_& m) {
         return py::make_tuple(idx, vals);
       },
       py::arg("x"), py::arg("k"), py::arg("residual") = py::none());
+
+  m.def(
+      "topk_ef",
+      [](py::object x, long long k, py::object residual) {
+        py::array a = checked<float>(x, "x");
+        const auto n = static_cast<std::size_t>(a.size());
+        const float* rp = nullptr;
+        py::array r;
+        if (!residual.is_none()) {
+          r = checked<float>(residual, "residual");
+          if (static_cast<std::size_t>(r.size()) != n) {
+            throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
+                                  std::to_string(r.size()));
+          }
+          rp = cdata<float>(r);
+        }
+        if (k < 0 || static_cast<std::size_t>(k) > n) {
+          throw py::value_error("k must be in 0..x.size (" + std::to_string(n) + "), got " +
+                                std::to_string(k));
+        }
+        const auto kk = static_cast<std::size_t>(k);
+        py::array_t<std::uint32_t> idx(static_cast<py::ssize_t>(kk));
+        py::array_t<float> vals(static_cast<py::ssize_t>(kk));
+        py::array_t<float> r_out(static_cast<py::ssize_t>(n));
+        const float* xp = cdata<float>(a);
+        std::uint32_t* ip = wdata(idx);
+        float* vp = wdata(vals);
+        float* rop = wdata(r_out);
+        {
+          py::gil_scoped_release release;
+          topk_into(xp, rp, n, kk, rop, ip, vp);
+        }
+        return py::make_tuple(idx, vals, r_out);
+      },
+      py::arg("x"), py::arg("k"), py::arg("residual") = py::none());
+
+  m.def(
+      "dgc_select",
+      [](py::object x, py::object momentum, py::object residual, double mom, long long k) {
+        py::array a = checked<float>(x, "x");
+        py::array ua = checked<float>(momentum, "momentum");
+        py::array va = checked<float>(residual, "residual");
+        const auto n = static_cast<std::size_t>(a.size());
+        for (auto [arr, name] : {std::pair{&ua, "momentum"}, std::pair{&va, "residual"}}) {
+          if (static_cast<std::size_t>(arr->size()) != n) {
+            throw py::value_error(std::string(name) + " must have the size of x (" + std::to_string(n) +
+                                  "), got " + std::to_string(arr->size()));
+          }
+        }
+        if (!(mom >= 0.0 && mom < 1.0)) throw py::value_error("m must be in [0, 1), got " + std::to_string(mom));
+        if (k < 0 || static_cast<std::size_t>(k) > n) {
+          throw py::value_error("k must be in 0..x.size (" + std::to_string(n) + "), got " +
+                                std::to_string(k));
+        }
+        const auto kk = static_cast<std::size_t>(k);
+        py::array_t<std::uint32_t> idx(static_cast<py::ssize_t>(kk));
+        py::array_t<float> vals(static_cast<py::ssize_t>(kk));
+        py::array_t<float> u_out(static_cast<py::ssize_t>(n));
+        py::array_t<float> v_out(static_cast<py::ssize_t>(n));
+        const float* xp = cdata<float>(a);
+        const float* up = cdata<float>(ua);
+        const float* vp = cdata<float>(va);
+        std::uint32_t* ip = wdata(idx);
+        float* valp = wdata(vals);
+        float* uo = wdata(u_out);
+        float* vo = wdata(v_out);
+        const auto mf = static_cast<float>(mom);
+        {
+          py::gil_scoped_release release;
+          dgc_select(xp, up, vp, n, mf, kk, uo, vo, ip, valp);
+        }
+        return py::make_tuple(idx, vals, u_out, v_out);
+      },
+      py::arg("x"), py::arg("momentum"), py::arg("residual"), py::arg("m"), py::arg("k"));
 
   m.def(
       "delta_encode_indices",

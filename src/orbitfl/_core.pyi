@@ -97,6 +97,22 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     residual is left untouched).
     """
 
+def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]:
+    """topk(x, k, residual) with the new residual returned instead of written in place:
+    (indices, values, acc with the kept entries zeroed), acc = x + residual (or x). x and residual
+    (float32, C-contiguous, same size) are only read. Errors as topk's.
+    """
+
+def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[U32, F32, F32, F32]:
+    """Deep Gradient Compression's sender step in one pass: u = m·momentum + x, v = residual + u
+    (float32 product and sums, as NumPy rounds them), the k entries of largest |v| kept.
+
+    Returns (indices ascending, v[indices], u, v) with u and v zeroed at the indices (factor
+    masking), both new arrays: x, momentum and residual (float32, C-contiguous, same size) are only
+    read. Ties in |v| go to the lower index. 0 <= k <= x.size, 0 <= m < 1; NaN/Inf in an input, or
+    v overflowing: ValueError.
+    """
+
 def delta_encode_indices(indices: U32) -> U8:
     """Strictly ascending indices -> LEB128 varints of the gaps (first gap from -1)."""
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from orbitfl.codec import CodecState, Payload, Pipeline
+from orbitfl.codec.registry import EncodeContext, Encoded
+from orbitfl.codec.stages import Dgc
 
 N = 2000
 
@@ -132,3 +134,61 @@ def test_a_changed_model_is_refused_not_mixed_into_the_momentum(backend: str) ->
     with pytest.raises(ValueError, match="model changed"):
         pipe.encode({"x": np.ones(11, np.float32)}, state)
     assert state.to_dict() == before
+
+
+def _old_encode(self: Dgc, x: np.ndarray, ctx: EncodeContext) -> Encoded:
+    """The dgc stage before the fused kernel: NumPy momentum update, topk, NumPy masking."""
+    u = ctx.momentum
+    assert u is not None and ctx.residual is not None
+    np.multiply(u, np.float32(self.args["momentum"]), out=u)
+    np.add(u, x, out=u)
+    k = min(x.size, max(1, math.ceil(self.density(ctx.round) * x.size)))
+    idx, vals = ctx.kern.topk(u, k, ctx.residual)
+    u[idx] = np.float32(0)
+    return self._indices(ctx.kern, idx, vals)
+
+
+@pytest.mark.parametrize(
+    "recipe", ["dgc:0.015|sign|zstd", "dgc:0.01,momentum=0.9,warmup=2|quant:8|zstd", "dgc:0.05"]
+)
+def test_payloads_and_state_match_the_unfused_stage_over_rounds(
+    backend: str, recipe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused kernel changes no byte: payloads, residuals and momenta equal those of the
+    stage as it was (copied state, NumPy update, topk), round after round, on tensors large
+    enough for the kernel's one-pass path and small ones."""
+    rng = np.random.default_rng(9)
+    shapes = {"big": (300, 700), "mid": (5000,), "bias": (10,)}
+    rounds = [{n: rng.laplace(0, 1e-3, s).astype(np.float32) for n, s in shapes.items()} for _ in range(6)]
+
+    def run() -> tuple[list[bytes], list[dict[str, bytes]]]:
+        pipe = Pipeline.parse(recipe, backend)
+        state = pipe.new_state()
+        payloads, states = [], []
+        for tensors in rounds:
+            payloads.append(pipe.encode(tensors, state).to_bytes())
+            states.append(
+                {f"r.{n}": a.tobytes() for n, a in state.residuals.items()}
+                | {f"m.{n}": a.tobytes() for n, a in state.momenta.items()}
+            )
+        return payloads, states
+
+    new = run()
+    monkeypatch.setattr(Dgc, "encode", _old_encode)
+    monkeypatch.setattr(Dgc, "replaces_state", False)
+    old = run()
+    assert new[0] == old[0]
+    assert new[1] == old[1]
+
+
+def test_a_failed_encode_leaves_the_state_as_it_was(backend: str) -> None:
+    pipe = Pipeline.parse("dgc:0.02|sign", backend)
+    state = pipe.new_state()
+    x = np.random.default_rng(10).laplace(0, 1e-3, 70_000).astype(np.float32)
+    pipe.encode({"x": x}, state)
+    before = (state.residuals["x"].tobytes(), state.momenta["x"].tobytes(), state.round)
+    bad = x.copy()
+    bad[123] = np.nan
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        pipe.encode({"x": bad}, state)
+    assert (state.residuals["x"].tobytes(), state.momenta["x"].tobytes(), state.round) == before

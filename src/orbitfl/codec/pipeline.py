@@ -245,7 +245,12 @@ class Pipeline:
                         f"the codec state holds a residual of {old.size} values for {x.size}; "
                         "the model changed: start from a new state"
                     )
-                residual = np.zeros(x.size, np.float32) if old is None else old.copy()
+                if old is None:
+                    residual = np.zeros(x.size, np.float32)
+                elif first.replaces_state:  # only read: the stage writes a new residual
+                    residual = np.ascontiguousarray(old)
+                else:
+                    residual = old.copy()
                 if not chain.kernel_ef and not fused:
                     acc = x + residual
             ctx = EncodeContext(
@@ -259,8 +264,10 @@ class Pipeline:
             if chain.ef and (chain.kernel_ef or fused):
                 ctx.residual = residual
             if first.keeps_momentum:
-                ctx.momentum = self._momentum(state, name, x.size)
-            rec, first_out = self._encode_flat(acc, shape, chain, ctx)
+                ctx.momentum = self._momentum(state, name, x.size, copy=not first.replaces_state)
+            rec, first_out, first_res = self._encode_flat(acc, shape, chain, ctx)
+            if chain.ef and (chain.kernel_ef or fused) and first_res is not None:
+                residual = first_res  # the same array, or the new one a stage that replaces_state left
             if residual is not None:
                 if fused:
                     self._fold_kept_error(rec, first_out, residual)
@@ -276,8 +283,9 @@ class Pipeline:
         return rec
 
     @staticmethod
-    def _momentum(state: CodecState, name: str, size: int) -> F32:
-        """A copy of the tensor's momentum (zeros the first time), for the stage to update."""
+    def _momentum(state: CodecState, name: str, size: int, copy: bool = True) -> F32:
+        """The tensor's momentum (zeros the first time): a copy for the stage to update, or with
+        ``copy=False`` the state's own array for a stage that only reads it."""
         old = state.momenta.get(name)
         if old is None:
             return np.zeros(size, np.float32)
@@ -286,7 +294,7 @@ class Pipeline:
                 f"the codec state holds a momentum of {old.size} values for {size}; "
                 "the model changed: start from a new state"
             )
-        return old.copy()
+        return old.copy() if copy else np.ascontiguousarray(old)
 
     def _fold_kept_error(self, rec: TensorRecord, first: Encoded, residual: F32) -> None:
         """residual[kept] = sent - decoded for the values the first (sparsifying) stage kept; its
@@ -307,16 +315,20 @@ class Pipeline:
 
     def _encode_flat(
         self, x: F32, shape: tuple[int, ...], chain: Chain, ctx: EncodeContext
-    ) -> tuple[TensorRecord, Encoded]:
+    ) -> tuple[TensorRecord, Encoded, F32 | None]:
+        """The record, the first stage's output and the residual the first stage left in ctx."""
         metas = []
         raw: list[bytes] = []
         v: F32 | None = x
         first: Encoded | None = None
+        first_res: F32 | None = None
         for i, stage in enumerate(chain.float_stages):
             assert v is not None
             if i > 0:
                 ctx.residual = ctx.curvature = None
             enc = stage.encode(v, ctx)
+            if i == 0:
+                first_res = ctx.residual
             first = first or enc
             metas.append(enc.meta)
             raw.extend(np.ascontiguousarray(a).tobytes() for a in enc.arrays)
@@ -330,7 +342,7 @@ class Pipeline:
             if len(blob) < len(joined):
                 rec.zdata = blob
         assert first is not None
-        return rec, first
+        return rec, first, first_res
 
     def _encode_alq(
         self,

@@ -83,7 +83,7 @@ class EncodeContext:
     bits: int | None = None  # the bit width chosen by ALQ for this tensor
     alpha: float | None = None  # the LAQ scale ALQ's allocation already fitted at those bits
     # only for the first stage when it keeps a momentum (DGC): the sender's per-tensor velocity,
-    # owned by the pipeline and updated in place
+    # owned by the pipeline and updated in place (or replaced, by a stage that replaces_state)
     momentum: F32 | None = None
     round: int = 0  # the sender's encode count (DGC's sparsity warm-up)
 
@@ -120,6 +120,9 @@ class Stage:
     needs_curvature: ClassVar[bool] = False
     needs_budget: ClassVar[bool] = False  # sizes its output to the encode's budget_bytes
     keeps_momentum: ClassVar[bool] = False  # the codec state holds a momentum for it (DGC)
+    # its encode leaves new arrays in ctx.residual and ctx.momentum instead of updating them in
+    # place, so the pipeline hands it the state's own arrays (read only) rather than copies
+    replaces_state: ClassVar[bool] = False
     meta_schema: ClassVar[Mapping[str, type]] = {}
 
     args: dict[str, Any] = field(default_factory=dict)

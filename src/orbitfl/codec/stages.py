@@ -229,13 +229,19 @@ class TopK(FloatStage):
     terminal = False
     kernel_ef = True
     reports_kept = True
+    replaces_state = True
     # rb last: the compact form lists the values in this order, so k and ib keep their places
     meta_schema: ClassVar[Mapping[str, type]] = {"k": int, "ib": int, "rb": int}
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         n = x.size
         k = min(n, max(1, math.ceil(self.args["frac"] * n)))
-        idx, vals = ctx.kern.topk(x, k, ctx.residual)
+        if ctx.residual is None:
+            idx, vals = ctx.kern.topk(x, k)
+        else:
+            # The new residual in a new array while the kernel gathers: the state is only read,
+            # so the pipeline need not copy it first (replaces_state).
+            idx, vals, ctx.residual = ctx.kern.topk_ef(x, k, ctx.residual)
         return self._indices(ctx.kern, idx, vals)
 
     def _indices(self, kern: ModuleType, idx: NDArray[np.uint32], vals: F32) -> Encoded:
@@ -297,6 +303,7 @@ class Dgc(TopK):
     default_ef = True
     first_only = True
     keeps_momentum = True
+    replaces_state = True
 
     def validate_args(self) -> None:
         if not self.ef:
@@ -310,16 +317,15 @@ class Dgc(TopK):
         return frac
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
-        u = ctx.momentum
-        if u is None or ctx.residual is None:
+        if ctx.momentum is None or ctx.residual is None:
             raise ValueError("dgc needs the codec state's momentum and residual for this tensor")
         n = x.size
-        # In place, so the velocity costs two passes over memory and no temporary.
-        np.multiply(u, np.float32(self.args["momentum"]), out=u)
-        np.add(u, x, out=u)
         k = min(n, max(1, math.ceil(self.density(ctx.round) * n)))
-        idx, vals = ctx.kern.topk(u, k, ctx.residual)  # v += u; v[sent] = 0
-        u[idx] = np.float32(0)  # factor masking
+        # One fused kernel: u = m·u + x, v += u, the k largest |v|, u and v zeroed where sent. It
+        # reads the state and writes new arrays, so the pipeline need not copy the state first.
+        idx, vals, ctx.momentum, ctx.residual = ctx.kern.dgc_select(
+            x, ctx.momentum, ctx.residual, float(self.args["momentum"]), k
+        )
         return self._indices(ctx.kern, idx, vals)
 
 

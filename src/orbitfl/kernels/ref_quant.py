@@ -19,6 +19,7 @@ __all__ = [
     "delta_decode_indices",
     "delta_encode_indices",
     "dequantize",
+    "dgc_select",
     "from_bfloat16",
     "from_float16",
     "pack_bits",
@@ -31,6 +32,7 @@ __all__ = [
     "to_bfloat16",
     "to_float16",
     "topk",
+    "topk_ef",
     "unpack_bits",
 ]
 
@@ -340,6 +342,60 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
         r[...] = acc
         r[idx] = np.float32(0)
     return idx, vals
+
+
+def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]:
+    """topk with the new residual returned, the inputs only read; see _core.pyi."""
+    v = _array("x", x, np.float32)
+    r = None if residual is None else _array("residual", residual, np.float32)
+    if r is not None and r.size != v.size:
+        raise ValueError(f"residual must have the size of x ({v.size}), got {r.size}")
+    kk = _int("k", k)
+    if not 0 <= kk <= v.size:
+        raise ValueError(f"k must be in 0..x.size ({v.size}), got {kk}")
+    _finite("x", v)
+    if r is not None:
+        _finite("residual", r)
+    if r is None:  # acc is x itself (no + 0, which would turn -0 into +0)
+        idx, vals = topk(v, kk)
+        out = v.copy()
+        out[idx] = np.float32(0)
+        return idx, vals, out
+    out = r.copy()
+    idx, vals = topk(v, kk, out)
+    return idx, vals, out
+
+
+def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[U32, F32, F32, F32]:
+    """u = m·momentum + x, v = residual + u, keep the k largest |v|; see _core.pyi."""
+    xv = _array("x", x, np.float32)
+    u = _array("momentum", momentum, np.float32)
+    v = _array("residual", residual, np.float32)
+    for name, a in (("momentum", u), ("residual", v)):
+        if a.size != xv.size:
+            raise ValueError(f"{name} must have the size of x ({xv.size}), got {a.size}")
+    if isinstance(m, bool) or not isinstance(m, int | float | np.floating | np.integer):
+        raise TypeError(f"m must be a float, got {type(m).__name__}")
+    if not 0 <= m < 1:
+        raise ValueError(f"m must be in [0, 1), got {m}")
+    kk = _int("k", k)
+    if not 0 <= kk <= xv.size:
+        raise ValueError(f"k must be in 0..x.size ({xv.size}), got {kk}")
+    _finite("x", xv)
+    _finite("momentum", u)
+    _finite("residual", v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        un = np.multiply(u, np.float32(m))
+        np.add(un, xv, out=un)
+        vn = v + un
+    if vn.size and not np.isfinite(vn).all():
+        raise ValueError("the velocity (residual + m * momentum + x) overflows float32")
+    order = np.argsort(-np.abs(vn), kind="stable")
+    idx = np.sort(order[:kk]).astype(np.uint32)
+    vals = vn[idx].astype(np.float32)
+    un[idx] = np.float32(0)
+    vn[idx] = np.float32(0)
+    return idx, vals, un, vn
 
 
 def delta_encode_indices(indices: U32) -> U8:
