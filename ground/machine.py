@@ -207,8 +207,9 @@ class GroundMachine:
         self.admission = Admission(config.guards, self.global_model)
         # What agents said in HELLO (e.g. EMS-FL's router affinity), for the strategy's task hints.
         self._caps: dict[str, dict[str, Any]] = store.capabilities()
-        # agent -> (digest, software, capabilities, fingerprint) of its last full HELLO
-        self._hellos: dict[str, tuple[bytes, str, dict[str, Any], str | None]] = {}
+        # agent -> (digest, software, fingerprint) of its last full HELLO; its capabilities are
+        # the ones in _caps
+        self._hellos: dict[str, tuple[bytes, str, str | None]] = {}
         self.last_report: dict[str, float] = {}  # the strategy's figures of the last round closed
         self._outstanding: dict[str, tuple[str, float]] = {}  # agent -> (task id, issued) unanswered
         self._continue_finished()
@@ -604,7 +605,7 @@ class GroundMachine:
                     "send the full HELLO",
                     msg.id,
                 )
-            msg = msg.expanded(said[1], said[2], said[3])
+            msg = msg.expanded(said[1], self._caps[msg.agent_id], said[2])
         registered = self.admission.check_hello(msg, peer, self.cfg.bind_agent_to_peer)
         mine = self.cfg.model_fingerprint
         if mine is not None and msg.model_fingerprint is not None and msg.model_fingerprint != mine:
@@ -624,7 +625,7 @@ class GroundMachine:
         # What the agent's short HELLOs will stand for (kept in memory: after a restart the ground
         # refuses a short HELLO once, and the agent sends the full one).
         digest = hello_digest(msg.software, msg.capabilities, msg.model_fingerprint)
-        self._hellos[msg.agent_id] = (digest, msg.software, dict(msg.capabilities), msg.model_fingerprint)
+        self._hellos[msg.agent_id] = (digest, msg.software, msg.model_fingerprint)
         out.append(Count("hellos"))
         held = "no model" if msg.model_version is None else f"model v{msg.model_version}"
         out.append(Log("INFO", f"{msg.agent_id!r} joined ({msg.software}, holding {held})", f"{peer}:hello"))
