@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -184,8 +185,15 @@ class Daemons:
             f.close()
 
 
-def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+@contextlib.contextmanager
+def _ro(path: Path) -> Iterator[sqlite3.Connection]:
+    # A connection's own context manager only commits; the audit runs hundreds of times per chaos
+    # run, so each read closes its connection rather than leaving it to the garbage collector.
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def backlog(station_dir: Path) -> int:

@@ -73,7 +73,10 @@ def test_agent_sigkilled_repeatedly_restarts_with_its_outbox_intact(cluster: Any
     db = c.root / "sat-0" / "outbox.sqlite"
     for _ in range(4):
         c.start_agent("sat-0")
-        time.sleep(rng.uniform(1.5, 3.5))  # startup, then somewhere in its rounds of put/ack
+        # Start-up (imports, keys) takes seconds on a loaded machine; the kill is meant to land in
+        # the rounds of put/ack, so the clock starts once the outbox exists.
+        c.wait("sat-0's outbox", db.exists, 60)
+        time.sleep(rng.uniform(0.5, 2.5))
         assert c.kill("sat-0") == -signal.SIGKILL
         conn = sqlite3.connect(db)
         try:
