@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -44,24 +45,29 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
                 std::uint8_t* ids, float* exact) {
   const GccShape shape = gcc_shape(n, k, rho);
   require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
-  }
+  // One branch-free pass checks x (and, with a residual, stores x + residual and checks both);
+  // the messages keep their order (x, residual, sum) whatever values come first.
   std::vector<float> acc_store;
   const float* acc = x;
+  constexpr float kMax = std::numeric_limits<float>::max();
+  int bad_x = 0;
   if (residual != nullptr) {
-    // One pass: x + residual is stored and both the residual and the sum are checked; the
-    // messages keep their order (residual before sum) whatever values come first.
     acc_store.resize(n);
-    bool bad_res = false, bad_sum = false;
+    int bad_res = 0, bad_sum = 0;
+    float* as = acc_store.data();
     for (std::size_t i = 0; i < n; ++i) {
-      acc_store[i] = x[i] + residual[i];
-      bad_res = bad_res || !std::isfinite(residual[i]);
-      bad_sum = bad_sum || !std::isfinite(acc_store[i]);
+      as[i] = x[i] + residual[i];
+      bad_x |= std::fabs(x[i]) <= kMax ? 0 : 1;
+      bad_res |= std::fabs(residual[i]) <= kMax ? 0 : 1;
+      bad_sum |= std::fabs(as[i]) <= kMax ? 0 : 1;
     }
+    if (bad_x) throw NonFinite("x contains NaN or Inf");
     if (bad_res) throw NonFinite("residual contains NaN or Inf");
     if (bad_sum) throw NonFinite("x + residual contains NaN or Inf");
     acc = acc_store.data();
+  } else {
+    for (std::size_t i = 0; i < n; ++i) bad_x |= std::fabs(x[i]) <= kMax ? 0 : 1;
+    if (bad_x) throw NonFinite("x contains NaN or Inf");
   }
   if (n == 0) return;
   const int ke = static_cast<int>(shape.centroids);
@@ -101,43 +107,42 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     at_cut = r - less;
   }
 
-  // Marks, then each value is written to both lists' next slot, only its own advancing, without
-  // branches (about half the values are replaced, in no order a predictor could learn). Up to
-  // the last exact value the exact slot is in bounds, so it is written whether or not the value
-  // is replaced (a later exact value overwrites it); past it every value is replaced.
-  std::vector<std::uint8_t> replaced(n, r == n ? 1 : 0);
-  std::uint8_t* rp = replaced.data();
-  if (r > 0 && r < n) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const double d = dist_of(acc, centroids, lab, i);
-      const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
-      rp[i] = static_cast<std::uint8_t>(static_cast<std::size_t>(d < cut) | tie);
-      at_cut -= tie;
-    }
-  }
+  // One pass: the mark (a byte of the mask per 8 values), then the value is written to both
+  // lists' next slot, only its own advancing, and the residual, all without branches on the data
+  // (about half the values are replaced, in no order a predictor could learn). Up to the last
+  // exact value the exact slot is in bounds, so it is written whether or not the value is
+  // replaced (a later exact value overwrites it); past it every value is replaced.
   std::vector<std::uint8_t> id_list(r + 1);
   std::uint8_t* ip = id_list.data();
   std::size_t e = 0, t = 0;
   const std::size_t ne = n - r;
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t rep = rp[i];
-    ip[t] = lab[i];
-    t += rep;
-    if (e < ne) exact[e] = acc[i];
-    e += 1 - rep;
-  }
-  if (residual != nullptr) {
-    // Selected by a bit mask, so an exact value's residual is +0.0, as the twin writes it.
-    for (std::size_t i = 0; i < n; ++i) {
-      const float diff = acc[i] - centroids[lab[i]];
-      std::uint32_t u;
-      std::memcpy(&u, &diff, 4);
-      u &= 0u - static_cast<std::uint32_t>(replaced[i]);
-      std::memcpy(residual + i, &u, 4);
+  const std::size_t all = r == n ? 1 : 0;
+  for (std::size_t i0 = 0; i0 < n; i0 += 8) {
+    const std::size_t m = std::min<std::size_t>(8, n - i0);
+    unsigned byte = 0;
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::size_t i = i0 + p;
+      const double d = dist_of(acc, centroids, lab, i);
+      const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
+      const std::size_t rep = all | static_cast<std::size_t>(d < cut) | tie;
+      at_cut -= tie;
+      byte |= static_cast<unsigned>(rep) << p;
+      ip[t] = lab[i];
+      t += rep;
+      if (e < ne) exact[e] = acc[i];
+      e += 1 - rep;
+      if (residual != nullptr) {
+        // Selected by a bit mask, so an exact value's residual is +0.0, as the twin writes it.
+        const float diff = acc[i] - centroids[lab[i]];
+        std::uint32_t u;
+        std::memcpy(&u, &diff, 4);
+        u &= 0u - static_cast<std::uint32_t>(rep);
+        std::memcpy(residual + i, &u, 4);
+      }
     }
+    mask[i0 >> 3] = static_cast<std::uint8_t>(byte);
   }
   id_list.resize(t);
-  pack_bits_unchecked(replaced.data(), n, 1, mask);
   pack_bits_unchecked(id_list.data(), id_list.size(), shape.id_bits, ids);
 }
 
