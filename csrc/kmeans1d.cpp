@@ -695,10 +695,11 @@ void Grid::gather(const std::vector<std::size_t>& want) {
   }
   if (fresh.empty()) return;
   std::sort(fresh.begin(), fresh.end());
-  std::vector<std::uint8_t> flag(kGridBins, 0);
+  // A bit per bin: 4 KiB stay in L1 next to the streaming input.
+  std::vector<std::uint8_t> flag(kGridBins / 8, 0);
   std::size_t total = 0;
   for (std::size_t t : fresh) {
-    flag[t] = 1;
+    flag[t >> 3] = static_cast<std::uint8_t>(flag[t >> 3] | (1u << (t & 7)));
     total += count(t);
   }
   // Compaction without a branch (about one value in twenty is wanted, at random): every value
@@ -713,7 +714,7 @@ void Grid::gather(const std::vector<std::size_t>& want) {
     bins_of(x + i0, m, tb);
     for (std::size_t p = 0; p < m; ++p) {
       tp[c] = x[i0 + p];
-      c += flag[tb[p]];
+      c += (flag[tb[p] >> 3] >> (tb[p] & 7)) & 1u;
     }
   }
   std::vector<std::size_t> next(kGridBins, 0);
@@ -1069,7 +1070,8 @@ void check_centroids(const float* centroids, int k) {
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,
                      std::uint8_t* labels) {
   check_centroids(centroids, k);
-  check_finite(x, n, "x");
+  float lo = 0.0f, hi = 0.0f;
+  if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
   return assign(x, n, centroids, k, labels);
 }
 
