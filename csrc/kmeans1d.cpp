@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "bitpack.hpp"
 #include "common.hpp"
 #include "rng.hpp"
 #include "simd.hpp"
@@ -1073,6 +1074,28 @@ double kmeans_assign(const float* x, std::size_t n, const float* centroids, int 
   float lo = 0.0f, hi = 0.0f;
   if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
   return assign(x, n, centroids, k, labels);
+}
+
+}  // namespace orbitfl
+
+namespace orbitfl {
+
+void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, int bits,
+                 std::uint8_t* out) {
+  check_centroids(centroids, k);
+  require(bits >= 1 && bits <= 8 && (1 << bits) >= k,
+          "bits must be in 1..8 with 2**bits >= " + std::to_string(k) + " centroids, got " + std::to_string(bits));
+  float lo = 0.0f, hi = 0.0f;
+  if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
+  // Blocks of 256 labels: a whole number of bytes at any width, so each packs on its own.
+  constexpr std::size_t kBlock = 256;
+  std::uint8_t lab[kBlock];
+  const AnyLabeler label(centroids, k);
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, n - i0);
+    label(x + i0, m, lab);
+    pack_bits_unchecked(lab, m, bits, out + i0 / 8 * static_cast<std::size_t>(bits));
+  }
 }
 
 }  // namespace orbitfl

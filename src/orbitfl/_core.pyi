@@ -216,6 +216,11 @@ def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
     """Label each value with its nearest centroid (centroids ascending, 1..256 of them;
     ties to the lower id, also among equal centroids); returns (labels, sse)."""
 
+def kmeans_pack(x: F32, centroids: F32, bits: int) -> U8:
+    """pack_bits(kmeans_assign(x, centroids)[0], bits) in one pass, without the SSE (the coreset
+    codec's labels). Same checks as kmeans_assign; bits in 1..8 with 2**bits >= len(centroids),
+    else ValueError."""
+
 # ---------------------------------------------------------------------------------------------
 # Gradient compression via centroid (GCC)
 # ---------------------------------------------------------------------------------------------

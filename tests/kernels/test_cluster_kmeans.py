@@ -447,3 +447,34 @@ def test_converged_hist_is_a_fixed_point_of_per_value_lloyd(
         mean = v[labels == j].mean()
         span = float(np.abs(x).max())
         assert abs(float(c[j]) - mean) <= 4 * span * 2.0**-30 + 2 * abs(mean) * 2.0**-24, (name, j)
+
+
+@pytest.mark.parametrize(("k", "bits"), [(1, 1), (2, 1), (3, 2), (16, 4), (16, 7), (37, 6), (256, 8)])
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 4099])
+def test_pack_is_assign_then_pack_bits(kern: ModuleType, n: int, k: int, bits: int) -> None:
+    rng = np.random.default_rng(n * 1000 + k)
+    x = rng.laplace(size=n).astype(np.float32)
+    c = np.sort(rng.laplace(size=k).astype(np.float32))
+    if k > 2:
+        c[k // 2] = c[k // 2 - 1]  # a duplicate centroid: its values go to the lower id
+    want = kern.pack_bits(kern.kmeans_assign(x, c)[0], bits)
+    assert kern.kmeans_pack(x, c, bits).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((np.zeros(4, np.float64), np.zeros(1, np.float32), 1), TypeError, "x"),
+        ((np.zeros(4, np.float32), np.zeros(1, np.float32), 1.0), TypeError, "bits"),
+        ((np.zeros(4, np.float32), np.zeros(1, np.float32), 0), ValueError, "bits"),
+        ((np.zeros(4, np.float32), np.arange(3, dtype=np.float32), 1), ValueError, "2\\*\\*bits"),
+        ((np.zeros(4, np.float32), np.array([1, 0], np.float32), 1), ValueError, "ascending"),
+        ((np.array([0, np.inf], np.float32), np.zeros(1, np.float32), 1), ValueError, "NaN or Inf"),
+        ((np.zeros(4, np.float32), np.zeros(0, np.float32), 1), ValueError, "1..256"),
+    ],
+)
+def test_pack_bad_arguments(
+    kern: ModuleType, args: tuple[Any, ...], exc: type[Exception], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        kern.kmeans_pack(*args)

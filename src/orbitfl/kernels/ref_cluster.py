@@ -25,6 +25,7 @@ __all__ = [
     "kmeans1d",
     "kmeans_assign",
     "kmeans_centroids",
+    "kmeans_pack",
     "laq_dequantize",
     "laq_errors",
     "laq_quantize",
@@ -530,6 +531,24 @@ def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
         raise ValueError("centroids must be ascending")
     _finite("x", xf)
     return _assign(xf, c)
+
+
+def kmeans_pack(x: F32, centroids: F32, bits: int) -> U8:
+    """pack_bits(kmeans_assign(x, centroids)[0], bits); the C++ skips the SSE."""
+    xf = _array("x", x, np.float32)
+    c = _array("centroids", centroids, np.float32)
+    if not 1 <= c.size <= MAX_K:
+        raise ValueError(f"centroids must have 1..{MAX_K} entries, got {c.size}")
+    b = _int("bits", bits)
+    if not 1 <= b <= 8:
+        raise ValueError(f"bits must be in 1..8, got {b}")
+    _finite("centroids", c)
+    if (c[1:] < c[:-1]).any():
+        raise ValueError("centroids must be ascending")
+    if (1 << b) < c.size:
+        raise ValueError(f"bits must be in 1..8 with 2**bits >= {c.size} centroids, got {b}")
+    _finite("x", xf)
+    return pack_bits(_assign(xf, c)[0], b)
 
 
 # --- loss-aware quantization -------------------------------------------------------------------------
