@@ -11,6 +11,7 @@
 
 #include "bitpack.hpp"
 #include "common.hpp"
+#include "simd.hpp"
 
 namespace orbitfl {
 
@@ -75,57 +76,70 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
 
   // The floor(rho*n) values nearest their centroid, ties to the lower index. The r-th smallest
   // distance T is found without a distance array: non-negative doubles order like their bit
-  // patterns, so a histogram of the top 16 bits (made while labelling) finds the bin holding
-  // rank r, and nth_element over that bin's distances alone finishes it. Everything below T is
-  // replaced, then values at exactly T in index order until r are taken.
-  constexpr int kShift = 48;
+  // patterns, so a histogram of the top 16 bits (made while labelling, which also keeps each
+  // value's 16-bit key) finds the bin holding rank r, and nth_element over that bin's distances
+  // alone finishes it. Everything below T is replaced, then values at exactly T in index order
+  // until r are taken. Only values in T's bin (about one in a hundred) need their distance again.
   std::vector<std::uint8_t> labels(n);
-  std::vector<std::size_t> hist(std::size_t{1} << (64 - kShift), 0);
-  assign_dist_hist(acc, n, centroids, ke, labels.data(), hist.data(), kShift);
+  std::vector<std::uint16_t> keys(n);
+  std::vector<std::size_t> hist(std::size_t{1} << 16, 0);
+  assign_dist_hist(acc, n, centroids, ke, labels.data(), keys.data(), hist.data());
   const std::uint8_t* lab = labels.data();
+  const std::uint16_t* key = keys.data();
   const std::size_t r = shape.replaced;
   double cut = 0.0;
   std::size_t at_cut = 0;
+  // rep = key < lt || (key == eq && the exact test); r == 0 and r == n never compare equal.
+  std::uint32_t lt = r == n ? 1u << 16 : 0, eq = 1u << 16;
   if (r > 0 && r < n) {
     std::size_t below = 0, bin = 0;
     while (below + hist[bin] < r) below += hist[bin++];
-    std::vector<double> cand(hist[bin] + 1);
-    std::size_t c = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const double d = dist_of(acc, centroids, lab, i);
-      std::uint64_t u;
-      std::memcpy(&u, &d, 8);
-      cand[c] = d;
-      c += (u >> kShift) == bin;
+    std::vector<std::size_t> idx(hist[bin] + 1);
+    std::size_t c = 0, i = 0;
+#if defined(ORBITFL_SSE2)
+    // Eight keys per compare; a block without a candidate (nearly all) costs one branch.
+    const __m128i vb = _mm_set1_epi16(static_cast<short>(static_cast<std::uint16_t>(bin)));
+    for (; i + 8 <= n; i += 8) {
+      const __m128i eqv = _mm_cmpeq_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(key + i)), vb);
+      unsigned m = static_cast<unsigned>(_mm_movemask_epi8(_mm_packs_epi16(eqv, _mm_setzero_si128())));
+      while (m != 0) {
+        idx[c++] = i + static_cast<std::size_t>(__builtin_ctz(m));
+        m &= m - 1;
+      }
     }
+#endif
+    for (; i < n; ++i) {
+      idx[c] = i;
+      c += key[i] == bin;
+    }
+    std::vector<double> cand(c);
+    for (std::size_t j = 0; j < c; ++j) cand[j] = dist_of(acc, centroids, lab, idx[j]);
     auto rth = cand.begin() + static_cast<std::ptrdiff_t>(r - below - 1);
-    std::nth_element(cand.begin(), rth, cand.begin() + static_cast<std::ptrdiff_t>(c));
+    std::nth_element(cand.begin(), rth, cand.end());
     cut = *rth;
     // Distances below T: the bins below, and the candidates below T (all left of rth now).
     std::size_t less = below;
     for (auto it = cand.begin(); it != rth; ++it) less += *it < cut ? 1 : 0;
     at_cut = r - less;
+    lt = eq = static_cast<std::uint32_t>(bin);
   }
 
-  // One pass: the mark (a byte of the mask per 8 values), then the value is written to both
-  // lists' next slot, only its own advancing, and the residual, all without branches on the data
-  // (about half the values are replaced, in no order a predictor could learn). Up to the last
-  // exact value the exact slot is in bounds, so it is written whether or not the value is
-  // replaced (a later exact value overwrites it); past it every value is replaced.
   std::vector<std::uint8_t> id_list(r + 1);
   std::uint8_t* ip = id_list.data();
   std::size_t e = 0, t = 0;
   const std::size_t ne = n - r;
-  const std::size_t all = r == n ? 1 : 0;
   for (std::size_t i0 = 0; i0 < n; i0 += 8) {
     const std::size_t m = std::min<std::size_t>(8, n - i0);
     unsigned byte = 0;
     for (std::size_t p = 0; p < m; ++p) {
       const std::size_t i = i0 + p;
-      const double d = dist_of(acc, centroids, lab, i);
-      const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
-      const std::size_t rep = all | static_cast<std::size_t>(d < cut) | tie;
-      at_cut -= tie;
+      std::size_t rep = key[i] < lt ? 1 : 0;
+      if (key[i] == eq) {  // rare: only T's bin compares distances
+        const double d = dist_of(acc, centroids, lab, i);
+        const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
+        rep = static_cast<std::size_t>(d < cut) | tie;
+        at_cut -= tie;
+      }
       byte |= static_cast<unsigned>(rep) << p;
       ip[t] = lab[i];
       t += rep;

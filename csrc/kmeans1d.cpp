@@ -1022,7 +1022,8 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
 }
 
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::size_t* hist, int hist_shift) {
+                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist) {
+  constexpr int hist_shift = 48;
   // A block at a time: labels, then distances and their bins, then the counters. Distances
   // crowd into a few bins, so neighbouring values often bump the same counter and each bump
   // would wait for the previous one's store: four tables, one per value mod 4, break the chain.
@@ -1043,6 +1044,7 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
         std::uint64_t u;
         std::memcpy(&u, &d, 8);
         hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
+        keys[i0 + p] = static_cast<std::uint16_t>(hb[p]);
       }
       std::size_t p = 0;
       for (; p + 4 <= m; p += 4) {
