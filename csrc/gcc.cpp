@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -48,14 +49,16 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
   // One branch-free pass checks x (and, with a residual, stores x + residual and checks both);
   // the messages keep their order (x, residual, sum) whatever values come first.
-  std::vector<float> acc_store;
+  // Scratch of n values is left uninitialised (std::vector would zero ~8 bytes per value first);
+  // every element is written before it is read.
+  std::unique_ptr<float[]> acc_store;
   const float* acc = x;
   constexpr float kMax = std::numeric_limits<float>::max();
   int bad_x = 0;
   if (residual != nullptr) {
-    acc_store.resize(n);
+    acc_store.reset(new float[n]);
     int bad_res = 0, bad_sum = 0;
-    float* as = acc_store.data();
+    float* as = acc_store.get();
     for (std::size_t i = 0; i < n; ++i) {
       as[i] = x[i] + residual[i];
       bad_x |= std::fabs(x[i]) <= kMax ? 0 : 1;
@@ -65,7 +68,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     if (bad_x) throw NonFinite("x contains NaN or Inf");
     if (bad_res) throw NonFinite("residual contains NaN or Inf");
     if (bad_sum) throw NonFinite("x + residual contains NaN or Inf");
-    acc = acc_store.data();
+    acc = acc_store.get();
   } else {
     for (std::size_t i = 0; i < n; ++i) bad_x |= std::fabs(x[i]) <= kMax ? 0 : 1;
     if (bad_x) throw NonFinite("x contains NaN or Inf");
@@ -80,12 +83,12 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   // value's 16-bit key) finds the bin holding rank r, and nth_element over that bin's distances
   // alone finishes it. Everything below T is replaced, then values at exactly T in index order
   // until r are taken. Only values in T's bin (about one in a hundred) need their distance again.
-  std::vector<std::uint8_t> labels(n);
-  std::vector<std::uint16_t> keys(n);
+  std::unique_ptr<std::uint8_t[]> labels(new std::uint8_t[n]);
+  std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
   std::vector<std::size_t> hist(std::size_t{1} << 16, 0);
-  assign_dist_hist(acc, n, centroids, ke, labels.data(), keys.data(), hist.data());
-  const std::uint8_t* lab = labels.data();
-  const std::uint16_t* key = keys.data();
+  assign_dist_hist(acc, n, centroids, ke, labels.get(), keys.get(), hist.data());
+  const std::uint8_t* lab = labels.get();
+  const std::uint16_t* key = keys.get();
   const std::size_t r = shape.replaced;
   double cut = 0.0;
   std::size_t at_cut = 0;
@@ -124,8 +127,8 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     lt = eq = static_cast<std::uint32_t>(bin);
   }
 
-  std::vector<std::uint8_t> id_list(r + 1);
-  std::uint8_t* ip = id_list.data();
+  std::unique_ptr<std::uint8_t[]> id_list(new std::uint8_t[r + 1]);
+  std::uint8_t* ip = id_list.get();
   std::size_t e = 0, t = 0;
   const std::size_t ne = n - r;
   for (std::size_t i0 = 0; i0 < n; i0 += 8) {
@@ -156,8 +159,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     }
     mask[i0 >> 3] = static_cast<std::uint8_t>(byte);
   }
-  id_list.resize(t);
-  pack_bits_unchecked(id_list.data(), id_list.size(), shape.id_bits, ids);
+  pack_bits_unchecked(ip, t, shape.id_bits, ids);
 }
 
 std::size_t gcc_count_replaced(const std::uint8_t* mask, std::size_t mask_len, std::size_t n) {
