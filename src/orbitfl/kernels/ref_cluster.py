@@ -385,12 +385,11 @@ def _grid_dp(g: _Grid, k: int) -> F32:
     cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
     _, idx, counts = np.unique(fine >> cshift, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
-    cnt = np.bincount(idx, weights=c.astype(np.float64))
+    cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
     i1 = np.zeros(counts.size, np.int64)
     np.add.at(i1, idx, d)
-    s2 = np.bincount(idx, weights=sqv)
-    s1 = i1.astype(np.float64) * g.unscale
-    s2 = s2 * g.unscale * g.unscale
+    s1: F64 = i1.astype(np.float64) * g.unscale
+    s2: F64 = np.bincount(idx, weights=sqv).astype(np.float64, copy=False) * g.unscale * g.unscale
     return _dp_centroids(cnt, s1, s2, mean[ends - counts], mean[ends - 1], k, float(g.qshift) * g.unscale)
 
 
