@@ -604,19 +604,19 @@ void lloyd(Bins& b, float* c, int k, int iters) {
 }
 
 // "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
-// (s from max|x|), and falls in fine bin (q - qlo) >> b, one of 2^15; per bin only its count and
-// the integer sum of q. Integer sums are exact in any order, so the pass needs no order (the
-// NumPy twin uses np.bincount) and each value costs one add to one 64-bit counter holding both
-// (count << 40 | sum of its offsets within the bin). The DP start uses 2048 (k <= 32) or 8192
-// coarse bins made of the fine ones. Lloyd then labels every value exactly as before (nearest
+// (s from max|x|), and falls in fine bin int((x - lo) * 2^15 / (hi - lo)), one of 2^15 (the DP's
+// former 2048 or 8192 bins are 16 or 4 of them, so its start is nearly the former); per bin only its
+// count and the integer sum of q. Integer sums are exact in any order, so the pass needs no
+// order (the NumPy twin uses np.add.at) and each value costs one add to one 64-bit counter
+// holding both (see make_grid). Lloyd then labels every value exactly as before (nearest
 // centroid, ties to the lower id) and a centroid becomes the mean of its values' q, times 2^-s:
-// q is monotone in x, so a midpoint m splits only the one fine bin holding q(m) (values of lower
-// bins are <= m, of higher bins > m); the rest comes from prefix sums over the bins, and that
-// bin's values (gathered, with a margin of neighbours, by a pass over x when first needed) are
-// compared one by one: a round costs O(k * values per bin), no pass over x. When the grid cannot
-// resolve the data (a fine bin holding more than n/256 values, or fewer non-empty coarse bins than
-// k: huge outliers, few distinct values, small n) the per-value double path below (make_bins,
-// lloyd) runs instead.
+// the bin is monotone in x, so a midpoint m splits only the one fine bin holding m (values of
+// lower bins are <= m, of higher bins > m); the rest comes from prefix sums over the bins, and
+// that bin's values (gathered, with a margin of neighbours, by a pass over x when first needed)
+// are compared one by one: a round costs O(k * values per bin), no pass over x. When the grid
+// cannot resolve the data (a fine bin holding more than n/256 values, fewer non-empty coarse bins
+// than k, max|x| < 2^-97: huge outliers, few distinct values, small n, a coarse lattice) the
+// per-value double path below (make_bins, lloyd) runs instead.
 constexpr int kGridBits = 15;
 constexpr std::size_t kGridBins = std::size_t{1} << kGridBits;
 constexpr std::size_t kGridChunk = std::size_t{1} << 22;
@@ -628,7 +628,7 @@ struct Grid {
   const float* x = nullptr;
   std::size_t n = 0;
   float f = 1.0f;                     // 2^s
-  double scale = 1.0, unscale = 1.0;  // 2^s, 2^-s
+  double unscale = 1.0;  // 2^-s
   double lo = 0.0, bscale = 0.0;       // fine bin of v: int((v - lo) * bscale), clamped
   float flo = 0.0f, fhi = 0.0f;        // min and max of x
   std::vector<std::int64_t> pc, pq;   // prefix sums over all fine bins of count and sum of q
@@ -746,7 +746,6 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
   const int s = grid_shift(lo, hi);
   if (s > 127) return g;
   g.f = std::ldexp(1.0f, s);
-  g.scale = std::ldexp(1.0, s);
   g.unscale = std::ldexp(1.0, -s);
   g.lo = static_cast<double>(lo);
   g.flo = lo;
