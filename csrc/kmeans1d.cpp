@@ -771,7 +771,8 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
       grid_qs(x + i0, m, g.f, qb);
       for (std::size_t p = 0; p < m; ++p) {
         const std::uint64_t t = tb[p];
-        const std::uint64_t o = static_cast<std::uint64_t>(static_cast<std::uint32_t>(qb[p] - qlo)) + 4 - ((t * span) >> kGridBits);
+        const std::uint64_t u = static_cast<std::uint32_t>(qb[p] - qlo);
+        const std::uint64_t o = u + 4 - ((t * span) >> kGridBits);
         bad |= o >> 17;
         packed[t] += (std::uint64_t{1} << 40) + o;
       }
