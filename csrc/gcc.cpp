@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "bitpack.hpp"
 #include "common.hpp"
+#include "simd.hpp"
 
 namespace orbitfl {
 
@@ -44,24 +47,31 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
                 std::uint8_t* ids, float* exact) {
   const GccShape shape = gcc_shape(n, k, rho);
   require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
-  }
-  std::vector<float> acc_store;
+  // One branch-free pass checks x (and, with a residual, stores x + residual and checks both);
+  // the messages keep their order (x, residual, sum) whatever values come first.
+  // Scratch of n values is left uninitialised (std::vector would zero ~8 bytes per value first);
+  // every element is written before it is read.
+  std::unique_ptr<float[]> acc_store;
   const float* acc = x;
+  constexpr float kMax = std::numeric_limits<float>::max();
+  int bad_x = 0;
   if (residual != nullptr) {
-    // One pass: x + residual is stored and both the residual and the sum are checked; the
-    // messages keep their order (residual before sum) whatever values come first.
-    acc_store.resize(n);
-    bool bad_res = false, bad_sum = false;
+    acc_store.reset(new float[n]);
+    int bad_res = 0, bad_sum = 0;
+    float* as = acc_store.get();
     for (std::size_t i = 0; i < n; ++i) {
-      acc_store[i] = x[i] + residual[i];
-      bad_res = bad_res || !std::isfinite(residual[i]);
-      bad_sum = bad_sum || !std::isfinite(acc_store[i]);
+      as[i] = x[i] + residual[i];
+      bad_x |= std::fabs(x[i]) <= kMax ? 0 : 1;
+      bad_res |= std::fabs(residual[i]) <= kMax ? 0 : 1;
+      bad_sum |= std::fabs(as[i]) <= kMax ? 0 : 1;
     }
+    if (bad_x) throw NonFinite("x contains NaN or Inf");
     if (bad_res) throw NonFinite("residual contains NaN or Inf");
     if (bad_sum) throw NonFinite("x + residual contains NaN or Inf");
-    acc = acc_store.data();
+    acc = acc_store.get();
+  } else {
+    for (std::size_t i = 0; i < n; ++i) bad_x |= std::fabs(x[i]) <= kMax ? 0 : 1;
+    if (bad_x) throw NonFinite("x contains NaN or Inf");
   }
   if (n == 0) return;
   const int ke = static_cast<int>(shape.centroids);
@@ -69,76 +79,87 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
 
   // The floor(rho*n) values nearest their centroid, ties to the lower index. The r-th smallest
   // distance T is found without a distance array: non-negative doubles order like their bit
-  // patterns, so a histogram of the top 16 bits (made while labelling) finds the bin holding
-  // rank r, and nth_element over that bin's distances alone finishes it. Everything below T is
-  // replaced, then values at exactly T in index order until r are taken.
-  constexpr int kShift = 48;
-  std::vector<std::uint8_t> labels(n);
-  std::vector<std::size_t> hist(std::size_t{1} << (64 - kShift), 0);
-  assign_dist_hist(acc, n, centroids, ke, labels.data(), hist.data(), kShift);
-  const std::uint8_t* lab = labels.data();
+  // patterns, so a histogram of the top 16 bits (made while labelling, which also keeps each
+  // value's 16-bit key) finds the bin holding rank r, and nth_element over that bin's distances
+  // alone finishes it. Everything below T is replaced, then values at exactly T in index order
+  // until r are taken. Only values in T's bin (about one in a hundred) need their distance again.
+  std::unique_ptr<std::uint8_t[]> labels(new std::uint8_t[n]);
+  std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
+  std::vector<std::size_t> hist(std::size_t{1} << 16, 0);
+  assign_dist_hist(acc, n, centroids, ke, labels.get(), keys.get(), hist.data());
+  const std::uint8_t* lab = labels.get();
+  const std::uint16_t* key = keys.get();
   const std::size_t r = shape.replaced;
   double cut = 0.0;
   std::size_t at_cut = 0;
+  // rep = key < lt || (key == eq && the exact test); r == 0 and r == n never compare equal.
+  std::uint32_t lt = r == n ? 1u << 16 : 0, eq = 1u << 16;
   if (r > 0 && r < n) {
     std::size_t below = 0, bin = 0;
     while (below + hist[bin] < r) below += hist[bin++];
-    std::vector<double> cand(hist[bin] + 1);
-    std::size_t c = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const double d = dist_of(acc, centroids, lab, i);
-      std::uint64_t u;
-      std::memcpy(&u, &d, 8);
-      cand[c] = d;
-      c += (u >> kShift) == bin;
+    std::vector<std::size_t> idx(hist[bin] + 1);
+    std::size_t c = 0, i = 0;
+#if defined(ORBITFL_SSE2)
+    // Eight keys per compare; a block without a candidate (nearly all) costs one branch.
+    const __m128i vb = _mm_set1_epi16(static_cast<short>(static_cast<std::uint16_t>(bin)));
+    for (; i + 8 <= n; i += 8) {
+      const __m128i eqv = _mm_cmpeq_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(key + i)), vb);
+      unsigned m = static_cast<unsigned>(_mm_movemask_epi8(_mm_packs_epi16(eqv, _mm_setzero_si128())));
+      while (m != 0) {
+        idx[c++] = i + static_cast<std::size_t>(__builtin_ctz(m));
+        m &= m - 1;
+      }
     }
+#endif
+    for (; i < n; ++i) {
+      idx[c] = i;
+      c += key[i] == bin;
+    }
+    std::vector<double> cand(c);
+    for (std::size_t j = 0; j < c; ++j) cand[j] = dist_of(acc, centroids, lab, idx[j]);
     auto rth = cand.begin() + static_cast<std::ptrdiff_t>(r - below - 1);
-    std::nth_element(cand.begin(), rth, cand.begin() + static_cast<std::ptrdiff_t>(c));
+    std::nth_element(cand.begin(), rth, cand.end());
     cut = *rth;
     // Distances below T: the bins below, and the candidates below T (all left of rth now).
     std::size_t less = below;
     for (auto it = cand.begin(); it != rth; ++it) less += *it < cut ? 1 : 0;
     at_cut = r - less;
+    lt = eq = static_cast<std::uint32_t>(bin);
   }
 
-  // Marks, then each value is written to both lists' next slot, only its own advancing, without
-  // branches (about half the values are replaced, in no order a predictor could learn). Up to
-  // the last exact value the exact slot is in bounds, so it is written whether or not the value
-  // is replaced (a later exact value overwrites it); past it every value is replaced.
-  std::vector<std::uint8_t> replaced(n, r == n ? 1 : 0);
-  std::uint8_t* rp = replaced.data();
-  if (r > 0 && r < n) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const double d = dist_of(acc, centroids, lab, i);
-      const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
-      rp[i] = static_cast<std::uint8_t>(static_cast<std::size_t>(d < cut) | tie);
-      at_cut -= tie;
-    }
-  }
-  std::vector<std::uint8_t> id_list(r + 1);
-  std::uint8_t* ip = id_list.data();
+  std::unique_ptr<std::uint8_t[]> id_list(new std::uint8_t[r + 1]);
+  std::uint8_t* ip = id_list.get();
   std::size_t e = 0, t = 0;
   const std::size_t ne = n - r;
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t rep = rp[i];
-    ip[t] = lab[i];
-    t += rep;
-    if (e < ne) exact[e] = acc[i];
-    e += 1 - rep;
-  }
-  if (residual != nullptr) {
-    // Selected by a bit mask, so an exact value's residual is +0.0, as the twin writes it.
-    for (std::size_t i = 0; i < n; ++i) {
-      const float diff = acc[i] - centroids[lab[i]];
-      std::uint32_t u;
-      std::memcpy(&u, &diff, 4);
-      u &= 0u - static_cast<std::uint32_t>(replaced[i]);
-      std::memcpy(residual + i, &u, 4);
+  for (std::size_t i0 = 0; i0 < n; i0 += 8) {
+    const std::size_t m = std::min<std::size_t>(8, n - i0);
+    unsigned byte = 0;
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::size_t i = i0 + p;
+      std::size_t rep = key[i] < lt ? 1 : 0;
+      if (key[i] == eq) {  // rare: only T's bin compares distances
+        const double d = dist_of(acc, centroids, lab, i);
+        const std::size_t tie = static_cast<std::size_t>(d == cut) & static_cast<std::size_t>(at_cut > 0);
+        rep = static_cast<std::size_t>(d < cut) | tie;
+        at_cut -= tie;
+      }
+      byte |= static_cast<unsigned>(rep) << p;
+      ip[t] = lab[i];
+      t += rep;
+      if (e < ne) exact[e] = acc[i];
+      e += 1 - rep;
+      if (residual != nullptr) {
+        // Selected by a bit mask, so an exact value's residual is +0.0, as the twin writes it.
+        const float diff = acc[i] - centroids[lab[i]];
+        std::uint32_t u;
+        std::memcpy(&u, &diff, 4);
+        u &= 0u - static_cast<std::uint32_t>(rep);
+        std::memcpy(residual + i, &u, 4);
+      }
     }
+    mask[i0 >> 3] = static_cast<std::uint8_t>(byte);
   }
-  id_list.resize(t);
-  pack_bits_unchecked(replaced.data(), n, 1, mask);
-  pack_bits_unchecked(id_list.data(), id_list.size(), shape.id_bits, ids);
+  pack_bits_unchecked(ip, t, shape.id_bits, ids);
 }
 
 std::size_t gcc_count_replaced(const std::uint8_t* mask, std::size_t mask_len, std::size_t n) {

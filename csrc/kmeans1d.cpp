@@ -8,8 +8,10 @@
 #include <limits>
 #include <vector>
 
+#include "bitpack.hpp"
 #include "common.hpp"
 #include "rng.hpp"
+#include "simd.hpp"
 
 namespace orbitfl {
 namespace {
@@ -20,6 +22,43 @@ void check_finite(const float* x, std::size_t n, const char* name) {
   for (std::size_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) throw NonFinite(std::string(name) + " contains NaN or Inf");
   }
+}
+
+// The range of x and whether every value is finite, in one pass without an early exit (SSE2:
+// four lanes; the compiler does not vectorize a float min reduction on its own).
+bool range_finite(const float* x, std::size_t n, float* lo_out, float* hi_out) {
+  float lo = x[0], hi = x[0];
+  int finite = 1;
+  std::size_t i = 0;
+#if defined(ORBITFL_SSE2)
+  if (n >= 4) {
+    __m128 vlo = _mm_loadu_ps(x), vhi = vlo;
+    const __m128 big = _mm_set1_ps(std::numeric_limits<float>::max());
+    const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+    __m128 ok = _mm_castsi128_ps(_mm_set1_epi32(-1));
+    for (; i + 4 <= n; i += 4) {
+      const __m128 v = _mm_loadu_ps(x + i);
+      vlo = _mm_min_ps(vlo, v);
+      vhi = _mm_max_ps(vhi, v);
+      ok = _mm_and_ps(ok, _mm_cmple_ps(_mm_and_ps(v, absmask), big));  // false for NaN, Inf
+    }
+    alignas(16) float a[4], b[4];
+    _mm_store_ps(a, vlo);
+    _mm_store_ps(b, vhi);
+    finite = _mm_movemask_ps(ok) == 0xF ? 1 : 0;
+    lo = std::min(std::min(a[0], a[1]), std::min(a[2], a[3]));
+    hi = std::max(std::max(b[0], b[1]), std::max(b[2], b[3]));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+    finite &= std::fabs(v) <= std::numeric_limits<float>::max() ? 1 : 0;
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+  return finite != 0;
 }
 
 // Nearest of ascending centroids, ties to the lower id: v lies above count_below(v), the number
@@ -107,21 +146,100 @@ struct Labeler {
   }
 };
 
-double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
-  Labeler label;
-  label.reset(c, k);
-  double sse = 0.0;
-  std::uint32_t cb[Labeler::kBlock];
-  for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
-    const std::size_t m = std::min(Labeler::kBlock, n - i0);
-    label.cells_of(x + i0, m, cb);
-    for (std::size_t p = 0; p < m; ++p) {
-      const double v = static_cast<double>(x[i0 + p]);
-      const std::size_t l = label.first[label.below_in(v, cb[p])];
-      labels[i0 + p] = static_cast<std::uint8_t>(l);
-      const double e = v - static_cast<double>(c[l]);
-      sse += e * e;
+// Labels for k <= 16 by counting compares: a float v is above the double midpoint m exactly when
+// it is above the largest float <= m, so the k-1 midpoints become floats and 4 values go through
+// each compare at once, with no table and no branch. Same labels as the Labeler.
+constexpr int kSmallK = 16;
+
+struct SmallLabeler {
+  float md[kSmallK - 1] = {};
+  std::uint8_t first[kSmallK] = {};
+  int nm = 0;
+  bool dup = false;
+
+  void reset(const float* c, int k) {
+    nm = k - 1;
+    dup = false;
+    for (int j = 0; j + 1 < k; ++j) {
+      const double mid = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+      float f = static_cast<float>(mid);
+      if (static_cast<double>(f) > mid) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+      md[j] = f;
     }
+    for (int j = 0; j < k; ++j) {
+      first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
+      dup = dup || first[j] != j;
+    }
+  }
+
+  void operator()(const float* x, std::size_t n, std::uint8_t* out) const {
+    std::size_t i = 0;
+#if defined(ORBITFL_SSE2)
+    __m128 mv[kSmallK - 1];
+    for (int j = 0; j < nm; ++j) mv[j] = _mm_set1_ps(md[j]);
+    for (; i + 16 <= n; i += 16) {
+      const __m128 v0 = _mm_loadu_ps(x + i), v1 = _mm_loadu_ps(x + i + 4);
+      const __m128 v2 = _mm_loadu_ps(x + i + 8), v3 = _mm_loadu_ps(x + i + 12);
+      __m128i c0 = _mm_setzero_si128(), c1 = c0, c2 = c0, c3 = c0;
+      for (int j = 0; j < nm; ++j) {
+        // a true compare is all ones, -1 as an integer
+        c0 = _mm_sub_epi32(c0, _mm_castps_si128(_mm_cmpgt_ps(v0, mv[j])));
+        c1 = _mm_sub_epi32(c1, _mm_castps_si128(_mm_cmpgt_ps(v1, mv[j])));
+        c2 = _mm_sub_epi32(c2, _mm_castps_si128(_mm_cmpgt_ps(v2, mv[j])));
+        c3 = _mm_sub_epi32(c3, _mm_castps_si128(_mm_cmpgt_ps(v3, mv[j])));
+      }
+      const __m128i b = _mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), b);
+    }
+#endif
+    for (; i < n; ++i) {
+      int cnt = 0;
+      for (int j = 0; j < nm; ++j) cnt += x[i] > md[j] ? 1 : 0;
+      out[i] = static_cast<std::uint8_t>(cnt);
+    }
+    if (dup) {
+      for (std::size_t p = 0; p < n; ++p) out[p] = first[out[p]];
+    }
+  }
+};
+
+// labels[0..n) = nearest centroid (ties to the lower id), by either labeler.
+struct AnyLabeler {
+  SmallLabeler small;
+  Labeler table;
+  bool is_small = true;
+
+  AnyLabeler(const float* c, int k) : is_small(k <= kSmallK) {
+    if (is_small) {
+      small.reset(c, k);
+    } else {
+      table.reset(c, k);
+    }
+  }
+
+  void operator()(const float* x, std::size_t n, std::uint8_t* labels) const {
+    if (is_small) {
+      small(x, n, labels);
+      return;
+    }
+    std::uint32_t cb[Labeler::kBlock];
+    for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
+      const std::size_t m = std::min(Labeler::kBlock, n - i0);
+      table.cells_of(x + i0, m, cb);
+      for (std::size_t p = 0; p < m; ++p) {
+        labels[i0 + p] =
+            static_cast<std::uint8_t>(table.first[table.below_in(static_cast<double>(x[i0 + p]), cb[p])]);
+      }
+    }
+  }
+};
+
+double assign(const float* x, std::size_t n, const float* c, int k, std::uint8_t* labels) {
+  AnyLabeler(c, k)(x, n, labels);
+  double sse = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double e = static_cast<double>(x[i]) - static_cast<double>(c[labels[i]]);
+    sse += e * e;
   }
   return sse;
 }
@@ -485,6 +603,318 @@ void lloyd(Bins& b, float* c, int k, int iters) {
   }
 }
 
+// "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
+// (s from max|x|), and falls in fine bin int((x - lo) * 2^15 / (hi - lo)), one of 2^15 (the DP's
+// former 2048 or 8192 bins are 16 or 4 of them, so its start is nearly the former); per bin only its
+// count and the integer sum of q. Integer sums are exact in any order, so the pass needs no
+// order (the NumPy twin uses np.add.at) and each value costs one add to one 64-bit counter
+// holding both (see make_grid). Lloyd then labels every value exactly as before (nearest
+// centroid, ties to the lower id) and a centroid becomes the mean of its values' q, times 2^-s:
+// the bin is monotone in x, so a midpoint m splits only the one fine bin holding m (values of
+// lower bins are <= m, of higher bins > m); the rest comes from prefix sums over the bins, and
+// that bin's values (gathered, with a margin of neighbours, by a pass over x when first needed)
+// are compared one by one: a round costs O(k * values per bin), no pass over x. When the grid
+// cannot resolve the data (a fine bin holding more than n/256 values, fewer non-empty coarse bins
+// than k, max|x| < 2^-97: huge outliers, few distinct values, small n, a coarse lattice) the
+// per-value double path below (make_bins, lloyd) runs instead.
+constexpr int kGridBits = 15;
+constexpr std::size_t kGridBins = std::size_t{1} << kGridBits;
+constexpr std::size_t kGridChunk = std::size_t{1} << 22;
+constexpr std::size_t kGridMargin = 24;  // fine bins first gathered each side of a wanted one
+constexpr std::size_t kNoSlot = ~std::size_t{0};
+constexpr std::size_t kWanted = kNoSlot - 1;
+
+struct Grid {
+  const float* x = nullptr;
+  std::size_t n = 0;
+  float f = 1.0f;                     // 2^s
+  double unscale = 1.0;  // 2^-s
+  double lo = 0.0, bscale = 0.0;       // fine bin of v: int((v - lo) * bscale), clamped
+  float flo = 0.0f, fhi = 0.0f;        // min and max of x
+  std::vector<std::int64_t> pc, pq;   // prefix sums over all fine bins of count and sum of q
+  std::vector<std::int64_t> cnt, sq;  // per non-empty fine bin, ascending: count, sum of q
+  std::vector<std::uint32_t> fine;    // its fine index
+  std::vector<double> mean;           // sum q / count * 2^-s
+  std::int64_t qshift = 0;
+  bool ok = false;
+  // Gathered bins: values of fine bin t at vals[at[t] .. at[t] + count), in index order.
+  std::vector<std::size_t> at;
+  std::vector<float> vals;
+  std::vector<std::int32_t> qs;  // q of each gathered value
+
+  std::size_t count(std::size_t t) const { return static_cast<std::size_t>(pc[t + 1] - pc[t]); }
+  // Monotone in v, for values and midpoints alike (a midpoint can lie a rounding below lo).
+  std::size_t bin_of(double v) const {
+    const std::int64_t t = static_cast<std::int64_t>((v - lo) * bscale);
+    return static_cast<std::size_t>(std::min<std::int64_t>(std::max<std::int64_t>(t, 0), kGridBins - 1));
+  }
+  // bin_of for a block, in a loop the compiler can vectorize; through int32: bins < 2^31.
+  void bins_of(const float* v, std::size_t m, std::uint32_t* out) const {
+    const std::int32_t top = static_cast<std::int32_t>(kGridBins - 1);
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::int32_t t = static_cast<std::int32_t>((static_cast<double>(v[p]) - lo) * bscale);
+      out[p] = static_cast<std::uint32_t>(t < top ? t : top);
+    }
+  }
+  void gather(const std::vector<std::size_t>& want);
+};
+
+// max|x| < 2^e; 2^s must be a float, so below max|x| = 2^-97 the lattice would be coarse and
+// the grid is not used (s = 128 says so).
+int grid_shift(float lo, float hi) {
+  int e = 0;
+  std::frexp(std::max(std::fabs(static_cast<double>(lo)), std::fabs(static_cast<double>(hi))), &e);
+  return std::min(30 - e, 128);
+}
+
+inline std::int32_t grid_q(float v, float f) {
+#if defined(ORBITFL_SSE2)
+  return _mm_cvtss_si32(_mm_set_ss(v * f));  // nearest even, without a libm call
+#else
+  return static_cast<std::int32_t>(std::nearbyint(v * f));
+#endif
+}
+
+// q of a block of values; the SSE2 conversion rounds to nearest even, as nearbyint.
+inline void grid_qs(const float* x, std::size_t m, float f, std::int32_t* qb) {
+  std::size_t p = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 vf = _mm_set1_ps(f);
+  for (; p + 4 <= m; p += 4) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + p), _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(x + p), vf)));
+  }
+#endif
+  for (; p < m; ++p) qb[p] = grid_q(x[p], f);
+}
+
+void Grid::gather(const std::vector<std::size_t>& want) {
+  std::vector<std::size_t> fresh;
+  for (std::size_t t : want) {
+    if (at[t] != kNoSlot) continue;  // gathered, or already in `fresh`
+    at[t] = kWanted;
+    fresh.push_back(t);
+  }
+  if (fresh.empty()) return;
+  std::sort(fresh.begin(), fresh.end());
+  // A bit per bin: 4 KiB stay in L1 next to the streaming input.
+  std::vector<std::uint8_t> flag(kGridBins / 8, 0);
+  std::size_t total = 0;
+  for (std::size_t t : fresh) {
+    flag[t >> 3] = static_cast<std::uint8_t>(flag[t >> 3] | (1u << (t & 7)));
+    total += count(t);
+  }
+  // Compaction without a branch (about one value in twenty is wanted, at random): every value
+  // is stored at the next slot, which advances only for a wanted one; slot `total` is a sink.
+  std::vector<float> tmp(total + 1);
+  float* tp = tmp.data();
+  std::size_t c = 0;
+  constexpr std::size_t kBlock = 256;
+  std::uint32_t tb[kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, n - i0);
+    bins_of(x + i0, m, tb);
+    for (std::size_t p = 0; p < m; ++p) {
+      tp[c] = x[i0 + p];
+      c += (flag[tb[p] >> 3] >> (tb[p] & 7)) & 1u;
+    }
+  }
+  std::vector<std::size_t> next(kGridBins, 0);
+  std::size_t end = vals.size();
+  for (std::size_t t : fresh) {
+    at[t] = next[t] = end;
+    end += count(t);
+  }
+  vals.resize(end);
+  qs.resize(end);
+  std::int32_t qb[kBlock];
+  for (std::size_t i0 = 0; i0 < total; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, total - i0);
+    bins_of(tp + i0, m, tb);
+    grid_qs(tp + i0, m, f, qb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::size_t at_p = next[tb[p]]++;
+      vals[at_p] = tp[i0 + p];
+      qs[at_p] = qb[p];
+    }
+  }
+}
+
+Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
+  Grid g;
+  g.x = x;
+  g.n = n;
+  const int s = grid_shift(lo, hi);
+  if (s > 127) return g;
+  g.f = std::ldexp(1.0f, s);
+  g.unscale = std::ldexp(1.0, -s);
+  g.lo = static_cast<double>(lo);
+  g.flo = lo;
+  g.fhi = hi;
+  g.bscale = static_cast<double>(kGridBins) / (static_cast<double>(hi) - static_cast<double>(lo));
+  const std::int32_t qlo = grid_q(lo, g.f), qhi = grid_q(hi, g.f);
+  const std::uint64_t span = static_cast<std::uint64_t>(static_cast<std::int64_t>(qhi) - qlo);
+  // One 64-bit counter per bin holds both sums: count << 40 | the sum of o = u + 4 - base(t), with
+  // u = q - qlo and base(t) = t * span / 2^15. A value of bin t has u within a few units of
+  // [base(t), base(t + 1)] (span <= 2^31), so 0 <= o < 2^17 and 2^22 values never carry into the
+  // count. One add per value instead of two read-modify-writes; `bad` catches a bound that failed.
+  std::vector<std::uint64_t> packed(kGridBins, 0);
+  std::vector<std::int64_t> cnt(kGridBins, 0), off(kGridBins, 0);
+  constexpr std::size_t kBlock = 256;
+  std::uint32_t tb[kBlock];
+  std::int32_t qb[kBlock];
+  std::uint64_t bad = 0;
+  for (std::size_t c0 = 0; c0 < n; c0 += kGridChunk) {
+    const std::size_t c1 = std::min(n, c0 + kGridChunk);
+    for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, c1 - i0);
+      g.bins_of(x + i0, m, tb);
+      grid_qs(x + i0, m, g.f, qb);
+      for (std::size_t p = 0; p < m; ++p) {
+        const std::uint64_t t = tb[p];
+        const std::uint64_t u = static_cast<std::uint32_t>(qb[p] - qlo);
+        const std::uint64_t o = u + 4 - ((t * span) >> kGridBits);
+        bad |= o >> 17;
+        packed[t] += (std::uint64_t{1} << 40) + o;
+      }
+    }
+    for (std::size_t t = 0; t < kGridBins; ++t) {
+      cnt[t] += static_cast<std::int64_t>(packed[t] >> 40);
+      off[t] += static_cast<std::int64_t>(packed[t] & ((std::uint64_t{1} << 40) - 1));
+      packed[t] = 0;
+    }
+  }
+  std::vector<std::int64_t> sums(kGridBins);
+  for (std::size_t t = 0; t < kGridBins; ++t) {
+    const std::int64_t base = static_cast<std::int64_t>((t * span) >> kGridBits) - 4;
+    sums[t] = off[t] + cnt[t] * (base + qlo);
+  }
+  if (bad != 0) return g;  // ok stays false: the per-value path runs
+  g.pc.assign(kGridBins + 1, 0);
+  g.pq.assign(kGridBins + 1, 0);
+  std::int64_t cmax = 0;
+  for (std::size_t t = 0; t < kGridBins; ++t) {
+    const std::int64_t sq = sums[t];
+    g.pc[t + 1] = g.pc[t] + cnt[t];
+    g.pq[t + 1] = g.pq[t] + sq;
+    if (cnt[t] == 0) continue;
+    cmax = std::max(cmax, cnt[t]);
+    g.fine.push_back(static_cast<std::uint32_t>(t));
+    g.cnt.push_back(cnt[t]);
+    g.sq.push_back(sq);
+    g.mean.push_back(static_cast<double>(sq) / static_cast<double>(cnt[t]) * g.unscale);
+  }
+  g.qshift = (static_cast<std::int64_t>(qlo) + qhi) >> 1;  // floor, as NumPy's //
+  // Whether the grid resolves the data at all, counting the coarse bins for the DP start.
+  const int cshift = kGridBits - (kmeans_hist_bins(k) == 2048 ? 11 : 13);
+  std::size_t coarse = 0;
+  for (std::size_t i = 0; i < g.fine.size(); ++i) {
+    coarse += i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift) ? 1 : 0;
+  }
+  g.ok = static_cast<std::uint64_t>(cmax) * 256 <= n && coarse >= static_cast<std::size_t>(k);
+  g.at.assign(kGridBins, kNoSlot);
+  return g;
+}
+
+// The DP start: items are the coarse bins, sums of q - qshift (exact), and the sum of squares as
+// if each fine bin's values sat at its mean (sequential in fine-bin order).
+void grid_dp(const Grid& g, int k, float* out) {
+  const int cshift = kGridBits - (kmeans_hist_bins(k) == 2048 ? 11 : 13);
+  std::vector<double> cnt, s1, s2;
+  std::vector<float> vlo, vhi;
+  std::vector<std::int64_t> i1;
+  for (std::size_t i = 0; i < g.fine.size(); ++i) {
+    const std::int64_t d = g.sq[i] - g.cnt[i] * g.qshift;
+    const double dd = static_cast<double>(d);
+    const double sq = dd * dd / static_cast<double>(g.cnt[i]);
+    const float mv = static_cast<float>(g.mean[i]);
+    if (i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift)) {
+      cnt.push_back(0.0);
+      i1.push_back(0);
+      s2.push_back(0.0);
+      vlo.push_back(mv);
+      vhi.push_back(mv);
+    }
+    cnt.back() += static_cast<double>(g.cnt[i]);
+    i1.back() += d;
+    s2.back() += sq;
+    vhi.back() = mv;
+  }
+  s1.resize(i1.size());
+  for (std::size_t t = 0; t < i1.size(); ++t) {
+    s1[t] = static_cast<double>(i1[t]) * g.unscale;
+    s2[t] = s2[t] * g.unscale * g.unscale;
+  }
+  dp_centroids(cnt, s1, s2, vlo, vhi, k, static_cast<double>(g.qshift) * g.unscale, out);
+}
+
+// Lloyd with every value labelled (nearest centroid, ties to the lower id) and each centroid
+// the mean of its values' q times 2^-s; until no centroid moves or iters rounds.
+void grid_lloyd(Grid& g, float* c, int k, int iters) {
+  const std::size_t kk = static_cast<std::size_t>(k);
+  std::vector<std::int64_t> below(kk + 1), qbelow(kk + 1), counts(kk), sums(kk);
+  std::vector<std::size_t> fb(kk), want;
+  std::vector<double> mids(kk);
+  std::vector<std::uint8_t> first(kk);
+  std::vector<float> next(kk);
+  std::size_t margin = kGridMargin;
+  for (int it = 0; it < iters; ++it) {
+    bool missing = false;
+    want.clear();
+    for (std::size_t j = 0; j + 1 < kk; ++j) {
+      mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+      fb[j] = g.bin_of(mids[j]);
+      if (g.at[fb[j]] == kNoSlot && g.count(fb[j]) > 0) missing = true;
+      for (std::size_t u = fb[j] > margin ? fb[j] - margin : 0; u <= std::min(kGridBins - 1, fb[j] + margin); ++u) {
+        if (g.count(u) > 0) want.push_back(u);
+      }
+    }
+    if (missing) {
+      // Each pass over x widens the margin: the boundaries are drifting further than it.
+      g.gather(want);
+      margin = std::min<std::size_t>(margin * 2, 64);
+    }
+    // below[j]: values <= mids[j-1] (below[0] = 0, below[k] = n); qbelow the sums of their q.
+    below[0] = qbelow[0] = 0;
+    below[kk] = g.pc[kGridBins];
+    qbelow[kk] = g.pq[kGridBins];
+    for (std::size_t j = 0; j + 1 < kk; ++j) {
+      const std::size_t t = fb[j];
+      std::int64_t cn = g.pc[t], sm = g.pq[t];
+      const std::size_t m = g.count(t);
+      if (m > 0) {
+        const float* v = g.vals.data() + g.at[t];
+        const std::int32_t* q = g.qs.data() + g.at[t];
+        const double mid = mids[j];
+        for (std::size_t p = 0; p < m; ++p) {
+          const std::int64_t in = static_cast<double>(v[p]) <= mid ? 1 : 0;
+          cn += in;
+          sm += in * q[p];
+        }
+      }
+      below[j + 1] = cn;
+      qbelow[j + 1] = sm;
+    }
+    std::fill(counts.begin(), counts.end(), 0);
+    std::fill(sums.begin(), sums.end(), 0);
+    for (std::size_t j = 0; j < kk; ++j) {
+      first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
+      counts[first[j]] += below[j + 1] - below[j];
+      sums[first[j]] += qbelow[j + 1] - qbelow[j];
+    }
+    for (std::size_t j = 0; j < kk; ++j) {
+      // Clamped to [lo, hi]: a mean of lattice points may round past the extreme values.
+      float m = static_cast<float>(static_cast<double>(sums[j]) / static_cast<double>(counts[j]) * g.unscale);
+      m = m < g.flo ? g.flo : (m > g.fhi ? g.fhi : m);
+      next[j] = counts[j] > 0 ? m + 0.0f : c[j];
+    }
+    std::sort(next.begin(), next.end());
+    bool same = true;
+    for (std::size_t j = 0; j < kk; ++j) same = same && next[j] == c[j];
+    if (same) break;
+    std::copy(next.begin(), next.end(), c);
+  }
+}
+
 inline double uniform(std::uint64_t key, std::uint64_t t) {
   return static_cast<double>(rng_draw(key, t) >> 11) * 0x1p-53;
 }
@@ -553,22 +983,17 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
     std::fill(centroids, centroids + k, 0.0f);
     return 0.0;
   }
-  // The finiteness check and the range in one pass the compiler can vectorize (no early exit).
   float lo = x[0], hi = x[0];
-  int finite = 1;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
-    finite &= std::fabs(v) <= std::numeric_limits<float>::max() ? 1 : 0;
-  }
-  if (!finite) throw NonFinite("x contains NaN or Inf");
+  if (!range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
   require(static_cast<std::size_t>(k) <= n,
           "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
   if (lo == hi) {
     std::fill(centroids, centroids + k, x[0] + 0.0f);
   } else if (method == KMeansMethod::Optimal) {
     sorted_centroids(x, n, k, true, centroids);
+  } else if (Grid g = method == KMeansMethod::Hist ? make_grid(x, n, lo, hi, k) : Grid{}; g.ok) {
+    grid_dp(g, k, centroids);
+    grid_lloyd(g, centroids, k, iters);
   } else {
     Bins b = make_bins(x, n, static_cast<double>(lo), static_cast<double>(hi), kmeans_hist_bins(k));
     if (method == KMeansMethod::Lloyd) {
@@ -597,30 +1022,43 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
 }
 
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::size_t* hist, int hist_shift) {
-  Labeler label;
-  label.reset(centroids, k);
-  // A block at a time, in three loops: cells (vectorizable), labels, then distances and their
-  // bins; the counters alone are bumped in a loop of their own, where a run of equal bins
-  // (distances crowd into a few) waits only on itself.
-  std::uint32_t cb[Labeler::kBlock];
-  std::uint32_t hb[Labeler::kBlock];
-  for (std::size_t i0 = 0; i0 < n; i0 += Labeler::kBlock) {
-    const std::size_t m = std::min(Labeler::kBlock, n - i0);
-    label.cells_of(x + i0, m, cb);
-    for (std::size_t p = 0; p < m; ++p) {
-      const double v = static_cast<double>(x[i0 + p]);
-      const std::size_t l = label.first[label.below_in(v, cb[p])];
-      cb[p] = static_cast<std::uint32_t>(l);
+                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist) {
+  constexpr int hist_shift = 48;
+  // A block at a time: labels, then distances and their bins, then the counters. Distances
+  // crowd into a few bins, so neighbouring values often bump the same counter and each bump
+  // would wait for the previous one's store: four tables, one per value mod 4, break the chain.
+  constexpr std::size_t kBlock = 256;
+  constexpr std::size_t kChunk = std::size_t{1} << 30;  // uint32 counters flushed before wrapping
+  const std::size_t nh = std::size_t{1} << (64 - hist_shift);
+  std::vector<std::uint32_t> tables(4 * nh, 0);
+  std::uint32_t* h[4] = {tables.data(), tables.data() + nh, tables.data() + 2 * nh, tables.data() + 3 * nh};
+  std::uint32_t hb[kBlock];
+  const AnyLabeler label(centroids, k);
+  for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
+    const std::size_t c1 = std::min(n, c0 + kChunk);
+    for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, c1 - i0);
+      label(x + i0, m, labels + i0);
+      for (std::size_t p = 0; p < m; ++p) {
+        const double d = std::fabs(static_cast<double>(x[i0 + p]) - static_cast<double>(centroids[labels[i0 + p]]));
+        std::uint64_t u;
+        std::memcpy(&u, &d, 8);
+        hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
+        keys[i0 + p] = static_cast<std::uint16_t>(hb[p]);
+      }
+      std::size_t p = 0;
+      for (; p + 4 <= m; p += 4) {
+        ++h[0][hb[p]];
+        ++h[1][hb[p + 1]];
+        ++h[2][hb[p + 2]];
+        ++h[3][hb[p + 3]];
+      }
+      for (; p < m; ++p) ++h[0][hb[p]];
     }
-    for (std::size_t p = 0; p < m; ++p) {
-      labels[i0 + p] = static_cast<std::uint8_t>(cb[p]);
-      const double d = std::fabs(static_cast<double>(x[i0 + p]) - static_cast<double>(centroids[cb[p]]));
-      std::uint64_t u;
-      std::memcpy(&u, &d, 8);
-      hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
+    for (std::size_t t = 0; t < nh; ++t) {
+      hist[t] += std::size_t{h[0][t]} + h[1][t] + h[2][t] + h[3][t];
+      h[0][t] = h[1][t] = h[2][t] = h[3][t] = 0;
     }
-    for (std::size_t p = 0; p < m; ++p) ++hist[hb[p]];
   }
 }
 
@@ -635,8 +1073,31 @@ void check_centroids(const float* centroids, int k) {
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,
                      std::uint8_t* labels) {
   check_centroids(centroids, k);
-  check_finite(x, n, "x");
+  float lo = 0.0f, hi = 0.0f;
+  if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
   return assign(x, n, centroids, k, labels);
+}
+
+}  // namespace orbitfl
+
+namespace orbitfl {
+
+void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, int bits,
+                 std::uint8_t* out) {
+  check_centroids(centroids, k);
+  require(bits >= 1 && bits <= 8 && (1 << bits) >= k,
+          "bits must be in 1..8 with 2**bits >= " + std::to_string(k) + " centroids, got " + std::to_string(bits));
+  float lo = 0.0f, hi = 0.0f;
+  if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
+  // Blocks of 256 labels: a whole number of bytes at any width, so each packs on its own.
+  constexpr std::size_t kBlock = 256;
+  std::uint8_t lab[kBlock];
+  const AnyLabeler label(centroids, k);
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, n - i0);
+    label(x + i0, m, lab);
+    pack_bits_unchecked(lab, m, bits, out + i0 / 8 * static_cast<std::size_t>(bits));
+  }
 }
 
 }  // namespace orbitfl

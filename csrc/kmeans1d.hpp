@@ -37,12 +37,18 @@ void check_centroids(const float* centroids, int k);
 double kmeans_assign(const float* x, std::size_t n, const float* centroids, int k,
                      std::uint8_t* labels);
 
+// kmeans_assign's labels packed at `bits` bits each (pack_bits' layout) into
+// out[packed_size(n, bits)], without the SSE: the coreset codec's labelling and packing in one
+// pass. Same checks as kmeans_assign, and InvalidArgument unless 1 <= bits <= 8 and 2^bits >= k.
+void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, int bits,
+                 std::uint8_t* out);
+
 // kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
-// and hist[b] += 1 for each value's distance to its centroid, |double(x) - double(c[label])|,
-// whose bit pattern >> hist_shift is b (hist holds 2^(64 - hist_shift) counters). For GCC,
-// which replaces the values nearest their centroid: one pass instead of labels, a distance
-// array of n doubles and a pass over it.
+// keys[i] = the top 16 bits of the distance |double(x) - double(c[label])| (bits 48..63 of its
+// pattern; non-negative doubles order like their patterns) and hist[key] += 1 (hist holds 2^16
+// counters). For GCC, which replaces the values nearest their centroid: one pass instead of
+// labels, a distance array of n doubles and a pass over it.
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::size_t* hist, int hist_shift);
+                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist);
 
 }  // namespace orbitfl

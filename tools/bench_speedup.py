@@ -27,7 +27,9 @@ from typing import Any
 RECIPES = ("laq:2", "alq:0/1/2/4", "gcc:16", "coreset:16", "topk:0.01+ef|quant:8|zstd", "fp32|zstd")
 
 # The worker: reads recipes on stdin, answers one JSON line each (time of one encode, payload size,
-# relative error of the first round); "memcpy" answers the time of one copy of the input's bytes.
+# relative error of the first round; with "per-tensor" as its last argument also each tensor's
+# payload bytes encoded alone, None for recipes that need curvature or a budget, and its error in
+# the first round); "memcpy" answers the time of one copy of the input's bytes.
 WORKER = r"""
 import json, math, sys, time
 import numpy as np
@@ -36,6 +38,7 @@ from orbitfl.codec.pipeline import Pipeline
 
 tensors = bench.synthetic_update()
 curv = bench.synthetic_curvature(tensors)
+PER_TENSOR = sys.argv[-1] == "per-tensor"
 n = sum(x.size for x in tensors.values())
 pipes = {}
 src = np.ones(n, np.float32)
@@ -60,7 +63,13 @@ for line in sys.stdin:
         dec = pipe.decode(payload)
         err2 = sum(float(np.sum((x.astype(np.float64) - dec.get(k, 0.0)) ** 2)) for k, x in tensors.items())
         ref2 = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in tensors.values())
-        out = {"bytes": payload.nbytes, "rel_error": math.sqrt(err2 / ref2)}
+        per = {
+            k: [pipe.encode({k: x}, pipe.new_state(), **kw).nbytes if not kw else None,
+                math.sqrt(float(np.sum((x.astype(np.float64) - dec.get(k, 0.0)) ** 2))
+                          / max(float(np.sum(x.astype(np.float64) ** 2)), 1e-300))]
+            for k, x in tensors.items()
+        } if PER_TENSOR else {}
+        out = {"bytes": payload.nbytes, "rel_error": math.sqrt(err2 / ref2), "tensors": per}
         pipes[recipe] = (pipe, pipe.new_state())
     pipe, state = pipes[recipe]
     t0 = time.perf_counter()
@@ -71,9 +80,9 @@ for line in sys.stdin:
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], flags: list[str]) -> None:
+    def __init__(self, env: dict[str, str], flags: list[str], per_tensor: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, *flags, "-c", WORKER],
+            [sys.executable, *flags, "-c", WORKER, *(["per-tensor"] if per_tensor else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -106,13 +115,18 @@ def main() -> int:
     ap.add_argument("--old", required=True, type=Path, help="directory holding the old orbitfl package")
     ap.add_argument("--recipe", action="append", help="recipe (repeatable); default: the slow encoders")
     ap.add_argument("--repeats", type=int, default=5, help="encodes per recipe and build (default 5)")
+    ap.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="also print each tensor's payload bytes (encoded alone) and relative error, old -> new",
+    )
     args = ap.parse_args()
     if not (args.old / "orbitfl" / "__init__.py").exists():
         ap.error(f"--old {args.old}: no orbitfl package there")
     site = sysconfig.get_paths()["purelib"]
     old_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.old), site]))
-    new = Worker(dict(os.environ), [])
-    old = Worker(old_env, ["-S"])
+    new = Worker(dict(os.environ), [], args.per_tensor)
+    old = Worker(old_env, ["-S"], args.per_tensor)
     if old.values != new.values:
         raise SystemExit(f"the builds made different bench sets ({old.values} and {new.values} values)")
     nbytes = 4 * new.values
@@ -139,6 +153,10 @@ def main() -> int:
             f"{first_old['rel_error']:9.3e} {first_new['rel_error']:9.3e}",
             flush=True,
         )
+        for name, (b_old, e_old) in first_old.get("tensors", {}).items():
+            b_new, e_new = first_new["tensors"][name]
+            flag = "  (higher)" if e_new > e_old else ""
+            print(f"  {name:<16} bytes {b_old} -> {b_new}  rel. error {e_old:.10g} -> {e_new:.10g}{flag}")
         if not math.isclose(first_old["bytes"], first_new["bytes"], rel_tol=0.01):
             print(f"  note: payload size changed by over 1 % ({first_old['bytes']} -> {first_new['bytes']})")
     old.close()

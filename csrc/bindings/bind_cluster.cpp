@@ -149,6 +149,26 @@ py::tuple kmeans_assign_py(const py::object& x, const py::object& centroids) {
   return py::make_tuple(labels, sse);
 }
 
+py::array_t<std::uint8_t> kmeans_pack_py(const py::object& x, const py::object& centroids, const py::object& bits) {
+  py::array xa = checked<float>(x, "x");
+  py::array ca = checked<float>(centroids, "centroids");
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  const py::ssize_t k = ca.size();
+  if (k < 1 || k > kKMeansMaxK) {
+    throw py::value_error("centroids must have 1..256 entries, got " + std::to_string(k));
+  }
+  const int b = int_range(bits, "bits", 1, 8, "in 1..8");
+  py::array_t<std::uint8_t> out(static_cast<py::ssize_t>(packed_size(n, b)));
+  const float* xp = ptr<float>(xa);
+  const float* cp = ptr<float>(ca);
+  std::uint8_t* op = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    kmeans_pack(xp, n, cp, static_cast<int>(k), b, op);
+  }
+  return out;
+}
+
 // The LAQ fit's shared arguments (max_iter, tol, and d the size of x), checked under the GIL.
 struct FitArgs {
   int max_iter;
@@ -296,6 +316,8 @@ void register_cluster(py::module_& m) {
         py::arg("seed") = 0, "1-D k-means: (centroids ascending, labels, sse). See _core.pyi.");
   m.def("kmeans_centroids", &kmeans_centroids_py, py::arg("x"), py::arg("k"), py::arg("method") = "hist",
         py::arg("iters") = 50, py::arg("seed") = 0, "kmeans1d's centroids alone, without labelling. See _core.pyi.");
+  m.def("kmeans_pack", &kmeans_pack_py, py::arg("x"), py::arg("centroids"), py::arg("bits"),
+        "kmeans_assign's labels packed at `bits` bits, without the SSE. See _core.pyi.");
   m.def("kmeans_assign", &kmeans_assign_py, py::arg("x"), py::arg("centroids"),
         "Nearest centroid of each value, ties to the lower id: (labels, sse).");
   m.def("laq_quantize", &laq_quantize_py, py::arg("x"), py::arg("d"), py::arg("bits"), py::arg("max_iter") = 100,

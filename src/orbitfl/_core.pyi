@@ -200,12 +200,13 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
     """Cluster the values of x into k groups (1 <= k <= 256, k <= x.size unless x is empty).
 
     method: "optimal" (exact DP over sorted values; needs k * distinct values <= 2**25, else
-    ValueError), "hist" (exact DP over a histogram of 2048 bins for k <= 32, 8192 above, each bin
-    carrying count/sum/sum of squares; then Lloyd on the raw values; near-optimal and fast; the
-    default), "lloyd" (k-means++ seeding drawn from the counter-based generator keyed by seed,
-    then Lloyd). Lloyd runs at most `iters` rounds and stops when no centroid moves. Returns
-    (centroids ascending, length k, duplicates when x has fewer than k distinct values, never
-    -0.0; labels uint8 as kmeans_assign gives them; sse as a float). All three methods are deterministic and
+    ValueError), "hist" (exact DP over a histogram of 2048 bins for k <= 32, 8192 above, then
+    Lloyd on the raw values, both on a fixed-point grid: sums of q = rint(x * 2^s), |q| <= 2^30;
+    near-optimal and fast; the default; docs/algorithms.md says when it falls back), "lloyd"
+    (k-means++ seeding drawn from the counter-based generator keyed by seed, then Lloyd). Lloyd
+    runs at most `iters` rounds and stops when no centroid moves. Returns (centroids ascending,
+    length k, duplicates when x has fewer than k distinct values, never -0.0; labels uint8 as
+    kmeans_assign gives them; sse as a float). All three methods are deterministic and
     identical bit for bit in the NumPy reference. Empty x: k zero centroids. NaN/Inf: ValueError.
     """
 
@@ -215,6 +216,11 @@ def kmeans_centroids(x: F32, k: int, method: str = "hist", iters: int = 50, seed
 def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
     """Label each value with its nearest centroid (centroids ascending, 1..256 of them;
     ties to the lower id, also among equal centroids); returns (labels, sse)."""
+
+def kmeans_pack(x: F32, centroids: F32, bits: int) -> U8:
+    """pack_bits(kmeans_assign(x, centroids)[0], bits) in one pass, without the SSE (the coreset
+    codec's labels). Same checks as kmeans_assign; bits in 1..8 with 2**bits >= len(centroids),
+    else ValueError."""
 
 # ---------------------------------------------------------------------------------------------
 # Gradient compression via centroid (GCC)

@@ -274,3 +274,19 @@ def test_nonfinite_anywhere_is_a_value_error_and_the_residual_is_kept(
         with pytest.raises(ValueError, match="NaN or Inf"):
             kern.gcc_encode(xs, 4, 0.5, res)
         assert res.tobytes() == before
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "rho"), [(40_000, 16, 0.5), (30_001, 8, 0.3), (20_000, 64, 0.75), (9_999, 16, 1.0)]
+)
+def test_large_tensors_agree_bit_for_bit_with_a_residual(n: int, k: int, rho: float) -> None:
+    # Large enough that k-means runs on its fixed-point grid; the one-pass split (mask bytes,
+    # id and exact lists, residual) must match the twin's masks bit for bit, tails included.
+    x = grads(n, seed=n)
+    r1 = (grads(n, seed=n + 1) * np.float32(0.1)).astype(np.float32)
+    r2 = r1.copy()
+    a = CPP.gcc_encode(x, k, rho, r1, 20, 0, "hist")
+    b = REF.gcc_encode(x, k, rho, r2, 20, 0, "hist")
+    assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
+    assert r1.tobytes() == r2.tobytes()
+    assert a[3].size == n - math.floor(rho * n)

@@ -402,3 +402,79 @@ def test_centroids_alone_equal_kmeans1d_and_share_its_checks(kern: ModuleType, m
         kern.kmeans_centroids(x[:3], 4, method)
     with pytest.raises(TypeError):
         kern.kmeans_centroids(x.astype(np.float64), 4, method)
+
+
+# --- "hist" on the fixed-point grid (tensors large enough that no fine bin holds n/256 values) ----
+def grid_inputs() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    lap = rng.laplace(0, 5e-4, 60_000).astype(np.float32)
+    spiky = rng.normal(0, 1, 40_000).astype(np.float32)
+    spiky[::997] *= 40  # heavy tails: most fine bins empty, the DP on a few hundred coarse ones
+    return [
+        ("normal", rng.normal(0, 1e-3, 50_000).astype(np.float32)),
+        ("laplace", lap),
+        ("offset", (1e4 + rng.normal(0, 1, 30_000)).astype(np.float32)),  # q spans few lattice bits
+        ("clustered", clustered(rng, 40_000, 7)),
+        ("spiky", spiky),
+        ("positive", np.abs(lap) + np.float32(1e-3)),
+        ("odd_length", rng.normal(size=12_347).astype(np.float32)),  # SIMD tails
+    ]
+
+
+@pytest.mark.parametrize(("name", "x"), grid_inputs())
+@pytest.mark.parametrize("k", [2, 16, 37, 256])
+def test_hist_grid_path_agrees_bit_for_bit(name: str, x: np.ndarray, k: int) -> None:
+    for iters in (0, 1, 20):
+        a = CPP.kmeans1d(x, k, "hist", iters)
+        b = REF.kmeans1d(x, k, "hist", iters)
+        assert a[0].tobytes() == b[0].tobytes(), (name, k, iters)
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2] == b[2]
+    check_result(x, k, *a)
+    assert x.min() <= a[0][0] and a[0][-1] <= x.max()
+
+
+@pytest.mark.parametrize(("name", "x"), grid_inputs()[:4])
+def test_converged_hist_is_a_fixed_point_of_per_value_lloyd(
+    kern: ModuleType, name: str, x: np.ndarray
+) -> None:
+    # Lloyd labels every value (only the sums run on the integer lattice q = rint(x * 2^s), 2^-30
+    # of max|x| apart), so once converged each centroid is the mean of exactly the values nearest
+    # it. Moving whole histogram bins instead would leave means off by up to a bin's width.
+    c, labels, _ = kern.kmeans1d(x, 16, "hist", 1000)
+    v = x.astype(np.float64)
+    for j in np.unique(labels):
+        mean = v[labels == j].mean()
+        span = float(np.abs(x).max())
+        assert abs(float(c[j]) - mean) <= 4 * span * 2.0**-30 + 2 * abs(mean) * 2.0**-24, (name, j)
+
+
+@pytest.mark.parametrize(("k", "bits"), [(1, 1), (2, 1), (3, 2), (16, 4), (16, 7), (37, 6), (256, 8)])
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 4099])
+def test_pack_is_assign_then_pack_bits(kern: ModuleType, n: int, k: int, bits: int) -> None:
+    rng = np.random.default_rng(n * 1000 + k)
+    x = rng.laplace(size=n).astype(np.float32)
+    c = np.sort(rng.laplace(size=k).astype(np.float32))
+    if k > 2:
+        c[k // 2] = c[k // 2 - 1]  # a duplicate centroid: its values go to the lower id
+    want = kern.pack_bits(kern.kmeans_assign(x, c)[0], bits)
+    assert kern.kmeans_pack(x, c, bits).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((np.zeros(4, np.float64), np.zeros(1, np.float32), 1), TypeError, "x"),
+        ((np.zeros(4, np.float32), np.zeros(1, np.float32), 1.0), TypeError, "bits"),
+        ((np.zeros(4, np.float32), np.zeros(1, np.float32), 0), ValueError, "bits"),
+        ((np.zeros(4, np.float32), np.arange(3, dtype=np.float32), 1), ValueError, "2\\*\\*bits"),
+        ((np.zeros(4, np.float32), np.array([1, 0], np.float32), 1), ValueError, "ascending"),
+        ((np.array([0, np.inf], np.float32), np.zeros(1, np.float32), 1), ValueError, "NaN or Inf"),
+        ((np.zeros(4, np.float32), np.zeros(0, np.float32), 1), ValueError, "1..256"),
+    ],
+)
+def test_pack_bad_arguments(
+    kern: ModuleType, args: tuple[Any, ...], exc: type[Exception], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        kern.kmeans_pack(*args)

@@ -406,7 +406,7 @@ class Coreset(FloatStage):
             h = kern.to_float16(cents)
             if ((h & 0x7C00) == 0x7C00).any():
                 raise ValueError("a centroid exceeds the float16 range; use codebook=fp32 or 8")
-            # Rounding may merge centroids; kmeans_assign wants a strictly ascending codebook.
+            # Rounding may merge centroids; kmeans_pack wants a strictly ascending codebook.
             book = kern.to_float16(np.unique(kern.from_float16(h)))
             qbook = kern.from_float16(book)
         else:
@@ -415,8 +415,7 @@ class Coreset(FloatStage):
             meta["lo"], meta["step"] = float(lo[0]), float(step[0])
             qbook = self._dequant8(kern, book, meta)
         meta["k"] = int(book.size)
-        labels, _ = kern.kmeans_assign(x, qbook)
-        return Encoded(meta, [book, kern.pack_bits(labels, index_bits(book.size))])
+        return Encoded(meta, [book, kern.kmeans_pack(x, qbook, index_bits(book.size))])
 
     @staticmethod
     def _dequant8(kern: ModuleType, codes: NDArray[np.uint8], meta: Meta) -> F32:

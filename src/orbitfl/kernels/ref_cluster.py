@@ -25,6 +25,7 @@ __all__ = [
     "kmeans1d",
     "kmeans_assign",
     "kmeans_centroids",
+    "kmeans_pack",
     "laq_dequantize",
     "laq_errors",
     "laq_quantize",
@@ -324,6 +325,115 @@ def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
     return c
 
 
+# --- 1-D k-means "hist": fixed-point grid (csrc/kmeans1d.cpp, make_grid / grid_dp / grid_lloyd) ---
+GRID_BITS = 15
+GRID_BINS = 1 << GRID_BITS
+
+
+@dataclass
+class _Grid:
+    """Fine bins int((x - lo) * bscale) with per-bin count and the exact integer sum of
+    q = rint(x * 2^s); ok is False when the grid cannot resolve the data."""
+
+    unscale: float
+    lo: float
+    hi: float
+    bscale: float
+    q: I64
+    bins: I64
+    cnt: I64  # per fine bin (all GRID_BINS)
+    sq: I64
+    qshift: int
+    ok: bool
+
+
+def _grid(xf: F32, lo: float, hi: float, k: int) -> _Grid:
+    e = math.frexp(max(abs(lo), abs(hi)))[1]
+    s = 30 - e
+    if s > 127:  # max|x| < 2^-97: 2^s is no float and the lattice would be coarse
+        z = np.zeros(0, np.int64)
+        return _Grid(1.0, lo, hi, 1.0, z, z, z, z, 0, False)
+    f = np.float32(2.0**s)
+    q = np.rint(xf * f).astype(np.int64)
+    bscale = GRID_BINS / (hi - lo)
+    bins = np.minimum(((xf.astype(np.float64) - lo) * bscale).astype(np.int64), GRID_BINS - 1)
+    cnt = np.bincount(bins, minlength=GRID_BINS)
+    sq = np.zeros(GRID_BINS, np.int64)
+    np.add.at(sq, bins, q)
+    qlo = int(np.rint(np.float32(lo) * f))
+    qhi = int(np.rint(np.float32(hi) * f))
+    span = qhi - qlo
+    # the C++ packs count and offsets in one counter; it gives up when an offset leaves 17 bits
+    o = (q - qlo) + 4 - ((bins * span) >> GRID_BITS)
+    bad = bool(o.size and (o.min() < 0 or o.max() >= 1 << 17))
+    fine = np.flatnonzero(cnt)
+    cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
+    coarse = np.unique(fine >> cshift).size
+    ok = (not bad) and int(cnt.max()) * 256 <= xf.size and coarse >= k
+    return _Grid(2.0**-s, lo, hi, bscale, q, bins, cnt, sq, (qlo + qhi) >> 1, ok)
+
+
+def _grid_dp(g: _Grid, k: int) -> F32:
+    """DP start over coarse bins of the fine ones; the sum of squares as if each fine bin's values
+    sat at its mean."""
+    fine = np.flatnonzero(g.cnt)
+    c = g.cnt[fine]
+    d = g.sq[fine] - c * g.qshift
+    dd = d.astype(np.float64)
+    sqv = dd * dd / c.astype(np.float64)
+    mean = (g.sq[fine].astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
+    cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
+    _, idx, counts = np.unique(fine >> cshift, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
+    i1 = np.zeros(counts.size, np.int64)
+    np.add.at(i1, idx, d)
+    s1: F64 = i1.astype(np.float64) * g.unscale
+    s2: F64 = np.bincount(idx, weights=sqv).astype(np.float64, copy=False) * g.unscale * g.unscale
+    return _dp_centroids(cnt, s1, s2, mean[ends - counts], mean[ends - 1], k, float(g.qshift) * g.unscale)
+
+
+def _grid_lloyd(xf: F32, g: _Grid, c: F32, iters: int) -> F32:
+    """Lloyd with every value labelled exactly (nearest centroid, ties to the lower id) and each
+    centroid the mean of its values' q times 2^-s. A midpoint splits only the fine bin it falls
+    in; lower bins count through prefix sums."""
+    k = c.size
+    n = xf.size
+    xd = xf.astype(np.float64)
+    pc = np.concatenate(([0], np.cumsum(g.cnt)))
+    pq = np.concatenate(([0], np.cumsum(g.sq)))
+    order = np.argsort(g.bins, kind="stable")
+    for _ in range(iters):
+        c64 = c.astype(np.float64)
+        mids = 0.5 * (c64[:-1] + c64[1:])
+        fb = np.clip(((mids - g.lo) * g.bscale).astype(np.int64), 0, GRID_BINS - 1)
+        below = np.zeros(k + 1, np.int64)
+        qbelow = np.zeros(k + 1, np.int64)
+        below[k] = n
+        qbelow[k] = pq[-1]
+        for j, t in enumerate(fb):
+            sel = order[pc[t] : pc[t + 1]]
+            inside = xd[sel] <= mids[j]
+            below[j + 1] = pc[t] + int(np.count_nonzero(inside))
+            qbelow[j + 1] = pq[t] + int(g.q[sel][inside].sum())
+        first = np.searchsorted(c, c, side="left")
+        counts = np.zeros(k, np.int64)
+        sums = np.zeros(k, np.int64)
+        np.add.at(counts, first, np.diff(below))
+        np.add.at(sums, first, np.diff(qbelow))
+        new = c.copy()
+        has = counts > 0
+        mean = (sums[has].astype(np.float64) / counts[has].astype(np.float64) * g.unscale).astype(np.float32)
+        # clamped to [lo, hi]: a mean of lattice points may round past the extreme values
+        mean = np.minimum(np.maximum(mean, np.float32(g.lo)), np.float32(g.hi))
+        new[has] = mean + np.float32(0.0)  # -0.0 -> +0.0
+        new = np.sort(new)
+        if (new == c).all():
+            break
+        c = new
+    return c
+
+
 def _uniform(seed: int, t: int) -> float:
     """Draw t of stream `seed` as a double in [0, 1) with 53 random bits."""
     return float(int(rng_u64(seed, np.array([t], np.uint64))[0]) >> 11) * 2.0**-53
@@ -379,6 +489,8 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
         c = np.full(kk, xf[0] + np.float32(0.0), np.float32)
     elif meth == "optimal":
         c = _sorted_centroids(xf, kk, exact=True)
+    elif meth == "hist" and (g := _grid(xf, lo, hi, kk)).ok:
+        c = _grid_lloyd(xf, g, _grid_dp(g, kk), it)
     else:
         nb = hist_bins(kk)
         bins = _bin(xf, lo, hi, nb)
@@ -418,6 +530,24 @@ def kmeans_assign(x: F32, centroids: F32) -> tuple[U8, float]:
         raise ValueError("centroids must be ascending")
     _finite("x", xf)
     return _assign(xf, c)
+
+
+def kmeans_pack(x: F32, centroids: F32, bits: int) -> U8:
+    """pack_bits(kmeans_assign(x, centroids)[0], bits); the C++ skips the SSE."""
+    xf = _array("x", x, np.float32)
+    c = _array("centroids", centroids, np.float32)
+    if not 1 <= c.size <= MAX_K:
+        raise ValueError(f"centroids must have 1..{MAX_K} entries, got {c.size}")
+    b = _int("bits", bits)
+    if not 1 <= b <= 8:
+        raise ValueError(f"bits must be in 1..8, got {b}")
+    _finite("centroids", c)
+    if (c[1:] < c[:-1]).any():
+        raise ValueError("centroids must be ascending")
+    if (1 << b) < c.size:
+        raise ValueError(f"bits must be in 1..8 with 2**bits >= {c.size} centroids, got {b}")
+    _finite("x", xf)
+    return pack_bits(_assign(xf, c)[0], b)
 
 
 # --- loss-aware quantization -------------------------------------------------------------------------
