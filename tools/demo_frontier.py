@@ -74,6 +74,8 @@ def run(recipe: str, seed: int, epochs: int, orbitfl: str) -> dict[str, Any]:
         "received_bytes": box[0],
         "float32_bytes": r["float32_bytes"],
         "seconds": round(time.monotonic() - t0, 1),
+        # per-round accuracies, to tell slow convergence from a plateau when a seed lags
+        "curve": [round(float(x["accuracy"]), 4) for x in r["rounds"]],
     }
 
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.out:
                 with a.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     base = {r["seed"]: r for r in rows if r["recipe"] == a.recipes[0]}
     print(f"\n{'recipe':48s} {'seeds':>5s} {'Δpoints':>8s} {'×upd':>7s} {'×all':>7s}")
     for recipe in a.recipes:

@@ -86,6 +86,31 @@ def test_warm_up_sends_exponentially_fewer_values_until_frac(backend: str) -> No
     assert ks == [math.ceil(d * N) for d in (0.25, 0.0625, 0.015625, 0.01, 0.01, 0.01)]
 
 
+def test_geometric_ramp_spreads_the_descent_over_every_warm_up_round(backend: str) -> None:
+    # 25 % -> 1 % in four equal ratios (0.04 ** (1/4) each), then frac: where DGC's factor 4 would
+    # reach frac by the third round
+    pipe = Pipeline.parse("dgc:0.01,warmup=4,ramp=geometric", backend)
+    state = pipe.new_state()
+    ks = [pipe.encode({"x": x}, state).records["x"].meta[0]["k"] for x in _grads(6)]
+    assert ks == [500, 224, 100, 45, 20, 20]
+    stepped = Pipeline.parse("dgc:0.01,warmup=4", backend)
+    s2 = stepped.new_state()
+    ks2 = [stepped.encode({"x": x}, s2).records["x"].meta[0]["k"] for x in _grads(6)]
+    assert ks2 == [500, 125, 32, 20, 20, 20]  # the default ramp is DGC's, as before
+
+
+def test_geometric_ramp_never_sends_less_than_frac_and_leaves_the_wire_as_is(backend: str) -> None:
+    # frac above the ramp's 25 % start: no warm-up at all; the payload decodes without the recipe
+    # knowing the ramp (k travels in the metadata)
+    pipe = Pipeline.parse("dgc:0.4,warmup=5,ramp=geometric|sign|zstd", backend)
+    state = pipe.new_state()
+    for x in _grads(3):
+        p = pipe.encode({"x": x}, state)
+        assert p.records["x"].meta[0]["k"] == 800
+        got = Pipeline.parse("dgc:0.4|sign|zstd", backend).decode(Payload.from_bytes(p.to_bytes()))["x"]
+        assert np.count_nonzero(got) == 800
+
+
 def test_dgc_state_survives_a_reboot_bit_for_bit(backend: str) -> None:
     pipe = Pipeline.parse("dgc:0.05|quant:8|zstd; <100=fp32", backend)
     t = {"w": np.zeros(N, np.float32), "b": np.zeros(10, np.float32)}
@@ -119,6 +144,7 @@ def test_a_state_without_momenta_still_reads() -> None:
         ("dgc:0", "frac"),
         ("topk:0.1|dgc:0.1", "first stage"),
         ("dgc:0.01,warmup=-1", "warmup"),
+        ("dgc:0.01,warmup=3,ramp=linear", "ramp"),
     ],
 )
 def test_bad_dgc_recipes_are_refused_by_name(recipe: str, match: str) -> None:
@@ -149,7 +175,13 @@ def _old_encode(self: Dgc, x: np.ndarray, ctx: EncodeContext) -> Encoded:
 
 
 @pytest.mark.parametrize(
-    "recipe", ["dgc:0.015|sign|zstd", "dgc:0.01,momentum=0.9,warmup=2|quant:8|zstd", "dgc:0.05"]
+    "recipe",
+    [
+        "dgc:0.015|sign|zstd",
+        "dgc:0.01,momentum=0.9,warmup=2|quant:8|zstd",
+        "dgc:0.05",
+        "dgc:0.03,warmup=6,ramp=geometric|sign|zstd",
+    ],
 )
 def test_payloads_and_state_match_the_unfused_stage_over_rounds(
     backend: str, recipe: str, monkeypatch: pytest.MonkeyPatch
