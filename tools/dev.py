@@ -351,8 +351,10 @@ def second_python_demo(main: Target) -> None:
         f"{' -> '.join(f'{a:.4f}' for a in rounds)} in {time.monotonic() - t0:.0f} s (set-up included)",
         flush=True,
     )
-    # Chance is 0.1; with the default codec (1 % of each update) three rounds reach ~0.5.
-    if not (rounds[-1] > rounds[0] and rounds[-1] > 0.3):
+    # Chance is 0.1. Three rounds of the default codec (in its warm-up: 25 % of each update, then
+    # less) reached 0.92 -> 0.95 -> 0.95 with 2 agents on 3.11 when it was made the default; the
+    # first round already learns most of it, so only the last one is held to a floor.
+    if not rounds[-1] > 0.5:
         sys.exit(f"second interpreter: the demo under {target.label} did not learn (accuracy {rounds})")
 
 
