@@ -17,6 +17,8 @@ import tempfile
 import warnings
 from typing import Any
 
+import pytest
+
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="orbitfl-hypothesis-"))
 
 from hypothesis import settings  # imported after the storage directory is set
@@ -50,3 +52,20 @@ def _connect_tracked(*args: Any, **kwargs: Any) -> sqlite3.Connection:
 _real_connect = sqlite3.connect
 if sys.version_info < (3, 13):
     sqlite3.connect = _connect_tracked  # type: ignore[assignment]
+
+
+# The longest files first: under `-n 2 --dist loadfile` (tools/dev.py test) a long file that starts
+# last runs alone at the end while the other worker idles; started first, the short ones fill in.
+_LONG_FIRST = ("tests/cross/", "tests/integration/", "tests/fuzz/", "tests/apps/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        rel = (
+            item.path.relative_to(config.rootpath).as_posix()
+            if item.path.is_relative_to(config.rootpath)
+            else ""
+        )
+        return next((i for i, p in enumerate(_LONG_FIRST) if rel.startswith(p)), len(_LONG_FIRST))
+
+    items.sort(key=rank)  # stable: each file keeps its own order
