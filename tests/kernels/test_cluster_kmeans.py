@@ -421,8 +421,14 @@ def grid_inputs() -> list[tuple[str, np.ndarray]]:
     ]
 
 
-@pytest.mark.parametrize(("name", "x"), grid_inputs())
-@pytest.mark.parametrize("k", [2, 16, 37, 256])
+# k = 256 (the 8192-bin DP) on two inputs only: its twin runs ~20 s a case under emulated aarch64,
+# where CI runs this file too, and the other inputs exercise the same grid code at k <= 37.
+GRID_CASES = [(n, x, k) for k in (2, 16, 37) for n, x in grid_inputs()] + [
+    (n, x, 256) for n, x in grid_inputs() if n in ("spiky", "odd_length")
+]
+
+
+@pytest.mark.parametrize(("name", "x", "k"), GRID_CASES)
 def test_hist_grid_path_agrees_bit_for_bit(name: str, x: np.ndarray, k: int) -> None:
     for iters in (0, 1, 20):
         a = CPP.kmeans1d(x, k, "hist", iters)
