@@ -6,6 +6,10 @@ slow example says nothing about the code.
 
 An sqlite3 connection left open for the garbage collector fails the suite on every interpreter:
 CPython 3.13 warns of one itself, and on 3.10-3.12 connections made in-process warn the same way.
+
+Collection: the long files first (for two xdist workers); under ORBITFL_EMULATED_BOARD (the
+emulated aarch64 suite) no NumPy-backend case and no host_only test; ORBITFL_SHARD=i/n keeps
+every n-th test from the i-th.
 """
 
 from __future__ import annotations
@@ -69,3 +73,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return next((i for i, p in enumerate(_LONG_FIRST) if rel.startswith(p)), len(_LONG_FIRST))
 
     items.sort(key=rank)  # stable: each file keeps its own order
+    keep = [item for item in items if not (_EMULATED_BOARD and _left_off_the_board(item))]
+    shard = _shard()
+    if shard is not None:
+        index, count = shard
+        keep = [item for i, item in enumerate(keep) if i % count == index]
+    if len(keep) < len(items):
+        kept = set(map(id, keep))
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+        items[:] = keep
+
+
+# Set by tools/cross/aarch64.py's emulated suite: the board runs the C++ core, never the NumPy
+# reference, whose aarch64 outputs tests/cross compares with x86-64's by digest; its own cases
+# (already run on the host) would double the emulated time. Cases comparing the backends stay.
+_EMULATED_BOARD = bool(os.environ.get("ORBITFL_EMULATED_BOARD"))
+
+
+def _left_off_the_board(item: pytest.Item) -> bool:
+    """A NumPy-backend case, or a test marked host_only (each CLI start costs seconds under qemu)."""
+    if item.get_closest_marker("host_only") is not None:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(isinstance(v, str) and v == "numpy" for v in callspec.params.values())
+
+
+def _shard() -> tuple[int, int] | None:
+    """ORBITFL_SHARD=i/n: keep every n-th collected test from the i-th (for concurrent runs)."""
+    text = os.environ.get("ORBITFL_SHARD")
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"ORBITFL_SHARD must be i/n with 0 <= i < n, got {text!r}") from None
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"ORBITFL_SHARD must be i/n with 0 <= i < n, got {text!r}")
+    return index, count

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 KEYS = {
     "recipe",
@@ -83,6 +84,7 @@ def test_bench_json_rows_are_sane() -> None:
             assert r["sse"] <= r["sklearn_sse"] * 1.05
 
 
+@pytest.mark.host_only
 def test_bench_reads_an_npz_and_prints_a_table(tmp_path: Path) -> None:
     path = tmp_path / "update.npz"
     rng = np.random.default_rng(0)
@@ -105,6 +107,7 @@ def test_bench_reads_an_npz_and_prints_a_table(tmp_path: Path) -> None:
     assert "quant:8" in res.stdout and "memcpy" in res.stdout
 
 
+@pytest.mark.host_only
 def test_bench_and_inspect_refuse_bad_input(tmp_path: Path) -> None:
     res = orbitfl("codec", "bench", "--recipe", "quant:9")
     assert res.returncode == 2 and "bits=9 must be in 1..8" in res.stderr
