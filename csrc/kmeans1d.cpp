@@ -604,59 +604,32 @@ void lloyd(Bins& b, float* c, int k, int iters) {
 }
 
 // "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
-// (s from max|x|), and falls in fine bin int((x - lo) * 2^15 / (hi - lo)), one of 2^15 (the DP's
-// former 2048 or 8192 bins are 16 or 4 of them, so its start is nearly the former); per bin only its
-// count and the integer sum of q. Integer sums are exact in any order, so the pass needs no
-// order (the NumPy twin uses np.add.at) and each value costs one add to one 64-bit counter
-// holding both (see make_grid). Lloyd then labels every value exactly as before (nearest
-// centroid, ties to the lower id) and a centroid becomes the mean of its values' q, times 2^-s:
-// the bin is monotone in x, so a midpoint m splits only the one fine bin holding m (values of
-// lower bins are <= m, of higher bins > m); the rest comes from prefix sums over the bins, and
-// that bin's values (gathered, with a margin of neighbours, by a pass over x when first needed)
-// are compared one by one: a round costs O(k * values per bin), no pass over x. When the grid
-// cannot resolve the data (a fine bin holding more than n/256 values, fewer non-empty coarse bins
-// than k, max|x| < 2^-97: huge outliers, few distinct values, small n, a coarse lattice) the
-// per-value double path below (make_bins, lloyd) runs instead.
+// (s from max|x|), and u = q - q(lo) falls in fine bin u >> b, where b is the least shift that
+// leaves at most 2^15 bins (2^14 or more when the lattice is that fine); per bin only its count and
+// the integer sum of q, so the pass is all 32-bit lane arithmetic and one add to one 64-bit
+// counter per value (see make_grid), and integer sums are exact in any order (the NumPy twin uses
+// np.add.at). The DP starts on coarse bins (runs of 16 or 4 fine bins; the former 2048 or 8192).
+// Lloyd then runs on the fine bins alone, each a weighted point at its exact mean: a bin joins
+// the centroid nearest its mean (ties to the lower id) and a centroid becomes the mean of its
+// bins' q, times 2^-s. No value is read after the histogram; with 2^14 or more bins over the
+// range, the fixed point lies within a fine bin's width of the per-value one. The labels the
+// callers make afterwards are exact per value. When the grid cannot resolve the data (a fine bin
+// holding more than n/256 values, fewer non-empty coarse bins than k, max|x| < 2^-97: huge
+// outliers, few distinct values, small n, a coarse lattice) the per-value double path below
+// (make_bins, lloyd) runs instead.
 constexpr int kGridBits = 15;
 constexpr std::size_t kGridBins = std::size_t{1} << kGridBits;
 constexpr std::size_t kGridChunk = std::size_t{1} << 22;
-constexpr std::size_t kGridMargin = 24;  // fine bins first gathered each side of a wanted one
-constexpr std::size_t kNoSlot = ~std::size_t{0};
-constexpr std::size_t kWanted = kNoSlot - 1;
 
 struct Grid {
-  const float* x = nullptr;
-  std::size_t n = 0;
-  float f = 1.0f;                     // 2^s
+  float f = 1.0f;        // 2^s
   double unscale = 1.0;  // 2^-s
-  double lo = 0.0, bscale = 0.0;       // fine bin of v: int((v - lo) * bscale), clamped
-  float flo = 0.0f, fhi = 0.0f;        // min and max of x
-  std::vector<std::int64_t> pc, pq;   // prefix sums over all fine bins of count and sum of q
+  float flo = 0.0f, fhi = 0.0f;       // min and max of x
   std::vector<std::int64_t> cnt, sq;  // per non-empty fine bin, ascending: count, sum of q
   std::vector<std::uint32_t> fine;    // its fine index
-  std::vector<double> mean;           // sum q / count * 2^-s
+  std::vector<double> mean;           // sum q / count * 2^-s, non-decreasing
   std::int64_t qshift = 0;
   bool ok = false;
-  // Gathered bins: values of fine bin t at vals[at[t] .. at[t] + count), in index order.
-  std::vector<std::size_t> at;
-  std::vector<float> vals;
-  std::vector<std::int32_t> qs;  // q of each gathered value
-
-  std::size_t count(std::size_t t) const { return static_cast<std::size_t>(pc[t + 1] - pc[t]); }
-  // Monotone in v, for values and midpoints alike (a midpoint can lie a rounding below lo).
-  std::size_t bin_of(double v) const {
-    const std::int64_t t = static_cast<std::int64_t>((v - lo) * bscale);
-    return static_cast<std::size_t>(std::min<std::int64_t>(std::max<std::int64_t>(t, 0), kGridBins - 1));
-  }
-  // bin_of for a block, in a loop the compiler can vectorize; through int32: bins < 2^31.
-  void bins_of(const float* v, std::size_t m, std::uint32_t* out) const {
-    const std::int32_t top = static_cast<std::int32_t>(kGridBins - 1);
-    for (std::size_t p = 0; p < m; ++p) {
-      const std::int32_t t = static_cast<std::int32_t>((static_cast<double>(v[p]) - lo) * bscale);
-      out[p] = static_cast<std::uint32_t>(t < top ? t : top);
-    }
-  }
-  void gather(const std::vector<std::size_t>& want);
 };
 
 // max|x| < 2^e; 2^s must be a float, so below max|x| = 2^-97 the lattice would be coarse and
@@ -675,128 +648,65 @@ inline std::int32_t grid_q(float v, float f) {
 #endif
 }
 
-// q of a block of values; the SSE2 conversion rounds to nearest even, as nearbyint.
-inline void grid_qs(const float* x, std::size_t m, float f, std::int32_t* qb) {
+// u = q - qlo of a block of values (the vector conversions round to nearest even, as nearbyint).
+inline void grid_us(const float* x, std::size_t m, float f, std::int32_t qlo, std::uint32_t* ub) {
   std::size_t p = 0;
 #if defined(ORBITFL_SSE2)
   const __m128 vf = _mm_set1_ps(f);
+  const __m128i vq = _mm_set1_epi32(qlo);
   for (; p + 4 <= m; p += 4) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + p), _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(x + p), vf)));
+    const __m128i q = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(x + p), vf));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(ub + p), _mm_sub_epi32(q, vq));
+  }
+#elif defined(ORBITFL_NEON)
+  const float32x4_t vf = vdupq_n_f32(f);
+  const int32x4_t vq = vdupq_n_s32(qlo);
+  for (; p + 4 <= m; p += 4) {
+    const int32x4_t q = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + p), vf));
+    vst1q_u32(ub + p, vreinterpretq_u32_s32(vsubq_s32(q, vq)));
   }
 #endif
-  for (; p < m; ++p) qb[p] = grid_q(x[p], f);
-}
-
-void Grid::gather(const std::vector<std::size_t>& want) {
-  std::vector<std::size_t> fresh;
-  for (std::size_t t : want) {
-    if (at[t] != kNoSlot) continue;  // gathered, or already in `fresh`
-    at[t] = kWanted;
-    fresh.push_back(t);
-  }
-  if (fresh.empty()) return;
-  std::sort(fresh.begin(), fresh.end());
-  // A bit per bin: 4 KiB stay in L1 next to the streaming input.
-  std::vector<std::uint8_t> flag(kGridBins / 8, 0);
-  std::size_t total = 0;
-  for (std::size_t t : fresh) {
-    flag[t >> 3] = static_cast<std::uint8_t>(flag[t >> 3] | (1u << (t & 7)));
-    total += count(t);
-  }
-  // Compaction without a branch (about one value in twenty is wanted, at random): every value
-  // is stored at the next slot, which advances only for a wanted one; slot `total` is a sink.
-  std::vector<float> tmp(total + 1);
-  float* tp = tmp.data();
-  std::size_t c = 0;
-  constexpr std::size_t kBlock = 256;
-  std::uint32_t tb[kBlock];
-  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
-    const std::size_t m = std::min(kBlock, n - i0);
-    bins_of(x + i0, m, tb);
-    for (std::size_t p = 0; p < m; ++p) {
-      tp[c] = x[i0 + p];
-      c += (flag[tb[p] >> 3] >> (tb[p] & 7)) & 1u;
-    }
-  }
-  std::vector<std::size_t> next(kGridBins, 0);
-  std::size_t end = vals.size();
-  for (std::size_t t : fresh) {
-    at[t] = next[t] = end;
-    end += count(t);
-  }
-  vals.resize(end);
-  qs.resize(end);
-  std::int32_t qb[kBlock];
-  for (std::size_t i0 = 0; i0 < total; i0 += kBlock) {
-    const std::size_t m = std::min(kBlock, total - i0);
-    bins_of(tp + i0, m, tb);
-    grid_qs(tp + i0, m, f, qb);
-    for (std::size_t p = 0; p < m; ++p) {
-      const std::size_t at_p = next[tb[p]]++;
-      vals[at_p] = tp[i0 + p];
-      qs[at_p] = qb[p];
-    }
-  }
+  for (; p < m; ++p) ub[p] = static_cast<std::uint32_t>(grid_q(x[p], f)) - static_cast<std::uint32_t>(qlo);
 }
 
 Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
   Grid g;
-  g.x = x;
-  g.n = n;
   const int s = grid_shift(lo, hi);
   if (s > 127) return g;
   g.f = std::ldexp(1.0f, s);
   g.unscale = std::ldexp(1.0, -s);
-  g.lo = static_cast<double>(lo);
   g.flo = lo;
   g.fhi = hi;
-  g.bscale = static_cast<double>(kGridBins) / (static_cast<double>(hi) - static_cast<double>(lo));
   const std::int32_t qlo = grid_q(lo, g.f), qhi = grid_q(hi, g.f);
-  const std::uint64_t span = static_cast<std::uint64_t>(static_cast<std::int64_t>(qhi) - qlo);
-  // One 64-bit counter per bin holds both sums: count << 40 | the sum of o = u + 4 - base(t), with
-  // u = q - qlo and base(t) = t * span / 2^15. A value of bin t has u within a few units of
-  // [base(t), base(t + 1)] (span <= 2^31), so 0 <= o < 2^17 and 2^22 values never carry into the
-  // count. One add per value instead of two read-modify-writes; `bad` catches a bound that failed.
-  std::vector<std::uint64_t> packed(kGridBins, 0);
-  std::vector<std::int64_t> cnt(kGridBins, 0), off(kGridBins, 0);
+  // q is monotone in x, so qlo <= q <= qhi and 0 <= u <= span <= 2^31.
+  const std::uint32_t span = static_cast<std::uint32_t>(static_cast<std::int64_t>(qhi) - qlo);
+  int b = 0;
+  while ((span >> b) >= kGridBins) ++b;  // b <= 16
+  const std::size_t nb = (span >> b) + 1;
+  const std::uint32_t low = (std::uint32_t{1} << b) - 1;
+  // One 64-bit counter per bin holds both sums: count << 40 | the sum of the offsets u & low
+  // (< 2^16), so 2^22 values a chunk never carry into the count.
+  std::vector<std::uint64_t> packed(nb, 0);
+  std::vector<std::int64_t> cnt(nb, 0), off(nb, 0);
   constexpr std::size_t kBlock = 256;
-  std::uint32_t tb[kBlock];
-  std::int32_t qb[kBlock];
-  std::uint64_t bad = 0;
+  std::uint32_t ub[kBlock];
   for (std::size_t c0 = 0; c0 < n; c0 += kGridChunk) {
     const std::size_t c1 = std::min(n, c0 + kGridChunk);
     for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
       const std::size_t m = std::min(kBlock, c1 - i0);
-      g.bins_of(x + i0, m, tb);
-      grid_qs(x + i0, m, g.f, qb);
-      for (std::size_t p = 0; p < m; ++p) {
-        const std::uint64_t t = tb[p];
-        const std::uint64_t u = static_cast<std::uint32_t>(qb[p] - qlo);
-        const std::uint64_t o = u + 4 - ((t * span) >> kGridBits);
-        bad |= o >> 17;
-        packed[t] += (std::uint64_t{1} << 40) + o;
-      }
+      grid_us(x + i0, m, g.f, qlo, ub);
+      for (std::size_t p = 0; p < m; ++p) packed[ub[p] >> b] += (std::uint64_t{1} << 40) + (ub[p] & low);
     }
-    for (std::size_t t = 0; t < kGridBins; ++t) {
+    for (std::size_t t = 0; t < nb; ++t) {
       cnt[t] += static_cast<std::int64_t>(packed[t] >> 40);
       off[t] += static_cast<std::int64_t>(packed[t] & ((std::uint64_t{1} << 40) - 1));
       packed[t] = 0;
     }
   }
-  std::vector<std::int64_t> sums(kGridBins);
-  for (std::size_t t = 0; t < kGridBins; ++t) {
-    const std::int64_t base = static_cast<std::int64_t>((t * span) >> kGridBits) - 4;
-    sums[t] = off[t] + cnt[t] * (base + qlo);
-  }
-  if (bad != 0) return g;  // ok stays false: the per-value path runs
-  g.pc.assign(kGridBins + 1, 0);
-  g.pq.assign(kGridBins + 1, 0);
   std::int64_t cmax = 0;
-  for (std::size_t t = 0; t < kGridBins; ++t) {
-    const std::int64_t sq = sums[t];
-    g.pc[t + 1] = g.pc[t] + cnt[t];
-    g.pq[t + 1] = g.pq[t] + sq;
+  for (std::size_t t = 0; t < nb; ++t) {
     if (cnt[t] == 0) continue;
+    const std::int64_t sq = off[t] + cnt[t] * (static_cast<std::int64_t>(qlo) + (static_cast<std::int64_t>(t) << b));
     cmax = std::max(cmax, cnt[t]);
     g.fine.push_back(static_cast<std::uint32_t>(t));
     g.cnt.push_back(cnt[t]);
@@ -811,7 +721,6 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
     coarse += i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift) ? 1 : 0;
   }
   g.ok = static_cast<std::uint64_t>(cmax) * 256 <= n && coarse >= static_cast<std::size_t>(k);
-  g.at.assign(kGridBins, kNoSlot);
   return g;
 }
 
@@ -847,59 +756,35 @@ void grid_dp(const Grid& g, int k, float* out) {
   dp_centroids(cnt, s1, s2, vlo, vhi, k, static_cast<double>(g.qshift) * g.unscale, out);
 }
 
-// Lloyd with every value labelled (nearest centroid, ties to the lower id) and each centroid
-// the mean of its values' q times 2^-s; until no centroid moves or iters rounds.
-void grid_lloyd(Grid& g, float* c, int k, int iters) {
-  const std::size_t kk = static_cast<std::size_t>(k);
-  std::vector<std::int64_t> below(kk + 1), qbelow(kk + 1), counts(kk), sums(kk);
-  std::vector<std::size_t> fb(kk), want;
-  std::vector<double> mids(kk);
+// Lloyd on the fine bins as weighted points at their means: a bin whose mean is <= the midpoint
+// of centroids j and j+1 lies below it (ties to the lower id); each centroid becomes the mean of
+// its bins' q times 2^-s; until no centroid moves or iters rounds. A round is k binary searches
+// over the means and prefix-sum differences.
+void grid_lloyd(const Grid& g, float* c, int k, int iters) {
+  const std::size_t kk = static_cast<std::size_t>(k), nf = g.fine.size();
+  std::vector<std::int64_t> pc(nf + 1, 0), pq(nf + 1, 0);
+  for (std::size_t i = 0; i < nf; ++i) {
+    pc[i + 1] = pc[i] + g.cnt[i];
+    pq[i + 1] = pq[i] + g.sq[i];
+  }
+  std::vector<std::size_t> below(kk + 1);
+  std::vector<std::int64_t> counts(kk), sums(kk);
   std::vector<std::uint8_t> first(kk);
   std::vector<float> next(kk);
-  std::size_t margin = kGridMargin;
+  const double* mb = g.mean.data();
   for (int it = 0; it < iters; ++it) {
-    bool missing = false;
-    want.clear();
+    below[0] = 0;
+    below[kk] = nf;
     for (std::size_t j = 0; j + 1 < kk; ++j) {
-      mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
-      fb[j] = g.bin_of(mids[j]);
-      if (g.at[fb[j]] == kNoSlot && g.count(fb[j]) > 0) missing = true;
-      for (std::size_t u = fb[j] > margin ? fb[j] - margin : 0; u <= std::min(kGridBins - 1, fb[j] + margin); ++u) {
-        if (g.count(u) > 0) want.push_back(u);
-      }
-    }
-    if (missing) {
-      // Each pass over x widens the margin: the boundaries are drifting further than it.
-      g.gather(want);
-      margin = std::min<std::size_t>(margin * 2, 64);
-    }
-    // below[j]: values <= mids[j-1] (below[0] = 0, below[k] = n); qbelow the sums of their q.
-    below[0] = qbelow[0] = 0;
-    below[kk] = g.pc[kGridBins];
-    qbelow[kk] = g.pq[kGridBins];
-    for (std::size_t j = 0; j + 1 < kk; ++j) {
-      const std::size_t t = fb[j];
-      std::int64_t cn = g.pc[t], sm = g.pq[t];
-      const std::size_t m = g.count(t);
-      if (m > 0) {
-        const float* v = g.vals.data() + g.at[t];
-        const std::int32_t* q = g.qs.data() + g.at[t];
-        const double mid = mids[j];
-        for (std::size_t p = 0; p < m; ++p) {
-          const std::int64_t in = static_cast<double>(v[p]) <= mid ? 1 : 0;
-          cn += in;
-          sm += in * q[p];
-        }
-      }
-      below[j + 1] = cn;
-      qbelow[j + 1] = sm;
+      const double mid = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+      below[j + 1] = static_cast<std::size_t>(std::upper_bound(mb, mb + nf, mid) - mb);
     }
     std::fill(counts.begin(), counts.end(), 0);
     std::fill(sums.begin(), sums.end(), 0);
     for (std::size_t j = 0; j < kk; ++j) {
       first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
-      counts[first[j]] += below[j + 1] - below[j];
-      sums[first[j]] += qbelow[j + 1] - qbelow[j];
+      counts[first[j]] += pc[below[j + 1]] - pc[below[j]];
+      sums[first[j]] += pq[below[j + 1]] - pq[below[j]];
     }
     for (std::size_t j = 0; j < kk; ++j) {
       // Clamped to [lo, hi]: a mean of lattice points may round past the extreme values.
@@ -975,20 +860,10 @@ KMeansMethod parse_kmeans_method(const std::string& name) {
 
 int kmeans_hist_bins(int k) { return k <= 32 ? 2048 : 8192; }
 
-double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
-                std::uint64_t seed, float* centroids, std::uint8_t* labels) {
-  require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
-  require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
-  if (n == 0) {
-    std::fill(centroids, centroids + k, 0.0f);
-    return 0.0;
-  }
-  float lo = x[0], hi = x[0];
-  if (!range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
-  require(static_cast<std::size_t>(k) <= n,
-          "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
+                               std::uint64_t seed, float lo, float hi, float* centroids) {
   if (lo == hi) {
-    std::fill(centroids, centroids + k, x[0] + 0.0f);
+    std::fill(centroids, centroids + k, lo + 0.0f);
   } else if (method == KMeansMethod::Optimal) {
     sorted_centroids(x, n, k, true, centroids);
   } else if (Grid g = method == KMeansMethod::Hist ? make_grid(x, n, lo, hi, k) : Grid{}; g.ok) {
@@ -1017,43 +892,81 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
     }
     lloyd(b, centroids, k, iters);
   }
+}
+
+double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
+                std::uint64_t seed, float* centroids, std::uint8_t* labels) {
+  require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
+  require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
+  if (n == 0) {
+    std::fill(centroids, centroids + k, 0.0f);
+    return 0.0;
+  }
+  float lo = x[0], hi = x[0];
+  if (!range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
+  require(static_cast<std::size_t>(k) <= n,
+          "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+  kmeans_centroids_in_range(x, n, k, method, iters, seed, lo, hi, centroids);
   // The coreset codec relabels against its quantized codebook: no labels wanted, no pass.
   return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
 }
 
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist) {
-  constexpr int hist_shift = 48;
-  // A block at a time: labels, then distances and their bins, then the counters. Distances
-  // crowd into a few bins, so neighbouring values often bump the same counter and each bump
-  // would wait for the previous one's store: four tables, one per value mod 4, break the chain.
+                      std::uint8_t* labels, std::uint16_t* keys, float* diff, std::size_t* hist) {
+  // A block at a time: labels, then differences, distances and keys (the centroids gathered by
+  // label, 8 values per step), then the counters. Distances crowd into a few bins, so
+  // neighbouring values often bump the same counter and each bump would wait for the previous
+  // one's store: four tables, one per value mod 4, break the chain.
   constexpr std::size_t kBlock = 256;
   constexpr std::size_t kChunk = std::size_t{1} << 30;  // uint32 counters flushed before wrapping
-  const std::size_t nh = std::size_t{1} << (64 - hist_shift);
+  constexpr std::size_t nh = std::size_t{1} << 16;
   std::vector<std::uint32_t> tables(4 * nh, 0);
   std::uint32_t* h[4] = {tables.data(), tables.data() + nh, tables.data() + 2 * nh, tables.data() + 3 * nh};
-  std::uint32_t hb[kBlock];
   const AnyLabeler label(centroids, k);
+  const float* c = centroids;
   for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
     const std::size_t c1 = std::min(n, c0 + kChunk);
     for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
       const std::size_t m = std::min(kBlock, c1 - i0);
-      label(x + i0, m, labels + i0);
-      for (std::size_t p = 0; p < m; ++p) {
-        const double d = std::fabs(static_cast<double>(x[i0 + p]) - static_cast<double>(centroids[labels[i0 + p]]));
-        std::uint64_t u;
-        std::memcpy(&u, &d, 8);
-        hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
-        keys[i0 + p] = static_cast<std::uint16_t>(hb[p]);
-      }
+      std::uint8_t* lab = labels + i0;
+      const float* xv = x + i0;
+      std::uint16_t* kv = keys + i0;
+      label(xv, m, lab);
       std::size_t p = 0;
-      for (; p + 4 <= m; p += 4) {
-        ++h[0][hb[p]];
-        ++h[1][hb[p + 1]];
-        ++h[2][hb[p + 2]];
-        ++h[3][hb[p + 3]];
+#if defined(ORBITFL_SSE2)
+      const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+      for (; p + 8 <= m; p += 8) {
+        __m128i kq[2];
+        for (int h2 = 0; h2 < 2; ++h2) {
+          const std::size_t q = p + 4 * static_cast<std::size_t>(h2);
+          const __m128 v = _mm_loadu_ps(xv + q);
+          const __m128 cv = _mm_setr_ps(c[lab[q]], c[lab[q + 1]], c[lab[q + 2]], c[lab[q + 3]]);
+          if (diff != nullptr) _mm_storeu_ps(diff + i0 + q, _mm_sub_ps(v, cv));
+          const __m128d dlo = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(v), _mm_cvtps_pd(cv)), absmask);
+          const __m128d dhi = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), _mm_cvtps_pd(_mm_movehl_ps(cv, cv))), absmask);
+          const __m128 f = _mm_movelh_ps(_mm_cvtpd_ps(dlo), _mm_cvtpd_ps(dhi));
+          kq[h2] = _mm_srli_epi32(_mm_castps_si128(f), 16);
+        }
+        // keys <= 0x7F80 (a distance rounds at most to +inf), so the signed pack keeps them
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(kv + p), _mm_packs_epi32(kq[0], kq[1]));
       }
-      for (; p < m; ++p) ++h[0][hb[p]];
+#endif
+      for (; p < m; ++p) {
+        const float cl = c[lab[p]];
+        if (diff != nullptr) diff[i0 + p] = xv[p] - cl;
+        const float f = static_cast<float>(std::fabs(static_cast<double>(xv[p]) - static_cast<double>(cl)));
+        std::uint32_t u;
+        std::memcpy(&u, &f, 4);
+        kv[p] = static_cast<std::uint16_t>(u >> 16);
+      }
+      p = 0;
+      for (; p + 4 <= m; p += 4) {
+        ++h[0][kv[p]];
+        ++h[1][kv[p + 1]];
+        ++h[2][kv[p + 2]];
+        ++h[3][kv[p + 3]];
+      }
+      for (; p < m; ++p) ++h[0][kv[p]];
     }
     for (std::size_t t = 0; t < nh; ++t) {
       hist[t] += std::size_t{h[0][t]} + h[1][t] + h[2][t] + h[3][t];

@@ -327,22 +327,19 @@ def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
 
 # --- 1-D k-means "hist": fixed-point grid (csrc/kmeans1d.cpp, make_grid / grid_dp / grid_lloyd) ---
 GRID_BITS = 15
-GRID_BINS = 1 << GRID_BITS
 
 
 @dataclass
 class _Grid:
-    """Fine bins int((x - lo) * bscale) with per-bin count and the exact integer sum of
-    q = rint(x * 2^s); ok is False when the grid cannot resolve the data."""
+    """Fine bins (q - qlo) >> b of the lattice q = rint(x * 2^s), at most 2^15 of them, with per-bin
+    count and the exact integer sum of q; ok is False when the grid cannot resolve the data."""
 
     unscale: float
     lo: float
     hi: float
-    bscale: float
-    q: I64
-    bins: I64
-    cnt: I64  # per fine bin (all GRID_BINS)
+    cnt: I64  # per non-empty fine bin, ascending
     sq: I64
+    fine: I64  # its fine index
     qshift: int
     ok: bool
 
@@ -350,40 +347,37 @@ class _Grid:
 def _grid(xf: F32, lo: float, hi: float, k: int) -> _Grid:
     e = math.frexp(max(abs(lo), abs(hi)))[1]
     s = 30 - e
+    z = np.zeros(0, np.int64)
     if s > 127:  # max|x| < 2^-97: 2^s is no float and the lattice would be coarse
-        z = np.zeros(0, np.int64)
-        return _Grid(1.0, lo, hi, 1.0, z, z, z, z, 0, False)
+        return _Grid(1.0, lo, hi, z, z, z, 0, False)
     f = np.float32(2.0**s)
     q = np.rint(xf * f).astype(np.int64)
-    bscale = GRID_BINS / (hi - lo)
-    bins = np.minimum(((xf.astype(np.float64) - lo) * bscale).astype(np.int64), GRID_BINS - 1)
-    cnt = np.bincount(bins, minlength=GRID_BINS)
-    sq = np.zeros(GRID_BINS, np.int64)
-    np.add.at(sq, bins, q)
     qlo = int(np.rint(np.float32(lo) * f))
     qhi = int(np.rint(np.float32(hi) * f))
     span = qhi - qlo
-    # the C++ packs count and offsets in one counter; it gives up when an offset leaves 17 bits
-    o = (q - qlo) + 4 - ((bins * span) >> GRID_BITS)
-    bad = bool(o.size and (o.min() < 0 or o.max() >= 1 << 17))
-    fine = np.flatnonzero(cnt)
+    b = max(0, span.bit_length() - GRID_BITS)  # the least shift leaving at most 2^15 bins
+    bins = (q - qlo) >> b
+    nb = (span >> b) + 1
+    cnt_all = np.bincount(bins, minlength=nb)
+    sq_all = np.zeros(nb, np.int64)
+    np.add.at(sq_all, bins, q)
+    fine = np.flatnonzero(cnt_all)
     cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
     coarse = np.unique(fine >> cshift).size
-    ok = (not bad) and int(cnt.max()) * 256 <= xf.size and coarse >= k
-    return _Grid(2.0**-s, lo, hi, bscale, q, bins, cnt, sq, (qlo + qhi) >> 1, ok)
+    ok = int(cnt_all.max()) * 256 <= xf.size and coarse >= k
+    return _Grid(2.0**-s, lo, hi, cnt_all[fine], sq_all[fine], fine, (qlo + qhi) >> 1, ok)
 
 
 def _grid_dp(g: _Grid, k: int) -> F32:
     """DP start over coarse bins of the fine ones; the sum of squares as if each fine bin's values
     sat at its mean."""
-    fine = np.flatnonzero(g.cnt)
-    c = g.cnt[fine]
-    d = g.sq[fine] - c * g.qshift
+    c = g.cnt
+    d = g.sq - c * g.qshift
     dd = d.astype(np.float64)
     sqv = dd * dd / c.astype(np.float64)
-    mean = (g.sq[fine].astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
+    mean = (g.sq.astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
     cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
-    _, idx, counts = np.unique(fine >> cshift, return_inverse=True, return_counts=True)
+    _, idx, counts = np.unique(g.fine >> cshift, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
     i1 = np.zeros(counts.size, np.int64)
@@ -393,40 +387,29 @@ def _grid_dp(g: _Grid, k: int) -> F32:
     return _dp_centroids(cnt, s1, s2, mean[ends - counts], mean[ends - 1], k, float(g.qshift) * g.unscale)
 
 
-def _grid_lloyd(xf: F32, g: _Grid, c: F32, iters: int) -> F32:
-    """Lloyd with every value labelled exactly (nearest centroid, ties to the lower id) and each
-    centroid the mean of its values' q times 2^-s. A midpoint splits only the fine bin it falls
-    in; lower bins count through prefix sums."""
+def _grid_lloyd(g: _Grid, c: F32, iters: int) -> F32:
+    """Lloyd on the fine bins as weighted points at their means: a bin whose mean is <= the
+    midpoint of centroids j and j+1 lies below it (ties to the lower id), and each centroid becomes
+    the mean of its bins' q times 2^-s. No value is read."""
     k = c.size
-    n = xf.size
-    xd = xf.astype(np.float64)
     pc = np.concatenate(([0], np.cumsum(g.cnt)))
     pq = np.concatenate(([0], np.cumsum(g.sq)))
-    order = np.argsort(g.bins, kind="stable")
+    mean = g.sq.astype(np.float64) / g.cnt.astype(np.float64) * g.unscale
     for _ in range(iters):
         c64 = c.astype(np.float64)
         mids = 0.5 * (c64[:-1] + c64[1:])
-        fb = np.clip(((mids - g.lo) * g.bscale).astype(np.int64), 0, GRID_BINS - 1)
-        below = np.zeros(k + 1, np.int64)
-        qbelow = np.zeros(k + 1, np.int64)
-        below[k] = n
-        qbelow[k] = pq[-1]
-        for j, t in enumerate(fb):
-            sel = order[pc[t] : pc[t + 1]]
-            inside = xd[sel] <= mids[j]
-            below[j + 1] = pc[t] + int(np.count_nonzero(inside))
-            qbelow[j + 1] = pq[t] + int(g.q[sel][inside].sum())
+        below = np.concatenate(([0], np.searchsorted(mean, mids, side="right"), [mean.size]))
         first = np.searchsorted(c, c, side="left")
         counts = np.zeros(k, np.int64)
         sums = np.zeros(k, np.int64)
-        np.add.at(counts, first, np.diff(below))
-        np.add.at(sums, first, np.diff(qbelow))
+        np.add.at(counts, first, np.diff(pc[below]))
+        np.add.at(sums, first, np.diff(pq[below]))
         new = c.copy()
         has = counts > 0
-        mean = (sums[has].astype(np.float64) / counts[has].astype(np.float64) * g.unscale).astype(np.float32)
+        m = (sums[has].astype(np.float64) / counts[has].astype(np.float64) * g.unscale).astype(np.float32)
         # clamped to [lo, hi]: a mean of lattice points may round past the extreme values
-        mean = np.minimum(np.maximum(mean, np.float32(g.lo)), np.float32(g.hi))
-        new[has] = mean + np.float32(0.0)  # -0.0 -> +0.0
+        m = np.minimum(np.maximum(m, np.float32(g.lo)), np.float32(g.hi))
+        new[has] = m + np.float32(0.0)  # -0.0 -> +0.0
         new = np.sort(new)
         if (new == c).all():
             break
@@ -490,7 +473,7 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
     elif meth == "optimal":
         c = _sorted_centroids(xf, kk, exact=True)
     elif meth == "hist" and (g := _grid(xf, lo, hi, kk)).ok:
-        c = _grid_lloyd(xf, g, _grid_dp(g, kk), it)
+        c = _grid_lloyd(g, _grid_dp(g, kk), it)
     else:
         nb = hist_bins(kk)
         bins = _bin(xf, lo, hi, nb)
