@@ -121,19 +121,18 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   if (bad & 4) throw NonFinite("x + residual contains NaN or Inf");
   const float* acc = residual != nullptr ? acc_store.get() : x;
   const int ke = static_cast<int>(shape.centroids);
-  kmeans_centroids_in_range(acc, n, ke, method, iters, seed, lo, hi, centroids);
+  kmeans_centroids_in_range(acc, n, ke, method, iters, seed, lo, hi, true, centroids);
 
   // The floor(rho*n) values nearest their centroid, ties to the lower index. The r-th smallest
   // distance T is found without a distance array: a histogram of 16-bit keys that are monotone in
-  // the distance (made while labelling, which also keeps each value's key, and its difference to
-  // the centroid as the residual to be) finds the bin holding rank r, and nth_element over that
+  // the distance (made while labelling, which also keeps each value's key) finds the bin holding rank r, and nth_element over that
   // bin's distances alone finishes it. Everything below T is replaced, then values at exactly T
   // in index order until r are taken. Only values in T's bin (about one in a hundred) need their
   // distance again.
   std::unique_ptr<std::uint8_t[]> labels(new std::uint8_t[n]);
   std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
   std::vector<std::size_t> hist(std::size_t{1} << 16, 0);
-  assign_dist_hist(acc, n, centroids, ke, labels.get(), keys.get(), residual, hist.data());
+  assign_dist_hist(acc, n, centroids, ke, labels.get(), keys.get(), hist.data());
   const std::uint8_t* lab = labels.get();
   const std::uint16_t* key = keys.get();
   const std::size_t r = shape.replaced;
@@ -147,6 +146,9 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
       if (residual != nullptr) std::fill(residual, residual + n, 0.0f);
     } else {
       pack_bits_unchecked(lab, n, shape.id_bits, ids);
+      if (residual != nullptr) {
+        for (std::size_t j = 0; j < n; ++j) residual[j] = acc[j] - centroids[lab[j]];
+      }
     }
     return;
   }
@@ -212,12 +214,16 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     }
     mask[i >> 3] = static_cast<std::uint8_t>(byte);
     if (residual != nullptr) {
-      // An exact value's residual is +0.0, as the twin writes it.
+      // acc - c[label] where replaced; an exact value's residual is +0.0, as the twin writes it.
+      const float* cs = centroids;
+      const std::uint8_t* l = lab + i;
+      const __m128 c0 = _mm_setr_ps(cs[l[0]], cs[l[1]], cs[l[2]], cs[l[3]]);
+      const __m128 c1 = _mm_setr_ps(cs[l[4]], cs[l[5]], cs[l[6]], cs[l[7]]);
       const __m128i vbyte = _mm_set1_epi32(static_cast<int>(byte));
       const __m128 mlo = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(vbyte, bits_lo), bits_lo));
       const __m128 mhi = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(vbyte, bits_hi), bits_hi));
-      _mm_storeu_ps(residual + i, _mm_and_ps(_mm_loadu_ps(residual + i), mlo));
-      _mm_storeu_ps(residual + i + 4, _mm_and_ps(_mm_loadu_ps(residual + i + 4), mhi));
+      _mm_storeu_ps(residual + i, _mm_and_ps(_mm_sub_ps(_mm_loadu_ps(acc + i), c0), mlo));
+      _mm_storeu_ps(residual + i + 4, _mm_and_ps(_mm_sub_ps(_mm_loadu_ps(acc + i + 4), c1), mhi));
     }
     for (unsigned p = 0; p < 8; ++p) split_one(i + p, (byte >> p) & 1u);
   }
@@ -230,7 +236,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
       const unsigned rep = key[j] < bin ? 1u : (key[j] == bin ? in_bin(j) : 0u);
       byte |= rep << p;
       split_one(j, rep);
-      if (residual != nullptr && rep == 0) residual[j] = 0.0f;
+      if (residual != nullptr) residual[j] = rep != 0 ? acc[j] - centroids[lab[j]] : 0.0f;
     }
     mask[i0 >> 3] = static_cast<std::uint8_t>(byte);
   }

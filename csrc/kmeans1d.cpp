@@ -61,6 +61,22 @@ bool range_finite(const float* x, std::size_t n, float* lo_out, float* hi_out) {
   return finite != 0;
 }
 
+// Whether every value of a short block is finite (no early exit; SSE2 four lanes at a time).
+bool all_finite(const float* x, std::size_t n) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  int ok = 1;
+  std::size_t i = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 big = _mm_set1_ps(kMax);
+  const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+  __m128 okv = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  for (; i + 4 <= n; i += 4) okv = _mm_and_ps(okv, _mm_cmple_ps(_mm_and_ps(_mm_loadu_ps(x + i), absmask), big));
+  ok = _mm_movemask_ps(okv) == 0xF ? 1 : 0;
+#endif
+  for (; i < n; ++i) ok &= std::fabs(x[i]) <= kMax ? 1 : 0;
+  return ok != 0;
+}
+
 // Nearest of ascending centroids, ties to the lower id: v lies above count_below(v), the number
 // of midpoints strictly below it; among equal centroids the first one takes the value.
 //
@@ -603,23 +619,348 @@ void lloyd(Bins& b, float* c, int k, int iters) {
   }
 }
 
+// GCC's "hist": the grid as it was before issue 16 point 6's bin Lloyd, kept for GCC alone. Its
+// error (the replaced half's distances) moves at first order with the centroids, by up to 0.5 %
+// per tensor between nearby k-means fixed points, where the coreset's error does not (the SSE is
+// stationary there); so GCC keeps these centroids bit for bit: the DP start on 2^15 fine bins and
+// Lloyd exact per value, reading the values of the bins a midpoint falls in.
+namespace exact {
+
+// Old "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
+// (s from max|x|), and falls in fine bin int((x - lo) * 2^15 / (hi - lo)), one of 2^15 (the DP's
+// former 2048 or 8192 bins are 16 or 4 of them, so its start is nearly the former); per bin only its
+// count and the integer sum of q. Integer sums are exact in any order, so the pass needs no
+// order (the NumPy twin uses np.add.at) and each value costs one add to one 64-bit counter
+// holding both (see make_grid). Lloyd then labels every value exactly as before (nearest
+// centroid, ties to the lower id) and a centroid becomes the mean of its values' q, times 2^-s:
+// the bin is monotone in x, so a midpoint m splits only the one fine bin holding m (values of
+// lower bins are <= m, of higher bins > m); the rest comes from prefix sums over the bins, and
+// that bin's values (gathered, with a margin of neighbours, by a pass over x when first needed)
+// are compared one by one: a round costs O(k * values per bin), no pass over x. When the grid
+// cannot resolve the data (a fine bin holding more than n/256 values, fewer non-empty coarse bins
+// than k, max|x| < 2^-97: huge outliers, few distinct values, small n, a coarse lattice) the
+// per-value double path below (make_bins, lloyd) runs instead.
+constexpr int kGridBits = 15;
+constexpr std::size_t kGridBins = std::size_t{1} << kGridBits;
+constexpr std::size_t kGridChunk = std::size_t{1} << 22;
+constexpr std::size_t kGridMargin = 24;  // fine bins first gathered each side of a wanted one
+constexpr std::size_t kNoSlot = ~std::size_t{0};
+constexpr std::size_t kWanted = kNoSlot - 1;
+
+struct Grid {
+  const float* x = nullptr;
+  std::size_t n = 0;
+  float f = 1.0f;                     // 2^s
+  double unscale = 1.0;  // 2^-s
+  double lo = 0.0, bscale = 0.0;       // fine bin of v: int((v - lo) * bscale), clamped
+  float flo = 0.0f, fhi = 0.0f;        // min and max of x
+  std::vector<std::int64_t> pc, pq;   // prefix sums over all fine bins of count and sum of q
+  std::vector<std::int64_t> cnt, sq;  // per non-empty fine bin, ascending: count, sum of q
+  std::vector<std::uint32_t> fine;    // its fine index
+  std::vector<double> mean;           // sum q / count * 2^-s
+  std::int64_t qshift = 0;
+  bool ok = false;
+  // Gathered bins: values of fine bin t at vals[at[t] .. at[t] + count), in index order.
+  std::vector<std::size_t> at;
+  std::vector<float> vals;
+  std::vector<std::int32_t> qs;  // q of each gathered value
+
+  std::size_t count(std::size_t t) const { return static_cast<std::size_t>(pc[t + 1] - pc[t]); }
+  // Monotone in v, for values and midpoints alike (a midpoint can lie a rounding below lo).
+  std::size_t bin_of(double v) const {
+    const std::int64_t t = static_cast<std::int64_t>((v - lo) * bscale);
+    return static_cast<std::size_t>(std::min<std::int64_t>(std::max<std::int64_t>(t, 0), kGridBins - 1));
+  }
+  // bin_of for a block, in a loop the compiler can vectorize; through int32: bins < 2^31.
+  void bins_of(const float* v, std::size_t m, std::uint32_t* out) const {
+    const std::int32_t top = static_cast<std::int32_t>(kGridBins - 1);
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::int32_t t = static_cast<std::int32_t>((static_cast<double>(v[p]) - lo) * bscale);
+      out[p] = static_cast<std::uint32_t>(t < top ? t : top);
+    }
+  }
+  void gather(const std::vector<std::size_t>& want);
+};
+
+// max|x| < 2^e; 2^s must be a float, so below max|x| = 2^-97 the lattice would be coarse and
+// the grid is not used (s = 128 says so).
+int grid_shift(float lo, float hi) {
+  int e = 0;
+  std::frexp(std::max(std::fabs(static_cast<double>(lo)), std::fabs(static_cast<double>(hi))), &e);
+  return std::min(30 - e, 128);
+}
+
+inline std::int32_t grid_q(float v, float f) {
+#if defined(ORBITFL_SSE2)
+  return _mm_cvtss_si32(_mm_set_ss(v * f));  // nearest even, without a libm call
+#else
+  return static_cast<std::int32_t>(std::nearbyint(v * f));
+#endif
+}
+
+// q of a block of values; the SSE2 conversion rounds to nearest even, as nearbyint.
+inline void grid_qs(const float* x, std::size_t m, float f, std::int32_t* qb) {
+  std::size_t p = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 vf = _mm_set1_ps(f);
+  for (; p + 4 <= m; p += 4) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + p), _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(x + p), vf)));
+  }
+#endif
+  for (; p < m; ++p) qb[p] = grid_q(x[p], f);
+}
+
+void Grid::gather(const std::vector<std::size_t>& want) {
+  std::vector<std::size_t> fresh;
+  for (std::size_t t : want) {
+    if (at[t] != kNoSlot) continue;  // gathered, or already in `fresh`
+    at[t] = kWanted;
+    fresh.push_back(t);
+  }
+  if (fresh.empty()) return;
+  std::sort(fresh.begin(), fresh.end());
+  // A bit per bin: 4 KiB stay in L1 next to the streaming input.
+  std::vector<std::uint8_t> flag(kGridBins / 8, 0);
+  std::size_t total = 0;
+  for (std::size_t t : fresh) {
+    flag[t >> 3] = static_cast<std::uint8_t>(flag[t >> 3] | (1u << (t & 7)));
+    total += count(t);
+  }
+  // Compaction without a branch (about one value in twenty is wanted, at random): every value
+  // is stored at the next slot, which advances only for a wanted one; slot `total` is a sink.
+  std::vector<float> tmp(total + 1);
+  float* tp = tmp.data();
+  std::size_t c = 0;
+  constexpr std::size_t kBlock = 256;
+  std::uint32_t tb[kBlock];
+  for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, n - i0);
+    bins_of(x + i0, m, tb);
+    for (std::size_t p = 0; p < m; ++p) {
+      tp[c] = x[i0 + p];
+      c += (flag[tb[p] >> 3] >> (tb[p] & 7)) & 1u;
+    }
+  }
+  std::vector<std::size_t> next(kGridBins, 0);
+  std::size_t end = vals.size();
+  for (std::size_t t : fresh) {
+    at[t] = next[t] = end;
+    end += count(t);
+  }
+  vals.resize(end);
+  qs.resize(end);
+  std::int32_t qb[kBlock];
+  for (std::size_t i0 = 0; i0 < total; i0 += kBlock) {
+    const std::size_t m = std::min(kBlock, total - i0);
+    bins_of(tp + i0, m, tb);
+    grid_qs(tp + i0, m, f, qb);
+    for (std::size_t p = 0; p < m; ++p) {
+      const std::size_t at_p = next[tb[p]]++;
+      vals[at_p] = tp[i0 + p];
+      qs[at_p] = qb[p];
+    }
+  }
+}
+
+Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
+  Grid g;
+  g.x = x;
+  g.n = n;
+  const int s = grid_shift(lo, hi);
+  if (s > 127) return g;
+  g.f = std::ldexp(1.0f, s);
+  g.unscale = std::ldexp(1.0, -s);
+  g.lo = static_cast<double>(lo);
+  g.flo = lo;
+  g.fhi = hi;
+  g.bscale = static_cast<double>(kGridBins) / (static_cast<double>(hi) - static_cast<double>(lo));
+  const std::int32_t qlo = grid_q(lo, g.f), qhi = grid_q(hi, g.f);
+  const std::uint64_t span = static_cast<std::uint64_t>(static_cast<std::int64_t>(qhi) - qlo);
+  // One 64-bit counter per bin holds both sums: count << 40 | the sum of o = u + 4 - base(t), with
+  // u = q - qlo and base(t) = t * span / 2^15. A value of bin t has u within a few units of
+  // [base(t), base(t + 1)] (span <= 2^31), so 0 <= o < 2^17 and 2^22 values never carry into the
+  // count. One add per value instead of two read-modify-writes; `bad` catches a bound that failed.
+  std::vector<std::uint64_t> packed(kGridBins, 0);
+  std::vector<std::int64_t> cnt(kGridBins, 0), off(kGridBins, 0);
+  constexpr std::size_t kBlock = 256;
+  std::uint32_t tb[kBlock];
+  std::int32_t qb[kBlock];
+  std::uint64_t bad = 0;
+  for (std::size_t c0 = 0; c0 < n; c0 += kGridChunk) {
+    const std::size_t c1 = std::min(n, c0 + kGridChunk);
+    for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, c1 - i0);
+      g.bins_of(x + i0, m, tb);
+      grid_qs(x + i0, m, g.f, qb);
+      for (std::size_t p = 0; p < m; ++p) {
+        const std::uint64_t t = tb[p];
+        const std::uint64_t u = static_cast<std::uint32_t>(qb[p] - qlo);
+        const std::uint64_t o = u + 4 - ((t * span) >> kGridBits);
+        bad |= o >> 17;
+        packed[t] += (std::uint64_t{1} << 40) + o;
+      }
+    }
+    for (std::size_t t = 0; t < kGridBins; ++t) {
+      cnt[t] += static_cast<std::int64_t>(packed[t] >> 40);
+      off[t] += static_cast<std::int64_t>(packed[t] & ((std::uint64_t{1} << 40) - 1));
+      packed[t] = 0;
+    }
+  }
+  std::vector<std::int64_t> sums(kGridBins);
+  for (std::size_t t = 0; t < kGridBins; ++t) {
+    const std::int64_t base = static_cast<std::int64_t>((t * span) >> kGridBits) - 4;
+    sums[t] = off[t] + cnt[t] * (base + qlo);
+  }
+  if (bad != 0) return g;  // ok stays false: the per-value path runs
+  g.pc.assign(kGridBins + 1, 0);
+  g.pq.assign(kGridBins + 1, 0);
+  std::int64_t cmax = 0;
+  for (std::size_t t = 0; t < kGridBins; ++t) {
+    const std::int64_t sq = sums[t];
+    g.pc[t + 1] = g.pc[t] + cnt[t];
+    g.pq[t + 1] = g.pq[t] + sq;
+    if (cnt[t] == 0) continue;
+    cmax = std::max(cmax, cnt[t]);
+    g.fine.push_back(static_cast<std::uint32_t>(t));
+    g.cnt.push_back(cnt[t]);
+    g.sq.push_back(sq);
+    g.mean.push_back(static_cast<double>(sq) / static_cast<double>(cnt[t]) * g.unscale);
+  }
+  g.qshift = (static_cast<std::int64_t>(qlo) + qhi) >> 1;  // floor, as NumPy's //
+  // Whether the grid resolves the data at all, counting the coarse bins for the DP start.
+  const int cshift = kGridBits - (kmeans_hist_bins(k) == 2048 ? 11 : 13);
+  std::size_t coarse = 0;
+  for (std::size_t i = 0; i < g.fine.size(); ++i) {
+    coarse += i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift) ? 1 : 0;
+  }
+  g.ok = static_cast<std::uint64_t>(cmax) * 256 <= n && coarse >= static_cast<std::size_t>(k);
+  g.at.assign(kGridBins, kNoSlot);
+  return g;
+}
+
+// The DP start: items are the coarse bins, sums of q - qshift (exact), and the sum of squares as
+// if each fine bin's values sat at its mean (sequential in fine-bin order).
+void grid_dp(const Grid& g, int k, float* out) {
+  const int cshift = kGridBits - (kmeans_hist_bins(k) == 2048 ? 11 : 13);
+  std::vector<double> cnt, s1, s2;
+  std::vector<float> vlo, vhi;
+  std::vector<std::int64_t> i1;
+  for (std::size_t i = 0; i < g.fine.size(); ++i) {
+    const std::int64_t d = g.sq[i] - g.cnt[i] * g.qshift;
+    const double dd = static_cast<double>(d);
+    const double sq = dd * dd / static_cast<double>(g.cnt[i]);
+    const float mv = static_cast<float>(g.mean[i]);
+    if (i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift)) {
+      cnt.push_back(0.0);
+      i1.push_back(0);
+      s2.push_back(0.0);
+      vlo.push_back(mv);
+      vhi.push_back(mv);
+    }
+    cnt.back() += static_cast<double>(g.cnt[i]);
+    i1.back() += d;
+    s2.back() += sq;
+    vhi.back() = mv;
+  }
+  s1.resize(i1.size());
+  for (std::size_t t = 0; t < i1.size(); ++t) {
+    s1[t] = static_cast<double>(i1[t]) * g.unscale;
+    s2[t] = s2[t] * g.unscale * g.unscale;
+  }
+  dp_centroids(cnt, s1, s2, vlo, vhi, k, static_cast<double>(g.qshift) * g.unscale, out);
+}
+
+// Lloyd with every value labelled (nearest centroid, ties to the lower id) and each centroid
+// the mean of its values' q times 2^-s; until no centroid moves or iters rounds.
+void grid_lloyd(Grid& g, float* c, int k, int iters) {
+  const std::size_t kk = static_cast<std::size_t>(k);
+  std::vector<std::int64_t> below(kk + 1), qbelow(kk + 1), counts(kk), sums(kk);
+  std::vector<std::size_t> fb(kk), want;
+  std::vector<double> mids(kk);
+  std::vector<std::uint8_t> first(kk);
+  std::vector<float> next(kk);
+  std::size_t margin = kGridMargin;
+  for (int it = 0; it < iters; ++it) {
+    bool missing = false;
+    want.clear();
+    for (std::size_t j = 0; j + 1 < kk; ++j) {
+      mids[j] = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+      fb[j] = g.bin_of(mids[j]);
+      if (g.at[fb[j]] == kNoSlot && g.count(fb[j]) > 0) missing = true;
+      for (std::size_t u = fb[j] > margin ? fb[j] - margin : 0; u <= std::min(kGridBins - 1, fb[j] + margin); ++u) {
+        if (g.count(u) > 0) want.push_back(u);
+      }
+    }
+    if (missing) {
+      // Each pass over x widens the margin: the boundaries are drifting further than it.
+      g.gather(want);
+      margin = std::min<std::size_t>(margin * 2, 64);
+    }
+    // below[j]: values <= mids[j-1] (below[0] = 0, below[k] = n); qbelow the sums of their q.
+    below[0] = qbelow[0] = 0;
+    below[kk] = g.pc[kGridBins];
+    qbelow[kk] = g.pq[kGridBins];
+    for (std::size_t j = 0; j + 1 < kk; ++j) {
+      const std::size_t t = fb[j];
+      std::int64_t cn = g.pc[t], sm = g.pq[t];
+      const std::size_t m = g.count(t);
+      if (m > 0) {
+        const float* v = g.vals.data() + g.at[t];
+        const std::int32_t* q = g.qs.data() + g.at[t];
+        const double mid = mids[j];
+        for (std::size_t p = 0; p < m; ++p) {
+          const std::int64_t in = static_cast<double>(v[p]) <= mid ? 1 : 0;
+          cn += in;
+          sm += in * q[p];
+        }
+      }
+      below[j + 1] = cn;
+      qbelow[j + 1] = sm;
+    }
+    std::fill(counts.begin(), counts.end(), 0);
+    std::fill(sums.begin(), sums.end(), 0);
+    for (std::size_t j = 0; j < kk; ++j) {
+      first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
+      counts[first[j]] += below[j + 1] - below[j];
+      sums[first[j]] += qbelow[j + 1] - qbelow[j];
+    }
+    for (std::size_t j = 0; j < kk; ++j) {
+      // Clamped to [lo, hi]: a mean of lattice points may round past the extreme values.
+      float m = static_cast<float>(static_cast<double>(sums[j]) / static_cast<double>(counts[j]) * g.unscale);
+      m = m < g.flo ? g.flo : (m > g.fhi ? g.fhi : m);
+      next[j] = counts[j] > 0 ? m + 0.0f : c[j];
+    }
+    std::sort(next.begin(), next.end());
+    bool same = true;
+    for (std::size_t j = 0; j < kk; ++j) same = same && next[j] == c[j];
+    if (same) break;
+    std::copy(next.begin(), next.end(), c);
+  }
+}
+
+}  // namespace exact
+
 // "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
 // (s from max|x|), and u = q - q(lo) falls in fine bin u >> b, where b is the least shift that
-// leaves at most 2^15 bins (2^14 or more when the lattice is that fine); per bin only its count and
-// the integer sum of q, so the pass is all 32-bit lane arithmetic and one add to one 64-bit
-// counter per value (see make_grid), and integer sums are exact in any order (the NumPy twin uses
-// np.add.at). The DP starts on coarse bins (runs of 16 or 4 fine bins; the former 2048 or 8192).
+// leaves at most 2^G bins (2^(G-1) or more when the lattice is that fine; G = 12 for k <= 32, 14
+// above); per bin only its count and the integer sum of q, so the pass is all 32-bit lane
+// arithmetic and one add to one 64-bit counter per value (see make_grid), and integer sums are
+// exact in any order (the NumPy twin uses np.add.at). 2^12 counters are 32 KiB, in L1 beside the
+// streaming input: with 2^15 (256 KiB, L2) every add moved a line in and a dirty one out, twice
+// the cost of the rest of the pass. The DP starts on coarse bins, pairs of fine ones (at most
+// 2048 or 8192, the former DP's bins).
 // Lloyd then runs on the fine bins alone, each a weighted point at its exact mean: a bin joins
 // the centroid nearest its mean (ties to the lower id) and a centroid becomes the mean of its
 // bins' q, times 2^-s. No value is read after the histogram; with 2^14 or more bins over the
 // range, the fixed point lies within a fine bin's width of the per-value one. The labels the
 // callers make afterwards are exact per value. When the grid cannot resolve the data (a fine bin
-// holding more than n/256 values, fewer non-empty coarse bins than k, max|x| < 2^-97: huge
+// holding more than 128 times the mean count, fewer non-empty coarse bins than k, max|x| < 2^-97: huge
 // outliers, few distinct values, small n, a coarse lattice) the per-value double path below
 // (make_bins, lloyd) runs instead.
-constexpr int kGridBits = 15;
-constexpr std::size_t kGridBins = std::size_t{1} << kGridBits;
-constexpr std::size_t kGridChunk = std::size_t{1} << 22;
+int grid_bits(int k) { return k <= 32 ? 12 : 14; }
+// Fine bins per coarse bin of the DP start: log2 of it.
+int grid_cshift(int k) { return grid_bits(k) - (kmeans_hist_bins(k) == 2048 ? 11 : 13); }
+constexpr std::size_t kGridChunk = std::size_t{1} << 20;
 
 struct Grid {
   float f = 1.0f;        // 2^s
@@ -681,11 +1022,12 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
   // q is monotone in x, so qlo <= q <= qhi and 0 <= u <= span <= 2^31.
   const std::uint32_t span = static_cast<std::uint32_t>(static_cast<std::int64_t>(qhi) - qlo);
   int b = 0;
-  while ((span >> b) >= kGridBins) ++b;  // b <= 16
+  const int gbits = grid_bits(k);
+  while ((span >> b) >= (std::uint32_t{1} << gbits)) ++b;  // b <= 32 - G
   const std::size_t nb = (span >> b) + 1;
   const std::uint32_t low = (std::uint32_t{1} << b) - 1;
   // One 64-bit counter per bin holds both sums: count << 40 | the sum of the offsets u & low
-  // (< 2^16), so 2^22 values a chunk never carry into the count.
+  // (< 2^20 for G = 12), so 2^20 values a chunk never carry into the count.
   std::vector<std::uint64_t> packed(nb, 0);
   std::vector<std::int64_t> cnt(nb, 0), off(nb, 0);
   constexpr std::size_t kBlock = 256;
@@ -715,19 +1057,20 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
   }
   g.qshift = (static_cast<std::int64_t>(qlo) + qhi) >> 1;  // floor, as NumPy's //
   // Whether the grid resolves the data at all, counting the coarse bins for the DP start.
-  const int cshift = kGridBits - (kmeans_hist_bins(k) == 2048 ? 11 : 13);
+  const int cshift = grid_cshift(k);
   std::size_t coarse = 0;
   for (std::size_t i = 0; i < g.fine.size(); ++i) {
     coarse += i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift) ? 1 : 0;
   }
-  g.ok = static_cast<std::uint64_t>(cmax) * 256 <= n && coarse >= static_cast<std::size_t>(k);
+  g.ok = (static_cast<std::uint64_t>(cmax) << gbits) <= 128 * static_cast<std::uint64_t>(n) &&
+         coarse >= static_cast<std::size_t>(k);
   return g;
 }
 
 // The DP start: items are the coarse bins, sums of q - qshift (exact), and the sum of squares as
 // if each fine bin's values sat at its mean (sequential in fine-bin order).
 void grid_dp(const Grid& g, int k, float* out) {
-  const int cshift = kGridBits - (kmeans_hist_bins(k) == 2048 ? 11 : 13);
+  const int cshift = grid_cshift(k);
   std::vector<double> cnt, s1, s2;
   std::vector<float> vlo, vhi;
   std::vector<std::int64_t> i1;
@@ -860,15 +1203,35 @@ KMeansMethod parse_kmeans_method(const std::string& name) {
 
 int kmeans_hist_bins(int k) { return k <= 32 ? 2048 : 8192; }
 
+namespace {
+
+// "hist" on the grid: true when the grid resolved the data and the centroids are set.
+bool hist_grid(const float* x, std::size_t n, int k, int iters, float lo, float hi, bool per_value,
+               float* centroids) {
+  if (per_value) {
+    exact::Grid g = exact::make_grid(x, n, lo, hi, k);
+    if (!g.ok) return false;
+    exact::grid_dp(g, k, centroids);
+    exact::grid_lloyd(g, centroids, k, iters);
+    return true;
+  }
+  const Grid g = make_grid(x, n, lo, hi, k);
+  if (!g.ok) return false;
+  grid_dp(g, k, centroids);
+  grid_lloyd(g, centroids, k, iters);
+  return true;
+}
+
+}  // namespace
+
 void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
-                               std::uint64_t seed, float lo, float hi, float* centroids) {
+                               std::uint64_t seed, float lo, float hi, bool per_value, float* centroids) {
   if (lo == hi) {
     std::fill(centroids, centroids + k, lo + 0.0f);
   } else if (method == KMeansMethod::Optimal) {
     sorted_centroids(x, n, k, true, centroids);
-  } else if (Grid g = method == KMeansMethod::Hist ? make_grid(x, n, lo, hi, k) : Grid{}; g.ok) {
-    grid_dp(g, k, centroids);
-    grid_lloyd(g, centroids, k, iters);
+  } else if (method == KMeansMethod::Hist && hist_grid(x, n, k, iters, lo, hi, per_value, centroids)) {
+    // done on the grid
   } else {
     Bins b = make_bins(x, n, static_cast<double>(lo), static_cast<double>(hi), kmeans_hist_bins(k));
     if (method == KMeansMethod::Lloyd) {
@@ -906,15 +1269,15 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
   if (!range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
   require(static_cast<std::size_t>(k) <= n,
           "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
-  kmeans_centroids_in_range(x, n, k, method, iters, seed, lo, hi, centroids);
+  kmeans_centroids_in_range(x, n, k, method, iters, seed, lo, hi, false, centroids);
   // The coreset codec relabels against its quantized codebook: no labels wanted, no pass.
   return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
 }
 
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::uint16_t* keys, float* diff, std::size_t* hist) {
-  // A block at a time: labels, then differences, distances and keys (the centroids gathered by
-  // label, 8 values per step), then the counters. Distances crowd into a few bins, so
+                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist) {
+  // A block at a time: labels, then distances and keys (the centroids gathered by label, 8
+  // values per step), then the counters. Distances crowd into a few bins, so
   // neighbouring values often bump the same counter and each bump would wait for the previous
   // one's store: four tables, one per value mod 4, break the chain.
   constexpr std::size_t kBlock = 256;
@@ -941,7 +1304,6 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
           const std::size_t q = p + 4 * static_cast<std::size_t>(h2);
           const __m128 v = _mm_loadu_ps(xv + q);
           const __m128 cv = _mm_setr_ps(c[lab[q]], c[lab[q + 1]], c[lab[q + 2]], c[lab[q + 3]]);
-          if (diff != nullptr) _mm_storeu_ps(diff + i0 + q, _mm_sub_ps(v, cv));
           const __m128d dlo = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(v), _mm_cvtps_pd(cv)), absmask);
           const __m128d dhi = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), _mm_cvtps_pd(_mm_movehl_ps(cv, cv))), absmask);
           const __m128 f = _mm_movelh_ps(_mm_cvtpd_ps(dlo), _mm_cvtpd_ps(dhi));
@@ -953,7 +1315,6 @@ void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int
 #endif
       for (; p < m; ++p) {
         const float cl = c[lab[p]];
-        if (diff != nullptr) diff[i0 + p] = xv[p] - cl;
         const float f = static_cast<float>(std::fabs(static_cast<double>(xv[p]) - static_cast<double>(cl)));
         std::uint32_t u;
         std::memcpy(&u, &f, 4);
@@ -1000,14 +1361,14 @@ void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, i
   check_centroids(centroids, k);
   require(bits >= 1 && bits <= 8 && (1 << bits) >= k,
           "bits must be in 1..8 with 2**bits >= " + std::to_string(k) + " centroids, got " + std::to_string(bits));
-  float lo = 0.0f, hi = 0.0f;
-  if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
-  // Blocks of 256 labels: a whole number of bytes at any width, so each packs on its own.
+  // Blocks of 256 labels: a whole number of bytes at any width, so each packs on its own. Each
+  // block is checked as it is labelled, from L1, instead of in a pass of its own over x.
   constexpr std::size_t kBlock = 256;
   std::uint8_t lab[kBlock];
   const AnyLabeler label(centroids, k);
   for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
     const std::size_t m = std::min(kBlock, n - i0);
+    if (!all_finite(x + i0, m)) throw NonFinite("x contains NaN or Inf");
     label(x + i0, m, lab);
     pack_bits_unchecked(lab, m, bits, out + i0 / 8 * static_cast<std::size_t>(bits));
   }

@@ -44,17 +44,18 @@ void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, i
                  std::uint8_t* out);
 
 // kmeans1d's centroids without its checks, for a caller that has checked 1 <= k <= n, iters >= 0
-// and x finite, and knows its range [lo, hi] (GCC finds it in its own first pass).
+// and x finite, and knows its range [lo, hi] (GCC finds it in its own first pass). per_value:
+// "hist" runs Lloyd exact per value from the former DP start (GCC's "hist", unchanged by issue 16
+// point 6) instead of on the fine bins.
 void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
-                               std::uint64_t seed, float lo, float hi, float* centroids);
+                               std::uint64_t seed, float lo, float hi, bool per_value, float* centroids);
 
 // kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
 // keys[i] = the top 16 bits of float(|double(x) - double(c[label])|) (a monotone function of the
-// distance: a smaller key means a smaller distance), diff[i] = x[i] - c[label] in float (unless
-// diff is null) and hist[key] += 1 (hist holds 2^16 counters). For GCC, which replaces the values
-// nearest their centroid and keeps diff as their residual: one pass instead of labels, a distance
-// array of n doubles and a pass over it.
+// distance: a smaller key means a smaller distance) and hist[key] += 1 (hist holds 2^16
+// counters). For GCC, which replaces the values nearest their centroid: one pass instead of
+// labels, a distance array of n doubles and a pass over it.
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::uint16_t* keys, float* diff, std::size_t* hist);
+                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist);
 
 }  // namespace orbitfl
