@@ -131,7 +131,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   // distance again.
   std::unique_ptr<std::uint8_t[]> labels(new std::uint8_t[n]);
   std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
-  std::vector<std::size_t> hist(std::size_t{1} << 16, 0);
+  std::vector<std::size_t> hist(kDistKeys, 0);
   assign_dist_hist(acc, n, centroids, ke, labels.get(), keys.get(), hist.data());
   const std::uint8_t* lab = labels.get();
   const std::uint16_t* key = keys.get();

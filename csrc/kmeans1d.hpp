@@ -52,9 +52,10 @@ void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMetho
 
 // kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
 // keys[i] = the top 16 bits of float(|double(x) - double(c[label])|) (a monotone function of the
-// distance: a smaller key means a smaller distance) and hist[key] += 1 (hist holds 2^16
-// counters). For GCC, which replaces the values nearest their centroid: one pass instead of
-// labels, a distance array of n doubles and a pass over it.
+// distance: a smaller key means a smaller distance; at most 0x7F80) and hist[key] += 1 (hist
+// holds kDistKeys counters). For GCC, which replaces the values nearest their centroid: one pass
+// instead of labels, a distance array of n doubles and a pass over it.
+constexpr std::size_t kDistKeys = std::size_t{1} << 15;
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
                       std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist);
 
