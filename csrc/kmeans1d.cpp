@@ -61,6 +61,22 @@ bool range_finite(const float* x, std::size_t n, float* lo_out, float* hi_out) {
   return finite != 0;
 }
 
+// Whether every value of a short block is finite (no early exit; SSE2 four lanes at a time).
+bool all_finite(const float* x, std::size_t n) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  int ok = 1;
+  std::size_t i = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 big = _mm_set1_ps(kMax);
+  const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+  __m128 okv = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  for (; i + 4 <= n; i += 4) okv = _mm_and_ps(okv, _mm_cmple_ps(_mm_and_ps(_mm_loadu_ps(x + i), absmask), big));
+  ok = _mm_movemask_ps(okv) == 0xF ? 1 : 0;
+#endif
+  for (; i < n; ++i) ok &= std::fabs(x[i]) <= kMax ? 1 : 0;
+  return ok != 0;
+}
+
 // Nearest of ascending centroids, ties to the lower id: v lies above count_below(v), the number
 // of midpoints strictly below it; among equal centroids the first one takes the value.
 //
@@ -603,7 +619,14 @@ void lloyd(Bins& b, float* c, int k, int iters) {
   }
 }
 
-// "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
+// GCC's "hist": the grid as it was before issue 16 point 6's bin Lloyd, kept for GCC alone. Its
+// error (the replaced half's distances) moves at first order with the centroids, by up to 0.5 %
+// per tensor between nearby k-means fixed points, where the coreset's error does not (the SSE is
+// stationary there); so GCC keeps these centroids bit for bit: the DP start on 2^15 fine bins and
+// Lloyd exact per value, reading the values of the bins a midpoint falls in.
+namespace exact {
+
+// Old "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
 // (s from max|x|), and falls in fine bin int((x - lo) * 2^15 / (hi - lo)), one of 2^15 (the DP's
 // former 2048 or 8192 bins are 16 or 4 of them, so its start is nearly the former); per bin only its
 // count and the integer sum of q. Integer sums are exact in any order, so the pass needs no
@@ -915,6 +938,211 @@ void grid_lloyd(Grid& g, float* c, int k, int iters) {
   }
 }
 
+}  // namespace exact
+
+// "hist" on a fixed-point grid. Each value becomes q = rint(x * 2^s), an int32 with |q| <= 2^30
+// (s from max|x|), and u = q - q(lo) falls in fine bin u >> b, where b is the least shift that
+// leaves at most 2^G bins (2^(G-1) or more when the lattice is that fine; G = 12 for k <= 32, 14
+// above); per bin only its count and the integer sum of q, so the pass is all 32-bit lane
+// arithmetic and one add to one 64-bit counter per value (see make_grid), and integer sums are
+// exact in any order (the NumPy twin uses np.add.at). 2^12 counters are 32 KiB, in L1 beside the
+// streaming input: with 2^15 (256 KiB, L2) every add moved a line in and a dirty one out, twice
+// the cost of the rest of the pass. The DP starts on coarse bins, pairs of fine ones (at most
+// 2048 or 8192, the former DP's bins).
+// Lloyd then runs on the fine bins alone, each a weighted point at its exact mean: a bin joins
+// the centroid nearest its mean (ties to the lower id) and a centroid becomes the mean of its
+// bins' q, times 2^-s. No value is read after the histogram; with 2^14 or more bins over the
+// range, the fixed point lies within a fine bin's width of the per-value one. The labels the
+// callers make afterwards are exact per value. When the grid cannot resolve the data (a fine bin
+// holding more than 128 times the mean count, fewer non-empty coarse bins than k, max|x| < 2^-97: huge
+// outliers, few distinct values, small n, a coarse lattice) the per-value double path below
+// (make_bins, lloyd) runs instead.
+int grid_bits(int k) { return k <= 32 ? 12 : 14; }
+// Fine bins per coarse bin of the DP start: log2 of it.
+int grid_cshift(int k) { return grid_bits(k) - (kmeans_hist_bins(k) == 2048 ? 11 : 13); }
+constexpr std::size_t kGridChunk = std::size_t{1} << 20;
+
+struct Grid {
+  float f = 1.0f;        // 2^s
+  double unscale = 1.0;  // 2^-s
+  float flo = 0.0f, fhi = 0.0f;       // min and max of x
+  std::vector<std::int64_t> cnt, sq;  // per non-empty fine bin, ascending: count, sum of q
+  std::vector<std::uint32_t> fine;    // its fine index
+  std::vector<double> mean;           // sum q / count * 2^-s, non-decreasing
+  std::int64_t qshift = 0;
+  bool ok = false;
+};
+
+// max|x| < 2^e; 2^s must be a float, so below max|x| = 2^-97 the lattice would be coarse and
+// the grid is not used (s = 128 says so).
+int grid_shift(float lo, float hi) {
+  int e = 0;
+  std::frexp(std::max(std::fabs(static_cast<double>(lo)), std::fabs(static_cast<double>(hi))), &e);
+  return std::min(30 - e, 128);
+}
+
+inline std::int32_t grid_q(float v, float f) {
+#if defined(ORBITFL_SSE2)
+  return _mm_cvtss_si32(_mm_set_ss(v * f));  // nearest even, without a libm call
+#else
+  return static_cast<std::int32_t>(std::nearbyint(v * f));
+#endif
+}
+
+// u = q - qlo of a block of values (the vector conversions round to nearest even, as nearbyint).
+inline void grid_us(const float* x, std::size_t m, float f, std::int32_t qlo, std::uint32_t* ub) {
+  std::size_t p = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 vf = _mm_set1_ps(f);
+  const __m128i vq = _mm_set1_epi32(qlo);
+  for (; p + 4 <= m; p += 4) {
+    const __m128i q = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(x + p), vf));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(ub + p), _mm_sub_epi32(q, vq));
+  }
+#elif defined(ORBITFL_NEON)
+  const float32x4_t vf = vdupq_n_f32(f);
+  const int32x4_t vq = vdupq_n_s32(qlo);
+  for (; p + 4 <= m; p += 4) {
+    const int32x4_t q = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + p), vf));
+    vst1q_u32(ub + p, vreinterpretq_u32_s32(vsubq_s32(q, vq)));
+  }
+#endif
+  for (; p < m; ++p) ub[p] = static_cast<std::uint32_t>(grid_q(x[p], f)) - static_cast<std::uint32_t>(qlo);
+}
+
+Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
+  Grid g;
+  const int s = grid_shift(lo, hi);
+  if (s > 127) return g;
+  g.f = std::ldexp(1.0f, s);
+  g.unscale = std::ldexp(1.0, -s);
+  g.flo = lo;
+  g.fhi = hi;
+  const std::int32_t qlo = grid_q(lo, g.f), qhi = grid_q(hi, g.f);
+  // q is monotone in x, so qlo <= q <= qhi and 0 <= u <= span <= 2^31.
+  const std::uint32_t span = static_cast<std::uint32_t>(static_cast<std::int64_t>(qhi) - qlo);
+  int b = 0;
+  const int gbits = grid_bits(k);
+  while ((span >> b) >= (std::uint32_t{1} << gbits)) ++b;  // b <= 32 - G
+  const std::size_t nb = (span >> b) + 1;
+  const std::uint32_t low = (std::uint32_t{1} << b) - 1;
+  // One 64-bit counter per bin holds both sums: count << 40 | the sum of the offsets u & low
+  // (< 2^20 for G = 12), so 2^20 values a chunk never carry into the count.
+  std::vector<std::uint64_t> packed(nb, 0);
+  std::vector<std::int64_t> cnt(nb, 0), off(nb, 0);
+  constexpr std::size_t kBlock = 256;
+  std::uint32_t ub[kBlock];
+  for (std::size_t c0 = 0; c0 < n; c0 += kGridChunk) {
+    const std::size_t c1 = std::min(n, c0 + kGridChunk);
+    for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, c1 - i0);
+      grid_us(x + i0, m, g.f, qlo, ub);
+      for (std::size_t p = 0; p < m; ++p) packed[ub[p] >> b] += (std::uint64_t{1} << 40) + (ub[p] & low);
+    }
+    for (std::size_t t = 0; t < nb; ++t) {
+      cnt[t] += static_cast<std::int64_t>(packed[t] >> 40);
+      off[t] += static_cast<std::int64_t>(packed[t] & ((std::uint64_t{1} << 40) - 1));
+      packed[t] = 0;
+    }
+  }
+  std::int64_t cmax = 0;
+  for (std::size_t t = 0; t < nb; ++t) {
+    if (cnt[t] == 0) continue;
+    const std::int64_t sq = off[t] + cnt[t] * (static_cast<std::int64_t>(qlo) + (static_cast<std::int64_t>(t) << b));
+    cmax = std::max(cmax, cnt[t]);
+    g.fine.push_back(static_cast<std::uint32_t>(t));
+    g.cnt.push_back(cnt[t]);
+    g.sq.push_back(sq);
+    g.mean.push_back(static_cast<double>(sq) / static_cast<double>(cnt[t]) * g.unscale);
+  }
+  g.qshift = (static_cast<std::int64_t>(qlo) + qhi) >> 1;  // floor, as NumPy's //
+  // Whether the grid resolves the data at all, counting the coarse bins for the DP start.
+  const int cshift = grid_cshift(k);
+  std::size_t coarse = 0;
+  for (std::size_t i = 0; i < g.fine.size(); ++i) {
+    coarse += i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift) ? 1 : 0;
+  }
+  g.ok = (static_cast<std::uint64_t>(cmax) << gbits) <= 128 * static_cast<std::uint64_t>(n) &&
+         coarse >= static_cast<std::size_t>(k);
+  return g;
+}
+
+// The DP start: items are the coarse bins, sums of q - qshift (exact), and the sum of squares as
+// if each fine bin's values sat at its mean (sequential in fine-bin order).
+void grid_dp(const Grid& g, int k, float* out) {
+  const int cshift = grid_cshift(k);
+  std::vector<double> cnt, s1, s2;
+  std::vector<float> vlo, vhi;
+  std::vector<std::int64_t> i1;
+  for (std::size_t i = 0; i < g.fine.size(); ++i) {
+    const std::int64_t d = g.sq[i] - g.cnt[i] * g.qshift;
+    const double dd = static_cast<double>(d);
+    const double sq = dd * dd / static_cast<double>(g.cnt[i]);
+    const float mv = static_cast<float>(g.mean[i]);
+    if (i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift)) {
+      cnt.push_back(0.0);
+      i1.push_back(0);
+      s2.push_back(0.0);
+      vlo.push_back(mv);
+      vhi.push_back(mv);
+    }
+    cnt.back() += static_cast<double>(g.cnt[i]);
+    i1.back() += d;
+    s2.back() += sq;
+    vhi.back() = mv;
+  }
+  s1.resize(i1.size());
+  for (std::size_t t = 0; t < i1.size(); ++t) {
+    s1[t] = static_cast<double>(i1[t]) * g.unscale;
+    s2[t] = s2[t] * g.unscale * g.unscale;
+  }
+  dp_centroids(cnt, s1, s2, vlo, vhi, k, static_cast<double>(g.qshift) * g.unscale, out);
+}
+
+// Lloyd on the fine bins as weighted points at their means: a bin whose mean is <= the midpoint
+// of centroids j and j+1 lies below it (ties to the lower id); each centroid becomes the mean of
+// its bins' q times 2^-s; until no centroid moves or iters rounds. A round is k binary searches
+// over the means and prefix-sum differences.
+void grid_lloyd(const Grid& g, float* c, int k, int iters) {
+  const std::size_t kk = static_cast<std::size_t>(k), nf = g.fine.size();
+  std::vector<std::int64_t> pc(nf + 1, 0), pq(nf + 1, 0);
+  for (std::size_t i = 0; i < nf; ++i) {
+    pc[i + 1] = pc[i] + g.cnt[i];
+    pq[i + 1] = pq[i] + g.sq[i];
+  }
+  std::vector<std::size_t> below(kk + 1);
+  std::vector<std::int64_t> counts(kk), sums(kk);
+  std::vector<std::uint8_t> first(kk);
+  std::vector<float> next(kk);
+  const double* mb = g.mean.data();
+  for (int it = 0; it < iters; ++it) {
+    below[0] = 0;
+    below[kk] = nf;
+    for (std::size_t j = 0; j + 1 < kk; ++j) {
+      const double mid = 0.5 * (static_cast<double>(c[j]) + static_cast<double>(c[j + 1]));
+      below[j + 1] = static_cast<std::size_t>(std::upper_bound(mb, mb + nf, mid) - mb);
+    }
+    std::fill(counts.begin(), counts.end(), 0);
+    std::fill(sums.begin(), sums.end(), 0);
+    for (std::size_t j = 0; j < kk; ++j) {
+      first[j] = static_cast<std::uint8_t>(j > 0 && c[j] == c[j - 1] ? first[j - 1] : j);
+      counts[first[j]] += pc[below[j + 1]] - pc[below[j]];
+      sums[first[j]] += pq[below[j + 1]] - pq[below[j]];
+    }
+    for (std::size_t j = 0; j < kk; ++j) {
+      // Clamped to [lo, hi]: a mean of lattice points may round past the extreme values.
+      float m = static_cast<float>(static_cast<double>(sums[j]) / static_cast<double>(counts[j]) * g.unscale);
+      m = m < g.flo ? g.flo : (m > g.fhi ? g.fhi : m);
+      next[j] = counts[j] > 0 ? m + 0.0f : c[j];
+    }
+    std::sort(next.begin(), next.end());
+    bool same = true;
+    for (std::size_t j = 0; j < kk; ++j) same = same && next[j] == c[j];
+    if (same) break;
+    std::copy(next.begin(), next.end(), c);
+  }
+}
+
 inline double uniform(std::uint64_t key, std::uint64_t t) {
   return static_cast<double>(rng_draw(key, t) >> 11) * 0x1p-53;
 }
@@ -975,25 +1203,35 @@ KMeansMethod parse_kmeans_method(const std::string& name) {
 
 int kmeans_hist_bins(int k) { return k <= 32 ? 2048 : 8192; }
 
-double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
-                std::uint64_t seed, float* centroids, std::uint8_t* labels) {
-  require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
-  require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
-  if (n == 0) {
-    std::fill(centroids, centroids + k, 0.0f);
-    return 0.0;
+namespace {
+
+// "hist" on the grid: true when the grid resolved the data and the centroids are set.
+bool hist_grid(const float* x, std::size_t n, int k, int iters, float lo, float hi, bool per_value,
+               float* centroids) {
+  if (per_value) {
+    exact::Grid g = exact::make_grid(x, n, lo, hi, k);
+    if (!g.ok) return false;
+    exact::grid_dp(g, k, centroids);
+    exact::grid_lloyd(g, centroids, k, iters);
+    return true;
   }
-  float lo = x[0], hi = x[0];
-  if (!range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
-  require(static_cast<std::size_t>(k) <= n,
-          "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+  const Grid g = make_grid(x, n, lo, hi, k);
+  if (!g.ok) return false;
+  grid_dp(g, k, centroids);
+  grid_lloyd(g, centroids, k, iters);
+  return true;
+}
+
+}  // namespace
+
+void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
+                               std::uint64_t seed, float lo, float hi, bool per_value, float* centroids) {
   if (lo == hi) {
-    std::fill(centroids, centroids + k, x[0] + 0.0f);
+    std::fill(centroids, centroids + k, lo + 0.0f);
   } else if (method == KMeansMethod::Optimal) {
     sorted_centroids(x, n, k, true, centroids);
-  } else if (Grid g = method == KMeansMethod::Hist ? make_grid(x, n, lo, hi, k) : Grid{}; g.ok) {
-    grid_dp(g, k, centroids);
-    grid_lloyd(g, centroids, k, iters);
+  } else if (method == KMeansMethod::Hist && hist_grid(x, n, k, iters, lo, hi, per_value, centroids)) {
+    // done on the grid
   } else {
     Bins b = make_bins(x, n, static_cast<double>(lo), static_cast<double>(hi), kmeans_hist_bins(k));
     if (method == KMeansMethod::Lloyd) {
@@ -1017,45 +1255,96 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
     }
     lloyd(b, centroids, k, iters);
   }
+}
+
+double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
+                std::uint64_t seed, float* centroids, std::uint8_t* labels) {
+  require(k >= 1 && k <= kKMeansMaxK, "k must be in 1..256, got " + std::to_string(k));
+  require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
+  if (n == 0) {
+    std::fill(centroids, centroids + k, 0.0f);
+    return 0.0;
+  }
+  float lo = x[0], hi = x[0];
+  if (!range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
+  require(static_cast<std::size_t>(k) <= n,
+          "k must be <= x.size (" + std::to_string(n) + "), got " + std::to_string(k));
+  kmeans_centroids_in_range(x, n, k, method, iters, seed, lo, hi, false, centroids);
   // The coreset codec relabels against its quantized codebook: no labels wanted, no pass.
   return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
 }
 
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
                       std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist) {
-  constexpr int hist_shift = 48;
-  // A block at a time: labels, then distances and their bins, then the counters. Distances
-  // crowd into a few bins, so neighbouring values often bump the same counter and each bump
-  // would wait for the previous one's store: four tables, one per value mod 4, break the chain.
+  // A block at a time: labels, then distances and keys (the centroids gathered by label, 8
+  // values per step), then the counters. Distances crowd into a few bins, so
+  // neighbouring values often bump the same counter and each bump would wait for the previous
+  // one's store: four tables, one per value mod 4, break the chain. Only the keys' range is
+  // flushed: 4 x 128 KiB of counters read for a tensor of a few hundred values cost more than it.
   constexpr std::size_t kBlock = 256;
   constexpr std::size_t kChunk = std::size_t{1} << 30;  // uint32 counters flushed before wrapping
-  const std::size_t nh = std::size_t{1} << (64 - hist_shift);
+  constexpr std::size_t nh = kDistKeys;
   std::vector<std::uint32_t> tables(4 * nh, 0);
   std::uint32_t* h[4] = {tables.data(), tables.data() + nh, tables.data() + 2 * nh, tables.data() + 3 * nh};
-  std::uint32_t hb[kBlock];
   const AnyLabeler label(centroids, k);
+  const float* c = centroids;
   for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
     const std::size_t c1 = std::min(n, c0 + kChunk);
+    std::uint16_t kmin = 0x7FFF, kmax = 0;
     for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
       const std::size_t m = std::min(kBlock, c1 - i0);
-      label(x + i0, m, labels + i0);
-      for (std::size_t p = 0; p < m; ++p) {
-        const double d = std::fabs(static_cast<double>(x[i0 + p]) - static_cast<double>(centroids[labels[i0 + p]]));
-        std::uint64_t u;
-        std::memcpy(&u, &d, 8);
-        hb[p] = static_cast<std::uint32_t>(u >> hist_shift);
-        keys[i0 + p] = static_cast<std::uint16_t>(hb[p]);
-      }
+      std::uint8_t* lab = labels + i0;
+      const float* xv = x + i0;
+      std::uint16_t* kv = keys + i0;
+      label(xv, m, lab);
       std::size_t p = 0;
-      for (; p + 4 <= m; p += 4) {
-        ++h[0][hb[p]];
-        ++h[1][hb[p + 1]];
-        ++h[2][hb[p + 2]];
-        ++h[3][hb[p + 3]];
+#if defined(ORBITFL_SSE2)
+      const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+      __m128i vmin = _mm_set1_epi16(0x7FFF), vmax = _mm_setzero_si128();
+      for (; p + 8 <= m; p += 8) {
+        __m128i kq[2];
+        for (int h2 = 0; h2 < 2; ++h2) {
+          const std::size_t q = p + 4 * static_cast<std::size_t>(h2);
+          const __m128 v = _mm_loadu_ps(xv + q);
+          const __m128 cv = _mm_setr_ps(c[lab[q]], c[lab[q + 1]], c[lab[q + 2]], c[lab[q + 3]]);
+          const __m128d dlo = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(v), _mm_cvtps_pd(cv)), absmask);
+          const __m128d dhi = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), _mm_cvtps_pd(_mm_movehl_ps(cv, cv))), absmask);
+          const __m128 f = _mm_movelh_ps(_mm_cvtpd_ps(dlo), _mm_cvtpd_ps(dhi));
+          kq[h2] = _mm_srli_epi32(_mm_castps_si128(f), 16);
+        }
+        // keys <= 0x7F80 (a distance rounds at most to +inf), so the signed pack and compares keep them
+        const __m128i k8 = _mm_packs_epi32(kq[0], kq[1]);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(kv + p), k8);
+        vmin = _mm_min_epi16(vmin, k8);
+        vmax = _mm_max_epi16(vmax, k8);
       }
-      for (; p < m; ++p) ++h[0][hb[p]];
+      alignas(16) std::uint16_t lo8[8], hi8[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(lo8), vmin);
+      _mm_store_si128(reinterpret_cast<__m128i*>(hi8), vmax);
+      for (int j = 0; j < 8; ++j) {
+        kmin = std::min(kmin, lo8[j]);
+        kmax = std::max(kmax, hi8[j]);
+      }
+#endif
+      for (; p < m; ++p) {
+        const float cl = c[lab[p]];
+        const float f = static_cast<float>(std::fabs(static_cast<double>(xv[p]) - static_cast<double>(cl)));
+        std::uint32_t u;
+        std::memcpy(&u, &f, 4);
+        kv[p] = static_cast<std::uint16_t>(u >> 16);
+        kmin = std::min(kmin, kv[p]);
+        kmax = std::max(kmax, kv[p]);
+      }
+      p = 0;
+      for (; p + 4 <= m; p += 4) {
+        ++h[0][kv[p]];
+        ++h[1][kv[p + 1]];
+        ++h[2][kv[p + 2]];
+        ++h[3][kv[p + 3]];
+      }
+      for (; p < m; ++p) ++h[0][kv[p]];
     }
-    for (std::size_t t = 0; t < nh; ++t) {
+    for (std::size_t t = kmin; t <= kmax; ++t) {
       hist[t] += std::size_t{h[0][t]} + h[1][t] + h[2][t] + h[3][t];
       h[0][t] = h[1][t] = h[2][t] = h[3][t] = 0;
     }
@@ -1087,14 +1376,14 @@ void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, i
   check_centroids(centroids, k);
   require(bits >= 1 && bits <= 8 && (1 << bits) >= k,
           "bits must be in 1..8 with 2**bits >= " + std::to_string(k) + " centroids, got " + std::to_string(bits));
-  float lo = 0.0f, hi = 0.0f;
-  if (n > 0 && !range_finite(x, n, &lo, &hi)) throw NonFinite("x contains NaN or Inf");
-  // Blocks of 256 labels: a whole number of bytes at any width, so each packs on its own.
+  // Blocks of 256 labels: a whole number of bytes at any width, so each packs on its own. Each
+  // block is checked as it is labelled, from L1, instead of in a pass of its own over x.
   constexpr std::size_t kBlock = 256;
   std::uint8_t lab[kBlock];
   const AnyLabeler label(centroids, k);
   for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
     const std::size_t m = std::min(kBlock, n - i0);
+    if (!all_finite(x + i0, m)) throw NonFinite("x contains NaN or Inf");
     label(x + i0, m, lab);
     pack_bits_unchecked(lab, m, bits, out + i0 / 8 * static_cast<std::size_t>(bits));
   }

@@ -43,11 +43,19 @@ double kmeans_assign(const float* x, std::size_t n, const float* centroids, int 
 void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, int bits,
                  std::uint8_t* out);
 
+// kmeans1d's centroids without its checks, for a caller that has checked 1 <= k <= n, iters >= 0
+// and x finite, and knows its range [lo, hi] (GCC finds it in its own first pass). per_value:
+// "hist" runs Lloyd exact per value from the former DP start (GCC's "hist", unchanged by issue 16
+// point 6) instead of on the fine bins.
+void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
+                               std::uint64_t seed, float lo, float hi, bool per_value, float* centroids);
+
 // kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
-// keys[i] = the top 16 bits of the distance |double(x) - double(c[label])| (bits 48..63 of its
-// pattern; non-negative doubles order like their patterns) and hist[key] += 1 (hist holds 2^16
-// counters). For GCC, which replaces the values nearest their centroid: one pass instead of
-// labels, a distance array of n doubles and a pass over it.
+// keys[i] = the top 16 bits of float(|double(x) - double(c[label])|) (a monotone function of the
+// distance: a smaller key means a smaller distance; at most 0x7F80) and hist[key] += 1 (hist
+// holds kDistKeys counters). For GCC, which replaces the values nearest their centroid: one pass
+// instead of labels, a distance array of n doubles and a pass over it.
+constexpr std::size_t kDistKeys = std::size_t{1} << 15;
 void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
                       std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist);
 

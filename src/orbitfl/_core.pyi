@@ -200,9 +200,11 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
     """Cluster the values of x into k groups (1 <= k <= 256, k <= x.size unless x is empty).
 
     method: "optimal" (exact DP over sorted values; needs k * distinct values <= 2**25, else
-    ValueError), "hist" (exact DP over a histogram of 2048 bins for k <= 32, 8192 above, then
-    Lloyd on the raw values, both on a fixed-point grid: sums of q = rint(x * 2^s), |q| <= 2^30;
-    near-optimal and fast; the default; docs/algorithms.md says when it falls back), "lloyd"
+    ValueError), "hist" (exact DP over at most 2048 coarse bins for k <= 32, 8192 above, then
+    Lloyd on the 2^12 (2^14) fine bins as weighted points at their exact means, both on a
+    fixed-point grid: sums of q = rint(x * 2^s), |q| <= 2^30; no value is read after the
+    histogram; near-optimal and fast; the default; docs/algorithms.md says when it falls back
+    and how far its fixed point lies from per-value Lloyd's), "lloyd"
     (k-means++ seeding drawn from the counter-based generator keyed by seed, then Lloyd). Lloyd
     runs at most `iters` rounds and stops when no centroid moves. Returns (centroids ascending,
     length k, duplicates when x has fewer than k distinct values, never -0.0; labels uint8 as
@@ -235,8 +237,10 @@ def gcc_encode(
     method: str = "hist",
 ) -> tuple[F32, U8, U8, F32]:
     """acc = x + residual; 1-D k-means of acc into min(k, n) centroids (kmeans1d with method,
-    iters, seed); the floor(rho * n) values nearest their centroid (ties to the lower index) are
-    replaced by its id, the rest travel exactly.
+    iters, seed, except that "hist" runs Lloyd exact per value from a DP over 2048 (8192) uniform
+    bins, as kmeans1d's "hist" did before issue 16 point 6: GCC's error moves at first order with
+    the centroids; docs/algorithms.md); the floor(rho * n) values nearest their centroid (ties to
+    the lower index) are replaced by its id, the rest travel exactly.
 
     Returns (centroids, mask = pack_bits(replaced, 1), ids = pack_bits(id of each replaced value
     in index order, ceil(log2 len(centroids)) bits, at least 1), exact = the other values in index

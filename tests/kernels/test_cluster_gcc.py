@@ -277,7 +277,8 @@ def test_nonfinite_anywhere_is_a_value_error_and_the_residual_is_kept(
 
 
 @pytest.mark.parametrize(
-    ("n", "k", "rho"), [(40_000, 16, 0.5), (30_001, 8, 0.3), (20_000, 64, 0.75), (9_999, 16, 1.0)]
+    ("n", "k", "rho"),
+    [(40_000, 16, 0.5), (30_001, 8, 0.3), (20_000, 64, 0.75), (9_999, 16, 1.0), (10_001, 16, 0.0)],
 )
 def test_large_tensors_agree_bit_for_bit_with_a_residual(n: int, k: int, rho: float) -> None:
     # Large enough that k-means runs on its fixed-point grid; the one-pass split (mask bytes,

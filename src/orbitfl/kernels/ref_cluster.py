@@ -326,12 +326,112 @@ def _lloyd(x: F32, bins: _Bins, c: F32, iters: int) -> F32:
 
 
 # --- 1-D k-means "hist": fixed-point grid (csrc/kmeans1d.cpp, make_grid / grid_dp / grid_lloyd) ---
-GRID_BITS = 15
-GRID_BINS = 1 << GRID_BITS
+def grid_bits(k: int) -> int:
+    """log2 of the most fine bins of the grid: 2^12 counters stay in L1 in the C++."""
+    return 12 if k <= 32 else 14
+
+
+def _cshift(k: int) -> int:
+    """log2 of the fine bins per coarse bin of the DP start."""
+    return grid_bits(k) - (11 if hist_bins(k) == 2048 else 13)
 
 
 @dataclass
 class _Grid:
+    """Fine bins (q - qlo) >> b of the lattice q = rint(x * 2^s), at most 2^grid_bits(k), with per-bin
+    count and the exact integer sum of q; ok is False when the grid cannot resolve the data."""
+
+    unscale: float
+    lo: float
+    hi: float
+    cnt: I64  # per non-empty fine bin, ascending
+    sq: I64
+    fine: I64  # its fine index
+    qshift: int
+    ok: bool
+
+
+def _grid(xf: F32, lo: float, hi: float, k: int) -> _Grid:
+    e = math.frexp(max(abs(lo), abs(hi)))[1]
+    s = 30 - e
+    z = np.zeros(0, np.int64)
+    if s > 127:  # max|x| < 2^-97: 2^s is no float and the lattice would be coarse
+        return _Grid(1.0, lo, hi, z, z, z, 0, False)
+    f = np.float32(2.0**s)
+    q = np.rint(xf * f).astype(np.int64)
+    qlo = int(np.rint(np.float32(lo) * f))
+    qhi = int(np.rint(np.float32(hi) * f))
+    span = qhi - qlo
+    gb = grid_bits(k)
+    b = max(0, span.bit_length() - gb)  # the least shift leaving at most 2^gb bins
+    bins = (q - qlo) >> b
+    nb = (span >> b) + 1
+    cnt_all = np.bincount(bins, minlength=nb)
+    sq_all = np.zeros(nb, np.int64)
+    np.add.at(sq_all, bins, q)
+    fine = np.flatnonzero(cnt_all)
+    coarse = np.unique(fine >> _cshift(k)).size
+    ok = (int(cnt_all.max()) << gb) <= 128 * xf.size and coarse >= k
+    return _Grid(2.0**-s, lo, hi, cnt_all[fine], sq_all[fine], fine, (qlo + qhi) >> 1, ok)
+
+
+def _grid_dp(g: _Grid, k: int) -> F32:
+    """DP start over coarse bins of the fine ones; the sum of squares as if each fine bin's values
+    sat at its mean."""
+    c = g.cnt
+    d = g.sq - c * g.qshift
+    dd = d.astype(np.float64)
+    sqv = dd * dd / c.astype(np.float64)
+    mean = (g.sq.astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
+    _, idx, counts = np.unique(g.fine >> _cshift(k), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
+    i1 = np.zeros(counts.size, np.int64)
+    np.add.at(i1, idx, d)
+    s1: F64 = i1.astype(np.float64) * g.unscale
+    s2: F64 = np.bincount(idx, weights=sqv).astype(np.float64, copy=False) * g.unscale * g.unscale
+    return _dp_centroids(cnt, s1, s2, mean[ends - counts], mean[ends - 1], k, float(g.qshift) * g.unscale)
+
+
+def _grid_lloyd(g: _Grid, c: F32, iters: int) -> F32:
+    """Lloyd on the fine bins as weighted points at their means: a bin whose mean is <= the
+    midpoint of centroids j and j+1 lies below it (ties to the lower id), and each centroid becomes
+    the mean of its bins' q times 2^-s. No value is read."""
+    k = c.size
+    pc = np.concatenate(([0], np.cumsum(g.cnt)))
+    pq = np.concatenate(([0], np.cumsum(g.sq)))
+    mean = g.sq.astype(np.float64) / g.cnt.astype(np.float64) * g.unscale
+    for _ in range(iters):
+        c64 = c.astype(np.float64)
+        mids = 0.5 * (c64[:-1] + c64[1:])
+        below = np.concatenate(([0], np.searchsorted(mean, mids, side="right"), [mean.size]))
+        first = np.searchsorted(c, c, side="left")
+        counts = np.zeros(k, np.int64)
+        sums = np.zeros(k, np.int64)
+        np.add.at(counts, first, np.diff(pc[below]))
+        np.add.at(sums, first, np.diff(pq[below]))
+        new = c.copy()
+        has = counts > 0
+        m = (sums[has].astype(np.float64) / counts[has].astype(np.float64) * g.unscale).astype(np.float32)
+        # clamped to [lo, hi]: a mean of lattice points may round past the extreme values
+        m = np.minimum(np.maximum(m, np.float32(g.lo)), np.float32(g.hi))
+        new[has] = m + np.float32(0.0)  # -0.0 -> +0.0
+        new = np.sort(new)
+        if (new == c).all():
+            break
+        c = new
+    return c
+
+
+# --- GCC's "hist" (csrc/kmeans1d.cpp, namespace exact): the grid before issue 16 point 6's bin ---
+# Lloyd, kept bit for bit for GCC, whose error moves at first order with the centroids: fine bins
+# int((x - lo) * 2^15 / (hi - lo)), the DP start on runs of 16 or 4 of them, Lloyd exact per value.
+XGRID_BITS = 15
+XGRID_BINS = 1 << XGRID_BITS
+
+
+@dataclass
+class _XGrid:
     """Fine bins int((x - lo) * bscale) with per-bin count and the exact integer sum of
     q = rint(x * 2^s); ok is False when the grid cannot resolve the data."""
 
@@ -341,39 +441,39 @@ class _Grid:
     bscale: float
     q: I64
     bins: I64
-    cnt: I64  # per fine bin (all GRID_BINS)
+    cnt: I64  # per fine bin (all XGRID_BINS)
     sq: I64
     qshift: int
     ok: bool
 
 
-def _grid(xf: F32, lo: float, hi: float, k: int) -> _Grid:
+def _xgrid(xf: F32, lo: float, hi: float, k: int) -> _XGrid:
     e = math.frexp(max(abs(lo), abs(hi)))[1]
     s = 30 - e
     if s > 127:  # max|x| < 2^-97: 2^s is no float and the lattice would be coarse
         z = np.zeros(0, np.int64)
-        return _Grid(1.0, lo, hi, 1.0, z, z, z, z, 0, False)
+        return _XGrid(1.0, lo, hi, 1.0, z, z, z, z, 0, False)
     f = np.float32(2.0**s)
     q = np.rint(xf * f).astype(np.int64)
-    bscale = GRID_BINS / (hi - lo)
-    bins = np.minimum(((xf.astype(np.float64) - lo) * bscale).astype(np.int64), GRID_BINS - 1)
-    cnt = np.bincount(bins, minlength=GRID_BINS)
-    sq = np.zeros(GRID_BINS, np.int64)
+    bscale = XGRID_BINS / (hi - lo)
+    bins = np.minimum(((xf.astype(np.float64) - lo) * bscale).astype(np.int64), XGRID_BINS - 1)
+    cnt = np.bincount(bins, minlength=XGRID_BINS)
+    sq = np.zeros(XGRID_BINS, np.int64)
     np.add.at(sq, bins, q)
     qlo = int(np.rint(np.float32(lo) * f))
     qhi = int(np.rint(np.float32(hi) * f))
     span = qhi - qlo
     # the C++ packs count and offsets in one counter; it gives up when an offset leaves 17 bits
-    o = (q - qlo) + 4 - ((bins * span) >> GRID_BITS)
+    o = (q - qlo) + 4 - ((bins * span) >> XGRID_BITS)
     bad = bool(o.size and (o.min() < 0 or o.max() >= 1 << 17))
     fine = np.flatnonzero(cnt)
-    cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
+    cshift = XGRID_BITS - (11 if hist_bins(k) == 2048 else 13)
     coarse = np.unique(fine >> cshift).size
     ok = (not bad) and int(cnt.max()) * 256 <= xf.size and coarse >= k
-    return _Grid(2.0**-s, lo, hi, bscale, q, bins, cnt, sq, (qlo + qhi) >> 1, ok)
+    return _XGrid(2.0**-s, lo, hi, bscale, q, bins, cnt, sq, (qlo + qhi) >> 1, ok)
 
 
-def _grid_dp(g: _Grid, k: int) -> F32:
+def _xgrid_dp(g: _XGrid, k: int) -> F32:
     """DP start over coarse bins of the fine ones; the sum of squares as if each fine bin's values
     sat at its mean."""
     fine = np.flatnonzero(g.cnt)
@@ -382,7 +482,7 @@ def _grid_dp(g: _Grid, k: int) -> F32:
     dd = d.astype(np.float64)
     sqv = dd * dd / c.astype(np.float64)
     mean = (g.sq[fine].astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
-    cshift = GRID_BITS - (11 if hist_bins(k) == 2048 else 13)
+    cshift = XGRID_BITS - (11 if hist_bins(k) == 2048 else 13)
     _, idx, counts = np.unique(fine >> cshift, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
@@ -393,7 +493,7 @@ def _grid_dp(g: _Grid, k: int) -> F32:
     return _dp_centroids(cnt, s1, s2, mean[ends - counts], mean[ends - 1], k, float(g.qshift) * g.unscale)
 
 
-def _grid_lloyd(xf: F32, g: _Grid, c: F32, iters: int) -> F32:
+def _xgrid_lloyd(xf: F32, g: _XGrid, c: F32, iters: int) -> F32:
     """Lloyd with every value labelled exactly (nearest centroid, ties to the lower id) and each
     centroid the mean of its values' q times 2^-s. A midpoint splits only the fine bin it falls
     in; lower bins count through prefix sums."""
@@ -406,7 +506,7 @@ def _grid_lloyd(xf: F32, g: _Grid, c: F32, iters: int) -> F32:
     for _ in range(iters):
         c64 = c.astype(np.float64)
         mids = 0.5 * (c64[:-1] + c64[1:])
-        fb = np.clip(((mids - g.lo) * g.bscale).astype(np.int64), 0, GRID_BINS - 1)
+        fb = np.clip(((mids - g.lo) * g.bscale).astype(np.int64), 0, XGRID_BINS - 1)
         below = np.zeros(k + 1, np.int64)
         qbelow = np.zeros(k + 1, np.int64)
         below[k] = n
@@ -483,14 +583,24 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
         return np.zeros(kk, np.float32), np.zeros(0, np.uint8), 0.0
     if kk > n:
         raise ValueError(f"k must be <= x.size ({n}), got {kk}")
+    c = _centroids(xf, kk, meth, it, sd, per_value=False)
+    labels, sse = _assign(xf, c)
+    return c, labels, sse
+
+
+def _centroids(xf: F32, kk: int, meth: str, it: int, sd: int, per_value: bool) -> F32:
+    """kmeans1d's centroids (x checked, 1 <= k <= n); per_value: GCC's "hist" (Lloyd exact per
+    value from the former DP start) instead of Lloyd on the fine bins."""
     lo = float(xf.min())
     hi = float(xf.max())
     if lo == hi:
         c = np.full(kk, xf[0] + np.float32(0.0), np.float32)
     elif meth == "optimal":
         c = _sorted_centroids(xf, kk, exact=True)
-    elif meth == "hist" and (g := _grid(xf, lo, hi, kk)).ok:
-        c = _grid_lloyd(xf, g, _grid_dp(g, kk), it)
+    elif meth == "hist" and per_value and (xg := _xgrid(xf, lo, hi, kk)).ok:
+        c = _xgrid_lloyd(xf, xg, _xgrid_dp(xg, kk), it)
+    elif meth == "hist" and not per_value and (g := _grid(xf, lo, hi, kk)).ok:
+        c = _grid_lloyd(g, _grid_dp(g, kk), it)
     else:
         nb = hist_bins(kk)
         bins = _bin(xf, lo, hi, nb)
@@ -510,8 +620,7 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
         else:
             c = _sorted_centroids(xf, kk, exact=False)
         c = _lloyd(xf, bins, c, it)
-    labels, sse = _assign(xf, c)
-    return c, labels, sse
+    return c
 
 
 def kmeans_centroids(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 0) -> F32:
@@ -843,7 +952,8 @@ def gcc_encode(
     if n == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.float32)
     ke = min(kk, n)
-    c, labels, _ = kmeans1d(acc, ke, meth, it, sd)
+    c = _centroids(acc, ke, meth, it, sd, per_value=True)
+    labels = _assign(acc, c)[0]
     dist = np.abs(acc.astype(np.float64) - c.astype(np.float64)[labels])
     nrep = min(n, math.floor(r * n))
     replaced = np.zeros(n, bool)
