@@ -203,20 +203,25 @@ class RadixSelect {
     std::fill(hist_.begin(), hist_.begin() + 1024 + kSpare, 0);
     for (std::size_t t = 0; t < c; ++t) {
       const std::uint32_t u = mag_bits(gval[t]);
-      ++hist_[(u >> 20) == top_ ? (u >> 10) & 1023u : 1024u + (t & (kSpare - 1))];
+      ++hist_[pick((u >> 20) == top_, (u >> 10) & 1023u, 1024u + (t & (kSpare - 1)))];
     }
     const std::uint32_t mid = descend(1024);
     std::fill(hist_.begin(), hist_.begin() + 1024 + kSpare, 0);
     const std::uint32_t top_mid = (top_ << 10) | mid;
     for (std::size_t t = 0; t < c; ++t) {
       const std::uint32_t u = mag_bits(gval[t]);
-      ++hist_[(u >> 10) == top_mid ? u & 1023u : 1024u + (t & (kSpare - 1))];
+      ++hist_[pick((u >> 10) == top_mid, u & 1023u, 1024u + (t & (kSpare - 1)))];
     }
     const std::uint32_t low = descend(1024);
     return {(top_ << 20) | (mid << 10) | low, need_};
   }
 
  private:
+  // a if c else b, by masks: GCC compiled the ternary to a branch.
+  static std::size_t pick(bool c, std::size_t a, std::size_t b) {
+    const std::size_t m = 0 - static_cast<std::size_t>(c);
+    return (a & m) | (b & ~m);
+  }
   std::uint32_t descend(std::uint32_t bins) {
     std::size_t above = 0;
     std::uint32_t b = bins - 1;
@@ -238,21 +243,19 @@ std::unique_ptr<T[]> scratch(std::size_t n) {
   return std::unique_ptr<T[]>(new T[n]);
 }
 
-// The candidates of one gather: index, value and (for dgc) the second state at each, in index
-// order. Before zero_end the pass already wrote 0 to the outputs of every entry reaching `mid`
+// The candidates of one gather: index and value of each, in index order. Before zero_end the pass already wrote 0 to the outputs of every entry reaching `mid`
 // (all of them candidates); the rest of the outputs hold the values.
 struct Gathered {
   std::uint32_t* idx;
   float* val;
-  float* sec;  // null unless the source has a second output
   std::size_t count = 0;
   std::uint32_t mid = kNone;
   std::size_t zero_end = 0;
   bool zeroed(std::size_t t) const { return idx[t] < zero_end && mag_bits(val[t]) >= mid; }
 };
 
-// One pass over [0, n): src.step4(i, zt, w) computes the values a[i..i+4) (and the second
-// state w), stores them with 0 in the lanes whose magnitude bits exceed zt, and returns a. Every
+// One pass over [0, n): src.step4(i, zt) computes the values a[i..i+4), stores them (and any
+// other state) with 0 in the lanes whose magnitude bits exceed zt, and returns a. Every
 // entry whose magnitude bits are >= lim is appended to g (at most cap of them; g.count says how
 // many there are, so more than cap means some were not stored); `bad` is set if any value is
 // NaN/Inf. A block of 16 is four vector steps, two compares per vector (candidate, non-finite)
@@ -268,22 +271,19 @@ void gather(const Src src, std::size_t n, std::uint32_t lim, std::uint32_t mid, 
   v4::M nonfinite = v4::splat_i(0);
   std::uint32_t* __restrict gidx = g.idx;
   float* __restrict gval = g.val;
-  float* __restrict gsec = g.sec;
   std::size_t c = 0;
   std::size_t i = 0;
   constexpr std::size_t B = 16;
   g.mid = mid;
   g.zero_end = mid == kNone ? 0 : n;
   alignas(16) float a[B];
-  alignas(16) float w[B];
   for (; i + B <= n; i += B) {
     if (c + B > cap && g.zero_end == n) {
       zt = v4::at_least(kNone);
       g.zero_end = i;
     }
-    v4::F w0, w1, w2, w3;
-    const v4::F a0 = src.step4(i, zt, w0), a1 = src.step4(i + 4, zt, w1);
-    const v4::F a2 = src.step4(i + 8, zt, w2), a3 = src.step4(i + 12, zt, w3);
+    const v4::F a0 = src.step4(i, zt), a1 = src.step4(i + 4, zt);
+    const v4::F a2 = src.step4(i + 8, zt), a3 = src.step4(i + 12, zt);
     const v4::M m0 = v4::mag(a0), m1 = v4::mag(a1), m2 = v4::mag(a2), m3 = v4::mag(a3);
     nonfinite = v4::lor(nonfinite, v4::lor(v4::lor(v4::gt(m0, finite_max), v4::gt(m1, finite_max)),
                                            v4::lor(v4::gt(m2, finite_max), v4::gt(m3, finite_max))));
@@ -294,18 +294,11 @@ void gather(const Src src, std::size_t n, std::uint32_t lim, std::uint32_t mid, 
     v4::store(a + 4, a1);
     v4::store(a + 8, a2);
     v4::store(a + 12, a3);
-    if constexpr (Src::kSecond) {
-      v4::store(w, w0);
-      v4::store(w + 4, w1);
-      v4::store(w + 8, w2);
-      v4::store(w + 12, w3);
-    }
     if (c + B <= cap) {
       do {
         const auto j = static_cast<unsigned>(__builtin_ctz(bits));
         gidx[c] = static_cast<std::uint32_t>(i + j);
         gval[c] = a[j];
-        if constexpr (Src::kSecond) gsec[c] = w[j];
         ++c;
         bits &= bits - 1;
       } while (bits);
@@ -315,23 +308,20 @@ void gather(const Src src, std::size_t n, std::uint32_t lim, std::uint32_t mid, 
         if (c < cap) {
           gidx[c] = static_cast<std::uint32_t>(i + j);
           gval[c] = a[j];
-          if constexpr (Src::kSecond) gsec[c] = w[j];
-        }
+          }
       }
     }
   }
   g.zero_end = std::min(g.zero_end, i);  // the tail is stored as is
   std::uint32_t tail_bad = 0;
   for (; i < n; ++i) {
-    float wi;
-    const float v = src.step(i, wi);
+    const float v = src.step(i);
     const std::uint32_t u = mag_bits(v);
     tail_bad |= static_cast<std::uint32_t>(u >= 0x7F800000u);
     if (u >= lim) {
       if (c < cap) {
         gidx[c] = static_cast<std::uint32_t>(i);
         gval[c] = v;
-        if constexpr (Src::kSecond) gsec[c] = wi;
       }
       ++c;
     }
@@ -350,7 +340,7 @@ void apply_fixes(const Src& src, const Gathered& g, const std::uint32_t* fix, st
     if (j + kAhead < f) src.prefetch(g.idx[fix[j + kAhead]]);
     const std::uint32_t t = fix[j];
     if (g.zeroed(t)) {
-      src.restore(g.idx[t], g.val[t], Src::kSecond ? g.sec[t] : g.val[t]);
+      src.restore(g.idx[t], g.val[t]);
     } else {
       src.zero(g.idx[t]);
     }
@@ -406,76 +396,71 @@ void restore_all(const Src& src, const Gathered& g) {
 // acc = x + residual (x alone without one), only read.
 template <bool kRes>
 struct AccSrc {
-  static constexpr bool kSecond = false;
   const float* __restrict x;
   const float* __restrict r;
-  v4::F step4(std::size_t i, const v4::M&, v4::F&) const {
+  v4::F step4(std::size_t i, const v4::M&) const {
     return kRes ? v4::add(v4::load(x + i), v4::load(r + i)) : v4::load(x + i);
   }
-  float step(std::size_t i, float&) const { return kRes ? x[i] + r[i] : x[i]; }
+  float step(std::size_t i) const { return kRes ? x[i] + r[i] : x[i]; }
   void zero(std::uint32_t) const {}
-  void restore(std::uint32_t, float, float) const {}
+  void restore(std::uint32_t, float) const {}
   void prefetch(std::uint32_t) const {}
 };
 
 // topk's second pass: the residual (read as acc's second term, then overwritten at the same
 // place) becomes acc, 0 where zeroed.
 struct InPlaceSrc {
-  static constexpr bool kSecond = false;
   const float* x;
   float* r;
-  v4::F step4(std::size_t i, const v4::M& zt, v4::F&) const {
+  v4::F step4(std::size_t i, const v4::M& zt) const {
     const v4::F a = v4::add(v4::load(x + i), v4::load(r + i));
     v4::store(r + i, v4::clear(a, v4::gt(v4::mag(a), zt)));
     return a;
   }
-  float step(std::size_t i, float&) const {
+  float step(std::size_t i) const {
     const float a = x[i] + r[i];
     r[i] = a;
     return a;
   }
   void zero(std::uint32_t i) const { r[i] = 0.0f; }
-  void restore(std::uint32_t i, float a, float) const { r[i] = a; }
+  void restore(std::uint32_t i, float a) const { r[i] = a; }
   void prefetch(std::uint32_t i) const { __builtin_prefetch(r + i, 1); }
 };
 
 // A stored output read back.
 struct ReadSrc {
-  static constexpr bool kSecond = false;
   const float* __restrict out;
-  v4::F step4(std::size_t i, const v4::M&, v4::F&) const { return v4::load(out + i); }
-  float step(std::size_t i, float&) const { return out[i]; }
+  v4::F step4(std::size_t i, const v4::M&) const { return v4::load(out + i); }
+  float step(std::size_t i) const { return out[i]; }
 };
 
 // topk_into: acc written to r_out.
 template <bool kRes>
 struct AccIntoSrc {
-  static constexpr bool kSecond = false;
   const float* __restrict x;
   const float* __restrict r;
   float* __restrict r_out;
   float at(std::size_t i) const { return kRes ? x[i] + r[i] : x[i]; }
-  v4::F step4(std::size_t i, const v4::M& zt, v4::F&) const {
+  v4::F step4(std::size_t i, const v4::M& zt) const {
     const v4::F a = kRes ? v4::add(v4::load(x + i), v4::load(r + i)) : v4::load(x + i);
     v4::store(r_out + i, v4::clear(a, v4::gt(v4::mag(a), zt)));
     return a;
   }
-  float step(std::size_t i, float&) const {
+  float step(std::size_t i) const {
     const float a = at(i);
     r_out[i] = a;
     return a;
   }
   const float* out() const { return r_out; }
   void zero(std::uint32_t i) const { r_out[i] = 0.0f; }
-  void restore(std::uint32_t i, float a, float) const { r_out[i] = a; }
+  void restore(std::uint32_t i, float a) const { r_out[i] = a; }
   void prefetch(std::uint32_t i) const { __builtin_prefetch(r_out + i, 1); }
 };
 
-// dgc_select: u' = m·u + x to u_out, v' = v + u' to v_out; the velocity v' is the value, u' the
-// second state. The same float steps as the NumPy twin (multiply, add, add; -ffp-contract=off:
+// dgc_select: u' = m·u + x to u_out, v' = v + u' to v_out; the velocity v' is the value. The
+// same float steps as the NumPy twin (multiply, add, add; -ffp-contract=off:
 // no FMA).
 struct DgcSrc {
-  static constexpr bool kSecond = true;
   const float* __restrict x;
   const float* __restrict u;
   const float* __restrict v;
@@ -487,16 +472,16 @@ struct DgcSrc {
     w = w + x[i];
     return v[i] + w;
   }
-  v4::F step4(std::size_t i, const v4::M& zt, v4::F& w) const {
-    w = v4::add(v4::mul(v4::load(u + i), v4::splat(m)), v4::load(x + i));
+  v4::F step4(std::size_t i, const v4::M& zt) const {
+    const v4::F w = v4::add(v4::mul(v4::load(u + i), v4::splat(m)), v4::load(x + i));
     const v4::F a = v4::add(v4::load(v + i), w);
     const v4::M z = v4::gt(v4::mag(a), zt);
     v4::store(u_out + i, v4::clear(w, z));
     v4::store(v_out + i, v4::clear(a, z));
     return a;
   }
-  float step(std::size_t i, float& w) const {
-    w = u[i] * m;
+  float step(std::size_t i) const {
+    float w = u[i] * m;
     w = w + x[i];
     u_out[i] = w;
     const float a = v[i] + w;
@@ -508,7 +493,10 @@ struct DgcSrc {
     u_out[i] = 0.0f;
     v_out[i] = 0.0f;
   }
-  void restore(std::uint32_t i, float a, float w) const {
+  // u' recomputed (the same float steps): the gather keeps only v'.
+  void restore(std::uint32_t i, float a) const {
+    float w = u[i] * m;
+    w = w + x[i];
     u_out[i] = w;
     v_out[i] = a;
   }
@@ -561,8 +549,11 @@ void select_gathered(const Src& src, const Gathered& g, std::size_t k, std::uint
   take(src, g, sel.cut(g.val, g.count), k, idx, vals);
 }
 
-// Capacity of the one-pass gather: about twice the entries expected to reach the guess.
-std::size_t gather_cap(std::size_t n, std::size_t expect) { return std::min(n, 2 * expect + 4096); }
+// Capacity of the one-pass gather: 1.5 times the entries expected to reach the guess (their
+// count strays by a few per cent from the expectation: the sample's rank is 4 standard deviations
+// above k's already), plus 4096 for small k. A tighter buffer is fewer fresh pages to fault in;
+// an overflow only costs the fallback.
+std::size_t gather_cap(std::size_t n, std::size_t expect) { return std::min(n, expect + expect / 2 + 4096); }
 
 }  // namespace
 
@@ -582,7 +573,7 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
     const std::size_t cap = sel.gathered();
     auto gidx = scratch<std::uint32_t>(cap);
     auto gval = scratch<float>(cap);
-    Gathered g{gidx.get(), gval.get(), nullptr};
+    Gathered g{gidx.get(), gval.get()};
     bool bad = false;
     if (residual) {
       const InPlaceSrc src{x, residual};
@@ -615,10 +606,9 @@ namespace {
 // is zeroed and nothing was zeroed before.
 template <class Src>
 struct InPlace {
-  static constexpr bool kSecond = false;
   const Src& src;
   void zero(std::uint32_t i) const { src.zero(i); }
-  void restore(std::uint32_t, float, float) const {}
+  void restore(std::uint32_t, float) const {}
   void prefetch(std::uint32_t i) const { src.prefetch(i); }
 };
 
@@ -636,8 +626,7 @@ void select_into(std::size_t n, std::size_t k, const Src& src, Bad throw_bad, st
     const std::size_t cap = gather_cap(n, guess.expect);
     auto gidx = scratch<std::uint32_t>(cap);
     auto gval = scratch<float>(cap);
-    auto gsec = scratch<float>(Src::kSecond ? cap : 0);
-    Gathered g{gidx.get(), gval.get(), gsec.get()};
+    Gathered g{gidx.get(), gval.get()};
     bool bad = false;
     gather(src, n, guess.lim, guess.mid, cap, g, bad);
     if (bad) throw_bad();
@@ -651,7 +640,7 @@ void select_into(std::size_t n, std::size_t k, const Src& src, Bad throw_bad, st
     bool bad = false;
     std::uint32_t none = 0;
     float none_val = 0.0f;
-    Gathered g{&none, &none_val, nullptr};
+    Gathered g{&none, &none_val};
     gather(src, n, kNone, kNone, 0, g, bad);
     if (bad) throw_bad();
   }
@@ -672,7 +661,7 @@ void select_into(std::size_t n, std::size_t k, const Src& src, Bad throw_bad, st
   const std::size_t cap = sel.gathered();
   auto gidx = scratch<std::uint32_t>(cap);
   auto gval = scratch<float>(cap);
-  Gathered g{gidx.get(), gval.get(), nullptr};
+  Gathered g{gidx.get(), gval.get()};
   bool bad = false;
   gather(ReadSrc{out}, n, sel.top() << 20, kNone, cap, g, bad);
   take(InPlace<Src>{src}, g, sel.cut(g.val, g.count), k, idx, vals);
