@@ -704,6 +704,20 @@ void topk_into(const float* x, const float* residual, std::size_t n, std::size_t
   }
 }
 
+void scatter_sub(float* out, std::size_t n, const std::uint32_t* idx, const float* a, const float* b,
+                 std::size_t k) {
+  std::uint32_t top = 0;
+  for (std::size_t j = 0; j < k; ++j) top = std::max(top, idx[j]);
+  require(k == 0 || top < n, "indices must be below out.size (" + std::to_string(n) + "), got " + std::to_string(top));
+  constexpr std::size_t kAhead = 16;
+  std::size_t j = 0;
+  for (; j + kAhead < k; ++j) {
+    __builtin_prefetch(out + idx[j + kAhead], 1);
+    out[idx[j]] = a[j] - b[j];
+  }
+  for (; j < k; ++j) out[idx[j]] = a[j] - b[j];
+}
+
 namespace {
 
 std::size_t varint_len(std::uint64_t v) {

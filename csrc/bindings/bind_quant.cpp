@@ -339,6 +339,33 @@ void register_quant(py::module_& m) {
       py::arg("momentum_out") = py::none(), py::arg("residual_out") = py::none());
 
   m.def(
+      "scatter_sub",
+      [](py::object out, py::object indices, py::object a, py::object b) {
+        py::array o = checked<float>(out, "out");
+        if (!o.writeable()) throw py::value_error("out must be writable (it is updated in place)");
+        py::array ia = checked<std::uint32_t>(indices, "indices");
+        py::array aa = checked<float>(a, "a");
+        py::array ba = checked<float>(b, "b");
+        const auto k = static_cast<std::size_t>(ia.size());
+        for (auto [arr, name] : {std::pair{&aa, "a"}, std::pair{&ba, "b"}}) {
+          if (static_cast<std::size_t>(arr->size()) != k) {
+            throw py::value_error(std::string(name) + " must have the size of indices (" + std::to_string(k) +
+                                  "), got " + std::to_string(arr->size()));
+          }
+        }
+        const auto n = static_cast<std::size_t>(o.size());
+        float* op = static_cast<float*>(o.mutable_data());
+        const std::uint32_t* ip = cdata<std::uint32_t>(ia);
+        const float* ap = cdata<float>(aa);
+        const float* bp = cdata<float>(ba);
+        {
+          py::gil_scoped_release release;
+          scatter_sub(op, n, ip, ap, bp, k);
+        }
+      },
+      py::arg("out"), py::arg("indices"), py::arg("a"), py::arg("b"));
+
+  m.def(
       "delta_encode_indices",
       [](py::object indices) {
         py::array a = checked<std::uint32_t>(indices, "indices");

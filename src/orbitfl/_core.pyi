@@ -132,6 +132,12 @@ def dgc_select(
     ValueError otherwise); their contents are unspecified after an error.
     """
 
+def scatter_sub(out: F32, indices: U32, a: F32, b: F32) -> None:
+    """out[indices] = a - b in place (float32 subtractions, in order: a repeated index keeps the
+    last). out: float32, C-contiguous, writable; indices uint32; a, b float32 of the indices'
+    size. An index >= out.size: ValueError before anything is written.
+    """
+
 def delta_encode_indices(indices: U32) -> U8:
     """Strictly ascending indices -> LEB128 varints of the gaps (first gap from -1)."""
 

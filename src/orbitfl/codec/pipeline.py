@@ -338,7 +338,12 @@ class Pipeline:
         assert v is not None
         if not np.isfinite(v).all():
             raise ValueError("decoded values are not finite")
-        residual[first.kept] = first.leftover - v
+        if v.dtype == np.float32 and v.flags.c_contiguous and first.leftover.flags.c_contiguous:
+            # The kernel requests the lines a few kept places ahead while it writes one: they are
+            # scattered over an array the first stage wrote long ago, a cache miss each.
+            self.kern.scatter_sub(residual, first.kept, first.leftover, v)
+        else:
+            residual[first.kept] = first.leftover - v
 
     def _encode_flat(
         self, x: F32, shape: tuple[int, ...], chain: Chain, ctx: EncodeContext

@@ -28,6 +28,7 @@ __all__ = [
     "rice_best_param",
     "rice_decode_indices",
     "rice_encode_indices",
+    "scatter_sub",
     "sign_decode",
     "sign_encode",
     "to_bfloat16",
@@ -434,6 +435,22 @@ def dgc_select(
     u_ret = un if momentum_out is None else momentum_out
     v_ret = vn if residual_out is None else residual_out
     return idx, vals, u_ret, v_ret
+
+
+def scatter_sub(out: F32, indices: U32, a: F32, b: F32) -> None:
+    """out[indices] = a - b in place; see _core.pyi."""
+    o = _array("out", out, np.float32)
+    if not out.flags.writeable:
+        raise ValueError("out must be writable (it is updated in place)")
+    idx = _array("indices", indices, np.uint32)
+    av = _array("a", a, np.float32)
+    bv = _array("b", b, np.float32)
+    for name, arr in (("a", av), ("b", bv)):
+        if arr.size != idx.size:
+            raise ValueError(f"{name} must have the size of indices ({idx.size}), got {arr.size}")
+    if idx.size and int(idx.max()) >= o.size:
+        raise ValueError(f"indices must be below out.size ({o.size}), got {int(idx.max())}")
+    o[idx] = av - bv
 
 
 def delta_encode_indices(indices: U32) -> U8:
