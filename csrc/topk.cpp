@@ -804,22 +804,29 @@ void check_ascending(const std::uint32_t* idx, std::size_t k) {
   for (std::size_t i = 1; i < k; ++i) require(idx[i] > idx[i - 1], "indices must be strictly ascending");
 }
 
-// Appends up to 57 bits LSB-first; whole bytes leave as soon as they are complete.
+// Appends up to 32 bits LSB-first; each 32-bit word leaves whole once complete (bytes in
+// little-endian order on any machine; the compiler makes it one store where it can). A byte at a
+// time cost a loop iteration per byte.
 struct BitWriter {
   std::uint8_t* out;
   std::uint64_t acc = 0;
-  unsigned nbits = 0;
-  void put(std::uint64_t value, unsigned len) {
+  unsigned nbits = 0;  // below 32 between calls
+  void put(std::uint64_t value, unsigned len) {  // len <= 32, value < 2**len
     acc |= value << nbits;
     nbits += len;
-    while (nbits >= 8) {
-      *out++ = static_cast<std::uint8_t>(acc);
-      acc >>= 8;
-      nbits -= 8;
+    if (nbits >= 32) {
+      const auto word = static_cast<std::uint32_t>(acc);
+      out[0] = static_cast<std::uint8_t>(word);
+      out[1] = static_cast<std::uint8_t>(word >> 8);
+      out[2] = static_cast<std::uint8_t>(word >> 16);
+      out[3] = static_cast<std::uint8_t>(word >> 24);
+      out += 4;
+      acc >>= 32;
+      nbits -= 32;
     }
   }
   void finish() {
-    if (nbits) *out++ = static_cast<std::uint8_t>(acc);
+    for (; nbits > 0; nbits = nbits > 8 ? nbits - 8 : 0, acc >>= 8) *out++ = static_cast<std::uint8_t>(acc);
   }
 };
 
@@ -866,8 +873,13 @@ void rice_encode_indices(const std::uint32_t* idx, std::size_t k, unsigned b, st
     std::uint64_t q = v >> b;
     for (; q >= 32; q -= 32) w.put(0, 32);
     const std::uint64_t low = v & ((std::uint64_t{1} << b) - 1);
-    w.put(0, static_cast<unsigned>(q));
-    w.put(1u | (low << 1), b + 1);
+    const std::uint64_t code = 1u | (low << 1);  // the one bit, then the b low bits
+    if (q + b + 1 <= 32) {
+      w.put(code << q, static_cast<unsigned>(q) + b + 1);  // the usual case: one put per index
+    } else {
+      w.put(0, static_cast<unsigned>(q));
+      w.put(code, b + 1);
+    }
   }
   w.finish();
 }
