@@ -4,10 +4,12 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common.hpp"
+#include "simd.hpp"
 
 namespace orbitfl {
 namespace {
@@ -44,11 +46,102 @@ struct Acc {
   float operator()(std::size_t i) const { return r ? x[i] + r[i] : x[i]; }
 };
 
+// Four float lanes for the one-pass loops below: SSE2, NEON or plain arrays, the same IEEE
+// single-precision mul and add in every lane as the scalar code (no FMA), so every path gives the
+// scalar bits. Magnitude bits compare as signed int32 (they are at most 0x7FFFFFFF), which SSE2
+// has and NEON matches.
+namespace v4 {
+#if defined(ORBITFL_SSE2)
+using F = __m128;
+using M = __m128i;
+inline F load(const float* p) { return _mm_loadu_ps(p); }
+inline void store(float* p, F a) { _mm_storeu_ps(p, a); }
+inline F splat(float a) { return _mm_set1_ps(a); }
+inline F add(F a, F b) { return _mm_add_ps(a, b); }
+inline F mul(F a, F b) { return _mm_mul_ps(a, b); }
+inline M splat_i(std::int32_t a) { return _mm_set1_epi32(a); }
+inline M mag(F a) { return _mm_and_si128(_mm_castps_si128(a), _mm_set1_epi32(0x7FFFFFFF)); }
+inline M gt(M a, M b) { return _mm_cmpgt_epi32(a, b); }
+inline M lor(M a, M b) { return _mm_or_si128(a, b); }
+inline F clear(F a, M m) { return _mm_andnot_ps(_mm_castsi128_ps(m), a); }  // +0.0 where m
+inline bool any(M m) { return _mm_movemask_ps(_mm_castsi128_ps(m)) != 0; }
+inline unsigned lanes(M m) { return static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(m))); }
+#elif defined(ORBITFL_NEON)
+using F = float32x4_t;
+using M = uint32x4_t;
+inline F load(const float* p) { return vld1q_f32(p); }
+inline void store(float* p, F a) { vst1q_f32(p, a); }
+inline F splat(float a) { return vdupq_n_f32(a); }
+inline F add(F a, F b) { return vaddq_f32(a, b); }
+inline F mul(F a, F b) { return vmulq_f32(a, b); }
+inline M splat_i(std::int32_t a) { return vreinterpretq_u32_s32(vdupq_n_s32(a)); }
+inline M mag(F a) { return vandq_u32(vreinterpretq_u32_f32(a), vdupq_n_u32(0x7FFFFFFFu)); }
+inline M gt(M a, M b) { return vcgtq_s32(vreinterpretq_s32_u32(a), vreinterpretq_s32_u32(b)); }
+inline M lor(M a, M b) { return vorrq_u32(a, b); }
+inline F clear(F a, M m) { return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(a), m)); }
+inline bool any(M m) { return vmaxvq_u32(m) != 0; }
+inline unsigned lanes(M m) {
+  static const std::uint32_t w[4] = {1, 2, 4, 8};
+  return vaddvq_u32(vandq_u32(m, vld1q_u32(w)));
+}
+#else
+struct F {
+  float f[4];
+};
+struct M {
+  std::uint32_t u[4];
+};
+inline F load(const float* p) { return {{p[0], p[1], p[2], p[3]}}; }
+inline void store(float* p, F a) { std::memcpy(p, a.f, 16); }
+inline F splat(float a) { return {{a, a, a, a}}; }
+inline F add(F a, F b) { return {{a.f[0] + b.f[0], a.f[1] + b.f[1], a.f[2] + b.f[2], a.f[3] + b.f[3]}}; }
+inline F mul(F a, F b) { return {{a.f[0] * b.f[0], a.f[1] * b.f[1], a.f[2] * b.f[2], a.f[3] * b.f[3]}}; }
+inline M splat_i(std::int32_t a) {
+  const auto u = static_cast<std::uint32_t>(a);
+  return {{u, u, u, u}};
+}
+inline M mag(F a) {
+  M m;
+  for (int j = 0; j < 4; ++j) m.u[j] = mag_bits(a.f[j]);
+  return m;
+}
+inline M gt(M a, M b) {
+  M m;
+  for (int j = 0; j < 4; ++j) {
+    m.u[j] = static_cast<std::int32_t>(a.u[j]) > static_cast<std::int32_t>(b.u[j]) ? 0xFFFFFFFFu : 0u;
+  }
+  return m;
+}
+inline M lor(M a, M b) { return {{a.u[0] | b.u[0], a.u[1] | b.u[1], a.u[2] | b.u[2], a.u[3] | b.u[3]}}; }
+inline F clear(F a, M m) {
+  for (int j = 0; j < 4; ++j) {
+    if (m.u[j]) a.f[j] = 0.0f;
+  }
+  return a;
+}
+inline unsigned lanes(M m) {
+  return (m.u[0] & 1u) | (m.u[1] & 2u) | (m.u[2] & 4u) | (m.u[3] & 8u);
+}
+inline bool any(M m) { return lanes(m) != 0; }
+#endif
+
+// The signed bound t with (magnitude bits > t) == (magnitude bits >= lim) for every lim: lim 0
+// takes all (t = -1), lim above 0x80000000 none (t = 0x7FFFFFFF).
+inline M at_least(std::uint32_t lim) {
+  const std::uint32_t t = std::min(lim, 0x80000000u) - 1u;
+  std::int32_t s;
+  std::memcpy(&s, &t, 4);
+  return splat_i(s);
+}
+
+}  // namespace v4
+
 }  // namespace
 
 namespace {
 
 constexpr std::uint32_t kTopBins = 1u << 11;
+constexpr std::uint32_t kNone = 0xFFFFFFFFu;  // a magnitude bound no value reaches
 
 // The 11-bit histogram of |a[i]| over i < n, and whether any a[i] is NaN/Inf. Four interleaved
 // histograms: an update's magnitudes crowd into a few bins, and one histogram would make every
@@ -82,10 +175,16 @@ bool histogram_top(Get get, std::size_t n, std::vector<std::size_t>& hist) {
   return hi >= 0x7F800000u;
 }
 
+// T's magnitude bits and how many of the entries equal to T are kept.
+struct Cut {
+  std::uint32_t thr;
+  std::size_t need;
+};
+
 // Radix selection of T = the k-th largest magnitude (0 < k < n) once the 11-bit histogram of
-// all n is known: T's top bits come from it, and two 10-bit histograms over the gathered
-// entries of T's bin finish T. Selection is exact, so the result equals a full sort with ties to
-// the lower index.
+// all n is known: T's top bits come from it, and two 10-bit histograms over the entries of T's
+// bin (among candidates that include every entry reaching T) finish T. Selection is exact, so the
+// result equals a full sort with ties to the lower index.
 class RadixSelect {
  public:
   RadixSelect(std::vector<std::size_t>& hist, std::size_t k) : hist_(hist), need_(k) {
@@ -94,39 +193,35 @@ class RadixSelect {
     gathered_ = k - need_ + hist_[top_];
   }
   std::uint32_t top() const { return top_; }
+  // How many entries are in T's bin or above.
   std::size_t gathered() const { return gathered_; }
-  // gval/gidx: the `gathered` entries whose bin is >= top, in index order. Writes the kept
-  // indices and values (ascending) and calls zero(i) at each kept index.
-  template <class Zero>
-  void finish(const std::uint32_t* gidx, const float* gval, std::uint32_t* idx, float* vals, Zero zero) {
-    std::fill(hist_.begin(), hist_.begin() + 1024, 0);
-    for (std::size_t t = 0; t < gathered_; ++t) {
+  // T's magnitude bits from the c candidates' values, and how many entries equal to T are kept
+  // (the first ones in index order). Entries outside T's bin go to spare counters
+  // instead of a branch (they come in no order a predictor learns), eight in turn: one would
+  // chain most increments through memory.
+  Cut cut(const float* gval, std::size_t c) {
+    std::fill(hist_.begin(), hist_.begin() + 1024 + kSpare, 0);
+    for (std::size_t t = 0; t < c; ++t) {
       const std::uint32_t u = mag_bits(gval[t]);
-      if ((u >> 20) == top_) ++hist_[(u >> 10) & 1023u];
+      ++hist_[pick((u >> 20) == top_, (u >> 10) & 1023u, 1024u + (t & (kSpare - 1)))];
     }
     const std::uint32_t mid = descend(1024);
-    std::fill(hist_.begin(), hist_.begin() + 1024, 0);
-    for (std::size_t t = 0; t < gathered_; ++t) {
+    std::fill(hist_.begin(), hist_.begin() + 1024 + kSpare, 0);
+    const std::uint32_t top_mid = (top_ << 10) | mid;
+    for (std::size_t t = 0; t < c; ++t) {
       const std::uint32_t u = mag_bits(gval[t]);
-      if ((u >> 10) == ((top_ << 10) | mid)) ++hist_[u & 1023u];
+      ++hist_[pick((u >> 10) == top_mid, u & 1023u, 1024u + (t & (kSpare - 1)))];
     }
     const std::uint32_t low = descend(1024);
-    const std::uint32_t thr = (top_ << 20) | (mid << 10) | low;
-    // `need` entries equal to thr are taken, in index order
-    std::size_t taken = 0;
-    for (std::size_t t = 0; t < gathered_; ++t) {
-      const std::uint32_t u = mag_bits(gval[t]);
-      const bool keep = u > thr || (u == thr && need_ > 0);
-      if (!keep) continue;
-      if (u == thr) --need_;
-      idx[taken] = gidx[t];
-      vals[taken] = gval[t];
-      ++taken;
-      zero(gidx[t]);
-    }
+    return {(top_ << 20) | (mid << 10) | low, need_};
   }
 
  private:
+  // a if c else b, by masks: GCC compiled the ternary to a branch.
+  static std::size_t pick(bool c, std::size_t a, std::size_t b) {
+    const std::size_t m = 0 - static_cast<std::size_t>(c);
+    return (a & m) | (b & ~m);
+  }
   std::uint32_t descend(std::uint32_t bins) {
     std::size_t above = 0;
     std::uint32_t b = bins - 1;
@@ -134,102 +229,331 @@ class RadixSelect {
     need_ -= above;
     return b;
   }
-  std::vector<std::size_t>& hist_;
-  std::size_t need_;  // becomes the rank inside the bin `descend` returns
+  static constexpr std::size_t kSpare = 8;
+  std::vector<std::size_t>& hist_;  // kTopBins >= 1024 + kSpare counters
+  std::size_t need_;                // becomes the rank inside the bin `descend` returns
   std::uint32_t top_ = 0;
   std::size_t gathered_ = 0;
 };
 
-// Appends (i, a[i]) for every i in [0, n) whose magnitude bits are >= lim, storing at most cap of
-// them; returns how many there are (cap or fewer were stored) and sets `bad` if any a[i] is
-// NaN/Inf. Blocks of 16: a block without a candidate (most of them, as ~k of n values are) costs
-// one vectorisable scan and no branch per value. `put(i, a)` sees every value (and may store it).
-template <class Get, class Put>
-std::size_t gather(Get get, Put put, std::size_t n, std::uint32_t lim, std::size_t cap, std::uint32_t* gidx,
-                   float* gval, bool& bad) {
+// Uninitialised scratch: zero-filling the gather buffers (up to ~9 % of n entries each) cost a
+// pass of its own.
+template <class T>
+std::unique_ptr<T[]> scratch(std::size_t n) {
+  return std::unique_ptr<T[]>(new T[n]);
+}
+
+// The candidates of one gather: index and value of each, in index order. Before zero_end the pass already wrote 0 to the outputs of every entry reaching `mid`
+// (all of them candidates); the rest of the outputs hold the values.
+struct Gathered {
+  std::uint32_t* idx;
+  float* val;
+  std::size_t count = 0;
+  std::uint32_t mid = kNone;
+  std::size_t zero_end = 0;
+  bool zeroed(std::size_t t) const { return idx[t] < zero_end && mag_bits(val[t]) >= mid; }
+};
+
+// One pass over [0, n): src.step4(i, zt) computes the values a[i..i+4), stores them (and any
+// other state) with 0 in the lanes whose magnitude bits exceed zt, and returns a. Every
+// entry whose magnitude bits are >= lim is appended to g (at most cap of them; g.count says how
+// many there are, so more than cap means some were not stored); `bad` is set if any value is
+// NaN/Inf. A block of 16 is four vector steps, two compares per vector (candidate, non-finite)
+// and one branch; a block with a candidate walks its mask's set bits. Zeroing (entries >= mid)
+// stops at the first block that might not fit in cap, so every zeroed entry is in g. src is a
+// copy: the compiler then knows that the stores through its pointers do not change them.
+template <class Src>
+void gather(const Src src, std::size_t n, std::uint32_t lim, std::uint32_t mid, std::size_t cap, Gathered& g,
+            bool& bad) {
+  const v4::M t = v4::at_least(lim);
+  v4::M zt = v4::at_least(mid);
+  const v4::M finite_max = v4::splat_i(0x7F7FFFFF);
+  v4::M nonfinite = v4::splat_i(0);
+  std::uint32_t* __restrict gidx = g.idx;
+  float* __restrict gval = g.val;
   std::size_t c = 0;
   std::size_t i = 0;
   constexpr std::size_t B = 16;
-  float a[B];
-  std::uint32_t nonfinite = 0;
-  auto take = [&](std::size_t at, float v) {
-    if (c < cap) {
-      gidx[c] = static_cast<std::uint32_t>(at);
-      gval[c] = v;
-    }
-    ++c;
-  };
+  g.mid = mid;
+  g.zero_end = mid == kNone ? 0 : n;
+  alignas(16) float a[B];
   for (; i + B <= n; i += B) {
-    std::uint32_t any = 0;
-    for (std::size_t j = 0; j < B; ++j) {
-      a[j] = get(i + j);
-      put(i + j, a[j]);
-      const std::uint32_t u = mag_bits(a[j]);
-      any |= static_cast<std::uint32_t>(u >= lim);
-      nonfinite |= static_cast<std::uint32_t>(u >= 0x7F800000u);
+    if (c + B > cap && g.zero_end == n) {
+      zt = v4::at_least(kNone);
+      g.zero_end = i;
     }
-    if (!any) continue;
+    const v4::F a0 = src.step4(i, zt), a1 = src.step4(i + 4, zt);
+    const v4::F a2 = src.step4(i + 8, zt), a3 = src.step4(i + 12, zt);
+    const v4::M m0 = v4::mag(a0), m1 = v4::mag(a1), m2 = v4::mag(a2), m3 = v4::mag(a3);
+    nonfinite = v4::lor(nonfinite, v4::lor(v4::lor(v4::gt(m0, finite_max), v4::gt(m1, finite_max)),
+                                           v4::lor(v4::gt(m2, finite_max), v4::gt(m3, finite_max))));
+    const v4::M c0 = v4::gt(m0, t), c1 = v4::gt(m1, t), c2 = v4::gt(m2, t), c3 = v4::gt(m3, t);
+    if (!v4::any(v4::lor(v4::lor(c0, c1), v4::lor(c2, c3)))) continue;
+    unsigned bits = v4::lanes(c0) | (v4::lanes(c1) << 4) | (v4::lanes(c2) << 8) | (v4::lanes(c3) << 12);
+    v4::store(a, a0);
+    v4::store(a + 4, a1);
+    v4::store(a + 8, a2);
+    v4::store(a + 12, a3);
     if (c + B <= cap) {
-      // Branchless: a candidate's place is written either way and kept by advancing c; a branch
-      // per value would mispredict about once per candidate.
-      for (std::size_t j = 0; j < B; ++j) {
+      do {
+        const auto j = static_cast<unsigned>(__builtin_ctz(bits));
         gidx[c] = static_cast<std::uint32_t>(i + j);
         gval[c] = a[j];
-        c += mag_bits(a[j]) >= lim;
-      }
+        ++c;
+        bits &= bits - 1;
+      } while (bits);
     } else {
-      for (std::size_t j = 0; j < B; ++j) {
-        if (mag_bits(a[j]) >= lim) take(i + j, a[j]);
+      for (; bits; bits &= bits - 1, ++c) {
+        const auto j = static_cast<unsigned>(__builtin_ctz(bits));
+        if (c < cap) {
+          gidx[c] = static_cast<std::uint32_t>(i + j);
+          gval[c] = a[j];
+          }
       }
     }
   }
+  g.zero_end = std::min(g.zero_end, i);  // the tail is stored as is
+  std::uint32_t tail_bad = 0;
   for (; i < n; ++i) {
-    const float v = get(i);
-    put(i, v);
-    nonfinite |= static_cast<std::uint32_t>(mag_bits(v) >= 0x7F800000u);
-    if (mag_bits(v) >= lim) take(i, v);
+    const float v = src.step(i);
+    const std::uint32_t u = mag_bits(v);
+    tail_bad |= static_cast<std::uint32_t>(u >= 0x7F800000u);
+    if (u >= lim) {
+      if (c < cap) {
+        gidx[c] = static_cast<std::uint32_t>(i);
+        gval[c] = v;
+      }
+      ++c;
+    }
   }
-  bad = nonfinite != 0;
-  return c;
+  g.count = c;
+  bad = v4::any(nonfinite) || tail_bad != 0;
 }
 
-// A guess at the magnitude bits of the k-th largest of n (0 < k < n) from a strided sample of
-// 4096: the sample's entry a few standard deviations above rank k·4096/n, so that with high
-// probability at least k of the n reach it while only ~1.5 k do. 0 means no useful guess (too few
-// values, or k too large a share for one-pass gathering to pay).
-template <class Get>
-std::uint32_t guess_limit(Get get, std::size_t n, std::size_t k) {
+// Makes the listed entries of g agree with the selection: zeroed ones were not kept (their
+// values come back), the others were kept (they become 0).
+template <class Src>
+void apply_fixes(const Src& src, const Gathered& g, const std::uint32_t* fix, std::size_t f) {
+  constexpr std::size_t kAhead = 16;
+  for (std::size_t j = 0; j < std::min(f, kAhead); ++j) src.prefetch(g.idx[fix[j]]);
+  for (std::size_t j = 0; j < f; ++j) {
+    if (j + kAhead < f) src.prefetch(g.idx[fix[j + kAhead]]);
+    const std::uint32_t t = fix[j];
+    if (g.zeroed(t)) {
+      src.restore(g.idx[t], g.val[t]);
+    } else {
+      src.zero(g.idx[t]);
+    }
+  }
+}
+
+// Takes the k entries of g that reach thr (the first `need` of those equal to it), in index
+// order, into idx and vals, and makes the outputs agree: a kept entry the pass did not zero is
+// zeroed, a zeroed one not kept gets its values back. Only entries near T need either; those
+// writes land anywhere in the outputs, a cache miss each, so they are listed first and then made
+// with the lines a few fixes ahead already requested (one at a time, each waited for its miss).
+template <class Src>
+void take(const Src& src, const Gathered& g, Cut cut, std::size_t k, std::uint32_t* idx, float* vals) {
+  const std::uint32_t thr = cut.thr;
+  std::size_t need = cut.need;
+  auto fix = scratch<std::uint32_t>(g.count);
+  std::size_t taken = 0, t = 0, f = 0;
+  // Branch-free: each entry is written at the next place and kept by advancing `taken`; exactly
+  // k are kept, and idx holds k, so this part stops at the k-th.
+  for (; t < g.count && taken < k; ++t) {
+    const std::uint32_t u = mag_bits(g.val[t]);
+    const bool tie = u == thr && need > 0;
+    const bool kept = u > thr || tie;
+    idx[taken] = g.idx[t];
+    vals[taken] = g.val[t];
+    need -= tie;
+    taken += kept;
+    fix[f] = static_cast<std::uint32_t>(t);
+    f += kept != g.zeroed(t);
+  }
+  for (; t < g.count; ++t) {
+    fix[f] = static_cast<std::uint32_t>(t);
+    f += g.zeroed(t);
+  }
+  apply_fixes(src, g, fix.get(), f);
+}
+
+// Gives back the values of the entries the pass zeroed (before a fallback reads the outputs).
+template <class Src>
+void restore_all(const Src& src, const Gathered& g) {
+  auto fix = scratch<std::uint32_t>(g.count);
+  std::size_t f = 0;
+  for (std::size_t t = 0; t < g.count; ++t) {
+    fix[f] = static_cast<std::uint32_t>(t);
+    f += g.zeroed(t);
+  }
+  apply_fixes(src, g, fix.get(), f);
+}
+
+// Sources for gather. Inputs and outputs never alias (the bindings allocate the outputs), which
+// __restrict tells the compiler for the scalar tail.
+
+// acc = x + residual (x alone without one), only read.
+template <bool kRes>
+struct AccSrc {
+  const float* __restrict x;
+  const float* __restrict r;
+  v4::F step4(std::size_t i, const v4::M&) const {
+    return kRes ? v4::add(v4::load(x + i), v4::load(r + i)) : v4::load(x + i);
+  }
+  float step(std::size_t i) const { return kRes ? x[i] + r[i] : x[i]; }
+  void zero(std::uint32_t) const {}
+  void restore(std::uint32_t, float) const {}
+  void prefetch(std::uint32_t) const {}
+};
+
+// topk's second pass: the residual (read as acc's second term, then overwritten at the same
+// place) becomes acc, 0 where zeroed.
+struct InPlaceSrc {
+  const float* x;
+  float* r;
+  v4::F step4(std::size_t i, const v4::M& zt) const {
+    const v4::F a = v4::add(v4::load(x + i), v4::load(r + i));
+    v4::store(r + i, v4::clear(a, v4::gt(v4::mag(a), zt)));
+    return a;
+  }
+  float step(std::size_t i) const {
+    const float a = x[i] + r[i];
+    r[i] = a;
+    return a;
+  }
+  void zero(std::uint32_t i) const { r[i] = 0.0f; }
+  void restore(std::uint32_t i, float a) const { r[i] = a; }
+  void prefetch(std::uint32_t i) const { __builtin_prefetch(r + i, 1); }
+};
+
+// A stored output read back.
+struct ReadSrc {
+  const float* __restrict out;
+  v4::F step4(std::size_t i, const v4::M&) const { return v4::load(out + i); }
+  float step(std::size_t i) const { return out[i]; }
+};
+
+// topk_into: acc written to r_out.
+template <bool kRes>
+struct AccIntoSrc {
+  const float* __restrict x;
+  const float* __restrict r;
+  float* __restrict r_out;
+  float at(std::size_t i) const { return kRes ? x[i] + r[i] : x[i]; }
+  v4::F step4(std::size_t i, const v4::M& zt) const {
+    const v4::F a = kRes ? v4::add(v4::load(x + i), v4::load(r + i)) : v4::load(x + i);
+    v4::store(r_out + i, v4::clear(a, v4::gt(v4::mag(a), zt)));
+    return a;
+  }
+  float step(std::size_t i) const {
+    const float a = at(i);
+    r_out[i] = a;
+    return a;
+  }
+  const float* out() const { return r_out; }
+  void zero(std::uint32_t i) const { r_out[i] = 0.0f; }
+  void restore(std::uint32_t i, float a) const { r_out[i] = a; }
+  void prefetch(std::uint32_t i) const { __builtin_prefetch(r_out + i, 1); }
+};
+
+// dgc_select: u' = m·u + x to u_out, v' = v + u' to v_out; the velocity v' is the value. The
+// same float steps as the NumPy twin (multiply, add, add; -ffp-contract=off:
+// no FMA).
+struct DgcSrc {
+  const float* __restrict x;
+  const float* __restrict u;
+  const float* __restrict v;
+  float m;
+  float* __restrict u_out;
+  float* __restrict v_out;
+  float at(std::size_t i) const {
+    float w = u[i] * m;
+    w = w + x[i];
+    return v[i] + w;
+  }
+  v4::F step4(std::size_t i, const v4::M& zt) const {
+    const v4::F w = v4::add(v4::mul(v4::load(u + i), v4::splat(m)), v4::load(x + i));
+    const v4::F a = v4::add(v4::load(v + i), w);
+    const v4::M z = v4::gt(v4::mag(a), zt);
+    v4::store(u_out + i, v4::clear(w, z));
+    v4::store(v_out + i, v4::clear(a, z));
+    return a;
+  }
+  float step(std::size_t i) const {
+    float w = u[i] * m;
+    w = w + x[i];
+    u_out[i] = w;
+    const float a = v[i] + w;
+    v_out[i] = a;
+    return a;
+  }
+  const float* out() const { return v_out; }
+  void zero(std::uint32_t i) const {
+    u_out[i] = 0.0f;
+    v_out[i] = 0.0f;
+  }
+  // u' recomputed (the same float steps): the gather keeps only v'.
+  void restore(std::uint32_t i, float a) const {
+    float w = u[i] * m;
+    w = w + x[i];
+    u_out[i] = w;
+    v_out[i] = a;
+  }
+  void prefetch(std::uint32_t i) const {
+    __builtin_prefetch(u_out + i, 1);
+    __builtin_prefetch(v_out + i, 1);
+  }
+};
+
+// Guesses at the magnitude bits of T, the k-th largest of n (0 < k < n), from a strided sample
+// of 4096: `lim`, the sample's entry a few standard deviations above rank k·4096/n, so that with
+// high probability at least k of the n reach it while only a few per cent more do, and `mid`,
+// the entry at that rank, the best guess at T itself. lim = 0 means no useful guess (too few
+// values, or k so large a share that the guess would keep nearly all). `expect` receives the
+// number of the n expected to reach lim.
+struct Guess {
+  std::uint32_t lim = 0;
+  std::uint32_t mid = kNone;
+  std::size_t expect = 0;
+};
+
+template <class Src>
+Guess guess_limit(const Src& src, std::size_t n, std::size_t k) {
   constexpr std::size_t S = 4096;
-  if (n < 16 * S || k > n / 16) return 0;
+  Guess g;
+  if (n < 16 * S || k > n / 2) return g;
   const std::size_t stride = n / S;
-  std::vector<std::uint32_t> s(S);
-  for (std::size_t j = 0; j < S; ++j) s[j] = mag_bits(get(j * stride));
+  std::uint32_t s[S];
+  for (std::size_t j = 0; j < S; ++j) s[j] = mag_bits(src.at(j * stride));
   const double mean = static_cast<double>(k) * S / static_cast<double>(n);
   const auto rank = static_cast<std::size_t>(mean + 4.0 * std::sqrt(mean) + 4.0);
-  if (rank >= S) return 0;
-  std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(rank), s.end(), std::greater<>());
-  return s[rank];
+  if (rank >= S) return g;
+  std::nth_element(s, s + rank, s + S, std::greater<>());
+  const auto at_t = std::min(rank, static_cast<std::size_t>(mean));
+  std::nth_element(s, s + at_t, s + rank, std::greater<>());  // s[0..rank) >= s[rank]
+  g.lim = s[rank];
+  g.mid = at_t < rank ? s[at_t] : s[rank];
+  g.expect = static_cast<std::size_t>(static_cast<double>(rank + 1) * static_cast<double>(n) / S);
+  return g;
 }
 
 // Selection among candidates already gathered (every entry with magnitude bits >= some limit, in
 // index order, at least k of them): T >= the limit, so all the entries that reach T are there.
-template <class Zero>
-void select_gathered(std::uint32_t* gidx, float* gval, std::size_t c, std::size_t k, std::uint32_t* idx,
-                     float* vals, Zero zero) {
+template <class Src>
+void select_gathered(const Src& src, const Gathered& g, std::size_t k, std::uint32_t* idx, float* vals) {
   std::vector<std::size_t> hist;
-  histogram_top([gval](std::size_t t) { return gval[t]; }, c, hist);
+  const float* gval = g.val;
+  histogram_top([gval](std::size_t t) { return gval[t]; }, g.count, hist);
   RadixSelect sel(hist, k);
-  std::size_t kept = 0;  // keep those in T's bin or above, in index order
-  for (std::size_t t = 0; t < c; ++t) {
-    gidx[kept] = gidx[t];
-    gval[kept] = gval[t];
-    kept += (mag_bits(gval[t]) >> 20) >= sel.top();
-  }
-  sel.finish(gidx, gval, idx, vals, zero);
+  take(src, g, sel.cut(g.val, g.count), k, idx, vals);
 }
 
-// Capacity of the one-pass gather: about twice the entries expected to reach the guess.
-std::size_t gather_cap(std::size_t n, std::size_t k) { return std::min(n, 3 * k + 4096); }
+// Capacity of the one-pass gather: 1.5 times the entries expected to reach the guess (their
+// count strays by a few per cent from the expectation: the sample's rank is 4 standard deviations
+// above k's already), plus 4096 for small k. A tighter buffer is fewer fresh pages to fault in;
+// an overflow only costs the fallback.
+std::size_t gather_cap(std::size_t n, std::size_t expect) { return std::min(n, expect + expect / 2 + 4096); }
 
 }  // namespace
 
@@ -239,29 +563,26 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
   const Acc acc{x, residual};
   // Pass 1 histograms |acc| and checks that it is finite (so x and the residual are) before
-  // anything is written; pass 2 writes the residual and gathers the entries whose top bits reach
-  // T's (their number is known): those above are kept for sure. The rest touches only the k-odd
-  // gathered entries (RadixSelect).
+  // anything is written; pass 2 writes the residual (0 above T's bin: kept for sure) and gathers
+  // the entries whose top bits reach T's (their number is known). The rest touches only the
+  // k-odd gathered entries (RadixSelect).
   if (k > 0 && k < n) {
     std::vector<std::size_t> hist;
     if (histogram_top(acc, n, hist)) throw_nonfinite(x, residual, n);
     RadixSelect sel(hist, k);
-    std::vector<std::uint32_t> gidx(sel.gathered());
-    std::vector<float> gval(sel.gathered());
-    const std::uint32_t above = (sel.top() + 1) << 20;  // magnitude bits of a bin above T's
+    const std::size_t cap = sel.gathered();
+    auto gidx = scratch<std::uint32_t>(cap);
+    auto gval = scratch<float>(cap);
+    Gathered g{gidx.get(), gval.get()};
     bool bad = false;
     if (residual) {
-      // entries in T's bin keep acc for now; the kept ones among them are zeroed in finish
-      gather(
-          acc,
-          [residual, above](std::size_t i, float a) {
-            residual[i] = mag_bits(a) >= above ? 0.0f : a;
-          },
-          n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
-      sel.finish(gidx.data(), gval.data(), idx, vals, [residual](std::uint32_t i) { residual[i] = 0.0f; });
+      const InPlaceSrc src{x, residual};
+      gather(src, n, sel.top() << 20, (sel.top() + 1) << 20, cap, g, bad);
+      take(src, g, sel.cut(g.val, g.count), k, idx, vals);
     } else {
-      gather(acc, [](std::size_t, float) {}, n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
-      sel.finish(gidx.data(), gval.data(), idx, vals, [](std::uint32_t) {});
+      const AccSrc<false> src{x, nullptr};
+      gather(src, n, sel.top() << 20, kNone, cap, g, bad);
+      take(src, g, sel.cut(g.val, g.count), k, idx, vals);
     }
     return;
   }
@@ -281,52 +602,69 @@ void topk(const float* x, float* residual, std::size_t n, std::size_t k, std::ui
 
 namespace {
 
-// The selection behind dgc_select and topk_into, which write their new state into fresh outputs:
-// velocity(i) is the value at i, store(i) computes it and writes the output(s) (returning it),
-// get(i) reads it back from the output, zero(i) masks a kept index, throw_bad() names what is
-// not finite. One pass stores every output and gathers every entry reaching a sampled guess at
-// T; when at least k do, only those are looked at again. Otherwise (a rare bad guess, small n or
-// large k) the stored values are histogrammed and gathered once more, as topk does.
-template <class Velocity, class Store, class Get, class Zero, class Bad>
-void select_into(std::size_t n, std::size_t k, Velocity velocity, Store store, Get get, Zero zero, Bad throw_bad,
-                 std::uint32_t* idx, float* vals) {
-  const std::uint32_t lim = (k > 0 && k < n) ? guess_limit(velocity, n, k) : 0;
-  if (lim > 0) {
-    const std::size_t cap = gather_cap(n, k);
-    std::vector<std::uint32_t> gidx(cap);
-    std::vector<float> gval(cap);
+// A source whose outputs already hold every value (the fallback's second gather): a kept entry
+// is zeroed and nothing was zeroed before.
+template <class Src>
+struct InPlace {
+  const Src& src;
+  void zero(std::uint32_t i) const { src.zero(i); }
+  void restore(std::uint32_t, float) const {}
+  void prefetch(std::uint32_t i) const { src.prefetch(i); }
+};
+
+// The selection behind dgc_select and topk_into, which write their new state into fresh outputs
+// through src (see DgcSrc: at(i) is the value at i, computed without storing; step4/step compute,
+// store and return it; out() holds the stored values; zero/restore fix single entries);
+// throw_bad() names what is not finite. One pass stores every output and gathers every entry
+// reaching a sampled guess at T, zeroing already those reaching the best guess at T; when at
+// least k reach the guess, only those are looked at again. Otherwise (a rare bad guess, small n
+// or k > n/2) the stored values are histogrammed and gathered once more, as topk does.
+template <class Src, class Bad>
+void select_into(std::size_t n, std::size_t k, const Src& src, Bad throw_bad, std::uint32_t* idx, float* vals) {
+  const Guess guess = (k > 0 && k < n) ? guess_limit(src, n, k) : Guess{};
+  if (guess.lim > 0) {
+    const std::size_t cap = gather_cap(n, guess.expect);
+    auto gidx = scratch<std::uint32_t>(cap);
+    auto gval = scratch<float>(cap);
+    Gathered g{gidx.get(), gval.get()};
     bool bad = false;
-    const std::size_t c = gather(
-        store, [](std::size_t, float) {}, n, lim, cap, gidx.data(), gval.data(), bad);
+    gather(src, n, guess.lim, guess.mid, cap, g, bad);
     if (bad) throw_bad();
-    if (c >= k && c <= cap) {
-      select_gathered(gidx.data(), gval.data(), c, k, idx, vals, zero);
+    if (g.count >= k && g.count <= cap) {
+      select_gathered(src, g, k, idx, vals);
       return;
     }
+    g.count = std::min(g.count, cap);
+    restore_all(src, g);
   } else {
     bool bad = false;
     std::uint32_t none = 0;
-    gather(store, [](std::size_t, float) {}, n, 0xFFFFFFFFu, 0, &none, nullptr, bad);
+    float none_val = 0.0f;
+    Gathered g{&none, &none_val};
+    gather(src, n, kNone, kNone, 0, g, bad);
     if (bad) throw_bad();
   }
   // The outputs hold the new states (all finite); select on the stored values as topk does.
   if (k == 0) return;
+  const float* out = src.out();
   if (k == n) {
     for (std::size_t i = 0; i < n; ++i) {
       idx[i] = static_cast<std::uint32_t>(i);
-      vals[i] = get(i);
-      zero(static_cast<std::uint32_t>(i));
+      vals[i] = out[i];
+      src.zero(static_cast<std::uint32_t>(i));
     }
     return;
   }
   std::vector<std::size_t> hist;
-  histogram_top(get, n, hist);
+  histogram_top([out](std::size_t i) { return out[i]; }, n, hist);
   RadixSelect sel(hist, k);
-  std::vector<std::uint32_t> gidx(sel.gathered());
-  std::vector<float> gval(sel.gathered());
+  const std::size_t cap = sel.gathered();
+  auto gidx = scratch<std::uint32_t>(cap);
+  auto gval = scratch<float>(cap);
+  Gathered g{gidx.get(), gval.get()};
   bool bad = false;
-  gather(get, [](std::size_t, float) {}, n, sel.top() << 20, sel.gathered(), gidx.data(), gval.data(), bad);
-  sel.finish(gidx.data(), gval.data(), idx, vals, zero);
+  gather(ReadSrc{out}, n, sel.top() << 20, kNone, cap, g, bad);
+  take(InPlace<Src>{src}, g, sel.cut(g.val, g.count), k, idx, vals);
 }
 
 }  // namespace
@@ -336,26 +674,9 @@ void dgc_select(const float* x, const float* u, const float* v, std::size_t n, f
   require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
   require(std::isfinite(m) && m >= 0.0f && m <= 1.0f, "m must be in [0, 1], got " + std::to_string(m));
-  // The velocity v + (m·u + x), rounded as the NumPy steps round it (-ffp-contract=off: no FMA).
-  // It is non-finite iff an input is or the sums overflow, so one flag over it checks them all.
-  auto velocity = [x, u, v, m](std::size_t i) {
-    float w = u[i] * m;
-    w = w + x[i];
-    return v[i] + w;
-  };
-  // Both new states go into the fresh outputs, so a failure leaves the caller's state as it was.
-  auto store = [x, u, v, m, u_out, v_out](std::size_t i) {
-    float w = u[i] * m;
-    w = w + x[i];
-    u_out[i] = w;
-    const float a = v[i] + w;
-    v_out[i] = a;
-    return a;
-  };
-  auto zero = [u_out, v_out](std::uint32_t i) {
-    u_out[i] = 0.0f;
-    v_out[i] = 0.0f;
-  };
+  // The velocity is non-finite iff an input is or the sums overflow, so one flag over it checks
+  // them all. Both new states go into the fresh outputs, so a failure leaves the caller's state
+  // as it was.
   auto throw_bad = [&]() {
     for (std::size_t i = 0; i < n; ++i) {
       if (!std::isfinite(x[i])) throw NonFinite("x contains NaN or Inf");
@@ -368,23 +689,33 @@ void dgc_select(const float* x, const float* u, const float* v, std::size_t n, f
     }
     throw NonFinite("the velocity (residual + m * momentum + x) overflows float32");
   };
-  select_into(
-      n, k, velocity, store, [v_out](std::size_t i) { return v_out[i]; }, zero, throw_bad, idx, vals);
+  select_into(n, k, DgcSrc{x, u, v, m, u_out, v_out}, throw_bad, idx, vals);
 }
 
 void topk_into(const float* x, const float* residual, std::size_t n, std::size_t k, float* r_out,
                std::uint32_t* idx, float* vals) {
   require(k <= n, "k must be in 0..x.size (" + std::to_string(n) + "), got " + std::to_string(k));
   require(n <= 0xFFFFFFFFull, "x has more than 2**32 - 1 elements: indices are uint32");
-  const Acc acc{x, residual};
-  auto store = [acc, r_out](std::size_t i) {
-    const float a = acc(i);
-    r_out[i] = a;
-    return a;
-  };
-  select_into(
-      n, k, acc, store, [r_out](std::size_t i) { return r_out[i]; },
-      [r_out](std::uint32_t i) { r_out[i] = 0.0f; }, [&]() { throw_nonfinite(x, residual, n); }, idx, vals);
+  auto throw_bad = [&]() { throw_nonfinite(x, residual, n); };
+  if (residual) {
+    select_into(n, k, AccIntoSrc<true>{x, residual, r_out}, throw_bad, idx, vals);
+  } else {
+    select_into(n, k, AccIntoSrc<false>{x, nullptr, r_out}, throw_bad, idx, vals);
+  }
+}
+
+void scatter_sub(float* out, std::size_t n, const std::uint32_t* idx, const float* a, const float* b,
+                 std::size_t k) {
+  std::uint32_t top = 0;
+  for (std::size_t j = 0; j < k; ++j) top = std::max(top, idx[j]);
+  require(k == 0 || top < n, "indices must be below out.size (" + std::to_string(n) + "), got " + std::to_string(top));
+  constexpr std::size_t kAhead = 16;
+  std::size_t j = 0;
+  for (; j + kAhead < k; ++j) {
+    __builtin_prefetch(out + idx[j + kAhead], 1);
+    out[idx[j]] = a[j] - b[j];
+  }
+  for (; j < k; ++j) out[idx[j]] = a[j] - b[j];
 }
 
 namespace {
@@ -473,22 +804,29 @@ void check_ascending(const std::uint32_t* idx, std::size_t k) {
   for (std::size_t i = 1; i < k; ++i) require(idx[i] > idx[i - 1], "indices must be strictly ascending");
 }
 
-// Appends up to 57 bits LSB-first; whole bytes leave as soon as they are complete.
+// Appends up to 32 bits LSB-first; each 32-bit word leaves whole once complete (bytes in
+// little-endian order on any machine; the compiler makes it one store where it can). A byte at a
+// time cost a loop iteration per byte.
 struct BitWriter {
   std::uint8_t* out;
   std::uint64_t acc = 0;
-  unsigned nbits = 0;
-  void put(std::uint64_t value, unsigned len) {
+  unsigned nbits = 0;  // below 32 between calls
+  void put(std::uint64_t value, unsigned len) {  // len <= 32, value < 2**len
     acc |= value << nbits;
     nbits += len;
-    while (nbits >= 8) {
-      *out++ = static_cast<std::uint8_t>(acc);
-      acc >>= 8;
-      nbits -= 8;
+    if (nbits >= 32) {
+      const auto word = static_cast<std::uint32_t>(acc);
+      out[0] = static_cast<std::uint8_t>(word);
+      out[1] = static_cast<std::uint8_t>(word >> 8);
+      out[2] = static_cast<std::uint8_t>(word >> 16);
+      out[3] = static_cast<std::uint8_t>(word >> 24);
+      out += 4;
+      acc >>= 32;
+      nbits -= 32;
     }
   }
   void finish() {
-    if (nbits) *out++ = static_cast<std::uint8_t>(acc);
+    for (; nbits > 0; nbits = nbits > 8 ? nbits - 8 : 0, acc >>= 8) *out++ = static_cast<std::uint8_t>(acc);
   }
 };
 
@@ -535,8 +873,13 @@ void rice_encode_indices(const std::uint32_t* idx, std::size_t k, unsigned b, st
     std::uint64_t q = v >> b;
     for (; q >= 32; q -= 32) w.put(0, 32);
     const std::uint64_t low = v & ((std::uint64_t{1} << b) - 1);
-    w.put(0, static_cast<unsigned>(q));
-    w.put(1u | (low << 1), b + 1);
+    const std::uint64_t code = 1u | (low << 1);  // the one bit, then the b low bits
+    if (q + b + 1 <= 32) {
+      w.put(code << q, static_cast<unsigned>(q) + b + 1);  // the usual case: one put per index
+    } else {
+      w.put(0, static_cast<unsigned>(q));
+      w.put(code, b + 1);
+    }
   }
   w.finish();
 }

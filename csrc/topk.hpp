@@ -29,6 +29,13 @@ void topk_into(const float* x, const float* residual, std::size_t n, std::size_t
 void dgc_select(const float* x, const float* u, const float* v, std::size_t n, float m, std::size_t k,
                 float* u_out, float* v_out, std::uint32_t* idx, float* vals);
 
+// out[idx[j]] = a[j] - b[j] for j < k, in order (a repeated index keeps the last), each a float32
+// subtraction: error feedback's fold of the later stages' error into the kept places. The indices
+// must be below n (InvalidArgument otherwise, before anything is written). The writes land
+// anywhere in out, so the lines a few indices ahead are requested while one is written.
+void scatter_sub(float* out, std::size_t n, const std::uint32_t* idx, const float* a, const float* b,
+                 std::size_t k);
+
 // Bytes delta_encode_indices will write; throws InvalidArgument unless strictly ascending.
 std::size_t delta_encoded_size(const std::uint32_t* idx, std::size_t k);
 // LEB128 varints of the gaps idx[0] + 1, idx[1] - idx[0], ...; out has delta_encoded_size bytes.

@@ -3,6 +3,9 @@
 
     nice -n 10 .venv/bin/python tools/bench_speedup.py --old /tmp/old-pkg
 
+``--first-round`` also times each recipe's first encode from a new state, old and new in turns
+(for DGC with a warm-up that is its densest round; the main row's best is a later round).
+
 ``--old`` is a directory holding an older build of the package (e.g. main's, installed with
 ``pip install --no-deps --no-build-isolation --target /tmp/old-pkg /path/to/main``). Two worker
 processes, one importing each build, encode the same synthetic update (``orbitfl codec bench``'s,
@@ -29,7 +32,8 @@ RECIPES = ("laq:2", "alq:0/1/2/4", "gcc:16", "coreset:16", "topk:0.01+ef|quant:8
 # The worker: reads recipes on stdin, answers one JSON line each (time of one encode, payload size,
 # relative error of the first round; with "per-tensor" as its last argument also each tensor's
 # payload bytes encoded alone, None for recipes that need curvature or a budget, and its error in
-# the first round); "memcpy" answers the time of one copy of the input's bytes.
+# the first round); "memcpy" answers the time of one copy of the input's bytes, "first:RECIPE" the
+# time of an encode from a new state (the recipe's first round) instead of the next round's.
 WORKER = r"""
 import json, math, sys, time
 import numpy as np
@@ -46,6 +50,8 @@ dst = np.empty_like(src)
 print(json.dumps({"values": n}), flush=True)
 for line in sys.stdin:
     recipe = line.strip()
+    fresh = recipe.startswith("first:")  # the first round, from a new state (DGC's densest)
+    recipe = recipe.removeprefix("first:")
     if recipe == "memcpy":
         t0 = time.perf_counter()
         np.copyto(dst, src)
@@ -72,6 +78,8 @@ for line in sys.stdin:
         out = {"bytes": payload.nbytes, "rel_error": math.sqrt(err2 / ref2), "tensors": per}
         pipes[recipe] = (pipe, pipe.new_state())
     pipe, state = pipes[recipe]
+    if fresh:
+        state = pipe.new_state()
     t0 = time.perf_counter()
     pipe.encode(tensors, state, **kw)
     out["time"] = time.perf_counter() - t0
@@ -116,6 +124,11 @@ def main() -> int:
     ap.add_argument("--recipe", action="append", help="recipe (repeatable); default: the slow encoders")
     ap.add_argument("--repeats", type=int, default=5, help="encodes per recipe and build (default 5)")
     ap.add_argument(
+        "--first-round",
+        action="store_true",
+        help="also time each recipe's first encode from a new state (a DGC warm-up's densest round)",
+    )
+    ap.add_argument(
         "--per-tensor",
         action="store_true",
         help="also print each tensor's payload bytes (encoded alone) and relative error, old -> new",
@@ -153,6 +166,13 @@ def main() -> int:
             f"{first_old['rel_error']:9.3e} {first_new['rel_error']:9.3e}",
             flush=True,
         )
+        if args.first_round:
+            f_old = f_new = math.inf
+            for _ in range(args.repeats):
+                f_old = min(f_old, old.ask("first:" + recipe)["time"])
+                f_new = min(f_new, new.ask("first:" + recipe)["time"])
+            speeds = f"{nbytes / f_old / 1e9:9.3f} {nbytes / f_new / 1e9:9.3f} {f_old / f_new:7.2f}x"
+            print(f"  (first round) {speeds} {memcpy / f_new:10.3f}", flush=True)
         for name, (b_old, e_old) in first_old.get("tensors", {}).items():
             b_new, e_new = first_new["tensors"][name]
             flag = "  (higher)" if e_new > e_old else ""

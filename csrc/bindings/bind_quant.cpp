@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <initializer_list>
 #include <utility>
 
 #include "bitpack.hpp"
@@ -33,6 +34,30 @@ float* residual_ptr(py::handle obj, std::size_t n) {
   }
   if (!r.writeable()) throw py::value_error("residual must be writable (it is updated in place)");
   return static_cast<float*>(r.mutable_data());
+}
+
+// An output the caller lends for a new state (None: a fresh array): float32, C-contiguous,
+// writable, n values, and sharing no byte with the inputs or the other outputs (the kernel reads
+// those while it writes this). Reusing last round's retired state saves the kernel's pages being
+// zero-filled anew each round.
+py::array_t<float> out_array(py::handle obj, const char* name, std::size_t n,
+                             std::initializer_list<std::pair<const void*, std::size_t>> others) {
+  if (obj.is_none()) return py::array_t<float>(static_cast<py::ssize_t>(n));
+  py::array a = checked<float>(obj, name);
+  if (static_cast<std::size_t>(a.size()) != n) {
+    throw py::value_error(std::string(name) + " must have the size of x (" + std::to_string(n) + "), got " +
+                          std::to_string(a.size()));
+  }
+  if (!a.writeable()) throw py::value_error(std::string(name) + " must be writable");
+  const auto* lo = static_cast<const char*>(a.data());
+  const char* hi = lo + 4 * n;
+  for (auto [p, bytes] : others) {
+    const auto* o = static_cast<const char*>(p);
+    if (n && o && bytes && lo < o + bytes && o < hi) {
+      throw py::value_error(std::string(name) + " must not overlap the inputs or the other output");
+    }
+  }
+  return py::reinterpret_borrow<py::array_t<float>>(a);
 }
 
 void check_bits_arg(int bits) {
@@ -236,7 +261,7 @@ void register_quant(py::module_& m) {
 
   m.def(
       "topk_ef",
-      [](py::object x, long long k, py::object residual) {
+      [](py::object x, long long k, py::object residual, py::object residual_out) {
         py::array a = checked<float>(x, "x");
         const auto n = static_cast<std::size_t>(a.size());
         const float* rp = nullptr;
@@ -256,8 +281,8 @@ void register_quant(py::module_& m) {
         const auto kk = static_cast<std::size_t>(k);
         py::array_t<std::uint32_t> idx(static_cast<py::ssize_t>(kk));
         py::array_t<float> vals(static_cast<py::ssize_t>(kk));
-        py::array_t<float> r_out(static_cast<py::ssize_t>(n));
         const float* xp = cdata<float>(a);
+        py::array_t<float> r_out = out_array(residual_out, "residual_out", n, {{xp, 4 * n}, {rp, 4 * n}});
         std::uint32_t* ip = wdata(idx);
         float* vp = wdata(vals);
         float* rop = wdata(r_out);
@@ -267,11 +292,13 @@ void register_quant(py::module_& m) {
         }
         return py::make_tuple(idx, vals, r_out);
       },
-      py::arg("x"), py::arg("k"), py::arg("residual") = py::none());
+      py::arg("x"), py::arg("k"), py::arg("residual") = py::none(), py::kw_only(),
+      py::arg("residual_out") = py::none());
 
   m.def(
       "dgc_select",
-      [](py::object x, py::object momentum, py::object residual, double mom, long long k) {
+      [](py::object x, py::object momentum, py::object residual, double mom, long long k, py::object momentum_out,
+         py::object residual_out) {
         py::array a = checked<float>(x, "x");
         py::array ua = checked<float>(momentum, "momentum");
         py::array va = checked<float>(residual, "residual");
@@ -290,11 +317,13 @@ void register_quant(py::module_& m) {
         const auto kk = static_cast<std::size_t>(k);
         py::array_t<std::uint32_t> idx(static_cast<py::ssize_t>(kk));
         py::array_t<float> vals(static_cast<py::ssize_t>(kk));
-        py::array_t<float> u_out(static_cast<py::ssize_t>(n));
-        py::array_t<float> v_out(static_cast<py::ssize_t>(n));
         const float* xp = cdata<float>(a);
         const float* up = cdata<float>(ua);
         const float* vp = cdata<float>(va);
+        py::array_t<float> u_out =
+            out_array(momentum_out, "momentum_out", n, {{xp, 4 * n}, {up, 4 * n}, {vp, 4 * n}});
+        py::array_t<float> v_out = out_array(residual_out, "residual_out", n,
+                                             {{xp, 4 * n}, {up, 4 * n}, {vp, 4 * n}, {u_out.data(), 4 * n}});
         std::uint32_t* ip = wdata(idx);
         float* valp = wdata(vals);
         float* uo = wdata(u_out);
@@ -306,7 +335,35 @@ void register_quant(py::module_& m) {
         }
         return py::make_tuple(idx, vals, u_out, v_out);
       },
-      py::arg("x"), py::arg("momentum"), py::arg("residual"), py::arg("m"), py::arg("k"));
+      py::arg("x"), py::arg("momentum"), py::arg("residual"), py::arg("m"), py::arg("k"), py::kw_only(),
+      py::arg("momentum_out") = py::none(), py::arg("residual_out") = py::none());
+
+  m.def(
+      "scatter_sub",
+      [](py::object out, py::object indices, py::object a, py::object b) {
+        py::array o = checked<float>(out, "out");
+        if (!o.writeable()) throw py::value_error("out must be writable (it is updated in place)");
+        py::array ia = checked<std::uint32_t>(indices, "indices");
+        py::array aa = checked<float>(a, "a");
+        py::array ba = checked<float>(b, "b");
+        const auto k = static_cast<std::size_t>(ia.size());
+        for (auto [arr, name] : {std::pair{&aa, "a"}, std::pair{&ba, "b"}}) {
+          if (static_cast<std::size_t>(arr->size()) != k) {
+            throw py::value_error(std::string(name) + " must have the size of indices (" + std::to_string(k) +
+                                  "), got " + std::to_string(arr->size()));
+          }
+        }
+        const auto n = static_cast<std::size_t>(o.size());
+        float* op = static_cast<float*>(o.mutable_data());
+        const std::uint32_t* ip = cdata<std::uint32_t>(ia);
+        const float* ap = cdata<float>(aa);
+        const float* bp = cdata<float>(ba);
+        {
+          py::gil_scoped_release release;
+          scatter_sub(op, n, ip, ap, bp, k);
+        }
+      },
+      py::arg("out"), py::arg("indices"), py::arg("a"), py::arg("b"));
 
   m.def(
       "delta_encode_indices",

@@ -97,13 +97,28 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     residual is left untouched).
     """
 
-def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]:
+def topk_ef(
+    x: F32, k: int, residual: F32 | None = None, *, residual_out: F32 | None = None
+) -> tuple[U32, F32, F32]:
     """topk(x, k, residual) with the new residual returned instead of written in place:
     (indices, values, acc with the kept entries zeroed), acc = x + residual (or x). x and residual
     (float32, C-contiguous, same size) are only read. Errors as topk's.
+
+    residual_out: an array to write the new residual into and return (float32, C-contiguous,
+    writable, x's size, sharing no memory with x or residual: ValueError otherwise), instead of a
+    new one; its contents are unspecified after an error.
     """
 
-def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[U32, F32, F32, F32]:
+def dgc_select(
+    x: F32,
+    momentum: F32,
+    residual: F32,
+    m: float,
+    k: int,
+    *,
+    momentum_out: F32 | None = None,
+    residual_out: F32 | None = None,
+) -> tuple[U32, F32, F32, F32]:
     """Deep Gradient Compression's sender step in one pass: u = m·momentum + x, v = residual + u
     (float32 product and sums, as NumPy rounds them), the k entries of largest |v| kept.
 
@@ -111,6 +126,16 @@ def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[
     masking), both new arrays: x, momentum and residual (float32, C-contiguous, same size) are only
     read. Ties in |v| go to the lower index. 0 <= k <= x.size, 0 <= m < 1; NaN/Inf in an input, or
     v overflowing: ValueError.
+
+    momentum_out / residual_out: arrays to write u / v into and return instead of new ones
+    (float32, C-contiguous, writable, x's size, sharing no memory with an input or each other:
+    ValueError otherwise); their contents are unspecified after an error.
+    """
+
+def scatter_sub(out: F32, indices: U32, a: F32, b: F32) -> None:
+    """out[indices] = a - b in place (float32 subtractions, in order: a repeated index keeps the
+    last). out: float32, C-contiguous, writable; indices uint32; a, b float32 of the indices'
+    size. An index >= out.size: ValueError before anything is written.
     """
 
 def delta_encode_indices(indices: U32) -> U8:

@@ -160,3 +160,82 @@ def test_read_only_state_is_accepted(kern: ModuleType) -> None:
     u.flags.writeable = v.flags.writeable = False
     got = kern.dgc_select(x, u, v, 0.5, 300)
     assert [bits(a) for a in got] == [bits(a) for a in steps(kern, x, u, v, 0.5, 300)]
+
+
+def test_one_pass_up_to_half_and_across_blocks_and_the_tail(kern: ModuleType) -> None:
+    """The one-pass path (now up to k = n/2) on a length that leaves a 13-value tail after the
+    16-value blocks: candidates at block edges and in the tail, all-equal magnitudes (every value a
+    tie), k at and around n/2 and near n; equal to the NumPy twin bit for bit."""
+    n = 3 * ONE_PASS_N + 13
+    rng = np.random.default_rng(12)
+    x = rng.laplace(0, 1e-3, n).astype(F32)
+    x[15::16] *= F32(50.0)  # big values on the last lane of each block
+    x[-13:] = F32(0.5) * rng.choice([-1, 1], 13).astype(F32)  # and in the tail
+    equal = rng.choice(np.array([-1, 1], F32), n) * F32(0.25)
+    for xs in (x, equal):
+        u = rng.laplace(0, 1e-3, n).astype(F32) if xs is x else np.zeros(n, F32)
+        v = rng.laplace(0, 1e-3, n).astype(F32) if xs is x else np.zeros(n, F32)
+        for k in (1, 7, n // 40, n // 16 + 1, n // 4, n // 2 - 1, n // 2, n // 2 + 1, n - 1):
+            got = kern.dgc_select(xs, u, v, 0.5, k)
+            want = REF.dgc_select(xs, u, v, 0.5, k)
+            assert [bits(a) for a in got] == [bits(a) for a in want], k
+
+
+@pytest.mark.parametrize("n", [0, 17, ONE_PASS_N + 13, 200_003])
+def test_lent_outputs_get_the_same_bits_and_are_returned(kern: ModuleType, n: int) -> None:
+    xs = laplace(n, 3, seed=13)
+    u = np.zeros(n, F32)
+    v = np.zeros(n, F32)
+    lent_u, lent_v = np.full(n, np.nan, F32), np.full(n, -np.inf, F32)  # whatever they held
+    for x in xs:
+        for k in sorted({0, min(1, n), n // 33, n // 2, n}):
+            want = kern.dgc_select(x, u, v, 0.7, k)
+            got = kern.dgc_select(x, u, v, 0.7, k, momentum_out=lent_u, residual_out=lent_v)
+            assert got[2] is lent_u and got[3] is lent_v
+            assert [bits(a) for a in got] == [bits(a) for a in want]
+            one = kern.dgc_select(x, u, v, 0.7, k, residual_out=np.empty(n, F32))
+            assert [bits(a) for a in one] == [bits(a) for a in want]
+        u, v = want[2], want[3]
+
+
+BAD_OUT: list[tuple[dict[str, Any], type[Exception], str]] = [
+    ({"momentum_out": np.zeros(4)}, TypeError, "momentum_out"),
+    ({"residual_out": [0.0] * 4}, TypeError, "residual_out"),
+    ({"momentum_out": z(5)}, ValueError, "momentum_out must have the size"),
+    ({"residual_out": z(8)[::2]}, ValueError, "C-contiguous"),
+    ({"residual_out": np.frombuffer(bytes(16), F32)}, ValueError, "residual_out must be writable"),
+]
+
+
+@pytest.mark.parametrize(("kw", "exc", "words"), BAD_OUT)
+def test_bad_lent_outputs_are_refused(
+    kern: ModuleType, kw: dict[str, Any], exc: type[Exception], words: str
+) -> None:
+    with pytest.raises(exc, match=words):
+        kern.dgc_select(z(), z(), z(), 0.5, 1, **kw)
+
+
+def test_lent_outputs_must_not_overlap_an_input_or_each_other(kern: ModuleType) -> None:
+    buf = np.zeros(12, F32)
+    x, u, v = buf[:4], buf[4:8], buf[8:]
+    for kw in (
+        {"momentum_out": x},
+        {"momentum_out": v},
+        {"residual_out": u},
+        {"residual_out": buf[6:10]},  # part of u and part of v
+        {"momentum_out": (w := z()), "residual_out": w},
+    ):
+        with pytest.raises(ValueError, match="must not overlap"):
+            kern.dgc_select(x, u, v, 0.5, 1, **kw)
+    kern.dgc_select(x, u, v, 0.5, 1, momentum_out=z(), residual_out=z())  # apart: fine
+
+
+def test_a_failed_call_leaves_the_inputs_and_only_spoils_the_lent_outputs(kern: ModuleType) -> None:
+    n = ONE_PASS_N * 2
+    rng = np.random.default_rng(14)
+    x, u, v = (rng.standard_normal(n).astype(F32) for _ in range(3))
+    x[n - 3] = np.inf
+    before = [bits(a) for a in (x, u, v)]
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        kern.dgc_select(x, u, v, 0.5, 100, momentum_out=np.empty(n, F32), residual_out=np.empty(n, F32))
+    assert [bits(a) for a in (x, u, v)] == before

@@ -110,3 +110,25 @@ def test_non_finite_in_a_large_input_leaves_it_untouched(kern: ModuleType) -> No
     with pytest.raises(ValueError, match="residual contains NaN or Inf"):
         kern.topk_ef(x, 100, r)
     assert bits(r) == bits(before)
+
+
+def test_a_lent_residual_out_gets_the_same_bits_and_is_returned(kern: ModuleType) -> None:
+    n = ONE_PASS_N * 3 + 13
+    rng = np.random.default_rng(21)
+    x = rng.laplace(0, 1e-3, n).astype(F32)
+    r = rng.laplace(0, 1e-3, n).astype(F32)
+    lent = np.full(n, np.nan, F32)
+    for res in (r, None):
+        for k in (0, 1, n // 50, n // 2, n // 2 + 1, n):
+            want = kern.topk_ef(x, k, res)
+            got = kern.topk_ef(x, k, res, residual_out=lent)
+            assert got[2] is lent
+            assert [bits(a) for a in got] == [bits(a) for a in want]
+    with pytest.raises(ValueError, match="must not overlap"):
+        kern.topk_ef(x, 1, r, residual_out=r)
+    with pytest.raises(ValueError, match="must not overlap"):
+        kern.topk_ef(x, 1, None, residual_out=x)
+    with pytest.raises(ValueError, match="residual_out must have the size"):
+        kern.topk_ef(x, 1, r, residual_out=np.zeros(5, F32))
+    with pytest.raises(TypeError, match="residual_out"):
+        kern.topk_ef(x, 1, r, residual_out=np.zeros(n))

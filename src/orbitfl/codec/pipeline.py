@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -44,6 +45,10 @@ class CodecState:
     round: int = 0
     seed: int = 0
     momenta: dict[str, F32] = field(default_factory=dict)
+    # Not state: the arrays the last encode replaced, keyed ("r" | "m", tensor), for a stage that
+    # writes its new state into fresh arrays (dgc, topk+ef) to reuse next round when nothing else
+    # holds them. Fresh 16 MB arrays cost their pages' zero-filling, more than dgc's pass itself.
+    spare: dict[tuple[str, str], F32] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -188,10 +193,30 @@ class Pipeline:
                 f"payload is {payload.nbytes} bytes, over budget_bytes={budget_bytes} "
                 "(only alq adapts to a budget)"
             )
+        for kind, held, new in (("r", state.residuals, new_res), ("m", state.momenta, new_mom)):
+            for name, arr in new.items():
+                old = held.get(name)
+                if old is not None and old is not arr and chains[name].float_stages[0].replaces_state:
+                    state.spare[kind, name] = old
         state.residuals.update(new_res)
         state.momenta.update(new_mom)
         state.round += 1
         return payload
+
+    @staticmethod
+    def _spare(state: CodecState, kind: str, name: str, size: int) -> F32 | None:
+        """A retired state array of ``size`` values the stage may overwrite, or None. Only one
+        that nothing else references (the caller kept the old state, a view of it, ...) and that
+        owns its memory: whoever holds it must never see it change."""
+        a = state.spare.pop((kind, name), None)
+        if a is None or a.size != size or a.base is not None or not a.flags.writeable:
+            return None
+        if not a.flags.c_contiguous or a.dtype != np.float32:
+            return None
+        # No reference but the name `a`: as many as an array just made and bound to one name has
+        # (measured, not assumed: interpreters count the call's own reference differently).
+        probe = np.empty(0, np.float32)
+        return a if sys.getrefcount(a) <= sys.getrefcount(probe) else None
 
     def _curvature(
         self,
@@ -263,8 +288,12 @@ class Pipeline:
             )
             if chain.ef and (chain.kernel_ef or fused):
                 ctx.residual = residual
+                if first.replaces_state:
+                    ctx.spare_residual = self._spare(state, "r", name, x.size)
             if first.keeps_momentum:
                 ctx.momentum = self._momentum(state, name, x.size, copy=not first.replaces_state)
+                if first.replaces_state:
+                    ctx.spare_momentum = self._spare(state, "m", name, x.size)
             rec, first_out, first_res = self._encode_flat(acc, shape, chain, ctx)
             if chain.ef and (chain.kernel_ef or fused) and first_res is not None:
                 residual = first_res  # the same array, or the new one a stage that replaces_state left
@@ -311,7 +340,12 @@ class Pipeline:
         assert v is not None
         if not np.isfinite(v).all():
             raise ValueError("decoded values are not finite")
-        residual[first.kept] = first.leftover - v
+        if v.dtype == np.float32 and v.flags.c_contiguous and first.leftover.flags.c_contiguous:
+            # The kernel requests the lines a few kept places ahead while it writes one: they are
+            # scattered over an array the first stage wrote long ago, a cache miss each.
+            self.kern.scatter_sub(residual, first.kept, first.leftover, v)
+        else:
+            residual[first.kept] = first.leftover - v
 
     def _encode_flat(
         self, x: F32, shape: tuple[int, ...], chain: Chain, ctx: EncodeContext

@@ -86,6 +86,11 @@ class EncodeContext:
     # owned by the pipeline and updated in place (or replaced, by a stage that replaces_state)
     momentum: F32 | None = None
     round: int = 0  # the sender's encode count (DGC's sparsity warm-up)
+    # Retired state arrays of this tensor's size that nothing else references, which a stage that
+    # replaces_state may overwrite as its new residual / momentum instead of allocating (None:
+    # allocate). Only the pipeline passes them, and only when it holds the last reference.
+    spare_residual: F32 | None = None
+    spare_momentum: F32 | None = None
 
 
 @dataclass

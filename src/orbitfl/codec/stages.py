@@ -241,19 +241,22 @@ class TopK(FloatStage):
         else:
             # The new residual in a new array while the kernel gathers: the state is only read,
             # so the pipeline need not copy it first (replaces_state).
-            idx, vals, ctx.residual = ctx.kern.topk_ef(x, k, ctx.residual)
+            idx, vals, ctx.residual = ctx.kern.topk_ef(x, k, ctx.residual, residual_out=ctx.spare_residual)
         return self._indices(ctx.kern, idx, vals)
 
     def _indices(self, kern: ModuleType, idx: NDArray[np.uint32], vals: F32) -> Encoded:
         mode = self.args["idx"]
         k = int(idx.size)
-        varint = kern.delta_encode_indices(idx) if mode != "rice" else None
         if mode != "varint":
             b = kern.rice_best_param(idx)
             rice = kern.rice_encode_indices(idx, b)
+            # Every varint takes a byte at least, so Rice codes of k bytes or fewer are the shorter
+            # (ties go to Rice) without coding the varints at all: the usual case, a pass saved.
+            varint = None if mode == "rice" or rice.size <= k else kern.delta_encode_indices(idx)
             if varint is None or rice.size <= varint.size:
                 return Encoded({"k": k, "ib": int(rice.size), "rb": int(b)}, [rice], vals, kept=idx)
-        assert varint is not None
+        else:
+            varint = kern.delta_encode_indices(idx)
         return Encoded({"k": k, "ib": int(varint.size)}, [varint], vals, kept=idx)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
@@ -333,7 +336,13 @@ class Dgc(TopK):
         # One fused kernel: u = m·u + x, v += u, the k largest |v|, u and v zeroed where sent. It
         # reads the state and writes new arrays, so the pipeline need not copy the state first.
         idx, vals, ctx.momentum, ctx.residual = ctx.kern.dgc_select(
-            x, ctx.momentum, ctx.residual, float(self.args["momentum"]), k
+            x,
+            ctx.momentum,
+            ctx.residual,
+            float(self.args["momentum"]),
+            k,
+            momentum_out=ctx.spare_momentum,
+            residual_out=ctx.spare_residual,
         )
         return self._indices(ctx.kern, idx, vals)
 

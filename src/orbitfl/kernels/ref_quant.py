@@ -8,6 +8,7 @@ deterministic kernels agree bit for bit; stochastic rounding uses the same count
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "rice_best_param",
     "rice_decode_indices",
     "rice_encode_indices",
+    "scatter_sub",
     "sign_decode",
     "sign_encode",
     "to_bfloat16",
@@ -96,6 +98,21 @@ def _residual(residual: Any, n: int) -> F32 | None:
         raise ValueError("residual must be writable (it is updated in place)")
     _finite("residual", r)
     return r
+
+
+def _out(name: str, out: Any, n: int, others: Sequence[NDArray[Any] | None]) -> F32 | None:
+    """An output lent for a new state (None: a new array), checked as the C++ binding checks it:
+    no byte shared with the inputs or another output (a bounds test, as the binding's)."""
+    if out is None:
+        return None
+    a = _array(name, out, np.float32)
+    if a.size != n:
+        raise ValueError(f"{name} must have the size of x ({n}), got {a.size}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    if n and any(o is not None and np.may_share_memory(a, o) for o in others):
+        raise ValueError(f"{name} must not overlap the inputs or the other output")
+    return a
 
 
 def _accumulate(x: F32, r: F32 | None) -> F32:
@@ -344,7 +361,9 @@ def topk(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32]:
     return idx, vals
 
 
-def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]:
+def topk_ef(
+    x: F32, k: int, residual: F32 | None = None, *, residual_out: F32 | None = None
+) -> tuple[U32, F32, F32]:
     """topk with the new residual returned, the inputs only read; see _core.pyi."""
     v = _array("x", x, np.float32)
     r = None if residual is None else _array("residual", residual, np.float32)
@@ -353,6 +372,7 @@ def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]
     kk = _int("k", k)
     if not 0 <= kk <= v.size:
         raise ValueError(f"k must be in 0..x.size ({v.size}), got {kk}")
+    ro = _out("residual_out", residual_out, v.size, (v, r))
     _finite("x", v)
     if r is not None:
         _finite("residual", r)
@@ -360,13 +380,24 @@ def topk_ef(x: F32, k: int, residual: F32 | None = None) -> tuple[U32, F32, F32]
         idx, vals = topk(v, kk)
         out = v.copy()
         out[idx] = np.float32(0)
-        return idx, vals, out
-    out = r.copy()
-    idx, vals = topk(v, kk, out)
-    return idx, vals, out
+    else:
+        out = r.copy()
+        idx, vals = topk(v, kk, out)
+    if ro is not None:
+        ro[...] = out
+    return idx, vals, out if residual_out is None else residual_out
 
 
-def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[U32, F32, F32, F32]:
+def dgc_select(
+    x: F32,
+    momentum: F32,
+    residual: F32,
+    m: float,
+    k: int,
+    *,
+    momentum_out: F32 | None = None,
+    residual_out: F32 | None = None,
+) -> tuple[U32, F32, F32, F32]:
     """u = m·momentum + x, v = residual + u, keep the k largest |v|; see _core.pyi."""
     xv = _array("x", x, np.float32)
     u = _array("momentum", momentum, np.float32)
@@ -381,6 +412,8 @@ def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[
     kk = _int("k", k)
     if not 0 <= kk <= xv.size:
         raise ValueError(f"k must be in 0..x.size ({xv.size}), got {kk}")
+    uo = _out("momentum_out", momentum_out, xv.size, (xv, u, v))
+    vo = _out("residual_out", residual_out, xv.size, (xv, u, v, uo))
     _finite("x", xv)
     _finite("momentum", u)
     _finite("residual", v)
@@ -395,7 +428,29 @@ def dgc_select(x: F32, momentum: F32, residual: F32, m: float, k: int) -> tuple[
     vals = vn[idx].astype(np.float32)
     un[idx] = np.float32(0)
     vn[idx] = np.float32(0)
-    return idx, vals, un, vn
+    if uo is not None:
+        uo[...] = un
+    if vo is not None:
+        vo[...] = vn
+    u_ret = un if momentum_out is None else momentum_out
+    v_ret = vn if residual_out is None else residual_out
+    return idx, vals, u_ret, v_ret
+
+
+def scatter_sub(out: F32, indices: U32, a: F32, b: F32) -> None:
+    """out[indices] = a - b in place; see _core.pyi."""
+    o = _array("out", out, np.float32)
+    if not out.flags.writeable:
+        raise ValueError("out must be writable (it is updated in place)")
+    idx = _array("indices", indices, np.uint32)
+    av = _array("a", a, np.float32)
+    bv = _array("b", b, np.float32)
+    for name, arr in (("a", av), ("b", bv)):
+        if arr.size != idx.size:
+            raise ValueError(f"{name} must have the size of indices ({idx.size}), got {arr.size}")
+    if idx.size and int(idx.max()) >= o.size:
+        raise ValueError(f"indices must be below out.size ({o.size}), got {int(idx.max())}")
+    o[idx] = av - bv
 
 
 def delta_encode_indices(indices: U32) -> U8:
