@@ -273,7 +273,10 @@ def dequantize(packed: U8, lo: F32, step: F32, n: int, bits: int, bucket: int = 
         raise ValueError(f"packed has {p.size} bytes, {need} needed for n={count} at {b} bits")
     q = _unpack(p, count, b).astype(np.float32)
     j = np.arange(count) // bk
-    x_hat: F32 = lo_v[j] + q * step_v[j]
+    # A finite lo and step can still overflow (a corrupted payload's step near float32's max): the
+    # result is Inf, as the C++ kernel gives it, for the decoder's finiteness check to refuse.
+    with np.errstate(over="ignore", invalid="ignore"):
+        x_hat: F32 = lo_v[j] + q * step_v[j]
     return x_hat
 
 
