@@ -136,6 +136,12 @@ def main() -> int:
     args = ap.parse_args()
     if not (args.old / "orbitfl" / "__init__.py").exists():
         ap.error(f"--old {args.old}: no orbitfl package there")
+    twice = sorted({r for r in args.recipe or [] if args.recipe.count(r) > 1})
+    if twice:
+        # the workers measure size and error only the first time they see a recipe
+        ap.error(f"--recipe given more than once: {', '.join(twice)}")
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     site = sysconfig.get_paths()["purelib"]
     old_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.old), site]))
     new = Worker(dict(os.environ), [], args.per_tensor)
