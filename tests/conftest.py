@@ -91,7 +91,8 @@ _EMULATED_BOARD = bool(os.environ.get("ORBITFL_EMULATED_BOARD"))
 
 
 def _left_off_the_board(item: pytest.Item) -> bool:
-    """A NumPy-backend case, or a test marked host_only (each CLI start costs seconds under qemu)."""
+    """A NumPy-backend case, or a test marked host_only (a CLI's argument checks, where each start
+    costs seconds under qemu; twins too slow there whose kernels the digests cover)."""
     if item.get_closest_marker("host_only") is not None:
         return True
     callspec = getattr(item, "callspec", None)
