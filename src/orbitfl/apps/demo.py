@@ -343,6 +343,13 @@ def run_demo(s: DemoSettings, work: Path, out: IO[str] = sys.stdout) -> dict[str
     return report
 
 
+def _points(drop: float) -> str:
+    """A drop in accuracy points as a reader says it: "0.50 points lower" or "0.50 points higher"."""
+    if round(drop, 2) == 0:
+        return "the same (0.00 points)"
+    return f"{abs(drop):.2f} points {'lower' if drop > 0 else 'higher'}"
+
+
 def _x(a: float, b: float) -> str:
     return f"{a / b:.1f}x" if b else "-"
 
@@ -454,8 +461,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{_x(codec['float32_bytes'], codec['uplink_total_bytes'])} (control included)\n"
             f"  against the float32 run's uplink: {report['uplink_ratio_vs_fp32_run']:.1f}x less (updates), "
             f"{report['uplink_ratio_vs_fp32_run_all']:.1f}x (control included)\n"
-            f"  accuracy {report['accuracy_drop_points_mean_last5']:.2f} points lower on the last-5 mean "
-            f"(final round: {report['accuracy_drop_points']:.2f}, which one evaluation's noise can swing)"
+            f"  accuracy {_points(report['accuracy_drop_points_mean_last5'])} on the last-5 mean "
+            f"(final round: {_points(report['accuracy_drop_points'])}, "
+            "which one evaluation's noise can swing)"
         )
     report_path = Path(args.report) if args.report else base / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
