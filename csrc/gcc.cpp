@@ -121,7 +121,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   if (bad & 4) throw NonFinite("x + residual contains NaN or Inf");
   const float* acc = residual != nullptr ? acc_store.get() : x;
   const int ke = static_cast<int>(shape.centroids);
-  kmeans_centroids_in_range(acc, n, ke, method, iters, seed, lo, hi, true, centroids);
+  kmeans_centroids_in_range(acc, n, ke, method, iters, seed, lo, hi, centroids);
 
   // The floor(rho*n) values nearest their centroid, ties to the lower index. The r-th smallest
   // distance T is found without a distance array: a histogram of 16-bit keys that are monotone in

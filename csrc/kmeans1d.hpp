@@ -44,11 +44,9 @@ void kmeans_pack(const float* x, std::size_t n, const float* centroids, int k, i
                  std::uint8_t* out);
 
 // kmeans1d's centroids without its checks, for a caller that has checked 1 <= k <= n, iters >= 0
-// and x finite, and knows its range [lo, hi] (GCC finds it in its own first pass). per_value:
-// "hist" runs Lloyd exact per value from the former DP start (GCC's "hist", unchanged by issue 16
-// point 6) instead of on the fine bins.
+// and x finite, and knows its range [lo, hi] (GCC finds it in its own first pass).
 void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMethod method, int iters,
-                               std::uint64_t seed, float lo, float hi, bool per_value, float* centroids);
+                               std::uint64_t seed, float lo, float hi, float* centroids);
 
 // kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
 // keys[i] = the top 16 bits of float(|double(x) - double(c[label])|) (a monotone function of the

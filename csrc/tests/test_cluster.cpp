@@ -219,9 +219,9 @@ TEST_CASE("digests of fixed inputs (bit-identical across architectures)") {
     gc.vec(exact);
     gc.vec(res);
   }
-  CHECK(check_digest("kmeans1d", km.h, 0xfd7684cf80605757ULL));
+  CHECK(check_digest("kmeans1d", km.h, 0x76dcfcd708445673ULL));
   CHECK(check_digest("laq", lq.h, 0x4322809e93d14345ULL));
-  CHECK(check_digest("gcc", gc.h, 0x640d063f0dd5fc5bULL));
+  CHECK(check_digest("gcc", gc.h, 0x797077ae919966edULL));
 }
 
 TEST_MAIN()

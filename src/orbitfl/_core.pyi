@@ -261,11 +261,9 @@ def gcc_encode(
     seed: int = 0,
     method: str = "hist",
 ) -> tuple[F32, U8, U8, F32]:
-    """acc = x + residual; 1-D k-means of acc into min(k, n) centroids (kmeans1d with method,
-    iters, seed, except that "hist" runs Lloyd exact per value from a DP over 2048 (8192) uniform
-    bins, as kmeans1d's "hist" did before issue 16 point 6: GCC's error moves at first order with
-    the centroids; docs/algorithms.md); the floor(rho * n) values nearest their centroid (ties to
-    the lower index) are replaced by its id, the rest travel exactly.
+    """acc = x + residual; 1-D k-means of acc into min(k, n) centroids (kmeans1d's centroids with
+    method, iters, seed); the floor(rho * n) values nearest their centroid (ties to the lower
+    index) are replaced by its id, the rest travel exactly.
 
     Returns (centroids, mask = pack_bits(replaced, 1), ids = pack_bits(id of each replaced value
     in index order, ceil(log2 len(centroids)) bits, at least 1), exact = the other values in index

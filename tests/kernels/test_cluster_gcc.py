@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from orbitfl.kernels import backend
+from orbitfl.kernels import backend, ref_cluster
 
 CPP = backend("cpp")
 REF = backend("numpy")
@@ -291,3 +291,30 @@ def test_large_tensors_agree_bit_for_bit_with_a_residual(n: int, k: int, rho: fl
     assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
     assert r1.tobytes() == r2.tobytes()
     assert a[3].size == n - math.floor(rho * n)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "method", "outlier"),
+    [
+        (40_000, 16, "hist", False),
+        (20_000, 64, "hist", False),
+        (20_000, 16, "hist", True),
+        (3_000, 5, "optimal", False),
+        (5_000, 8, "lloyd", False),
+    ],
+)
+def test_centroids_are_kmeans1ds_of_the_sum(
+    kern: ModuleType, n: int, k: int, method: str, outlier: bool
+) -> None:
+    # One k-means: GCC's centroids are kmeans_centroids of acc = x + residual with the same
+    # method, iters and seed, on the grid and, with an outlier piling the rest into one fine bin,
+    # on the per-value fallback.
+    x = grads(n, seed=n)
+    if outlier:
+        x[7] = 50.0
+    res = (grads(n, seed=n + 1) * np.float32(0.1)).astype(np.float32)
+    acc = x + res
+    lo, hi = float(acc.min()), float(acc.max())
+    assert ref_cluster._grid(acc, lo, hi, k).ok is not outlier
+    c = kern.gcc_encode(x, k, 0.5, res, 20, 3, method)[0]
+    assert c.tobytes() == kern.kmeans_centroids(acc, k, method, 20, 3).tobytes()

@@ -423,117 +423,6 @@ def _grid_lloyd(g: _Grid, c: F32, iters: int) -> F32:
     return c
 
 
-# --- GCC's "hist" (csrc/kmeans1d.cpp, namespace exact): the grid before issue 16 point 6's bin ---
-# Lloyd, kept bit for bit for GCC, whose error moves at first order with the centroids: fine bins
-# int((x - lo) * 2^15 / (hi - lo)), the DP start on runs of 16 or 4 of them, Lloyd exact per value.
-XGRID_BITS = 15
-XGRID_BINS = 1 << XGRID_BITS
-
-
-@dataclass
-class _XGrid:
-    """Fine bins int((x - lo) * bscale) with per-bin count and the exact integer sum of
-    q = rint(x * 2^s); ok is False when the grid cannot resolve the data."""
-
-    unscale: float
-    lo: float
-    hi: float
-    bscale: float
-    q: I64
-    bins: I64
-    cnt: I64  # per fine bin (all XGRID_BINS)
-    sq: I64
-    qshift: int
-    ok: bool
-
-
-def _xgrid(xf: F32, lo: float, hi: float, k: int) -> _XGrid:
-    e = math.frexp(max(abs(lo), abs(hi)))[1]
-    s = 30 - e
-    if s > 127:  # max|x| < 2^-97: 2^s is no float and the lattice would be coarse
-        z = np.zeros(0, np.int64)
-        return _XGrid(1.0, lo, hi, 1.0, z, z, z, z, 0, False)
-    f = np.float32(2.0**s)
-    q = np.rint(xf * f).astype(np.int64)
-    bscale = XGRID_BINS / (hi - lo)
-    bins = np.minimum(((xf.astype(np.float64) - lo) * bscale).astype(np.int64), XGRID_BINS - 1)
-    cnt = np.bincount(bins, minlength=XGRID_BINS)
-    sq = np.zeros(XGRID_BINS, np.int64)
-    np.add.at(sq, bins, q)
-    qlo = int(np.rint(np.float32(lo) * f))
-    qhi = int(np.rint(np.float32(hi) * f))
-    span = qhi - qlo
-    # the C++ packs count and offsets in one counter; it gives up when an offset leaves 17 bits
-    o = (q - qlo) + 4 - ((bins * span) >> XGRID_BITS)
-    bad = bool(o.size and (o.min() < 0 or o.max() >= 1 << 17))
-    fine = np.flatnonzero(cnt)
-    cshift = XGRID_BITS - (11 if hist_bins(k) == 2048 else 13)
-    coarse = np.unique(fine >> cshift).size
-    ok = (not bad) and int(cnt.max()) * 256 <= xf.size and coarse >= k
-    return _XGrid(2.0**-s, lo, hi, bscale, q, bins, cnt, sq, (qlo + qhi) >> 1, ok)
-
-
-def _xgrid_dp(g: _XGrid, k: int) -> F32:
-    """DP start over coarse bins of the fine ones; the sum of squares as if each fine bin's values
-    sat at its mean."""
-    fine = np.flatnonzero(g.cnt)
-    c = g.cnt[fine]
-    d = g.sq[fine] - c * g.qshift
-    dd = d.astype(np.float64)
-    sqv = dd * dd / c.astype(np.float64)
-    mean = (g.sq[fine].astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
-    cshift = XGRID_BITS - (11 if hist_bins(k) == 2048 else 13)
-    _, idx, counts = np.unique(fine >> cshift, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
-    i1 = np.zeros(counts.size, np.int64)
-    np.add.at(i1, idx, d)
-    s1: F64 = i1.astype(np.float64) * g.unscale
-    s2: F64 = np.bincount(idx, weights=sqv).astype(np.float64, copy=False) * g.unscale * g.unscale
-    return _dp_centroids(cnt, s1, s2, mean[ends - counts], mean[ends - 1], k, float(g.qshift) * g.unscale)
-
-
-def _xgrid_lloyd(xf: F32, g: _XGrid, c: F32, iters: int) -> F32:
-    """Lloyd with every value labelled exactly (nearest centroid, ties to the lower id) and each
-    centroid the mean of its values' q times 2^-s. A midpoint splits only the fine bin it falls
-    in; lower bins count through prefix sums."""
-    k = c.size
-    n = xf.size
-    xd = xf.astype(np.float64)
-    pc = np.concatenate(([0], np.cumsum(g.cnt)))
-    pq = np.concatenate(([0], np.cumsum(g.sq)))
-    order = np.argsort(g.bins, kind="stable")
-    for _ in range(iters):
-        c64 = c.astype(np.float64)
-        mids = 0.5 * (c64[:-1] + c64[1:])
-        fb = np.clip(((mids - g.lo) * g.bscale).astype(np.int64), 0, XGRID_BINS - 1)
-        below = np.zeros(k + 1, np.int64)
-        qbelow = np.zeros(k + 1, np.int64)
-        below[k] = n
-        qbelow[k] = pq[-1]
-        for j, t in enumerate(fb):
-            sel = order[pc[t] : pc[t + 1]]
-            inside = xd[sel] <= mids[j]
-            below[j + 1] = pc[t] + int(np.count_nonzero(inside))
-            qbelow[j + 1] = pq[t] + int(g.q[sel][inside].sum())
-        first = np.searchsorted(c, c, side="left")
-        counts = np.zeros(k, np.int64)
-        sums = np.zeros(k, np.int64)
-        np.add.at(counts, first, np.diff(below))
-        np.add.at(sums, first, np.diff(qbelow))
-        new = c.copy()
-        has = counts > 0
-        mean = (sums[has].astype(np.float64) / counts[has].astype(np.float64) * g.unscale).astype(np.float32)
-        # clamped to [lo, hi]: a mean of lattice points may round past the extreme values
-        mean = np.minimum(np.maximum(mean, np.float32(g.lo)), np.float32(g.hi))
-        new[has] = mean + np.float32(0.0)  # -0.0 -> +0.0
-        new = np.sort(new)
-        if (new == c).all():
-            break
-        c = new
-    return c
-
-
 def _uniform(seed: int, t: int) -> float:
     """Draw t of stream `seed` as a double in [0, 1) with 53 random bits."""
     return float(int(rng_u64(seed, np.array([t], np.uint64))[0]) >> 11) * 2.0**-53
@@ -583,23 +472,20 @@ def kmeans1d(x: F32, k: int, method: str = "hist", iters: int = 50, seed: int = 
         return np.zeros(kk, np.float32), np.zeros(0, np.uint8), 0.0
     if kk > n:
         raise ValueError(f"k must be <= x.size ({n}), got {kk}")
-    c = _centroids(xf, kk, meth, it, sd, per_value=False)
+    c = _centroids(xf, kk, meth, it, sd)
     labels, sse = _assign(xf, c)
     return c, labels, sse
 
 
-def _centroids(xf: F32, kk: int, meth: str, it: int, sd: int, per_value: bool) -> F32:
-    """kmeans1d's centroids (x checked, 1 <= k <= n); per_value: GCC's "hist" (Lloyd exact per
-    value from the former DP start) instead of Lloyd on the fine bins."""
+def _centroids(xf: F32, kk: int, meth: str, it: int, sd: int) -> F32:
+    """kmeans1d's centroids (x checked, 1 <= k <= n), for kmeans1d and GCC alike."""
     lo = float(xf.min())
     hi = float(xf.max())
     if lo == hi:
         c = np.full(kk, xf[0] + np.float32(0.0), np.float32)
     elif meth == "optimal":
         c = _sorted_centroids(xf, kk, exact=True)
-    elif meth == "hist" and per_value and (xg := _xgrid(xf, lo, hi, kk)).ok:
-        c = _xgrid_lloyd(xf, xg, _xgrid_dp(xg, kk), it)
-    elif meth == "hist" and not per_value and (g := _grid(xf, lo, hi, kk)).ok:
+    elif meth == "hist" and (g := _grid(xf, lo, hi, kk)).ok:
         c = _grid_lloyd(g, _grid_dp(g, kk), it)
     else:
         nb = hist_bins(kk)
@@ -952,7 +838,7 @@ def gcc_encode(
     if n == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.float32)
     ke = min(kk, n)
-    c = _centroids(acc, ke, meth, it, sd, per_value=True)
+    c = _centroids(acc, ke, meth, it, sd)
     labels = _assign(acc, c)[0]
     dist = np.abs(acc.astype(np.float64) - c.astype(np.float64)[labels])
     nrep = min(n, math.floor(r * n))
