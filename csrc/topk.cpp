@@ -258,8 +258,9 @@ struct Gathered {
 // other state) with 0 in the lanes whose magnitude bits exceed zt, and returns a. Every
 // entry whose magnitude bits are >= lim is appended to g (at most cap of them; g.count says how
 // many there are, so more than cap means some were not stored); `bad` is set if any value is
-// NaN/Inf. A block of 16 is four vector steps, two compares per vector (candidate, non-finite)
-// and one branch; a block with a candidate walks its mask's set bits. Zeroing (entries >= mid)
+// NaN/Inf. A block of 64 is sixteen vector steps, two compares per vector (candidate,
+// non-finite) and one branch; a block with a candidate walks its mask's set bits (the tail below
+// 64 goes in blocks of 16, then one value at a time). Zeroing (entries >= mid)
 // stops at the first block that might not fit in cap, so every zeroed entry is in g. src is a
 // copy: the compiler then knows that the stores through its pointers do not change them.
 template <class Src>
@@ -273,44 +274,64 @@ void gather(const Src src, std::size_t n, std::uint32_t lim, std::uint32_t mid, 
   float* __restrict gval = g.val;
   std::size_t c = 0;
   std::size_t i = 0;
-  constexpr std::size_t B = 16;
   g.mid = mid;
   g.zero_end = mid == kNone ? 0 : n;
-  alignas(16) float a[B];
-  for (; i + B <= n; i += B) {
-    if (c + B > cap && g.zero_end == n) {
-      zt = v4::at_least(kNone);
-      g.zero_end = i;
-    }
-    const v4::F a0 = src.step4(i, zt), a1 = src.step4(i + 4, zt);
-    const v4::F a2 = src.step4(i + 8, zt), a3 = src.step4(i + 12, zt);
+  // Four vector steps: the values go to dst (L1, whether or not one is a candidate) and the
+  // candidates' lanes to the returned 16 bits.
+  auto block16 = [&](std::size_t at, float* dst) -> std::uint64_t {
+    const v4::F a0 = src.step4(at, zt), a1 = src.step4(at + 4, zt);
+    const v4::F a2 = src.step4(at + 8, zt), a3 = src.step4(at + 12, zt);
     const v4::M m0 = v4::mag(a0), m1 = v4::mag(a1), m2 = v4::mag(a2), m3 = v4::mag(a3);
     nonfinite = v4::lor(nonfinite, v4::lor(v4::lor(v4::gt(m0, finite_max), v4::gt(m1, finite_max)),
                                            v4::lor(v4::gt(m2, finite_max), v4::gt(m3, finite_max))));
     const v4::M c0 = v4::gt(m0, t), c1 = v4::gt(m1, t), c2 = v4::gt(m2, t), c3 = v4::gt(m3, t);
-    if (!v4::any(v4::lor(v4::lor(c0, c1), v4::lor(c2, c3)))) continue;
-    unsigned bits = v4::lanes(c0) | (v4::lanes(c1) << 4) | (v4::lanes(c2) << 8) | (v4::lanes(c3) << 12);
-    v4::store(a, a0);
-    v4::store(a + 4, a1);
-    v4::store(a + 8, a2);
-    v4::store(a + 12, a3);
-    if (c + B <= cap) {
+    v4::store(dst, a0);
+    v4::store(dst + 4, a1);
+    v4::store(dst + 8, a2);
+    v4::store(dst + 12, a3);
+    return v4::lanes(c0) | (v4::lanes(c1) << 4) | (v4::lanes(c2) << 8) | (v4::lanes(c3) << 12);
+  };
+  alignas(16) float a[64];
+  // Appends the candidates whose bits are set (values in a, indices from `at`).
+  auto walk = [&](std::uint64_t bits, std::size_t at, std::size_t len) {
+    if (c + len <= cap) {
       do {
-        const auto j = static_cast<unsigned>(__builtin_ctz(bits));
-        gidx[c] = static_cast<std::uint32_t>(i + j);
+        const auto j = static_cast<unsigned>(__builtin_ctzll(bits));
+        gidx[c] = static_cast<std::uint32_t>(at + j);
         gval[c] = a[j];
         ++c;
         bits &= bits - 1;
       } while (bits);
     } else {
       for (; bits; bits &= bits - 1, ++c) {
-        const auto j = static_cast<unsigned>(__builtin_ctz(bits));
+        const auto j = static_cast<unsigned>(__builtin_ctzll(bits));
         if (c < cap) {
-          gidx[c] = static_cast<std::uint32_t>(i + j);
+          gidx[c] = static_cast<std::uint32_t>(at + j);
           gval[c] = a[j];
-          }
+        }
       }
     }
+  };
+  // One branch per 64 values, not per 16: at 3 % kept about two blocks of 16 in five hold a
+  // candidate, in no order a predictor learns (that branch, and the walk's exit, mispredicted on
+  // about half the blocks), while nine blocks of 64 in ten hold one. The values are stored to `a`
+  // either way: a few stores to L1 cost less than keeping 16 vectors live across the branch.
+  for (; i + 64 <= n; i += 64) {
+    if (c + 64 > cap && g.zero_end == n) {
+      zt = v4::at_least(kNone);
+      g.zero_end = i;
+    }
+    const std::uint64_t bits = block16(i, a) | (block16(i + 16, a + 16) << 16) |
+                               (block16(i + 32, a + 32) << 32) | (block16(i + 48, a + 48) << 48);
+    if (bits) walk(bits, i, 64);
+  }
+  for (; i + 16 <= n; i += 16) {
+    if (c + 16 > cap && g.zero_end == n) {
+      zt = v4::at_least(kNone);
+      g.zero_end = i;
+    }
+    const std::uint64_t bits = block16(i, a);
+    if (bits) walk(bits, i, 16);
   }
   g.zero_end = std::min(g.zero_end, i);  // the tail is stored as is
   std::uint32_t tail_bad = 0;
