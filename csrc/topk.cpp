@@ -732,9 +732,9 @@ void select_into(std::size_t n, std::size_t k, const Src& src, Bad throw_bad, st
 // _mm_stream_ps needs; NumPy's buffers are). And not when two or more (input, output) pairs have
 // the output 16..256 bytes after the input modulo 4 KiB: a load whose low 12 address bits match a
 // pending store's waits for it, and streamed stores stay pending long. A standalone loop (Zen 4
-// EPYC, 2.4M values) took 2.8-3.6x the normal stores' time with both outputs 16 or 32 bytes after
-// x, 1.15x with u' 16 after x and v' 16 after u, 0.98-1.04x with one such pair; on 40 random
-// placements 0.70-0.98x.
+// EPYC, 2.4M values) took 2.8-3.8x the normal stores' time with both outputs 16 or 32 bytes after
+// x, 1.15x with u' 16 after x and v' 16 after u, 0.98-1.04x with one such pair, 0.70-0.98x on 40
+// random placements; on 3.95M values with u and v also 16 bytes after x, 10-13x.
 bool stream_outputs(std::size_t n, std::initializer_list<const float*> in, std::initializer_list<const float*> out) {
   if (!v4::kHasStream || n < (std::size_t{1} << 20)) return false;
   int close = 0;
