@@ -117,6 +117,7 @@ struct KeyPass {
   std::uint16_t* keys;
   std::uint32_t* h[4];
   std::size_t* hist;
+  bool count;  // histogram each block (else the caller counts the keys after the pass)
   float cmax;         // max |c|
   bool double_all;    // a centroid too small for the float formula
   std::size_t since;  // values counted since the tables were last flushed
@@ -202,6 +203,9 @@ void key_block(void* ctx, std::size_t i0, std::size_t m) {
       kmax = std::max(kmax, kv[p]);
     }
   }
+  kp.kmin = kmin;
+  kp.kmax = kmax;
+  if (!kp.count) return;
   // Distances crowd into a few bins, so neighbouring values often bump the same counter and each
   // bump would wait for the previous one's store: four tables, one per value mod 4.
   p = 0;
@@ -212,27 +216,30 @@ void key_block(void* ctx, std::size_t i0, std::size_t m) {
     ++kp.h[3][kv[p + 3]];
   }
   for (; p < m; ++p) ++kp.h[0][kv[p]];
-  kp.kmin = kmin;
-  kp.kmax = kmax;
   kp.since += m;
   if (kp.since >= (std::size_t{1} << 30)) flush_tables(kp);  // uint32 counters, flushed before they wrap
 }
 
-// Labels, keys (and the float differences into diff, if not null) and hist[key] counts; hist
-// holds kDistKeys zeroed counters. The caller has checked acc and the centroids.
+// Labels, keys (and the float differences into diff, if not null) and the keys' counts:
+// hist[key - base] for keys from base on. The caller has checked acc and the centroids.
 void label_keys_hist(const float* acc, std::size_t n, const float* c, int k, float lo, float hi,
-                     std::uint8_t* labels, float* diff, std::uint16_t* keys, std::size_t* hist) {
-  // Only the keys' range is flushed: 4 x 128 KiB of counters read for a tensor of a few hundred
-  // values would cost more than it.
-  std::vector<std::uint32_t> tables(4 * kDistKeys, 0);
+                     std::uint8_t* labels, float* diff, std::uint16_t* keys, std::vector<std::size_t>& hist,
+                     std::size_t& base) {
+  // A small tensor is counted after the pass over its keys' range alone: zeroing the 4 x 128 KiB
+  // tables and 256 KiB of counts cost more than its whole pass.
+  constexpr std::size_t kSmall = std::size_t{1} << 16;
+  const bool big = n >= kSmall;
+  std::vector<std::uint32_t> tables(big ? 4 * kDistKeys : 0, 0);
+  if (big) hist.assign(kDistKeys, 0);
   KeyPass kp{};
+  kp.count = big;
   kp.acc = acc;
   kp.c = c;
   kp.labels = labels;
   kp.diff = diff;
   kp.keys = keys;
-  for (int j = 0; j < 4; ++j) kp.h[j] = tables.data() + static_cast<std::size_t>(j) * kDistKeys;
-  kp.hist = hist;
+  for (int j = 0; j < 4 && big; ++j) kp.h[j] = tables.data() + static_cast<std::size_t>(j) * kDistKeys;
+  kp.hist = hist.data();
   const double amax = std::max(std::fabs(static_cast<double>(lo)), std::fabs(static_cast<double>(hi)));
   float cmax = 0.0f;
   for (int j = 0; j < k; ++j) {
@@ -244,7 +251,14 @@ void label_keys_hist(const float* acc, std::size_t n, const float* c, int k, flo
   kp.kmin = 0x7FFF;
   kp.kmax = 0;
   label_blocks(acc, n, c, k, labels, key_block, &kp);
-  if (kp.since > 0) flush_tables(kp);
+  if (big) {
+    if (kp.since > 0) flush_tables(kp);
+    base = 0;
+    return;
+  }
+  base = kp.kmin;
+  hist.assign(static_cast<std::size_t>(kp.kmax) - kp.kmin + 1, 0);
+  for (std::size_t i = 0; i < n; ++i) ++hist[keys[i] - base];
 }
 
 }  // namespace
@@ -278,8 +292,9 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   // distance again.
   std::unique_ptr<std::uint8_t[]> labels(new std::uint8_t[n]);
   std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
-  std::vector<std::size_t> hist(kDistKeys, 0);
-  label_keys_hist(acc, n, centroids, ke, lo, hi, labels.get(), residual, keys.get(), hist.data());
+  std::vector<std::size_t> hist;
+  std::size_t base = 0;
+  label_keys_hist(acc, n, centroids, ke, lo, hi, labels.get(), residual, keys.get(), hist, base);
   const std::uint8_t* lab = labels.get();
   const std::uint16_t* key = keys.get();
   const std::size_t r = shape.replaced;
@@ -300,6 +315,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   std::size_t below = 0, bin = 0;
   while (below + hist[bin] < r) below += hist[bin++];
   std::vector<std::size_t> idx(hist[bin] + 1);
+  bin += base;
   std::size_t c = 0, i = 0;
 #if defined(ORBITFL_SSE2)
   // Eight keys per compare; a block without a candidate (nearly all) costs one branch.
