@@ -100,6 +100,167 @@ int check_sum_range(const float* x, const float* residual, float* acc, std::size
   return bad;
 }
 
+
+// Labels, distance keys and their histogram, a block of labels at a time (from L1). The key is
+// the top 16 bits of float(|double(acc) - double(c)|), monotone in the double distance; it is
+// computed as the top bits of |acc - c| in float, which is the same float whenever acc - c is
+// exact in double: always unless one operand is below the other's 2^-27 (a difference spans at
+// most 25 + 28 bits then). A block holding such a value (0 < |acc| * 2^27 < max |c|), or any
+// call whose smallest non-zero centroid is below max |acc| * 2^-27, takes the double formula.
+// The float difference is the residual of a replaced value, so it is kept there (the residual's
+// old content is already in acc) and the split does not gather the centroids again.
+struct KeyPass {
+  const float* acc;
+  const float* c;
+  const std::uint8_t* labels;
+  float* diff;  // the residual array, or null
+  std::uint16_t* keys;
+  std::uint32_t* h[4];
+  std::size_t* hist;
+  bool count;  // histogram each block (else the caller counts the keys after the pass)
+  float cmax;         // max |c|
+  bool double_all;    // a centroid too small for the float formula
+  std::size_t since;  // values counted since the tables were last flushed
+  std::uint16_t kmin, kmax;
+};
+
+constexpr std::size_t kDistKeys = std::size_t{1} << 15;
+
+void flush_tables(KeyPass& kp) {
+  for (std::size_t t = kp.kmin; t <= kp.kmax; ++t) {
+    kp.hist[t] += std::size_t{kp.h[0][t]} + kp.h[1][t] + kp.h[2][t] + kp.h[3][t];
+    kp.h[0][t] = kp.h[1][t] = kp.h[2][t] = kp.h[3][t] = 0;
+  }
+  kp.kmin = 0x7FFF;
+  kp.kmax = 0;
+  kp.since = 0;
+}
+
+inline std::uint16_t key_of(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<std::uint16_t>((u & 0x7FFFFFFFu) >> 16);
+}
+
+void key_block(void* ctx, std::size_t i0, std::size_t m) {
+  KeyPass& kp = *static_cast<KeyPass*>(ctx);
+  const float* xv = kp.acc + i0;
+  const std::uint8_t* lab = kp.labels + i0;
+  const float* c = kp.c;
+  float* dv = kp.diff != nullptr ? kp.diff + i0 : nullptr;
+  std::uint16_t* kv = kp.keys + i0;
+  const float cmax = kp.cmax;
+  constexpr float kUp = 134217728.0f;  // 2^27
+  std::uint16_t kmin = kp.kmin, kmax = kp.kmax;
+  bool tiny = kp.double_all;
+  std::size_t p = 0;
+#if defined(ORBITFL_SSE2)
+  const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+  const __m128 vcmax = _mm_set1_ps(cmax), vup = _mm_set1_ps(kUp), zero = _mm_setzero_ps();
+  __m128 vtiny = zero;
+  __m128i vmin = _mm_set1_epi16(0x7FFF), vmax = _mm_setzero_si128();
+  for (; p + 8 <= m; p += 8) {
+    __m128i kq[2];
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const std::size_t q = p + 4 * static_cast<std::size_t>(h2);
+      const __m128 v = _mm_loadu_ps(xv + q);
+      const __m128 cv = _mm_setr_ps(c[lab[q]], c[lab[q + 1]], c[lab[q + 2]], c[lab[q + 3]]);
+      const __m128 d = _mm_sub_ps(v, cv);
+      if (dv != nullptr) _mm_storeu_ps(dv + q, d);
+      kq[h2] = _mm_srli_epi32(_mm_castps_si128(_mm_and_ps(d, absmask)), 16);
+      const __m128 av = _mm_and_ps(v, absmask);
+      vtiny = _mm_or_ps(vtiny, _mm_and_ps(_mm_cmpgt_ps(av, zero), _mm_cmplt_ps(_mm_mul_ps(av, vup), vcmax)));
+    }
+    // keys <= 0x7F80 (|acc - c| rounds at most to +inf), so the signed pack and compares keep them
+    const __m128i k8 = _mm_packs_epi32(kq[0], kq[1]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(kv + p), k8);
+    vmin = _mm_min_epi16(vmin, k8);
+    vmax = _mm_max_epi16(vmax, k8);
+  }
+  tiny = tiny || _mm_movemask_ps(vtiny) != 0;
+  alignas(16) std::uint16_t lo8[8], hi8[8];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lo8), vmin);
+  _mm_store_si128(reinterpret_cast<__m128i*>(hi8), vmax);
+  for (int j = 0; j < 8; ++j) {
+    kmin = std::min(kmin, lo8[j]);
+    kmax = std::max(kmax, hi8[j]);
+  }
+#endif
+  for (; p < m; ++p) {
+    const float d = xv[p] - c[lab[p]];
+    if (dv != nullptr) dv[p] = d;
+    kv[p] = key_of(d);
+    const float av = std::fabs(xv[p]);
+    tiny = tiny || (av > 0.0f && av * kUp < cmax);
+    kmin = std::min(kmin, kv[p]);
+    kmax = std::max(kmax, kv[p]);
+  }
+  if (tiny) {
+    // Rare: the keys again by the double formula (the float differences stand as they are).
+    for (p = 0; p < m; ++p) {
+      kv[p] = key_of(static_cast<float>(dist_of(xv, c, lab, p)));
+      kmin = std::min(kmin, kv[p]);
+      kmax = std::max(kmax, kv[p]);
+    }
+  }
+  kp.kmin = kmin;
+  kp.kmax = kmax;
+  if (!kp.count) return;
+  // Distances crowd into a few bins, so neighbouring values often bump the same counter and each
+  // bump would wait for the previous one's store: four tables, one per value mod 4.
+  p = 0;
+  for (; p + 4 <= m; p += 4) {
+    ++kp.h[0][kv[p]];
+    ++kp.h[1][kv[p + 1]];
+    ++kp.h[2][kv[p + 2]];
+    ++kp.h[3][kv[p + 3]];
+  }
+  for (; p < m; ++p) ++kp.h[0][kv[p]];
+  kp.since += m;
+  if (kp.since >= (std::size_t{1} << 30)) flush_tables(kp);  // uint32 counters, flushed before they wrap
+}
+
+// Labels, keys (and the float differences into diff, if not null) and the keys' counts:
+// hist[key - base] for keys from base on. The caller has checked acc and the centroids.
+void label_keys_hist(const float* acc, std::size_t n, const float* c, int k, float lo, float hi,
+                     std::uint8_t* labels, float* diff, std::uint16_t* keys, std::vector<std::size_t>& hist,
+                     std::size_t& base) {
+  // A small tensor is counted after the pass over its keys' range alone: zeroing the 4 x 128 KiB
+  // tables and 256 KiB of counts cost more than its whole pass.
+  constexpr std::size_t kSmall = std::size_t{1} << 16;
+  const bool big = n >= kSmall;
+  std::vector<std::uint32_t> tables(big ? 4 * kDistKeys : 0, 0);
+  if (big) hist.assign(kDistKeys, 0);
+  KeyPass kp{};
+  kp.count = big;
+  kp.acc = acc;
+  kp.c = c;
+  kp.labels = labels;
+  kp.diff = diff;
+  kp.keys = keys;
+  for (int j = 0; j < 4 && big; ++j) kp.h[j] = tables.data() + static_cast<std::size_t>(j) * kDistKeys;
+  kp.hist = hist.data();
+  const double amax = std::max(std::fabs(static_cast<double>(lo)), std::fabs(static_cast<double>(hi)));
+  float cmax = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const float a = std::fabs(c[j]);
+    cmax = std::max(cmax, a);
+    kp.double_all = kp.double_all || (a > 0.0f && static_cast<double>(a) * 134217728.0 < amax);
+  }
+  kp.cmax = cmax;
+  kp.kmin = 0x7FFF;
+  kp.kmax = 0;
+  label_blocks(acc, n, c, k, labels, key_block, &kp);
+  if (big) {
+    if (kp.since > 0) flush_tables(kp);
+    base = 0;
+    return;
+  }
+  base = kp.kmin;
+  hist.assign(static_cast<std::size_t>(kp.kmax) - kp.kmin + 1, 0);
+  for (std::size_t i = 0; i < n; ++i) ++hist[keys[i] - base];
+}
+
 }  // namespace
 
 void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residual, int iters,
@@ -131,8 +292,9 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   // distance again.
   std::unique_ptr<std::uint8_t[]> labels(new std::uint8_t[n]);
   std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
-  std::vector<std::size_t> hist(kDistKeys, 0);
-  assign_dist_hist(acc, n, centroids, ke, labels.get(), keys.get(), hist.data());
+  std::vector<std::size_t> hist;
+  std::size_t base = 0;
+  label_keys_hist(acc, n, centroids, ke, lo, hi, labels.get(), residual, keys.get(), hist, base);
   const std::uint8_t* lab = labels.get();
   const std::uint16_t* key = keys.get();
   const std::size_t r = shape.replaced;
@@ -146,15 +308,14 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
       if (residual != nullptr) std::fill(residual, residual + n, 0.0f);
     } else {
       pack_bits_unchecked(lab, n, shape.id_bits, ids);
-      if (residual != nullptr) {
-        for (std::size_t j = 0; j < n; ++j) residual[j] = acc[j] - centroids[lab[j]];
-      }
+      // residual already holds acc - c of every value
     }
     return;
   }
   std::size_t below = 0, bin = 0;
   while (below + hist[bin] < r) below += hist[bin++];
   std::vector<std::size_t> idx(hist[bin] + 1);
+  bin += base;
   std::size_t c = 0, i = 0;
 #if defined(ORBITFL_SSE2)
   // Eight keys per compare; a block without a candidate (nearly all) costs one branch.
@@ -214,16 +375,13 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     }
     mask[i >> 3] = static_cast<std::uint8_t>(byte);
     if (residual != nullptr) {
-      // acc - c[label] where replaced; an exact value's residual is +0.0, as the twin writes it.
-      const float* cs = centroids;
-      const std::uint8_t* l = lab + i;
-      const __m128 c0 = _mm_setr_ps(cs[l[0]], cs[l[1]], cs[l[2]], cs[l[3]]);
-      const __m128 c1 = _mm_setr_ps(cs[l[4]], cs[l[5]], cs[l[6]], cs[l[7]]);
+      // It holds acc - c: kept where replaced; an exact value's residual is +0.0, as the twin
+      // writes it.
       const __m128i vbyte = _mm_set1_epi32(static_cast<int>(byte));
       const __m128 mlo = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(vbyte, bits_lo), bits_lo));
       const __m128 mhi = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(vbyte, bits_hi), bits_hi));
-      _mm_storeu_ps(residual + i, _mm_and_ps(_mm_sub_ps(_mm_loadu_ps(acc + i), c0), mlo));
-      _mm_storeu_ps(residual + i + 4, _mm_and_ps(_mm_sub_ps(_mm_loadu_ps(acc + i + 4), c1), mhi));
+      _mm_storeu_ps(residual + i, _mm_and_ps(_mm_loadu_ps(residual + i), mlo));
+      _mm_storeu_ps(residual + i + 4, _mm_and_ps(_mm_loadu_ps(residual + i + 4), mhi));
     }
     for (unsigned p = 0; p < 8; ++p) split_one(i + p, (byte >> p) & 1u);
   }
@@ -236,7 +394,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
       const unsigned rep = key[j] < bin ? 1u : (key[j] == bin ? in_bin(j) : 0u);
       byte |= rep << p;
       split_one(j, rep);
-      if (residual != nullptr) residual[j] = rep != 0 ? acc[j] - centroids[lab[j]] : 0.0f;
+      if (residual != nullptr && rep == 0) residual[j] = 0.0f;
     }
     mask[i0 >> 3] = static_cast<std::uint8_t>(byte);
   }

@@ -945,80 +945,13 @@ double kmeans1d(const float* x, std::size_t n, int k, KMeansMethod method, int i
   return labels == nullptr ? 0.0 : assign(x, n, centroids, k, labels);
 }
 
-void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist) {
-  // A block at a time: labels, then distances and keys (the centroids gathered by label, 8
-  // values per step), then the counters. Distances crowd into a few bins, so
-  // neighbouring values often bump the same counter and each bump would wait for the previous
-  // one's store: four tables, one per value mod 4, break the chain. Only the keys' range is
-  // flushed: 4 x 128 KiB of counters read for a tensor of a few hundred values cost more than it.
-  constexpr std::size_t kBlock = 256;
-  constexpr std::size_t kChunk = std::size_t{1} << 30;  // uint32 counters flushed before wrapping
-  constexpr std::size_t nh = kDistKeys;
-  std::vector<std::uint32_t> tables(4 * nh, 0);
-  std::uint32_t* h[4] = {tables.data(), tables.data() + nh, tables.data() + 2 * nh, tables.data() + 3 * nh};
+void label_blocks(const float* x, std::size_t n, const float* centroids, int k, std::uint8_t* labels,
+                  LabelBlockFn fn, void* ctx) {
   const AnyLabeler label(centroids, k);
-  const float* c = centroids;
-  for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
-    const std::size_t c1 = std::min(n, c0 + kChunk);
-    std::uint16_t kmin = 0x7FFF, kmax = 0;
-    for (std::size_t i0 = c0; i0 < c1; i0 += kBlock) {
-      const std::size_t m = std::min(kBlock, c1 - i0);
-      std::uint8_t* lab = labels + i0;
-      const float* xv = x + i0;
-      std::uint16_t* kv = keys + i0;
-      label(xv, m, lab);
-      std::size_t p = 0;
-#if defined(ORBITFL_SSE2)
-      const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
-      __m128i vmin = _mm_set1_epi16(0x7FFF), vmax = _mm_setzero_si128();
-      for (; p + 8 <= m; p += 8) {
-        __m128i kq[2];
-        for (int h2 = 0; h2 < 2; ++h2) {
-          const std::size_t q = p + 4 * static_cast<std::size_t>(h2);
-          const __m128 v = _mm_loadu_ps(xv + q);
-          const __m128 cv = _mm_setr_ps(c[lab[q]], c[lab[q + 1]], c[lab[q + 2]], c[lab[q + 3]]);
-          const __m128d dlo = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(v), _mm_cvtps_pd(cv)), absmask);
-          const __m128d dhi = _mm_and_pd(_mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), _mm_cvtps_pd(_mm_movehl_ps(cv, cv))), absmask);
-          const __m128 f = _mm_movelh_ps(_mm_cvtpd_ps(dlo), _mm_cvtpd_ps(dhi));
-          kq[h2] = _mm_srli_epi32(_mm_castps_si128(f), 16);
-        }
-        // keys <= 0x7F80 (a distance rounds at most to +inf), so the signed pack and compares keep them
-        const __m128i k8 = _mm_packs_epi32(kq[0], kq[1]);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(kv + p), k8);
-        vmin = _mm_min_epi16(vmin, k8);
-        vmax = _mm_max_epi16(vmax, k8);
-      }
-      alignas(16) std::uint16_t lo8[8], hi8[8];
-      _mm_store_si128(reinterpret_cast<__m128i*>(lo8), vmin);
-      _mm_store_si128(reinterpret_cast<__m128i*>(hi8), vmax);
-      for (int j = 0; j < 8; ++j) {
-        kmin = std::min(kmin, lo8[j]);
-        kmax = std::max(kmax, hi8[j]);
-      }
-#endif
-      for (; p < m; ++p) {
-        const float cl = c[lab[p]];
-        const float f = static_cast<float>(std::fabs(static_cast<double>(xv[p]) - static_cast<double>(cl)));
-        std::uint32_t u;
-        std::memcpy(&u, &f, 4);
-        kv[p] = static_cast<std::uint16_t>(u >> 16);
-        kmin = std::min(kmin, kv[p]);
-        kmax = std::max(kmax, kv[p]);
-      }
-      p = 0;
-      for (; p + 4 <= m; p += 4) {
-        ++h[0][kv[p]];
-        ++h[1][kv[p + 1]];
-        ++h[2][kv[p + 2]];
-        ++h[3][kv[p + 3]];
-      }
-      for (; p < m; ++p) ++h[0][kv[p]];
-    }
-    for (std::size_t t = kmin; t <= kmax; ++t) {
-      hist[t] += std::size_t{h[0][t]} + h[1][t] + h[2][t] + h[3][t];
-      h[0][t] = h[1][t] = h[2][t] = h[3][t] = 0;
-    }
+  for (std::size_t i0 = 0; i0 < n; i0 += kLabelBlock) {
+    const std::size_t m = std::min(kLabelBlock, n - i0);
+    label(x + i0, m, labels + i0);
+    fn(ctx, i0, m);
   }
 }
 

@@ -49,12 +49,12 @@ void kmeans_centroids_in_range(const float* x, std::size_t n, int k, KMeansMetho
                                std::uint64_t seed, float lo, float hi, float* centroids);
 
 // kmeans_assign's labels without its checks or SSE (the caller checked x and the centroids),
-// keys[i] = the top 16 bits of float(|double(x) - double(c[label])|) (a monotone function of the
-// distance: a smaller key means a smaller distance; at most 0x7F80) and hist[key] += 1 (hist
-// holds kDistKeys counters). For GCC, which replaces the values nearest their centroid: one pass
-// instead of labels, a distance array of n doubles and a pass over it.
-constexpr std::size_t kDistKeys = std::size_t{1} << 15;
-void assign_dist_hist(const float* x, std::size_t n, const float* centroids, int k,
-                      std::uint8_t* labels, std::uint16_t* keys, std::size_t* hist);
+// written to labels a block of at most kLabelBlock values at a time, fn(ctx, i0, m) called after
+// each block (labels[i0, i0 + m) are set), in order: for GCC, which computes its distance keys
+// from a block's labels while the block is still in L1.
+constexpr std::size_t kLabelBlock = 256;
+using LabelBlockFn = void (*)(void* ctx, std::size_t i0, std::size_t m);
+void label_blocks(const float* x, std::size_t n, const float* centroids, int k, std::uint8_t* labels,
+                  LabelBlockFn fn, void* ctx);
 
 }  // namespace orbitfl

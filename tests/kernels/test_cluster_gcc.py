@@ -278,7 +278,14 @@ def test_nonfinite_anywhere_is_a_value_error_and_the_residual_is_kept(
 
 @pytest.mark.parametrize(
     ("n", "k", "rho"),
-    [(40_000, 16, 0.5), (30_001, 8, 0.3), (20_000, 64, 0.75), (9_999, 16, 1.0), (10_001, 16, 0.0)],
+    [
+        (40_000, 16, 0.5),
+        (30_001, 8, 0.3),
+        (20_000, 64, 0.75),
+        (9_999, 16, 1.0),
+        (10_001, 16, 0.0),
+        (100_003, 16, 0.5),  # 2^16 values or more: the keys counted in tables during the pass
+    ],
 )
 def test_large_tensors_agree_bit_for_bit_with_a_residual(n: int, k: int, rho: float) -> None:
     # Large enough that k-means runs on its fixed-point grid; the one-pass split (mask bytes,
@@ -291,6 +298,38 @@ def test_large_tensors_agree_bit_for_bit_with_a_residual(n: int, k: int, rho: fl
     assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
     assert r1.tobytes() == r2.tobytes()
     assert a[3].size == n - math.floor(rho * n)
+
+
+@pytest.mark.parametrize(("n", "tiny_share"), [(70_001, 0.001), (70_001, 0.9), (5_001, 0.9), (5_001, 0.001)])
+def test_values_far_below_the_centroids_agree_bit_for_bit(n: int, tiny_share: float) -> None:
+    # Values below 2^-27 of a centroid (a few), or centroids below 2^-27 of the largest value
+    # (most values tiny): acc - c may round in double, and the C++ keys take the double formula
+    # for those blocks or the whole call. The selection must still be the twin's.
+    x = grads(n, seed=n)
+    tiny = np.random.default_rng(n).random(n) < tiny_share
+    x[tiny] *= np.float32(1e-12)
+    r1 = (grads(n, seed=n + 1) * np.float32(0.01)).astype(np.float32)
+    r1[tiny] *= np.float32(1e-12)
+    r2 = r1.copy()
+    a = CPP.gcc_encode(x, 16, 0.5, r1, 20, 0, "hist")
+    b = REF.gcc_encode(x, 16, 0.5, r2, 20, 0, "hist")
+    assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
+    assert r1.tobytes() == r2.tobytes()
+
+
+@pytest.mark.parametrize("method", ["optimal", "hist"])
+def test_a_centroid_far_below_the_values_agrees_bit_for_bit(method: str) -> None:
+    # Half the values near 1e-20, half in [1, 2): "optimal" puts a centroid at their mean (below
+    # 2^-27 of max |acc|), so the C++ keys of the whole call take the double formula; "hist"
+    # rounds that centroid to 0 and only the blocks of tiny values do.
+    n = 3001
+    rng = np.random.default_rng(n)
+    u = rng.random(n).astype(np.float32)
+    x = np.where(rng.random(n) < 0.5, np.float32(1e-20) * (1 + u), 1 + u).astype(np.float32)
+    a = CPP.gcc_encode(x, 16, 0.5, None, 20, 0, method)
+    b = REF.gcc_encode(x, 16, 0.5, None, 20, 0, method)
+    assert all(u.tobytes() == v.tobytes() for u, v in zip(a, b, strict=True))
+    assert 0.0 < float(a[0][0]) < 1e-19 or method == "hist"
 
 
 @pytest.mark.parametrize(
