@@ -671,17 +671,8 @@ void lloyd(Bins& b, float* c, int k, int iters) {
 // outliers, few distinct values, small n, a coarse lattice) the per-value double path below
 // (make_bins, lloyd) runs instead.
 int grid_bits(int k) { return k <= 32 ? 12 : 14; }
-// Fine bins per coarse bin of the DP start: log2 of it. The DP costs ~k * m * log2(m) column
-// steps on m coarse bins whatever n is, 0.1-0.2 ms for the bench's small tensors (n of 768 to
-// 18432, m near min(n, 2048)), most of their encode: below kGridSmallN values, twice coarser for
-// k <= 32 (the DP ~2x faster). Lloyd on the fine bins finishes from that start; the SSE moved by
-// at most +1.5e-4 relative on the bench's small tensors at k = 16. 8x coarser was 3x faster but
-// left Lloyd in worse optima (+0.3 % SSE at k = 16, +2 % at 32), so it was not kept.
-constexpr std::size_t kGridSmallN = std::size_t{1} << 15;
-int grid_cshift(int k, std::size_t n) {
-  const int extra = k <= 32 && n < kGridSmallN ? 1 : 0;
-  return grid_bits(k) - (kmeans_hist_bins(k) == 2048 ? 11 : 13) + extra;
-}
+// Fine bins per coarse bin of the DP start: log2 of it.
+int grid_cshift(int k) { return grid_bits(k) - (kmeans_hist_bins(k) == 2048 ? 11 : 13); }
 constexpr std::size_t kGridChunk = std::size_t{1} << 20;
 
 struct Grid {
@@ -692,7 +683,6 @@ struct Grid {
   std::vector<std::uint32_t> fine;    // its fine index
   std::vector<double> mean;           // sum q / count * 2^-s, non-decreasing
   std::int64_t qshift = 0;
-  std::size_t n = 0;
   bool ok = false;
 };
 
@@ -735,7 +725,6 @@ inline void grid_us(const float* x, std::size_t m, float f, std::int32_t qlo, st
 
 Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
   Grid g;
-  g.n = n;
   const int s = grid_shift(lo, hi);
   if (s > 127) return g;
   g.f = std::ldexp(1.0f, s);
@@ -781,7 +770,7 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
   }
   g.qshift = (static_cast<std::int64_t>(qlo) + qhi) >> 1;  // floor, as NumPy's //
   // Whether the grid resolves the data at all, counting the coarse bins for the DP start.
-  const int cshift = grid_cshift(k, n);
+  const int cshift = grid_cshift(k);
   std::size_t coarse = 0;
   for (std::size_t i = 0; i < g.fine.size(); ++i) {
     coarse += i == 0 || (g.fine[i] >> cshift) != (g.fine[i - 1] >> cshift) ? 1 : 0;
@@ -794,7 +783,7 @@ Grid make_grid(const float* x, std::size_t n, float lo, float hi, int k) {
 // The DP start: items are the coarse bins, sums of q - qshift (exact), and the sum of squares as
 // if each fine bin's values sat at its mean (sequential in fine-bin order).
 void grid_dp(const Grid& g, int k, float* out) {
-  const int cshift = grid_cshift(k, static_cast<std::size_t>(g.n));
+  const int cshift = grid_cshift(k);
   std::vector<double> cnt, s1, s2;
   std::vector<float> vlo, vhi;
   std::vector<std::int64_t> i1;

@@ -167,9 +167,6 @@ def cases(k: ModuleType, x: dict[str, F32]) -> dict[str, Callable[[], Any]]:
                 return cent, labels, sse, k.kmeans_assign(a, cent)
 
             out[f"kmeans1d/{method}/k{kk}"] = km
-    # heavy's tails make "hist" leave the grid; the uniform values stay on it, and below 2^15
-    # values its DP starts on coarser bins (csrc/kmeans1d.cpp grid_cshift)
-    out["kmeans1d/hist/k16/grid-small"] = lambda: k.kmeans1d(u[:8000], 16, method="hist")
 
     for kk, rho in ((4, 0.5), (16, 0.9)):
 

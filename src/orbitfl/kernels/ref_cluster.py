@@ -331,14 +331,9 @@ def grid_bits(k: int) -> int:
     return 12 if k <= 32 else 14
 
 
-GRID_SMALL_N = 1 << 15
-
-
-def _cshift(k: int, n: int) -> int:
-    """log2 of the fine bins per coarse bin of the DP start: twice coarser below GRID_SMALL_N
-    values for k <= 32, where the DP's cost (~k m log m on m coarse bins) was most of an encode."""
-    extra = 1 if k <= 32 and n < GRID_SMALL_N else 0
-    return grid_bits(k) - (11 if hist_bins(k) == 2048 else 13) + extra
+def _cshift(k: int) -> int:
+    """log2 of the fine bins per coarse bin of the DP start."""
+    return grid_bits(k) - (11 if hist_bins(k) == 2048 else 13)
 
 
 @dataclass
@@ -375,7 +370,7 @@ def _grid(xf: F32, lo: float, hi: float, k: int) -> _Grid:
     sq_all = np.zeros(nb, np.int64)
     np.add.at(sq_all, bins, q)
     fine = np.flatnonzero(cnt_all)
-    coarse = np.unique(fine >> _cshift(k, xf.size)).size
+    coarse = np.unique(fine >> _cshift(k)).size
     ok = (int(cnt_all.max()) << gb) <= 128 * xf.size and coarse >= k
     return _Grid(2.0**-s, lo, hi, cnt_all[fine], sq_all[fine], fine, (qlo + qhi) >> 1, ok)
 
@@ -388,8 +383,7 @@ def _grid_dp(g: _Grid, k: int) -> F32:
     dd = d.astype(np.float64)
     sqv = dd * dd / c.astype(np.float64)
     mean = (g.sq.astype(np.float64) / c.astype(np.float64) * g.unscale).astype(np.float32)
-    coarse = g.fine >> _cshift(k, int(g.cnt.sum()))  # the counts sum to n
-    _, idx, counts = np.unique(coarse, return_inverse=True, return_counts=True)
+    _, idx, counts = np.unique(g.fine >> _cshift(k), return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     cnt: F64 = np.bincount(idx, weights=c.astype(np.float64)).astype(np.float64, copy=False)
     i1 = np.zeros(counts.size, np.int64)
