@@ -425,9 +425,10 @@ class Coreset(FloatStage):
             h = kern.to_float16(cents)
             if ((h & 0x7C00) == 0x7C00).any():
                 raise ValueError("a centroid exceeds the float16 range; use codebook=fp32 or 8")
-            # Rounding may merge centroids; kmeans_pack wants a strictly ascending codebook.
-            book = kern.to_float16(np.unique(kern.from_float16(h)))
-            qbook = kern.from_float16(book)
+            # Rounding may merge centroids; kmeans_pack wants a strictly ascending codebook. The
+            # unique values are float16 values already, so they are the decoder's codebook as they are.
+            qbook = np.unique(kern.from_float16(h))
+            book = kern.to_float16(qbook)
         else:
             codes, lo, step = kern.quantize(cents, 8, max(1, k))
             book = np.unique(codes)
