@@ -107,13 +107,14 @@ int check_sum_range(const float* x, const float* residual, float* acc, std::size
 // exact in double: always unless one operand is below the other's 2^-27 (a difference spans at
 // most 25 + 28 bits then). A block holding such a value (0 < |acc| * 2^27 < max |c|), or any
 // call whose smallest non-zero centroid is below max |acc| * 2^-27, takes the double formula.
-// The float difference is the residual of a replaced value, so it is kept there (the residual's
-// old content is already in acc) and the split does not gather the centroids again.
+// The float difference is the new residual of a replaced value, so it is kept in residual_out
+// (the old residual, even when it is the same array, is already in acc) and the split does not
+// gather the centroids again.
 struct KeyPass {
   const float* acc;
   const float* c;
   const std::uint8_t* labels;
-  float* diff;  // the residual array, or null
+  float* diff;  // residual_out, or null
   std::uint16_t* keys;
   std::uint32_t* h[4];
   std::size_t* hist;
@@ -263,9 +264,9 @@ void label_keys_hist(const float* acc, std::size_t n, const float* c, int k, flo
 
 }  // namespace
 
-void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residual, int iters,
+void gcc_encode(const float* x, std::size_t n, int k, double rho, const float* residual, int iters,
                 std::uint64_t seed, KMeansMethod method, float* centroids, std::uint8_t* mask,
-                std::uint8_t* ids, float* exact) {
+                std::uint8_t* ids, float* exact, float* residual_out) {
   const GccShape shape = gcc_shape(n, k, rho);
   require(iters >= 0, "iters must be >= 0, got " + std::to_string(iters));
   if (n == 0) return;
@@ -294,7 +295,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
   std::unique_ptr<std::uint16_t[]> keys(new std::uint16_t[n]);
   std::vector<std::size_t> hist;
   std::size_t base = 0;
-  label_keys_hist(acc, n, centroids, ke, lo, hi, labels.get(), residual, keys.get(), hist, base);
+  label_keys_hist(acc, n, centroids, ke, lo, hi, labels.get(), residual_out, keys.get(), hist, base);
   const std::uint8_t* lab = labels.get();
   const std::uint16_t* key = keys.get();
   const std::size_t r = shape.replaced;
@@ -305,10 +306,10 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
     if (n % 8 != 0) mask[n / 8] = static_cast<std::uint8_t>(r == 0 ? 0 : (1u << (n % 8)) - 1);
     if (r == 0) {
       std::memcpy(exact, acc, n * sizeof(float));
-      if (residual != nullptr) std::fill(residual, residual + n, 0.0f);
+      if (residual_out != nullptr) std::fill(residual_out, residual_out + n, 0.0f);
     } else {
       pack_bits_unchecked(lab, n, shape.id_bits, ids);
-      // residual already holds acc - c of every value
+      // residual_out already holds acc - c of every value
     }
     return;
   }
@@ -374,14 +375,14 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
       eq &= eq - 1;
     }
     mask[i >> 3] = static_cast<std::uint8_t>(byte);
-    if (residual != nullptr) {
+    if (residual_out != nullptr) {
       // It holds acc - c: kept where replaced; an exact value's residual is +0.0, as the twin
       // writes it.
       const __m128i vbyte = _mm_set1_epi32(static_cast<int>(byte));
       const __m128 mlo = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(vbyte, bits_lo), bits_lo));
       const __m128 mhi = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(vbyte, bits_hi), bits_hi));
-      _mm_storeu_ps(residual + i, _mm_and_ps(_mm_loadu_ps(residual + i), mlo));
-      _mm_storeu_ps(residual + i + 4, _mm_and_ps(_mm_loadu_ps(residual + i + 4), mhi));
+      _mm_storeu_ps(residual_out + i, _mm_and_ps(_mm_loadu_ps(residual_out + i), mlo));
+      _mm_storeu_ps(residual_out + i + 4, _mm_and_ps(_mm_loadu_ps(residual_out + i + 4), mhi));
     }
     for (unsigned p = 0; p < 8; ++p) split_one(i + p, (byte >> p) & 1u);
   }
@@ -394,7 +395,7 @@ void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residua
       const unsigned rep = key[j] < bin ? 1u : (key[j] == bin ? in_bin(j) : 0u);
       byte |= rep << p;
       split_one(j, rep);
-      if (residual != nullptr && rep == 0) residual[j] = 0.0f;
+      if (residual_out != nullptr && rep == 0) residual_out[j] = 0.0f;
     }
     mask[i0 >> 3] = static_cast<std::uint8_t>(byte);
   }

@@ -23,12 +23,15 @@ GccShape gcc_shape(std::size_t n, int k, double rho);
 // Bits of a centroid id for k centroids: ceil(log2 k), at least 1.
 int gcc_id_bits(std::size_t k);
 
-// Encodes x (+ residual, if not null). Outputs sized by gcc_shape: centroids[shape.centroids],
-// mask[ceil(n/8)], ids[ceil(replaced * id_bits / 8)], exact[n - replaced]. If residual is not
-// null it becomes acc - decoded. Throws NonFinite for NaN/Inf in x, residual or their sum.
-void gcc_encode(const float* x, std::size_t n, int k, double rho, float* residual, int iters,
+// Encodes acc = x (+ residual, if not null). Outputs sized by gcc_shape: centroids[shape.centroids],
+// mask[ceil(n/8)], ids[ceil(replaced * id_bits / 8)], exact[n - replaced]. If residual_out is not
+// null it receives acc - decoded. residual is read only by the first pass, so residual_out may be
+// residual itself (updated in place) or a separate array (residual then stays as it was); any
+// other overlap is not allowed. Throws NonFinite for NaN/Inf in x, residual or their sum, before
+// residual_out is written.
+void gcc_encode(const float* x, std::size_t n, int k, double rho, const float* residual, int iters,
                 std::uint64_t seed, KMeansMethod method, float* centroids, std::uint8_t* mask,
-                std::uint8_t* ids, float* exact);
+                std::uint8_t* ids, float* exact, float* residual_out);
 
 // Number of replaced values the mask announces (its first n bits); InvalidArgument if short.
 std::size_t gcc_count_replaced(const std::uint8_t* mask, std::size_t mask_len, std::size_t n);

@@ -282,9 +282,50 @@ py::tuple gcc_encode_py(const py::object& x, const py::object& k, const py::obje
   float* ep = exact.mutable_data();
   {
     py::gil_scoped_release release;
-    gcc_encode(xp, n, kk, r, rp, it, sd, m, cp, mp, ip, ep);
+    gcc_encode(xp, n, kk, r, rp, it, sd, m, cp, mp, ip, ep, rp);
   }
   return py::make_tuple(c, mask, ids, exact);
+}
+
+// gcc_encode with the residual only read and the new one written into a separate array: the
+// caller's state stays intact if the encode fails, without copying it first.
+py::tuple gcc_encode_ef_py(const py::object& x, const py::object& k, const py::object& rho,
+                           const py::object& residual, const py::object& iters, const py::object& seed,
+                           const py::object& method, const py::object& residual_out) {
+  py::array xa = checked<float>(x, "x");
+  const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
+  const double r = real_in(rho, "rho");
+  const std::size_t n = static_cast<std::size_t>(xa.size());
+  const float* rp = nullptr;
+  py::array ra;
+  if (!residual.is_none()) {
+    ra = checked<float>(residual, "residual");
+    if (static_cast<std::size_t>(ra.size()) != n) {
+      throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
+                            std::to_string(ra.size()));
+    }
+    rp = ptr<float>(ra);
+  }
+  const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
+  const std::uint64_t sd = seed_in(seed);
+  const KMeansMethod m = method_in(method);
+  const GccShape s = gcc_shape(n, kk, r);
+  const float* xp = ptr<float>(xa);
+  py::array_t<float> r_out = out_array(residual_out, "residual_out", n, {{xp, 4 * n}, {rp, 4 * n}});
+  py::array_t<float> c(static_cast<py::ssize_t>(s.centroids));
+  py::array_t<std::uint8_t> mask(static_cast<py::ssize_t>(packed_size(n, 1)));
+  py::array_t<std::uint8_t> ids(static_cast<py::ssize_t>(packed_size(s.replaced, s.id_bits)));
+  py::array_t<float> exact(static_cast<py::ssize_t>(n - s.replaced));
+  float* cp = c.mutable_data();
+  std::uint8_t* mp = mask.mutable_data();
+  std::uint8_t* ip = ids.mutable_data();
+  float* ep = exact.mutable_data();
+  float* rop = r_out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    gcc_encode(xp, n, kk, r, rp, it, sd, m, cp, mp, ip, ep, rop);
+  }
+  return py::make_tuple(c, mask, ids, exact, r_out);
 }
 
 py::array_t<float> gcc_decode_py(const py::object& centroids, const py::object& mask, const py::object& ids,
@@ -329,6 +370,10 @@ void register_cluster(py::module_& m) {
   m.def("gcc_encode", &gcc_encode_py, py::arg("x"), py::arg("k") = 16, py::arg("rho") = 0.5,
         py::arg("residual") = py::none(), py::arg("iters") = 20, py::arg("seed") = 0, py::arg("method") = "hist",
         "GCC centroid compression: (centroids, mask, ids, exact); residual updated in place.");
+  m.def("gcc_encode_ef", &gcc_encode_ef_py, py::arg("x"), py::arg("k") = 16, py::arg("rho") = 0.5,
+        py::arg("residual") = py::none(), py::arg("iters") = 20, py::arg("seed") = 0, py::arg("method") = "hist",
+        py::kw_only(), py::arg("residual_out") = py::none(),
+        "gcc_encode with the residual only read: (centroids, mask, ids, exact, new residual).");
   m.def("gcc_decode", &gcc_decode_py, py::arg("centroids"), py::arg("mask"), py::arg("ids"), py::arg("exact"),
         py::arg("n"), "Inverse of gcc_encode.");
 }

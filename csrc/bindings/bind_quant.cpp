@@ -36,30 +36,6 @@ float* residual_ptr(py::handle obj, std::size_t n) {
   return static_cast<float*>(r.mutable_data());
 }
 
-// An output the caller lends for a new state (None: a fresh array): float32, C-contiguous,
-// writable, n values, and sharing no byte with the inputs or the other outputs (the kernel reads
-// those while it writes this). Reusing last round's retired state saves the kernel's pages being
-// zero-filled anew each round.
-py::array_t<float> out_array(py::handle obj, const char* name, std::size_t n,
-                             std::initializer_list<std::pair<const void*, std::size_t>> others) {
-  if (obj.is_none()) return py::array_t<float>(static_cast<py::ssize_t>(n));
-  py::array a = checked<float>(obj, name);
-  if (static_cast<std::size_t>(a.size()) != n) {
-    throw py::value_error(std::string(name) + " must have the size of x (" + std::to_string(n) + "), got " +
-                          std::to_string(a.size()));
-  }
-  if (!a.writeable()) throw py::value_error(std::string(name) + " must be writable");
-  const auto* lo = static_cast<const char*>(a.data());
-  const char* hi = lo + 4 * n;
-  for (auto [p, bytes] : others) {
-    const auto* o = static_cast<const char*>(p);
-    if (n && o && bytes && lo < o + bytes && o < hi) {
-      throw py::value_error(std::string(name) + " must not overlap the inputs or the other output");
-    }
-  }
-  return py::reinterpret_borrow<py::array_t<float>>(a);
-}
-
 void check_bits_arg(int bits) {
   if (bits < 1 || bits > 8) throw py::value_error("bits must be in 1..8, got " + std::to_string(bits));
 }

@@ -166,7 +166,7 @@ TEST_CASE("gcc: half of {0, 1, 10, 11} replaced, residual, round trip") {
   CHECK(s.centroids == 2 && s.replaced == 2 && s.id_bits == 1);
   float c[2], exact[2];
   std::uint8_t mask[1], ids[1];
-  gcc_encode(x, 4, 2, 0.5, res, 20, 0, KMeansMethod::Hist, c, mask, ids, exact);
+  gcc_encode(x, 4, 2, 0.5, res, 20, 0, KMeansMethod::Hist, c, mask, ids, exact, res);
   CHECK(c[0] == 0.5f && c[1] == 10.5f);
   CHECK(mask[0] == 0x03 && ids[0] == 0x00);
   CHECK(exact[0] == 10.0f && exact[1] == 11.0f);
@@ -211,8 +211,16 @@ TEST_CASE("digests of fixed inputs (bit-identical across architectures)") {
     GccShape s = gcc_shape(x.size(), 16, 0.5);
     std::vector<float> c(s.centroids), exact(x.size() - s.replaced);
     std::vector<std::uint8_t> mask(packed_size(x.size(), 1)), ids(packed_size(s.replaced, s.id_bits));
+    // The residual read, the new one written apart: the same outputs, the input left as it was.
+    const std::vector<float> res0 = res;
+    std::vector<float> out(x.size(), 7.0f), c2(s.centroids), exact2(exact.size());
+    std::vector<std::uint8_t> mask2(mask.size()), ids2(ids.size());
+    gcc_encode(x.data(), x.size(), 16, 0.5, res.data(), 20, 0, KMeansMethod::Hist, c2.data(), mask2.data(),
+               ids2.data(), exact2.data(), out.data());
+    CHECK(res == res0);
     gcc_encode(x.data(), x.size(), 16, 0.5, res.data(), 20, 0, KMeansMethod::Hist, c.data(), mask.data(),
-               ids.data(), exact.data());
+               ids.data(), exact.data(), res.data());
+    CHECK(c == c2 && mask == mask2 && ids == ids2 && exact == exact2 && std::memcmp(res.data(), out.data(), 4 * out.size()) == 0);
     gc.vec(c);
     gc.vec(mask);
     gc.vec(ids);

@@ -272,6 +272,26 @@ def gcc_encode(
     x, residual or x + residual: ValueError, and the residual is left untouched.
     """
 
+def gcc_encode_ef(
+    x: F32,
+    k: int = 16,
+    rho: float = 0.5,
+    residual: F32 | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    method: str = "hist",
+    *,
+    residual_out: F32 | None = None,
+) -> tuple[F32, U8, U8, F32, F32]:
+    """gcc_encode(x, k, rho, residual, ...) with the new residual returned instead of written in
+    place: (centroids, mask, ids, exact, acc - decoded), the same values. x and residual (float32,
+    C-contiguous, same size) are only read; without residual, acc is x. Errors as gcc_encode's.
+
+    residual_out: an array to write the new residual into and return (float32, C-contiguous,
+    writable, x's size, sharing no memory with x or residual: ValueError otherwise), instead of a
+    new one; its contents are unspecified after an error.
+    """
+
 def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
     """Inverse of gcc_encode; ValueError for a short mask or ids buffer, an id >= len(centroids),
     or len(exact) != n - (ones among the mask's first n bits)."""

@@ -361,6 +361,7 @@ class Pipeline:
             if i > 0:
                 ctx.residual = ctx.curvature = None
             enc = stage.encode(v, ctx)
+            ctx.finite = enc.leftover_finite
             if i == 0:
                 first_res = ctx.residual
             first = first or enc

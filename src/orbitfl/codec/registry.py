@@ -91,6 +91,9 @@ class EncodeContext:
     # allocate). Only the pipeline passes them, and only when it holds the last reference.
     spare_residual: F32 | None = None
     spare_momentum: F32 | None = None
+    # The input is known finite: it is the previous stage's leftover, which that stage's kernel
+    # already refused unless finite (Encoded.leftover_finite). Never set for the first stage.
+    finite: bool = False
 
 
 @dataclass
@@ -103,6 +106,9 @@ class Encoded:
     # A sparsifying stage (top-k) says where in its input the leftover values came from, so error
     # feedback can fold the later stages' error into those k places instead of decoding all n.
     kept: NDArray[np.uint32] | None = None
+    # The leftover values were checked finite by the stage's kernel, so the next stage may skip
+    # its own check (a later stage still checks what it computes).
+    leftover_finite: bool = False
 
 
 @dataclass

@@ -50,7 +50,7 @@ class Fp32(FloatStage):
     lossless = True
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
-        if not np.isfinite(x).all():
+        if not ctx.finite and not np.isfinite(x).all():
             raise ValueError("values must be finite (NaN or Inf found)")
         return Encoded({}, [x])
 
@@ -364,15 +364,32 @@ class Gcc(FloatStage):
     terminal = False
     kernel_ef = True
     default_ef = True
+    replaces_state = True
     meta_schema: ClassVar[Mapping[str, type]] = {"k": int, "m": int}
 
     def encode(self, x: F32, ctx: EncodeContext) -> Encoded:
         k = min(self.args["k"], x.size)
         a = self.args
-        cents, mask, ids, exact = ctx.kern.gcc_encode(
-            x, k, a["rho"], ctx.residual, a["iters"], ctx.seed, method=a["method"]
-        )
-        return Encoded({"k": int(cents.size), "m": int(exact.size)}, [cents, mask, ids], exact)
+        if ctx.residual is None:
+            cents, mask, ids, exact = ctx.kern.gcc_encode(
+                x, k, a["rho"], None, a["iters"], ctx.seed, method=a["method"]
+            )
+        else:
+            # The state's residual is only read and the new one written into a retired array, so
+            # the pipeline need not copy the state first (replaces_state).
+            cents, mask, ids, exact, ctx.residual = ctx.kern.gcc_encode_ef(
+                x,
+                k,
+                a["rho"],
+                ctx.residual,
+                a["iters"],
+                ctx.seed,
+                method=a["method"],
+                residual_out=ctx.spare_residual,
+            )
+        # exact is acc itself, which the kernel refused unless finite.
+        meta: Meta = {"k": int(cents.size), "m": int(exact.size)}
+        return Encoded(meta, [cents, mask, ids], exact, leftover_finite=True)
 
     def layout(self, meta: Meta, n: int) -> tuple[list[Field], int]:
         k = _need(meta, "k", 1, 256)

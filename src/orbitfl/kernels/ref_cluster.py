@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from orbitfl.kernels.ref_quant import _array, pack_bits, rng_u64, unpack_bits
+from orbitfl.kernels.ref_quant import _array, _out, pack_bits, rng_u64, unpack_bits
 
 __all__ = [
     "gcc_decode",
     "gcc_encode",
+    "gcc_encode_ef",
     "kmeans1d",
     "kmeans_assign",
     "kmeans_centroids",
@@ -811,22 +812,60 @@ def gcc_encode(
     method: str = "hist",
 ) -> tuple[F32, U8, U8, F32]:
     """(centroids, mask, ids, exact); residual updated in place to acc - decoded. See _core.pyi."""
+    xf, kk, r, res, it, sd, meth = _gcc_args(x, k, rho, residual, iters, seed, method, in_place=True)
+    c, mask, ids, exact, new = _gcc(xf, kk, r, res, it, sd, meth, res is not None)
+    if res is not None and new is not None:
+        res[...] = new
+    return c, mask, ids, exact
+
+
+def gcc_encode_ef(
+    x: F32,
+    k: int = 16,
+    rho: float = 0.5,
+    residual: F32 | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    method: str = "hist",
+    *,
+    residual_out: F32 | None = None,
+) -> tuple[F32, U8, U8, F32, F32]:
+    """gcc_encode with residual only read: (centroids, mask, ids, exact, acc - decoded). See _core.pyi."""
+    xf, kk, r, res, it, sd, meth = _gcc_args(x, k, rho, residual, iters, seed, method, in_place=False)
+    ro = _out("residual_out", residual_out, xf.size, (xf, res))
+    c, mask, ids, exact, new = _gcc(xf, kk, r, res, it, sd, meth, True)
+    assert new is not None
+    if ro is None:
+        return c, mask, ids, exact, new
+    ro[...] = new
+    assert residual_out is not None
+    return c, mask, ids, exact, residual_out  # the caller's array itself, as the binding returns it
+
+
+def _gcc_args(
+    x: F32, k: int, rho: float, residual: F32 | None, iters: int, seed: int, method: str, *, in_place: bool
+) -> tuple[F32, int, float, F32 | None, int, int, str]:
     xf = _array("x", x, np.float32)
     kk = _k(k)
     r = _real("rho", rho)
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {r}")
     res: F32 | None = None
-    n = xf.size
     if residual is not None:
         res = _array("residual", residual, np.float32)
-        if res.size != n:
-            raise ValueError(f"residual must have the size of x ({n}), got {res.size}")
-        if not residual.flags.writeable:
+        if res.size != xf.size:
+            raise ValueError(f"residual must have the size of x ({xf.size}), got {res.size}")
+        if in_place and not residual.flags.writeable:
             raise ValueError("residual must be writable (it is updated in place)")
-    it = _iters(iters)
-    sd = _seed(seed)
-    meth = _method(method)
+    return xf, kk, r, res, _iters(iters), _seed(seed), _method(method)
+
+
+def _gcc(
+    xf: F32, kk: int, r: float, res: F32 | None, it: int, sd: int, meth: str, want_residual: bool
+) -> tuple[F32, U8, U8, F32, F32 | None]:
+    """The encoding of acc = xf (+ res) and, if wanted, its new residual acc - decoded (a new
+    array). res is only read."""
+    n = xf.size
     _finite("x", xf)
     if res is not None:
         _finite("residual", res)
@@ -836,7 +875,9 @@ def gcc_encode(
     else:
         acc = xf
     if n == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.float32)
+        u = np.zeros(0, np.uint8)
+        new0 = np.zeros(0, np.float32) if want_residual else None
+        return np.zeros(0, np.float32), u, u.copy(), np.zeros(0, np.float32), new0
     ke = min(kk, n)
     c = _centroids(acc, ke, meth, it, sd)
     labels = _assign(acc, c)[0]
@@ -847,10 +888,11 @@ def gcc_encode(
     mask = pack_bits(replaced.astype(np.uint8), 1)
     ids = pack_bits(labels[replaced], id_bits(ke))
     exact = acc[~replaced].copy()
-    if res is not None:
-        res[~replaced] = 0.0
-        res[replaced] = acc[replaced] - c[labels[replaced]]
-    return c, mask, ids, exact
+    new: F32 | None = None
+    if want_residual:
+        new = np.zeros(n, np.float32)
+        new[replaced] = acc[replaced] - c[labels[replaced]]
+    return c, mask, ids, exact, new
 
 
 def gcc_decode(centroids: F32, mask: U8, ids: U8, exact: F32, n: int) -> F32:
