@@ -469,18 +469,10 @@ struct ReadSrc {
   float step(std::size_t i) const { return out[i]; }
 };
 
-// topk_into: acc written to r_out (by non-temporal stores with kStream: see stream_outputs).
-template <bool kRes, bool kStream = false>
-struct AccIntoSrc {
-  const float* __restrict x;
-  const float* __restrict r;
-  float* __restrict r_out;
-  float at(std::size_t i) const { return kRes ? x[i] + r[i] : x[i]; }
-  v4::F step4(std::size_t i, const v4::M& zt) const {
-    const v4::F a = kRes ? v4::add(v4::load(x + i), v4::load(r + i)) : v4::load(x + i);
-    put(r_out + i, v4::clear(a, v4::gt(v4::mag(a), zt)));
-    return a;
-  }
+// How the sources below write their outputs: plain stores, or non-temporal ones with kStream
+// (see stream_outputs), which need the fence before anything reads them.
+template <bool kStream>
+struct Stores {
   static void put(float* p, v4::F a) {
     if constexpr (kStream) {
       v4::stream(p, a);
@@ -490,6 +482,21 @@ struct AccIntoSrc {
   }
   void finish() const {
     if constexpr (kStream) v4::fence();
+  }
+};
+
+// topk_into: acc written to r_out (by non-temporal stores with kStream: see stream_outputs).
+template <bool kRes, bool kStream = false>
+struct AccIntoSrc : Stores<kStream> {
+  using Stores<kStream>::put;
+  const float* __restrict x;
+  const float* __restrict r;
+  float* __restrict r_out;
+  float at(std::size_t i) const { return kRes ? x[i] + r[i] : x[i]; }
+  v4::F step4(std::size_t i, const v4::M& zt) const {
+    const v4::F a = kRes ? v4::add(v4::load(x + i), v4::load(r + i)) : v4::load(x + i);
+    put(r_out + i, v4::clear(a, v4::gt(v4::mag(a), zt)));
+    return a;
   }
   float step(std::size_t i) const {
     const float a = at(i);
@@ -506,7 +513,8 @@ struct AccIntoSrc {
 // same float steps as the NumPy twin (multiply, add, add; -ffp-contract=off:
 // no FMA). With kStream the pass writes both by non-temporal stores (see stream_outputs).
 template <bool kStream = false>
-struct DgcSrc {
+struct DgcSrc : Stores<kStream> {
+  using Stores<kStream>::put;
   const float* __restrict x;
   const float* __restrict u;
   const float* __restrict v;
@@ -525,16 +533,6 @@ struct DgcSrc {
     put(u_out + i, v4::clear(w, z));
     put(v_out + i, v4::clear(a, z));
     return a;
-  }
-  static void put(float* p, v4::F a) {
-    if constexpr (kStream) {
-      v4::stream(p, a);
-    } else {
-      v4::store(p, a);
-    }
-  }
-  void finish() const {
-    if constexpr (kStream) v4::fence();
   }
   float step(std::size_t i) const {
     float w = u[i] * m;
@@ -772,9 +770,9 @@ void dgc_select(const float* x, const float* u, const float* v, std::size_t n, f
     throw NonFinite("the velocity (residual + m * momentum + x) overflows float32");
   };
   if (stream_outputs(n, {x, u, v}, {u_out, v_out})) {
-    select_into(n, k, DgcSrc<true>{x, u, v, m, u_out, v_out}, throw_bad, idx, vals);
+    select_into(n, k, DgcSrc<true>{{}, x, u, v, m, u_out, v_out}, throw_bad, idx, vals);
   } else {
-    select_into(n, k, DgcSrc<false>{x, u, v, m, u_out, v_out}, throw_bad, idx, vals);
+    select_into(n, k, DgcSrc<false>{{}, x, u, v, m, u_out, v_out}, throw_bad, idx, vals);
   }
 }
 
@@ -785,13 +783,13 @@ void topk_into(const float* x, const float* residual, std::size_t n, std::size_t
   auto throw_bad = [&]() { throw_nonfinite(x, residual, n); };
   const bool nt = stream_outputs(n, {x, residual ? residual : x}, {r_out});
   if (residual && nt) {
-    select_into(n, k, AccIntoSrc<true, true>{x, residual, r_out}, throw_bad, idx, vals);
+    select_into(n, k, AccIntoSrc<true, true>{{}, x, residual, r_out}, throw_bad, idx, vals);
   } else if (residual) {
-    select_into(n, k, AccIntoSrc<true>{x, residual, r_out}, throw_bad, idx, vals);
+    select_into(n, k, AccIntoSrc<true>{{}, x, residual, r_out}, throw_bad, idx, vals);
   } else if (nt) {
-    select_into(n, k, AccIntoSrc<false, true>{x, nullptr, r_out}, throw_bad, idx, vals);
+    select_into(n, k, AccIntoSrc<false, true>{{}, x, nullptr, r_out}, throw_bad, idx, vals);
   } else {
-    select_into(n, k, AccIntoSrc<false>{x, nullptr, r_out}, throw_bad, idx, vals);
+    select_into(n, k, AccIntoSrc<false>{{}, x, nullptr, r_out}, throw_bad, idx, vals);
   }
 }
 

@@ -24,3 +24,19 @@ def layers(seed: int = 0) -> dict[str, NDArray[np.float32]]:
         "fc.bias": rng.normal(0, 0.1, 64).astype(np.float32),
         "temp": np.array(0.7, np.float32),
     }
+
+
+def encode_rounds(
+    recipe: str, backend: str, rounds: list[dict[str, NDArray[np.float32]]]
+) -> list[tuple[bytes, dict[str, bytes]]]:
+    """Each round's payload bytes and the residuals it left, from one state: what a stage that
+    writes a new residual must reproduce of the in-place stage it replaced."""
+    from orbitfl.codec import Pipeline
+
+    pipe = Pipeline.parse(recipe, backend)
+    state = pipe.new_state()
+    out = []
+    for tensors in rounds:
+        payload = pipe.encode(tensors, state).to_bytes()
+        out.append((payload, {n: a.tobytes() for n, a in state.residuals.items()}))
+    return out

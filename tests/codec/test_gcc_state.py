@@ -12,6 +12,8 @@ from orbitfl.codec.pipeline import CodecState
 from orbitfl.codec.registry import EncodeContext, Encoded
 from orbitfl.codec.stages import Fp32, Gcc
 
+from .conftest import encode_rounds
+
 
 def _old_encode(self: Gcc, x: np.ndarray, ctx: EncodeContext) -> Encoded:
     """The stage before gcc_encode_ef: gcc_encode updating the residual (a copy of the state's)
@@ -38,19 +40,10 @@ def test_payloads_and_residuals_match_the_in_place_stage(
 ) -> None:
     rounds = _rounds(5)
 
-    def run() -> list[tuple[bytes, dict[str, bytes]]]:
-        pipe = Pipeline.parse(recipe, backend)
-        state = pipe.new_state()
-        out = []
-        for tensors in rounds:
-            payload = pipe.encode(tensors, state).to_bytes()
-            out.append((payload, {n: a.tobytes() for n, a in state.residuals.items()}))
-        return out
-
-    new = run()
+    new = encode_rounds(recipe, backend, rounds)
     monkeypatch.setattr(Gcc, "encode", _old_encode)
     monkeypatch.setattr(Gcc, "replaces_state", False)
-    assert new == run()
+    assert new == encode_rounds(recipe, backend, rounds)
 
 
 def _state_bytes(state: CodecState) -> tuple[dict[str, bytes], int]:

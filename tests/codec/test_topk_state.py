@@ -12,6 +12,8 @@ from orbitfl.codec import Pipeline
 from orbitfl.codec.registry import EncodeContext, Encoded
 from orbitfl.codec.stages import TopK
 
+from .conftest import encode_rounds
+
 
 def _old_encode(self: TopK, x: np.ndarray, ctx: EncodeContext) -> Encoded:
     """The stage before topk_ef: topk updating the residual (a copy of the state's) in place."""
@@ -30,19 +32,10 @@ def test_payloads_and_residuals_match_the_in_place_stage(
     shapes = {"big": (300, 700), "mid": (5000,), "bias": (10,)}
     rounds = [{n: rng.laplace(0, 1e-3, s).astype(np.float32) for n, s in shapes.items()} for _ in range(5)]
 
-    def run() -> list[tuple[bytes, dict[str, bytes]]]:
-        pipe = Pipeline.parse(recipe, backend)
-        state = pipe.new_state()
-        out = []
-        for tensors in rounds:
-            payload = pipe.encode(tensors, state).to_bytes()
-            out.append((payload, {n: a.tobytes() for n, a in state.residuals.items()}))
-        return out
-
-    new = run()
+    new = encode_rounds(recipe, backend, rounds)
     monkeypatch.setattr(TopK, "encode", _old_encode)
     monkeypatch.setattr(TopK, "replaces_state", False)
-    assert new == run()
+    assert new == encode_rounds(recipe, backend, rounds)
 
 
 def test_a_failed_encode_leaves_the_residual_as_it_was(backend: str) -> None:
