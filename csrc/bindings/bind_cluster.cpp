@@ -250,53 +250,20 @@ py::array_t<float> laq_dequantize_py(const py::object& packed, const py::object&
   return out;
 }
 
-py::tuple gcc_encode_py(const py::object& x, const py::object& k, const py::object& rho, const py::object& residual,
-                        const py::object& iters, const py::object& seed, const py::object& method) {
-  py::array xa = checked<float>(x, "x");
-  const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
-  const double r = real_in(rho, "rho");
-  const std::size_t n = static_cast<std::size_t>(xa.size());
-  float* rp = nullptr;
-  py::array ra;
-  if (!residual.is_none()) {
-    ra = checked<float>(residual, "residual");
-    if (static_cast<std::size_t>(ra.size()) != n) {
-      throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
-                            std::to_string(ra.size()));
-    }
-    if (!ra.writeable()) throw py::value_error("residual must be writable (it is updated in place)");
-    rp = static_cast<float*>(ra.mutable_data());
-  }
-  const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
-  const std::uint64_t sd = seed_in(seed);
-  const KMeansMethod m = method_in(method);
-  const GccShape s = gcc_shape(n, kk, r);
-  py::array_t<float> c(static_cast<py::ssize_t>(s.centroids));
-  py::array_t<std::uint8_t> mask(static_cast<py::ssize_t>(packed_size(n, 1)));
-  py::array_t<std::uint8_t> ids(static_cast<py::ssize_t>(packed_size(s.replaced, s.id_bits)));
-  py::array_t<float> exact(static_cast<py::ssize_t>(n - s.replaced));
-  const float* xp = ptr<float>(xa);
-  float* cp = c.mutable_data();
-  std::uint8_t* mp = mask.mutable_data();
-  std::uint8_t* ip = ids.mutable_data();
-  float* ep = exact.mutable_data();
-  {
-    py::gil_scoped_release release;
-    gcc_encode(xp, n, kk, r, rp, it, sd, m, cp, mp, ip, ep, rp);
-  }
-  return py::make_tuple(c, mask, ids, exact);
-}
-
-// gcc_encode with the residual only read and the new one written into a separate array: the
+// gcc_encode_py and gcc_encode_ef_py: the same checks in the same order and the same outputs.
+// Without residual_out (in place) the new residual overwrites `residual`; with it, `residual` is
+// only read and the new one goes into *residual_out's array (lent, or new when it is None), so the
 // caller's state stays intact if the encode fails, without copying it first.
-py::tuple gcc_encode_ef_py(const py::object& x, const py::object& k, const py::object& rho,
-                           const py::object& residual, const py::object& iters, const py::object& seed,
-                           const py::object& method, const py::object& residual_out) {
+py::tuple gcc_encode_checked(const py::object& x, const py::object& k, const py::object& rho,
+                             const py::object& residual, const py::object& iters, const py::object& seed,
+                             const py::object& method, const py::object* residual_out) {
+  const bool in_place = residual_out == nullptr;
   py::array xa = checked<float>(x, "x");
   const int kk = int_range(k, "k", 1, kKMeansMaxK, "in 1..256");
   const double r = real_in(rho, "rho");
   const std::size_t n = static_cast<std::size_t>(xa.size());
   const float* rp = nullptr;
+  float* rop = nullptr;  // where the new residual goes
   py::array ra;
   if (!residual.is_none()) {
     ra = checked<float>(residual, "residual");
@@ -304,14 +271,24 @@ py::tuple gcc_encode_ef_py(const py::object& x, const py::object& k, const py::o
       throw py::value_error("residual must have the size of x (" + std::to_string(n) + "), got " +
                             std::to_string(ra.size()));
     }
-    rp = ptr<float>(ra);
+    if (in_place) {
+      if (!ra.writeable()) throw py::value_error("residual must be writable (it is updated in place)");
+      rop = static_cast<float*>(ra.mutable_data());
+      rp = rop;
+    } else {
+      rp = ptr<float>(ra);
+    }
   }
   const int it = int_range(iters, "iters", 0, INT32_MAX, ">= 0");
   const std::uint64_t sd = seed_in(seed);
   const KMeansMethod m = method_in(method);
   const GccShape s = gcc_shape(n, kk, r);
   const float* xp = ptr<float>(xa);
-  py::array_t<float> r_out = out_array(residual_out, "residual_out", n, {{xp, 4 * n}, {rp, 4 * n}});
+  py::array_t<float> r_out;
+  if (!in_place) {
+    r_out = out_array(*residual_out, "residual_out", n, {{xp, 4 * n}, {rp, 4 * n}});
+    rop = r_out.mutable_data();
+  }
   py::array_t<float> c(static_cast<py::ssize_t>(s.centroids));
   py::array_t<std::uint8_t> mask(static_cast<py::ssize_t>(packed_size(n, 1)));
   py::array_t<std::uint8_t> ids(static_cast<py::ssize_t>(packed_size(s.replaced, s.id_bits)));
@@ -320,12 +297,23 @@ py::tuple gcc_encode_ef_py(const py::object& x, const py::object& k, const py::o
   std::uint8_t* mp = mask.mutable_data();
   std::uint8_t* ip = ids.mutable_data();
   float* ep = exact.mutable_data();
-  float* rop = r_out.mutable_data();
   {
     py::gil_scoped_release release;
     gcc_encode(xp, n, kk, r, rp, it, sd, m, cp, mp, ip, ep, rop);
   }
+  if (in_place) return py::make_tuple(c, mask, ids, exact);
   return py::make_tuple(c, mask, ids, exact, r_out);
+}
+
+py::tuple gcc_encode_py(const py::object& x, const py::object& k, const py::object& rho, const py::object& residual,
+                        const py::object& iters, const py::object& seed, const py::object& method) {
+  return gcc_encode_checked(x, k, rho, residual, iters, seed, method, nullptr);
+}
+
+py::tuple gcc_encode_ef_py(const py::object& x, const py::object& k, const py::object& rho,
+                           const py::object& residual, const py::object& iters, const py::object& seed,
+                           const py::object& method, const py::object& residual_out) {
+  return gcc_encode_checked(x, k, rho, residual, iters, seed, method, &residual_out);
 }
 
 py::array_t<float> gcc_decode_py(const py::object& centroids, const py::object& mask, const py::object& ids,
